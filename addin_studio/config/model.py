@@ -1,0 +1,135 @@
+"""Immutable values a config string describes: Point, Placement, Config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping
+
+Side = Literal["pre", "post"]
+SIDES = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class Point:
+    """An insertion point: just before (``pre``) or just after (``post``) a module.
+
+    ``module`` is the dotted path of ``named_modules`` (``"blocks.3.attn.qkv"``).
+    """
+
+    module: str
+    side: Side
+
+    def __post_init__(self) -> None:
+        if self.side not in SIDES:
+            raise ValueError(f"Point side must be 'pre' or 'post', not {self.side!r}")
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.side}"
+
+    @classmethod
+    def from_str(cls, text: str) -> "Point":
+        """Inverse of ``str(point)``: ``"fc1:post"`` -> ``Point("fc1", "post")``."""
+        module, sep, side = text.rpartition(":")
+        if not sep or side not in SIDES:
+            raise ValueError(f"expected '<module path>:pre' or '<module path>:post', got {text!r}")
+        from .paths import to_dotted
+
+        return cls(to_dotted(module), side)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One add-in instance placed in the model.
+
+    For ``{inout}`` placements ``source == target``; for ``{in}``...``{out}`` placements the feature at
+    ``source`` is cached and the method runs at ``target``.
+    """
+
+    addin: str
+    method: str
+    source: Point
+    target: Point
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    span: tuple[int, int] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", dict(self.settings))
+
+    @property
+    def kind(self) -> Literal["inout", "across"]:
+        return "inout" if self.source == self.target else "across"
+
+    def __hash__(self) -> int:
+        return hash((self.addin, self.method, self.source, self.target,
+                     tuple(sorted((k, repr(v)) for k, v in self.settings.items()))))
+
+
+class Config:
+    """A parsed config string: placements (in order) and kept-trainable parameter patterns.
+
+    Immutable; ``str(cfg)`` is the canonical string and ``parse(str(cfg)) == cfg``.
+    """
+
+    __slots__ = ("_placements", "_trainable", "text")
+
+    def __init__(self, placements: Iterable[Placement] = (), trainable: Iterable[str] = (),
+                 text: str | None = None) -> None:
+        self._placements = tuple(placements)
+        self._trainable = tuple(dict.fromkeys(trainable))  # de-duplicated, order kept
+        for p in self._placements:
+            if not isinstance(p, Placement):
+                raise TypeError(f"Config placements must be Placement objects, got {type(p).__name__}")
+        self.text = text
+
+    @property
+    def placements(self) -> tuple[Placement, ...]:
+        return self._placements
+
+    @property
+    def trainable(self) -> tuple[str, ...]:
+        return self._trainable
+
+    def add(self, placement: Placement) -> "Config":
+        """A new Config with ``placement`` appended."""
+        return Config(self._placements + (placement,), self._trainable)
+
+    def remove(self, index: int) -> "Config":
+        """A new Config without the placement at ``index``."""
+        if not -len(self._placements) <= index < len(self._placements):
+            raise IndexError(f"no placement {index}; the config has {len(self._placements)}")
+        items = list(self._placements)
+        del items[index]
+        return Config(items, self._trainable)
+
+    def with_trainable(self, patterns: Iterable[str]) -> "Config":
+        """A new Config whose kept-trainable patterns are ``patterns``."""
+        return Config(self._placements, patterns)
+
+    def __add__(self, other: "Config") -> "Config":
+        if not isinstance(other, Config):
+            return NotImplemented
+        return Config(self._placements + other._placements, self._trainable + other._trainable)
+
+    def __len__(self) -> int:
+        return len(self._placements)
+
+    def __bool__(self) -> bool:
+        return bool(self._placements or self._trainable)
+
+    def __iter__(self):
+        return iter(self._placements)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self._placements == other._placements and self._trainable == other._trainable
+
+    def __hash__(self) -> int:
+        return hash((self._placements, self._trainable))
+
+    def __str__(self) -> str:
+        from .emit import emit
+
+        return emit(self)
+
+    def __repr__(self) -> str:
+        return f"Config({str(self)!r})"

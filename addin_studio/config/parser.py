@@ -1,0 +1,404 @@
+"""Recursive-descent parser for config strings (grammar: docs/config-strings.md).
+
+Every mistake raises :class:`ConfigError` with the offset of the offending character.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .model import Config, Placement, Point
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SEGMENT = re.compile(r"[A-Za-z0-9_\-]+")
+_PATTERN_SEGMENT = re.compile(r"[A-Za-z0-9_\-*?]+")
+_INT = re.compile(r"\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)")
+_LABEL = re.compile(r"\{\s*(inout|in|out)\s*(\d+)\s*\}")
+_ELLIPSIS = ("...", "…")
+MAX_RANGE = 100_000  # a guard against "blocks[0:999999999]" exhausting memory
+
+
+@dataclass
+class _Range:
+    start: int
+    stop: int
+    pos: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class _Path:
+    segments: list  # str or _Range
+    pos: int
+    end: int
+
+    def expand(self, step: int) -> str:
+        return ".".join(str(s.start + step) if isinstance(s, _Range) else s for s in self.segments)
+
+    def ranges(self) -> list[_Range]:
+        return [s for s in self.segments if isinstance(s, _Range)]
+
+
+@dataclass
+class _Label:
+    kind: str
+    number: int
+    path: _Path
+    side: str
+    pos: int
+
+
+def parse(text: str) -> Config:
+    """Parse a config string into a :class:`Config`.
+
+    Accepts ZhiJian's one-line syntax (``(Addin.method): ...->{inout1}(fc2)->...``), several entries
+    (one per line, or separated by ``,``/``;``), settings (``(LoRA.adapt_output, r=8): ...``) and
+    kept-trainable parameters (``trainable(head, pos_embed)``).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse() expects a config string, got {type(text).__name__}")
+    return _Parser(text).parse()
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.i = 0
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def error(self, message: str, pos: int | None = None, hint: str | None = None) -> ConfigError:
+        return ConfigError(message, self.text, self.i if pos is None else pos, hint)
+
+    def skip_ws(self, newlines: bool = False) -> None:
+        chars = " \t\r\n" if newlines else " \t\r"
+        while self.i < len(self.text) and self.text[self.i] in chars:
+            self.i += 1
+
+    def peek(self, s: str) -> bool:
+        return self.text.startswith(s, self.i)
+
+    def expect(self, s: str, what: str, hint: str | None = None) -> None:
+        self.skip_ws()
+        if not self.peek(s):
+            raise self.error(f"expected {what}, found {self.describe_here()}", hint=hint)
+        self.i += len(s)
+
+    def describe_here(self) -> str:
+        if self.i >= len(self.text):
+            return "the end of the string"
+        ch = self.text[self.i]
+        if ch == "\n":
+            return "a line break"
+        return repr(self.text[self.i:self.i + 12].split("\n")[0])
+
+    def match(self, pattern: re.Pattern) -> re.Match | None:
+        m = pattern.match(self.text, self.i)
+        if m:
+            self.i = m.end()
+        return m
+
+    # -- grammar ---------------------------------------------------------------------------------
+    def parse(self) -> Config:
+        placements: list[Placement] = []
+        trainable: list[str] = []
+        self.skip_ws(newlines=True)
+        while self.i < len(self.text):
+            start = self.i
+            if self.peek("("):
+                placements.extend(self.entry(start))
+            elif self.text.startswith("trainable", self.i):
+                trainable.extend(self.trainable_entry())
+            else:
+                raise self.error(
+                    f"expected an entry such as '(Addin.method): ...->{{inout1}}(module)->...' or "
+                    f"'trainable(...)', found {self.describe_here()}")
+            self.skip_ws()
+            if self.i < len(self.text):
+                if self.text[self.i] in ",;\n":
+                    self.i += 1
+                    self.skip_ws(newlines=True)
+                    while self.i < len(self.text) and self.text[self.i] in ",;":
+                        self.i += 1
+                        self.skip_ws(newlines=True)
+                else:
+                    raise self.error(f"unexpected {self.describe_here()} after an entry",
+                                     hint="separate entries with a new line or ','")
+        return Config(placements, trainable, text=self.text)
+
+    def entry(self, start: int) -> list[Placement]:
+        addin, method, settings = self.header()
+        self.expect(":", "':' after the header")
+        labels = self.chain()
+        if not labels:
+            raise self.error("this entry places no add-in: it has no {inout1} or {in1}...{out1} label",
+                             start, hint="mark a point, e.g. '...->{inout1}(fc2)->...'")
+        steps = self.range_length(labels)
+        pairs = self.pair(labels)
+        out: list[Placement] = []
+        for step in range(steps):
+            for src, dst in pairs:
+                out.append(Placement(addin, method,
+                                     Point(src.path.expand(step), src.side),
+                                     Point(dst.path.expand(step), dst.side),
+                                     settings, span=(start, self.i)))
+        return out
+
+    def header(self) -> tuple[str, str, dict[str, Any]]:
+        self.expect("(", "'(' to start the header")
+        self.skip_ws()
+        name = self.match(_NAME)
+        if not name:
+            raise self.error(f"expected an add-in name, found {self.describe_here()}",
+                             hint="write the header as '(AddinName.method)'")
+        self.skip_ws()
+        if not self.peek("."):
+            raise self.error(f"expected '.' and a method name after add-in {name.group()!r}, found "
+                             f"{self.describe_here()}", hint=f"e.g. '({name.group()}.adapt_output)'")
+        self.i += 1
+        self.skip_ws()
+        method = self.match(_NAME)
+        if not method:
+            raise self.error(f"expected a method name, found {self.describe_here()}")
+        settings: dict[str, Any] = {}
+        self.skip_ws()
+        while self.peek(","):
+            self.i += 1
+            self.skip_ws()
+            key_pos = self.i
+            key = self.match(_NAME)
+            if not key:
+                raise self.error(f"expected a setting name, found {self.describe_here()}",
+                                 hint="settings look like 'r=8, alpha=16'")
+            if key.group() in settings:
+                raise self.error(f"setting {key.group()!r} is given twice", key_pos)
+            self.expect("=", f"'=' after setting {key.group()!r}")
+            settings[key.group()] = self.value()
+            self.skip_ws()
+        self.expect(")", "')' to close the header")
+        return name.group(), method.group(), settings
+
+    def value(self) -> Any:
+        self.skip_ws()
+        ch = self.text[self.i] if self.i < len(self.text) else ""
+        if ch in "\"'":
+            return self.quoted(ch)
+        num = _NUMBER.match(self.text, self.i)
+        if num:
+            self.i = num.end()
+            s = num.group()
+            return float(s) if any(c in s for c in ".eE") else int(s)
+        word = self.match(_NAME)
+        if word:
+            return {"true": True, "false": False, "none": None}.get(word.group().lower(), word.group())
+        raise self.error(f"expected a value (number, true/false, a name or a quoted string), "
+                         f"found {self.describe_here()}")
+
+    def quoted(self, quote: str) -> str:
+        start = self.i
+        self.i += 1
+        out = []
+        while self.i < len(self.text):
+            ch = self.text[self.i]
+            if ch == "\\" and self.i + 1 < len(self.text):
+                out.append(self.text[self.i + 1])
+                self.i += 2
+                continue
+            if ch == quote:
+                self.i += 1
+                return "".join(out)
+            out.append(ch)
+            self.i += 1
+        raise self.error("unterminated string", start, hint=f"close it with {quote}")
+
+    def chain(self) -> list[_Label]:
+        labels: list[_Label] = []
+        while True:
+            self.skip_ws()
+            if any(self.peek(e) for e in _ELLIPSIS):
+                self.i += 3 if self.peek("...") else 1
+            else:
+                labels.extend(self.element())
+            # an arrow continues the chain, also at the start of the next line
+            save = self.i
+            self.skip_ws(newlines=True)
+            if self.peek("->"):
+                self.i += 2
+                continue
+            self.i = save
+            return labels
+
+    def element(self) -> list[_Label]:
+        before = self.labels()
+        self.skip_ws()
+        if not self.peek("("):
+            if before:
+                lab = before[-1]
+                raise self.error(
+                    f"label {{{lab[0]}{lab[1]}}} is not next to a module", lab[2],
+                    hint=f"write '{{{lab[0]}{lab[1]}}}(module)' for the point before a module or "
+                         f"'(module){{{lab[0]}{lab[1]}}}' for the point after it")
+            raise self.error(f"expected '...', a label like '{{inout1}}' or a module like '(fc1)', "
+                             f"found {self.describe_here()}")
+        path = self.module()
+        after = self.labels()
+        return ([_Label(k, n, path, "pre", p) for k, n, p in before] +
+                [_Label(k, n, path, "post", p) for k, n, p in after])
+
+    def labels(self) -> list[tuple[str, int, int]]:
+        found = []
+        while True:
+            self.skip_ws()
+            if not self.peek("{"):
+                return found
+            pos = self.i
+            m = self.match(_LABEL)
+            if not m:
+                raise self.error("bad label: expected '{inoutN}', '{inN}' or '{outN}' with a number N",
+                                 pos)
+            found.append((m.group(1), int(m.group(2)), pos))
+
+    def module(self) -> _Path:
+        self.expect("(", "'(' before a module path")
+        self.skip_ws()
+        start = self.i
+        segments = self.path_segments(_SEGMENT, "a module path")
+        end = self.i
+        self.skip_ws()
+        hint = "ranges go in brackets: blocks[0:12]" if self.peek(":") else None
+        self.expect(")", "')' to close the module path", hint=hint)
+        return _Path(segments, start, end)
+
+    def path_segments(self, seg_re: re.Pattern, what: str) -> list:
+        segments: list = []
+        m = self.match(seg_re)
+        if not m:
+            if self.peek("["):
+                pass  # a path may start with an index: "[0].fc" for an nn.Sequential root
+            else:
+                raise self.error(f"expected {what}, found {self.describe_here()}")
+        else:
+            segments.append(m.group())
+        while True:
+            if self.peek("."):
+                self.i += 1
+                m = self.match(seg_re)
+                if not m:
+                    raise self.error(f"expected a name after '.', found {self.describe_here()}")
+                segments.append(m.group())
+            elif self.peek("["):
+                segments.append(self.index())
+            else:
+                if not segments:
+                    raise self.error(f"expected {what}, found {self.describe_here()}")
+                return segments
+
+    def index(self) -> str | _Range:
+        self.i += 1  # "["
+        self.skip_ws()
+        pos = self.i
+        a = self.match(_INT)
+        if not a:
+            raise self.error(f"expected an index or a range 'a:b' inside [], found {self.describe_here()}",
+                             hint="e.g. blocks[3] or blocks[0:12]")
+        self.skip_ws()
+        if self.peek(":"):
+            self.i += 1
+            self.skip_ws()
+            b = self.match(_INT)
+            if not b:
+                raise self.error(f"expected the end of the range after ':', found {self.describe_here()}")
+            start, stop = int(a.group()), int(b.group())
+            if stop <= start:
+                raise self.error(f"empty range [{start}:{stop}]: the end is exclusive and must be "
+                                 f"greater than the start", pos, hint=f"e.g. [{start}:{start + 1}]")
+            if stop - start > MAX_RANGE:
+                raise self.error(f"range [{start}:{stop}] is too long (more than {MAX_RANGE})", pos)
+            result: str | _Range = _Range(start, stop, pos)
+        else:
+            result = str(int(a.group()))
+        self.expect("]", "']' to close the index")
+        return result
+
+    def range_length(self, labels: list[_Label]) -> int:
+        length, first = None, None
+        seen: set[int] = set()
+        for lab in labels:
+            for r in lab.path.ranges():
+                if r.pos in seen:
+                    continue
+                seen.add(r.pos)
+                if length is None:
+                    length, first = len(r), r
+                elif len(r) != length:
+                    raise self.error(
+                        f"ranges in one entry advance together and must have equal length: "
+                        f"[{r.start}:{r.stop}] has {len(r)} steps but [{first.start}:{first.stop}] "
+                        f"has {length}", r.pos)
+        return length or 1
+
+    def pair(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
+        by_number: dict[int, list[_Label]] = {}
+        for lab in labels:
+            by_number.setdefault(lab.number, []).append(lab)
+        kinds = [lab.kind for lab in labels]
+        # ZhiJian's tutorial writes "{in1}(fc2){in2}" for in-then-out: accept exactly that shape.
+        if kinds.count("in") == 2 and len(kinds) == 2 and len(by_number) == 2:
+            first, second = sorted(labels, key=lambda lab: lab.pos)
+            return [self.check_pair(first, _Label("out", second.number, second.path, second.side,
+                                                  second.pos))]
+        pairs = []
+        for number, labs in sorted(by_number.items(), key=lambda kv: kv[1][0].pos):
+            ks = sorted(lab.kind for lab in labs)
+            if ks == ["inout"]:
+                pairs.append((labs[0], labs[0]))
+            elif ks == ["in", "out"]:
+                src = next(lab for lab in labs if lab.kind == "in")
+                dst = next(lab for lab in labs if lab.kind == "out")
+                pairs.append(self.check_pair(src, dst))
+            elif ks == ["in"]:
+                raise self.error(f"label {{in{number}}} has no matching {{out{number}}}", labs[0].pos,
+                                 hint=f"add '{{out{number}}}' where the add-in's result goes back")
+            elif ks == ["out"]:
+                raise self.error(f"label {{out{number}}} has no matching {{in{number}}}", labs[0].pos,
+                                 hint=f"add '{{in{number}}}' where the add-in reads its input")
+            else:
+                dup = sorted(labs, key=lambda lab: lab.pos)[1]
+                raise self.error(f"label number {number} is used more than once "
+                                 f"({', '.join('{' + k + str(number) + '}' for k in ks)})", dup.pos,
+                                 hint="give each placement its own number")
+        return pairs
+
+    def check_pair(self, src: _Label, dst: _Label) -> tuple[_Label, _Label]:
+        if dst.pos < src.pos:
+            raise self.error(f"{{out{dst.number}}} comes before {{in{src.number}}}: an add-in must "
+                             f"read its input before its result goes back", dst.pos)
+        if src.path.segments == dst.path.segments and src.side == dst.side:
+            raise self.error(f"{{in{src.number}}} and {{out{dst.number}}} are the same point",
+                             dst.pos, hint=f"use '{{inout{src.number}}}' for one point")
+        return src, dst
+
+    def trainable_entry(self) -> list[str]:
+        self.i += len("trainable")
+        self.expect("(", "'(' after 'trainable'", hint="write trainable(head, pos_embed)")
+        patterns: list[str] = []
+        while True:
+            self.skip_ws()
+            pos = self.i
+            path = _Path(self.path_segments(_PATTERN_SEGMENT, "a parameter or module name"), pos, self.i)
+            ranges = path.ranges()
+            n = len(ranges[0]) if ranges else 1
+            for r in ranges[1:]:
+                if len(r) != n:
+                    raise self.error("ranges in one pattern must have equal length", r.pos)
+            patterns.extend(path.expand(step) for step in range(n))
+            self.skip_ws()
+            if self.peek(","):
+                self.i += 1
+                continue
+            self.expect(")", "')' to close trainable(...)")
+            return patterns

@@ -1,0 +1,225 @@
+"""attach() and the Attachment object: hooks in, add-ins registered, base frozen — and all undone."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError, Placement, parse
+from ..graph import ModuleGraph, trace
+from .freezing import freeze_except, restore_flags
+from .hooks import CacheAction, PostHook, PreHook, RunAction
+from .resolve import Resolved, resolve
+
+
+class AddinDict(nn.ModuleDict):
+    """The add-ins of one attachment, registered as a child of the model.
+
+    Its ``forward`` is the identity so that a model whose root is an ``nn.Sequential`` (which calls
+    every child in turn) still computes the same thing.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return args[0] if args else None
+
+
+class Attachment:
+    """Add-ins attached to a model by :func:`attach`. Undo everything with :meth:`detach`."""
+
+    def __init__(self, model: nn.Module, config: Config, graph: ModuleGraph,
+                 resolved: list[Resolved], keep: set[str], freeze: bool) -> None:
+        self.model = model
+        self.config = config
+        self.graph = graph
+        self.addins = AddinDict({r.key: r.addin for r in resolved})
+        self._resolved = resolved
+        self._keep = keep
+        self._freeze = freeze
+        self._flags: dict[str, bool] = {}
+        self._hooks: dict[tuple[str, str], PreHook | PostHook] = {}
+        self._handles: dict[tuple[str, str], Any] = {}
+        self._run_actions: dict[str, tuple[tuple[str, str], RunAction]] = {}
+        self._merged: dict[str, dict[str, torch.Tensor]] = {}
+        self._child_name: str | None = None
+        self.attached = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _apply(self) -> None:
+        modules = dict(self.model.named_modules())
+        try:
+            name = "addins"
+            n = 1
+            while hasattr(self.model, name):
+                name = f"addins_{n}"
+                n += 1
+            self.model.add_module(name, self.addins)
+            self._child_name = name
+            if self._freeze:
+                base = {n for n, _ in self.model.named_parameters() if not n.startswith(name + ".")}
+                self._flags = freeze_except(self.model, self._keep | (
+                    {n for n, _ in self.model.named_parameters()} - base))
+            for r in self._resolved:
+                p = r.placement
+                if p.kind == "across":
+                    self._hook(modules, p.source.module, p.source.side).actions.append(CacheAction(r.addin))
+                action = RunAction(r.addin, p.method, p.kind == "across", _label(p))
+                self._hook(modules, p.target.module, p.target.side).actions.append(action)
+                self._run_actions[r.key] = ((p.target.module, p.target.side), action)
+            self.attached = True
+        except BaseException:
+            self._undo()
+            raise
+
+    def _hook(self, modules: Mapping[str, nn.Module], path: str, side: str) -> PreHook | PostHook:
+        key = (path, side)
+        if key not in self._hooks:
+            hook = PreHook() if side == "pre" else PostHook()
+            module = modules[path]
+            handle = (module.register_forward_pre_hook(hook) if side == "pre"
+                      else module.register_forward_hook(hook))
+            self._hooks[key] = hook
+            self._handles[key] = handle
+        return self._hooks[key]
+
+    def _undo(self) -> None:
+        if self._merged:
+            self.unmerge()
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
+        self._hooks.clear()
+        if self._flags:
+            restore_flags(self.model, self._flags)
+            self._flags = {}
+        if self._child_name is not None and self._child_name in self.model._modules:
+            del self.model._modules[self._child_name]
+        self._child_name = None
+        for addin in self.addins.values():
+            if hasattr(addin, "inputs_cache"):
+                addin.inputs_cache = None
+        self.attached = False
+
+    def detach(self) -> None:
+        """Remove every hook and add-in, restore ``requires_grad`` flags and (if merged) weights.
+
+        Afterwards the model is exactly as before :func:`attach`. Calling it twice is harmless.
+        """
+        self._undo()
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    # -- inspection ------------------------------------------------------------------------------
+    @property
+    def entries(self) -> list[tuple[str, Placement, nn.Module]]:
+        """``(key, placement, addin)`` for every placement, in config order."""
+        return [(r.key, r.placement, r.addin) for r in self._resolved]
+
+    @property
+    def merged(self) -> bool:
+        return bool(self._merged)
+
+    def parameters(self):
+        """The add-ins' parameters (what an optimizer for the add-ins alone needs)."""
+        return self.addins.parameters()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return f"<Attachment {state}: {len(self._resolved)} add-in(s) on {self.graph.root_class}>"
+
+    # -- merge -----------------------------------------------------------------------------------
+    def merge(self) -> None:
+        """Fold add-ins that define ``merge(module)`` (e.g. LoRA) into their base module and switch
+        their hooks off: zero extra cost at inference. :meth:`unmerge` restores the weights exactly."""
+        self._require_attached("merge")
+        modules = dict(self.model.named_modules())
+        for r in self._resolved:
+            if r.key in self._merged or not callable(getattr(r.addin, "merge", None)):
+                continue
+            p = r.placement
+            module = modules[p.target.module]
+            snapshot = {n: t.detach().clone() for n, t in module.named_parameters(recurse=False)}
+            with torch.no_grad():
+                r.addin.merge(module)
+            self._merged[r.key] = snapshot
+            point, action = self._run_actions[r.key]
+            self._hooks[point].actions.remove(action)
+            self._refresh(point)
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge`: restore the base weights bit for bit and switch the hooks back on."""
+        modules = dict(self.model.named_modules())
+        for r in self._resolved:
+            snapshot = self._merged.pop(r.key, None)
+            if snapshot is None:
+                continue
+            module = modules[r.placement.target.module]
+            with torch.no_grad():
+                for n, t in module.named_parameters(recurse=False):
+                    t.copy_(snapshot[n])
+            point, action = self._run_actions[r.key]
+            if point in self._hooks:
+                self._hooks[point].actions.append(action)
+                self._refresh(point)
+
+    def _refresh(self, point: tuple[str, str]) -> None:
+        """Drop a hook with no actions left (a merged model pays nothing); re-register when needed."""
+        hook = self._hooks[point]
+        handle = self._handles.get(point)
+        if not hook.actions and handle is not None:
+            handle.remove()
+            del self._handles[point]
+        elif hook.actions and handle is None:
+            module = dict(self.model.named_modules())[point[0]]
+            self._handles[point] = (module.register_forward_pre_hook(hook) if point[1] == "pre"
+                                    else module.register_forward_hook(hook))
+
+    def _require_attached(self, what: str) -> None:
+        if not self.attached:
+            raise RuntimeError(f"cannot {what}: this attachment has been detached")
+
+    # -- checkpoints (implemented in addin_studio.checkpoint) -------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Save add-in (and kept-trainable) weights as safetensors, with the config in the metadata."""
+        from ..checkpoint import save_attachment
+
+        save_attachment(self, path)
+
+    def export_peft(self, directory: str | Path) -> None:
+        """Write ``adapter_model.safetensors`` + ``adapter_config.json`` for Hugging Face PEFT."""
+        from ..checkpoint import export_peft
+
+        export_peft(self, directory)
+
+
+def _label(p: Placement) -> str:
+    return f"({p.addin}.{p.method}) at {p.target}"
+
+
+def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable] | None = None,
+           example_input: Any = None, *, freeze: bool = True, graph: ModuleGraph | None = None,
+           **forward_kwargs: Any) -> Attachment:
+    """Attach the add-ins a config describes to ``model``.
+
+    Everything is validated first (module paths, add-in names, methods and their signatures, settings,
+    ``{in}``-before-``{out}`` order when ``example_input`` is given, trainable patterns); on any error a
+    :class:`ConfigError` is raised and the model is untouched. With ``freeze=True`` the base model is
+    frozen except the parameters the config keeps trainable. Use the result as a context manager or
+    call :meth:`Attachment.detach` to undo everything.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach() expects an nn.Module, got {type(model).__name__}")
+    cfg = parse(config) if isinstance(config, str) else config
+    if not isinstance(cfg, Config):
+        raise TypeError(f"attach() expects a Config or a config string, got {type(config).__name__}")
+    if graph is None:
+        graph = trace(model, example_input, **forward_kwargs)
+    resolved, keep = resolve(model, cfg, graph, addins)
+    att = Attachment(model, cfg, graph, resolved, keep, freeze)
+    att._apply()
+    return att

@@ -1,0 +1,239 @@
+"""Check a Config against a model BEFORE anything is changed, and build the add-ins.
+
+Every problem is a :class:`ConfigError` pointing at the entry in the string that caused it.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..addins.base import PointInfo, methods_for, signature_fits
+from ..addins.registry import available_addins
+from ..config import Config, ConfigError, Placement, Point, format_path
+from ..graph import ModuleGraph
+from .freezing import match_trainable
+
+
+@dataclass
+class Resolved:
+    """A placement checked against the model, with its add-in built (not yet attached)."""
+
+    key: str
+    placement: Placement
+    addin: nn.Module
+
+
+class _Locator:
+    """Turns a placement and a detail (a name, a path segment) into an offset in the string."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.text = cfg.text
+
+    def at(self, placement: Placement | None, needle: str | None = None) -> int | None:
+        if self.text is None:
+            return None
+        span = placement.span if placement is not None else None
+        start, end = span if span else (0, len(self.text))
+        if needle:
+            found = self.text.find(needle, start, end)
+            if found >= 0:
+                return found
+        return start if span else None
+
+    def error(self, message: str, placement: Placement | None, needle: str | None = None,
+              hint: str | None = None) -> ConfigError:
+        return ConfigError(message, self.text, self.at(placement, needle), hint)
+
+
+def _describe(p: Placement) -> str:
+    if p.kind == "inout":
+        return f"({p.addin}.{p.method}) at {p.source}"
+    return f"({p.addin}.{p.method}) from {p.source} to {p.target}"
+
+
+def check_module(path: str, modules: Mapping[str, nn.Module], graph: ModuleGraph, loc: _Locator,
+                 placement: Placement | None) -> nn.Module:
+    if path in modules and path != "":
+        return modules[path]
+    segments = path.split(".")
+    prefix = ""
+    bad = segments[0]
+    for seg in segments:
+        candidate = f"{prefix}.{seg}" if prefix else seg
+        if candidate not in modules:
+            bad = seg
+            break
+        prefix = candidate
+    owner = f"'{format_path(prefix)}'" if prefix else "the model"
+    suggestions = graph.suggest(path, n=1)
+    hint = f"did you mean {', '.join(repr(format_path(s)) for s in suggestions)}?" if suggestions else \
+        "print(model) shows the module names"
+    children = [n.name for n in graph.nodes if n.parent == (prefix or None)][:8]
+    detail = f" ({owner} has no child '{bad}'; its children: {', '.join(children)})" if children else ""
+    raise loc.error(f"no module '{format_path(path)}' in {graph.root_class}{detail}", placement,
+                    needle=bad, hint=hint)
+
+
+def _factory_params(factory: Callable) -> tuple[set[str], bool, list[str]]:
+    """(accepted keyword names, accepts **kwargs, required names) of a factory."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return set(), True, []
+    params = list(sig.parameters.values())
+    if isinstance(factory, type) and params and params[0].name == "self":
+        params = params[1:]
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
+    required = [p.name for p in params if p.default is p.empty and
+                p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, var_kw, required
+
+
+def _point_info(point: Point, module: nn.Module, graph: ModuleGraph) -> PointInfo:
+    node = graph[point.module] if point.module in graph else None
+    shape = None
+    if node is not None:
+        shape = node.input_shape if point.side == "pre" else node.output_shape
+    return PointInfo(module, point.side, shape, point.module)
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return None
+
+
+def _key(placement: Placement, taken: set[str]) -> str:
+    base = f"{placement.addin}_{re.sub(r'[^A-Za-z0-9_]', '_', placement.target.module)}"
+    key, n = base, 1
+    while key in taken:
+        key = f"{base}_{n}"
+        n += 1
+    taken.add(key)
+    return key
+
+
+def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
+            addins: Mapping[str, Callable] | None) -> tuple[list[Resolved], set[str]]:
+    """Validate ``cfg`` against ``model`` and build its add-ins; return them and the kept-trainable
+    parameter names. Raises ConfigError; never changes the model."""
+    loc = _Locator(cfg)
+    modules = dict(model.named_modules())
+    user = dict(addins or {})
+    for name in user:
+        if not str(name).isidentifier():
+            raise ConfigError(f"add-in name {name!r} in addins= must be an identifier to be written "
+                              f"in a config string")
+    registry = None
+    resolved: list[Resolved] = []
+    taken: set[str] = set()
+    for p in cfg.placements:
+        target_module = check_module(p.target.module, modules, graph, loc, p)
+        source_module = check_module(p.source.module, modules, graph, loc, p)
+        factory = user.get(p.addin)
+        if factory is None:
+            registry = registry if registry is not None else available_addins()
+            factory = registry.get(p.addin)
+        if factory is None:
+            known = sorted(set(user) | set(registry or {}))
+            from ..config.errors import did_you_mean
+            close = did_you_mean(p.addin, known)
+            hint = f"did you mean '{close[0]}'?" if close else \
+                "pass your add-in class with addins={'Name': Name}"
+            raise loc.error(f"unknown add-in '{p.addin}' (known: {', '.join(known)})", p, p.addin, hint)
+        if p.kind == "across":
+            _check_order(p, graph, loc)
+        addin = _build(factory, p, target_module, source_module, graph, loc)
+        _check_method(addin, p, loc)
+        device = _device_of(target_module)
+        if device is not None:
+            addin.to(device)
+        resolved.append(Resolved(_key(p, taken), p, addin))
+    names = [n for n, _ in model.named_parameters()]
+    keep, unmatched = match_trainable(names, cfg.trainable)
+    if unmatched:
+        from ..config.errors import did_you_mean
+        bad = unmatched[0]
+        close = did_you_mean(bad, names + list(modules))
+        pos = cfg.text.find(format_path(bad)) if cfg.text else -1
+        raise ConfigError(f"trainable pattern '{format_path(bad)}' matches no parameter of "
+                          f"{graph.root_class}", cfg.text, pos if pos >= 0 else None,
+                          f"did you mean '{format_path(close[0])}'?" if close else
+                          "patterns are parameter names or module paths, e.g. head or *.bias")
+    return resolved, keep
+
+
+def _check_order(p: Placement, graph: ModuleGraph, loc: _Locator) -> None:
+    if not graph.traced:
+        return  # checked at run time instead (RunAction raises if {in} did not run)
+    events = []
+    for point in (p.source, p.target):
+        node = graph[point.module]
+        event = node.pre_event if point.side == "pre" else node.post_event
+        if event is None:
+            raise loc.error(f"module '{format_path(point.module)}' does not run in the forward pass of "
+                            f"the example input, so {_describe(p)} would never run", p,
+                            point.module.rsplit(".", 1)[-1])
+        events.append(event)
+    if events[0] >= events[1]:
+        raise loc.error(f"{{in}} at {p.source} runs after {{out}} at {p.target} in the forward pass; "
+                        f"an add-in must read its input before its result goes back", p,
+                        p.target.module.rsplit(".", 1)[-1], hint="swap the two points")
+
+
+def _build(factory: Callable, p: Placement, target_module: nn.Module, source_module: nn.Module,
+           graph: ModuleGraph, loc: _Locator) -> nn.Module:
+    accepted, var_kw, required = _factory_params(factory)
+    offered: dict[str, Any] = {"point": _point_info(p.target, target_module, graph),
+                               "source_point": _point_info(p.source, source_module, graph)}
+    kwargs = {k: v for k, v in offered.items() if k in accepted}
+    for key, value in p.settings.items():
+        if key in offered:
+            raise loc.error(f"setting '{key}' is reserved (the engine passes it)", p, key)
+        if key not in accepted and not var_kw:
+            takes = sorted(accepted - set(offered))
+            raise loc.error(f"{p.addin} does not take a setting '{key}'"
+                            f" (it takes: {', '.join(takes) if takes else 'no settings'})", p, key)
+        kwargs[key] = value
+    missing = [r for r in required if r not in kwargs]
+    if missing:
+        raise loc.error(f"{p.addin} needs {', '.join(repr(m) for m in missing)}, which the string does "
+                        f"not give", p, p.addin,
+                        hint=f"add it as a setting, e.g. ({p.addin}.{p.method}, {missing[0]}=...), or "
+                             f"let the factory take 'point' and size itself from point.shape")
+    try:
+        addin = factory(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise loc.error(f"building {p.addin} for {_describe(p)} failed: {type(exc).__name__}: {exc}",
+                        p, p.addin) from exc
+    if not isinstance(addin, nn.Module):
+        raise loc.error(f"the factory for '{p.addin}' returned {type(addin).__name__}, not an nn.Module",
+                        p, p.addin, hint="subclass addin_studio.AddinBase")
+    return addin
+
+
+def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
+    side = p.target.side
+    fn = getattr(addin, p.method, None)
+    valid = methods_for(addin, side)
+    if fn is None or not callable(fn):
+        raise loc.error(f"{p.addin} has no method '{p.method}'", p, p.method,
+                        hint=f"methods that can run at a {side} point: {', '.join(valid) or 'none'}")
+    if not signature_fits(fn, side):
+        want = "(module, inputs)" if side == "pre" else "(module, inputs, outputs)"
+        where = "before" if side == "pre" else "after"
+        raise loc.error(f"{p.addin}.{p.method} cannot run at {p.target} ({where} the module): a {side} "
+                        f"point calls method{want}", p, p.method,
+                        hint=f"use one of: {', '.join(valid)}" if valid else
+                        f"define a method taking {want}")

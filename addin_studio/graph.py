@@ -1,0 +1,242 @@
+"""Trace a model into a module graph: paths, classes, execution order, shapes, parameter counts."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .config.paths import is_index
+
+
+@dataclass
+class ModuleNode:
+    """One named submodule, as ``print(model)`` names it."""
+
+    path: str
+    class_name: str
+    depth: int
+    parent: str | None
+    children: list[str] = field(default_factory=list)
+    num_params: int = 0
+    trainable_params: int = 0
+    own_params: int = 0
+    input_shape: tuple[int, ...] | None = None
+    output_shape: tuple[int, ...] | None = None
+    order: int | None = None
+    extra_repr: str = ""
+    # positions of the first pre/post events in the traced pass (to check "{in} runs before {out}")
+    pre_event: int | None = field(default=None, repr=False)
+    post_event: int | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+
+class ModuleGraph:
+    """The traced structure of a model. ``graph["blocks.3.attn"]`` gives a :class:`ModuleNode`."""
+
+    def __init__(self, nodes: list[ModuleNode], root_class: str, num_params: int,
+                 trainable_params: int, traced: bool) -> None:
+        self.nodes = nodes
+        self.root_class = root_class
+        self.num_params = num_params
+        self.trainable_params = trainable_params
+        self.traced = traced
+        self._by_path = {n.path: n for n in nodes}
+
+    def __getitem__(self, path: str) -> ModuleNode:
+        return self._by_path[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._by_path
+
+    def __iter__(self) -> Iterator[ModuleNode]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def paths(self) -> list[str]:
+        return [n.path for n in self.nodes]
+
+    def executed(self) -> list[ModuleNode]:
+        """The nodes that ran in the traced forward pass, in order of their first call."""
+        return sorted((n for n in self.nodes if n.order is not None), key=lambda n: n.order)
+
+    def roots(self) -> list[ModuleNode]:
+        """Direct children of the model."""
+        return [n for n in self.nodes if n.parent is None]
+
+    def suggest(self, path: str, n: int = 3) -> list[str]:
+        """Closest existing paths to ``path`` (for did-you-mean messages)."""
+        found = difflib.get_close_matches(path, self.paths, n=n, cutoff=0.6)
+        if not found:
+            tail = path.rsplit(".", 1)[-1]
+            found = [p for p in self.paths if p.rsplit(".", 1)[-1] == tail][:n]
+        return found
+
+    def repeated_groups(self) -> dict[str, int]:
+        """Containers whose children are named ``0..n-1`` (``{"blocks": 12}``), n >= 2."""
+        groups = {}
+        for node in self.nodes + [ModuleNode("", self.root_class, 0, None,
+                                             [n.path for n in self.roots()])]:
+            names = [c.rsplit(".", 1)[-1] for c in node.children]
+            if len(names) >= 2 and all(is_index(x) for x in names) and \
+                    sorted(int(x) for x in names) == list(range(len(names))):
+                groups[node.path] = len(names)
+        return groups
+
+    def __repr__(self) -> str:
+        return (f"ModuleGraph({self.root_class}, {len(self.nodes)} modules, "
+                f"{self.num_params:,} parameters, traced={self.traced})")
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(value, dict):
+        for v in value.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if hasattr(value, "to_tuple"):  # transformers ModelOutput
+        return _first_tensor(value.to_tuple())
+    return None
+
+
+def _move_to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_move_to(v, device) for v in value)
+    if isinstance(value, list):
+        return [_move_to(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _move_to(v, device) for k, v in value.items()}
+    return value
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+def run_forward(model: nn.Module, example_input: Any, **kwargs: Any) -> Any:
+    """Call ``model`` with an example input: a tensor, a tuple of positional inputs or a dict."""
+    device = model_device(model)
+    if device is not None:
+        example_input = _move_to(example_input, device)
+        kwargs = _move_to(kwargs, device)
+    if isinstance(example_input, dict):
+        return model(**example_input, **kwargs)
+    if isinstance(example_input, tuple):
+        return model(*example_input, **kwargs)
+    return model(example_input, **kwargs)
+
+
+def _count(module: nn.Module, recurse: bool) -> tuple[int, int]:
+    total = trainable = 0
+    seen = set()
+    for p in module.parameters(recurse=recurse):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+def trace(model: nn.Module, example_input: Any = None, **forward_kwargs: Any) -> ModuleGraph:
+    """Trace ``model`` into a :class:`ModuleGraph`.
+
+    With ``example_input`` (a tensor, a tuple of positional inputs or a dict of keyword inputs) one
+    forward pass runs in eval mode under ``torch.no_grad()`` with temporary hooks that record the order
+    of first calls and input/output shapes; the model's training flags are restored afterwards and no
+    hooks remain. Works on the ``meta`` device. Without an example input, shapes and order are ``None``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"trace() expects an nn.Module, got {type(model).__name__}")
+    named = [(p, m) for p, m in model.named_modules() if p]
+    nodes: dict[str, ModuleNode] = {}
+    for path, module in named:
+        parent = path.rsplit(".", 1)[0] if "." in path else None
+        total, trainable = _count(module, True)
+        own, _ = _count(module, False)
+        try:
+            extra = module.extra_repr()
+        except Exception:  # a broken extra_repr must not break tracing
+            extra = ""
+        node = ModuleNode(path, type(module).__name__, path.count(".") + 1, parent,
+                          num_params=total, trainable_params=trainable, own_params=own,
+                          extra_repr=extra)
+        nodes[path] = node
+        if parent is not None and parent in nodes:
+            nodes[parent].children.append(path)
+    total, trainable = _count(model, True)
+    traced = example_input is not None
+    if traced:
+        _record_forward(model, named, nodes, example_input, forward_kwargs)
+    return ModuleGraph(list(nodes.values()), type(model).__name__, total, trainable, traced)
+
+
+def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes: dict[str, ModuleNode],
+                    example_input: Any, forward_kwargs: dict) -> None:
+    counter = [0]
+    events = [0]
+    handles = []
+
+    def make_pre(node: ModuleNode):
+        def pre(module, args, kwargs):
+            if node.order is None:
+                node.order = counter[0]
+                counter[0] += 1
+                node.pre_event = events[0]
+                events[0] += 1
+                t = _first_tensor(args) if args else _first_tensor(kwargs)
+                node.input_shape = tuple(t.shape) if t is not None else None
+        return pre
+
+    def make_post(node: ModuleNode):
+        def post(module, args, output):
+            if node.post_event is None:
+                node.post_event = events[0]
+                events[0] += 1
+                t = _first_tensor(output)
+                node.output_shape = tuple(t.shape) if t is not None else None
+        return post
+
+    seen_modules: dict[int, ModuleNode] = {}
+    for path, module in named:
+        if id(module) in seen_modules:
+            continue
+        node = nodes[path]
+        seen_modules[id(module)] = node
+        handles.append(module.register_forward_pre_hook(make_pre(node), with_kwargs=True))
+        handles.append(module.register_forward_hook(make_post(node)))
+    training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            run_forward(model, example_input, **forward_kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag

@@ -1,0 +1,43 @@
+"""Parameter counts and a readable table of what trains."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts; a parameter shared by several modules counts once."""
+    trainable = total = 0
+    for p in model.parameters():  # parameters() already de-duplicates shared tensors
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def summary_line(model: nn.Module) -> str:
+    """ZhiJian's line: ``Trainable/total parameters: 0.03M / 38.64M (0.08843%)``."""
+    trainable, total = count_parameters(model)
+    pct = 100.0 * trainable / total if total else 0.0
+    return f"Trainable/total parameters: {trainable / 1e6:.2f}M / {total / 1e6:.2f}M ({pct:.4g}%)"
+
+
+def trainable_table(model: nn.Module) -> str:
+    """A table of the trainable parameters (name, module type, shape, count) and the summary line."""
+    owners = {}
+    for mod_name, module in model.named_modules():
+        for p_name, _ in module.named_parameters(recurse=False):
+            owners.setdefault(f"{mod_name}.{p_name}" if mod_name else p_name, type(module).__name__)
+    rows = [(name, owners.get(name, ""), "x".join(str(s) for s in p.shape) or "scalar", f"{p.numel():,}")
+            for name, p in model.named_parameters() if p.requires_grad]
+    header = ("Parameter", "Type", "Shape", "Count")
+    widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(4)]
+    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+
+    def fmt(r):
+        return "| " + " | ".join(r[i].ljust(widths[i]) if i < 3 else r[i].rjust(widths[i])
+                                 for i in range(4)) + " |"
+
+    out = [line, fmt(header), line.replace("-", "=")]
+    out += [fmt(r) for r in rows] or ["| " + "(no trainable parameters)".ljust(len(line) - 4) + " |"]
+    out += [line, summary_line(model)]
+    return "\n".join(out)
