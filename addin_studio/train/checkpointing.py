@@ -1,0 +1,47 @@
+"""Saving the trained part of a model: an Attachment's add-ins, or the trainable parameters."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def save_adapters(attachment: Any, path: str | Path) -> Path:
+    """Save an Attachment's add-in weights (config string in the metadata) to ``path``.
+
+    Uses ``attachment.save`` (adapter-only safetensors the core can re-load with ``studio.load``);
+    while that is not available, writes ``attachment.addins.state_dict()`` with safetensors and the
+    canonical config string under the metadata key ``"config"``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save = getattr(attachment, "save", None)
+    if callable(save):
+        try:
+            save(str(path))
+            return path
+        except NotImplementedError:
+            pass
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in attachment.addins.state_dict().items()}
+    save_file(tensors, str(path), metadata={"config": str(attachment.config), "format": "addins-state-dict"})
+    return path
+
+
+def save_trainable(model: nn.Module, path: str | Path) -> Path:
+    """Save the parameters that require grad (safetensors), e.g. when no Attachment is involved."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+    tensors = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            tensors[name] = p.detach().cpu().contiguous()
+    save_file(tensors, str(path), metadata={"format": "trainable-parameters"})
+    return path

@@ -1,0 +1,352 @@
+"""The Trainer: fit / test a classifier (a model with add-ins, or any nn.Module)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .callbacks import ProgressBar
+from .checkpointing import save_adapters, save_trainable
+from .metrics import AverageMeter, topk_correct
+from .optim import build_optimizer, build_scheduler, trainable_parameters
+
+HOOKS = ("on_fit_start", "on_epoch_start", "on_step", "on_epoch", "on_end")
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """The logits of a model output: a tensor, ``.logits`` (Hugging Face), ``["logits"]`` or item 0."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, dict) and "logits" in output:
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}; "
+                    "return a tensor, a tuple whose first item is the logits, or an object with .logits")
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
+    if amp in (None, False, "none", "off", "fp32"):
+        return None
+    if amp is True:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if amp not in names:
+        raise ValueError(f"unknown amp {amp!r}; use False, True, 'bf16' or 'fp16'")
+    dtype = names[amp]
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"amp is supported on cpu and cuda devices, not {device.type!r}")
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("amp='fp16' needs a CUDA device; on the CPU use amp='bf16'")
+    return dtype
+
+
+class Trainer:
+    """Train and evaluate a classifier; only parameters with ``requires_grad`` are optimized.
+
+    Batches are ``(inputs, targets)``: ``inputs`` a tensor (or a tuple of positional inputs, or a dict
+    of keyword inputs), ``targets`` class indices. ``fit()`` returns the history; ``test()`` the
+    accuracies. ``stop()`` (thread-safe) ends ``fit()`` after the current step. Callbacks get
+    ``on_fit_start(trainer)``, ``on_epoch_start(trainer, epoch)``, ``on_step(trainer, step, logs)``,
+    ``on_epoch(trainer, epoch, logs)`` and ``on_end(trainer, history)``; see docs/training.md.
+
+    With an ``attachment`` and a ``checkpoint_dir``, the add-ins of the best epoch (highest validation
+    Acc@1, or lowest training loss without a ``val_loader``) are saved to ``checkpoint_dir/best.safetensors``
+    with ``attachment.save``; without an attachment, the trainable parameters are saved there.
+    """
+
+    def __init__(self, model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
+                 epochs: int = 1, lr: float = 1e-3, optimizer: Any = "adamw", scheduler: Any = "cosine",
+                 callbacks: Sequence[Any] = (), *, weight_decay: float | None = None, momentum: float = 0.9,
+                 warmup_steps: int = 0, step_size: int | None = None, gamma: float = 0.1,
+                 grad_clip: float | None = None, amp: bool | str = False, device: str | torch.device | None = None,
+                 seed: int | None = None, loss_fn: Callable | None = None, max_steps: int | None = None,
+                 attachment: Any = None, checkpoint_dir: str | Path | None = None, progress: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"max_steps must be an integer >= 1 or None, got {max_steps!r}")
+        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        for cb in callbacks:
+            if not any(callable(getattr(cb, h, None)) for h in HOOKS):
+                raise TypeError(f"callback {cb!r} has none of the methods {', '.join(HOOKS)}")
+
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device)
+        if attachment is not None and getattr(attachment, "addins", None) is not None:
+            attachment.addins.to(self.device)  # normally a child of the model already; harmless then
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.epochs = epochs
+        self.lr = lr
+        self.max_steps = max_steps
+        self.grad_clip = grad_clip
+        self.warmup_steps = warmup_steps
+        self.amp_dtype = _resolve_amp(amp, self.device)
+        self.seed = seed
+        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+        self.attachment = attachment
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.callbacks = list(callbacks) + ([ProgressBar()] if progress else [])
+
+        self._steps_per_epoch = self._loader_len(train_loader)
+        if self._steps_per_epoch == 0:
+            raise ValueError("train_loader is empty: it yields no batches")
+        if self._steps_per_epoch is None and max_steps is None:
+            raise ValueError("train_loader has no len(); pass max_steps= so the schedule knows its length")
+        self.params = trainable_parameters(self.model)
+        if not self.params and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError("the model has no parameters with requires_grad=True: nothing to train "
+                             "(did the config keep anything trainable, or add any add-in?)")
+        self.optimizer = build_optimizer(optimizer, self.params, lr, weight_decay, momentum)
+        self._scheduler_spec = scheduler
+        self._step_size = step_size
+        self._gamma = gamma
+        self.scheduler = None
+        self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
+
+        self._stop = threading.Event()
+        self.history: dict[str, list] = {}
+        self.step = 0
+        self.epoch = 0
+        self.stopped = False
+        self.fitting = False
+        self.error: BaseException | None = None
+        self.best_epoch: int | None = None
+        self.best_metric: float | None = None
+        self.best_checkpoint: Path | None = None
+
+    # ----------------------------------------------------------------- sizes
+    @staticmethod
+    def _loader_len(loader: Iterable) -> int | None:
+        try:
+            return len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps one ``fit()`` makes unless stopped."""
+        if self._steps_per_epoch is None:
+            return int(self.max_steps)  # checked in __init__
+        total = self.epochs * self._steps_per_epoch
+        return min(total, self.max_steps) if self.max_steps is not None else total
+
+    def steps_in_epoch(self, epoch: int) -> int | None:
+        """Steps epoch ``epoch`` (1-based) makes unless stopped; None when the loader has no len()."""
+        if self._steps_per_epoch is None:
+            return None
+        done = (epoch - 1) * self._steps_per_epoch
+        return max(0, min(self._steps_per_epoch, self.total_steps - done))
+
+    # ----------------------------------------------------------------- control
+    def stop(self) -> None:
+        """Ask ``fit()`` to end after the current step (safe to call from any thread).
+
+        A request made while no fit is running applies to the next ``fit()``, which then makes no step.
+        """
+        self._stop.set()
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if callable(fn):
+                fn(self, *args)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, float32 loss, targets) of one batch, on the trainer's device."""
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError("expected batches of (inputs, targets); got "
+                            f"{type(batch).__name__}{' of length %d' % len(batch) if isinstance(batch, (tuple, list)) else ''}")
+        inputs, targets = _to(batch[0], self.device), _to(batch[1], self.device)
+        with self._autocast():
+            if isinstance(inputs, dict):
+                out = self.model(**inputs)
+            elif isinstance(inputs, (tuple, list)):
+                out = self.model(*inputs)
+            else:
+                out = self.model(inputs)
+            logits = _logits(out)
+            loss = self.loss_fn(logits, targets)
+        return logits, loss.float(), targets
+
+    # ----------------------------------------------------------------- training
+    def _train_step(self, batch: Any, epoch: int, index: int) -> dict:
+        step = self.step + 1
+        self.optimizer.zero_grad(set_to_none=True)
+        _, loss, _ = self._forward(batch)
+        value = float(loss.detach())
+        where = f"step {step} (epoch {epoch}, batch {index})"
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite loss ({value}) at {where}; the parameters are left as "
+                                     "they were before this step (try a lower lr, grad_clip, or amp=False)")
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        # The total grad norm doubles as a check: inf/nan grads would corrupt the parameters.
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf")))
+        if self.scaler is not None:  # fp16: the scaler skips steps with inf grads and lowers its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if not math.isfinite(norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(f"non-finite gradient norm ({norm}) at {where}; the parameters are "
+                                         "left as they were before this step")
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step = step
+        return {"loss": value, "lr": lr, "grad_norm": norm, "epoch": epoch, "batch": index, "step": step}
+
+    def fit(self) -> dict[str, list]:
+        """Train for ``epochs`` (or ``max_steps``); return the history.
+
+        History: ``loss``, ``lr`` (per step: the lr used for that step), ``train_loss``, ``epoch_time``
+        (per epoch) and, with a ``val_loader``, ``val_loss``, ``val_acc1``, ``val_acc5`` (per epoch, %).
+        Each call restarts the history, step count and named schedule; model and optimizer state carry over.
+        """
+        if self.fitting:
+            raise RuntimeError("fit() is already running")
+        self.fitting = True
+        self.stopped = False
+        self.error = None
+        self.step = 0
+        self.epoch = 0
+        self.best_epoch = self.best_metric = self.best_checkpoint = None
+        self.history = history = {"loss": [], "lr": [], "train_loss": [], "epoch_time": []}
+        if self.val_loader is not None:
+            history.update(val_loss=[], val_acc1=[], val_acc5=[])
+        if self.seed is not None:
+            random.seed(self.seed)
+            torch.manual_seed(self.seed)
+            with contextlib.suppress(ImportError):
+                import numpy as np
+
+                np.random.seed(self.seed)
+        self.scheduler = build_scheduler(self._scheduler_spec, self.optimizer, self.total_steps,
+                                         self.warmup_steps, self._step_size, self._gamma)
+        self.start_time = time.perf_counter()
+        try:
+            self._emit("on_fit_start")
+            self._run_epochs(history)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.fitting = False
+            self._stop.clear()
+            self._emit("on_end", history)
+        return history
+
+    def _run_epochs(self, history: dict[str, list]) -> None:
+        for epoch in range(1, self.epochs + 1):
+            if self.step >= self.total_steps or self._stop.is_set():
+                self.stopped = self._stop.is_set()
+                return
+            self.epoch = epoch
+            self._emit("on_epoch_start", epoch)
+            self.model.train()
+            meter = AverageMeter()
+            t0 = time.perf_counter()
+            for index, batch in enumerate(self.train_loader):
+                if self._stop.is_set():
+                    self.stopped = True
+                    return  # a partial epoch gets no validation and no on_epoch
+                if self.step >= self.total_steps:
+                    break
+                logs = self._train_step(batch, epoch, index)
+                meter.update(logs["loss"], int(batch[1].shape[0]) if hasattr(batch[1], "shape") else 1)
+                history["loss"].append(logs["loss"])
+                history["lr"].append(logs["lr"])
+                logs["time"] = time.perf_counter() - self.start_time
+                self._emit("on_step", self.step, logs)
+            epoch_logs: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": meter.avg}
+            history["train_loss"].append(meter.avg)
+            if self.val_loader is not None:
+                res = self.evaluate(self.val_loader)
+                for k in ("loss", "acc1", "acc5"):
+                    history[f"val_{k}"].append(res[k])
+                    epoch_logs[f"val_{k}"] = res[k]
+            epoch_logs["time"] = time.perf_counter() - t0
+            history["epoch_time"].append(epoch_logs["time"])
+            epoch_logs["best"] = self._track_best(epoch, epoch_logs)
+            self._emit("on_epoch", epoch, epoch_logs)
+
+    def _track_best(self, epoch: int, logs: dict) -> bool:
+        metric = logs["val_acc1"] if "val_acc1" in logs else -logs["train_loss"]
+        if not math.isfinite(metric) or (self.best_metric is not None and metric <= self.best_metric):
+            return False
+        self.best_epoch, self.best_metric = epoch, metric
+        if self.checkpoint_dir is not None:
+            path = self.checkpoint_dir / "best.safetensors"
+            if self.attachment is not None:
+                self.best_checkpoint = save_adapters(self.attachment, path)
+            else:
+                self.best_checkpoint = save_trainable(self.model, path)
+        return True
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable) -> dict[str, float]:
+        """Top-1 / top-5 accuracy (%) and mean loss over ``loader``; the model's mode is restored."""
+        was_training = self.model.training
+        self.model.eval()
+        correct1 = correct5 = n = 0
+        loss_sum = 0.0
+        try:
+            for batch in loader:
+                logits, loss, targets = self._forward(batch)
+                c1, c5 = topk_correct(logits.float(), targets, (1, 5))
+                b = int(targets.shape[0])
+                correct1, correct5, n = correct1 + c1, correct5 + c5, n + b
+                loss_sum += float(loss) * b
+        finally:
+            self.model.train(was_training)
+        if n == 0:
+            raise ValueError("the evaluation loader is empty: it yields no batches")
+        return {"acc1": 100.0 * correct1 / n, "acc5": 100.0 * correct5 / n, "loss": loss_sum / n}
+
+    def test(self, loader: Iterable | None = None) -> dict[str, float]:
+        """``{"acc1": %, "acc5": %, "loss": float}`` on ``loader`` (default: the ``val_loader``)."""
+        loader = loader if loader is not None else self.val_loader
+        if loader is None:
+            raise ValueError("test() needs a loader: pass one, or give the Trainer a val_loader")
+        return self.evaluate(loader)
