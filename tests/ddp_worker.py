@@ -1,0 +1,65 @@
+"""Worker for tests/test_ddp.py: trains the tutorial MLP with add-ins, with or without DDP.
+
+Run under ``torchrun --nproc_per_node 2`` (distributed) or as a plain script (one process); both save the
+trained add-ins to ``<out>/adapters.safetensors`` (rank 0 only). The data, seed and global batch are the
+same in both cases, so the saved add-ins must agree.
+
+Usage: python tests/ddp_worker.py OUT_DIR
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+import addin_studio as studio
+from addin_studio import distributed as D
+from addin_studio.examples import MLPAddin, TutorialMLP
+
+GLOBAL_BATCH = 8
+SAMPLES = 64
+EPOCHS = 2
+CONFIG = ("(MLPAddin.adapt_across_output): ...->(fc1){in1}->...->(fc2){out1}->...\n"
+          "(MLPAddin.adapt_input): ...->{inout1}(fc3)->...")
+
+
+def _save(att: studio.Attachment, path: Path) -> None:
+    save_file({k: v.detach().contiguous() for k, v in att.addins.state_dict().items()}, str(path),
+              metadata={"config": str(att.config)})
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    distributed = D.init_distributed(backend="gloo")
+    world = D.get_world_size()
+
+    g = torch.Generator().manual_seed(123)
+    data = TensorDataset(torch.randn(SAMPLES, 64, generator=g), torch.randint(0, 10, (SAMPLES,), generator=g))
+    # A DistributedSampler with one replica shuffles exactly like the 2-rank one (same permutation per
+    # epoch), and each global batch of 8 is the union of the two ranks' batches of 4.
+    sampler = DistributedSampler(data, num_replicas=world, rank=D.get_rank(), shuffle=True, seed=7)
+    loader = DataLoader(data, batch_size=GLOBAL_BATCH // world, sampler=sampler)
+
+    torch.manual_seed(0)
+    model = TutorialMLP(64, 32, 10)
+    att = studio.attach(model, CONFIG, addins={"MLPAddin": MLPAddin}, example_input=data.tensors[0][:2])
+    if D.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        _save(att, out / "initial.safetensors")
+    trained = D.wrap_model(model, attachment=att, device="cpu") if distributed else model
+
+    trainer = studio.Trainer(trained, loader, epochs=EPOCHS, lr=1e-2, optimizer="adamw", scheduler="cosine",
+                             device="cpu", seed=0, progress=False, callbacks=[D.SamplerEpoch(loader)])
+    history = trainer.fit()
+    if D.is_main_process():
+        _save(att, out / "adapters.safetensors")
+        (out / "steps.txt").write_text(f"{len(history['loss'])} {world}\n")
+    D.cleanup()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
