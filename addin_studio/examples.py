@@ -36,6 +36,8 @@ class MLPAddin(AddinBase):
     def __init__(self, point: PointInfo, source_point: PointInfo | None = None,
                  reduction_dim: int = 16, output_size: int | None = None) -> None:
         super().__init__()
+        if reduction_dim < 1:
+            raise ValueError(f"reduction_dim must be at least 1, got {reduction_dim}")
         reads = source_point if source_point is not None else point
         if reads.shape is None:
             raise ValueError("MLPAddin needs the feature shape: pass example_input= to attach()")

@@ -223,15 +223,15 @@ def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes:
         return post
 
     seen_modules: dict[int, ModuleNode] = {}
-    for path, module in named:
-        if id(module) in seen_modules:
-            continue
-        node = nodes[path]
-        seen_modules[id(module)] = node
-        handles.append(module.register_forward_pre_hook(make_pre(node), with_kwargs=True))
-        handles.append(module.register_forward_hook(make_post(node)))
     training = {m: m.training for m in model.modules()}
     try:
+        for path, module in named:
+            if id(module) in seen_modules:
+                continue
+            node = nodes[path]
+            seen_modules[id(module)] = node
+            handles.append(module.register_forward_pre_hook(make_pre(node), with_kwargs=True))
+            handles.append(module.register_forward_hook(make_post(node)))
         model.eval()
         with torch.no_grad():
             run_forward(model, example_input, **forward_kwargs)

@@ -218,7 +218,7 @@ class _Parser:
     def chain(self) -> list[_Label]:
         labels: list[_Label] = []
         while True:
-            self.skip_ws()
+            self.skip_ws(newlines=True)  # after ':' or '->' the chain may go on on the next line
             if any(self.peek(e) for e in _ELLIPSIS):
                 self.i += 3 if self.peek("...") else 1
             else:
