@@ -1,0 +1,351 @@
+"""The Studio widget (anywidget): the page draws and sends intents; this class decides everything.
+
+Intents from the page (``{"type": ...}`` messages): ``point`` (point, group), ``select`` (path),
+``toggle`` (path), ``addin`` (name), ``method`` (name), ``apply`` (text), ``remove`` (index),
+``clear``, ``cancel``, ``train``, ``stop``. Each is handled by :class:`~.editor.Editor` or the
+training run, and the result comes back as traits.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import anywidget
+import torch.nn as nn
+import traitlets as t
+
+from ..graph import trace
+from . import training
+from .editor import Editor, entries, point_labels
+from .layout import layout
+from .plot import history_png, series
+from .printout import printout
+from .svg import render_svg
+from .tree import TreeBuilder, human
+
+_HERE = Path(__file__).parent
+
+
+def _main_loop() -> asyncio.AbstractEventLoop | None:
+    """The kernel's asyncio loop when called from a cell (ipykernel runs cells in it)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _display_parent() -> dict | None:
+    """The parent header of the cell being executed (so output can be sent there later)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
+        return None
+    ip = get_ipython()
+    pub = getattr(ip, "display_pub", None)
+    header = getattr(pub, "parent_header", None)
+    return dict(header) if header else None
+
+
+class Studio(anywidget.AnyWidget):
+    """Place add-ins on a model by clicking its graph; the config string updates live.
+
+    ``w = Studio(model, example_input=x, addins={"MLPAddin": MLPAddin}, train_loader=loader)``, then
+    ``w`` as a cell's last line. ``w.config`` (synced both ways), ``w.error``, ``w.attachment``
+    (the live :class:`~addin_studio.Attachment`, or None) and ``w.history`` give the results back.
+    Every accepted config is attached to ``model`` at once (base frozen, add-ins trainable).
+    """
+
+    _esm = _HERE / "studio.js"
+    _css = _HERE / "studio.css"
+
+    config = t.Unicode("").tag(sync=True)
+    error = t.Unicode("").tag(sync=True)
+    svg = t.Unicode("").tag(sync=True)
+    notice = t.Unicode("").tag(sync=True)
+    lines = t.List().tag(sync=True)
+    labels = t.Dict().tag(sync=True)
+    links = t.List().tag(sync=True)
+    entries = t.List().tag(sync=True)
+    states = t.Dict().tag(sync=True)
+    addin_names = t.List().tag(sync=True)
+    addin = t.Unicode("").tag(sync=True)
+    methods = t.List().tag(sync=True)
+    method = t.Unicode("").tag(sync=True)
+    pending = t.Unicode("").tag(sync=True)
+    selected = t.Dict().tag(sync=True)
+    params = t.Unicode("").tag(sync=True)
+    state = t.Unicode("idle").tag(sync=True)
+    status = t.Unicode("").tag(sync=True)
+    can_train = t.Bool(False).tag(sync=True)
+    plot = t.Dict().tag(sync=True)
+    title = t.Unicode("").tag(sync=True)
+
+    def __init__(self, model: nn.Module, example_input: Any = None,
+                 addins: Mapping[str, Callable] | None = None, train_loader: Iterable | None = None,
+                 val_loader: Iterable | None = None, *, epochs: int = 1, lr: float = 1e-3,
+                 trainer_options: Mapping[str, Any] | None = None, config: str = "",
+                 layout_engine: str = "auto", **kwargs: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Studio needs a torch.nn.Module, got {type(model).__name__}")
+        training.stop_all()  # a re-run cell must not leave an old run training with no Stop button
+        super().__init__(**kwargs)
+        self._loop = _main_loop()
+        self._main_thread = threading.current_thread()
+        self._parent: dict | None = _display_parent()
+        self.model = model
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.trainer_options = {"epochs": epochs, "lr": lr, **dict(trainer_options or {})}
+        self.layout_engine = layout_engine
+        self._graph = trace(model, example_input)
+        self._tree = TreeBuilder(self._graph)
+        self._expanded: set[str] = set()
+        self._collapsed = self._tree.default_collapsed()
+        self._editor = Editor(model, self._graph, addins, example_input)
+        self._run: training.TrainingRun | None = None
+        self._history: dict = {}
+        self._syncing = False
+        lines, exact = printout(model)
+        self.lines = [line.as_dict() for line in lines]
+        self.title = f"{self._graph.root_class} · {len(self._graph)} modules · " \
+                     f"{human(self._graph.num_params)} parameters"
+        self._relayout()
+        if config:
+            self._editor.apply(config)
+        self._sync()
+        if not exact:
+            self.notice = (self.notice + " " if self.notice else "") + \
+                "(the printout view could not reproduce print(model) exactly)"
+        self.on_msg(self._on_msg)
+
+    # -- Python-side API ---------------------------------------------------------------------------
+    @property
+    def attachment(self):
+        """The live :class:`~addin_studio.Attachment` of the current config (None when empty)."""
+        return self._editor.attachment
+
+    @property
+    def history(self) -> dict:
+        """The last training run's history (``loss``, ``lr`` per step; ``val_acc1`` per epoch)."""
+        return dict(self._history)
+
+    @property
+    def graph(self):
+        return self._graph
+
+    @t.observe("config")
+    def _config_set(self, change: dict) -> None:
+        if self._syncing or change["new"] == str(self._editor.config):
+            return
+        if self.state == "training":
+            self.error = "stop training before changing the config"
+        else:
+            self._editor.apply(change["new"])
+        self._sync()
+
+    def stop(self) -> None:
+        if self._run is not None:
+            self._run.stop()
+
+    def close(self) -> None:
+        """Stop a running training and close the widget."""
+        if self._run is not None:
+            self._run.stop()
+        super().close()
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        self._parent = _display_parent() or self._parent
+        return super()._repr_mimebundle_(**kwargs)
+
+    # -- threading --------------------------------------------------------------------------------
+    def _dispatch(self, fn: Callable, *args: Any) -> None:
+        """Run ``fn`` on the kernel's main loop (all trait traffic stays on one thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or threading.current_thread() is self._main_thread:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        # comm handlers may run on a kernel subshell thread: hand over to the main loop
+        self._dispatch(self._handle, content)
+
+    def _handle(self, content: Any) -> None:
+        try:
+            self.handle(content)
+        except Exception as exc:  # the kernel must never crash from a click
+            self.error = f"internal error while handling {content!r}: {exc!r}"
+
+    # -- intents ----------------------------------------------------------------------------------
+    def handle(self, msg: Mapping[str, Any]) -> None:
+        """Apply one intent from the page (also the way tests drive the widget)."""
+        kind = msg.get("type") if isinstance(msg, Mapping) else None
+        ed = self._editor
+        if kind == "stop":
+            self.stop()
+            return
+        if kind == "select":
+            self._select(str(msg.get("path", "")), msg.get("range"))
+            return
+        if kind == "toggle":
+            self._toggle(str(msg.get("path", "")))
+            return
+        if kind not in ("point", "addin", "method", "apply", "remove", "clear", "cancel", "train"):
+            self.error = f"unknown request {kind!r}"
+            return
+        if self.state == "training":
+            self.error = "stop training before changing the config"
+            return
+        if kind == "point":
+            ed.click(str(msg.get("point", "")), msg.get("group") or None)
+        elif kind == "addin":
+            try:
+                ed.select_addin(str(msg.get("name", "")))
+                ed.error = ""
+            except ValueError as exc:
+                ed.error = str(exc)
+        elif kind == "method":
+            try:
+                ed.select_method(str(msg.get("name", "")))
+                ed.error = ""
+            except ValueError as exc:
+                ed.error = str(exc)
+        elif kind == "apply":
+            ed.apply(str(msg.get("text", "")))
+        elif kind == "remove":
+            ed.remove(int(msg.get("index", -1)))
+        elif kind == "clear":
+            ed.clear()
+        elif kind == "cancel":
+            ed.cancel()
+        elif kind == "train":
+            self._train()
+            return
+        self._sync()
+
+    # -- views ------------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        """Push the editor's state to the traits."""
+        ed = self._editor
+        self._syncing = True
+        try:
+            self.config = str(ed.config)
+        finally:
+            self._syncing = False
+        self.error = ed.error
+        self.labels = point_labels(ed.config)
+        self.links = sorted({(str(p.source), str(p.target)) for p in ed.config.placements
+                             if p.kind == "across"})
+        self.entries = [{"index": i, "text": e.text} for i, e in enumerate(entries(ed.config))]
+        self.states = ed.module_states()
+        self.addin_names = ed.addin_names()
+        self.addin = ed.addin
+        self.methods = ed.methods(ed.side)
+        self.method = ed.method
+        self.pending = str(ed.pending[0]) if ed.pending else ""
+        self.params = ed.params_text()
+        self.can_train = self.train_loader is not None and self.state == "idle"
+
+    def _relayout(self) -> None:
+        items = self._tree.build(self._expanded, self._collapsed)
+        lay = layout(items, self.layout_engine)
+        self.notice = lay.notice
+        self.svg = render_svg(items, lay)
+
+    def _toggle(self, path: str) -> None:
+        if path in self._tree.groups:
+            self._expanded ^= {path}
+        elif path in self._graph and not self._graph[path].is_leaf:
+            self._collapsed ^= {path}
+        else:
+            self.error = f"{path!r} is not a container that can be expanded or collapsed"
+            return
+        self._relayout()
+
+    def _select(self, path: str, rng: Any = None) -> None:
+        if path not in self._graph:
+            self.error = f"no module {path!r} in this model"
+            return
+        node = self._graph[path]
+        info = {"path": path, "class": node.class_name, "params": node.num_params,
+                "trainable": self._editor.module_states().get(path, "none"),
+                "input": list(node.input_shape) if node.input_shape else None,
+                "output": list(node.output_shape) if node.output_shape else None,
+                "extra": node.extra_repr}
+        if rng:
+            info["range"] = str(rng)
+        self.selected = info
+
+    # -- training ---------------------------------------------------------------------------------
+    def _train(self) -> None:
+        if self.train_loader is None:
+            self.error = "no train_loader was given to Studio(...): nothing to train on"
+            return
+        if self._run is not None and self._run.alive:
+            self.error = "training is already running"
+            return
+        att = self._editor.attachment
+
+        def make(callbacks: list):
+            from ..train import Trainer
+
+            return Trainer(self.model, self.train_loader, self.val_loader, callbacks=callbacks,
+                           progress=False, attachment=att, **self.trainer_options)
+
+        try:
+            run = training.TrainingRun(make, self._dispatch, self._on_update, self._on_done)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self.error = f"cannot train: {exc}"
+            return
+        self._run = run
+        self.error = ""
+        self.state = "training"
+        self.can_train = False
+        self.plot = series([], [], run.trainer.total_steps)
+        self.status = f"training: starting ({run.trainer.total_steps} steps)"
+        run.start()
+
+    def _on_update(self, snapshot: dict) -> None:
+        if self.state != "training":
+            return
+        self.status = snapshot.pop("status")
+        self.plot = snapshot
+
+    def _on_done(self, run: training.TrainingRun) -> None:
+        self._history = dict(run.history)
+        data = series(run.losses, run.val_acc, run.trainer.total_steps)
+        self.plot = data
+        self.state = "idle"
+        self.status = run.summary()
+        if run.error is not None:
+            self.error = f"training failed: {run.error}"
+        self._editor.error = self.error
+        self._sync()
+        self._show_static_plot(run)
+
+    def _show_static_plot(self, run: training.TrainingRun) -> None:
+        """Display a PNG of the run in the widget's cell, so a saved notebook keeps the plot."""
+        losses = [v for v in run.losses if math.isfinite(v)]
+        if not losses:
+            return
+        try:
+            png = history_png(losses, run.val_acc)
+        except Exception as exc:  # matplotlib problems must not hide the result
+            self.status += f" (no static plot: {exc})"
+            return
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image, display
+        except ImportError:  # pragma: no cover
+            return
+        ip = get_ipython()
+        pub = getattr(ip, "display_pub", None)
+        if ip is None or self._parent is None or not hasattr(pub, "set_thread_parent"):
+            return
+        token = pub.set_thread_parent(self._parent)
+        try:
+            display(Image(png, format="png"))
+        finally:
+            pub.reset_thread_parent(token)
