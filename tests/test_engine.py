@@ -360,3 +360,15 @@ def test_to_moves_addins_with_model(mlp, digits_batch):
         mlp.to(torch.float64)
         assert all(p.dtype == torch.float64 for p in att.addins.parameters())
         assert mlp(digits_batch.double()).dtype == torch.float64
+
+
+def test_range_past_the_last_block_names_the_block_count():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    text = "(Identity.adapt_output): ...->(blocks[0:13].attn.qkv){inout1}->..."
+    snap = snapshot(model)
+    with pytest.raises(ConfigError) as e:
+        attach(model, text, example_input=torch.randn(1, 3, 224, 224))
+    assert "'blocks' has 12 blocks: indices 0 to 11" in e.value.message
+    assert text[e.value.position:].startswith(":13]")
+    assert e.value.hint == "ranges are end-exclusive: [0:12] covers all of 'blocks'"
+    assert_same(model, snap)

@@ -73,10 +73,20 @@ def check_module(path: str, modules: Mapping[str, nn.Module], graph: ModuleGraph
     suggestions = graph.suggest(path, n=1)
     hint = f"did you mean {', '.join(repr(format_path(s)) for s in suggestions)}?" if suggestions else \
         "print(model) shows the module names"
-    children = [n.name for n in graph.nodes if n.parent == (prefix or None)][:8]
-    detail = f" ({owner} has no child '{bad}'; its children: {', '.join(children)})" if children else ""
-    raise loc.error(f"no module '{format_path(path)}' in {graph.root_class}{detail}", placement,
-                    needle=bad, hint=hint)
+    children = [n.name for n in graph.nodes if n.parent == (prefix or None)]
+    if bad.isdigit() and children and all(c.isdigit() for c in children):
+        detail = f" ({owner} has {len(children)} blocks: indices 0 to {len(children) - 1})"
+        hint = f"ranges are end-exclusive: [0:{len(children)}] covers all of {owner}"
+        needles = [f":{int(bad) + 1}]", f"[{bad}]", f".{bad}"]
+    else:
+        shown = ", ".join(children[:8]) + (", ..." if len(children) > 8 else "")
+        detail = f" ({owner} has no child '{bad}'; its children: {shown})" if children else ""
+        needles = [bad]
+    pos = next((loc.at(placement, n) for n in needles
+                if loc.text is not None and placement is not None and placement.span is not None
+                and loc.text.find(n, *placement.span) >= 0), None)
+    raise ConfigError(f"no module '{format_path(path)}' in {graph.root_class}{detail}", loc.text,
+                      pos if pos is not None else loc.at(placement), hint)
 
 
 def _factory_params(factory: Callable) -> tuple[set[str], bool, list[str]]:
