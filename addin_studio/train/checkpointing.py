@@ -13,7 +13,8 @@ def save_adapters(attachment: Any, path: str | Path) -> Path:
 
     Uses ``attachment.save`` (adapter-only safetensors the core can re-load with ``studio.load``);
     while that is not available, writes ``attachment.addins.state_dict()`` with safetensors and the
-    canonical config string under the metadata key ``"config"``.
+    canonical config string under the metadata key ``"config"``; base parameters kept trainable by the
+    config (e.g. a new head) are stored too, under ``"base.<parameter name>"``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,11 +23,17 @@ def save_adapters(attachment: Any, path: str | Path) -> Path:
         try:
             save(str(path))
             return path
-        except NotImplementedError:
+        except (NotImplementedError, ImportError):  # the core's checkpoint module is not there yet
             pass
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in attachment.addins.state_dict().items()}
+    addin_params = {id(p) for p in attachment.addins.parameters()}
+    model = getattr(attachment, "model", None)
+    if model is not None:
+        for name, p in model.named_parameters():
+            if p.requires_grad and id(p) not in addin_params:
+                tensors[f"base.{name}"] = p.detach().cpu().contiguous()
     save_file(tensors, str(path), metadata={"config": str(attachment.config), "format": "addins-state-dict"})
     return path
 
