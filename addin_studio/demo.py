@@ -24,8 +24,8 @@ TASK_CLASSES = tuple(range(10))
 # One entry per line: three residual bottlenecks after conv1, conv2 and fc1, and the new head trains.
 DEMO_CONFIG = """\
 (Bottleneck.adapt_output, dim=8): ...->(conv1){inout1}->...
-(Bottleneck.adapt_output, dim=8): ...->(conv2){inout2}->...
-(Bottleneck.adapt_output, dim=8): ...->(fc1){inout3}->...
+(Bottleneck.adapt_output, dim=8): ...->(conv2){inout1}->...
+(Bottleneck.adapt_output, dim=8): ...->(fc1){inout1}->...
 trainable(head)"""
 
 
@@ -137,8 +137,8 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
     att = studio.attach(model, DEMO_CONFIG, addins={"Bottleneck": Bottleneck}, example_input=example)
     config = str(att.config)
     trainable, total = studio.count_parameters(model)
-    log("3) Adapting with add-ins. Config string:\n")
-    log("\n".join("   " + line for line in config.splitlines()) + "\n")
+    log("3) Adapting with add-ins. Config string (copy it to reproduce the set-up):\n")
+    log(config + "\n")
     table = studio.trainable_table(model)
     log(f"{table.splitlines()[-1]}  [{trainable:,} of {total:,}]")
     trainer = Trainer(model, train, val, epochs=epochs, lr=1e-2, seed=seed, progress=progress, device="cpu",
