@@ -78,3 +78,11 @@ def test_lab_runs_jupyter(monkeypatch, tmp_path):
 def test_help_lists_the_commands():
     text = build_parser().format_help()
     assert "demo" in text and "train" in text and "lab" in text
+
+
+def test_demo_command_exits_0_and_writes_its_files(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--no-progress", "--no-baseline"]) == 0
+    out = capsys.readouterr().out
+    assert "after adapting:  Acc@1 " in out and "head only" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapters.safetensors", "checkpoints", "loss.png",
+                                                          "report.html"]
