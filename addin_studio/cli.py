@@ -11,7 +11,7 @@ from typing import Sequence
 
 from torch import nn
 
-QUICKSTART = Path("notebooks") / "quickstart.ipynb"
+QUICKSTART = Path("notebooks") / "01_quickstart.ipynb"
 
 
 def _positive_int(text: str) -> int:

@@ -14,11 +14,21 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def _millions_or_thousands(counts: tuple[int, ...]) -> tuple[float, str]:
+    # ZhiJian prints millions; small models would read "0.00M", so they get thousands instead
+    return (1e6, "M") if max(counts) >= 1e6 else (1e3, "K")
+
+
 def summary_line(model: nn.Module) -> str:
-    """ZhiJian's line: ``Trainable/total parameters: 0.03M / 38.64M (0.08843%)``."""
+    """ZhiJian's line: ``Trainable/total parameters: 0.03M / 38.64M (0.08843%)``.
+
+    Counts are in millions, or in thousands (``3.67K / 82.39K``) for models under a million parameters.
+    """
     trainable, total = count_parameters(model)
+    scale, unit = _millions_or_thousands((trainable, total))
     pct = 100.0 * trainable / total if total else 0.0
-    return f"Trainable/total parameters: {trainable / 1e6:.2f}M / {total / 1e6:.2f}M ({pct:.4g}%)"
+    return (f"Trainable/total parameters: {trainable / scale:.2f}{unit} / {total / scale:.2f}{unit} "
+            f"({pct:.4g}%)")
 
 
 def trainable_table(model: nn.Module) -> str:

@@ -305,8 +305,14 @@ def test_trainable_table_lists_trainable_parameters(mlp, digits_batch):
     assert any(line.startswith("| fc3.bias ") and line.rstrip().endswith("10 |") for line in lines)
     assert not any(line.startswith("| fc1.weight") for line in lines)
     trainable, total = 16 * 32 + 16 + 32 * 16 + 32 + 10, sum(p.numel() for p in mlp.parameters()) + 1072
-    assert lines[-1] == (f"Trainable/total parameters: {trainable / 1e6:.2f}M / {total / 1e6:.2f}M "
+    assert lines[-1] == (f"Trainable/total parameters: {trainable / 1e3:.2f}K / {total / 1e3:.2f}K "
                          f"({100 * trainable / total:.4g}%)")
+
+
+def test_summary_line_uses_millions_like_zhijian():
+    model = nn.Sequential(nn.Linear(1000, 1000), nn.Linear(1000, 30))
+    model[0].requires_grad_(False)
+    assert studio.summary_line(model) == "Trainable/total parameters: 0.03M / 1.03M (2.914%)"
 
 
 TIMM = [
