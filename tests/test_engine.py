@@ -312,7 +312,7 @@ def test_trainable_table_lists_trainable_parameters(mlp, digits_batch):
 def test_summary_line_uses_millions_like_zhijian():
     model = nn.Sequential(nn.Linear(1000, 1000), nn.Linear(1000, 30))
     model[0].requires_grad_(False)
-    assert studio.summary_line(model) == "Trainable/total parameters: 0.03M / 1.03M (2.914%)"
+    assert studio.summary_line(model) == "Trainable/total parameters: 0.03M / 1.03M (2.913%)"
 
 
 TIMM = [
