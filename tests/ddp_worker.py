@@ -4,10 +4,14 @@ Run under ``torchrun --nproc_per_node 2`` (distributed) or as a plain script (on
 trained add-ins to ``<out>/adapters.safetensors`` (rank 0 only). The data, seed and global batch are the
 same in both cases, so the saved add-ins must agree.
 
-Usage: python tests/ddp_worker.py OUT_DIR
+Usage: python tests/ddp_worker.py OUT_DIR [--manual]
+
+By default the Trainer does the distributed set-up itself (DDP, sampler epochs, rank-0 checkpoints);
+``--manual`` adds ``SamplerEpoch`` and (when distributed) wraps the model with ``distributed.wrap_model`` by hand.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,7 +36,7 @@ def _save(att: studio.Attachment, path: Path) -> None:
               metadata={"config": str(att.config)})
 
 
-def main(out: Path) -> None:
+def main(out: Path, manual: bool) -> None:
     torch.set_num_threads(1)
     distributed = D.init_distributed(backend="gloo")
     world = D.get_world_size()
@@ -50,16 +54,18 @@ def main(out: Path) -> None:
     if D.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         _save(att, out / "initial.safetensors")
-    trained = D.wrap_model(model, attachment=att, device="cpu") if distributed else model
-
+    trained = D.wrap_model(model, attachment=att, device="cpu") if manual and distributed else model
     trainer = studio.Trainer(trained, loader, epochs=EPOCHS, lr=1e-2, optimizer="adamw", scheduler="cosine",
-                             device="cpu", seed=0, progress=False, callbacks=[D.SamplerEpoch(loader)])
+                             device="cpu", seed=0, progress=False, attachment=att,
+                             callbacks=[D.SamplerEpoch(loader)] if manual else [],
+                             checkpoint_dir=out / f"checkpoints-rank{D.get_rank()}")
     history = trainer.fit()
     if D.is_main_process():
         _save(att, out / "adapters.safetensors")
-        (out / "steps.txt").write_text(f"{len(history['loss'])} {world}\n")
+        (out / "history.json").write_text(json.dumps(
+            {"steps": len(history["loss"]), "world": world, "train_loss": history["train_loss"]}))
     D.cleanup()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), manual="--manual" in sys.argv[2:])

@@ -1,6 +1,7 @@
 """DDP on CPU (gloo, 2 processes on 127.0.0.1 via torchrun) trains the same add-ins as one process."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -39,18 +40,29 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-@pytest.mark.slow
-def test_two_rank_ddp_trains_the_same_adapters_as_one_process(tmp_path):
-    _run([sys.executable, str(WORKER), str(tmp_path / "single")])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(tmp_path / "ddp")])
+def _trainer_handles_ddp() -> bool:
+    from addin_studio.train import trainer
 
-    assert (tmp_path / "single" / "steps.txt").read_text().split() == ["16", "1"]
-    assert (tmp_path / "ddp" / "steps.txt").read_text().split() == ["16", "2"]
-    initial, _ = _load(tmp_path / "single" / "initial.safetensors")
-    ddp_initial, _ = _load(tmp_path / "ddp" / "initial.safetensors")
-    single, meta_single = _load(tmp_path / "single" / "adapters.safetensors")
-    ddp, meta_ddp = _load(tmp_path / "ddp" / "adapters.safetensors")
+    return hasattr(trainer, "dist_utils")
+
+
+def _train_single_and_ddp(out: Path, *flags: str) -> None:
+    _run([sys.executable, str(WORKER), str(out / "single"), *flags])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+          "--master_port", str(_free_port()), str(WORKER), str(out / "ddp"), *flags])
+
+
+def _history(run: Path) -> dict:
+    return json.loads((run / "history.json").read_text())
+
+
+def _assert_same_training(out: Path) -> None:
+    single_run, ddp_run = _history(out / "single"), _history(out / "ddp")
+    assert (single_run["steps"], single_run["world"], ddp_run["steps"], ddp_run["world"]) == (16, 1, 16, 2)
+    initial, _ = _load(out / "single" / "initial.safetensors")
+    ddp_initial, _ = _load(out / "ddp" / "initial.safetensors")
+    single, meta_single = _load(out / "single" / "adapters.safetensors")
+    ddp, meta_ddp = _load(out / "ddp" / "adapters.safetensors")
 
     assert meta_single["config"] == meta_ddp["config"]
     assert sorted(single) == sorted(ddp) == sorted(initial)
@@ -61,6 +73,27 @@ def test_two_rank_ddp_trains_the_same_adapters_as_one_process(tmp_path):
     assert min(float((single[k] - initial[k]).abs().max()) for k in single) > 1e-3
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_by_hand_trains_the_same_adapters_as_one_process(tmp_path):
+    """wrap_model + SamplerEpoch around an unmodified Trainer."""
+    _train_single_and_ddp(tmp_path, "--manual")
+    _assert_same_training(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _trainer_handles_ddp(), reason="the Trainer does not set up DDP itself yet")
+def test_trainer_under_torchrun_trains_the_same_adapters_as_one_process(tmp_path):
+    """The Trainer wraps the model, reshuffles the sampler, averages the epoch loss over ranks and
+    writes its best-epoch checkpoint on rank 0 only."""
+    _train_single_and_ddp(tmp_path)
+    _assert_same_training(tmp_path)
+    # the epoch loss is averaged over both ranks: the whole data set, as in one process
+    assert _history(tmp_path / "ddp")["train_loss"] == pytest.approx(_history(tmp_path / "single")["train_loss"],
+                                                                     rel=1e-6)
+    assert (tmp_path / "ddp" / "checkpoints-rank0" / "best.safetensors").is_file()
+    assert not (tmp_path / "ddp" / "checkpoints-rank1").exists()
 
 
 def test_helpers_without_a_process_group():
