@@ -30,7 +30,19 @@ def _run(cmd: list[str]) -> None:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+
+def _torchrun(*args: str) -> None:
+    """Two processes on 127.0.0.1; a port taken between choosing and binding it is retried once."""
+    for attempt in (1, 2):
+        try:
+            _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                  "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args])
+            return
+        except AssertionError as exc:
+            if attempt == 2 or "address already in use" not in str(exc).lower():
+                raise
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -48,8 +60,7 @@ def _trainer_handles_ddp() -> bool:
 
 def _train_single_and_ddp(out: Path, *flags: str) -> None:
     _run([sys.executable, str(WORKER), str(out / "single"), *flags])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-          "--master_port", str(_free_port()), str(WORKER), str(out / "ddp"), *flags])
+    _torchrun(str(WORKER), str(out / "ddp"), *flags)
 
 
 def _history(run: Path) -> dict:
