@@ -1,0 +1,11 @@
+"""GIFt-style fine-tuning strategies that produce a :class:`~addin_studio.Config`.
+
+>>> cfg = studio.strategies.lora_all(model, r=3)          # doctest: +SKIP
+>>> cfg = studio.strategies.lora(model, targets=["qkv"], r=8, alpha=16)   # doctest: +SKIP
+"""
+from .capabilities import (Claim, ModuleCap, ModuleInfo, ParamCap, ParamInfo, Strategy, place,
+                           placement)
+from .ready import bitfit, full, head_only, lora, lora_all, lora_all_strategy
+
+__all__ = ["Claim", "ModuleCap", "ModuleInfo", "ParamCap", "ParamInfo", "Strategy", "bitfit", "full",
+           "head_only", "lora", "lora_all", "lora_all_strategy", "place", "placement"]
