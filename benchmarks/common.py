@@ -239,3 +239,49 @@ def print_rows(rows: list[Row]) -> None:
     from .report import text_table
 
     print(text_table(rows))
+
+
+# -- models shared by several benchmarks ----------------------------------------------------------
+LORA_STRING = "(LoRA.adapt_output, r=8, alpha=16): ...->(blocks[0:12].attn.qkv){inout1}->..."
+
+
+def lora_config(model: Any) -> Any:
+    """LoRA r=8, alpha=16 on every ``qkv``: ``studio.strategies.lora`` when it exists, else the
+    equivalent config string (a ViT with 12 blocks)."""
+    import addin_studio as studio
+
+    try:
+        lora = studio.strategies.lora
+    except (AttributeError, ImportError):
+        return LORA_STRING
+    return lora(model, targets=["qkv"], r=8, alpha=16)
+
+
+def peft_lora(model: Any) -> Any:
+    """The same LoRA with Hugging Face PEFT (``target_modules=["qkv"]``), wrapping ``model``."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["qkv"]))
+
+
+def vit(name: str = "vit_small_patch16_224", **kwargs: Any) -> Any:
+    """A timm model with random weights (``pretrained=False``: nothing is downloaded)."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def same_lora_weights(att, peft) -> None:
+    """Give both LoRA arms the same random A and B (B is zero at attach, a no-op update)."""
+    import torch
+
+    torch.manual_seed(1)
+    base = peft.base_model.model
+    with torch.no_grad():
+        for _, placement, addin in att.entries:
+            addin.lora_B.normal_(0, 0.02)
+            layer = base.get_submodule(placement.target.module)
+            layer.lora_A["default"].weight.copy_(addin.lora_A)
+            layer.lora_B["default"].weight.copy_(addin.lora_B)

@@ -236,7 +236,9 @@ def _build(factory: Callable, p: Placement, target_module: nn.Module, source_mod
 def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
     side = p.target.side
     fn = getattr(addin, p.method, None)
-    valid = methods_for(addin, side)
+    if fn is not None and callable(fn) and signature_fits(fn, side):
+        return
+    valid = methods_for(addin, side)  # only for the error's hint: it inspects every method (slow)
     if fn is None or not callable(fn):
         raise loc.error(f"{p.addin} has no method '{p.method}'", p, p.method,
                         hint=f"methods that can run at a {side} point: {', '.join(valid) or 'none'}")
