@@ -44,6 +44,11 @@ def box_width(item: Item) -> float:
     return max(90.0, CHAR_W * max(len(item.label), len(item.sub)) + 2 * PAD)
 
 
+def cluster_label_width(item: Item) -> float:
+    """Room for a cluster's label, its details and the +/- toggle."""
+    return CHAR_W * (len(item.label) + len(item.sub) + 1) + 2 * PAD + 40
+
+
 def chain(items: list[Item]) -> list[Item]:
     """Drawn boxes in execution order (never-called ones are left out of the chain)."""
     boxes = [x for it in items for x in it.walk() if x.is_box and x.order != float("inf")]
@@ -88,7 +93,7 @@ def dot_source(items: list[Item]) -> tuple[str, dict[str, Item]]:
             return
         name = f"cluster_{len(names)}"
         names[name] = item
-        width = CHAR_W * len(item.label) + 2 * PAD
+        width = cluster_label_width(item)
         lines.append(f"{indent}subgraph {name} {{ label={_q(' ' * int(width / 5))}; fontsize=11; "
                      f"labeljust=l; margin={PAD:.0f};")
         for child in item.children:
@@ -169,7 +174,7 @@ def builtin_layout(items: list[Item]) -> Layout:
             w = box_width(item)
             boxes[key(item)] = (x, y, w, BOX_H)
             return w, BOX_H
-        cy, width = y + LABEL_H + PAD, CHAR_W * len(item.label) + 2 * PAD
+        cy, width = y + LABEL_H + PAD, cluster_label_width(item)
         for child in item.children:
             cw, ch = place(child, x + PAD, cy)
             cy += ch + GAP

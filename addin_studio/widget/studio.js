@@ -28,7 +28,9 @@ function drawPlot(svg, data) {
   const loss = (data && data.loss) || [];
   const smooth = (data && data.smooth) || [];
   const val = (data && data.val) || [];
-  const total = Math.max((data && data.total) || 1, 1);
+  // the x axis follows the steps done so far (a stopped or long run still fills the plot)
+  const lastStep = loss.length ? loss[loss.length - 1][0] : 0;
+  const total = Math.max(lastStep, 10);
   svg.dataset.points = String(loss.length);
   svg.append(s("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "as-plot-frame" }));
   if (!loss.length) {
@@ -61,7 +63,7 @@ function drawPlot(svg, data) {
   label(L - 4, T + 9, hi.toPrecision(3), "as-plot-tick as-end");
   label(L - 4, H - B, lo.toPrecision(3), "as-plot-tick as-end");
   label(L, H - 8, "step 0", "as-plot-tick");
-  label(W - R, H - 8, `${total}`, "as-plot-tick as-end");
+  label(W - R, H - 8, `${lastStep}${data.total ? ` / ${data.total}` : ""}`, "as-plot-tick as-end");
   label(W - R + 4, T + 9, "100%", "as-plot-tick as-val");
   label(W - R + 4, H - B, "0%", "as-plot-tick as-val");
   const last = smooth.length ? smooth[smooth.length - 1][1] : loss[loss.length - 1][1];
