@@ -94,7 +94,7 @@ def dot_source(items: list[Item]) -> tuple[str, dict[str, Item]]:
         name = f"cluster_{len(names)}"
         names[name] = item
         width = cluster_label_width(item)
-        lines.append(f"{indent}subgraph {name} {{ label={_q(' ' * int(width / 5))}; fontsize=11; "
+        lines.append(f"{indent}subgraph {name} {{ label={_q(' ' * int(width / 2.75))}; fontsize=11; "
                      f"labeljust=l; margin={PAD:.0f};")
         for child in item.children:
             emit(child, indent + "  ")

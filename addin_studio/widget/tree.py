@@ -78,7 +78,10 @@ class TreeBuilder:
 
     def __init__(self, graph: ModuleGraph) -> None:
         self.graph = graph
-        self.groups = {p: n for p, n in graph.repeated_groups().items() if p}
+        # only children that are alike (same class and size) collapse into one group
+        self.groups = {p: n for p, n in graph.repeated_groups().items()
+                       if p and len({(graph[c].class_name, graph[c].num_params)
+                                     for c in graph[p].children}) == 1}
         self._first: dict[str, float] = {}
         for node in reversed(graph.nodes):  # children come after parents in named order
             own = node.order if node.order is not None else float("inf")
