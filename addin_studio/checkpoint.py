@@ -330,6 +330,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         if path not in modules:
             raise ValueError(f"the adapter has LoRA weights for module '{path}', which this "
                              f"{type(model).__name__} does not have")
+        if not isinstance(modules[path], nn.Linear):
+            raise ValueError(f"from_peft imports LoRA on nn.Linear layers; the adapter's '{path}' is a "
+                             f"{type(modules[path]).__name__} (PEFT's conv LoRA has another layout)")
     order = {name: i for i, name in enumerate(modules)}
     for path in sorted(lora, key=order.__getitem__):
         pair = lora[path]
