@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -32,8 +31,7 @@ CONFIG = ("(MLPAddin.adapt_across_output): ...->(fc1){in1}->...->(fc2){out1}->..
 
 
 def _save(att: studio.Attachment, path: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in att.addins.state_dict().items()}, str(path),
-              metadata={"config": str(att.config)})
+    att.save(path)  # the adapter-only checkpoint (safetensors, config string in the metadata)
 
 
 def main(out: Path, manual: bool) -> None:

@@ -84,6 +84,13 @@ def _assert_same_training(out: Path) -> None:
     assert min(float((single[k] - initial[k]).abs().max()) for k in single) > 1e-3
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=1e-6, msg=k)
+    # the DDP checkpoint re-attaches to a fresh model by itself
+    import addin_studio as studio
+    from addin_studio.examples import MLPAddin, TutorialMLP
+
+    att = studio.load(TutorialMLP(64, 32, 10), out / "ddp" / "adapters.safetensors", addins={"MLPAddin": MLPAddin},
+                      example_input=torch.zeros(1, 64))
+    assert str(att.config) == meta_ddp["config"] and len(att.entries) == 2
 
 
 @pytest.mark.slow
