@@ -1,13 +1,21 @@
 """Engine costs: attach+detach of 100 placements, and how trace / attach grow with the module count.
 
 Attach runs without an example input (no forward pass: validation, add-in construction, hooks,
-freezing); the config string is parsed inside the timed region. The growth model is an
-``nn.Sequential`` of ``Linear(8, 8)`` layers with an ``Identity`` ``{inout}`` add-in on every layer, so
-placements grow with modules. Growth is summarised by the exponent between the two largest sizes
-(1.0 = linear, 2.0 = quadratic) and the per-module slope of a least-squares line.
+freezing); the config string is parsed inside the timed region. Times are CPU seconds of this process
+(``time.process_time``: the engine is single-threaded Python, so on an idle machine this is the wall
+time, while on a shared one it leaves out the time other tenants hold the cores); the 100-placement
+row also shows the wall time. Python's cyclic GC is off while timing (as in
+:func:`benchmarks.common.interleave`: a full collection scans the whole heap, torch included); the
+GC-on time at the largest size is in the detail.
+
+The growth model is an ``nn.Sequential`` of ``Linear(8, 8)`` layers (they run single-threaded) with an
+``Identity`` ``{inout}`` add-in on every layer, so placements grow with modules. Growth is summarised
+by the exponent between the two largest sizes (1.0 = linear, 2.0 = quadratic) and the per-module slope
+of a least-squares line.
 """
 from __future__ import annotations
 
+import gc
 import time
 from typing import Callable
 
@@ -19,13 +27,25 @@ QUICK_SIZES = (10, 100, 1_000)
 MAX_EXPONENT = 1.15  # "linear" with room for timer noise
 
 
-def _median_time(fn: Callable[[], object], n: int) -> float:
+def _median_time(fn: Callable[[], object], n: int, collect: bool = False,
+                 clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds of ``fn()`` over ``n`` calls after a warm-up; Python's cyclic garbage collector
+    is off unless ``collect`` (a full collection scans the whole heap, torch included: its cost follows
+    the heap, not the engine)."""
     fn()  # warm-up
     times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    if not collect:
+        gc.disable()
+    try:
+        for _ in range(n):
+            start = clock()
+            fn()
+            times.append(clock() - start)
+    finally:
+        if was_enabled:
+            gc.enable()
     return median(times)
 
 
@@ -45,11 +65,13 @@ def hundred_placements(quick: bool) -> list[Row]:
             raise AssertionError(f"expected 100 placements, got {len(att.entries)}")
         att.detach()
 
-    total = _median_time(cycle, 3 if quick else 21)
-    parse_s = _median_time(lambda: studio.parse(text), 3 if quick else 21)
-    return [Row("attach+detach: 100 placements on vit_small", total * 1e3, 50.0, "ms",
-                detail=f"parse {parse_s * 1e3:.1f} ms of it; no example input; median of "
-                       f"{3 if quick else 21}", source=SOURCE)]
+    reps = 3 if quick else 21
+    cpu = _median_time(cycle, reps, clock=time.process_time)
+    wall = _median_time(cycle, reps)
+    parse_s = _median_time(lambda: studio.parse(text), reps, clock=time.process_time)
+    return [Row("attach+detach: 100 placements on vit_small", cpu * 1e3, 50.0, "ms",
+                detail=f"CPU time, median of {reps} (wall {wall * 1e3:.1f} ms); parse {parse_s * 1e3:.1f} ms "
+                       f"of it; no example input", source=SOURCE)]
 
 
 def _chain(n: int):
@@ -89,8 +111,12 @@ def growth(quick: bool) -> list[Row]:
             att = studio.attach(model, text)
             att.detach()
 
-        costs["trace"].append(_median_time(lambda: studio.trace(model, x), reps))
-        costs["attach+detach"].append(_median_time(cycle, reps))
+        cpu = time.process_time
+        costs["trace"].append(_median_time(lambda: studio.trace(model, x), reps, clock=cpu))
+        costs["attach+detach"].append(_median_time(cycle, reps, clock=cpu))
+        if n == sizes[-1]:
+            with_gc = {"trace": _median_time(lambda: studio.trace(model, x), reps, True, cpu),
+                       "attach+detach": _median_time(cycle, reps, True, cpu)}
     rows = []
     for what, ts in costs.items():
         exponent = growth_exponent(sizes[-2], ts[-2], sizes[-1], ts[-1])
@@ -98,7 +124,8 @@ def growth(quick: bool) -> list[Row]:
         points = ", ".join(f"{t * 1e3:.1f} ms @ {n:,}" for n, t in zip(sizes, ts))
         label = "with a forward pass" if what == "trace" else "one placement per module"
         rows.append(Row(f"growth of {what} time with module count (exponent)", exponent, MAX_EXPONENT,
-                        "", detail=f"{label}: {points}; slope {slope_us:.1f} us/module",
+                        "", detail=f"{label}: {points}; slope {slope_us:.1f} us/module; with Python's GC on: "
+                                   f"{with_gc[what] * 1e3:.1f} ms @ {sizes[-1]:,}",
                         source=SOURCE, extra={"sizes": list(sizes), "seconds": ts, "slope_us": slope_us}))
     return rows
 

@@ -67,12 +67,14 @@ class Row:
             return "-"
         if self.unit == "x":
             return f"{self.value:.3f}"
+        if not self.unit:
+            return f"{self.value:.2f}"
         return f"{_num(self.value)} {self.unit}"
 
     def formatted_target(self) -> str:
         if self.target is None:
             return "-"
-        return f"<= {self.target:g}" + ("" if self.unit == "x" else f" {self.unit}")
+        return f"<= {self.target:g}" + ("" if self.unit in ("x", "") else f" {self.unit}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -62,6 +62,10 @@ def generated_section(rows: list[Row], machine: Mapping[str, str], command: str,
     lines = [BEGIN, "", f"Command: `{command}` (total {elapsed_s:.0f} s).", "", "Machine:", ""]
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += ["", markdown_table(rows), "", f"**{summary_line(rows)}.**", ""]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.source or "?"] = counts.get(r.source or "?", 0) + (r.value is not None)
+    lines += ["Rows by script: " + ", ".join(f"`{s}` ({n})" for s, n in counts.items()) + ".", ""]
     for name, text in (extra_output or {}).items():
         lines += [f"Output of `{name}` (no `run(quick)` rows):", "", "```", text.rstrip(), "```", ""]
     lines.append(END)
