@@ -93,7 +93,7 @@ def run_page(page: Path, workdir: Path) -> None:
         pytest.skip(f"{page.name} has no python blocks to run")
     script = workdir / f"{page.name}.py"
     script.write_text(source, encoding="utf-8")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg",
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     try:
         proc = subprocess.run([sys.executable, str(script)], cwd=workdir, env=env, capture_output=True,

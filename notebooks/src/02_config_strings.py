@@ -20,7 +20,6 @@ from addin_studio.data import digits_loaders
 from addin_studio.report import graph_svg
 
 torch.manual_seed(0)
-torch.set_num_threads(1)  # a tiny model: one thread is as fast, and robust on a busy machine
 
 # %% [markdown]
 # ## The custom model
