@@ -29,10 +29,11 @@ from .common import ROOT, Row, machine, setup_torch  # noqa: E402
 from .report import generated_section, summary_line, text_table, write_doc  # noqa: E402
 
 # The fixed list of benchmarks, in table order (never built from user input).
-BENCHMARKS = ("lora", "hooks", "memory", "trace", "scaling", "compile")
+BENCHMARKS = ("lora", "headonly", "hooks", "memory", "trace", "scaling", "compile")
 
 # Rows each of our benchmarks must produce (the smoke test checks that all are in the table).
 EXPECTED_ROWS = {
+    "headonly": ["train step: head-only / frozen floor (info)", "train step: head-only / ours LoRA (info)"],
     "hooks": ["eval forward: identity {inout} on every block / plain", "eval forward: unmerged LoRA ours / PEFT"],
     "memory": ["peak RSS of a LoRA train step: ours / PEFT", "RSS growth during the train step: ours / PEFT"],
     "trace": ["trace on meta: ViT-22B config (time)", "trace on meta: RSS growth (no weights allocated)",
@@ -42,6 +43,22 @@ EXPECTED_ROWS = {
                 "growth of attach+detach time with module count (exponent)"],
 }
 DOC = ROOT / "docs" / "benchmarks.md"
+
+# Issue 8 sets these targets; a script that sets a looser one is held to the issue's in the table.
+ISSUE_TARGETS = {
+    "LoRA train step / PEFT": 0.95,
+    "LoRA train step / frozen floor": 1.10,
+    "merged LoRA inference / plain": 1.01,
+}
+
+
+def apply_issue_targets(rows: list[Row]) -> None:
+    for r in rows:
+        target = ISSUE_TARGETS.get(r.name)
+        if target is not None and r.target != target:
+            own = "none" if r.target is None else f"{r.target:g}"
+            r.detail = f"{r.detail}; the issue's target (the script's own: {own})".lstrip("; ")
+            r.target = target
 
 
 def _script(name: str) -> Path:
@@ -66,6 +83,7 @@ def run_one(name: str, quick: bool) -> tuple[list[Row], str | None]:
         return [Row(source, None, source=source, error=f"{type(exc).__name__}: {exc}")], None
     for r in rows:
         r.source = r.source or source
+    apply_issue_targets(rows)
     for expected in EXPECTED_ROWS.get(name, []):
         if expected not in {r.name for r in rows}:
             rows.append(Row(expected, None, source=source, detail="not produced by the benchmark"))

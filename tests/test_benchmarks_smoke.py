@@ -68,3 +68,14 @@ def test_quick_run_prints_every_row_and_writes_the_doc(tmp_path):
             assert f"`benchmarks/bench_{bench}.py` (0)" not in doc, f"bench_{bench}.py produced no value"
     assert "targets hold" in table
     assert "- cpu: " in doc and "- torch: " in doc and WIDGET_HEADING in doc
+
+
+def test_rows_are_held_to_the_issue_targets():
+    from benchmarks.run import ISSUE_TARGETS, apply_issue_targets
+
+    name, target = next(iter(ISSUE_TARGETS.items()))
+    rows = [Row(name, target + 0.01, target + 0.05, detail="d"), Row("other", 2.0, 3.0)]
+    apply_issue_targets(rows)
+    assert rows[0].target == target and rows[0].status == "FAIL"
+    assert "the script's own" in rows[0].detail
+    assert rows[1].target == 3.0
