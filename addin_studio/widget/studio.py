@@ -87,7 +87,7 @@ class Studio(anywidget.AnyWidget):
                  addins: Mapping[str, Callable] | None = None, train_loader: Iterable | None = None,
                  val_loader: Iterable | None = None, *, epochs: int = 1, lr: float = 1e-3,
                  trainer_options: Mapping[str, Any] | None = None, config: str = "",
-                 layout_engine: str = "auto", **kwargs: Any) -> None:
+                 layout_engine: str = "auto", auto_collapse: bool = True, **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Studio needs a torch.nn.Module, got {type(model).__name__}")
         training.stop_all()  # a re-run cell must not leave an old run training with no Stop button
@@ -102,7 +102,7 @@ class Studio(anywidget.AnyWidget):
         self._graph = trace(model, example_input)
         self._tree = TreeBuilder(self._graph)
         self._expanded: set[str] = set()
-        self._collapsed = self._tree.default_collapsed()
+        self._collapsed = self._tree.default_collapsed() if auto_collapse else set()
         self._editor = Editor(model, self._graph, addins, example_input)
         self._run: training.TrainingRun | None = None
         self._history: dict = {}

@@ -111,12 +111,16 @@ class Lab:
         self.server, self.page, self.name = server, page, name
 
     def open(self) -> None:
-        self.page.goto(f"{self.server.base}/lab/tree/{self.name}?token={self.server.token}")
+        # ?reset: a fresh workspace, so notebooks of earlier tests are not reopened beside this one
+        self.page.goto(f"{self.server.base}/lab/tree/{self.name}?reset&token={self.server.token}")
         self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         # the kernel is idle once the status shows it and the server agrees
         deadline = time.time() + 60
         while time.time() < deadline:
-            ks = self.server.kernels()
+            try:
+                ks = self.server.kernels()
+            except OSError:  # e.g. a 500 while the previous test's kernel shuts down
+                ks = []
             if ks and all(k.get("execution_state") == "idle" for k in ks):
                 break
             time.sleep(0.3)
@@ -124,7 +128,7 @@ class Lab:
             raise AssertionError("the notebook's kernel never became idle")
 
     def cell(self, i: int):
-        return self.page.locator(".jp-Notebook .jp-Cell").nth(i)
+        return self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(i)
 
     def run(self, i: int, wait: bool = True, timeout_ms: int = 120_000) -> None:
         """Run cell ``i`` (click its editor, Shift+Enter); wait until its prompt shows a number."""
