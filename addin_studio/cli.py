@@ -167,7 +167,10 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .data import digits_loaders
     from .demo import Bottleneck
     from .examples import MLPAddin
+    from .distributed import init_distributed, is_main_process
     from .train import Trainer, save_adapters
+
+    init_distributed()  # joins the process group when launched by torchrun; no-op otherwise
 
     if args.weights is not None and not Path(args.weights).is_file():
         parser.error(f"--weights: no such file {args.weights!r}")
@@ -203,7 +206,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     history = trainer.fit()
     result = trainer.test()
     print(f"Acc@1 {result['acc1']:.2f}%  Acc@5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
-    if out is not None:
+    if out is not None and is_main_process():  # under torchrun, rank 0 writes the files
         from .report import plot_loss, write_report
 
         files = [save_adapters(att, out / "adapters.safetensors"), plot_loss(history, out / "loss.png")]

@@ -223,3 +223,23 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
     assert D.distributed_loader(dl) is dl
     assert sorted(float(x) for b in dl for x in b[0]) == [float(i) for i in range(10)]
     assert D.all_reduce_mean(3.0, weight=2) == 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _trainer_handles_ddp(), reason="the Trainer does not set up DDP itself yet")
+def test_cli_train_under_torchrun(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "addin_studio.cli", "train", "--model", "timm:resnet10t",
+         "--config", "(LoRA.adapt_output, r=2): ...->(layer4[0].conv1){inout1}->...", "--max-steps", "2",
+         "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = [line for line in proc.stdout.splitlines() if line.startswith("Acc@1")]
+    assert len(results) == 2 and results[0] == results[1]  # both ranks hold the same synchronized model
+    assert sum(line.startswith("wrote ") for line in proc.stdout.splitlines()) == 3  # rank 0 only
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"adapters.safetensors", "loss.png", "report.html"}
+    assert (tmp_path / "out" / "checkpoints" / "best.safetensors").is_file()

@@ -11,6 +11,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from .. import distributed as dist_utils
 
 from .callbacks import ProgressBar
 from .checkpointing import save_adapters, save_trainable
@@ -99,9 +103,20 @@ class Trainer:
             if not any(callable(getattr(cb, h, None)) for h in HOOKS):
                 raise TypeError(f"callback {cb!r} has none of the methods {', '.join(HOOKS)}")
 
+        # Under torchrun (a process group is initialized): DDP over the model, a DistributedSampler per
+        # rank, progress bars and checkpoints on rank 0 only. See docs/scaling.md.
+        self.distributed = dist_utils.is_distributed()
+        if device is None and self.distributed:
+            device = dist_utils.device_for_rank()
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device)
+        if self.distributed:
+            self.model = dist_utils.wrap_model(self.model, attachment=attachment, device=self.device)
+            train_loader = dist_utils.distributed_loader(train_loader, seed=seed or 0) \
+                if isinstance(train_loader, DataLoader) else train_loader
+            progress = progress and dist_utils.is_main_process()
+            checkpoint_dir = checkpoint_dir if dist_utils.is_main_process() else None
         if attachment is not None and getattr(attachment, "addins", None) is not None:
             attachment.addins.to(self.device)  # normally a child of the model already; harmless then
         self.train_loader = train_loader
@@ -117,6 +132,8 @@ class Trainer:
         self.attachment = attachment
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.callbacks = list(callbacks) + ([ProgressBar()] if progress else [])
+        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+            self.callbacks.append(dist_utils.SamplerEpoch(train_loader))  # reshuffle every epoch
 
         self._steps_per_epoch = self._loader_len(train_loader)
         if self._steps_per_epoch == 0:
@@ -298,8 +315,9 @@ class Trainer:
                 history["lr"].append(logs["lr"])
                 logs["time"] = time.perf_counter() - self.start_time
                 self._emit("on_step", self.step, logs)
-            epoch_logs: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": meter.avg}
-            history["train_loss"].append(meter.avg)
+            train_loss = dist_utils.all_reduce_mean(meter.avg, meter.count) if self.distributed else meter.avg
+            epoch_logs: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": train_loss}
+            history["train_loss"].append(train_loss)
             if self.val_loader is not None:
                 res = self.evaluate(self.val_loader)
                 for k in ("loss", "acc1", "acc5"):
