@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, Placement, Point, parse
+from .config import Config, Placement, Point, parse
 from .engine import Attachment, attach
 from .engine.freezing import match_trainable
 
@@ -374,4 +374,4 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     return att
 
 
-__all__ = ["ConfigError", "export_peft", "from_peft", "load", "save_attachment"]
+__all__ = ["export_peft", "from_peft", "load", "save_attachment"]

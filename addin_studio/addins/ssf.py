@@ -14,7 +14,8 @@ class SSF(AddinBase):
     """``x * gamma + beta`` over the feature dimension (last, or 1 for 4-D conv maps).
 
     ``gamma`` starts at ones and ``beta`` at zeros (an identity). Place it after a module with
-    ``adapt_output`` or before one with ``adapt_input``, e.g. ``(SSF.adapt_output): ...->(blocks[0:12].attn.qkv){inout1}->...``.
+    ``adapt_output`` or before one with ``adapt_input``, e.g.
+    ``(SSF.adapt_output): ...->(blocks[0:12].attn.qkv){inout1}->...``.
     ``merge(module)`` folds it into a Linear/Conv layer it follows when that layer has a bias.
     """
 
