@@ -23,7 +23,12 @@ DOCS = ROOT / "docs"
 PAGE_TIMEOUT_S = 300
 
 # (page, line of the opening fence) -> why the block is not run. Keep this empty when possible.
-SKIP_BLOCKS: dict[tuple[str, int], str] = {}
+SKIP_BLOCKS: dict[tuple[str, int], str] = {
+    ("training.md", 3): "an overview sketch: uses `model` and `cfg`, which the page never defines "
+                        "(reported to the page's owner: define them or fence the block as python no-run)",
+    ("training.md", 106): "a widget sketch: `Callback`, `loop`, `widget`, `threading` are never defined "
+                          "(reported to the page's owner: fence it as python no-run)",
+}
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 
@@ -117,9 +122,19 @@ def test_docs_python_blocks_run(page: Path, tmp_path: Path) -> None:
     run_page(page, tmp_path)
 
 
+def test_skipped_blocks_exist() -> None:
+    """A skip entry must name the opening line of a python block, so stale entries do not pile up."""
+    for (page, line), reason in SKIP_BLOCKS.items():
+        assert reason.strip(), f"skip of docs/{page}:{line} needs a reason"
+        blocks = extract_blocks((DOCS / page).read_text(encoding="utf-8"))
+        assert any(b.line == line and b.runs for b in blocks), (
+            f"SKIP_BLOCKS names docs/{page}, line {line}, which no longer opens a ```python block")
+
+
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+    # no --quiet: it hides warnings from mkdocs' strict-mode counter, and the build would pass anyway
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
                            "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
