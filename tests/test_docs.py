@@ -23,12 +23,7 @@ DOCS = ROOT / "docs"
 PAGE_TIMEOUT_S = 300
 
 # (page, line of the opening fence) -> why the block is not run. Keep this empty when possible.
-SKIP_BLOCKS: dict[tuple[str, int], str] = {
-    ("training.md", 3): "an overview sketch: uses `model` and `cfg`, which the page never defines "
-                        "(reported to the page's owner: define them or fence the block as python no-run)",
-    ("training.md", 106): "a widget sketch: `Callback`, `loop`, `widget`, `threading` are never defined "
-                          "(reported to the page's owner: fence it as python no-run)",
-}
+SKIP_BLOCKS: dict[tuple[str, int], str] = {}
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 
