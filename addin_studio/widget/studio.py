@@ -30,7 +30,19 @@ _HERE = Path(__file__).parent
 
 
 def _main_loop() -> asyncio.AbstractEventLoop | None:
-    """The kernel's asyncio loop when called from a cell (ipykernel runs cells in it)."""
+    """The kernel's asyncio loop when called from a cell (ipykernel runs cells in it).
+
+    Outside a Jupyter kernel there is no loop to hand work to: a loop that merely looks "running" in
+    this thread (e.g. Playwright's sync API, which parks its loop in a greenlet) would never run the
+    callbacks, so updates are then applied directly.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
+        return None
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
