@@ -15,7 +15,7 @@ from torch import nn
 from ..addins.base import PointInfo, methods_for, signature_fits
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
-from ..graph import ModuleGraph
+from ..graph import ModuleGraph, model_device
 from .freezing import match_trainable
 
 
@@ -114,14 +114,6 @@ def _point_info(point: Point, module: nn.Module, graph: ModuleGraph) -> PointInf
     return PointInfo(module, point.side, shape, point.module)
 
 
-def _device_of(module: nn.Module) -> torch.device | None:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return None
-
-
 def _key(placement: Placement, taken: set[str]) -> str:
     base = f"{placement.addin}_{re.sub(r'[^A-Za-z0-9_]', '_', placement.target.module)}"
     key, n = base, 1
@@ -164,7 +156,7 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
             _check_order(p, graph, loc)
         addin = _build(factory, p, target_module, source_module, graph, loc)
         _check_method(addin, p, loc)
-        device = _device_of(target_module)
+        device = model_device(target_module)
         if device is not None:
             addin.to(device)
         resolved.append(Resolved(_key(p, taken), p, addin))
