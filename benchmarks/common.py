@@ -228,6 +228,13 @@ def machine() -> dict[str, str]:
             info[lib] = "not installed"
     if torch.cuda.is_available():
         info["cuda"] = torch.cuda.get_device_name(0)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        info["commit"] = commit
     return info
 
 
