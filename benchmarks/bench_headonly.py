@@ -8,23 +8,10 @@ from __future__ import annotations
 
 import copy
 
-from .common import Row, describe, interleave, lora_config, paired_ratio, print_rows, setup_torch, vit
+from .common import (Row, describe, interleave, lora_config, paired_ratio, print_rows, setup_torch, train_step,
+                     vit_train_batch)
 
 SOURCE = "benchmarks/bench_headonly.py"
-
-
-def _step(model, x, y):
-    import torch
-    import torch.nn.functional as F
-
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
 
 
 def _only(model, names: tuple[str, ...]):
@@ -34,23 +21,18 @@ def _only(model, names: tuple[str, ...]):
 
 
 def run(quick: bool = False) -> list[Row]:
-    import torch
-
     import addin_studio as studio
 
     setup_torch()
-    kwargs = {"img_size": 64, "depth": 2} if quick else {}
-    batch, n = (2, 2) if quick else (8, 5)
-    plain = vit("vit_small_patch16_224", **kwargs).train()
-    size = plain.patch_embed.img_size[0]
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, plain.num_classes, (batch,))
+    n = 2 if quick else 5
+    plain, x, y = vit_train_batch(quick)
+    batch = x.shape[0]
     head_only = _only(copy.deepcopy(plain), ("head",))
     floor = _only(copy.deepcopy(plain), ("head", "pos_embed"))
     lora = copy.deepcopy(plain)
     studio.attach(lora, lora_config(lora))
-    times = interleave({"head-only": _step(head_only, x, y), "floor": _step(floor, x, y),
-                        "LoRA": _step(lora, x, y)}, n=n, warmup=1)
+    times = interleave({"head-only": train_step(head_only, x, y), "floor": train_step(floor, x, y),
+                        "LoRA": train_step(lora, x, y)}, n=n, warmup=1)
     what = f"vit_small, batch {batch}; "
     return [
         Row("train step: head-only / frozen floor (info)", paired_ratio(times, "head-only", "floor"), None,

@@ -17,20 +17,7 @@ import copy
 import sys
 
 from .common import (Row, describe, interleave, lora_config, paired_ratio, peft_lora, print_rows,
-                     same_lora_weights, setup_torch, vit)
-
-
-def _train_step(model, params, x, y):
-    import torch
-
-    opt = torch.optim.AdamW(params, lr=1e-4)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return step
+                     same_lora_weights, setup_torch, train_step, vit_train_batch)
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -39,12 +26,9 @@ def run(quick: bool = False) -> list[Row]:
     import addin_studio as studio
 
     setup_torch()
-    kwargs = {"img_size": 64, "depth": 2} if quick else {}
-    batch, n = (2, 2) if quick else (8, 9)
-    plain = vit("vit_small_patch16_224", **kwargs).train()
-    size = plain.patch_embed.img_size[0]
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, plain.num_classes, (batch,))
+    n = 2 if quick else 9
+    plain, x, y = vit_train_batch(quick)
+    batch = x.shape[0]
 
     ours = copy.deepcopy(plain).train()
     att = studio.attach(ours, lora_config(ours))
@@ -56,9 +40,9 @@ def run(quick: bool = False) -> list[Row]:
         p.requires_grad_(name.startswith("head.") or name == "pos_embed")
 
     train = interleave({
-        "ours": _train_step(ours, list(att.addins.parameters()), x, y),
-        "peft": _train_step(peft, [p for p in peft.parameters() if p.requires_grad], x, y),
-        "floor": _train_step(floor, [p for p in floor.parameters() if p.requires_grad], x, y),
+        "ours": train_step(ours, x, y, list(att.addins.parameters())),
+        "peft": train_step(peft, x, y, [p for p in peft.parameters() if p.requires_grad]),
+        "floor": train_step(floor, x, y, [p for p in floor.parameters() if p.requires_grad]),
     }, n=n, warmup=2)
 
     merged = copy.deepcopy(plain).eval()

@@ -282,6 +282,36 @@ def vit(name: str = "vit_small_patch16_224", **kwargs: Any) -> Any:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+def vit_train_batch(quick: bool, batch: int = 8) -> tuple[Any, Any, Any]:
+    """``(model, x, y)``: vit_small in train mode (2 blocks at 64 px in quick mode) and a random batch."""
+    import torch
+
+    kwargs = {"img_size": 64, "depth": 2} if quick else {}
+    model = vit("vit_small_patch16_224", **kwargs).train()
+    size = model.patch_embed.img_size[0]
+    batch = 2 if quick else batch
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, model.num_classes, (batch,))
+    return model, x, y
+
+
+def train_step(model: Any, x: Any, y: Any, params: Any = None) -> Callable[[], None]:
+    """One AdamW train step (forward, cross-entropy, backward, step) over ``params`` (default: the
+    parameters that require grad), as a callable for :func:`interleave`."""
+    import torch
+
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
 def same_lora_weights(att, peft) -> None:
     """Give both LoRA arms the same random A and B (B is zero at attach, a no-op update)."""
     import torch
