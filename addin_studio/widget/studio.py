@@ -212,15 +212,10 @@ class Studio(anywidget.AnyWidget):
             return
         if kind == "point":
             ed.click(str(msg.get("point", "")), msg.get("group") or None)
-        elif kind == "addin":
+        elif kind in ("addin", "method"):
+            select = ed.select_addin if kind == "addin" else ed.select_method
             try:
-                ed.select_addin(str(msg.get("name", "")))
-                ed.error = ""
-            except ValueError as exc:
-                ed.error = str(exc)
-        elif kind == "method":
-            try:
-                ed.select_method(str(msg.get("name", "")))
+                select(str(msg.get("name", "")))
                 ed.error = ""
             except ValueError as exc:
                 ed.error = str(exc)
