@@ -70,16 +70,49 @@ class AddinBase(nn.Module):
 
 _NN_MODULE_ATTRS = set(dir(nn.Module))
 _ARITY = {"pre": 2, "post": 3}
+WEIGHT_SIDE = "post"  # where a weight method is written in a string: ``(layer){inout1}``
+
+
+def weight_method(param: str | None = None) -> Callable[[Callable], Callable]:
+    """Declare an add-in method a *weight method*: ``method(module, weight) -> weight``.
+
+    Instead of running as a hook, the engine makes ``module.<param>`` return ``method(module, W)``
+    (``W`` the stored parameter) for as long as the add-in is attached, so the adaptation holds wherever
+    the weight is read — also when the layer is never called as a module (``F.linear(x, qkv.weight)``)
+    or when its own ``forward`` transforms the weight (``Conv2dSame``, ``ScaledStdConv2d``). It is written
+    at the layer's ``post`` point like an output method. ``param`` names the parameter (default: the
+    add-in's ``weight_param(module)`` if it has one, else ``"weight"``).
+    """
+
+    def mark(fn: Callable) -> Callable:
+        fn.__addin_weight_method__ = True
+        fn.__addin_weight_param__ = param
+        return fn
+
+    return mark
+
+
+def is_weight_method(method: Any) -> bool:
+    """Whether ``method`` (bound or not) was declared with :func:`weight_method`."""
+    return bool(getattr(method, "__addin_weight_method__", False))
 
 
 def signature_fits(method: Callable, side: str) -> bool:
-    """Whether a bound method can be called at a point of ``side`` (pre: 2 args, post: 3)."""
+    """Whether a bound method can be called at a point of ``side`` (pre: 2 args, post: 3).
+
+    A weight method fits the ``post`` point only, and takes ``(module, weight)``.
+    """
     try:
         sig = inspect.signature(method)
     except (TypeError, ValueError):
         return False
+    arity = _ARITY[side]
+    if is_weight_method(method):
+        if side != WEIGHT_SIDE:
+            return False
+        arity = 2
     try:
-        sig.bind(*([None] * _ARITY[side]))
+        sig.bind(*([None] * arity))
     except TypeError:
         return False
     return True
@@ -106,7 +139,8 @@ def methods_for(factory: Any, side: str) -> list[str]:
     cls = factory if isinstance(factory, type) else type(factory)
     names = []
     for name in dir(cls):
-        if name.startswith("_") or name in _NN_MODULE_ATTRS or name in ("merge", "unmerge"):
+        if name.startswith("_") or name in _NN_MODULE_ATTRS or name in ("merge", "unmerge",
+                                                                        "weight_param"):
             continue
         if isinstance(inspect.getattr_static(cls, name, None), (property, staticmethod, classmethod)):
             continue
