@@ -127,14 +127,14 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
     kinds = LORA_LAYERS + (nn.Embedding, nn.MultiheadAttention)
     if not cfg.placements:
         layers = [n for n, m in model.named_modules() if isinstance(m, kinds) or is_hf_conv1d(m)][:6]
-        raise ValueError(f"targets {targets!r} match no Linear/Conv/Embedding layer of "
-                         f"{type(model).__name__} (its layers include: {', '.join(layers)})")
+        raise ValueError(f"targets {targets!r} match no Linear/Conv layer of {type(model).__name__} (nor "
+                         f"an Embedding or MultiheadAttention; its layers include: {', '.join(layers)})")
     if not isinstance(targets, str):
         hit = {p.target.module for p in cfg.placements}
         for t in targets:
             if not any(h == t or h.endswith("." + t) for h in hit):
-                raise ValueError(f"target {t!r} matches no Linear/Conv/Embedding layer of "
-                                 f"{type(model).__name__}")
+                raise ValueError(f"target {t!r} matches no Linear/Conv layer of {type(model).__name__} "
+                                 f"(nor an Embedding or MultiheadAttention)")
     return cfg.with_trainable(list(cfg.trainable) + list(trainable))
 
 
