@@ -16,7 +16,7 @@ from ..addins import available_addins, methods_for
 from ..config import Config, ConfigError, Placement, Point, parse
 from ..engine import Attachment, attach
 from ..graph import ModuleGraph
-from ..params import count_parameters
+from ..params import summary_line
 
 
 @dataclass(frozen=True)
@@ -242,9 +242,7 @@ class Editor:
 
     # -- views ---------------------------------------------------------------------------------
     def params_text(self) -> str:
-        trainable, total = count_parameters(self.model)
-        pct = 100.0 * trainable / total if total else 0.0
-        return f"Trainable/total parameters: {trainable:,} / {total:,} ({pct:.4g}%)"
+        return summary_line(self.model, exact=True)
 
     def module_states(self) -> dict[str, str]:
         """``{path: "trainable" | "frozen" | "partial"}`` for modules with parameters, as they are now."""
