@@ -25,6 +25,28 @@ def mlp():
 
 
 @pytest.fixture
+def make_image_folder():
+    """Builds a tiny image folder (one sub-folder per class of PNGs whose colour depends on the class)."""
+    from pathlib import Path
+
+    def make(root, classes=("a", "b"), per_class=4, size=16, seed=0, mode="RGB"):
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.default_rng(seed)
+        for c, name in enumerate(classes):
+            folder = Path(root) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.zeros((size, size, 3)) + 255.0 * (c + 1) / (len(classes) + 1)
+                pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype("uint8")
+                Image.fromarray(pixels).convert(mode).save(folder / f"{i}.png")
+        return Path(root)
+
+    return make
+
+
+@pytest.fixture
 def digits_batch():
     torch.manual_seed(1)
     return torch.randn(4, 64)
