@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from .. import checkpoint  # noqa: F401  (registers the writer behind Attachment.save)
+
 
 def save_adapters(attachment: Any, path: str | Path) -> Path:
     """Save an Attachment's add-in (and kept-trainable) weights with ``attachment.save`` — adapter-only
