@@ -28,6 +28,8 @@ from torch import nn
 
 from .base import AddinBase, PointInfo, weight_method
 from .lora_peft import LoraPeft
+from .lora_variants import (BASE_MOVING_INITS, check_variant_settings, dora_norm, dora_view,
+                            gaussian_init, lora_scaling, matrix_of, svd_init)
 from .registry import register_addin
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -128,6 +130,14 @@ class LoRA(AddinBase):
     parameter ``adapt_weight`` adapts; default ``weight``, ``in_proj_weight`` on MultiheadAttention).
     Parameters: ``lora_A`` ``[r, w]`` and ``lora_B`` ``[h, r]``. ``merge(module)`` folds
     ``(alpha/r) * B @ A`` into the weight (``Attachment.merge``).
+
+    Variants (as PEFT computes them; ``addins/lora_variants.py``): ``rslora=true`` scales by
+    ``alpha/sqrt(r)``; ``bias=true`` adds a trained bias on ``B`` (``lora_bias``, one per output channel;
+    merged into the layer's bias); ``init=gaussian`` draws ``A ~ N(0, 1/r)``; ``init=pissa`` /
+    ``init=olora`` start ``B @ A`` from the weight's top singular vectors / its QR decomposition and
+    move that part out of the base weight (restored bit for bit at detach); ``dora=true`` is DoRA:
+    a trained magnitude per output row (``lora_magnitude``, the row norms of the weight at attach)
+    times the direction ``(W + delta) / ||W + delta||`` (the norm is not differentiated, as in PEFT).
     """
 
     # LoRA rewrites the layer's output from its input; the generic ZhiJian methods make no sense here.
@@ -137,7 +147,8 @@ class LoRA(AddinBase):
     peft = LoraPeft()  # its Hugging Face PEFT form (addins/lora_peft.py)
 
     def __init__(self, point: PointInfo, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
-                 param: str | None = None, source_point: PointInfo | None = None) -> None:
+                 param: str | None = None, source_point: PointInfo | None = None, rslora: bool = False,
+                 bias: bool = False, init: str = "kaiming", dora: bool = False) -> None:
         super().__init__()
         module = point.module
         if point.side != "post":
@@ -154,6 +165,8 @@ class LoRA(AddinBase):
             raise ValueError(f"LoRA dropout must be a number in [0, 1), got {dropout!r}")
         if param is not None and (not isinstance(param, str) or not param.isidentifier()):
             raise ValueError(f"LoRA param must be a parameter name, got {param!r}")
+        alpha_value = float(r if alpha is None else alpha)
+        self.init = check_variant_settings(r, alpha_value, rslora, bias, init, dora)
         if param is None:
             check_lora_target(module, point.path)
         self.param = param or default_param(module)
@@ -161,19 +174,72 @@ class LoRA(AddinBase):
         weight = module._parameters[self.param]
         self.weight_shape = tuple(weight.shape)
         self.r = r
-        self.alpha = float(r if alpha is None else alpha)
+        self.alpha = alpha_value
         self.dropout = float(dropout)
-        self.scaling = self.alpha / r
+        self.rslora = rslora
+        self.dora = dora
+        self.scaling = lora_scaling(r, self.alpha, rslora)
         self.is_conv = isinstance(module, _CONV) and self.param == "weight"
         self.is_embedding = isinstance(module, nn.Embedding) and self.param == "weight"
         self.hook_problem = hook_problem(module) if self.param == default_param(module) else \
             f"param={self.param!r} is adapted on the weight"
         self.lora_A = nn.Parameter(torch.empty(r, w, dtype=weight.dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(h, r, dtype=weight.dtype, device=weight.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        if self.init == "gaussian":
+            gaussian_init(self.lora_A, r)
+        elif self.init in BASE_MOVING_INITS:
+            if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                raise ValueError(f"LoRA init={self.init} needs a float weight, not {weight.dtype}")
+            with torch.no_grad():
+                A, B = svd_init(self.init, matrix_of(weight.detach().float(), h, w, self.transposed),
+                                r, self.scaling)
+                self.lora_A.copy_(A)
+                self.lora_B.copy_(B)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.bias_shape = None
+        if bias:
+            if self.is_embedding or self.param != default_param(module) or \
+                    isinstance(module, nn.MultiheadAttention):
+                raise ValueError(f"LoRA bias=true adds to a layer's output: not on "
+                                 f"{type(module).__name__} (param={self.param}); PEFT has no lora_bias there")
+            channels = weight.shape[1] if self.transposed else weight.shape[0]
+            self.lora_bias = nn.Parameter(torch.zeros(channels, dtype=weight.dtype, device=weight.device))
+        if dora:
+            with torch.no_grad():
+                base = weight.detach() - self.delta() if self.moves_base else weight.detach()
+                norm = dora_norm(base + self.delta().to(weight.dtype), self.transposed)
+            self.lora_magnitude = nn.Parameter(norm.clone())
+
+    @property
+    def moves_base(self) -> bool:
+        """Whether attach moves part of the base weight into the adapter (PiSSA/OLoRA): the engine then
+        snapshots the layer's parameters before :meth:`move_base` and restores them at detach."""
+        return self.init in BASE_MOVING_INITS
+
+    def move_base(self, module: nn.Module) -> None:
+        """PiSSA/OLoRA: leave the residual ``W - scaling * B @ A`` in the base weight (called once, at
+        attach, before any training or loading)."""
+        if self.moves_base:
+            weight = module._parameters[self.param]
+            weight.copy_((weight.float() - self.delta().float()).to(weight.dtype))
+
+    def merge_problem(self, module: nn.Module) -> str | None:
+        """Why :meth:`merge` cannot fold this LoRA into ``module``, or None."""
+        if hasattr(self, "lora_bias") and getattr(module, "bias", None) is None:
+            return ("LoRA bias=true cannot be merged: the layer has no bias to fold it into (PEFT "
+                    "refuses this merge too)")
+        return None
 
     def extra_repr(self) -> str:
         param = "" if self.param == "weight" else f", param={self.param}"
+        for flag in ("rslora", "dora"):
+            if getattr(self, flag):
+                param += f", {flag}=true"
+        if hasattr(self, "lora_bias"):
+            param += ", bias=true"
+        if self.init != "kaiming":
+            param += f", init={self.init}"
         return (f"r={self.r}, alpha={self.alpha:g}, dropout={self.dropout:g}{param}, "
                 f"A={tuple(self.lora_A.shape)}, B={tuple(self.lora_B.shape)}")
 
@@ -185,6 +251,9 @@ class LoRA(AddinBase):
         if method == WEIGHT_METHOD and self.dropout:
             raise ValueError("dropout acts on the LoRA branch's input, which adapt_weight does not "
                              "have: use adapt_output or dropout=0")
+        if method == WEIGHT_METHOD and hasattr(self, "lora_bias"):
+            raise ValueError("LoRA bias=true adds to the layer's output, which adapt_weight does not "
+                             "change: use adapt_output or bias=false")
 
     def weight_param(self, module: nn.Module) -> str:
         """The parameter :meth:`adapt_weight` adapts."""
@@ -201,6 +270,15 @@ class LoRA(AddinBase):
         """The update in the weight's shape (``module`` is accepted for compatibility)."""
         return self.delta()
 
+    def _dora_scale(self, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """DoRA's ``magnitude / ||W + delta||`` per output row (the norm not differentiated)."""
+        norm = dora_norm(weight + delta.detach().to(weight.dtype), self.transposed).detach()
+        return self.lora_magnitude / norm
+
+    def _bias_term(self, outputs: torch.Tensor) -> torch.Tensor:
+        b = self.lora_bias * self.scaling
+        return b.view(-1, *([1] * (outputs.dim() - 2))) if self.is_conv else b
+
     def forward(self, x: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
         """The LoRA branch alone: ``(alpha/r) * B(A(dropout(x)))`` (``module`` is needed for convs)."""
         if self.dropout and self.training:
@@ -208,11 +286,13 @@ class LoRA(AddinBase):
         if self.is_conv:
             if module is None:
                 raise ValueError("a conv LoRA needs its base module to run")
-            return module._conv_forward(x, self.delta(), None)
-        h = self._embed(x, module) if self.is_embedding else F.linear(x, self.lora_A)
-        if self.scaling != 1.0:
-            h = h * self.scaling  # cheapest place for the scale: the rank-r tensor
-        return F.linear(h, self.lora_B)
+            out = module._conv_forward(x, self.delta(), None)
+        else:
+            h = self._embed(x, module) if self.is_embedding else F.linear(x, self.lora_A)
+            if self.scaling != 1.0:
+                h = h * self.scaling  # cheapest place for the scale: the rank-r tensor
+            out = F.linear(h, self.lora_B)
+        return out + self._bias_term(out) if hasattr(self, "lora_bias") else out
 
     def _embed(self, x: torch.Tensor, module: nn.Module | None) -> torch.Tensor:
         if module is None:
@@ -221,6 +301,8 @@ class LoRA(AddinBase):
                            module.scale_grad_by_freq, module.sparse)
 
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
+        if self.dora or hasattr(self, "lora_bias"):
+            return self._adapt_output_variant(module, inputs[0], outputs)
         x = inputs[0]
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
@@ -236,12 +318,52 @@ class LoRA(AddinBase):
             h = h * self.scaling
         return outputs + F.linear(h, self.lora_B)
 
+    def _adapt_output_variant(self, module: nn.Module, x: torch.Tensor,
+                              outputs: torch.Tensor) -> torch.Tensor:
+        """The output hook with a LoRA bias and/or DoRA (PEFT's ``DoraLinearLayer.forward``)."""
+        dropped = self.dropout and self.training
+        branch = self.forward(x, module)  # scaling * B(A(dropout(x))) (+ scaling * lora_bias)
+        if not self.dora:
+            return outputs + branch
+        weight = module._parameters[self.param]
+        scale = self._dora_scale(weight, self.delta())
+        if self.is_conv:
+            scale = scale.view(-1, *([1] * (outputs.dim() - 2)))
+        if dropped:  # PEFT recomputes the base output from the dropped-out input
+            base = self._base_without_bias(module, F.dropout(x, self.dropout, True), weight)
+        else:
+            bias = getattr(module, "bias", None)
+            base = outputs
+            if isinstance(bias, torch.Tensor):
+                base = outputs - (bias.view(-1, *([1] * (outputs.dim() - 2))) if self.is_conv else bias)
+        return outputs + (scale - 1) * base + scale * branch
+
+    def _base_without_bias(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.is_conv:
+            return module._conv_forward(x, weight, None)
+        if self.transposed and not self.is_embedding:  # transformers Conv1D: x @ W
+            return x @ weight
+        return F.linear(x, weight)
+
     @weight_method()
     def adapt_weight(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-        """The weight the layer computes with: ``W + (alpha/r) * B @ A``."""
-        return weight + self.delta().to(weight.dtype)
+        """The weight the layer computes with: ``W + (alpha/r) * B @ A`` (DoRA: rescaled per row)."""
+        delta = self.delta().to(weight.dtype)
+        if self.dora:
+            scale = self._dora_scale(weight, delta)
+            return dora_view(scale, weight.dim(), self.transposed) * (weight + delta)
+        return weight + delta
 
     def merge(self, module: nn.Module) -> None:
-        """Fold the update into the stored weight (the Attachment snapshots and restores it)."""
+        """Fold the update into the stored weight (and a LoRA bias into the layer's bias); the
+        Attachment snapshots the layer's parameters first and restores them on unmerge."""
+        problem = self.merge_problem(module)
+        if problem:
+            raise ValueError(problem)
         weight = module._parameters[self.param]
-        weight.add_(self.delta().to(weight.dtype))
+        if self.dora:
+            weight.copy_(self.adapt_weight(module, weight))
+        else:
+            weight.add_(self.delta().to(weight.dtype))
+        if hasattr(self, "lora_bias"):
+            module.bias.add_((self.lora_bias * self.scaling).to(module.bias.dtype))

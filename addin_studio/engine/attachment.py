@@ -45,6 +45,7 @@ class Attachment:
         self._weight_actions: dict[str, WeightAction] = {}
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
         self._untied: dict[str, dict[str, nn.Parameter]] = {}
+        self._moved: dict[str, dict[str, torch.Tensor]] = {}  # base snapshots of add-ins that move_base
         self._first_check: FirstForwardCheck | None = None
         self._child_name: str | None = None
         self.attached = False
@@ -64,6 +65,7 @@ class Attachment:
                 base = {n for n, _ in self.model.named_parameters() if not n.startswith(name + ".")}
                 self._flags = freeze_except(self.model, self._keep | (
                     {n for n, _ in self.model.named_parameters()} - base))
+            self._move_bases(modules)
             expected: dict[tuple[str, str], list[str]] = {}
             for r in self._resolved:
                 p = r.placement
@@ -86,6 +88,17 @@ class Attachment:
         except BaseException:
             self._undo()
             raise
+
+    def _move_bases(self, modules: Mapping[str, nn.Module]) -> None:
+        """Let add-ins that start from part of the base weight (LoRA's PiSSA/OLoRA inits, flag
+        ``moves_base``) take it out, after snapshotting the layer's parameters for :meth:`_undo`."""
+        for r in self._resolved:
+            if getattr(r.addin, "moves_base", False):
+                module = modules[r.placement.target.module]
+                self._moved[r.key] = {n: p.detach().clone() for n, p in module._parameters.items()
+                                      if p is not None}
+                with torch.no_grad():
+                    r.addin.move_base(module)
 
     def _hook(self, modules: Mapping[str, nn.Module], path: str, side: str) -> PreHook | PostHook:
         key = (path, side)
@@ -114,6 +127,14 @@ class Attachment:
                 action = self._weight_actions.pop(r.key, None)
                 if action is not None:
                     remove_weight_action(modules[r.placement.target.module], r.weight_param, action)
+        if self._moved:
+            modules = dict(self.model.named_modules())
+            for r in reversed(self._resolved):
+                snapshot = self._moved.pop(r.key, None)
+                if snapshot is not None:
+                    with torch.no_grad():
+                        for n, t in snapshot.items():
+                            modules[r.placement.target.module]._parameters[n].copy_(t)
         if self._flags:
             restore_flags(self.model, self._flags)
             self._flags = {}
@@ -182,6 +203,11 @@ class Attachment:
             else:
                 continue
             todo.append((r, path, module, names))
+        for r, path, module, names in todo:
+            problem = getattr(r.addin, "merge_problem", None)
+            problem = problem(module) if callable(problem) else None
+            if problem:
+                raise ValueError(f"cannot merge {r.key} into '{path}': {problem}")
         ties = _shared_parameters(self.model)
         for r, path, module, names in todo:
             for n in names:
