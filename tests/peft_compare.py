@@ -18,8 +18,8 @@ PEFT_TO_OURS = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B", "lora_B.bi
                 "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B"}
 
 
-def peft_tensors(peft_model) -> dict[tuple[str, str], torch.nn.Parameter]:
-    """``{(module path, our name): PEFT parameter}`` for PEFT's LoRA tensors."""
+def peft_tensors(peft_model, strict: bool = True) -> dict[tuple[str, str], torch.nn.Parameter]:
+    """``{(module path, our name): PEFT parameter}`` for PEFT's LoRA tensors (``strict``: no others)."""
     found = {}
     for name, p in peft_model.named_parameters():
         if "lora_" not in name:
@@ -30,7 +30,8 @@ def peft_tensors(peft_model) -> dict[tuple[str, str], torch.nn.Parameter]:
                 found[(name[: -len(suffix) - 1], ours)] = p
                 break
         else:
-            raise AssertionError(f"unexpected PEFT tensor {name}")
+            if strict:
+                raise AssertionError(f"unexpected PEFT tensor {name}")
     return found
 
 
@@ -50,7 +51,7 @@ def _state(model):
 def perturb_peft(peft_model, seed: int = 1) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in peft_tensors(peft_model).values():
+        for p in peft_tensors(peft_model, strict=False).values():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
@@ -76,7 +77,7 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
         if key[1] in ("lora_A", "lora_B") and key[0] not in moving:
             continue  # random inits
         p_ours = _to_ours(key, p, q, layout)
-        torch.testing.assert_close(q, p_ours, rtol=1e-4, atol=1e-5, msg=f"init of {key}")
+        torch.testing.assert_close(q, p_ours, rtol=1e-4, atol=1e-5, msg=lambda m: f"init of {key}: {m}")
     if perturb:
         perturb_peft(pm)
     with torch.no_grad():
@@ -93,16 +94,19 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     if x.is_floating_point():
         torch.testing.assert_close(xb.grad, xa.grad, rtol=rtol * 10, atol=atol * 10)
     for key, p in theirs.items():
-        torch.testing.assert_close(mine[key].grad, _to_ours(key, p.grad, mine[key], layout),
-                                   rtol=rtol * 10, atol=atol * 10, msg=f"gradient of {key}")
+        ref = _to_ours(key, p.grad, mine[key], layout)
+        # the inputs reach 89 (PEFT's arange inputs): absolute error scales with the gradient's size
+        torch.testing.assert_close(mine[key].grad, ref, rtol=rtol * 10,
+                                   atol=atol * 10 * max(1.0, float(ref.abs().max())), msg=lambda m: f"gradient of {key}: {m}")
     if merge:
         residual = _state(model)
         att.merge()
         pm.base_model.merge_adapter()
-        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v
-                    for k, v in pm.state_dict().items() if "lora_" not in k}
+        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "")
+                    .replace(".modules_to_save.default", ""): v
+                    for k, v in pm.state_dict().items() if "lora_" not in k and "original_module" not in k}
         for k, v in _state(model).items():
-            torch.testing.assert_close(v, merged_p[k], rtol=rtol, atol=atol, msg=f"merged {k}")
+            torch.testing.assert_close(v, merged_p[k], rtol=rtol, atol=atol, msg=lambda m: f"merged {k}: {m}")
         pm.base_model.unmerge_adapter()
         att.unmerge()
         for k, v in _state(model).items():

@@ -16,7 +16,8 @@ Two ways to place it, both written in the string at the layer's output point ``(
 transposed onto the weight (PEFT's ``fan_in_fan_out``); ``nn.Embedding`` ``[dim, num]`` transposed, as
 PEFT's ``lora_embedding_A [r, num]`` / ``lora_embedding_B [dim, r]``; convolutions use GIFt's "balanced"
 factorization: the kernel ``[out, in/groups, k0, k1, ...]`` is seen as ``[out*k0, in/groups*k1*...]``
-(Conv1d: ``[out, in/groups*k0]``).
+(Conv1d: ``[out, in/groups*k0]``), or with ``layout=peft`` PEFT's ``[out, in/groups*k0*k1*...]`` (so a
+conv LoRA can go to PEFT and back; the same as balanced for Conv1d and 1x1 kernels).
 """
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def is_hf_conv1d(module: nn.Module) -> bool:
             and getattr(module, "nf", None) == module.weight.shape[1])
 
 
-def _layout(module: nn.Module, param: str) -> tuple[int, int, bool]:
-    """``(h, w, transposed)``: ``B @ A`` is ``[h, w]``; transposed when the weight is stored ``[w, h]``."""
+def _layout(module: nn.Module, param: str, peft_conv: bool = False) -> tuple[int, int, bool]:
+    """``(h, w, transposed)``: ``B @ A`` is ``[h, w]``; transposed when the weight is stored ``[w, h]``.
+    ``peft_conv``: convolutions in PEFT's layout ``[out, in/groups*k0*k1*...]``."""
     if param != "weight" or isinstance(module, nn.MultiheadAttention):
         weight = getattr(module, "_parameters", {}).get(param)
         if not isinstance(weight, torch.Tensor):
@@ -66,8 +68,8 @@ def _layout(module: nn.Module, param: str) -> tuple[int, int, bool]:
         return module.embedding_dim, module.num_embeddings, True
     if isinstance(module, _CONV):
         out, in_per_group, *kernel = module.weight.shape
-        if isinstance(module, nn.Conv1d):
-            return out, in_per_group * kernel[0], False
+        if isinstance(module, nn.Conv1d) or peft_conv:
+            return out, in_per_group * math.prod(kernel), False
         return out * kernel[0], in_per_group * math.prod(kernel[1:]), False
     raise TypeError(f"LoRA works on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention and "
                     f"transformers Conv1D layers (or a named parameter with param=), not "
@@ -148,7 +150,8 @@ class LoRA(AddinBase):
 
     def __init__(self, point: PointInfo, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
                  param: str | None = None, source_point: PointInfo | None = None, rslora: bool = False,
-                 bias: bool = False, init: str = "kaiming", dora: bool = False) -> None:
+                 bias: bool = False, init: str = "kaiming", dora: bool = False,
+                 layout: str = "balanced") -> None:
         super().__init__()
         module = point.module
         if point.side != "post":
@@ -170,7 +173,13 @@ class LoRA(AddinBase):
         if param is None:
             check_lora_target(module, point.path)
         self.param = param or default_param(module)
-        h, w, self.transposed = _layout(module, self.param)
+        if layout not in ("balanced", "peft"):
+            raise ValueError(f"LoRA layout must be balanced or peft, got {layout!r}")
+        if layout == "peft" and isinstance(module, _CONV) and module.groups != 1:
+            raise ValueError(f"LoRA layout=peft on a grouped convolution (groups={module.groups}) is not "
+                             f"supported: PEFT's grouped conv LoRA is not a low-rank update of the weight")
+        self.layout = layout
+        h, w, self.transposed = _layout(module, self.param, layout == "peft")
         weight = module._parameters[self.param]
         self.weight_shape = tuple(weight.shape)
         self.r = r
@@ -240,6 +249,8 @@ class LoRA(AddinBase):
             param += ", bias=true"
         if self.init != "kaiming":
             param += f", init={self.init}"
+        if self.layout != "balanced":
+            param += f", layout={self.layout}"
         return (f"r={self.r}, alpha={self.alpha:g}, dropout={self.dropout:g}{param}, "
                 f"A={tuple(self.lora_A.shape)}, B={tuple(self.lora_B.shape)}")
 

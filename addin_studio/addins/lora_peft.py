@@ -1,4 +1,5 @@
-"""LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear`` layers (``lora_A``/``lora_B`` as PEFT names them)."""
+"""LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear`` and ungrouped ``nn.Conv1d/2d/3d`` layers (``lora_A``/
+``lora_B`` as PEFT names them; convs in PEFT's layout), with rsLoRA, DoRA, lora_bias and the inits."""
 from __future__ import annotations
 
 import re
@@ -41,17 +42,25 @@ class LoraPeft(PeftMapping):
             if e.placement.method != "adapt_output":
                 raise ValueError(f"PEFT export covers LoRA.adapt_output only; '{e.key}' is "
                                  f"LoRA.{e.placement.method}")
-            if not isinstance(e.module, nn.Linear):
-                raise ValueError(f"PEFT export covers LoRA on nn.Linear layers; '{path}' is a "
-                                 f"{type(e.module).__name__}")
+            conv = _peft_conv(e.module)
+            if not isinstance(e.module, nn.Linear) and conv is None:
+                raise ValueError(f"PEFT export covers LoRA on nn.Linear and nn.Conv1d/2d/3d layers; "
+                                 f"'{path}' is a {type(e.module).__name__}")
+            if conv is not None and e.addin.lora_B.shape[0] != e.module.out_channels:
+                raise ValueError(f"'{path}': a conv LoRA goes to PEFT in PEFT's layout: attach it with "
+                                 f"layout=peft (the balanced layout is not PEFT's)")
             if path in ranks:
                 raise ValueError(f"two LoRAs on '{path}' cannot be one PEFT adapter")
-            tensors[f"{path}.lora_A.weight"] = e.addin.lora_A
-            tensors[f"{path}.lora_B.weight"] = e.addin.lora_B
+            ones = [1] * (conv or 0)
+            r = e.addin.r
+            tensors[f"{path}.lora_A.weight"] = e.addin.lora_A if conv is None else \
+                e.addin.lora_A.reshape(r, *e.module.weight.shape[1:])
+            tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(-1, r, *ones)
             if hasattr(e.addin, "lora_bias"):
                 tensors[f"{path}.lora_B.bias"] = e.addin.lora_bias
             if e.addin.dora:
-                tensors[f"{path}.{_MAGNITUDE}"] = e.addin.lora_magnitude
+                tensors[f"{path}.{_MAGNITUDE}"] = e.addin.lora_magnitude if conv is None else \
+                    e.addin.lora_magnitude.reshape(1, -1, *ones)
             for flag, value in _variant(e.addin).items():
                 variants.setdefault(flag, set()).add(value)
             ranks[path] = e.addin.r
@@ -80,9 +89,9 @@ class LoraPeft(PeftMapping):
 
     def read(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
              addin: str, source: str) -> list[PeftImport]:
-        for flag in ("fan_in_fan_out",) + _UNSUPPORTED:
+        for flag in _UNSUPPORTED + ("fan_in_fan_out",):
             if config.get(flag):
-                raise ValueError(f"{source}: {flag}={config[flag]!r} is not supported")
+                raise ValueError(f"{source}: {flag} is not supported")
         if config.get("bias", "none") != "none":
             raise ValueError(f"{source}: bias={config.get('bias')!r} is not supported (only 'none'; "
                              f"a bias on B is lora_bias=true)")
@@ -118,12 +127,21 @@ class LoraPeft(PeftMapping):
             raise ValueError(f"{source} holds no LoRA weights")
         modules = dict(model.named_modules())
         for path in pairs:
+            owner = path.partition(".base_layer.")[0]
+            if path not in modules and owner in modules:  # PEFT's MultiheadAttention wrapper
+                raise ValueError(f"from_peft imports LoRA on nn.Linear and nn.Conv1d/2d/3d layers; the "
+                                 f"adapter's '{owner}' is a {type(modules[owner]).__name__}")
             if path not in modules:
                 raise ValueError(f"the adapter has LoRA weights for module '{path}', which this "
                                  f"{type(model).__name__} does not have")
-            if not isinstance(modules[path], nn.Linear):
-                raise ValueError(f"from_peft imports LoRA on nn.Linear layers; the adapter's '{path}' is "
-                                 f"a {type(modules[path]).__name__} (PEFT's conv LoRA has another layout)")
+            module = modules[path]
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups != 1:
+                raise ValueError(f"from_peft imports conv LoRA without groups; the adapter's '{path}' "
+                                 f"has groups={module.groups} (PEFT's grouped conv LoRA is not a low-rank "
+                                 f"update of the weight)")
+            if not isinstance(module, nn.Linear) and _peft_conv(module) is None:
+                raise ValueError(f"from_peft imports LoRA on nn.Linear and nn.Conv1d/2d/3d layers; the "
+                                 f"adapter's '{path}' is a {type(module).__name__}")
         order = {name: i for i, name in enumerate(modules)}
         out = []
         for path in sorted(pairs, key=order.__getitem__):
@@ -140,9 +158,24 @@ class LoraPeft(PeftMapping):
             if config.get("lora_dropout"):
                 settings["dropout"] = float(config["lora_dropout"])
             settings.update(variant)
+            if _peft_conv(modules[path]):
+                r = settings["r"]
+                settings["layout"] = "peft"
+                pair = {k: t.reshape(r, -1) if k == "lora_A" else t.reshape(-1, r) if k == "lora_B" else
+                        t.reshape(-1) for k, t in pair.items()}
+            elif "lora_magnitude" in pair:
+                pair["lora_magnitude"] = pair["lora_magnitude"].reshape(-1)
             point = Point(path, "post")
             out.append(PeftImport(Placement(addin, "adapt_output", point, point, settings), dict(pair)))
         return out
+
+
+def _peft_conv(module: nn.Module) -> int | None:
+    """The number of kernel dims of an ungrouped nn.Conv1d/2d/3d (PEFT's conv LoRA), else None."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and type(module).forward in (
+            nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward) and module.groups == 1:
+        return module.weight.dim() - 2
+    return None
 
 
 def _most_common(values: Any) -> Any:
@@ -155,8 +188,12 @@ def _num(x: float) -> int | float:
 
 
 def _pattern_value(patterns: Mapping[str, Any], path: str, default: Any) -> Any:
-    """PEFT's rank/alpha pattern lookup: the first key that matches the end of ``path``."""
+    r"""PEFT's rank/alpha pattern lookup (``get_pattern_key``): the first key ``k`` with
+    ``re.match(rf"(.*\.)?({k})$", path)``."""
     for key, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?(?:{key.lstrip('^').rstrip('$')})", path):
+        if re.match(rf"(.*\.)?({key})$", path):
             return value
     return default
+
+
+pattern_value = _pattern_value

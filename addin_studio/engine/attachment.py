@@ -60,6 +60,7 @@ class Attachment:
                 name = f"addins_{n}"
                 n += 1
             self.model.add_module(name, self.addins)
+            self.addins.train(self.model.training)  # an eval model gets eval add-ins (no dropout)
             self._child_name = name
             if self._freeze:
                 base = {n for n, _ in self.model.named_parameters() if not n.startswith(name + ".")}

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
 from ..addins.lora import WEIGHT_METHOD, hook_problem, is_hf_conv1d
+from ..addins.lora_peft import pattern_value
 from ..config import Config
 from ..graph import ModuleGraph, trace
 from .capabilities import Claim, ModuleInfo, ParamCap, Strategy, placement
@@ -43,15 +44,17 @@ def _never_run(model: nn.Module, example_input: Any, graph: ModuleGraph | None) 
     return {n.path for n in graph.nodes if n.order is None}
 
 
-def _lora_action(settings: dict, never_run: set[str],
+def _lora_action(settings: dict | Callable[[str], dict], never_run: set[str],
                  train: Callable[[ModuleInfo], Iterable[str]] | None = None) -> Callable[[ModuleInfo], Claim]:
     """Place LoRA on a layer: the output hook where it is right, else ``adapt_weight`` — on a layer that
     never runs as a module (its parent reads its weight), a layer whose own forward transforms its input
     or weight (timm's Conv2dSame, ScaledStdConv2d) and nn.MultiheadAttention (in_proj and out_proj)."""
-    weight_settings = {k: v for k, v in settings.items() if k != "dropout"}  # no input to drop out
+    settings_of = settings if callable(settings) else (lambda path: settings)
 
     def action(info: ModuleInfo) -> Claim:
         m = info.module
+        settings = settings_of(info.path)
+        weight_settings = {k: v for k, v in settings.items() if k != "dropout"}  # no input to drop out
         kept = tuple(train(info)) if train else ()
         if isinstance(m, nn.MultiheadAttention):
             if m._qkv_same_embed_dim:
@@ -110,7 +113,8 @@ def _target_check(targets: str | Sequence[str]):
 
 def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: float | None = 16,
          dropout: float = 0.0, trainable: Iterable[str] = (), example_input: Any = None,
-         graph: ModuleGraph | None = None) -> Config:
+         graph: ModuleGraph | None = None, rank_pattern: Mapping[str, int] | None = None,
+         alpha_pattern: Mapping[str, float] | None = None, **variant: Any) -> Config:
     """LoRA on the modules PEFT's ``target_modules`` would pick.
 
     ``targets``: a list of names matched against the end of each module path (``"qkv"`` matches
@@ -118,11 +122,31 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
     Linear, Conv, transformers Conv1D, nn.Embedding and nn.MultiheadAttention layers can be targets;
     the method is chosen as in :func:`lora_all`. ``trainable``: extra parameter patterns kept
     trainable (e.g. ``["head"]``). A target that matches no such layer is a ValueError naming it.
+
+    ``rank_pattern`` / ``alpha_pattern`` (PEFT's names and matching: the first key ``k`` with
+    ``re.match(rf"(.*\.)?({k})$", path)``) give some layers another rank / alpha. Further keyword
+    arguments are LoRA settings for every layer: ``rslora=True``, ``dora=True``, ``bias=True``,
+    ``init="pissa"`` ...
     """
     matches = _target_check(targets)
+    for name, patterns in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
+        for key in patterns or {}:
+            try:
+                re.compile(key)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"{name} key {key!r} is not a valid regular expression: {exc}") from None
+    base = {**_lora_settings(r, alpha, dropout), **variant}
+
+    def settings_for(path: str) -> dict:
+        settings = dict(base)
+        settings["r"] = pattern_value(rank_pattern or {}, path, r)
+        if alpha_pattern and pattern_value(alpha_pattern, path, None) is not None:
+            settings["alpha"] = pattern_value(alpha_pattern, path, None)
+        return settings
+
     strategy = Strategy(name="lora").register_module_cap(
         lambda info: matches(info.path) and _is_lora_layer(info, embeddings=True),
-        _lora_action(_lora_settings(r, alpha, dropout), _never_run(model, example_input, graph)))
+        _lora_action(settings_for, _never_run(model, example_input, graph)))
     cfg = strategy(model)
     kinds = LORA_LAYERS + (nn.Embedding, nn.MultiheadAttention)
     if not cfg.placements:
