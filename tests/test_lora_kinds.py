@@ -374,3 +374,25 @@ def test_peft_export_and_import_cover_embedding_and_conv1d(tmp_path):
     with studio.attach(mha, "(LoRA.adapt_weight): ...->(0){inout1}->...") as other:
         with pytest.raises(ValueError, match="'0' is a MultiheadAttention"):
             other.export_peft(tmp_path / "mha")
+
+
+def test_checkpoints_and_detach_stay_exact_on_a_tied_model(tmp_path):
+    model = _gpt2()
+    state = _state(model)
+    ids = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(0))
+    att = studio.attach(model, studio.strategies.lora_all(model, r=2))
+    with torch.no_grad():
+        for a in att.addins.values():
+            a.lora_B.normal_(std=0.1)
+    expected = model(ids).logits
+    att.merge(untie=True)
+    att.save(tmp_path / "a.safetensors")  # saves the unmerged base, then merges (untied) again
+    assert att.merged and model.lm_head.weight is not model.transformer.wte.weight
+    att.detach()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    again = studio.load(model, tmp_path / "a.safetensors")
+    torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-6)
+    again.detach()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
