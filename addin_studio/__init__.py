@@ -21,6 +21,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "get_addin": ("addin_studio.addins", "get_addin"),
     "methods_for": ("addin_studio.addins", "methods_for"),
     "register_addin": ("addin_studio.addins", "register_addin"),
+    "weight_method": ("addin_studio.addins", "weight_method"),
     "Config": ("addin_studio.config", "Config"),
     "ConfigError": ("addin_studio.config", "ConfigError"),
     "Placement": ("addin_studio.config", "Placement"),
@@ -53,7 +54,8 @@ _COMPANIONS = {"addin_studio.engine": "addin_studio.checkpoint"}
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load lazily
     from . import data, strategies
-    from .addins import AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin
+    from .addins import (AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin,
+                         weight_method)
     from .checkpoint import from_peft, load
     from .config import Config, ConfigError, Placement, Point, format_path, parse
     from .engine import Attachment, attach

@@ -339,3 +339,60 @@ def test_weight_method_compiles_without_graph_breaks():
         compiled = torch.compile(model, backend="eager")
         torch.testing.assert_close(compiled(x), eager)
     dynamo.reset()
+
+
+def test_peft_export_and_import_cover_embedding_and_conv1d(tmp_path):
+    model = _gpt2()
+    state = _state(model)
+    ids = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(0))
+    cfg = studio.strategies.lora(model, ["wte", "c_attn", "c_fc"], r=2, alpha=4)
+    att = studio.attach(model, cfg)
+    with torch.no_grad():
+        for a in att.addins.values():
+            a.lora_B.normal_(std=0.1)
+    expected = model(ids).logits
+    att.export_peft(tmp_path)
+    att.detach()
+    import json
+
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is True
+    assert config["target_modules"] == ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc",
+                                        "transformer.wte"]
+    fresh = _gpt2()
+    fresh.load_state_dict(state)
+    loaded = peft.PeftModel.from_pretrained(fresh, str(tmp_path)).eval()
+    torch.testing.assert_close(loaded(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    back = _gpt2()
+    back.load_state_dict(state)
+    att = studio.from_peft(back, tmp_path)
+    assert {p.target.module for p in att.config.placements} == set(config["target_modules"])
+    torch.testing.assert_close(back(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    with studio.attach(_gpt2(), "(LoRA.adapt_weight): ...->(lm_head){inout1}->...") as other:
+        other.export_peft(tmp_path / "weight")  # the weight method on a Linear is PEFT's LoRA too
+    mha = nn.Sequential(nn.MultiheadAttention(8, 2))
+    with studio.attach(mha, "(LoRA.adapt_weight): ...->(0){inout1}->...") as other:
+        with pytest.raises(ValueError, match="'0' is a MultiheadAttention"):
+            other.export_peft(tmp_path / "mha")
+
+
+def test_checkpoints_and_detach_stay_exact_on_a_tied_model(tmp_path):
+    model = _gpt2()
+    state = _state(model)
+    ids = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(0))
+    att = studio.attach(model, studio.strategies.lora_all(model, r=2))
+    with torch.no_grad():
+        for a in att.addins.values():
+            a.lora_B.normal_(std=0.1)
+    expected = model(ids).logits
+    att.merge(untie=True)
+    att.save(tmp_path / "a.safetensors")  # saves the unmerged base, then merges (untied) again
+    assert att.merged and model.lm_head.weight is not model.transformer.wte.weight
+    att.detach()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    again = studio.load(model, tmp_path / "a.safetensors")
+    torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-6)
+    again.detach()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -185,8 +185,8 @@ SUPPORTED = [
     ("Conv2d 1 LoRA with lora_b bias", "Conv2d", {"target_modules": ["conv2d"], "lora_bias": True, "lora_alpha": 32}),
     ("Conv3d 1 LoRA with lora_b bias", "Conv3d", {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32}),
 ]
-# rows whose PEFT files we read (from_peft): Linear and conv targets; Embedding/Conv1D are compared in memory
-FILES = {name for name, model_id, _ in SUPPORTED if model_id != "EmbConv1D"}
+# every supported row's PEFT directory loads with from_peft
+FILES = {name for name, _, _ in SUPPORTED}
 
 
 def _ours(fields: dict):
@@ -248,10 +248,12 @@ REFUSED = [
      "from_peft imports conv LoRA without groups; the adapter's 'conv2d' has groups=2 (PEFT's grouped conv "
      "LoRA is not a low-rank update of the weight)"),
     ("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]},
-     "from_peft imports LoRA on nn.Linear and nn.Conv1d/2d/3d layers; the adapter's 'mha' is a "
+     "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
+     "the adapter's 'mha' is a "
      "MultiheadAttention"),
     ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]},
-     "from_peft imports LoRA on nn.Linear and nn.Conv1d/2d/3d layers; the adapter's 'mha' is a "
+     "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
+     "the adapter's 'mha' is a "
      "MultiheadAttention"),
     ("MLP 1 using nn.Parameter LoRA", "MlpUsingParameters", {"target_parameters": ["lin0.weight"]},
      "target_parameters is not supported"),

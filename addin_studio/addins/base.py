@@ -75,7 +75,6 @@ class AddinBase(nn.Module):
         return state
 
 
-_NN_MODULE_ATTRS = set(dir(nn.Module))
 _ARITY = {"pre": 2, "post": 3}
 WEIGHT_SIDE = "post"  # where a weight method is written in a string: ``(layer){inout1}``
 
@@ -146,7 +145,8 @@ def methods_for(factory: Any, side: str) -> list[str]:
     cls = factory if isinstance(factory, type) else type(factory)
     names = []
     for name in dir(cls):
-        if name.startswith("_") or name in _NN_MODULE_ATTRS or name in ("merge", "unmerge",
+        # checked now, not at import: libraries add methods to nn.Module (transformers' smart_apply)
+        if name.startswith("_") or hasattr(nn.Module, name) or name in ("merge", "unmerge",
                                                                         "weight_param"):
             continue
         if isinstance(inspect.getattr_static(cls, name, None), (property, staticmethod, classmethod)):

@@ -1,5 +1,9 @@
-"""LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear`` and ungrouped ``nn.Conv1d/2d/3d`` layers (``lora_A``/
-``lora_B`` as PEFT names them; convs in PEFT's layout), with rsLoRA, DoRA, lora_bias and the inits."""
+"""LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear``, transformers ``Conv1D`` (PEFT's
+``fan_in_fan_out``), ``nn.Embedding`` and ungrouped ``nn.Conv1d/2d/3d`` layers, tensors named as PEFT names
+them (``lora_A.weight`` / ``lora_B.weight``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings,
+same layouts as ours; convs in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per
+adapter: ``use_rslora``, ``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``) and
+``init_lora_weights`` (true, gaussian, pissa, olora)."""
 from __future__ import annotations
 
 import re
@@ -12,12 +16,40 @@ from ..config import Placement, Point
 from .interop import PeftEntry, PeftImport, PeftMapping
 
 _PARTS = ("lora_A", "lora_B")
+_EMBEDDING_PARTS = {"lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B"}
 _MAGNITUDE = "lora_magnitude_vector"
+_KINDS = "nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers"
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
 _UNSUPPORTED = ("target_parameters", "trainable_token_indices", "layer_replication", "kasa_config",
                 "velora_config", "monteclora_config", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+
+
+def _peft_kind(module: nn.Module) -> str | None:
+    """"linear", "conv1d" (transformers), "embedding" or "conv" (nn.Conv1d/2d/3d) for the layers PEFT's
+    LoRA can hold, else None."""
+    from .lora import is_hf_conv1d
+
+    if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return None  # PEFT reaches an out_proj only through its MultiheadAttention
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if is_hf_conv1d(module):
+        return "conv1d"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, _CONVS):
+        return "conv"
+    return None
+
+
+def _grouped(module: nn.Module) -> str | None:
+    if isinstance(module, _CONVS) and module.groups != 1:
+        return (f"has groups={module.groups} (PEFT's grouped conv LoRA is not a low-rank update of the "
+                f"weight)")
+    return None
 
 
 def _variant(addin: Any) -> dict[str, Any]:
@@ -37,32 +69,45 @@ class LoraPeft(PeftMapping):
         alphas: dict[str, float] = {}
         dropouts = set()
         variants: dict[str, set] = {}
+        fan_in_fan_out = False  # PEFT switches it per layer as it meets Linear or Conv1D layers
         for e in entries:
             path = e.placement.target.module
-            if e.placement.method != "adapt_output":
-                raise ValueError(f"PEFT export covers LoRA.adapt_output only; '{e.key}' is "
-                                 f"LoRA.{e.placement.method}")
-            conv = _peft_conv(e.module)
-            if not isinstance(e.module, nn.Linear) and conv is None:
-                raise ValueError(f"PEFT export covers LoRA on nn.Linear and nn.Conv1d/2d/3d layers; "
-                                 f"'{path}' is a {type(e.module).__name__}")
-            if conv is not None and e.addin.lora_B.shape[0] != e.module.out_channels:
+            kind = _peft_kind(e.module)
+            if kind is None:
+                why = (" (PEFT 0.21's MultiheadAttention LoRA adds its out_proj update twice, so it "
+                       "would not compute what ours does)") if isinstance(
+                    e.module, (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)) else ""
+                raise ValueError(f"PEFT export covers LoRA on {_KINDS}; '{path}' is a "
+                                 f"{type(e.module).__name__}{why}")
+            if e.placement.method not in ("adapt_output", "adapt_weight") or \
+                    getattr(e.addin, "param", "weight") != "weight":
+                raise ValueError(f"PEFT export covers LoRA.adapt_output and LoRA.adapt_weight on a "
+                                 f"layer's weight; '{e.key}' is not one")
+            if _grouped(e.module):
+                raise ValueError(f"PEFT export covers conv LoRA without groups; '{path}' "
+                                 f"{_grouped(e.module)}")
+            if kind == "conv" and e.addin.lora_B.shape[0] != e.module.out_channels:
                 raise ValueError(f"'{path}': a conv LoRA goes to PEFT in PEFT's layout: attach it with "
                                  f"layout=peft (the balanced layout is not PEFT's)")
             if path in ranks:
                 raise ValueError(f"two LoRAs on '{path}' cannot be one PEFT adapter")
-            ones = [1] * (conv or 0)
             r = e.addin.r
-            tensors[f"{path}.lora_A.weight"] = e.addin.lora_A if conv is None else \
-                e.addin.lora_A.reshape(r, *e.module.weight.shape[1:])
-            tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(-1, r, *ones)
+            ones = [1] * (e.module.weight.dim() - 2) if kind == "conv" else []
+            if kind == "embedding":
+                tensors[f"{path}.lora_embedding_A"] = e.addin.lora_A
+                tensors[f"{path}.lora_embedding_B"] = e.addin.lora_B
+            else:
+                tensors[f"{path}.lora_A.weight"] = e.addin.lora_A if kind != "conv" else \
+                    e.addin.lora_A.reshape(r, *e.module.weight.shape[1:])
+                tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(-1, r, *ones)
             if hasattr(e.addin, "lora_bias"):
                 tensors[f"{path}.lora_B.bias"] = e.addin.lora_bias
             if e.addin.dora:
-                tensors[f"{path}.{_MAGNITUDE}"] = e.addin.lora_magnitude if conv is None else \
+                tensors[f"{path}.{_MAGNITUDE}"] = e.addin.lora_magnitude if kind != "conv" else \
                     e.addin.lora_magnitude.reshape(1, -1, *ones)
             for flag, value in _variant(e.addin).items():
                 variants.setdefault(flag, set()).add(value)
+            fan_in_fan_out |= kind == "conv1d"
             ranks[path] = e.addin.r
             alphas[path] = e.addin.alpha
             dropouts.add(e.addin.dropout)
@@ -79,17 +124,18 @@ class LoraPeft(PeftMapping):
             "target_modules": sorted(ranks), "exclude_modules": None,
             "rank_pattern": {f"^{m}$": v for m, v in ranks.items() if v != r},
             "alpha_pattern": {f"^{m}$": _num(v) for m, v in alphas.items() if v != alpha},
-            "fan_in_fan_out": False, "layers_to_transform": None, "layers_pattern": None,
+            "fan_in_fan_out": fan_in_fan_out, "layers_to_transform": None, "layers_pattern": None,
             **{flag: values.pop() for flag, values in variants.items()},
         }
         return tensors, config
 
     def claims(self, name: str) -> bool:
-        return any(f".{part}." in name for part in _PARTS) or f".{_MAGNITUDE}" in name
+        return any(f".{part}." in name for part in _PARTS) or f".{_MAGNITUDE}" in name or \
+            any(name.endswith(f".{part}") or f".{part}." in name for part in _EMBEDDING_PARTS)
 
     def read(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
              addin: str, source: str) -> list[PeftImport]:
-        for flag in _UNSUPPORTED + ("fan_in_fan_out",):
+        for flag in _UNSUPPORTED:  # fan_in_fan_out: the layer's kind says it
             if config.get(flag):
                 raise ValueError(f"{source}: {flag} is not supported")
         if config.get("bias", "none") != "none":
@@ -107,41 +153,32 @@ class LoraPeft(PeftMapping):
         variant = {k: v for k, v in variant.items() if v not in (False, "kaiming")}
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for name, t in tensors.items():
-            module, marker, rest = name.partition(f".{_MAGNITUDE}")
-            if marker and rest in ("", ".weight", ".default.weight"):
-                pairs.setdefault(module, {})["lora_magnitude"] = t
-                continue
-            for part in _PARTS:
-                module, marker, rest = name.partition(f".{part}.")
-                if marker:
-                    if part == "lora_B" and rest in ("bias", "default.bias"):
-                        pairs.setdefault(module, {})["lora_bias"] = t
-                        break
-                    if rest not in ("weight", "default.weight"):
-                        raise ValueError(f"{source}: unexpected key 'base_model.model.{name}'")
+            for embedding_part, part in _EMBEDDING_PARTS.items():
+                module, marker, rest = name.partition(f".{embedding_part}")
+                if marker and rest in ("", ".default"):
                     pairs.setdefault(module, {})[part] = t
                     break
             else:
-                raise ValueError(f"{source}: unexpected key 'base_model.model.{name}'")
+                _pair(name, t, pairs, source)
         if not pairs:
             raise ValueError(f"{source} holds no LoRA weights")
         modules = dict(model.named_modules())
         for path in pairs:
             owner = path.partition(".base_layer.")[0]
             if path not in modules and owner in modules:  # PEFT's MultiheadAttention wrapper
-                raise ValueError(f"from_peft imports LoRA on nn.Linear and nn.Conv1d/2d/3d layers; the "
-                                 f"adapter's '{owner}' is a {type(modules[owner]).__name__}")
+                raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{owner}' is a "
+                                 f"{type(modules[owner]).__name__}")
             if path not in modules:
                 raise ValueError(f"the adapter has LoRA weights for module '{path}', which this "
                                  f"{type(model).__name__} does not have")
-            module = modules[path]
-            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups != 1:
+            if _grouped(modules[path]):
                 raise ValueError(f"from_peft imports conv LoRA without groups; the adapter's '{path}' "
-                                 f"has groups={module.groups} (PEFT's grouped conv LoRA is not a low-rank "
-                                 f"update of the weight)")
-            if not isinstance(module, nn.Linear) and _peft_conv(module) is None:
-                raise ValueError(f"from_peft imports LoRA on nn.Linear and nn.Conv1d/2d/3d layers; the "
-                                 f"adapter's '{path}' is a {type(module).__name__}")
+                                 f"{_grouped(modules[path])}")
+            if _peft_kind(modules[path]) is None:
+                raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{path}' is "
+                                 f"a {type(modules[path]).__name__}")
+        from .lora import WEIGHT_METHOD, hook_problem  # lora.py imports this module
+
         order = {name: i for i, name in enumerate(modules)}
         out = []
         for path in sorted(pairs, key=order.__getitem__):
@@ -158,7 +195,7 @@ class LoraPeft(PeftMapping):
             if config.get("lora_dropout"):
                 settings["dropout"] = float(config["lora_dropout"])
             settings.update(variant)
-            if _peft_conv(modules[path]):
+            if _peft_kind(modules[path]) == "conv":
                 r = settings["r"]
                 settings["layout"] = "peft"
                 pair = {k: t.reshape(r, -1) if k == "lora_A" else t.reshape(-1, r) if k == "lora_B" else
@@ -166,16 +203,30 @@ class LoraPeft(PeftMapping):
             elif "lora_magnitude" in pair:
                 pair["lora_magnitude"] = pair["lora_magnitude"].reshape(-1)
             point = Point(path, "post")
-            out.append(PeftImport(Placement(addin, "adapt_output", point, point, settings), dict(pair)))
+            method = WEIGHT_METHOD if hook_problem(modules[path]) else "adapt_output"
+            if method == WEIGHT_METHOD:
+                settings.pop("dropout", None)
+            out.append(PeftImport(Placement(addin, method, point, point, settings), dict(pair)))
         return out
 
 
-def _peft_conv(module: nn.Module) -> int | None:
-    """The number of kernel dims of an ungrouped nn.Conv1d/2d/3d (PEFT's conv LoRA), else None."""
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and type(module).forward in (
-            nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward) and module.groups == 1:
-        return module.weight.dim() - 2
-    return None
+def _pair(name: str, t: torch.Tensor, pairs: dict, source: str) -> None:
+    """File one ``lora_A`` / ``lora_B`` (weight or bias) / ``lora_magnitude_vector`` tensor under its module."""
+    module, marker, rest = name.partition(f".{_MAGNITUDE}")
+    if marker and rest in ("", ".weight", ".default", ".default.weight"):
+        pairs.setdefault(module, {})["lora_magnitude"] = t
+        return
+    for part in _PARTS:
+        module, marker, rest = name.partition(f".{part}.")
+        if marker:
+            if part == "lora_B" and rest in ("bias", "default.bias"):
+                pairs.setdefault(module, {})["lora_bias"] = t
+                return
+            if rest not in ("weight", "default.weight"):
+                raise ValueError(f"{source}: unexpected key 'base_model.model.{name}'")
+            pairs.setdefault(module, {})[part] = t
+            return
+    raise ValueError(f"{source}: unexpected key 'base_model.model.{name}'")
 
 
 def _most_common(values: Any) -> Any:

@@ -170,6 +170,11 @@ class Attachment:
     def merged(self) -> bool:
         return bool(self._merged)
 
+    @property
+    def untied(self) -> bool:
+        """Whether a merge gave a tied weight its own copy (``merge(untie=True)``)."""
+        return bool(self._untied)
+
     def parameters(self):
         """The add-ins' parameters (what an optimizer for the add-ins alone needs)."""
         return self.addins.parameters()

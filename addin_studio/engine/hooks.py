@@ -149,5 +149,6 @@ class FirstForwardCheck:
             f"{len(lines)} add-in placement(s) did nothing in this forward pass of {self.root_class}, "
             f"because their module never ran as a module:\n" + "\n".join(lines),
             hint="a layer whose weight its parent reads directly (F.linear(x, layer.weight)) never runs; "
-                 "place a weight method there instead, e.g. (LoRA.adapt_weight), or pass example_input= "
-                 "to attach() to have this checked at attach time")
+                 "place a weight method there instead, e.g. (LoRA.adapt_weight) — strategies.lora_all/lora "
+                 "choose it when given example_input= — and pass example_input= to attach() to have "
+                 "this checked at attach time")

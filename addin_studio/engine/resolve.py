@@ -237,7 +237,8 @@ def _check_runs(p: Placement, graph: ModuleGraph, modules: Mapping[str, nn.Modul
         alternatives = weight_methods(addin)
         if alternatives:
             hint = (f"adapt the weight itself: ({p.addin}.{alternatives[0]}) at ({name}){{inout1}} works "
-                    f"wherever the weight is read")
+                    f"wherever the weight is read (strategies.lora_all/lora choose it when given "
+                    f"example_input=)")
         else:
             hint = "place the add-in on a module that runs, e.g. its parent"
         raise loc.error(f"module '{name}' ({type(module).__name__}) never runs as a module in the forward "
