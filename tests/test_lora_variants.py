@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import addin_studio as studio
-from peft_compare import compare, our_tensors, perturb_peft
+from peft_compare import compare, our_tensors, peft_tensors, perturb_peft
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
@@ -212,3 +212,31 @@ def test_from_peft_refuses_what_it_cannot_read(tmp_path):
     with pytest.raises(ValueError, match="init_lora_weights='pissa_niter_4' is not supported"):
         studio.from_peft(model, tmp_path)
     assert not hasattr(model, "addins")
+
+
+def test_dora_with_dropout_in_training_equals_peft():
+    """In training PEFT's DoRA recomputes the base output from the dropped-out input; same seed, same
+    masks, same outputs and gradients."""
+    import copy
+
+    base = _mlp()
+    pm = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        r=2, lora_alpha=4, lora_dropout=0.3, use_dora=True, target_modules=["lin0", "lin1"]))
+    perturb_peft(pm)
+    model = copy.deepcopy(base)
+    att = studio.attach(model, _ours("alpha=4, dropout=0.3, dora=true"))
+    theirs, mine = peft_tensors(pm), our_tensors(att)
+    with torch.no_grad():
+        for key, p in theirs.items():
+            mine[key].copy_(p)
+    pm.train()
+    model.train()
+    torch.manual_seed(11)
+    want = pm(X)
+    torch.manual_seed(11)
+    got = model(X)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    want.square().sum().backward()
+    got.square().sum().backward()
+    for key, p in theirs.items():
+        torch.testing.assert_close(mine[key].grad, p.grad, rtol=1e-4, atol=1e-5)

@@ -294,6 +294,10 @@ class LoRA(AddinBase):
         """The LoRA branch alone: ``(alpha/r) * B(A(dropout(x)))`` (``module`` is needed for convs)."""
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
+        return self._branch(x, module)
+
+    def _branch(self, x: torch.Tensor, module: nn.Module | None) -> torch.Tensor:
+        """``scaling * B(A(x))`` (+ ``scaling * lora_bias``) of an already dropped-out input."""
         if self.is_conv:
             if module is None:
                 raise ValueError("a conv LoRA needs its base module to run")
@@ -333,7 +337,9 @@ class LoRA(AddinBase):
                               outputs: torch.Tensor) -> torch.Tensor:
         """The output hook with a LoRA bias and/or DoRA (PEFT's ``DoraLinearLayer.forward``)."""
         dropped = self.dropout and self.training
-        branch = self.forward(x, module)  # scaling * B(A(dropout(x))) (+ scaling * lora_bias)
+        if dropped:
+            x = F.dropout(x, self.dropout, True)  # one mask for the branch and (DoRA) the base
+        branch = self._branch(x, module)
         if not self.dora:
             return outputs + branch
         weight = module._parameters[self.param]
@@ -341,7 +347,7 @@ class LoRA(AddinBase):
         if self.is_conv:
             scale = scale.view(-1, *([1] * (outputs.dim() - 2)))
         if dropped:  # PEFT recomputes the base output from the dropped-out input
-            base = self._base_without_bias(module, F.dropout(x, self.dropout, True), weight)
+            base = self._base_without_bias(module, x, weight)
         else:
             bias = getattr(module, "bias", None)
             base = outputs
