@@ -184,13 +184,22 @@ SUPPORTED = [
      {"target_modules": ["lin0", "lin1"], "lora_bias": True, "lora_alpha": 32}),
     ("Conv2d 1 LoRA with lora_b bias", "Conv2d", {"target_modules": ["conv2d"], "lora_bias": True, "lora_alpha": 32}),
     ("Conv3d 1 LoRA with lora_b bias", "Conv3d", {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32}),
+    ("MLP 1 using nn.Parameter LoRA", "MlpUsingParameters", {"target_parameters": ["lin0.weight"]}),
+    ("MLP 2 using nn.Parameter LoRA", "MLP", {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]}),
 ]
 # every supported row's PEFT directory loads with from_peft
 FILES = {name for name, _, _ in SUPPORTED}
 
 
 def _ours(fields: dict):
-    """Our config for a row: strategies.lora with the row's targets and settings."""
+    """Our config for a row: strategies.lora with the row's targets and settings; a target parameter
+    (PEFT's ``target_parameters``) is ``LoRA.adapt_weight`` with ``param=``."""
+    if "target_parameters" in fields:
+        lines = [f"(LoRA.adapt_output, r=8, alpha=8): ...->({m}){{inout1}}->..."
+                 for m in fields.get("target_modules", [])]
+        lines += [f"(LoRA.adapt_weight, r=8, alpha=8, param={p.rpartition('.')[2]}): "
+                  f"...->({p.rpartition('.')[0]}){{inout1}}->..." for p in fields["target_parameters"]]
+        return "\n".join(lines)
     targets = fields["target_modules"]
     kwargs = {"r": fields.get("r", 8), "alpha": fields.get("lora_alpha", 8),
               "dropout": fields.get("lora_dropout", 0.0), "trainable": fields.get("modules_to_save", ()),
@@ -255,10 +264,6 @@ REFUSED = [
      "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
      "the adapter's 'mha' is a "
      "MultiheadAttention"),
-    ("MLP 1 using nn.Parameter LoRA", "MlpUsingParameters", {"target_parameters": ["lin0.weight"]},
-     "target_parameters is not supported"),
-    ("MLP 2 using nn.Parameter LoRA", "MLP", {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]},
-     "target_parameters is not supported"),
     ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
      {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)},
      "monteclora_config is not supported"),

@@ -49,10 +49,13 @@ def is_hf_conv1d(module: nn.Module) -> bool:
             and getattr(module, "nf", None) == module.weight.shape[1])
 
 
-def _layout(module: nn.Module, param: str, peft_conv: bool = False) -> tuple[int, int, bool]:
+def _layout(module: nn.Module, param: str, peft_conv: bool = False,
+            named: bool = False) -> tuple[int, int, bool]:
     """``(h, w, transposed)``: ``B @ A`` is ``[h, w]``; transposed when the weight is stored ``[w, h]``.
-    ``peft_conv``: convolutions in PEFT's layout ``[out, in/groups*k0*k1*...]``."""
-    if param != "weight" or isinstance(module, nn.MultiheadAttention):
+    ``peft_conv``: convolutions in PEFT's layout ``[out, in/groups*k0*k1*...]``. ``named``: ``param``
+    was given explicitly, so a module of no known kind is adapted as a plain parameter."""
+    known = isinstance(module, (nn.Linear, nn.Embedding) + _CONV) or is_hf_conv1d(module)
+    if param != "weight" or isinstance(module, nn.MultiheadAttention) or (named and not known):
         weight = getattr(module, "_parameters", {}).get(param)
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"{type(module).__name__} has no parameter '{param}' for LoRA to adapt")
@@ -179,7 +182,7 @@ class LoRA(AddinBase):
             raise ValueError(f"LoRA layout=peft on a grouped convolution (groups={module.groups}) is not "
                              f"supported: PEFT's grouped conv LoRA is not a low-rank update of the weight")
         self.layout = layout
-        h, w, self.transposed = _layout(module, self.param, layout == "peft")
+        h, w, self.transposed = _layout(module, self.param, layout == "peft", named=param is not None)
         weight = module._parameters[self.param]
         self.weight_shape = tuple(weight.shape)
         self.r = r

@@ -21,7 +21,7 @@ _MAGNITUDE = "lora_magnitude_vector"
 _KINDS = "nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
-_UNSUPPORTED = ("target_parameters", "trainable_token_indices", "layer_replication", "kasa_config",
+_UNSUPPORTED = ("trainable_token_indices", "layer_replication", "kasa_config",
                 "velora_config", "monteclora_config", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
@@ -163,6 +163,7 @@ class LoraPeft(PeftMapping):
         if not pairs:
             raise ValueError(f"{source} holds no LoRA weights")
         modules = dict(model.named_modules())
+        params = _target_parameters(config, pairs, modules, source)
         for path in pairs:
             owner = path.partition(".base_layer.")[0]
             if path not in modules and owner in modules:  # PEFT's MultiheadAttention wrapper
@@ -174,7 +175,7 @@ class LoraPeft(PeftMapping):
             if _grouped(modules[path]):
                 raise ValueError(f"from_peft imports conv LoRA without groups; the adapter's '{path}' "
                                  f"{_grouped(modules[path])}")
-            if _peft_kind(modules[path]) is None:
+            if _peft_kind(modules[path]) is None and path not in params:
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{path}' is "
                                  f"a {type(modules[path]).__name__}")
         from .lora import WEIGHT_METHOD, hook_problem  # lora.py imports this module
@@ -203,11 +204,37 @@ class LoraPeft(PeftMapping):
             elif "lora_magnitude" in pair:
                 pair["lora_magnitude"] = pair["lora_magnitude"].reshape(-1)
             point = Point(path, "post")
-            method = WEIGHT_METHOD if hook_problem(modules[path]) else "adapt_output"
+            method = WEIGHT_METHOD if hook_problem(modules[path]) or path in params else "adapt_output"
+            if path in params:
+                settings["param"] = params[path]
+                settings.pop("layout", None)
             if method == WEIGHT_METHOD:
                 settings.pop("dropout", None)
             out.append(PeftImport(Placement(addin, method, point, point, settings), dict(pair)))
         return out
+
+
+def _target_parameters(config: Mapping[str, Any], pairs: Mapping[str, Any], modules: Mapping[str, nn.Module],
+                       source: str) -> dict[str, str]:
+    """``{module path: parameter name}`` for the adapter's LoRAs on ``target_parameters`` (PEFT's
+    ``ParamWrapper``: ``lora_A [r, shape[1]]``, ``lora_B [shape[0], r]``, our ``param=`` layout)."""
+    targets = config.get("target_parameters") or []
+    found: dict[str, str] = {}
+    for path in pairs:
+        module = modules.get(path)
+        if module is None:
+            continue
+        names = [n for n, p in module.named_parameters(recurse=False)
+                 if any(f"{path}.{n}" == t or f"{path}.{n}".endswith("." + t) for t in targets)]
+        if len(names) > 1:
+            raise ValueError(f"{source}: target_parameters adapts {len(names)} parameters of '{path}' "
+                             f"({', '.join(names)}); one LoRA per module is supported")
+        if names:
+            if module._parameters[names[0]].dim() != 2:
+                raise ValueError(f"{source}: target_parameters '{path}.{names[0]}' is not a matrix "
+                                 f"(PEFT's expert tensors are not supported)")
+            found[path] = names[0]
+    return found
 
 
 def _pair(name: str, t: torch.Tensor, pairs: dict, source: str) -> None:
