@@ -240,3 +240,55 @@ def test_dora_with_dropout_in_training_equals_peft():
     got.square().sum().backward()
     for key, p in theirs.items():
         torch.testing.assert_close(mine[key].grad, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_gaussian_init_draws_a_with_std_one_over_r():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4000, 8))
+    att = studio.attach(model, "(LoRA.adapt_output, r=4, init=gaussian): ...->(0){inout1}->...")
+    a = att.addins["LoRA_0"]
+    assert abs(float(a.lora_A.std()) - 0.25) < 0.005 and float(a.lora_B.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("settings", ["dora=true, alpha=8", "bias=true, alpha=32", "rslora=true, alpha=6"])
+def test_variant_checkpoint_loads_on_a_fresh_model(settings, tmp_path):
+    model = _mlp().eval()
+    att = studio.attach(model, _ours(settings))
+    with torch.no_grad():
+        for p in att.addins.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    expected = model(X)
+    att.save(tmp_path / "a.safetensors")
+    fresh = _mlp().eval()
+    back = studio.load(fresh, tmp_path / "a.safetensors")
+    torch.testing.assert_close(fresh(X), expected)
+    assert [a.extra_repr() for _, _, a in back.entries] == [a.extra_repr() for _, _, a in att.entries]
+
+
+def test_pissa_on_the_weight_method_and_a_failed_attach_leaves_the_base():
+    model = _mlp().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(X)
+    with studio.attach(model, "(LoRA.adapt_weight, r=2, init=olora): ...->(lin0){inout1}->...") as att:
+        torch.testing.assert_close(model(X), out, rtol=1e-5, atol=1e-5)
+        att.merge()
+        torch.testing.assert_close(model(X), out, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(Exception, match="LoRA rank r must be a positive integer"):
+        studio.attach(model, "(LoRA.adapt_output, r=2, init=pissa): ...->(lin0){inout1}->...\n"
+                             "(LoRA.adapt_output, r=0): ...->(lin1){inout1}->...")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_strategies_lora_rank_and_alpha_patterns_follow_peft():
+    model = _mlp()
+    cfg = studio.strategies.lora(model, ["lin0", "lin1"], r=4, alpha=8, rank_pattern={"lin1": 2},
+                                 alpha_pattern={"^lin0$": 3}, dora=True)
+    assert [(p.target.module, p.settings) for p in cfg.placements] == [
+        ("lin0", {"r": 4, "alpha": 3, "dora": True}), ("lin1", {"r": 2, "alpha": 8, "dora": True})]
+    # the same model in PEFT: equal outputs, gradients and merged weights
+    config = peft.LoraConfig(r=4, lora_alpha=8, rank_pattern={"lin1": 2}, alpha_pattern={"^lin0$": 3},
+                             use_dora=True, target_modules=["lin0", "lin1"])
+    compare(_mlp, X, config, cfg)
+    with pytest.raises(ValueError, match=r"rank_pattern key '\(' is not a valid regular expression"):
+        studio.strategies.lora(model, ["lin0"], rank_pattern={"(": 2})
