@@ -75,6 +75,11 @@ def base_class(module: nn.Module) -> type:
 
 
 def _retype(module: nn.Module) -> None:
+    current = type(module)
+    if "__addin_base__" not in current.__dict__ and hasattr(current, "__addin_base__"):
+        raise RuntimeError(f"'{current.__name__}' was wrapped into another class (e.g. by FSDP's "
+                           f"fully_shard) after a weight method was installed on it; wrap the model "
+                           f"before attaching, or detach before wrapping")
     fns = module.__dict__.get(_ADAPTERS, {})
     names = tuple(sorted(n for n, actions in fns.items() if actions))
     base = base_class(module)
