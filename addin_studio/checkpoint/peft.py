@@ -34,7 +34,7 @@ def _covered() -> str:
 def export_peft(att: Attachment, directory: str | Path) -> None:
     """Write ``adapter_model.safetensors`` + ``adapter_config.json`` that ``peft.PeftModel`` loads.
 
-    Every add-in must have a PEFT form of one ``peft_type`` (LoRA on ``nn.Linear`` layers today);
+    Every add-in must have a PEFT form of one ``peft_type`` (e.g. LoRA: ``addins/lora_peft.py``);
     kept-trainable base weights are exported as PEFT ``modules_to_save`` when they cover whole modules.
     """
     if not att.attached:
@@ -79,8 +79,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     """Attach the adapter a PEFT directory holds (``adapter_config.json`` +
     ``adapter_model.safetensors``) to ``model``; returns the Attachment (merge, save, detach as usual).
 
-    The ``peft_type`` picks the add-in whose PEFT form reads it (LORA on Linear layers today, with
-    ``bias="none"``, no DoRA/rsLoRA); ``modules_to_save`` weights are loaded and kept trainable.
+    The ``peft_type`` picks the add-in whose PEFT form reads it (LORA: ``addins/lora_peft.py``, with its
+    variants); ``modules_to_save`` weights are loaded and kept trainable.
     The model is untouched on error.
     """
     directory = Path(directory)
