@@ -292,3 +292,56 @@ def test_strategies_lora_rank_and_alpha_patterns_follow_peft():
     compare(_mlp, X, config, cfg)
     with pytest.raises(ValueError, match=r"rank_pattern key '\(' is not a valid regular expression"):
         studio.strategies.lora(model, ["lin0"], rank_pattern={"(": 2})
+
+
+class Kinds(nn.Module):
+    """One of every layer kind LoRA adapts: Embedding, transformers Conv1D, MultiheadAttention, Conv2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        self.emb = nn.Embedding(12, 8)
+        self.c_fc = Conv1D(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 5, 3)
+
+    def forward(self, ids):
+        h = self.c_fc(self.emb(ids))
+        h = self.attn(h, h, h, need_weights=False)[0]
+        return self.fc(self.conv(h.unsqueeze(1)).flatten(1))
+
+
+KIND_LINES = ["(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(emb){{inout1}}->...",
+              "(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(c_fc){{inout1}}->...",
+              "(LoRA.adapt_weight, r=2, alpha=3, {s}): ...->(attn){{inout1}}->...",
+              "(LoRA.adapt_weight, r=2, alpha=3, {s}): ...->(attn.out_proj){{inout1}}->...",
+              "(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(conv){{inout1}}->..."]
+
+
+@pytest.mark.parametrize("settings", ["rslora=true", "init=gaussian", "init=pissa", "init=olora", "dora=true",
+                                      "dora=true, init=pissa", "layout=peft, dora=true"])
+def test_variants_on_every_layer_kind(settings):
+    """Identity at attach, a training step moves only the add-ins, merge keeps the outputs, detach
+    (merged or not) restores the model bit for bit."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = Kinds().eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(ids)
+    att = studio.attach(model, "\n".join(line.format(s=settings) for line in KIND_LINES))
+    torch.testing.assert_close(model(ids), out, rtol=1e-4, atol=1e-5)
+    opt = torch.optim.SGD(att.parameters(), lr=0.1)
+    start = {n: p.detach().clone() for n, p in att.addins.named_parameters()}
+    model(ids).square().sum().backward()
+    opt.step()
+    assert all(not torch.equal(p, start[n]) for n, p in att.addins.named_parameters() if "lora_B" in n)
+    trained = model(ids).detach()
+    assert not torch.allclose(trained, out)
+    att.merge()
+    torch.testing.assert_close(model(ids), trained, rtol=1e-4, atol=1e-5)
+    att.detach()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert type(model.attn) is nn.MultiheadAttention
