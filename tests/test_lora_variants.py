@@ -345,3 +345,22 @@ def test_variants_on_every_layer_kind(settings):
     att.detach()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert type(model.attn) is nn.MultiheadAttention
+
+
+@pytest.mark.parametrize("bias, trained", [("all", ("lin0.bias", "lin1.bias")), ("lora_only", ("lin0.bias",))])
+def test_from_peft_reads_trained_base_biases(bias, trained, tmp_path):
+    """PEFT's bias="all"/"lora_only" train base biases; they load and stay trainable."""
+    pm = peft.get_peft_model(_mlp(), peft.LoraConfig(r=2, target_modules=["lin0"], bias=bias))
+    perturb_peft(pm)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if n.endswith("bias"):
+                p.add_(0.5)
+    pm.eval()
+    want = pm(X)
+    pm.save_pretrained(str(tmp_path))
+    model = _mlp().eval()
+    att = studio.from_peft(model, tmp_path)
+    assert att.config.trainable == trained
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad and "addins" not in n) == list(trained)
+    torch.testing.assert_close(model(X), want, rtol=1e-5, atol=1e-6)

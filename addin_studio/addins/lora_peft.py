@@ -138,9 +138,9 @@ class LoraPeft(PeftMapping):
         for flag in _UNSUPPORTED:  # fan_in_fan_out: the layer's kind says it
             if config.get(flag):
                 raise ValueError(f"{source}: {flag} is not supported")
-        if config.get("bias", "none") != "none":
-            raise ValueError(f"{source}: bias={config.get('bias')!r} is not supported (only 'none'; "
-                             f"a bias on B is lora_bias=true)")
+        if config.get("bias", "none") not in ("none", "all", "lora_only"):
+            raise ValueError(f"{source}: bias={config.get('bias')!r} is not supported ('none', 'all' or "
+                             f"'lora_only'; a bias on B is lora_bias=true)")
         init = config.get("init_lora_weights", True)
         if init is False:
             init = True

@@ -107,7 +107,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         if mapping.claims(name):
             claimed[name] = t
         else:
-            saved[name.replace(_SAVED, ".")] = t
+            # modules_to_save copies, and biases PEFT trains with bias="all"/"lora_only" (a wrapped
+            # layer's under its base_layer)
+            saved[name.replace(_SAVED, ".").replace(".base_layer.", ".")] = t
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
     params = dict(model.named_parameters())
     for name, t in saved.items():
