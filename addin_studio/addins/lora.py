@@ -172,7 +172,7 @@ class LoRA(AddinBase):
         if param is not None and (not isinstance(param, str) or not param.isidentifier()):
             raise ValueError(f"LoRA param must be a parameter name, got {param!r}")
         alpha_value = float(r if alpha is None else alpha)
-        self.init = check_variant_settings(r, alpha_value, rslora, bias, init, dora)
+        self.init = check_variant_settings(rslora, bias, init, dora)
         if param is None:
             check_lora_target(module, point.path)
         self.param = param or default_param(module)
@@ -209,7 +209,6 @@ class LoRA(AddinBase):
                 self.lora_B.copy_(B)
         else:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.bias_shape = None
         if bias:
             if self.is_embedding or self.param != default_param(module) or \
                     isinstance(module, nn.MultiheadAttention):

@@ -2,7 +2,7 @@
 
 Each is a small function of the factors and the base weight, computed the way Hugging Face PEFT computes
 it (so equal weights give equal results). ``B @ A`` is LoRA's ``[h, w]`` matrix (see ``addins/lora.py``
-for the layouts); ``matrix_of`` / ``weight_of`` convert between it and the stored weight.
+for the layouts); ``matrix_of`` views the stored weight as that matrix.
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ INITS = ("kaiming", "gaussian", "pissa", "olora")
 BASE_MOVING_INITS = ("pissa", "olora")
 
 
-def check_variant_settings(r: int, alpha: float, rslora: object, bias: object, init: object,
-                           dora: object) -> str:
+def check_variant_settings(rslora: object, bias: object, init: object, dora: object) -> str:
     """Validate the variant settings; return the init's canonical name. Raises ``ValueError``."""
     for name, value in (("rslora", rslora), ("bias", bias), ("dora", dora)):
         if not isinstance(value, bool):
@@ -43,11 +42,6 @@ def lora_scaling(r: int, alpha: float, rslora: bool) -> float:
 def matrix_of(weight: torch.Tensor, h: int, w: int, transposed: bool) -> torch.Tensor:
     """The stored weight as LoRA's ``[h, w]`` matrix."""
     return weight.t() if transposed else weight.reshape(h, w)
-
-
-def weight_of(matrix: torch.Tensor, shape: tuple[int, ...], transposed: bool) -> torch.Tensor:
-    """LoRA's ``[h, w]`` matrix in the stored weight's shape."""
-    return (matrix.t() if transposed else matrix).reshape(shape)
 
 
 def gaussian_init(lora_A: torch.Tensor, r: int) -> None:
