@@ -203,7 +203,7 @@ def _label(p: Placement) -> str:
 
 def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable] | None = None,
            example_input: Any = None, *, freeze: bool = True, graph: ModuleGraph | None = None,
-           **forward_kwargs: Any) -> Attachment:
+           reuse: Mapping[Placement, nn.Module] | None = None, **forward_kwargs: Any) -> Attachment:
     """Attach the add-ins a config describes to ``model``.
 
     Everything is validated first (module paths, add-in names, methods and their signatures, settings,
@@ -211,6 +211,10 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     :class:`ConfigError` is raised and the model is untouched. With ``freeze=True`` the base model is
     frozen except the parameters the config keeps trainable. Use the result as a context manager or
     call :meth:`Attachment.detach` to undo everything.
+
+    ``reuse`` maps placements to add-in objects built before (e.g. ``dict(zip(old.config.placements,
+    old.addins.values()))`` of a detached attachment): an equal placement takes its object, trained
+    weights and all, instead of a freshly initialised one.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach() expects an nn.Module, got {type(model).__name__}")
@@ -219,7 +223,7 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
         raise TypeError(f"attach() expects a Config or a config string, got {type(config).__name__}")
     if graph is None:
         graph = trace(model, example_input, **forward_kwargs)
-    resolved, keep = resolve(model, cfg, graph, addins)
+    resolved, keep = resolve(model, cfg, graph, addins, reuse)
     att = Attachment(model, cfg, graph, resolved, keep, freeze)
     att._apply()
     return att

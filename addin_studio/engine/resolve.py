@@ -125,9 +125,12 @@ def _key(placement: Placement, taken: set[str]) -> str:
 
 
 def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
-            addins: Mapping[str, Callable] | None) -> tuple[list[Resolved], set[str]]:
+            addins: Mapping[str, Callable] | None,
+            reuse: Mapping[Placement, nn.Module] | None = None) -> tuple[list[Resolved], set[str]]:
     """Validate ``cfg`` against ``model`` and build its add-ins; return them and the kept-trainable
-    parameter names. Raises ConfigError; never changes the model."""
+    parameter names. A placement found in ``reuse`` (equal add-in, method, points and settings) takes
+    that add-in object instead of a new one, once. Raises ConfigError; never changes the model."""
+    spare = dict(reuse or {})
     loc = _Locator(cfg)
     modules = dict(model.named_modules())
     user = dict(addins or {})
@@ -154,7 +157,9 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
             raise loc.error(f"unknown add-in '{p.addin}' (known: {', '.join(known)})", p, p.addin, hint)
         if p.kind == "across":
             _check_order(p, graph, loc)
-        addin = _build(factory, p, target_module, source_module, graph, loc)
+        addin = spare.pop(p, None)
+        if addin is None:
+            addin = _build(factory, p, target_module, source_module, graph, loc)
         _check_method(addin, p, loc)
         device = model_device(target_module)
         if device is not None:
