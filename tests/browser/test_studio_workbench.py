@@ -24,7 +24,7 @@ class Net(nn.Module):
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(48, 48), nn.ReLU()) for _ in range(6))
         self.head = nn.Linear(48, 10)
     def forward(self, x):
-        x = self.stem(x)
+        x = self.stem(x.flatten(1))
         for b in self.blocks:
             x = b(x)
         return self.head(x)
@@ -80,6 +80,14 @@ def _kernel(lab, cell: int, key: str) -> str:
     return m.group(1)
 
 
+def _wait_state(page, state: str, timeout_ms: int) -> None:
+    try:
+        page.wait_for_selector(f"[data-role=studio][data-state={state}]", timeout=timeout_ms)
+    except Exception as exc:
+        text = lambda role: page.locator(f"[data-role={role}]").inner_text()  # noqa: E731
+        raise AssertionError(f"no {state} state: error={text('error')!r} status={text('status')!r}") from exc
+
+
 def test_workbench(open_notebook):
     lab = open_notebook("workbench.ipynb", [SETUP, STUDIO, CHECK, READ_BACK])
     page = lab.page
@@ -126,7 +134,7 @@ def test_workbench(open_notebook):
 
     # training: each placement's update norm on the graph, changing; a legend; then a table
     page.click("[data-role=train]")
-    page.wait_for_selector("[data-role=studio][data-state=training]", timeout=15_000)
+    _wait_state(page, "training", 15_000)
     page.wait_for_selector("[data-point='stem:post'][data-grad]", timeout=30_000)
     g1 = page.locator("[data-point='stem:post']").get_attribute("data-grad")
     page.wait_for_function(
@@ -135,7 +143,7 @@ def test_workbench(open_notebook):
     assert float(page.locator("[data-point='head:post']").get_attribute("data-grad")) > 0
     assert page.locator("[data-role=grad-legend]").is_visible()
     lab.shot("wb-4-grad", root)
-    page.wait_for_selector("[data-role=studio][data-state=idle]", timeout=120_000)
+    _wait_state(page, "idle", 120_000)
     assert page.locator("[data-role=grad-table] tr[data-key]").count() == 2
 
     # a second run with another config: both runs listed, both curves on the plot
@@ -143,8 +151,8 @@ def test_workbench(open_notebook):
     _wait_config(page, f"t !== {strategy_cfg!r} && t.length > 0")
     second_cfg = _config(page)
     page.click("[data-role=train]")
-    page.wait_for_selector("[data-role=studio][data-state=training]", timeout=15_000)
-    page.wait_for_selector("[data-role=studio][data-state=idle]", timeout=120_000)
+    _wait_state(page, "training", 15_000)
+    _wait_state(page, "idle", 120_000)
     page.wait_for_selector("[data-role=runs] [data-run='2']")
     assert page.locator("[data-role=runs] [data-run]").count() == 2
     assert page.locator("[data-role=loss-plot]").get_attribute("data-runs") == "2"
