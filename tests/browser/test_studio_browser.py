@@ -89,7 +89,8 @@ def test_mlp_steps_1_to_5(open_notebook):
     _wait_config(page, TUTORIAL)
     assert page.locator("[data-point='fc1:post']").get_attribute("data-placement") == "in1"
     assert page.locator("[data-point='fc3:pre']").get_attribute("data-placement") == "out1"
-    assert "8,464 / 93,466" in page.locator("[data-role=params]").inner_text()
+    page.wait_for_function(  # its own trait: may arrive just after the string
+        "() => document.querySelector('[data-role=params]').textContent.includes('8,464 / 93,466')")
     latency = float(root.get_attribute("data-click-latency-ms"))
 
     # one point twice -> {inout}; then remove it from the list
