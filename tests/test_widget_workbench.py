@@ -92,6 +92,10 @@ def test_edits_while_training_are_refused(mlp):
                     {"type": "apply-strategy", "name": "bitfit"}, {"type": "remove", "index": 0}):
             w.handle(msg)
             assert w.error == "stop training before changing the config" and w.config == LORA1
+        att = w.attachment
+        w.handle({"type": "strategy", "name": "lora_all"})   # a preview would detach for a moment
+        assert w.error == "lora_all: stop training before choosing a strategy"
+        assert w.attachment is att and att.attached
         assert not w._editor.apply(LORA2) and w._editor.config == studio_api.parse(LORA1)
     finally:
         w.stop()

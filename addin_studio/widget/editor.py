@@ -200,6 +200,8 @@ class Editor:
 
         if name not in STRATEGIES:
             raise ValueError(f"no strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.busy():  # computing one detaches the add-ins for a moment
+            raise ValueError("stop training before choosing a strategy")
         lora = dict(self.settings.get("LoRA", {}))
         lora_kw = {k: lora[k] for k in ("r", "alpha", "dropout") if k in lora}
         with self._bare():
