@@ -449,14 +449,17 @@ class Editor:
 
     def module_states(self) -> dict[str, str]:
         """``{path: "trainable" | "frozen" | "partial"}`` for modules with parameters, as they are now."""
-        out = {}
-        for path, module in self.model.named_modules():
-            if not path or path not in self.graph:
-                continue
-            n = t = 0
-            for p in module.parameters():
-                n += p.numel()
-                t += p.numel() if p.requires_grad else 0
-            if n:
-                out[path] = "frozen" if t == 0 else ("trainable" if t == n else "partial")
-        return out
+        # one pass over the parameters, summed into every enclosing module (a pass per module is
+        # quadratic in the depth and was most of a click's time on a ViT)
+        total: dict[str, int] = {}
+        train: dict[str, int] = {}
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            k = p.numel()
+            trained = k if p.requires_grad else 0
+            path = name
+            while "." in path:
+                path = path.rsplit(".", 1)[0]
+                total[path] = total.get(path, 0) + k
+                train[path] = train.get(path, 0) + trained
+        return {path: "frozen" if train[path] == 0 else ("trainable" if train[path] == n else "partial")
+                for path, n in total.items() if n and path in self.graph}
