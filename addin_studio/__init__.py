@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .addins import AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin
+from .checkpoint import from_peft, load  # also plugs save/export_peft into Attachment
 from .config import Config, ConfigError, Placement, Point, format_path, parse
 from .engine import Attachment, attach
 from .graph import ModuleGraph, ModuleNode, trace
@@ -26,8 +27,6 @@ __all__ = [
 _LAZY = {
     "Trainer": ("addin_studio.train", "Trainer"),
     "Studio": ("addin_studio.widget", "Studio"),
-    "load": ("addin_studio.checkpoint", "load"),
-    "from_peft": ("addin_studio.checkpoint", "from_peft"),
     "strategies": ("addin_studio.strategies", None),
     "data": ("addin_studio.data", None),
 }
