@@ -25,9 +25,9 @@ LAYERS: list[list[str]] = [
     ["widget", "report"],
     ["train", "render"],
     ["strategies", "checkpoint"],
-    ["engine", "examples"],
+    ["engine", "examples", "image_folder"],
     ["graph", "addins", "params", "data", "distributed"],
-    ["config", "inputs"],
+    ["config", "inputs", "models"],
 ]
 OUTER = {"cli", "demo", API, "widget", "report", "train", "render"}
 JUPYTER = ("IPython", "ipywidgets", "anywidget", "traitlets", "jupyter", "jupyterlab", "ipykernel",
@@ -59,7 +59,10 @@ def _targets(node: ast.AST, path: Path) -> list[str]:
     base = ".".join(package[: len(package) - node.level + 1])
     if node.module:
         return [f"{base}.{node.module}"]
-    return [f"{base}.{a.name}" for a in node.names]  # from . import x: x may be a module
+    root = ROOT / Path(*base.split("."))
+    # from . import x: x is a module when a file or package of that name exists, else a name of base
+    return [f"{base}.{a.name}" if (root / f"{a.name}.py").exists() or (root / a.name).is_dir()
+            else base for a in node.names]
 
 
 def _lazy_targets(tree: ast.Module) -> list[str]:

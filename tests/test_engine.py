@@ -139,6 +139,8 @@ BAD_ATTACH = [
      None),
     ("(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\ntrainable(fc9)", "matches no parameter", "fc9",
      "did you mean 'fc3'?"),
+    ("", "places no add-in and keeps nothing trainable", "", None),
+    ("  \n\t ", "places no add-in and keeps nothing trainable", "  \n", None),
 ]
 
 
@@ -398,3 +400,13 @@ def test_reuse_keeps_equal_placements_objects_and_rebuilds_changed_ones(mlp, dig
     changed = "(LoRA.adapt_output, r=3): ...->(fc1){inout1}->..."  # other settings: rebuilt
     with attach(mlp, changed, example_input=digits_batch, reuse=reuse) as att:
         assert addin_of(att) is not old and addin_of(att).lora_A.shape[0] == 3
+
+
+def test_empty_config_object_is_refused_too_and_trainable_only_is_fine(mlp, digits_batch):
+    snap = snapshot(mlp)
+    with pytest.raises(ConfigError, match="places no add-in"):
+        attach(mlp, studio.Config(), example_input=digits_batch)
+    assert_same(mlp, snap)
+    with attach(mlp, "trainable(fc3)", example_input=digits_batch):
+        assert count_parameters(mlp)[0] == sum(p.numel() for p in mlp.fc3.parameters())
+    assert_same(mlp, snap)

@@ -207,8 +207,14 @@ def register_io(**writers: Callable[["Attachment", Any], None]) -> None:
 
 
 def _io(name: str) -> Callable[["Attachment", Any], None]:
-    if name not in _IO:  # only when addin_studio.engine was loaded without the addin_studio package
-        raise RuntimeError(f"Attachment.{name} needs addin_studio.checkpoint; import addin_studio")
+    if name not in _IO:
+        # the package loads its names lazily, so the writers may not be registered yet: load them
+        # by their fixed module name (no static import: the engine stays below checkpoint)
+        import importlib
+
+        importlib.import_module("addin_studio.checkpoint")
+    if name not in _IO:
+        raise RuntimeError(f"Attachment.{name} needs addin_studio.checkpoint, which did not register")
     return _IO[name]
 
 
@@ -236,6 +242,11 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     cfg = parse(config) if isinstance(config, str) else config
     if not isinstance(cfg, Config):
         raise TypeError(f"attach() expects a Config or a config string, got {type(config).__name__}")
+    if not cfg.placements and not cfg.trainable:
+        raise ConfigError("this config places no add-in and keeps nothing trainable: attaching it "
+                          "would only freeze the model", cfg.text, 0 if cfg.text is not None else None,
+                          "write a placement such as '(LoRA.adapt_output): ...->(fc1){inout}->...', or "
+                          "trainable(head) to train only the head")
     if graph is None:
         graph = trace(model, example_input, **forward_kwargs)
     resolved, keep = resolve(model, cfg, graph, addins, reuse)
