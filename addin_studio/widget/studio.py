@@ -276,7 +276,11 @@ class Studio(anywidget.AnyWidget):
 
     # -- views ------------------------------------------------------------------------------------
     def _sync(self) -> None:
-        """Push the editor's state to the traits."""
+        """Push the editor's state to the traits, as one message to the page."""
+        with self.hold_sync():
+            self._sync_traits()
+
+    def _sync_traits(self) -> None:
         ed = self._editor
         self._syncing = True
         try:
