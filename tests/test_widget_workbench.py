@@ -142,6 +142,10 @@ def test_settings_form_is_generated_and_two_way(w):
     assert "rank r must be a positive integer" in w.error and "r=" not in w.config
     w.handle({"type": "setting", "name": "rank", "value": "3"})
     assert w.error == "LoRA has no setting 'rank' (it has: r, alpha, dropout)"
+    w.handle({"type": "apply", "text": LORA1})                  # a pasted r=2 shows in the form ...
+    click(w, "fc2:post")
+    click(w, "fc2:post")                                         # ... and new placements take it
+    assert w.config == LORA1 + "\n" + LORA2
 
 
 def test_convert_handles_each_kind():
@@ -220,6 +224,7 @@ def test_update_norms_during_training_and_two_runs_overlaid(mlp):
     assert w.runs[0]["config"] == first and w.runs[1]["config"] == LORA1
     assert w.runs[0]["settings"] == {"LoRA": {"r": 2}} and w.runs[1]["metrics"]["steps"] == 40
     assert [r["n"] for r in w.plot["runs"]] == [1, 2] and len(w.plot["runs"][0]["smooth"]) == 40
+    assert w.plot["runs"][0]["val"] == []   # no val_loader: no per-epoch accuracy to overlay
     w.handle({"type": "run", "n": 1})
     assert w.config == first and w.status.startswith("restored the string of run 1")
     w.handle({"type": "run", "n": 9})

@@ -141,13 +141,14 @@ class Editor:
             out.append(d)
         return out
 
-    def shown_settings(self) -> dict[str, Any]:
-        """Settings of the selected add-in: those of its placements in the string, else the ones
-        chosen for new placements."""
-        placed = [p for p in self.config.placements if p.addin == self.addin]
+    def shown_settings(self, addin: str | None = None) -> dict[str, Any]:
+        """Settings of an add-in (default: the selected one) as the form shows them and new placements
+        take them: those of its last placement in the string, else the ones chosen in the form."""
+        name = addin or self.addin
+        placed = [p for p in self.config.placements if p.addin == name]
         if placed:
             return dict(placed[-1].settings)
-        return dict(self.settings.get(self.addin, {}))
+        return dict(self.settings.get(name, {}))
 
     def set_setting(self, name: str, text: Any) -> bool:
         """A field of the settings form changed: new placements and every placement of the selected
@@ -188,7 +189,7 @@ class Editor:
             raise ValueError(f"no strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
         if self.busy():  # computing one detaches the add-ins for a moment
             raise ValueError("stop training before choosing a strategy")
-        lora = dict(self.settings.get("LoRA", {}))
+        lora = self.shown_settings("LoRA")
         lora_kw = {k: lora[k] for k in ("r", "alpha", "dropout") if k in lora}
         with self._bare():
             if name == "lora_all":
@@ -295,7 +296,7 @@ class Editor:
             pairs = self._expand(src, p, group)
         except ValueError as exc:
             return self._fail(str(exc))
-        settings = self.settings.get(self.addin, {})
+        settings = self.shown_settings()
         placements = [Placement(self.addin, method, s, t, settings) for s, t in pairs]
         cfg = self.config
         for pl in placements:

@@ -67,6 +67,9 @@ function drawPlot(svg, data) {
     const t = s("text", { x: x(end[0]) + 2, y: y(end[1]), class: `as-plot-tick as-run-t${i % 3}` });
     t.textContent = `run ${r.n}`;
     svg.append(t);
+    for (const q of r.val || []) {  // that run's val Acc@1 per epoch: hollow dots in its colour
+      svg.append(s("circle", { cx: x(q[0]), cy: ya(q[1]), r: 2.5, class: `as-plot-runval as-run-c${i % 3}`, "data-run-val": String(r.n) }));
+    }
   });
   if (!loss.length) {
     label(L - 4, T + 9, hi.toPrecision(3), "as-plot-tick as-end");

@@ -446,7 +446,8 @@ class Studio(anywidget.AnyWidget):
 
     def _with_runs(self, data: dict) -> dict:
         """The plot's data plus the smoothed curves of the last finished runs (overlaid)."""
-        data["runs"] = [{"n": r["n"], "smooth": r["curve"]} for r in self._runs[-self.OVERLAY_RUNS:]]
+        data["runs"] = [{"n": r["n"], "smooth": r["curve"], "val": r["val"]}
+                        for r in self._runs[-self.OVERLAY_RUNS:]]
         return data
 
     def _on_done(self, run: training.TrainingRun) -> None:
@@ -481,7 +482,7 @@ class Studio(anywidget.AnyWidget):
                 metrics[k] = [round(float(v), 4) for v in h[k]]
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         return {"n": len(self._runs) + 1, "config": str(cfg), "settings": settings,
-                "curve": data["smooth"], "metrics": metrics, "trainable": trainable,
+                "curve": data["smooth"], "val": data["val"], "metrics": metrics, "trainable": trainable,
                 "summary": run.summary()}
 
     @property
