@@ -12,7 +12,7 @@ import torch
 import addin_studio as studio_api
 from addin_studio.examples import MLPAddin
 from addin_studio.widget import Studio
-from addin_studio.widget.settings import Field, convert
+from addin_studio.widget.settings import Field, convert, schema
 
 from test_widget import Blocks, SlowLoader, click
 
@@ -146,6 +146,22 @@ def test_settings_form_is_generated_and_two_way(w):
     click(w, "fc2:post")
     click(w, "fc2:post")                                         # ... and new placements take it
     assert w.config == LORA1 + "\n" + LORA2
+
+
+def test_schema_of_a_plain_function_with_odd_defaults():
+    def make(point, width: int = 4, act=torch.tanh, scale: "float | None" = None, **kw):
+        """A factory.
+
+        width: hidden width of the branch
+        """
+        return torch.nn.Identity()
+
+    fields = {f.name: f.as_dict() for f in schema(make)}
+    assert list(fields) == ["width", "act", "scale"]
+    assert fields["width"] == {"name": "width", "kind": "int", "default": 4, "optional": False,
+                               "help": "hidden width of the branch"}
+    assert fields["act"]["default"].startswith("<built-in method tanh")
+    assert (fields["scale"]["kind"], fields["scale"]["optional"]) == ("float", True)
 
 
 def test_convert_handles_each_kind():

@@ -25,7 +25,11 @@ class Field:
     help: str
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (a default that is not a plain value is shown by its repr)."""
+        d = asdict(self)
+        if not isinstance(self.default, (bool, int, float, str, type(None))):
+            d["default"] = repr(self.default)
+        return d
 
 
 def _kind(annotation: Any, default: Any) -> tuple[str, bool]:
