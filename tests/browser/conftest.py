@@ -197,11 +197,11 @@ def open_notebook(lab_server, browser, frontend):
     """``open_notebook(name, cells) -> Lab`` with the notebook open and its kernel idle."""
     contexts = []
 
-    def make(name: str, cells: list[str]) -> Lab:
+    def make(name: str, cells: list[str], height: int = 1000) -> Lab:
         if frontend != "lab":
             name = f"{Path(name).stem}-{frontend}{Path(name).suffix}"
         write_notebook(lab_server.root / name, cells)
-        ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+        ctx = browser.new_context(viewport={"width": 1500, "height": height})
         ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab_server.base)
         contexts.append(ctx)
         lab = Lab(lab_server, ctx.new_page(), name, frontend)

@@ -89,7 +89,7 @@ def _wait_state(page, state: str, timeout_ms: int) -> None:
 
 
 def test_workbench(open_notebook):
-    lab = open_notebook("workbench.ipynb", [SETUP, STUDIO, CHECK, READ_BACK])
+    lab = open_notebook("workbench.ipynb", [SETUP, STUDIO, CHECK, READ_BACK], height=1900)  # all of it in view
     page = lab.page
     lab.run(0)
     lab.run(1)
