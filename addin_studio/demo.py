@@ -16,8 +16,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .addins.adapter import Adapter
-from .addins.base import PointInfo
 
 BASE_CLASSES = (0, 1, 2, 3, 4)
 TASK_CLASSES = tuple(range(10))
@@ -49,15 +47,6 @@ class DigitCNN(nn.Module):
         x = torch.relu(self.fc1(self.flatten(x)))
         x = torch.relu(self.fc2(x))
         return self.head(x)
-
-
-class Bottleneck(Adapter):
-    """The demo's earlier name for the built-in :class:`~addin_studio.addins.adapter.Adapter`, kept so that
-    strings written for it (``(Bottleneck.adapt_output, dim=8)``) still work: ``dim`` is ``bottleneck``."""
-
-    def __init__(self, point: PointInfo, source_point: PointInfo | None = None, dim: int = 8,
-                 act: str = "relu") -> None:
-        super().__init__(point, source_point, bottleneck=dim, act=act)
 
 
 @dataclass

@@ -25,9 +25,10 @@ LAYERS: list[list[str]] = [
     ["widget", "report"],
     ["train", "render"],
     ["strategies", "checkpoint"],
-    ["engine", "examples", "image_folder"],
-    ["graph", "addins", "params", "data", "distributed"],
-    ["config", "inputs", "models"],
+    ["engine", "examples"],
+    ["graph", "addins", "params", "image_folder", "models", "distributed"],
+    ["data"],
+    ["config", "inputs"],
 ]
 OUTER = {"cli", "demo", API, "widget", "report", "train", "render"}
 JUPYTER = ("IPython", "ipywidgets", "anywidget", "traitlets", "jupyter", "jupyterlab", "ipykernel",
@@ -59,21 +60,22 @@ def _targets(node: ast.AST, path: Path) -> list[str]:
     base = ".".join(package[: len(package) - node.level + 1])
     if node.module:
         return [f"{base}.{node.module}"]
-    root = ROOT / Path(*base.split("."))
-    # from . import x: x is a module when a file or package of that name exists, else a name of base
-    return [f"{base}.{a.name}" if (root / f"{a.name}.py").exists() or (root / a.name).is_dir()
+    # from . import x: x is a submodule when there is one, else a name of the package itself
+    folder = ROOT.joinpath(*base.split("."))
+    return [f"{base}.{a.name}" if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file()
             else base for a in node.names]
 
 
 def _lazy_targets(tree: ast.Module) -> list[str]:
-    """Modules named in a module-level ``_LAZY = {"Name": ("addin_studio.x", attr), ...}`` table."""
+    """Modules named in the public API's module-level tables of lazy imports (``_EXPORTS = {"Name":
+    ("addin_studio.x", attr)}``, ``_COMPANIONS = {"addin_studio.x": "addin_studio.y"}``)."""
     found = []
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY"
-                                                for t in node.targets):
-            for value in getattr(node.value, "values", []):
-                if isinstance(value, ast.Tuple) and isinstance(value.elts[0], ast.Constant):
-                    found.append(value.elts[0].value)
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict):
+            for const in ast.walk(node.value):
+                if isinstance(const, ast.Constant) and isinstance(const.value, str) \
+                        and const.value.startswith(API + "."):
+                    found.append(const.value)
     return found
 
 
@@ -208,3 +210,31 @@ def test_the_scanner_sees_function_level_and_relative_imports(tmp_path):
 
 if __name__ == "__main__":
     sys.stdout.write(render_graph(EDGES) + "\n")
+
+
+def test_attachment_save_is_plugged_in_by_the_checkpoint_package(tmp_path):
+    # a fresh interpreter: the engine alone has no writer (a clear error); studio.attach brings it
+    import subprocess
+
+    script = f"""
+import torch, sys
+from torch import nn
+from addin_studio.engine import attach
+assert "addin_studio.checkpoint" not in sys.modules
+att = attach(nn.Sequential(nn.Linear(2, 2)), "(LoRA.adapt_output): ...->(0){{inout1}}->...")
+try:
+    att.save({str(tmp_path / 'a.safetensors')!r})
+except RuntimeError as exc:
+    print("error:", exc)
+att.detach()
+import addin_studio as studio
+att = studio.attach(nn.Sequential(nn.Linear(2, 2)), "(LoRA.adapt_output): ...->(0){{inout1}}->...")
+att.save({str(tmp_path / 'b.safetensors')!r})
+print("saved")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "error: Attachment.save needs the checkpoint formats: import addin_studio.checkpoint" in proc.stdout
+    assert proc.stdout.rstrip().endswith("saved") and (tmp_path / "b.safetensors").is_file()
+    assert not (tmp_path / "a.safetensors").exists()

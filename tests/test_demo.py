@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 import addin_studio as studio
-from addin_studio.demo import DEMO_CONFIG, Bottleneck, DigitCNN, run_demo
+from addin_studio.demo import DEMO_CONFIG, DigitCNN, run_demo
 from addin_studio.report import graph_svg, plot_loss, write_report
 
 
@@ -72,7 +72,7 @@ def test_demo_adapter_is_the_residual_1x1_conv_bottleneck():
     torch.manual_seed(1)
     old_down = torch.nn.Conv2d(16, 8, 1)
     torch.manual_seed(1)
-    new = Bottleneck(studio.PointInfo(model.conv1, "post", (4, 16, 8, 8), "conv1"), dim=8)
+    new = studio.get_addin("Adapter")(studio.PointInfo(model.conv1, "post", (4, 16, 8, 8), "conv1"), bottleneck=8)
     assert torch.equal(new.down.weight, old_down.weight.flatten(1)) and torch.equal(new.down.bias, old_down.bias)
     att.detach()
 

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from ..config import Placement, parse
-from ..engine import Attachment, attach
+from ..engine import Attachment
 from ..engine.freezing import match_trainable
 from . import files
+from .attaching import attach_filled
 from .fingerprint import addin_child, base_params, check_fingerprint, check_touched, fingerprint
 
 FORMAT = "addin_studio.adapters/1"
@@ -90,8 +91,8 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
         if tuple(base[name].shape) != tuple(t.shape):
             raise ValueError(f"{path}: kept-trainable weight '{name}' has shape {tuple(t.shape)}, the "
                              f"model's is {tuple(base[name].shape)}")
-    att = attach(model, cfg, addins=addins, example_input=example_input, **attach_kwargs)
-    try:
+
+    def fill(att: Attachment) -> None:
         got = [key for key, _, _ in att.entries]
         if got != keys:
             raise ValueError(f"{path}: the add-ins attached as {got}, the checkpoint holds {keys}")
@@ -109,10 +110,6 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
                     raise ValueError(f"{path}: '{prefix}{name}' has shape {tuple(t.shape)} but the "
                                      f"add-in built for this model expects {tuple(own[name].shape)}")
             addin.load_state_dict(state, strict=True)
-        with torch.no_grad():
-            for name, t in base_tensors.items():
-                base[name].copy_(t)
-    except BaseException:
-        att.detach()
-        raise
-    return att
+
+    return attach_filled(model, cfg, fill, base, base_tensors, addins=addins, example_input=example_input,
+                         **attach_kwargs)

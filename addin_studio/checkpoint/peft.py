@@ -15,9 +15,10 @@ from torch import nn
 
 from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
 from ..config import Config
-from ..engine import Attachment, attach
+from ..engine import Attachment
 from ..engine.freezing import match_trainable
 from . import files
+from .attaching import attach_filled
 from .fingerprint import addin_child, base_params
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -117,8 +118,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             raise ValueError(f"the adapter's '{name}' has shape {tuple(t.shape)}, the model's is "
                              f"{tuple(params[name].shape)}")
     cfg = Config([i.placement for i in imports], sorted(saved))
-    att = attach(model, cfg, example_input=example_input, **attach_kwargs)
-    try:
+
+    def fill(att: Attachment) -> None:
         for (_, p, addin), item in zip(att.entries, imports):
             own = addin.state_dict()
             for part, t in item.state.items():
@@ -127,10 +128,5 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                     raise ValueError(f"the adapter's {part} for '{p.target.module}' has shape "
                                      f"{tuple(t.shape)}; this model's layer needs {want}")
             addin.load_state_dict(item.state, strict=False)
-        with torch.no_grad():
-            for name, t in saved.items():
-                params[name].copy_(t)
-    except BaseException:
-        att.detach()
-        raise
-    return att
+
+    return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)

@@ -207,14 +207,9 @@ def register_io(**writers: Callable[["Attachment", Any], None]) -> None:
 
 
 def _io(name: str) -> Callable[["Attachment", Any], None]:
-    if name not in _IO:
-        # the package loads its names lazily, so the writers may not be registered yet: load them
-        # by their fixed module name (no static import: the engine stays below checkpoint)
-        import importlib
-
-        importlib.import_module("addin_studio.checkpoint")
-    if name not in _IO:
-        raise RuntimeError(f"Attachment.{name} needs addin_studio.checkpoint, which did not register")
+    if name not in _IO:  # only when the engine was imported directly and the formats never loaded
+        raise RuntimeError(f"Attachment.{name} needs the checkpoint formats: import addin_studio.checkpoint "
+                           f"(studio.attach, studio.load and the Trainer load them for you)")
     return _IO[name]
 
 
@@ -233,9 +228,9 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     frozen except the parameters the config keeps trainable. Use the result as a context manager or
     call :meth:`Attachment.detach` to undo everything.
 
-    ``reuse`` maps placements to add-in objects built before (e.g. ``dict(zip(old.config.placements,
-    old.addins.values()))`` of a detached attachment): an equal placement takes its object, trained
-    weights and all, instead of a freshly initialised one.
+    ``reuse`` maps placements to add-in objects built before (e.g. ``{p: a for _, p, a in
+    old.entries}`` of a detached attachment): an equal placement (add-in, method, points, settings)
+    takes its object, trained weights and all, instead of a freshly initialised one.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach() expects an nn.Module, got {type(model).__name__}")

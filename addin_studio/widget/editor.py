@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch.nn as nn
 
+from .. import checkpoint  # noqa: F401  (registers Attachment.save/export_peft for the Studio's attachments)
 from ..addins import available_addins, methods_for
 from ..config import Config, ConfigError, Placement, Point, parse
 from ..engine import Attachment, attach
