@@ -184,11 +184,21 @@ def test_strategy_preview_then_apply(w, mlp):
     assert w.config == "trainable(fc3)" and mlp.fc3.weight.requires_grad
     w.handle({"type": "strategy", "name": "lora", "targets": "fc7"})
     assert "lora: target" in w.error and "fc7" in w.error
+    w.handle({"type": "apply-strategy", "name": "partial_k", "targets": "x"})
+    assert "partial_k needs k" in w.error and w.config == "trainable(fc3)"
     w.handle({"type": "apply-strategy", "name": "nope"})
     assert "no strategy 'nope'" in w.error and w.config == "trainable(fc3)"
 
 
 # -- 4. find and inspect -------------------------------------------------------------------------
+def test_partial_k_and_layernorm_from_the_picker():
+    w = Studio(Blocks(), example_input=torch.zeros(2, 8))
+    w.handle({"type": "apply-strategy", "name": "partial_k", "targets": "1"})
+    assert w.error == "" and w.config == str(studio_api.strategies.partial_k(Blocks(), 1))
+    w.handle({"type": "apply-strategy", "name": "layernorm"})
+    assert "no normalization layer" in w.error
+
+
 def test_search_expands_the_collapsed_group_and_marks_matches():
     w = Studio(Blocks(), example_input=torch.zeros(2, 8), addins={"MLPAddin": MLPAddin})
     assert 'data-path="blocks.2.0"' not in w.svg                       # collapsed: blocks × 3

@@ -25,7 +25,7 @@ from ..render.labels import point_labels  # noqa: F401  (re-exported: the Studio
 from . import settings as form
 
 #: the strategies the picker offers
-STRATEGIES = ("lora_all", "lora", "bitfit", "head_only")
+STRATEGIES = ("lora_all", "lora", "bitfit", "head_only", "layernorm", "partial_k")
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,8 @@ class Editor:
 
     # -- strategies ----------------------------------------------------------------------------
     def strategy_config(self, name: str, targets: str = "") -> Config:
-        """The config strategy ``name`` gives this model (LoRA ones read the LoRA settings form).
+        """The config strategy ``name`` gives this model (LoRA ones read the LoRA settings form;
+        ``targets`` is lora's module names, or partial_k's k).
 
         Raises ValueError with the strategy's own message when it does not apply."""
         from .. import strategies
@@ -202,6 +203,13 @@ class Editor:
                 cfg = strategies.lora(self.model, names, **lora_kw)
             elif name == "bitfit":
                 cfg = strategies.bitfit(self.model)
+            elif name == "layernorm":
+                cfg = strategies.layernorm(self.model)
+            elif name == "partial_k":
+                if not targets.strip().isdigit():
+                    raise ValueError(f"partial_k needs k, the number of last blocks to train, e.g. 2; "
+                                     f"got {targets.strip()!r}")
+                cfg = strategies.partial_k(self.model, int(targets))
             else:
                 cfg = strategies.head_only(self.model)
         return cfg

@@ -137,7 +137,7 @@ function render({ model, el }) {
   const found = h("span", { class: "as-found", "data-role": "search-count" });
   const settingsBox = h("div", { class: "as-settings", "data-role": "settings" });
   const strategySel = h("select", { "data-role": "strategy", title: "a strategy fills the whole config" });
-  const targets = h("input", { class: "as-targets", "data-role": "strategy-targets", placeholder: "targets for lora: qkv, fc1", spellcheck: "false" });
+  const targets = h("input", { class: "as-targets", "data-role": "strategy-targets", placeholder: "lora: qkv, fc1 · partial_k: 2", spellcheck: "false" });
   const applyStrategy = h("button", { "data-role": "apply-strategy", text: "Apply strategy" });
   const previewEl = h("div", { class: "as-preview-text", "data-role": "strategy-preview" });
   const legend = h("div", { class: "as-legend as-hidden", "data-role": "grad-legend" });
@@ -354,7 +354,7 @@ function render({ model, el }) {
   function drawStrategy() {
     fillSelect(strategySel, [""].concat(model.get("strategies") || []), model.get("strategy"));
     strategySel.options[0].textContent = "(choose a strategy)";
-    targets.classList.toggle("as-hidden", model.get("strategy") !== "lora");
+    targets.classList.toggle("as-hidden", !["lora", "partial_k"].includes(model.get("strategy")));
     applyStrategy.disabled = !model.get("strategy");
     const pv = model.get("preview") || {};
     previewEl.textContent = pv.config !== undefined
