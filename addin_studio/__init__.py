@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .addins import AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin
+from .addins import (AddinBase, PointInfo, available_addins, get_addin, hook_method, methods_for,
+                     register_addin)
 from .config import Config, ConfigError, Placement, Point, format_path, parse
 from .engine import Attachment, attach
 from .graph import ModuleGraph, ModuleNode, trace
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AddinBase", "Attachment", "Config", "ConfigError", "ModuleGraph", "ModuleNode", "Placement",
     "Point", "PointInfo", "Studio", "Trainer", "attach", "available_addins", "count_parameters",
-    "format_path", "from_peft", "get_addin", "load", "methods_for", "parse", "register_addin",
+    "format_path", "from_peft", "get_addin", "hook_method", "load", "methods_for", "parse", "register_addin",
     "strategies", "summary_line", "trace", "trainable_table",
 ]
 
