@@ -222,4 +222,53 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     resolved, keep = resolve(model, cfg, graph, addins)
     att = Attachment(model, cfg, graph, resolved, keep, freeze)
     att._apply()
+    if example_input is not None and resolved:
+        try:
+            _prove(att, example_input, forward_kwargs)
+        except BaseException:
+            att._undo()
+            raise
     return att
+
+
+def _prove(att: Attachment, example_input: Any, forward_kwargs: dict) -> None:
+    """Run the attached model once (on ``meta`` where it can); a failure is a ConfigError naming the
+    first placement (in config order) whose add-in makes the forward pass fail."""
+    from .prove import first_failure, run_meta, run_real
+    from .resolve import _Locator, _describe
+
+    try:
+        run_meta(att.model, example_input, forward_kwargs)
+        return
+    except Exception:  # noqa: BLE001 - some models cannot run on meta: try for real
+        pass
+    finally:
+        _clear_caches(att)
+    try:
+        run_real(att.model, example_input, forward_kwargs)
+        return
+    except Exception:  # noqa: BLE001
+        pass
+    finally:
+        _clear_caches(att)
+    addins = [r.addin for r in att._resolved]
+    index, error = first_failure(att.model, example_input, forward_kwargs, list(att._hooks.values()),
+                                 addins, run_real)
+    _clear_caches(att)
+    if index is None:
+        raise RuntimeError(f"the model's forward pass fails on the example input with the add-ins "
+                           f"switched off: {type(error).__name__}: {error}") from error
+    r = att._resolved[index]
+    p = r.placement
+    hint = getattr(r.addin, "placement_hint", None)
+    hint = hint(att.graph) if callable(hint) else None
+    raise _Locator(att.config).error(
+        f"{_describe(p)} breaks the forward pass on the example input: {type(error).__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else ''}", p, p.target.module.rsplit(".", 1)[-1],
+        hint=hint or "check that the add-in's output has the shape the next module expects") from error
+
+
+def _clear_caches(att: Attachment) -> None:
+    for addin in att.addins.values():
+        if hasattr(addin, "inputs_cache"):
+            addin.inputs_cache = None
