@@ -9,6 +9,7 @@ from typing import Any
 
 from .addins import (AddinBase, PointInfo, available_addins, get_addin, hook_method, methods_for,
                      register_addin)
+from .checkpoint import from_peft, load  # also plugs save/export_peft into Attachment
 from .config import Config, ConfigError, Placement, Point, format_path, parse
 from .engine import Attachment, attach
 from .graph import ModuleGraph, ModuleNode, trace
@@ -27,8 +28,6 @@ __all__ = [
 _LAZY = {
     "Trainer": ("addin_studio.train", "Trainer"),
     "Studio": ("addin_studio.widget", "Studio"),
-    "load": ("addin_studio.checkpoint", "load"),
-    "from_peft": ("addin_studio.checkpoint", "from_peft"),
     "strategies": ("addin_studio.strategies", None),
     "data": ("addin_studio.data", None),
 }
