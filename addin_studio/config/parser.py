@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError
 from .model import Config, Placement, Point
@@ -126,13 +126,13 @@ class _Parser:
 
     # -- grammar ---------------------------------------------------------------------------------
     def parse(self) -> Config:
-        placements: list[Placement] = []
+        pending: list[Callable[[], list[Placement]]] = []
         trainable: list[str] = []
         self.skip_ws(newlines=True)
         while self.i < len(self.text):
             start = self.i
             if self.peek("("):
-                placements.extend(self.entry(start))
+                pending.append(self.entry(start))
             elif self.text.startswith("trainable", self.i):
                 trainable.extend(self.trainable_entry())
             else:
@@ -150,9 +150,10 @@ class _Parser:
                 else:
                     raise self.error(f"unexpected {self.describe_here()} after an entry",
                                      hint="separate entries with a new line or ','")
+        placements = [p for expand in pending for p in expand()]
         return Config(placements, trainable, text=self.text, trainable_spans=self.trainable_spans)
 
-    def entry(self, start: int) -> list[Placement]:
+    def entry(self, start: int) -> Callable[[], list[Placement]]:
         addin, method, settings = self.header()
         self.expect(":", "':' after the header")
         labels = self.chain()
@@ -162,14 +163,13 @@ class _Parser:
         steps = self.range_length(labels)
         pairs = self.pair(labels)
         self.reserve(steps * len(pairs), start)
-        out: list[Placement] = []
-        for step in range(steps):
-            for src, dst in pairs:
-                out.append(Placement(addin, method,
-                                     Point(src.path.expand(step), src.side),
-                                     Point(dst.path.expand(step), dst.side),
-                                     settings, span=(start, self.i)))
-        return out
+        span = (start, self.i)
+
+        def expand() -> list[Placement]:  # run after the whole string is checked against the limits
+            return [Placement(addin, method, Point(src.path.expand(step), src.side),
+                              Point(dst.path.expand(step), dst.side), settings, span=span)
+                    for step in range(steps) for src, dst in pairs]
+        return expand
 
     def header(self) -> tuple[str, str, dict[str, Any]]:
         self.expect("(", "'(' to start the header")

@@ -169,13 +169,18 @@ def _point_info(point: Point, module: nn.Module, graph: ModuleGraph) -> PointInf
     return PointInfo(module, point.side, shape, point.module)
 
 
-def _key(placement: Placement, taken: set[str]) -> str:
+def _key(placement: Placement, taken: dict[str, int]) -> str:
+    """A unique key per add-in; ``taken`` maps each base to the next suffix to try (linear overall)."""
     base = f"{placement.addin}_{re.sub(r'[^A-Za-z0-9_]', '_', placement.target.module)}"
-    key, n = base, 1
-    while key in taken:
+    key = base
+    n = taken.get(base, 0)
+    if n:
         key = f"{base}_{n}"
+    while key in taken:
         n += 1
-    taken.add(key)
+        key = f"{base}_{n}"
+    taken[base] = n + 1
+    taken.setdefault(key, 0)
     return key
 
 
@@ -192,7 +197,7 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
                               f"in a config string")
     registry = None
     resolved: list[Resolved] = []
-    taken: set[str] = set()
+    taken: dict[str, int] = {}
     for p in cfg.placements:
         target_module = check_module(p.target.module, modules, graph, loc, p)
         source_module = check_module(p.source.module, modules, graph, loc, p)
@@ -221,12 +226,25 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
         from ..config.errors import did_you_mean
         bad = unmatched[0]
         close = did_you_mean(bad, names + list(modules))
-        pos = cfg.text.find(format_path(bad)) if cfg.text else -1
         raise ConfigError(f"trainable pattern '{format_path(bad)}' matches no parameter of "
-                          f"{graph.root_class}", cfg.text, pos if pos >= 0 else None,
+                          f"{graph.root_class}", cfg.text, _trainable_position(cfg, bad),
                           f"did you mean '{format_path(close[0])}'?" if close else
                           "patterns are parameter names or module paths, e.g. head or *.bias")
     return resolved, keep
+
+
+def _trainable_position(cfg: Config, pattern: str) -> int | None:
+    """Where ``pattern`` is written in the string: the parser's record, else a search, else the
+    ``trainable`` keyword (a pattern is always somewhere in a trainable(...) entry)."""
+    if not cfg.text:
+        return None
+    if pattern in cfg.trainable_spans:
+        return cfg.trainable_spans[pattern]
+    for needle in (format_path(pattern), pattern, "trainable"):
+        pos = cfg.text.find(needle)
+        if pos >= 0:
+            return pos
+    return 0
 
 
 def _check_order(p: Placement, graph: ModuleGraph, loc: _Locator) -> None:
