@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import Config, ConfigError, Placement, parse
 from ..graph import ModuleGraph, trace
-from .freezing import freeze_except, restore_flags
+from .freezing import hold, release
 from .hooks import CacheAction, PostHook, PreHook, RunAction
 from .resolve import Resolved, resolve
 
@@ -25,6 +25,12 @@ class AddinDict(nn.ModuleDict):
         return args[0] if args else None
 
 
+def base_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the model's own parameters: without those of any attachment's add-ins."""
+    skip = tuple(f"{name}." for name, child in model.named_children() if isinstance(child, AddinDict))
+    return {n for n, _ in model.named_parameters() if not n.startswith(skip)}
+
+
 class Attachment:
     """Add-ins attached to a model by :func:`attach`. Undo everything with :meth:`detach`."""
 
@@ -37,7 +43,7 @@ class Attachment:
         self._resolved = resolved
         self._keep = keep
         self._freeze = freeze
-        self._flags: dict[str, bool] = {}
+        self._held = False  # whether this attachment holds the base frozen (freezing.hold)
         self._hooks: dict[tuple[str, str], PreHook | PostHook] = {}
         self._handles: dict[tuple[str, str], Any] = {}
         self._run_actions: dict[str, tuple[tuple[str, str], RunAction]] = {}
@@ -57,9 +63,8 @@ class Attachment:
             self.model.add_module(name, self.addins)
             self._child_name = name
             if self._freeze:
-                base = {n for n, _ in self.model.named_parameters() if not n.startswith(name + ".")}
-                self._flags = freeze_except(self.model, self._keep | (
-                    {n for n, _ in self.model.named_parameters()} - base))
+                hold(self.model, self, self._keep, base_parameter_names(self.model))
+                self._held = True
             for r in self._resolved:
                 p = r.placement
                 if p.kind == "across":
@@ -90,9 +95,9 @@ class Attachment:
             handle.remove()
         self._handles.clear()
         self._hooks.clear()
-        if self._flags:
-            restore_flags(self.model, self._flags)
-            self._flags = {}
+        if self._held:
+            release(self.model, self, base_parameter_names(self.model))
+            self._held = False
         if self._child_name is not None and self._child_name in self.model._modules:
             del self.model._modules[self._child_name]
         self._child_name = None
