@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.files import atomic_write
+
 
 def save_adapters(attachment: Any, path: str | Path) -> Path:
     """Save an Attachment's add-in weights (config string in the metadata) to ``path``.
@@ -34,7 +36,8 @@ def save_adapters(attachment: Any, path: str | Path) -> Path:
         for name, p in model.named_parameters():
             if p.requires_grad and id(p) not in addin_params:
                 tensors[f"base.{name}"] = p.detach().cpu().contiguous()
-    save_file(tensors, str(path), metadata={"config": str(attachment.config), "format": "addins-state-dict"})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={
+        "config": str(attachment.config), "format": "addins-state-dict"}))
     return path
 
 
@@ -50,5 +53,5 @@ def save_trainable(model: nn.Module, path: str | Path) -> Path:
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             tensors[name] = p.detach().cpu().contiguous()
-    save_file(tensors, str(path), metadata={"format": "trainable-parameters"})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "trainable-parameters"}))
     return path
