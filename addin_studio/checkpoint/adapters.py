@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, Placement, parse
-from ..engine import Attachment, attach
+from ..engine import Attachment
 from ..engine.freezing import match_trainable
 from . import files
+from .attaching import attach_filled
 from .fingerprint import addin_child, base_params, check_fingerprint, check_touched, fingerprint
 from .validate import check_fingerprint_fields, check_tensor, expect, json_field
 
@@ -110,11 +111,8 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
         addin_tensors[key][part] = t
     for name, t in base_tensors.items():
         check_tensor(t, base[name], f"base.{name}", source, allow_nonfinite)
-    try:
-        att = attach(model, cfg, addins=addins, example_input=example_input, **attach_kwargs)
-    except ConfigError as exc:
-        raise _in_file(exc, source) from None
-    try:
+
+    def fill(att: Attachment) -> None:
         got = [key for key, _, _ in att.entries]
         if got != keys:
             raise ValueError(f"{source}: the add-ins attached as {got}, the field 'keys' holds {keys}")
@@ -129,13 +127,12 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
                 check_tensor(t, own[name], f"addins.{key}.{name}", source, allow_nonfinite)
         for key, _, addin in att.entries:  # everything is checked: now load
             addin.load_state_dict(addin_tensors[key], strict=True)
-        with torch.no_grad():
-            for name, t in base_tensors.items():
-                base[name].copy_(t)
-    except BaseException:
-        att.detach()
-        raise
-    return att
+
+    try:
+        return attach_filled(model, cfg, fill, base, base_tensors, addins=addins,
+                             example_input=example_input, **attach_kwargs)
+    except ConfigError as exc:
+        raise _in_file(exc, source) from None
 
 
 def _in_file(exc: ConfigError, source: str) -> ConfigError:

@@ -16,9 +16,10 @@ from torch import nn
 from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
 from ..addins.peft_patterns import compile_key
 from ..config import Config
-from ..engine import Attachment, attach
+from ..engine import Attachment
 from ..engine.freezing import match_trainable
 from . import files
+from .attaching import attach_filled
 from .fingerprint import addin_child, base_params
 from .validate import check_tensor, expect
 
@@ -141,8 +142,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                              f"{type(model).__name__} does not have")
         check_tensor(t, params[name], _LEAD + name, str(weights_path), allow_nonfinite)
     cfg = Config([i.placement for i in imports], sorted(saved))
-    att = attach(model, cfg, example_input=example_input, **attach_kwargs)
-    try:
+
+    def fill(att: Attachment) -> None:
         for (_, p, addin), item in zip(att.entries, imports):
             own = addin.state_dict()
             for part, t in item.state.items():
@@ -152,13 +153,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                                      f"{tuple(t.shape)}; this model's layer needs {want}")
         for (_, p, addin), item in zip(att.entries, imports):
             addin.load_state_dict(item.state, strict=False)
-        with torch.no_grad():
-            for name, t in saved.items():
-                params[name].copy_(t)
-    except BaseException:
-        att.detach()
-        raise
-    return att
+
+    return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
 
 
 def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str) -> set[str]:

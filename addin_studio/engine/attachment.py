@@ -212,8 +212,9 @@ def register_io(**writers: Callable[["Attachment", Any], None]) -> None:
 
 
 def _io(name: str) -> Callable[["Attachment", Any], None]:
-    if name not in _IO:  # only when addin_studio.engine was loaded without the addin_studio package
-        raise RuntimeError(f"Attachment.{name} needs addin_studio.checkpoint; import addin_studio")
+    if name not in _IO:  # only when the engine was imported directly and the formats never loaded
+        raise RuntimeError(f"Attachment.{name} needs the checkpoint formats: import addin_studio.checkpoint "
+                           f"(studio.attach, studio.load and the Trainer load them for you)")
     return _IO[name]
 
 
