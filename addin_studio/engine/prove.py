@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..graph import run_forward
+from ..inputs import call_model
 from .hooks import PostHook, PreHook
 
 
@@ -63,7 +63,7 @@ def run_meta(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None
 
 def run_real(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None:
     """One real forward pass in eval mode under no_grad (BatchNorm statistics stay as they were)."""
-    _eval_no_grad(model, lambda: run_forward(model, example_input, **forward_kwargs))
+    _eval_no_grad(model, lambda: call_model(model, example_input, **forward_kwargs))
 
 
 class Switch:
