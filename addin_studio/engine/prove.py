@@ -74,9 +74,10 @@ class Switch:
         self.saved = [list(h.actions) for h in self.hooks]
 
     def only(self, addins: set[int]) -> None:
-        """Keep the actions whose add-in's ``id`` is in ``addins``."""
+        """Keep the actions whose add-in's ``id`` is in ``addins`` (and any action of no add-in)."""
         for hook, actions in zip(self.hooks, self.saved):
-            hook.actions[:] = [a for a in actions if id(a.addin) in addins]
+            hook.actions[:] = [a for a in actions
+                               if getattr(a, "addin", None) is None or id(a.addin) in addins]
 
     def restore(self) -> None:
         for hook, actions in zip(self.hooks, self.saved):
