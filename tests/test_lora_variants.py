@@ -175,7 +175,7 @@ def test_lora_bias_on_a_layer_without_bias_refuses_merge_and_changes_nothing():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ("dora=yes", "LoRA dora must be true or false, got 'yes'"),
+    ("dora=yes", "LoRA: setting 'dora' must be bool, got str 'yes'"),
     ("init=svd", "LoRA init must be one of kaiming, gaussian, pissa, olora, got 'svd'"),
     ("bias=true, init=pissa", "LoRA bias=true needs the default init, not init=pissa"),
     ("bias=true, dora=true", "LoRA bias=true cannot be combined with dora=true"),
@@ -290,7 +290,7 @@ def test_strategies_lora_rank_and_alpha_patterns_follow_peft():
     config = peft.LoraConfig(r=4, lora_alpha=8, rank_pattern={"lin1": 2}, alpha_pattern={"^lin0$": 3},
                              use_dora=True, target_modules=["lin0", "lin1"])
     compare(_mlp, X, config, cfg)
-    with pytest.raises(ValueError, match=r"rank_pattern key '\(' is not a valid regular expression"):
+    with pytest.raises(ValueError, match=r"strategies.lora: field 'rank_pattern' key '\(' uses '\('"):
         studio.strategies.lora(model, ["lin0"], rank_pattern={"(": 2})
 
 
@@ -346,21 +346,3 @@ def test_variants_on_every_layer_kind(settings):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert type(model.attn) is nn.MultiheadAttention
 
-
-@pytest.mark.parametrize("bias, trained", [("all", ("lin0.bias", "lin1.bias")), ("lora_only", ("lin0.bias",))])
-def test_from_peft_reads_trained_base_biases(bias, trained, tmp_path):
-    """PEFT's bias="all"/"lora_only" train base biases; they load and stay trainable."""
-    pm = peft.get_peft_model(_mlp(), peft.LoraConfig(r=2, target_modules=["lin0"], bias=bias))
-    perturb_peft(pm)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if n.endswith("bias"):
-                p.add_(0.5)
-    pm.eval()
-    want = pm(X)
-    pm.save_pretrained(str(tmp_path))
-    model = _mlp().eval()
-    att = studio.from_peft(model, tmp_path)
-    assert att.config.trainable == trained
-    assert sorted(n for n, p in model.named_parameters() if p.requires_grad and "addins" not in n) == list(trained)
-    torch.testing.assert_close(model(X), want, rtol=1e-5, atol=1e-6)

@@ -218,7 +218,7 @@ def test_supported_row_equals_peft(name, model_id, fields, tmp_path):
         return
     pm.save_pretrained(str(tmp_path))
     model = make()
-    att = studio.from_peft(model, tmp_path)
+    att = studio.from_peft(model, tmp_path, modules_to_save=True)
     assert att.config.trainable == tuple(sorted(f"{m}.{p}" for m in fields.get("modules_to_save", ())
                                                for p in ("bias", "weight")))
     torch.testing.assert_close(model(X), pm(X), rtol=1e-5, atol=1e-6)

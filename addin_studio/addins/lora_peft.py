@@ -6,7 +6,6 @@ adapter: ``use_rslora``, ``use_dora`` (``lora_magnitude_vector``), ``lora_bias``
 ``init_lora_weights`` (true, gaussian, pissa, olora)."""
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 
 from ..config import Placement, Point
 from .interop import PeftEntry, PeftImport, PeftMapping
+from .peft_patterns import pattern_value
 
 _PARTS = ("lora_A", "lora_B")
 _EMBEDDING_PARTS = {"lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B"}
@@ -130,17 +130,18 @@ class LoraPeft(PeftMapping):
         return tensors, config
 
     def claims(self, name: str) -> bool:
-        return any(f".{part}." in name for part in _PARTS) or f".{_MAGNITUDE}" in name or \
-            any(name.endswith(f".{part}") or f".{part}." in name for part in _EMBEDDING_PARTS)
+        # every LoRA-family tensor (``lora_*``, PEFT's trainable tokens), so that ``read`` refuses an
+        # adapter by the config option it cannot model (VeLoRA, MonteCLoRA, ...) or names the key
+        return ".lora_" in name or ".token_adapter." in name
 
     def read(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
              addin: str, source: str) -> list[PeftImport]:
         for flag in _UNSUPPORTED:  # fan_in_fan_out: the layer's kind says it
             if config.get(flag):
                 raise ValueError(f"{source}: {flag} is not supported")
-        if config.get("bias", "none") not in ("none", "all", "lora_only"):
-            raise ValueError(f"{source}: bias={config.get('bias')!r} is not supported ('none', 'all' or "
-                             f"'lora_only'; a bias on B is lora_bias=true)")
+        if config.get("bias", "none") != "none":
+            raise ValueError(f"{source}: bias={config.get('bias')!r} is not supported (only 'none'; a bias "
+                             f"on B is lora_bias=true)")
         init = config.get("init_lora_weights", True)
         if init is False:
             init = True
@@ -191,7 +192,14 @@ class LoraPeft(PeftMapping):
                 raise ValueError(f"the adapter's LoRA for '{path}' "
                                  + (f"lacks {sorted(missing)[0]}" if missing else
                                     f"has {sorted(extra)[0]}, which its config does not switch on"))
-            alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", 8))
+            conv = _peft_kind(modules[path]) == "conv"
+            for part in _PARTS:  # matrices ([r, in, *k] / [out, r, 1, ...] for PEFT's conv LoRA)
+                t = pair[part]
+                if t.dim() < 2 or (t.dim() != 2 and not conv) or min(t.shape) < 1:
+                    raise ValueError(f"{source}: the adapter's {part} for '{path}' has shape "
+                                     f"{tuple(t.shape)}; LoRA factors are non-empty matrices")
+            alpha = pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha", 8), source,
+                                  "alpha_pattern")
             settings: dict[str, Any] = {"r": int(pair["lora_A"].shape[0]), "alpha": alpha}
             if config.get("lora_dropout"):
                 settings["dropout"] = float(config["lora_dropout"])
@@ -263,15 +271,3 @@ def _most_common(values: Any) -> Any:
 
 def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
-
-
-def _pattern_value(patterns: Mapping[str, Any], path: str, default: Any) -> Any:
-    r"""PEFT's rank/alpha pattern lookup (``get_pattern_key``): the first key ``k`` with
-    ``re.match(rf"(.*\.)?({k})$", path)``."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return default
-
-
-pattern_value = _pattern_value

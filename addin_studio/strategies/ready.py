@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from torch import nn
 
 from ..addins.lora import WEIGHT_METHOD, hook_problem, is_hf_conv1d
-from ..addins.lora_peft import pattern_value
+from ..addins.peft_patterns import pattern_value
 from ..config import Config
 from ..graph import ModuleGraph, trace
 from .capabilities import Claim, ModuleInfo, ParamCap, Strategy, placement
@@ -123,26 +123,26 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
     the method is chosen as in :func:`lora_all`. ``trainable``: extra parameter patterns kept
     trainable (e.g. ``["head"]``). A target that matches no such layer is a ValueError naming it.
 
-    ``rank_pattern`` / ``alpha_pattern`` (PEFT's names and matching: the first key ``k`` with
-    ``re.match(rf"(.*\.)?({k})$", path)``) give some layers another rank / alpha. Further keyword
+    ``rank_pattern`` / ``alpha_pattern`` (PEFT's names and matching: the first key ``k`` matching
+    ``(.*\.)?(k)$``; the key subset of ``addins/peft_patterns.py``) give some layers another rank / alpha. Further keyword
     arguments are LoRA settings for every layer: ``rslora=True``, ``dora=True``, ``bias=True``,
     ``init="pissa"`` ...
     """
     matches = _target_check(targets)
-    for name, patterns in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
-        for key in patterns or {}:
-            try:
-                re.compile(key)
-            except (re.error, TypeError) as exc:
-                raise ValueError(f"{name} key {key!r} is not a valid regular expression: {exc}") from None
     base = {**_lora_settings(r, alpha, dropout), **variant}
 
     def settings_for(path: str) -> dict:
         settings = dict(base)
-        settings["r"] = pattern_value(rank_pattern or {}, path, r)
-        if alpha_pattern and pattern_value(alpha_pattern, path, None) is not None:
-            settings["alpha"] = pattern_value(alpha_pattern, path, None)
+        settings["r"] = pattern_value(rank_pattern, path, r, "strategies.lora", "rank_pattern")
+        found = pattern_value(alpha_pattern, path, None, "strategies.lora", "alpha_pattern")
+        if found is not None:
+            settings["alpha"] = found
         return settings
+
+    for name, patterns in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
+        pattern_value(patterns, "", None, "strategies.lora", name)  # not a mapping: fails here
+        for key, value in (patterns or {}).items():  # every key and value checked, by name
+            pattern_value({key: value}, "", None, "strategies.lora", name)
 
     strategy = Strategy(name="lora").register_module_cap(
         lambda info: matches(info.path) and _is_lora_layer(info, embeddings=True),
