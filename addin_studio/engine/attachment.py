@@ -62,9 +62,10 @@ class Attachment:
                     {n for n, _ in self.model.named_parameters()} - base))
             for r in self._resolved:
                 p = r.placement
-                if p.kind == "across":
-                    self._hook(modules, p.source.module, p.source.side).actions.append(CacheAction(r.addin))
                 action = RunAction(r.addin, p.method, p.kind == "across", _label(p))
+                if p.kind == "across":
+                    self._hook(modules, p.source.module, p.source.side).actions.append(
+                        CacheAction(r.addin, action))
                 self._hook(modules, p.target.module, p.target.side).actions.append(action)
                 self._run_actions[r.key] = ((p.target.module, p.target.side), action)
             self.attached = True
@@ -99,6 +100,8 @@ class Attachment:
         for addin in self.addins.values():
             if hasattr(addin, "inputs_cache"):
                 addin.inputs_cache = None
+        for _, action in self._run_actions.values():
+            action.last = None
         self.attached = False
 
     def detach(self) -> None:
