@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AddinBase", "Attachment", "Config", "ConfigError", "ModuleGraph", "ModuleNode", "Placement",
     "Point", "PointInfo", "Studio", "Trainer", "attach", "available_addins", "count_parameters",
-    "format_path", "from_peft", "get_addin", "load", "methods_for", "parse", "register_addin",
+    "format_path", "from_peft", "get_addin", "init_empty_weights", "load", "materialize", "methods_for",
+    "parse", "register_addin",
     "strategies", "summary_line", "trace", "trainable_table",
 ]
 
@@ -28,6 +29,8 @@ _LAZY = {
     "Studio": ("addin_studio.widget", "Studio"),
     "load": ("addin_studio.checkpoint", "load"),
     "from_peft": ("addin_studio.checkpoint", "from_peft"),
+    "materialize": ("addin_studio.bigmodel", "materialize"),
+    "init_empty_weights": ("addin_studio.bigmodel", "init_empty_weights"),
     "strategies": ("addin_studio.strategies", None),
     "data": ("addin_studio.data", None),
 }
