@@ -30,8 +30,16 @@ def _base_params(model: nn.Module, skip: str | None = None) -> list[tuple[str, n
     return [(n, p) for n, p in model.named_parameters() if not (prefix and n.startswith(prefix))]
 
 
+def _root_class(model: nn.Module) -> str:
+    """The model's class name; FSDP2's ``fully_shard`` subclasses it as ``FSDP<Name>``, which is the same model."""
+    cls = type(model)
+    if any(b.__name__ == "FSDPModule" for b in cls.__bases__):
+        cls = next(b for b in cls.__bases__ if b.__name__ != "FSDPModule")
+    return cls.__name__
+
+
 def _fingerprint(model: nn.Module, skip: str | None = None) -> dict[str, Any]:
-    return {"root": type(model).__name__,
+    return {"root": _root_class(model),
             "params": [[n, list(p.shape)] for n, p in _base_params(model, skip)]}
 
 
@@ -39,7 +47,7 @@ def _check_fingerprint(model: nn.Module, expected: Mapping[str, Any], source: st
     """Raise ValueError naming the first module/shape where ``model`` differs from the checkpoint's."""
     if not isinstance(expected, Mapping) or "params" not in expected:
         raise ValueError(f"{source}: the checkpoint has no model fingerprint")
-    root = type(model).__name__
+    root = _root_class(model)
     if expected.get("root") != root:
         raise ValueError(f"{source} was saved for a {expected.get('root')}, not a {root}")
     have = {n: list(p.shape) for n, p in _base_params(model, _addin_child(model))}

@@ -140,6 +140,10 @@ class Attachment:
         """Fold add-ins that define ``merge(module)`` (e.g. LoRA) into their base module and switch
         their hooks off: zero extra cost at inference. :meth:`unmerge` restores the weights exactly."""
         self._require_attached("merge")
+        if _is_sharded(self.model):
+            raise RuntimeError("cannot merge an FSDP-sharded model: its weights are DTensor shards. Save the "
+                               "adapters (addin_studio.fsdp.save_adapters), load them into an unsharded model "
+                               "with studio.load and merge there")
         modules = dict(self.model.named_modules())
         for r in self._resolved:
             if r.key in self._merged or not callable(getattr(r.addin, "merge", None)):
@@ -198,6 +202,15 @@ class Attachment:
         from ..checkpoint import export_peft
 
         export_peft(self, directory)
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether ``fully_shard`` (FSDP2) turned the model's parameters into DTensor shards."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def _label(p: Placement) -> str:

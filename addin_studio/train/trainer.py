@@ -86,7 +86,8 @@ class Trainer:
                  warmup_steps: int = 0, step_size: int | None = None, gamma: float = 0.1,
                  grad_clip: float | None = None, amp: bool | str = False, device: str | torch.device | None = None,
                  seed: int | None = None, loss_fn: Callable | None = None, max_steps: int | None = None,
-                 attachment: Any = None, checkpoint_dir: str | Path | None = None, progress: bool = True) -> None:
+                 attachment: Any = None, checkpoint_dir: str | Path | None = None, progress: bool = True,
+                 strategy: str = "ddp") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(epochs, int) or epochs < 1:
@@ -103,20 +104,32 @@ class Trainer:
             if not any(callable(getattr(cb, h, None)) for h in HOOKS):
                 raise TypeError(f"callback {cb!r} has none of the methods {', '.join(HOOKS)}")
 
-        # Under torchrun (a process group is initialized): DDP over the model, a DistributedSampler per
-        # rank, progress bars and checkpoints on rank 0 only. See docs/scaling.md.
+        if strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp' (used under torchrun), got {strategy!r}")
+        # Under torchrun (a process group is initialized): DDP (or FSDP2) over the model, a
+        # DistributedSampler per rank, progress bars and checkpoints on rank 0 only. See docs/scaling.md.
         self.distributed = dist_utils.is_distributed()
+        self.strategy = strategy
+        self._sharded = self.distributed and strategy == "fsdp"
+        if self._sharded and checkpoint_dir is not None and attachment is None:
+            raise ValueError("strategy='fsdp' writes adapter-only checkpoints: pass attachment= with checkpoint_dir=")
         if device is None and self.distributed:
             device = dist_utils.device_for_rank()
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device)
-        if self.distributed:
+        if self._sharded:
+            from .. import fsdp
+
+            self.model = fsdp.shard_model(self.model, attachment=attachment, device=self.device)
+        elif self.distributed:
             self.model = dist_utils.wrap_model(self.model, attachment=attachment, device=self.device)
+        if self.distributed:
             train_loader = dist_utils.distributed_loader(train_loader, seed=seed or 0) \
                 if isinstance(train_loader, DataLoader) else train_loader
             progress = progress and dist_utils.is_main_process()
-            checkpoint_dir = checkpoint_dir if dist_utils.is_main_process() else None
+            if not self._sharded:  # FSDP gathers the add-ins on every rank; rank 0 writes
+                checkpoint_dir = checkpoint_dir if dist_utils.is_main_process() else None
         if attachment is not None and getattr(attachment, "addins", None) is not None:
             attachment.addins.to(self.device)  # normally a child of the model already; harmless then
         self.train_loader = train_loader
@@ -238,7 +251,8 @@ class Trainer:
         else:
             loss.backward()
         # The total grad norm doubles as a check: inf/nan grads would corrupt the parameters.
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf")))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
         if self.scaler is not None:  # fp16: the scaler skips steps with inf grads and lowers its scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -335,7 +349,11 @@ class Trainer:
         self.best_epoch, self.best_metric = epoch, metric
         if self.checkpoint_dir is not None:
             path = self.checkpoint_dir / "best.safetensors"
-            if self.attachment is not None:
+            if self._sharded:
+                from .. import fsdp
+
+                self.best_checkpoint = fsdp.save_adapters(self.attachment, path)
+            elif self.attachment is not None:
                 self.best_checkpoint = save_adapters(self.attachment, path)
             else:
                 self.best_checkpoint = save_trainable(self.model, path)
