@@ -68,7 +68,6 @@ class AddinBase(nn.Module):
         return state
 
 
-_NN_MODULE_ATTRS = set(dir(nn.Module))
 _ARITY = {"pre": 2, "post": 3}
 
 
@@ -106,7 +105,8 @@ def methods_for(factory: Any, side: str) -> list[str]:
     cls = factory if isinstance(factory, type) else type(factory)
     names = []
     for name in dir(cls):
-        if name.startswith("_") or name in _NN_MODULE_ATTRS or name in ("merge", "unmerge"):
+        # hasattr, not a set taken at import: transformers adds methods to nn.Module (smart_apply) later
+        if name.startswith("_") or hasattr(nn.Module, name) or name in ("merge", "unmerge"):
             continue
         if isinstance(inspect.getattr_static(cls, name, None), (property, staticmethod, classmethod)):
             continue

@@ -78,6 +78,9 @@ class Trainer:
     With an ``attachment`` and a ``checkpoint_dir``, the add-ins of the best epoch (highest validation
     Acc@1, or lowest training loss without a ``val_loader``) are saved to ``checkpoint_dir/best.safetensors``
     with ``attachment.save``; without an attachment, the trainable parameters are saved there.
+
+    Under torchrun the model is wrapped in DDP (``strategy="ddp"``) or sharded with FSDP2
+    (``strategy="fsdp"``, see :mod:`addin_studio.fsdp`); in one process ``strategy`` changes nothing.
     """
 
     def __init__(self, model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
