@@ -2,47 +2,83 @@
 
 >>> import addin_studio as studio
 >>> cfg = studio.parse("(MLPAddin.adapt_input): ...->{inout1}(fc2)->...")
+
+Every public name is imported on first use (PEP 562), so ``import addin_studio`` — and the
+``addin-studio --help`` command — do not import torch until something needs it.
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .addins import AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin
-from .config import Config, ConfigError, Placement, Point, format_path, parse
-from .engine import Attachment, attach
-from .graph import ModuleGraph, ModuleNode, trace
-from .params import count_parameters, summary_line, trainable_table
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
-
-__all__ = [
-    "AddinBase", "Attachment", "Config", "ConfigError", "ModuleGraph", "ModuleNode", "Placement",
-    "Point", "PointInfo", "Studio", "Trainer", "attach", "available_addins", "count_parameters",
-    "format_path", "from_peft", "get_addin", "init_empty_weights", "load", "materialize", "methods_for",
-    "parse", "register_addin",
-    "strategies", "summary_line", "trace", "trainable_table",
-]
-
-# Heavier parts load on first use so `import addin_studio` stays fast and Jupyter-free.
-_LAZY = {
+# public name -> (module, attribute or None for the module itself)
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    "AddinBase": ("addin_studio.addins", "AddinBase"),
+    "PointInfo": ("addin_studio.addins", "PointInfo"),
+    "available_addins": ("addin_studio.addins", "available_addins"),
+    "get_addin": ("addin_studio.addins", "get_addin"),
+    "methods_for": ("addin_studio.addins", "methods_for"),
+    "register_addin": ("addin_studio.addins", "register_addin"),
+    "Config": ("addin_studio.config", "Config"),
+    "ConfigError": ("addin_studio.config", "ConfigError"),
+    "Placement": ("addin_studio.config", "Placement"),
+    "Point": ("addin_studio.config", "Point"),
+    "format_path": ("addin_studio.config", "format_path"),
+    "parse": ("addin_studio.config", "parse"),
+    "Attachment": ("addin_studio.engine", "Attachment"),
+    "attach": ("addin_studio.engine", "attach"),
+    "ModuleGraph": ("addin_studio.graph", "ModuleGraph"),
+    "ModuleNode": ("addin_studio.graph", "ModuleNode"),
+    "trace": ("addin_studio.graph", "trace"),
+    "count_parameters": ("addin_studio.params", "count_parameters"),
+    "summary_line": ("addin_studio.params", "summary_line"),
+    "trainable_table": ("addin_studio.params", "trainable_table"),
     "Trainer": ("addin_studio.train", "Trainer"),
     "Studio": ("addin_studio.widget", "Studio"),
     "load": ("addin_studio.checkpoint", "load"),
     "from_peft": ("addin_studio.checkpoint", "from_peft"),
+    "create_model": ("addin_studio.models", "create_model"),
     "materialize": ("addin_studio.bigmodel", "materialize"),
     "init_empty_weights": ("addin_studio.bigmodel", "init_empty_weights"),
+    "image_folder_loaders": ("addin_studio.image_folder", "image_folder_loaders"),
     "strategies": ("addin_studio.strategies", None),
     "data": ("addin_studio.data", None),
 }
 
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load lazily
+    from . import data, strategies
+    from .addins import AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin
+    from .bigmodel import init_empty_weights, materialize
+    from .checkpoint import from_peft, load
+    from .config import Config, ConfigError, Placement, Point, format_path, parse
+    from .engine import Attachment, attach
+    from .graph import ModuleGraph, ModuleNode, trace
+    from .image_folder import image_folder_loaders
+    from .models import create_model
+    from .params import count_parameters, summary_line, trainable_table
+    from .train import Trainer
+    from .widget import Studio
+
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module_name, attr = _LAZY[name]
+    if name in _EXPORTS:
+        module_name, attr = _EXPORTS[name]
         module = importlib.import_module(module_name)
         value = module if attr is None else getattr(module, attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'addin_studio' has no attribute {name!r}")
+    else:
+        try:  # a submodule such as addin_studio.engine, reached as an attribute
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'addin_studio' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

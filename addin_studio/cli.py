@@ -1,19 +1,27 @@
-"""The ``addin-studio`` command: ``demo``, ``train`` and ``lab``."""
+"""The ``addin-studio`` command: ``demo``, ``train`` and ``lab``.
+
+Only the standard library is imported until a command runs, so ``--help`` and ``--version`` answer at
+once. Every argument is checked before any work starts: a mistake exits with status 2 and one clear
+line (argparse's ``usage:`` and ``error:``), never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
-import difflib
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from torch import nn
+from . import __version__
 
 QUICKSTART = Path("notebooks") / "01_quickstart.ipynb"
+MODEL_SOURCES = ("timm", "torchvision", "transformers")
 
 
+# -- argument types ---------------------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -24,69 +32,120 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _float(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {value}")
     return value
 
 
 def _model_spec(text: str) -> tuple[str, str]:
     source, sep, name = text.partition(":")
-    if not sep or source not in ("timm", "torchvision") or not name:
+    if not sep or source not in MODEL_SOURCES or not name:
         raise argparse.ArgumentTypeError(
-            f"expected timm:NAME or torchvision:NAME (e.g. timm:resnet18), got {text!r}")
+            f"expected timm:NAME, torchvision:NAME or transformers:NAME_OR_DIR (e.g. timm:resnet18), "
+            f"got {text!r}")
     return source, name
+
+
+def _data_spec(text: str) -> tuple[str, str | None]:
+    if text == "digits":
+        return "digits", None
+    kind, sep, where = text.partition(":")
+    if kind == "imagefolder" and sep and where:
+        return "imagefolder", where
+    raise argparse.ArgumentTypeError(f"expected digits or imagefolder:DIR, got {text!r}")
+
+
+# -- the parser -------------------------------------------------------------------------------------
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, keeps the descriptions' line breaks."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="addin-studio",
+        prog="addin-studio", formatter_class=_Formatter,
         description="Customize pre-trained PyTorch models with add-ins placed by config strings.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,train,lab}")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="pre-train a small CNN, adapt it with add-ins, write a report",
-                          description="Offline demo on scikit-learn's bundled digits (about a minute on a CPU).")
-    demo.add_argument("--out", default="addin-studio-demo", metavar="DIR",
-                      help="folder for loss.png, adapters.safetensors, report.html (default: %(default)s)")
-    demo.add_argument("--epochs", type=_positive_int, default=15, help="adaptation epochs (default: %(default)s)")
-    demo.add_argument("--base-epochs", type=_positive_int, default=6,
-                      help="pre-training epochs (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser(
+        "demo", formatter_class=_Formatter,
+        help="pre-train a small CNN, adapt it with add-ins, write a report",
+        description="Offline demo on scikit-learn's bundled digits (about a minute on a CPU): pre-train a "
+                    "small CNN on digits 0-4,\nfreeze it, adapt it to all ten digits with adapters, write "
+                    "loss.png, adapters.safetensors and report.html.")
+    demo.add_argument("--out", default="addin-studio-demo", metavar="DIR", help="output folder")
+    demo.add_argument("--epochs", type=_positive_int, default=15, help="adaptation epochs")
+    demo.add_argument("--base-epochs", type=_positive_int, default=6, help="pre-training epochs")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--no-baseline", action="store_true", help="skip the head-only comparison")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--min-acc", type=_percent, default=None, metavar="PERCENT",
+                      help="exit with status 1 (and say so) when the adapted Acc@1 is below this")
 
-    train = sub.add_parser("train", help="train add-ins on a timm/torchvision model with any config string",
-                           description="Builds the model with random weights (nothing is downloaded; "
-                                       "use --weights for a local file), attaches --config, trains.")
-    train.add_argument("--model", required=True, type=_model_spec, metavar="timm:NAME|torchvision:NAME")
-    train.add_argument("--config", required=True, help="the config string (ZhiJian syntax, one entry per line)")
-    train.add_argument("--data", default="digits", choices=["digits"], help="dataset (default: %(default)s)")
-    train.add_argument("--epochs", type=_positive_int, default=1)
-    train.add_argument("--lr", type=_positive_float, default=1e-3)
-    train.add_argument("--batch-size", type=_positive_int, default=64)
-    train.add_argument("--image-size", type=_positive_int, default=32,
-                       help="digits are upsampled to this size, 3 channels (default: %(default)s)")
-    train.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "sgd"])
-    train.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "constant"])
-    train.add_argument("--max-steps", type=_positive_int, default=None)
+    train = sub.add_parser(
+        "train", formatter_class=_Formatter,
+        help="train add-ins on a timm/torchvision/transformers model with any config string",
+        description="Build a model (random, --pretrained, or --weights FILE), attach --config, train on "
+                    "--data, evaluate.\nThe classifier is resized to the data's classes and trains with "
+                    "the add-ins (unless --freeze-head).\nExample:\n  addin-studio train --model "
+                    "timm:resnet18 --pretrained --data imagefolder:DIR \\\n"
+                    "    --config '(LoRA.adapt_output, r=8): ...->(layer4[1].conv2){inout}->...'")
+    train.add_argument("--model", required=True, type=_model_spec,
+                       metavar="timm:NAME|torchvision:NAME|transformers:NAME_OR_DIR", help="the base model")
+    train.add_argument("--pretrained", action="store_true",
+                       help="start from the library's published weights (downloaded once, then cached); "
+                            "with --weights, from that local copy through the library's loading")
+    train.add_argument("--weights", default=None, metavar="FILE",
+                       help="base weights: a .safetensors or torch state-dict file")
+    train.add_argument("--config", required=True,
+                       help="the config string (ZhiJian syntax, one entry per line)")
+    train.add_argument("--data", default="digits", type=_data_spec, metavar="digits|imagefolder:DIR",
+                       help="the embedded digits, or a folder with one sub-folder per class (a val/ split "
+                            "is used when present, otherwise --val-fraction is held out)")
+    train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of an image folder "
+                                                                      "without val/")
+    train.add_argument("--epochs", type=_positive_int, default=1, help="training epochs")
+    train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate")
+    train.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
+    train.add_argument("--image-size", type=_positive_int, default=None,
+                       help="input size (default: 32 for digits, the model's own for an image folder)")
+    train.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "sgd"], help="optimizer")
+    train.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "constant"],
+                       help="learning-rate schedule")
+    train.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
     train.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU)")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    train.add_argument("--weights", default=None, metavar="FILE",
-                       help="base weights to load first (.safetensors, or a torch state dict)")
     train.add_argument("--freeze-head", action="store_true",
-                       help="do not keep the (new, 10-class) classifier trainable")
-    train.add_argument("--out", default=None, metavar="DIR", help="write adapters, loss.png and report.html here")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--no-progress", action="store_true")
+                       help="do not keep the (new) classifier trainable")
+    train.add_argument("--out", default=None, metavar="DIR",
+                       help="write adapters, loss.png and report.html here")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
-                       help="under torchrun: DDP, or FSDP2 sharding of the attached model (default: %(default)s)")
+                       help="under torchrun: DDP, or FSDP2 sharding of the attached model")
 
-    lab = sub.add_parser("lab", help="open JupyterLab on the quickstart notebook")
+    lab = sub.add_parser(
+        "lab", formatter_class=_Formatter, help="open JupyterLab on the quickstart notebook",
+        description="Open JupyterLab on a notebook. Options after -- go to Jupyter unchanged, e.g.\n"
+                    "  addin-studio lab -- --port 8899 --no-browser\nAs root, --allow-root is added "
+                    "(Jupyter refuses to run as root without it).")
     lab.add_argument("--notebook", default=None, metavar="PATH",
                      help=f"notebook to open (default: {QUICKSTART} of the project)")
     lab.add_argument("--print-command", action="store_true", help="print the command instead of running it")
@@ -95,109 +154,141 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``addin-studio`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if passthrough and args.command != "lab":
+        parser.error(f"only 'lab' passes options after '--' on (to Jupyter); got {' '.join(passthrough)}")
     if args.command == "demo":
-        from .demo import run_demo
-
-        result = run_demo(args.out, base_epochs=args.base_epochs, epochs=args.epochs, seed=args.seed,
-                          baseline=not args.no_baseline, progress=not args.no_progress)
-        return 0 if result.after["acc1"] >= 90.0 else 1
+        return _demo(parser, args)
     if args.command == "train":
         return _train(parser, args)
-    return _lab(parser, args)
+    return _lab(parser, args, passthrough)
 
 
-# ---------------------------------------------------------------------------------------- train
-def _create_model(parser: argparse.ArgumentParser, source: str, name: str, num_classes: int,
-                  image_size: int) -> tuple[nn.Module, str | None]:
-    """The model with random weights, and the path of its classifier (or None when unknown)."""
-    _check_model_name(parser, source, name)
-    if source == "timm":
-        import timm
-
-        try:
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size)
-        except TypeError:  # most ConvNets take any input size and no img_size argument
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-        head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-        return model, head if isinstance(head, str) else None
-    import torchvision
-
+def _writable_dir(parser: argparse.ArgumentParser, option: str, value: str) -> Path:
+    """Create the output folder now (before any work) and prove it can be written to."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        parser.error(f"{option} {value!r} is a file, not a folder")
     try:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, image_size=image_size)
-    except (TypeError, ValueError):
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    linears = [path for path, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return model, (linears[-1] if linears else None)
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        parser.error(f"{option} {value!r} cannot be written to: {exc.strerror or exc}")
+    return path
 
 
-def _check_model_name(parser: argparse.ArgumentParser, source: str, name: str) -> None:
-    if source == "timm":
-        import timm
+# -- demo ------------------------------------------------------------------------------------------
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    out = _writable_dir(parser, "--out", args.out)
+    from .demo import run_demo
 
-        known = timm.list_models()
-    else:
-        import torchvision
-
-        known = torchvision.models.list_models()
-    if name not in known:
-        parser.error(f"unknown {source} model {name!r}{_did_you_mean(name, known)}")
-
-
-def _did_you_mean(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    result = run_demo(out, base_epochs=args.base_epochs, epochs=args.epochs, seed=args.seed,
+                      baseline=not args.no_baseline, progress=not args.no_progress)
+    if args.min_acc is not None and result.after["acc1"] < args.min_acc:
+        print(f"addin-studio demo: the adapted model reached Acc@1 {result.after['acc1']:.2f}%, below "
+              f"--min-acc {args.min_acc:g}% (more --epochs usually help): exit status 1", file=sys.stderr)
+        return 1
+    return 0
 
 
-def _load_weights(model: nn.Module, path: str) -> None:
-    import torch
-
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    print(f"loaded {path}: {len(state) - len(unexpected)} tensors ({len(missing)} missing, "
-          f"{len(unexpected)} unexpected — a new classifier is expected to be missing)")
-
-
+# -- train -----------------------------------------------------------------------------------------
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import addin_studio as studio
-    from .data import digits_loaders
-    from .demo import Bottleneck
-    from .examples import MLPAddin
-    from .distributed import init_distributed, is_main_process
-    from .train import Trainer, save_adapters
-
-    init_distributed()  # joins the process group when launched by torchrun; no-op otherwise
-
+    source, name = args.model
     if args.weights is not None and not Path(args.weights).is_file():
         parser.error(f"--weights: no such file {args.weights!r}")
-    source, name = args.model
-    _check_model_name(parser, source, name)
+    data_kind, data_dir = args.data
+    if data_kind == "imagefolder" and not Path(data_dir).is_dir():
+        parser.error(f"--data imagefolder:{data_dir}: no such folder")
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    out = _writable_dir(parser, "--out", args.out) if args.out else None
+
+    import addin_studio as studio
+    from .models import ModelLoadError, check_model_name, create_model
+
+    try:
+        check_model_name(source, name)
+    except ModelLoadError as exc:
+        parser.error(str(exc))
     try:
         cfg = studio.parse(args.config)
     except studio.ConfigError as exc:
         parser.error(f"--config is not a valid config string:\n{exc}")
-    model, head = _create_model(parser, source, name, 10, args.image_size)
-    if args.weights:
-        _load_weights(model, args.weights)
-    train, val = digits_loaders(batch_size=args.batch_size, image_size=args.image_size, channels=3,
-                                seed=args.seed)
-    if head is not None and not args.freeze_head:
-        cfg = cfg.with_trainable(tuple(cfg.trainable) + (head,))
-    example = next(iter(val))[0][:2]
+    if not cfg.placements and not cfg.trainable:
+        parser.error("--config places no add-in and keeps nothing trainable; write a placement such as "
+                     "'(LoRA.adapt_output, r=8): ...->(fc){inout}->...' (or trainable(...) to train "
+                     "base weights only)")
+
+    if data_kind == "imagefolder":
+        from .image_folder import image_folder_loaders
+
+        try:
+            classes = _image_classes(Path(data_dir))
+        except ValueError as exc:
+            parser.error(f"--data imagefolder:{data_dir}: {exc}")
+    else:
+        classes = [str(c) for c in range(10)]
     try:
-        att = studio.attach(model, cfg, addins={"Bottleneck": Bottleneck, "MLPAddin": MLPAddin},
-                            example_input=example)
+        named = create_model(f"{source}:{name}", len(classes), pretrained=args.pretrained,
+                             weights=args.weights, image_size=args.image_size)
+    except ModelLoadError as exc:
+        parser.error(str(exc))
+    model = named.model
+    if data_kind == "imagefolder":
+        size = None if named.fixed_size else args.image_size  # None: the model's own input size
+        try:
+            data = image_folder_loaders(data_dir, train_transform=named.transforms(True, size),
+                                        val_transform=named.transforms(False, size),
+                                        batch_size=args.batch_size, val_fraction=args.val_fraction,
+                                        seed=args.seed)
+        except ValueError as exc:
+            parser.error(f"--data imagefolder:{data_dir}: {exc}")
+        train, val = data.train, data.val
+        print(f"Image folder {data_dir}: {data.num_train} training and {data.num_val} validation images, "
+              f"classes {', '.join(data.classes)}")
+    else:
+        from .data import digits_loaders
+
+        size = named.input_size[-1] if named.fixed_size else (args.image_size or 32)
+        train, val = digits_loaders(batch_size=args.batch_size, image_size=size, channels=3, seed=args.seed)
+
+    if named.head is not None and not args.freeze_head:
+        cfg = cfg.with_trainable(tuple(cfg.trainable) + (named.head,))
+    example = next(iter(val if val is not None else train))[0][:2]
+    from .examples import MLPAddin
+
+    try:
+        att = studio.attach(model, cfg, addins={"MLPAddin": MLPAddin}, example_input=example)
     except studio.ConfigError as exc:
         parser.error(f"--config does not fit {source}:{name}:\n{exc}")
+    return _fit(parser, args, att, train, val, out, f"{source}:{name}")
+
+
+def _image_classes(root: Path) -> list[str]:
+    base = root / "train" if (root / "train").is_dir() else root
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in ("train", "val"))
+    if len(classes) < 2:
+        raise ValueError(f"needs at least two class folders in {base}, found {classes or 'none'}")
+    return classes
+
+
+def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, val, out: Path | None,
+         title: str) -> int:
+    import addin_studio as studio
+    from .distributed import init_distributed, is_main_process
+    from .train import Trainer, save_adapters
+
+    init_distributed()  # joins the process group when launched by torchrun; no-op otherwise
+    model = att.model
     print("Config string:\n" + str(att.config) + "\n")
     print(studio.trainable_table(model).splitlines()[-1])
-    out = Path(args.out) if args.out else None
     try:
         trainer = Trainer(model, train, val, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                           scheduler=args.scheduler, max_steps=args.max_steps, amp=args.amp, device=args.device,
@@ -219,7 +310,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if not (trainer.strategy == "fsdp" and trainer.distributed):
             save_adapters(att, adapters)
         files = [adapters, plot_loss(history, out / "loss.png")]
-        files.append(write_report(out / "report.html", title=f"Addin Studio: {source}:{name}", config=att.config,
+        files.append(write_report(out / "report.html", title=f"Addin Studio: {title}", config=att.config,
                                   graph=att.graph, loss_png=files[1], parameters=studio.trainable_table(model),
                                   results={"Acc@1 (%)": result["acc1"], "Acc@5 (%)": result["acc5"],
                                            "Loss": result["loss"]}))
@@ -228,8 +319,8 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------- lab
-def _lab(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+# -- lab -------------------------------------------------------------------------------------------
+def _lab(parser: argparse.ArgumentParser, args: argparse.Namespace, jupyter_args: list[str]) -> int:
     if args.notebook is not None:
         notebook = Path(args.notebook)
     else:
@@ -238,7 +329,12 @@ def _lab(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             notebook = Path.cwd() / QUICKSTART
     if not notebook.is_file():
         parser.error(f"no notebook at {notebook}; pass --notebook PATH")
-    command = [sys.executable, "-m", "jupyter", "lab", str(notebook)]
+    extra = list(jupyter_args)
+    if _is_root() and "--allow-root" not in extra:
+        print("addin-studio lab: running as root, so --allow-root is passed to Jupyter (it refuses root "
+              "otherwise); prefer a normal user account where you can", file=sys.stderr)
+        extra.append("--allow-root")
+    command = [sys.executable, "-m", "jupyter", "lab", str(notebook), *extra]
     if args.print_command:
         print(" ".join(command))
         return 0
@@ -248,6 +344,10 @@ def _lab(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except ImportError:
             parser.error("JupyterLab is not installed: pip install jupyterlab")
     return subprocess.call(command)
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,13 +23,19 @@ def _error(capsys, argv):
     ([], "the following arguments are required"),
     (["fly"], "invalid choice: 'fly'"),
     (["train", "--config", "x"], "the following arguments are required: --model"),
-    (["train", "--model", "resnet18", "--config", "x"], "expected timm:NAME or torchvision:NAME"),
+    (["train", "--model", "resnet18", "--config", "x"], "expected timm:NAME, torchvision:NAME or transformers"),
     (["train", "--model", "timm:resnet81", "--config", "x"], "unknown timm model 'resnet81'; did you mean"),
     (["train", "--model", "torchvision:resnet81", "--config", "x"], "unknown torchvision model 'resnet81'"),
     (["train", "--model", "timm:resnet18", "--config", "(Bad"], "--config is not a valid config string"),
     (["train", "--model", "timm:resnet18", "--config", "x", "--epochs", "0"], "expected a number >= 1, got 0"),
     (["train", "--model", "timm:resnet18", "--config", "x", "--lr", "abc"], "expected a number, got 'abc'"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--data", "cifar"], "invalid choice: 'cifar'"),
+    (["train", "--model", "timm:resnet18", "--config", "x", "--data", "cifar"],
+     "expected digits or imagefolder:DIR, got 'cifar'"),
+    (["train", "--model", "timm:resnet18", "--config", "x", "--data", "imagefolder:/no/such"],
+     "--data imagefolder:/no/such: no such folder"),
+    (["train", "--model", "timm:resnet18", "--config", ""], "--config places no add-in"),
+    (["train", "--model", "timm:resnet18", "--config", "  \n "], "--config places no add-in"),
+    (["train", "--model", "timm:resnet18", "--config", "x", "--", "--port", "1"], "only 'lab' passes options"),
     (["train", "--model", "timm:resnet18", "--config", "x", "--weights", "/no/such.pt"], "no such file"),
     (["demo", "--epochs", "-1"], "expected a number >= 1, got -1"),
     (["lab", "--notebook", "/no/such.ipynb"], "no notebook at /no/such.ipynb"),
@@ -40,17 +46,17 @@ def test_bad_arguments_exit_2_naming_the_mistake(capsys, argv, message):
 
 def test_config_that_does_not_fit_the_model(capsys):
     err = _error(capsys, ["train", "--model", "timm:resnet18", "--no-progress",
-                          "--config", "(Bottleneck.adapt_output): ...->(layer9){inout1}->..."])
+                          "--config", "(Adapter.adapt_output): ...->(layer9){inout1}->..."])
     assert "--config does not fit timm:resnet18" in err and "did you mean 'layer4'?" in err
 
 
 def test_train_writes_adapters_plot_and_report(tmp_path, capsys):
     code = main(["train", "--model", "timm:resnet18", "--image-size", "16", "--max-steps", "2",
                  "--no-progress", "--out", str(tmp_path),
-                 "--config", "(Bottleneck.adapt_output, dim=4): ...->(layer4){inout1}->..."])
+                 "--config", "(Adapter.adapt_output, bottleneck=4): ...->(layer4){inout}->..."])
     out = capsys.readouterr().out
     assert code == 0
-    assert "(Bottleneck.adapt_output, dim=4): ...->(layer4){inout1}->...\ntrainable(fc)" in out
+    assert "(Adapter.adapt_output, bottleneck=4): ...->(layer4){inout1}->...\ntrainable(fc)" in out
     assert "Trainable/total parameters:" in out and "Acc@1 " in out
     for name in ("adapters.safetensors", "loss.png", "report.html"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -63,7 +69,8 @@ def test_lab_prints_its_command(tmp_path, capsys):
     nb = tmp_path / "q.ipynb"
     nb.write_text("{}")
     assert main(["lab", "--notebook", str(nb), "--print-command"]) == 0
-    assert capsys.readouterr().out.strip() == f"{sys.executable} -m jupyter lab {nb}"
+    root = ["--allow-root"] if os.geteuid() == 0 else []
+    assert capsys.readouterr().out.strip() == " ".join([sys.executable, "-m", "jupyter", "lab", str(nb)] + root)
 
 
 def test_lab_runs_jupyter(monkeypatch, tmp_path):
@@ -72,7 +79,8 @@ def test_lab_runs_jupyter(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr("addin_studio.cli.subprocess.call", lambda cmd: calls.append(cmd) or 0)
     assert main(["lab", "--notebook", str(nb)]) == 0
-    assert calls == [[sys.executable, "-m", "jupyter", "lab", str(nb)]]
+    root = ["--allow-root"] if os.geteuid() == 0 else []
+    assert calls == [[sys.executable, "-m", "jupyter", "lab", str(nb)] + root]
 
 
 def test_help_lists_the_commands():
@@ -80,9 +88,81 @@ def test_help_lists_the_commands():
     assert "demo" in text and "train" in text and "lab" in text
 
 
+@pytest.mark.slow
 def test_demo_command_exits_0_and_writes_its_files(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--no-progress", "--no-baseline"]) == 0
     out = capsys.readouterr().out
     assert "after adapting:  Acc@1 " in out and "head only" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapters.safetensors", "checkpoints", "loss.png",
                                                           "report.html"]
+
+
+def test_version_and_fast_help_without_torch():
+    import subprocess
+
+    from addin_studio import __version__
+
+    code = ("import sys\nfrom addin_studio.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "try:\n    main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().endswith("TORCH False")  # --help answers before torch is imported
+    assert "(default: 64)" in run.stdout and "(default: adamw)" in run.stdout  # defaults are shown
+    run = subprocess.run([sys.executable, "-m", "addin_studio.cli", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert run.stdout.strip() == f"addin-studio {__version__}"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["train", "--model", "timm:resnet18", "--config",
+                                                "(Adapter.adapt_output): ...->(layer4){inout}->..."]])
+def test_out_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path, capsys, command):
+    afile = tmp_path / "report.txt"
+    afile.write_text("keep me")
+    err = _error(capsys, command + ["--out", str(afile)])
+    assert f"--out '{afile}' is a file, not a folder" in err and "Traceback" not in err
+    err = _error(capsys, command + ["--out", str(afile / "sub")])
+    assert "cannot be written to" in err
+    assert afile.read_text() == "keep me"
+    assert "Acc@1" not in capsys.readouterr().out  # nothing was trained
+
+
+def test_demo_says_why_it_exits_1_with_min_acc(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import addin_studio.demo as demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: SimpleNamespace(after={"acc1": 42.5}))
+    assert main(["demo", "--out", str(tmp_path), "--min-acc", "90"]) == 1
+    assert "reached Acc@1 42.50%, below --min-acc 90%" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path)]) == 0  # no hidden threshold
+
+
+def test_lab_passes_jupyter_options_through(tmp_path, capsys):
+    nb = tmp_path / "q.ipynb"
+    nb.write_text("{}")
+    assert main(["lab", "--notebook", str(nb), "--print-command", "--", "--port", "8899",
+                 "--allow-root"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"{sys.executable} -m jupyter lab {nb} --port 8899 --allow-root"
+    assert "running as root" not in captured.err  # the user passed --allow-root already
+
+
+def test_train_on_an_image_folder_from_pretrained_timm_weights(tmp_path, capsys, make_image_folder):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    root = make_image_folder(tmp_path / "imgs", classes=("cat", "dog", "owl"), per_class=6, size=20)
+    torch.manual_seed(0)
+    published = timm.create_model("resnet18", pretrained=False)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in published.state_dict().items()}, str(weights))
+    code = main(["train", "--model", "timm:resnet18", "--pretrained", "--weights", str(weights),
+                 "--data", f"imagefolder:{root}", "--image-size", "32", "--batch-size", "4", "--max-steps", "2",
+                 "--no-progress", "--config", "(LoRA.adapt_output, r=2): ...->(layer4[1].conv2){inout}->..."])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Image folder" in out and "classes cat, dog, owl" in out
+    assert "training and 3 validation images" in out  # a seeded 20 % split of 18 images, stratified
+    assert "trainable(fc)" in out and "Acc@1 " in out

@@ -155,10 +155,20 @@ def test_merge_and_detach_after_compiling_are_noticed():
 
 
 @torch.no_grad()
-def test_hooks_added_after_compiling_are_noticed_with_hook_guards(monkeypatch):
+def test_hooks_added_after_compiling_are_noticed_with_hook_guards():
     """With ``skip_nnmodule_hook_guards=False`` dynamo guards every hook dict: attach, merge, unmerge and
-    detach in any order after compiling give eager's outputs."""
-    monkeypatch.setattr(dynamo.config, "skip_nnmodule_hook_guards", False)
+    detach in any order after compiling give eager's outputs.
+
+    The flag is changed with dynamo's own scoped ``config.patch`` (a monkeypatch of the config module
+    hides the entry on undo, which broke every later compiled test)."""
+    with dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        try:
+            _hooks_added_after_compiling()
+        finally:
+            torch.compiler.reset()  # code compiled under the patched guards must not outlive it
+
+
+def _hooks_added_after_compiling() -> None:
     vit, att, x, base, eager = _lora_vit()
     state = {k: v.clone() for k, v in att.addins.state_dict().items()}
     att.detach()

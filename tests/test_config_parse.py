@@ -159,6 +159,11 @@ BAD = [
     ("(MLPAddin.adapt_input): ...->...", "places no add-in", "(MLPAddin"),
     ("MLPAddin.adapt_input: ...->{inout1}(fc2)", "expected an entry", "MLPAddin"),
     ("trainable head", "expected '(' after 'trainable'", "head"),
+    ("(A.m): ...->(fc1){in}->...->{in}(fc3)->(fc3){out}", "more than one unnumbered {in}", "{in}(fc3)"),
+    ("(A.m): ...->(fc1){in}->...", "has no matching {out}", "{in}"),
+    ("(A.m): ...->{out}(fc1)->...", "has no matching {in}", "{out}"),
+    ("(A.m): ...->{out}(fc1)->(fc2){in}->...", "comes before", "{out}"),
+    ("(A.m): ...->{in}{out}(fc1)->...", "same point", "{out}"),
 ]
 
 
@@ -194,3 +199,34 @@ def test_hint_for_ranges_outside_brackets():
 def test_parse_rejects_non_strings():
     with pytest.raises(TypeError):
         parse(None)
+
+
+UNNUMBERED = [
+    ("(MLPAddin.adapt_input): ...->{inout}(fc2)->...", "(MLPAddin.adapt_input): ...->{inout1}(fc2)->..."),
+    ("(MLPAddin.adapt_across_input): ...->(fc1){in}->...->{out}(fc3)->...",
+     "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."),
+    ("(MLPAddin.adapt_across_input): ...->(fc1){ in }->...->{ out }(fc3)->...",
+     "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."),
+]
+
+
+@pytest.mark.parametrize("text,numbered", UNNUMBERED)
+def test_unnumbered_labels_mean_the_same_as_numbered(text, numbered):
+    cfg = parse(text)
+    assert cfg == parse(numbered)
+    assert "{inout1}" in str(cfg) or "{in1}" in str(cfg)  # the canonical string numbers them
+    assert parse(str(cfg)) == cfg
+
+
+def test_unnumbered_inouts_each_place_one_addin_and_mix_with_numbered_pairs():
+    cfg = parse("(A.m): ...->{inout}(fc1)->{in1}(fc2)->{inout}(fc3){out1}->...")
+    got = [(p.source.module, p.source.side, p.target.module, p.target.side) for p in cfg.placements]
+    assert got == [("fc1", "pre", "fc1", "pre"), ("fc2", "pre", "fc3", "post"),
+                   ("fc3", "pre", "fc3", "pre")]
+    assert parse(str(cfg)) == cfg
+
+
+def test_empty_and_blank_configs_parse_to_the_empty_config():
+    for text in ("", "   ", "\n\t\n"):
+        cfg = parse(text)
+        assert cfg == Config() and not cfg and str(cfg) == ""

@@ -135,6 +135,12 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     html = (tmp_path / "site" / "getting-started" / "index.html").read_text(encoding="utf-8")
     assert "no-run" not in html  # the hook renders ```python no-run as a plain Python block
+    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    import addin_studio as studio
+
+    for obj in (studio.attach, studio.parse, studio.Trainer, studio.create_model):
+        first = obj.__doc__.strip().splitlines()[0]
+        assert re.split(r"``|:\w+:`", first)[0].strip() in api, f"the API reference lacks {obj.__name__}'s docstring"
 
 
 def test_every_page_is_in_the_nav() -> None:

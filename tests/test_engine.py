@@ -139,6 +139,8 @@ BAD_ATTACH = [
      None),
     ("(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\ntrainable(fc9)", "matches no parameter", "fc9",
      "did you mean 'fc3'?"),
+    ("", "places no add-in and keeps nothing trainable", "", None),
+    ("  \n\t ", "places no add-in and keeps nothing trainable", "  \n", None),
 ]
 
 
@@ -378,3 +380,13 @@ def test_range_past_the_last_block_names_the_block_count():
     assert text[e.value.position:].startswith(":13]")
     assert e.value.hint == "ranges are end-exclusive: [0:12] covers all of 'blocks'"
     assert_same(model, snap)
+
+
+def test_empty_config_object_is_refused_too_and_trainable_only_is_fine(mlp, digits_batch):
+    snap = snapshot(mlp)
+    with pytest.raises(ConfigError, match="places no add-in"):
+        attach(mlp, studio.Config(), example_input=digits_batch)
+    assert_same(mlp, snap)
+    with attach(mlp, "trainable(fc3)", example_input=digits_batch):
+        assert count_parameters(mlp)[0] == sum(p.numel() for p in mlp.fc3.parameters())
+    assert_same(mlp, snap)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 # Listed explicitly (never from user input). Modules that are not written yet are skipped.
-_BUILTIN_MODULES = ("identity", "lora", "adapter", "adaptformer", "ssf", "vpt")
+_BUILTIN_MODULES = ("identity", "lora", "adapter", "adaptformer", "ssf", "vpt", "ia3", "convpass")
 
 for _name in _BUILTIN_MODULES:
     try:

@@ -16,7 +16,7 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_\-]+")
 _PATTERN_SEGMENT = re.compile(r"[A-Za-z0-9_\-*?]+")
 _INT = re.compile(r"\d+")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)")
-_LABEL = re.compile(r"\{\s*(inout|in|out)\s*(\d+)\s*\}")
+_LABEL = re.compile(r"\{\s*(inout|in|out)\s*(\d*)\s*\}")
 _ELLIPSIS = ("...", "…")
 MAX_RANGE = 100_000  # a guard against "blocks[0:999999999]" exhausting memory
 
@@ -47,10 +47,14 @@ class _Path:
 @dataclass
 class _Label:
     kind: str
-    number: int
+    number: int | None  # None for an unnumbered label ({inout}, {in}, {out})
     path: _Path
     side: str
     pos: int
+
+    @property
+    def text(self) -> str:
+        return f"{{{self.kind}{'' if self.number is None else self.number}}}"
 
 
 def parse(text: str) -> Config:
@@ -237,11 +241,12 @@ class _Parser:
         self.skip_ws()
         if not self.peek("("):
             if before:
-                lab = before[-1]
+                kind, number, pos = before[-1]
+                text = f"{{{kind}{'' if number is None else number}}}"
                 raise self.error(
-                    f"label {{{lab[0]}{lab[1]}}} is not next to a module", lab[2],
-                    hint=f"write '{{{lab[0]}{lab[1]}}}(module)' for the point before a module or "
-                         f"'(module){{{lab[0]}{lab[1]}}}' for the point after it")
+                    f"label {text} is not next to a module", pos,
+                    hint=f"write '{text}(module)' for the point before a module or "
+                         f"'(module){text}' for the point after it")
             raise self.error(f"expected '...', a label like '{{inout1}}' or a module like '(fc1)', "
                              f"found {self.describe_here()}")
         path = self.module()
@@ -249,7 +254,7 @@ class _Parser:
         return ([_Label(k, n, path, "pre", p) for k, n, p in before] +
                 [_Label(k, n, path, "post", p) for k, n, p in after])
 
-    def labels(self) -> list[tuple[str, int, int]]:
+    def labels(self) -> list[tuple[str, int | None, int]]:
         found = []
         while True:
             self.skip_ws()
@@ -258,9 +263,9 @@ class _Parser:
             pos = self.i
             m = self.match(_LABEL)
             if not m:
-                raise self.error("bad label: expected '{inoutN}', '{inN}' or '{outN}' with a number N",
-                                 pos)
-            found.append((m.group(1), int(m.group(2)), pos))
+                raise self.error("bad label: expected '{inoutN}', '{inN}' or '{outN}' (the number N may "
+                                 "be left out where one pair per entry makes it clear)", pos)
+            found.append((m.group(1), int(m.group(2)) if m.group(2) else None, pos))
 
     def module(self) -> _Path:
         self.expect("(", "'(' before a module path")
@@ -342,6 +347,32 @@ class _Parser:
         return length or 1
 
     def pair(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
+        numbered = [lab for lab in labels if lab.number is not None]
+        pairs = self.pair_numbered(numbered) + self.pair_unnumbered(
+            [lab for lab in labels if lab.number is None])
+        return sorted(pairs, key=lambda pair: min(pair[0].pos, pair[1].pos))
+
+    def pair_unnumbered(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
+        """``{inout}`` labels stand alone; one ``{in}`` and one ``{out}`` make a pair."""
+        pairs = [(lab, lab) for lab in labels if lab.kind == "inout"]
+        ins = [lab for lab in labels if lab.kind == "in"]
+        outs = [lab for lab in labels if lab.kind == "out"]
+        if not ins and not outs:
+            return pairs
+        if len(ins) == 1 and len(outs) == 1:
+            return pairs + [self.check_pair(ins[0], outs[0])]
+        if len(ins) > 1 or len(outs) > 1:
+            extra = sorted(ins if len(ins) > 1 else outs, key=lambda lab: lab.pos)[1]
+            raise self.error(f"more than one unnumbered {extra.text} in this entry: which {{in}} goes "
+                             f"with which {{out}} is ambiguous", extra.pos,
+                             hint="number the pairs: {in1}...{out1}, {in2}...{out2}")
+        lone = (ins or outs)[0]
+        other = "{out}" if lone.kind == "in" else "{in}"
+        raise self.error(f"label {lone.text} has no matching {other}", lone.pos,
+                         hint=f"add '{other}' where the add-in "
+                              f"{'reads its input' if other == '{in}' else 'result goes back'}")
+
+    def pair_numbered(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
         by_number: dict[int, list[_Label]] = {}
         for lab in labels:
             by_number.setdefault(lab.number, []).append(lab)
@@ -375,11 +406,12 @@ class _Parser:
 
     def check_pair(self, src: _Label, dst: _Label) -> tuple[_Label, _Label]:
         if dst.pos < src.pos:
-            raise self.error(f"{{out{dst.number}}} comes before {{in{src.number}}}: an add-in must "
+            raise self.error(f"{dst.text} comes before {src.text}: an add-in must "
                              f"read its input before its result goes back", dst.pos)
         if src.path.segments == dst.path.segments and src.side == dst.side:
-            raise self.error(f"{{in{src.number}}} and {{out{dst.number}}} are the same point",
-                             dst.pos, hint=f"use '{{inout{src.number}}}' for one point")
+            n = "" if src.number is None else src.number
+            raise self.error(f"{src.text} and {dst.text} are the same point",
+                             dst.pos, hint=f"use '{{inout{n}}}' for one point")
         return src, dst
 
     def trainable_entry(self) -> list[str]:

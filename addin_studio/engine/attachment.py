@@ -233,6 +233,11 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     cfg = parse(config) if isinstance(config, str) else config
     if not isinstance(cfg, Config):
         raise TypeError(f"attach() expects a Config or a config string, got {type(config).__name__}")
+    if not cfg.placements and not cfg.trainable:
+        raise ConfigError("this config places no add-in and keeps nothing trainable: attaching it "
+                          "would only freeze the model", cfg.text, 0 if cfg.text is not None else None,
+                          "write a placement such as '(LoRA.adapt_output): ...->(fc1){inout}->...', or "
+                          "trainable(head) to train only the head")
     if graph is None:
         graph = trace(model, example_input, **forward_kwargs)
     resolved, keep = resolve(model, cfg, graph, addins)
