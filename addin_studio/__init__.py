@@ -49,6 +49,10 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 
 __all__ = sorted(_EXPORTS)
 
+# Loading the engine through the public API also loads the file formats behind Attachment.save and
+# Attachment.export_peft: addin_studio.checkpoint registers them with the engine, which never imports it.
+_COMPANIONS = {"addin_studio.engine": "addin_studio.checkpoint"}
+
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load lazily
     from . import data, strategies
     from .addins import AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin
@@ -68,6 +72,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         module_name, attr = _EXPORTS[name]
         module = importlib.import_module(module_name)
+        if module_name in _COMPANIONS:
+            importlib.import_module(_COMPANIONS[module_name])
         value = module if attr is None else getattr(module, attr)
     else:
         try:  # a submodule such as addin_studio.engine, reached as an attribute

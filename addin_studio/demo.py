@@ -1,7 +1,7 @@
 """The headless main job (``addin-studio demo``): why add-ins matter, in about a minute on a CPU.
 
 1. Pre-train a small CNN on the embedded digits 0-4 only.
-2. Give it a new 10-class head, freeze it, and attach small bottleneck add-ins with a config string.
+2. Give it a new 10-class head, freeze it, and attach small bottleneck Adapters with a config string.
 3. Train only the add-ins and the head (a few % of the parameters) on all ten digits, and compare with
    training the head alone. Write the loss plot, the adapters and an HTML report.
 """
@@ -16,16 +16,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .addins.base import AddinBase, PointInfo
 
 BASE_CLASSES = (0, 1, 2, 3, 4)
 TASK_CLASSES = tuple(range(10))
 
-# One entry per line: three residual bottlenecks after conv1, conv2 and fc1, and the new head trains.
+# One entry per line: three residual bottleneck Adapters after conv1, conv2 and fc1 (on conv maps an
+# Adapter's Linear layers act on the channels, i.e. 1x1 convolutions), and the new head trains.
 DEMO_CONFIG = """\
-(Bottleneck.adapt_output, dim=8): ...->(conv1){inout1}->...
-(Bottleneck.adapt_output, dim=8): ...->(conv2){inout1}->...
-(Bottleneck.adapt_output, dim=8): ...->(fc1){inout1}->...
+(Adapter.adapt_output, bottleneck=8): ...->(conv1){inout1}->...
+(Adapter.adapt_output, bottleneck=8): ...->(conv2){inout1}->...
+(Adapter.adapt_output, bottleneck=8): ...->(fc1){inout1}->...
 trainable(head)"""
 
 
@@ -47,36 +47,6 @@ class DigitCNN(nn.Module):
         x = torch.relu(self.fc1(self.flatten(x)))
         x = torch.relu(self.fc2(x))
         return self.head(x)
-
-
-class Bottleneck(AddinBase):
-    """A residual bottleneck adapter: ``x + up(relu(down(x)))``; 1x1 convs on feature maps, Linear otherwise.
-
-    ``up`` starts at zero, so attaching it leaves the model's output unchanged until it trains.
-    """
-
-    def __init__(self, point: PointInfo, source_point: PointInfo | None = None, dim: int = 8) -> None:
-        super().__init__()
-        reads = source_point if source_point is not None else point
-        if reads.shape is None or point.shape is None:
-            raise ValueError("Bottleneck needs feature shapes: pass example_input= to attach()")
-        if dim < 1:
-            raise ValueError(f"Bottleneck dim must be >= 1, got {dim}")
-        conv = len(point.shape) == 4
-        c_in, c_out = reads.shape[1], point.shape[1]
-        self.down = nn.Conv2d(c_in, dim, 1) if conv else nn.Linear(c_in, dim)
-        self.up = nn.Conv2d(dim, c_out, 1) if conv else nn.Linear(dim, c_out)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(torch.relu(self.down(x)))
-
-    def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs + self(outputs)
-
-    def adapt_across_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs + self(self.inputs_cache)
 
 
 @dataclass
@@ -134,7 +104,7 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
         log(f"   head only: Acc@1 {head_only['acc1']:.2f}%  Acc@5 {head_only['acc5']:.2f}%")
 
     model = base
-    att = studio.attach(model, DEMO_CONFIG, addins={"Bottleneck": Bottleneck}, example_input=example)
+    att = studio.attach(model, DEMO_CONFIG, example_input=example)
     config = str(att.config)
     trainable, total = studio.count_parameters(model)
     log("3) Adapting with add-ins. Config string (copy it to reproduce the set-up):\n")
@@ -163,7 +133,7 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
     files["report"] = write_report(
         out / "report.html", title="Addin Studio demo", config=att.config, graph=att.graph,
         loss_png=files["loss_plot"], results=results, parameters=table,
-        notes=[f"A small CNN pre-trained on digits 0-4 is frozen; bottleneck add-ins and a new head "
+        notes=[f"A small CNN pre-trained on digits 0-4 is frozen; bottleneck Adapters and a new head "
                f"({100 * trainable / total:.1f}% of the parameters) learn all ten digits."])
     for name, path in files.items():
         log(f"   wrote {path}")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .config.paths import is_index
+from .inputs import call_model, model_device  # noqa: F401  (model_device: re-exported)
 
 
 @dataclass
@@ -118,39 +119,6 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def _move_to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_move_to(v, device) for v in value)
-    if isinstance(value, list):
-        return [_move_to(v, device) for v in value]
-    if isinstance(value, dict):
-        return {k: _move_to(v, device) for k, v in value.items()}
-    return value
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return None
-
-
-def run_forward(model: nn.Module, example_input: Any, **kwargs: Any) -> Any:
-    """Call ``model`` with an example input: a tensor, a tuple of positional inputs or a dict."""
-    device = model_device(model)
-    if device is not None:
-        example_input = _move_to(example_input, device)
-        kwargs = _move_to(kwargs, device)
-    if isinstance(example_input, dict):
-        return model(**example_input, **kwargs)
-    if isinstance(example_input, tuple):
-        return model(*example_input, **kwargs)
-    return model(example_input, **kwargs)
-
-
 def _count(module: nn.Module, recurse: bool) -> tuple[int, int]:
     total = trainable = 0
     seen = set()
@@ -234,7 +202,7 @@ def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes:
             handles.append(module.register_forward_hook(make_post(node)))
         model.eval()
         with torch.no_grad():
-            run_forward(model, example_input, **forward_kwargs)
+            call_model(model, example_input, **forward_kwargs)
     finally:
         for h in handles:
             h.remove()

@@ -19,16 +19,20 @@ def _millions_or_thousands(counts: tuple[int, ...]) -> tuple[float, str]:
     return (1e6, "M") if max(counts) >= 1e6 else (1e3, "K")
 
 
-def summary_line(model: nn.Module) -> str:
+def summary_line(model: nn.Module, exact: bool = False) -> str:
     """ZhiJian's line: ``Trainable/total parameters: 0.03M / 38.64M (0.08843%)``.
 
-    Counts are in millions, or in thousands (``3.67K / 82.39K``) for models under a million parameters.
+    Counts are in millions, or in thousands (``3.67K / 82.39K``) for models under a million parameters;
+    ``exact=True`` writes every digit instead (``33,546 / 38,641,384``, the Studio's live line).
     """
     trainable, total = count_parameters(model)
-    scale, unit = _millions_or_thousands((trainable, total))
+    if exact:
+        counts = f"{trainable:,} / {total:,}"
+    else:
+        scale, unit = _millions_or_thousands((trainable, total))
+        counts = f"{trainable / scale:.2f}{unit} / {total / scale:.2f}{unit}"
     pct = 100.0 * trainable / total if total else 0.0
-    return (f"Trainable/total parameters: {trainable / scale:.2f}{unit} / {total / scale:.2f}{unit} "
-            f"({pct:.4g}%)")
+    return f"Trainable/total parameters: {counts} ({pct:.4g}%)"
 
 
 def trainable_table(model: nn.Module) -> str:

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 import addin_studio as studio
-from addin_studio.demo import DEMO_CONFIG, Bottleneck, DigitCNN, run_demo
+from addin_studio.demo import DEMO_CONFIG, DigitCNN, run_demo
 from addin_studio.report import graph_svg, plot_loss, write_report
 
 
@@ -39,25 +39,42 @@ def test_demo_end_to_end(tmp_path):
     assert len(result.history["loss"]) == 15 * 45
 
 
-def test_bottleneck_starts_as_identity_and_trains():
+def test_demo_adapters_start_as_identity_and_train():
     torch.manual_seed(0)
     model = DigitCNN(10)
     x = torch.randn(4, 1, 8, 8)
     before = model(x)
-    att = studio.attach(model, DEMO_CONFIG, addins={"Bottleneck": Bottleneck}, example_input=x)
+    att = studio.attach(model, DEMO_CONFIG, example_input=x)
     assert torch.equal(model(x), before)
     assert len(att.addins) == 3
     shapes = {k: tuple(m.down.weight.shape) for k, m in att.addins.items()}
-    assert shapes == {"Bottleneck_conv1": (8, 16, 1, 1), "Bottleneck_conv2": (8, 32, 1, 1),
-                      "Bottleneck_fc1": (8, 128)}
+    assert shapes == {"Adapter_conv1": (8, 16), "Adapter_conv2": (8, 32), "Adapter_fc1": (8, 128)}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"head.weight", "head.bias"} <= trainable and "fc1.weight" not in trainable
     att.detach()
 
 
-def test_bottleneck_needs_shapes():
-    with pytest.raises(studio.ConfigError, match="example_input"):
-        studio.attach(DigitCNN(), DEMO_CONFIG, addins={"Bottleneck": Bottleneck})
+def test_demo_adapter_is_the_residual_1x1_conv_bottleneck():
+    # the demo once had its own add-in: x + up(relu(down(x))) with 1x1 convs on maps; the built-in
+    # Adapter computes exactly that, from the same random draws
+    torch.manual_seed(0)
+    model = DigitCNN(10)
+    x = torch.randn(4, 1, 8, 8)
+    att = studio.attach(model, DEMO_CONFIG, example_input=x)
+    for m in att.addins.values():
+        torch.nn.init.normal_(m.up.weight)
+    feature = torch.randn(4, 16, 8, 8)
+    a = att.addins["Adapter_conv1"]
+    conv = torch.nn.functional.conv2d
+    h = torch.relu(conv(feature, a.down.weight[:, :, None, None], a.down.bias))
+    want = feature + conv(h, a.up.weight[:, :, None, None], a.up.bias)
+    torch.testing.assert_close(a.adapt_output(model.conv1, (x,), feature), want)
+    torch.manual_seed(1)
+    old_down = torch.nn.Conv2d(16, 8, 1)
+    torch.manual_seed(1)
+    new = studio.get_addin("Adapter")(studio.PointInfo(model.conv1, "post", (4, 16, 8, 8), "conv1"), bottleneck=8)
+    assert torch.equal(new.down.weight, old_down.weight.flatten(1)) and torch.equal(new.down.bias, old_down.bias)
+    att.detach()
 
 
 def test_graph_svg_marks_inout_and_across_points():

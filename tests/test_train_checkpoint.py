@@ -1,8 +1,6 @@
 """Best-epoch adapter checkpoints of a Trainer driving an Attachment."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -33,24 +31,14 @@ def test_best_epoch_is_saved_and_reloads(tmp_path):
     assert history["val_acc1"][best - 1] == max(history["val_acc1"]) == trainer.best_metric
     assert trainer.best_checkpoint == tmp_path / "best.safetensors" and trainer.best_checkpoint.is_file()
 
-    if importlib.util.find_spec("addin_studio.checkpoint") is not None:
-        fresh = TutorialMLP(hidden=32)
-        fresh.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("addins.")},
-                              strict=False)
-        reloaded = studio.load(fresh, str(trainer.best_checkpoint), addins={"MLPAddin": MLPAddin},
-                               example_input=torch.zeros(2, 1, 8, 8))
-        for name, p in fresh.named_parameters():
-            if name in snapshots[best]:
-                assert torch.equal(p, snapshots[best][name]), name
-        assert Trainer(fresh, train, progress=False).test(val)["acc1"] == pytest.approx(
-            history["val_acc1"][best - 1])
-        reloaded.detach()
-    else:  # until the core's checkpoint module lands: the trainer's own safetensors fallback
-        from safetensors.torch import load_file
-
-        saved = load_file(str(trainer.best_checkpoint))
-        addin_keys = {k for k in saved if not k.startswith("base.")}
-        assert {f"base.{k}" for k in ("fc3.weight", "fc3.bias")} <= set(saved)
-        assert addin_keys == {k for k in att.addins.state_dict()}
-        for k in addin_keys:
-            assert torch.equal(saved[k], snapshots[best][f"addins.{k}"]), k
+    fresh = TutorialMLP(hidden=32)
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("addins.")},
+                          strict=False)
+    reloaded = studio.load(fresh, str(trainer.best_checkpoint), addins={"MLPAddin": MLPAddin},
+                           example_input=torch.zeros(2, 1, 8, 8))
+    for name, p in fresh.named_parameters():
+        if name in snapshots[best]:
+            assert torch.equal(p, snapshots[best][name]), name
+    assert Trainer(fresh, train, progress=False).test(val)["acc1"] == pytest.approx(
+        history["val_acc1"][best - 1])
+    reloaded.detach()

@@ -10,9 +10,9 @@ from torch import nn
 
 from addin_studio.examples import MLPAddin, TutorialMLP
 from addin_studio.widget import Studio
-from addin_studio.widget import layout as layout_mod
+from addin_studio.render import layout as layout_mod  # the module
 from addin_studio.widget.printout import printout
-from addin_studio.widget.tree import TreeBuilder
+from addin_studio.render.tree import TreeBuilder
 
 TUTORIAL = "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."
 
@@ -165,7 +165,7 @@ def test_every_module_and_point_is_drawn_with_both_engines(mlp, monkeypatch):
     svgs = []
     for engine in ("dot", "builtin") if layout_mod.dot_available() else ("builtin",):
         lay = layout_mod.layout(items, engine)
-        from addin_studio.widget.svg import render_svg
+        from addin_studio.render.svg import render_svg
 
         svg = render_svg(items, lay)
         svgs.append(svg)

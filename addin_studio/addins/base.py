@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from .interop import PeftMapping
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,11 @@ class AddinBase(nn.Module):
       new output.
     - ``adapt_across_input`` / ``adapt_across_output``: the same, at an ``{out}`` point, adding
       ``forward(self.inputs_cache)`` — the feature stored at the matching ``{in}`` point.
+
+    ``peft`` (class attribute): the add-in's Hugging Face PEFT form (a ``PeftMapping``), or ``None``.
     """
+
+    peft: ClassVar["PeftMapping | None"] = None
 
     def __init__(self) -> None:
         super().__init__()

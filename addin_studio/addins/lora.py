@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AddinBase, PointInfo
+from .lora_peft import LoraPeft
 from .registry import register_addin
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -60,6 +61,7 @@ class LoRA(AddinBase):
     adapt_input = None  # type: ignore[assignment]
     adapt_across_input = None  # type: ignore[assignment]
     adapt_across_output = None  # type: ignore[assignment]
+    peft = LoraPeft()  # its Hugging Face PEFT form (addins/lora_peft.py)
 
     def __init__(self, point: PointInfo, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
                  source_point: PointInfo | None = None) -> None:

@@ -190,18 +190,34 @@ class Attachment:
         if not self.attached:
             raise RuntimeError(f"cannot {what}: this attachment has been detached")
 
-    # -- checkpoints (implemented in addin_studio.checkpoint) -------------------------------------
+    # -- checkpoints (written by addin_studio.checkpoint, which registers itself: see register_io) --
     def save(self, path: str | Path) -> None:
         """Save add-in (and kept-trainable) weights as safetensors, with the config in the metadata."""
-        from ..checkpoint import save_attachment
-
-        save_attachment(self, path)
+        _io("save")(self, path)
 
     def export_peft(self, directory: str | Path) -> None:
         """Write ``adapter_model.safetensors`` + ``adapter_config.json`` for Hugging Face PEFT."""
-        from ..checkpoint import export_peft
+        _io("export_peft")(self, directory)
 
-        export_peft(self, directory)
+
+# The file formats live above the engine (addin_studio.checkpoint); they plug in here so that the
+# engine never imports them (no import cycle) while ``att.save()`` keeps working.
+_IO: dict[str, Callable[["Attachment", Any], None]] = {}
+
+
+def register_io(**writers: Callable[["Attachment", Any], None]) -> None:
+    """Register the functions behind :meth:`Attachment.save` and :meth:`Attachment.export_peft`."""
+    unknown = set(writers) - {"save", "export_peft"}
+    if unknown:
+        raise ValueError(f"register_io() takes save= and export_peft=, not {sorted(unknown)}")
+    _IO.update(writers)
+
+
+def _io(name: str) -> Callable[["Attachment", Any], None]:
+    if name not in _IO:  # only when the engine was imported directly and the formats never loaded
+        raise RuntimeError(f"Attachment.{name} needs the checkpoint formats: import addin_studio.checkpoint "
+                           f"(studio.attach, studio.load and the Trainer load them for you)")
+    return _IO[name]
 
 
 def _is_sharded(model: nn.Module) -> bool:

@@ -15,7 +15,8 @@ from torch import nn
 from ..addins.base import PointInfo, methods_for, signature_fits
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
-from ..graph import ModuleGraph, model_device
+from ..graph import ModuleGraph
+from ..inputs import model_device
 from .freezing import match_trainable
 
 

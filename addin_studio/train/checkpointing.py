@@ -4,37 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
+
+from .. import checkpoint  # noqa: F401  (registers the writer behind Attachment.save)
 
 
 def save_adapters(attachment: Any, path: str | Path) -> Path:
-    """Save an Attachment's add-in weights (config string in the metadata) to ``path``.
-
-    Uses ``attachment.save`` (adapter-only safetensors the core can re-load with ``studio.load``);
-    while that is not available, writes ``attachment.addins.state_dict()`` with safetensors and the
-    canonical config string under the metadata key ``"config"``; base parameters kept trainable by the
-    config (e.g. a new head) are stored too, under ``"base.<parameter name>"``.
-    """
+    """Save an Attachment's add-in (and kept-trainable) weights with ``attachment.save`` — adapter-only
+    safetensors with the config string in the metadata, which ``studio.load`` re-attaches — and return
+    the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save = getattr(attachment, "save", None)
-    if callable(save):
-        try:
-            save(str(path))
-            return path
-        except (NotImplementedError, ImportError):  # the core's checkpoint module is not there yet
-            pass
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in attachment.addins.state_dict().items()}
-    addin_params = {id(p) for p in attachment.addins.parameters()}
-    model = getattr(attachment, "model", None)
-    if model is not None:
-        for name, p in model.named_parameters():
-            if p.requires_grad and id(p) not in addin_params:
-                tensors[f"base.{name}"] = p.detach().cpu().contiguous()
-    save_file(tensors, str(path), metadata={"config": str(attachment.config), "format": "addins-state-dict"})
+    attachment.save(path)
     return path
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .. import distributed as dist_utils
+from ..inputs import call_model, to_device
 
 from .callbacks import ProgressBar
 from .checkpointing import save_adapters, save_trainable
@@ -36,16 +37,6 @@ def _logits(output: Any) -> torch.Tensor:
         return output[0]
     raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}; "
                     "return a tensor, a tuple whose first item is the logits, or an object with .logits")
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
 
 
 def _resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
@@ -225,15 +216,12 @@ class Trainer:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError("expected batches of (inputs, targets); got "
                             f"{type(batch).__name__}{' of length %d' % len(batch) if isinstance(batch, (tuple, list)) else ''}")
-        inputs, targets = _to(batch[0], self.device), _to(batch[1], self.device)
+        inputs, targets = batch
+        if isinstance(inputs, list):  # a DataLoader collates a tuple of inputs into a list
+            inputs = tuple(inputs)
+        targets = to_device(targets, self.device, non_blocking=True)
         with self._autocast():
-            if isinstance(inputs, dict):
-                out = self.model(**inputs)
-            elif isinstance(inputs, (tuple, list)):
-                out = self.model(*inputs)
-            else:
-                out = self.model(inputs)
-            logits = _logits(out)
+            logits = _logits(call_model(self.model, inputs, self.device, non_blocking=True))
             loss = self.loss_fn(logits, targets)
         return logits, loss.float(), targets
 

@@ -12,11 +12,13 @@ from typing import Any, Callable, Mapping
 
 import torch.nn as nn
 
+from .. import checkpoint  # noqa: F401  (registers Attachment.save/export_peft for the Studio's attachments)
 from ..addins import available_addins, methods_for
 from ..config import Config, ConfigError, Placement, Point, parse
 from ..engine import Attachment, attach
 from ..graph import ModuleGraph
-from ..params import count_parameters
+from ..params import summary_line
+from ..render.labels import point_labels  # noqa: F401  (re-exported: the Studio's labels)
 
 
 @dataclass(frozen=True)
@@ -46,21 +48,6 @@ def entries(cfg: Config) -> list[Entry]:
         out.append(Entry(str(Config(items[i:j])), i, j))
         i = j
     return out
-
-
-def point_labels(cfg: Config) -> dict[str, str]:
-    """``{"fc1:post": "in1", ...}``: the labels the canonical string writes at each point."""
-    labels: dict[str, list[str]] = {}
-    for p in cfg.placements:
-        if p.kind == "inout":
-            names = [(p.source, "inout1")]
-        else:
-            names = [(p.source, "in1"), (p.target, "out1")]
-        for point, label in names:
-            have = labels.setdefault(str(point), [])
-            if label not in have:
-                have.append(label)
-    return {k: " ".join(v) for k, v in labels.items()}
 
 
 def _swap_side(method: str) -> str:
@@ -242,9 +229,7 @@ class Editor:
 
     # -- views ---------------------------------------------------------------------------------
     def params_text(self) -> str:
-        trainable, total = count_parameters(self.model)
-        pct = 100.0 * trainable / total if total else 0.0
-        return f"Trainable/total parameters: {trainable:,} / {total:,} ({pct:.4g}%)"
+        return summary_line(self.model, exact=True)
 
     def module_states(self) -> dict[str, str]:
         """``{path: "trainable" | "frozen" | "partial"}`` for modules with parameters, as they are now."""

@@ -19,12 +19,13 @@ import traitlets as t
 
 from ..graph import trace
 from . import training
-from .editor import Editor, entries, point_labels
-from .layout import layout
-from .plot import history_png, series
+from ..render.labels import links, point_labels
+from .editor import Editor, entries
+from ..render.layout import layout
+from ..render.plot import history_png, series
 from .printout import printout
-from .svg import render_svg
-from .tree import TreeBuilder, human
+from ..render.svg import CSS as GRAPH_CSS, render_svg
+from ..render.tree import TreeBuilder, human
 
 _HERE = Path(__file__).parent
 
@@ -71,7 +72,7 @@ class Studio(anywidget.AnyWidget):
     """
 
     _esm = _HERE / "studio.js"
-    _css = _HERE / "studio.css"
+    _css = (_HERE / "studio.css").read_text() + GRAPH_CSS.read_text()
 
     config = t.Unicode("").tag(sync=True)
     error = t.Unicode("").tag(sync=True)
@@ -243,8 +244,7 @@ class Studio(anywidget.AnyWidget):
             self._syncing = False
         self.error = ed.error
         self.labels = point_labels(ed.config)
-        self.links = sorted({(str(p.source), str(p.target)) for p in ed.config.placements
-                             if p.kind == "across"})
+        self.links = links(ed.config)
         self.entries = [{"index": i, "text": e.text} for i, e in enumerate(entries(ed.config))]
         self.states = ed.module_states()
         self.addin_names = ed.addin_names()

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..train import Trainer
 from ..train.callbacks import Callback
-from .plot import series
+from ..render.plot import series
 
 UPDATE_INTERVAL_S = 0.25      # at most 4 plot updates a second (>= 2/s while steps complete)
 

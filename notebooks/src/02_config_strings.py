@@ -17,7 +17,7 @@ from IPython.display import SVG, display
 
 import addin_studio as studio
 from addin_studio.data import digits_loaders
-from addin_studio.report import graph_svg
+from addin_studio.render import chain, graph_svg
 
 torch.manual_seed(0)
 
@@ -116,23 +116,6 @@ for node in graph.executed():
 
 
 # %%
-def chain(cfg, graph):
-    """The full chain of the config: its `...` written out, labels at their points."""
-    labels = {}
-    for n, p in enumerate(cfg.placements, 1):
-        if p.kind == "inout":
-            labels.setdefault(str(p.target), []).append(f"{{inout{n}}}")
-        else:
-            labels.setdefault(str(p.source), []).append(f"{{in{n}}}")
-            labels.setdefault(str(p.target), []).append(f"{{out{n}}}")
-    parts = ["input"]
-    for node in graph.executed():
-        pre = "".join(labels.get(f"{node.path}:pre", []))
-        post = "".join(labels.get(f"{node.path}:post", []))
-        parts.append(f"{pre}({node.path}){post}")
-    return "->".join(parts + ["output"])
-
-
 def show(text):
     """Parse a string, print it canonically with its placements and full chain, and draw it."""
     cfg = studio.parse(text)
@@ -140,7 +123,7 @@ def show(text):
     print("canonical:", cfg)
     for p in cfg.placements:
         print(f"  {p.addin}.{p.method}: reads {p.source}, writes {p.target} ({p.kind})")
-    print("chain:    ", chain(cfg, graph))
+    print("chain:    ", chain(cfg, graph))  # the string's `...` written out
     display(SVG(graph_svg(graph, cfg)))
     return cfg
 

@@ -1,4 +1,5 @@
-"""Loss/accuracy series for the live plot (bounded, smoothed) and the static PNG shown at the end."""
+"""The loss history: one smoothing (a bias-corrected EMA) for every view, the live plot's bounded series
+and the static PNG (the Studio at the end of a run, the report). matplotlib is imported only there."""
 from __future__ import annotations
 
 import io
@@ -41,14 +42,16 @@ def series(losses: Sequence[float], val_acc: Sequence[tuple[int, float]], total_
     }
 
 
-def history_png(losses: Sequence[float], val_acc: Sequence[tuple[int, float]]) -> bytes:
-    """A small matplotlib figure of the run (loss per step, smoothed; val Acc@1 per epoch)."""
+def history_png(losses: Sequence[float], val_acc: Sequence[tuple[int, float]],
+                title: str = "Addin Studio training", size: tuple[float, float] = (6.0, 2.6),
+                dpi: int = 90) -> bytes:
+    """A PNG of a run: loss per step and its :func:`smooth` line; val Acc@1 at its steps when given."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 2.6), dpi=90)
+    fig = Figure(figsize=size, dpi=dpi)
     ax = fig.add_subplot(1, 1, 1)
     steps = list(range(1, len(losses) + 1))
     ax.plot(steps, losses, color="#9ab7d3", linewidth=0.8, label="loss")
@@ -60,9 +63,10 @@ def history_png(losses: Sequence[float], val_acc: Sequence[tuple[int, float]]) -
         ax2.plot([s for s, _ in val_acc], [a for _, a in val_acc], "o-", color="#c4622d",
                  label="val Acc@1 (%)")
         ax2.set_ylabel("val Acc@1 (%)")
+        ax2.set_ylim(0, 100)
         ax2.legend(loc="upper right", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Addin Studio training", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -1,0 +1,132 @@
+"""Hugging Face PEFT adapter directories (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+This module reads and writes the directory and handles what every PEFT type shares (the
+``base_model.model.`` prefix, ``modules_to_save``); what an add-in's tensors and config fields look like
+is the add-in class's own :class:`~addin_studio.addins.interop.PeftMapping` (its ``peft`` attribute).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
+from ..config import Config
+from ..engine import Attachment
+from ..engine.freezing import match_trainable
+from . import files
+from .attaching import attach_filled
+from .fingerprint import addin_child, base_params
+
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+_LEAD = "base_model.model."
+_SAVED = ".modules_to_save.default."
+
+
+def _covered() -> str:
+    return ", ".join(name for name, _ in sorted(peft_mappings().values())) or "no add-in"
+
+
+def export_peft(att: Attachment, directory: str | Path) -> None:
+    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` that ``peft.PeftModel`` loads.
+
+    Every add-in must have a PEFT form of one ``peft_type`` (LoRA on ``nn.Linear`` layers today);
+    kept-trainable base weights are exported as PEFT ``modules_to_save`` when they cover whole modules.
+    """
+    if not att.attached:
+        raise RuntimeError("cannot export: this attachment has been detached")
+    modules = dict(att.model.named_modules())
+    mapping: PeftMapping | None = None
+    entries = []
+    for key, p, addin in att.entries:
+        own = peft_mapping(addin)
+        if own is None:
+            raise ValueError(f"PEFT export covers {_covered()} only; '{key}' is {type(addin).__name__}."
+                             f"{p.method}, which has no PEFT form")
+        if mapping is not None and own.peft_type != mapping.peft_type:
+            raise ValueError(f"a PEFT adapter holds one peft_type; '{key}' is {own.peft_type}, the "
+                             f"others are {mapping.peft_type}")
+        mapping = own
+        entries.append(PeftEntry(key, p, addin, modules[p.target.module]))
+    if mapping is None:
+        raise ValueError("nothing to export: the attachment has no add-ins")
+    weights, fields = mapping.export(entries)
+    tensors = {_LEAD + name: t for name, t in weights.items()}
+    base = dict(base_params(att.model, addin_child(att.model)))
+    keep, _ = match_trainable(base, att.config.trainable)
+    to_save = sorted({n.rpartition(".")[0] for n in keep})
+    for module_path in to_save:
+        own_names = [f"{module_path}.{n}" if module_path else n
+                     for n, _ in modules[module_path].named_parameters()]
+        if not module_path or set(own_names) - keep:
+            raise ValueError(f"PEFT saves whole modules (modules_to_save); the kept-trainable weights "
+                             f"cover only part of '{module_path or 'the root'}'")
+        for name in own_names:
+            tensors[_LEAD + name] = base[name]
+    config = {"peft_type": mapping.peft_type, "task_type": None, "base_model_name_or_path": None,
+              "revision": None, "inference_mode": True, **fields, "modules_to_save": to_save or None}
+    directory = Path(directory)
+    files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
+    (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None,
+              **attach_kwargs: Any) -> Attachment:
+    """Attach the adapter a PEFT directory holds (``adapter_config.json`` +
+    ``adapter_model.safetensors``) to ``model``; returns the Attachment (merge, save, detach as usual).
+
+    The ``peft_type`` picks the add-in whose PEFT form reads it (LORA on Linear layers today, with
+    ``bias="none"``, no DoRA/rsLoRA); ``modules_to_save`` weights are loaded and kept trainable.
+    The model is untouched on error.
+    """
+    directory = Path(directory)
+    config_path = directory / PEFT_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
+    found = peft_mappings().get(config.get("peft_type"))
+    if found is None:
+        raise ValueError(f"only {_covered()} adapters can be imported; {config_path} has peft_type "
+                         f"{config.get('peft_type')!r}")
+    addin_name, mapping = found
+    weights_path = directory / PEFT_WEIGHTS
+    tensors, _ = files.read(weights_path)
+    claimed: dict[str, torch.Tensor] = {}
+    saved: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if not key.startswith(_LEAD):
+            raise ValueError(f"{weights_path}: unexpected key '{key}'")
+        name = key[len(_LEAD):]
+        if mapping.claims(name):
+            claimed[name] = t
+        else:
+            saved[name.replace(_SAVED, ".")] = t
+    imports = mapping.read(config, claimed, model, addin_name, str(directory))
+    params = dict(model.named_parameters())
+    for name, t in saved.items():
+        if name not in params:
+            raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
+                             f"{type(model).__name__} does not have")
+        if tuple(params[name].shape) != tuple(t.shape):
+            raise ValueError(f"the adapter's '{name}' has shape {tuple(t.shape)}, the model's is "
+                             f"{tuple(params[name].shape)}")
+    cfg = Config([i.placement for i in imports], sorted(saved))
+
+    def fill(att: Attachment) -> None:
+        for (_, p, addin), item in zip(att.entries, imports):
+            own = addin.state_dict()
+            for part, t in item.state.items():
+                want = tuple(own[part].shape) if part in own else None
+                if tuple(t.shape) != want:
+                    raise ValueError(f"the adapter's {part} for '{p.target.module}' has shape "
+                                     f"{tuple(t.shape)}; this model's layer needs {want}")
+            addin.load_state_dict(item.state, strict=False)
+
+    return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
