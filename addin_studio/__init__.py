@@ -19,6 +19,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "PointInfo": ("addin_studio.addins", "PointInfo"),
     "available_addins": ("addin_studio.addins", "available_addins"),
     "get_addin": ("addin_studio.addins", "get_addin"),
+    "hook_method": ("addin_studio.addins", "hook_method"),
     "methods_for": ("addin_studio.addins", "methods_for"),
     "register_addin": ("addin_studio.addins", "register_addin"),
     "Config": ("addin_studio.config", "Config"),
@@ -55,7 +56,8 @@ _COMPANIONS = {"addin_studio.engine": "addin_studio.checkpoint"}
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load lazily
     from . import data, strategies
-    from .addins import AddinBase, PointInfo, available_addins, get_addin, methods_for, register_addin
+    from .addins import (AddinBase, PointInfo, available_addins, get_addin, hook_method, methods_for,
+                         register_addin)
     from .bigmodel import init_empty_weights, materialize
     from .checkpoint import from_peft, load
     from .config import Config, ConfigError, Placement, Point, format_path, parse

@@ -29,7 +29,7 @@ from .common import ROOT, Row, machine, setup_torch  # noqa: E402
 from .report import generated_section, summary_line, text_table, write_doc  # noqa: E402
 
 # The fixed list of benchmarks, in table order (never built from user input).
-BENCHMARKS = ("lora", "headonly", "hooks", "memory", "trace", "scaling", "compile", "widget")
+BENCHMARKS = ("lora", "headonly", "hooks", "memory", "trace", "scaling", "compile", "widget", "parse")
 
 # Rows each of our benchmarks must produce (the smoke test checks that all are in the table).
 EXPECTED_ROWS = {

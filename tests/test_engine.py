@@ -382,6 +382,26 @@ def test_range_past_the_last_block_names_the_block_count():
     assert_same(model, snap)
 
 
+def test_reuse_keeps_equal_placements_objects_and_rebuilds_changed_ones(mlp, digits_batch):
+    one = "(LoRA.adapt_output, r=2): ...->(fc1){inout1}->..."
+    first = attach(mlp, one, example_input=digits_batch)
+    (old,) = first.addins.values()
+    with torch.no_grad():
+        old.lora_B.fill_(1.0)
+    trained = mlp(digits_batch)
+    first.detach()
+    reuse = {p: a for (_, p, a) in first.entries}
+    two = one + "\n(LoRA.adapt_output, r=2): ...->(fc2){inout1}->..."
+    with attach(mlp, two, example_input=digits_batch, reuse=reuse) as att:
+        kept, new = [a for _, _, a in att.entries]
+        assert kept is old and torch.equal(kept.lora_B, torch.ones_like(kept.lora_B))
+        assert new is not old and torch.count_nonzero(new.lora_B) == 0
+        assert torch.allclose(mlp(digits_batch), trained)  # fc2's LoRA starts at zero: same output
+    changed = "(LoRA.adapt_output, r=3): ...->(fc1){inout1}->..."  # other settings: rebuilt
+    with attach(mlp, changed, example_input=digits_batch, reuse=reuse) as att:
+        assert addin_of(att) is not old and addin_of(att).lora_A.shape[0] == 3
+
+
 def test_empty_config_object_is_refused_too_and_trainable_only_is_fine(mlp, digits_batch):
     snap = snapshot(mlp)
     with pytest.raises(ConfigError, match="places no add-in"):

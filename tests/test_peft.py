@@ -83,7 +83,7 @@ def test_peft_adapter_imports_with_equal_outputs(tmp_path):
     expected = pm(X)
     pm.save_pretrained(str(tmp_path))
     model = _vit(state)
-    att = studio.from_peft(model, tmp_path)
+    att = studio.from_peft(model, tmp_path, modules_to_save=["head"])
     assert {p.target.module for p in att.config.placements} >= {"blocks.0.attn.qkv", "blocks.0.attn.proj"}
     assert att.config.trainable == ("head.bias", "head.weight")
     torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-6)

@@ -81,7 +81,7 @@ def test_a_custom_addin_exports_and_imports_through_its_own_mapping(tmp_path):
     assert not hasattr(fresh, "addins")
     registry._REGISTRY["Scale"] = Scale
     try:
-        back = studio.from_peft(fresh, tmp_path)
+        back = studio.from_peft(fresh, tmp_path, modules_to_save=True)
         assert [p.addin for p in back.config.placements] == ["Scale"]
         assert back.config.trainable == ("2.bias", "2.weight")
         torch.testing.assert_close(fresh(x), expected)

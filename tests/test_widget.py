@@ -62,8 +62,9 @@ def test_in_then_out_clicks_give_the_tutorial_string(studio, mlp):
     studio.handle({"type": "method", "name": "adapt_across_input"})
     click(studio, "fc1:post")
     assert studio.pending == "fc1:post"
-    assert studio.methods == ["adapt_across_output", "adapt_output"]  # only post-side methods
-    assert studio.method == "adapt_across_output"                     # the user's choice, other side
+    # {inout} methods after a module, across methods for either side of the {out} still to click
+    assert studio.methods == ["adapt_output", "adapt_across_input", "adapt_across_output"]
+    assert studio.method == "adapt_across_input"                      # the user's choice, as written
     click(studio, "fc3:pre")
     assert studio.config == TUTORIAL and studio.error == "" and studio.pending == ""
     assert studio.labels == {"fc1:post": "in1", "fc3:pre": "out1"}

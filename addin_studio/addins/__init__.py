@@ -1,5 +1,5 @@
 """Add-ins: the base class, the registry and the built-ins."""
-from .base import AddinBase, PointInfo, methods_for
+from .base import AddinBase, PointInfo, hook_method, is_hook_method, methods_for
 from .registry import available_addins, get_addin, register_addin
 
-__all__ = ["AddinBase", "PointInfo", "available_addins", "get_addin", "methods_for", "register_addin"]
+__all__ = ["AddinBase", "PointInfo", "available_addins", "get_addin", "hook_method", "is_hook_method", "methods_for", "register_addin"]

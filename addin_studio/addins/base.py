@@ -76,6 +76,45 @@ class AddinBase(nn.Module):
 
 
 _ARITY = {"pre": 2, "post": 3}
+_HOOK_FLAG = "__addin_hook_method__"
+HOOK_PREFIX = "adapt_"
+
+
+def hook_method(fn: Callable) -> Callable:
+    """Declare a method whose name does not start with ``adapt_`` as a hook method.
+
+    Only hook methods may be named in a config string: the ``adapt_*`` family and methods decorated
+    with ``@hook_method``. Private names, dunders and ``nn.Module`` attributes never are::
+
+        class Gate(AddinBase):
+            @hook_method
+            def gate_output(self, module, inputs, outputs): ...
+    """
+    if not callable(fn):
+        raise TypeError(f"@hook_method decorates a method, not {type(fn).__name__}")
+    setattr(fn, _HOOK_FLAG, True)
+    return fn
+
+
+def is_hook_method(factory: Any, name: str) -> bool:
+    """Whether ``name`` is a hook method of an add-in class (or instance) that a string may name.
+
+    The rule: a public identifier that is not an ``nn.Module`` attribute, defined as a plain function
+    on the class (not ``None``, not a property, not an instance attribute or submodule), and either
+    named ``adapt_*`` or declared with :func:`hook_method`.
+    """
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        return False
+    if name in _NN_MODULE_ATTRS:
+        return False
+    cls = factory if isinstance(factory, type) else type(factory)
+    try:
+        attr = inspect.getattr_static(cls, name)
+    except AttributeError:
+        return False
+    if not inspect.isfunction(attr):
+        return False
+    return name.startswith(HOOK_PREFIX) or bool(getattr(attr, _HOOK_FLAG, False))
 
 
 def signature_fits(method: Callable, side: str) -> bool:
@@ -91,33 +130,18 @@ def signature_fits(method: Callable, side: str) -> bool:
     return True
 
 
-def _unbound(factory: Any, name: str) -> Callable | None:
-    if isinstance(factory, type):
-        fn = getattr(factory, name, None)
-        if fn is None or not callable(fn):
-            return None
-        # strip self for plain functions defined on the class
-        return fn.__get__(object.__new__(factory)) if inspect.isfunction(fn) else fn
-    fn = getattr(factory, name, None)
-    return fn if callable(fn) else None
-
-
 def methods_for(factory: Any, side: str) -> list[str]:
-    """Names of the public hook methods of an add-in class (or instance) that can run at ``side``.
-
-    Methods inherited from ``nn.Module`` (``forward``, ``train``...) are not hook methods.
-    """
+    """Names of the hook methods (see :func:`is_hook_method`) of an add-in class or instance that can
+    run at ``side``: the names a config string may write in its header at such a point."""
     if side not in _ARITY:
         raise ValueError(f"side must be 'pre' or 'post', not {side!r}")
     cls = factory if isinstance(factory, type) else type(factory)
     names = []
     for name in dir(cls):
-        # hasattr, not a set taken at import: transformers adds methods to nn.Module (smart_apply) later
-        if name.startswith("_") or hasattr(nn.Module, name) or name in ("merge", "unmerge"):
+        if not is_hook_method(cls, name):
             continue
-        if isinstance(inspect.getattr_static(cls, name, None), (property, staticmethod, classmethod)):
-            continue
-        fn = _unbound(factory, name)
-        if fn is not None and inspect.ismethod(fn) and signature_fits(fn, side):
+        fn = inspect.getattr_static(cls, name)
+        if signature_fits(fn.__get__(object.__new__(cls)) if isinstance(factory, type)
+                          else getattr(factory, name), side):
             names.append(name)
     return sorted(names)

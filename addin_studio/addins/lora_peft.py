@@ -1,7 +1,6 @@
 """LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear`` layers (``lora_A``/``lora_B`` as PEFT names them)."""
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -9,6 +8,7 @@ from torch import nn
 
 from ..config import Placement, Point
 from .interop import PeftEntry, PeftImport, PeftMapping
+from .peft_patterns import pattern_value
 
 _PARTS = ("lora_A", "lora_B")
 
@@ -87,7 +87,12 @@ class LoraPeft(PeftMapping):
             pair = pairs[path]
             if set(pair) != set(_PARTS):
                 raise ValueError(f"the adapter's LoRA for '{path}' lacks {(set(_PARTS) - set(pair)).pop()}")
-            alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", 8))
+            for part, t in pair.items():
+                if t.dim() != 2 or min(t.shape) < 1:
+                    raise ValueError(f"{source}: the adapter's {part} for '{path}' has shape "
+                                     f"{tuple(t.shape)}; LoRA factors are non-empty matrices")
+            alpha = pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha", 8), source,
+                                  "alpha_pattern")
             settings: dict[str, Any] = {"r": int(pair["lora_A"].shape[0]), "alpha": alpha}
             if config.get("lora_dropout"):
                 settings["dropout"] = float(config["lora_dropout"])
@@ -103,11 +108,3 @@ def _most_common(values: Any) -> Any:
 
 def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
-
-
-def _pattern_value(patterns: Mapping[str, Any], path: str, default: Any) -> Any:
-    """PEFT's rank/alpha pattern lookup: the first key that matches the end of ``path``."""
-    for key, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?(?:{key.lstrip('^').rstrip('$')})", path):
-            return value
-    return default

@@ -54,6 +54,18 @@ class VPT(AddinBase):
         bound = math.sqrt(6.0 / (num_tokens + dim))  # the paper's Xavier-uniform prompt init
         nn.init.uniform_(self.prompts, -bound, bound)
 
+    def placement_hint(self, graph) -> str:
+        """Where VPT may go in a traced model (used in attach's error when a placement breaks the
+        forward pass): before the blocks a token sequence ``[batch, tokens, dim]`` runs through."""
+        rule = "VPT goes where the whole token sequence [batch, tokens, dim] enters a block"
+        for container, n in graph.repeated_groups().items():
+            first = f"{container}.0" if container else "0"
+            node = graph[first] if first in graph else None
+            if node is not None and node.input_shape is not None and len(node.input_shape) == 3:
+                return (f"{rule}: {{inout1}}({container}[0]) (shallow) or "
+                        f"{{inout1}}({container}[0:{n}]) (deep)")
+        return rule
+
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}, prefix={self.prefix}"
 

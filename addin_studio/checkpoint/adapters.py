@@ -14,12 +14,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..config import Placement, parse
+from ..config import ConfigError, Placement, parse
 from ..engine import Attachment
 from ..engine.freezing import match_trainable
 from . import files
 from .attaching import attach_filled
 from .fingerprint import addin_child, base_params, check_fingerprint, check_touched, fingerprint
+from .validate import check_fingerprint_fields, check_tensor, expect, json_field
 
 FORMAT = "addin_studio.adapters/1"
 
@@ -60,56 +61,81 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
 
 
 def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | None = None,
-         example_input: Any = None, *, strict: bool = True, **attach_kwargs: Any) -> Attachment:
+         example_input: Any = None, *, strict: bool = True, allow_nonfinite: bool = False,
+         **attach_kwargs: Any) -> Attachment:
     """Re-attach the add-ins saved in ``path`` to ``model`` and load their weights.
 
     The file alone is enough for built-in add-ins; pass ``addins=`` for your own classes. The model
     must match the one saved (same root class, same parameter names and shapes; ``strict=False``
-    checks only the modules the add-ins and kept-trainable weights touch). On any error the model is
-    left untouched: ValueError for a corrupted file or another model, ConfigError for a bad config.
+    checks only the modules the add-ins and kept-trainable weights touch). A file loads only what it
+    owns: the tensors of the add-ins its config places and the base parameters its config keeps
+    trainable — any other tensor is refused by name; tensors must be floating point and finite
+    (``allow_nonfinite=True`` lifts the last rule). On any error the model is left untouched:
+    ValueError naming the file and the field for a damaged or foreign file, ConfigError for a bad
+    config string in it.
     """
     path = Path(path)
+    source = str(path)
     tensors, meta = files.read(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not an Addin Studio adapter checkpoint (metadata format "
                          f"{meta.get('format')!r}, expected {FORMAT!r})")
+    if "config" not in meta:
+        raise ValueError(f"{source}: the metadata has no field 'config'")
     try:
         cfg = parse(meta["config"])
-        keys = json.loads(meta["keys"])
-        expected = json.loads(meta["fingerprint"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: damaged metadata ({exc})") from None
+    except ConfigError as exc:
+        raise _in_file(exc, source) from None
+    keys = expect(json_field(meta, "keys", source), "list[str]", source, "keys")
+    expected = json_field(meta, "fingerprint", source)
+    check_fingerprint_fields(expected, source)
     if strict:
-        check_fingerprint(model, expected, str(path))
+        check_fingerprint(model, expected, source)
     else:
-        check_touched(model, cfg, expected, str(path))
-    base = dict(base_params(model, addin_child(model)))
-    base_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("base.")}
+        check_touched(model, cfg, expected, source)
+    base = dict(base_params(model))
+    keep, _ = match_trainable(base, cfg.trainable)
+    base_tensors: dict[str, torch.Tensor] = {}
+    addin_tensors: dict[str, dict[str, torch.Tensor]] = {k: {} for k in keys}
+    for name, t in tensors.items():
+        head, _, rest = name.partition(".")
+        if head == "base" and rest in keep:
+            base_tensors[rest] = t
+            continue
+        key, _, part = rest.partition(".")
+        if head != "addins" or key not in addin_tensors or not part:
+            owner = ("a base parameter its config does not keep trainable" if head == "base" else
+                     "no add-in of its config")
+            raise ValueError(f"{source}: tensor '{name}' belongs to {owner}; a checkpoint loads only its "
+                             f"add-ins' tensors and the base parameters in its trainable(...)")
+        addin_tensors[key][part] = t
     for name, t in base_tensors.items():
-        if name not in base:
-            raise ValueError(f"{path}: kept-trainable weight '{name}' has no parameter in this model")
-        if tuple(base[name].shape) != tuple(t.shape):
-            raise ValueError(f"{path}: kept-trainable weight '{name}' has shape {tuple(t.shape)}, the "
-                             f"model's is {tuple(base[name].shape)}")
+        check_tensor(t, base[name], f"base.{name}", source, allow_nonfinite)
 
     def fill(att: Attachment) -> None:
         got = [key for key, _, _ in att.entries]
         if got != keys:
-            raise ValueError(f"{path}: the add-ins attached as {got}, the checkpoint holds {keys}")
+            raise ValueError(f"{source}: the add-ins attached as {got}, the field 'keys' holds {keys}")
         for key, _, addin in att.entries:
-            prefix = f"addins.{key}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            own = addin.state_dict()
+            state, own = addin_tensors[key], addin.state_dict()
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
             if missing or unexpected:
-                raise ValueError(f"{path}: add-in '{key}' expects tensors {sorted(own)}, the file has "
+                raise ValueError(f"{source}: add-in '{key}' expects tensors {sorted(own)}, the file has "
                                  f"{sorted(state)}")
             for name, t in state.items():
-                if tuple(own[name].shape) != tuple(t.shape):
-                    raise ValueError(f"{path}: '{prefix}{name}' has shape {tuple(t.shape)} but the "
-                                     f"add-in built for this model expects {tuple(own[name].shape)}")
-            addin.load_state_dict(state, strict=True)
+                check_tensor(t, own[name], f"addins.{key}.{name}", source, allow_nonfinite)
+        for key, _, addin in att.entries:  # everything is checked: now load
+            addin.load_state_dict(addin_tensors[key], strict=True)
 
-    return attach_filled(model, cfg, fill, base, base_tensors, addins=addins, example_input=example_input,
-                         **attach_kwargs)
+    try:
+        return attach_filled(model, cfg, fill, base, base_tensors, addins=addins,
+                             example_input=example_input, **attach_kwargs)
+    except ConfigError as exc:
+        raise _in_file(exc, source) from None
+
+
+def _in_file(exc: ConfigError, source: str) -> ConfigError:
+    """The same ConfigError (a ValueError), saying that the string is the file's metadata 'config'."""
+    return ConfigError(f"{source}: metadata field 'config': {exc.message}", exc.text, exc.position,
+                       exc.hint)

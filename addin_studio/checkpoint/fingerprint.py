@@ -18,9 +18,13 @@ def addin_child(model: nn.Module) -> str | None:
 
 
 def base_params(model: nn.Module, skip: str | None = None) -> list[tuple[str, nn.Parameter]]:
-    """Named base parameters, without the add-ins' (registered under ``skip``)."""
-    prefix = f"{skip}." if skip else None
-    return [(n, p) for n, p in model.named_parameters() if not (prefix and n.startswith(prefix))]
+    """Named base parameters, without the add-ins of any attachment (stacked attachments each
+    register an AddinDict child) nor those registered under ``skip``."""
+    skips = {f"{name}." for name, child in model.named_children() if isinstance(child, AddinDict)}
+    if skip:
+        skips.add(f"{skip}.")
+    prefixes = tuple(skips)
+    return [(n, p) for n, p in model.named_parameters() if not n.startswith(prefixes)]
 
 
 def root_class(model: nn.Module) -> str:

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
+from ..addins.peft_patterns import compile_key
 from ..config import Config
 from ..engine import Attachment
 from ..engine.freezing import match_trainable
 from . import files
 from .attaching import attach_filled
 from .fingerprint import addin_child, base_params
+from .validate import check_tensor, expect
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -74,28 +76,37 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None,
+def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None, *,
+              modules_to_save: bool | Iterable[str] = False, allow_nonfinite: bool = False,
               **attach_kwargs: Any) -> Attachment:
     """Attach the adapter a PEFT directory holds (``adapter_config.json`` +
     ``adapter_model.safetensors``) to ``model``; returns the Attachment (merge, save, detach as usual).
 
     The ``peft_type`` picks the add-in whose PEFT form reads it (LORA on Linear layers today, with
-    ``bias="none"``, no DoRA/rsLoRA); ``modules_to_save`` weights are loaded and kept trainable.
-    The model is untouched on error.
+    ``bias="none"``, no DoRA/rsLoRA). PEFT ``modules_to_save`` replace base weights, so they load only
+    when asked: ``modules_to_save=True`` loads those the config lists, a list of module names loads
+    exactly those (each must be listed in the config); the default refuses an adapter that has any.
+    Loaded ones stay trainable. Tensors must be floating point and finite (``allow_nonfinite=True``
+    lifts the last rule). Every malformed config field is a ValueError naming the file and the field;
+    the model is untouched on any error.
     """
     directory = Path(directory)
     config_path = directory / PEFT_CONFIG
+    source = str(config_path)
     if not config_path.is_file():
         raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
+    check_peft_config(config, source)
     found = peft_mappings().get(config.get("peft_type"))
     if found is None:
         raise ValueError(f"only {_covered()} adapters can be imported; {config_path} has peft_type "
                          f"{config.get('peft_type')!r}")
     addin_name, mapping = found
+    listed = list(config.get("modules_to_save") or [])
+    allowed = _allowed_saves(modules_to_save, listed, source)
     weights_path = directory / PEFT_WEIGHTS
     tensors, _ = files.read(weights_path)
     claimed: dict[str, torch.Tensor] = {}
@@ -106,17 +117,30 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         name = key[len(_LEAD):]
         if mapping.claims(name):
             claimed[name] = t
-        else:
-            saved[name.replace(_SAVED, ".")] = t
+            continue
+        name = name.replace(_SAVED, ".")
+        module = next((m for m in listed if name.startswith(m + ".")), None)
+        if module is None:
+            raise ValueError(f"{weights_path}: tensor '{key}' is neither {mapping.peft_type} weights nor "
+                             f"in a module the config's modules_to_save lists; refusing to load it")
+        if module not in allowed:
+            raise ValueError(f"{weights_path}: the adapter overwrites base module '{module}' "
+                             f"(modules_to_save); pass modules_to_save=True (or a list with "
+                             f"{module!r}) to from_peft to allow that")
+        saved[name] = t
+    for name, t in claimed.items():
+        if not t.is_floating_point():
+            raise ValueError(f"{weights_path}: tensor '{_LEAD}{name}' has dtype {t.dtype}; a "
+                             f"floating-point tensor is needed")
+        if not allow_nonfinite and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{weights_path}: tensor '{_LEAD}{name}' holds non-finite values")
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
     params = dict(model.named_parameters())
     for name, t in saved.items():
         if name not in params:
             raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
                              f"{type(model).__name__} does not have")
-        if tuple(params[name].shape) != tuple(t.shape):
-            raise ValueError(f"the adapter's '{name}' has shape {tuple(t.shape)}, the model's is "
-                             f"{tuple(params[name].shape)}")
+        check_tensor(t, params[name], _LEAD + name, str(weights_path), allow_nonfinite)
     cfg = Config([i.placement for i in imports], sorted(saved))
 
     def fill(att: Attachment) -> None:
@@ -127,6 +151,48 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                 if tuple(t.shape) != want:
                     raise ValueError(f"the adapter's {part} for '{p.target.module}' has shape "
                                      f"{tuple(t.shape)}; this model's layer needs {want}")
+        for (_, p, addin), item in zip(att.entries, imports):
             addin.load_state_dict(item.state, strict=False)
 
     return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
+
+
+def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str) -> set[str]:
+    if option is True:
+        return set(listed)
+    if option is False or option is None:
+        return set()
+    if isinstance(option, str):
+        option = [option]
+    names = list(option)
+    unknown = [n for n in names if n not in listed]
+    if unknown:
+        raise ValueError(f"modules_to_save={names!r}: {source} does not list {unknown[0]!r} in its "
+                         f"modules_to_save ({listed})")
+    return set(names)
+
+
+_FIELDS = {  # adapter_config.json fields we read, and their JSON types (None is always accepted)
+    "peft_type": "str", "r": "int", "lora_alpha": "number", "lora_dropout": "number", "bias": "str",
+    "use_dora": "bool", "use_rslora": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
+    "rank_pattern": "object", "alpha_pattern": "object",
+}
+
+
+def check_peft_config(config: Any, source: str) -> None:
+    """Every field we read has its JSON type; ValueError naming the file and the field otherwise."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: the config must be a JSON object, got {type(config).__name__}")
+    for field, kind in _FIELDS.items():
+        if config.get(field) is not None:
+            expect(config[field], kind, source, field)
+    if "peft_type" not in config:
+        raise ValueError(f"{source}: the config has no field 'peft_type'")
+    dropout = config.get("lora_dropout")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"{source}: field 'lora_dropout' must be in [0, 1), got {dropout!r}")
+    for field in ("rank_pattern", "alpha_pattern"):
+        for key, value in (config.get(field) or {}).items():
+            compile_key(key, source, field)
+            kind = "int" if field == "rank_pattern" else "number"
+            expect(value, kind, source, f"{field}[{key[:40]!r}]")

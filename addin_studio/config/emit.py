@@ -5,6 +5,7 @@ written as one entry with ranges (``blocks[0:12].attn.qkv``), so strategies' con
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Sequence
 
@@ -32,6 +33,9 @@ def format_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"setting value {value!r} is not finite: a config string holds finite "
+                             f"numbers only")
         text = repr(value)
         return text if any(c in text for c in ".eE") or "n" in text else text + ".0"
     text = str(value)

@@ -69,16 +69,18 @@ class Config:
     Immutable; ``str(cfg)`` is the canonical string and ``parse(str(cfg)) == cfg``.
     """
 
-    __slots__ = ("_placements", "_trainable", "text")
+    __slots__ = ("_placements", "_trainable", "text", "trainable_spans")
 
     def __init__(self, placements: Iterable[Placement] = (), trainable: Iterable[str] = (),
-                 text: str | None = None) -> None:
+                 text: str | None = None, *, trainable_spans: Mapping[str, int] | None = None) -> None:
         self._placements = tuple(placements)
         self._trainable = tuple(dict.fromkeys(trainable))  # de-duplicated, order kept
         for p in self._placements:
             if not isinstance(p, Placement):
                 raise TypeError(f"Config placements must be Placement objects, got {type(p).__name__}")
         self.text = text
+        # offset in ``text`` of each trainable pattern (for error positions); not part of equality
+        self.trainable_spans: dict[str, int] = dict(trainable_spans or {})
 
     @property
     def placements(self) -> tuple[Placement, ...]:

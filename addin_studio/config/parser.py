@@ -4,9 +4,10 @@ Every mistake raises :class:`ConfigError` with the offset of the offending chara
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError
 from .model import Config, Placement, Point
@@ -19,6 +20,11 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)")
 _LABEL = re.compile(r"\{\s*(inout|in|out)\s*(\d*)\s*\}")
 _ELLIPSIS = ("...", "…")
 MAX_RANGE = 100_000  # a guard against "blocks[0:999999999]" exhausting memory
+# Limits on one string (docs/config-strings.md, "Limits"); all are checked before anything is expanded.
+MAX_PLACEMENTS = 100_000  # placements plus trainable patterns, after ranges are expanded
+MAX_NUMBER_CHARS = 40  # characters of one number literal
+MAX_INT = 10**15  # magnitude of an integer setting
+MAX_INDEX_DIGITS = 9  # digits of an index, a range bound or a label number
 
 
 @dataclass
@@ -73,6 +79,22 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.i = 0
+        self.count = 0  # placements + trainable patterns so far (MAX_PLACEMENTS)
+        self.trainable_spans: dict[str, int] = {}  # pattern -> offset of its first occurrence
+
+    def reserve(self, n: int, pos: int) -> None:
+        """Count ``n`` more expanded items against MAX_PLACEMENTS before building them."""
+        self.count += n
+        if self.count > MAX_PLACEMENTS:
+            raise self.error(f"this string expands to more than {MAX_PLACEMENTS:,} placements and "
+                             f"trainable patterns (ranges are expanded); the limit is per string", pos,
+                             hint="use fewer or shorter ranges")
+
+    def small_int(self, digits: str, pos: int, what: str) -> int:
+        if len(digits) > MAX_INDEX_DIGITS:
+            raise self.error(f"{what} {digits[:12]}{'...' if len(digits) > 12 else ''} is too large "
+                             f"(at most {MAX_INDEX_DIGITS} digits)", pos)
+        return int(digits)
 
     # -- helpers ---------------------------------------------------------------------------------
     def error(self, message: str, pos: int | None = None, hint: str | None = None) -> ConfigError:
@@ -108,13 +130,13 @@ class _Parser:
 
     # -- grammar ---------------------------------------------------------------------------------
     def parse(self) -> Config:
-        placements: list[Placement] = []
+        pending: list[Callable[[], list[Placement]]] = []
         trainable: list[str] = []
         self.skip_ws(newlines=True)
         while self.i < len(self.text):
             start = self.i
             if self.peek("("):
-                placements.extend(self.entry(start))
+                pending.append(self.entry(start))
             elif self.text.startswith("trainable", self.i):
                 trainable.extend(self.trainable_entry())
             else:
@@ -132,9 +154,10 @@ class _Parser:
                 else:
                     raise self.error(f"unexpected {self.describe_here()} after an entry",
                                      hint="separate entries with a new line or ','")
-        return Config(placements, trainable, text=self.text)
+        placements = [p for expand in pending for p in expand()]
+        return Config(placements, trainable, text=self.text, trainable_spans=self.trainable_spans)
 
-    def entry(self, start: int) -> list[Placement]:
+    def entry(self, start: int) -> Callable[[], list[Placement]]:
         addin, method, settings = self.header()
         self.expect(":", "':' after the header")
         labels = self.chain()
@@ -143,14 +166,14 @@ class _Parser:
                              start, hint="mark a point, e.g. '...->{inout1}(fc2)->...'")
         steps = self.range_length(labels)
         pairs = self.pair(labels)
-        out: list[Placement] = []
-        for step in range(steps):
-            for src, dst in pairs:
-                out.append(Placement(addin, method,
-                                     Point(src.path.expand(step), src.side),
-                                     Point(dst.path.expand(step), dst.side),
-                                     settings, span=(start, self.i)))
-        return out
+        self.reserve(steps * len(pairs), start)
+        span = (start, self.i)
+
+        def expand() -> list[Placement]:  # run after the whole string is checked against the limits
+            return [Placement(addin, method, Point(src.path.expand(step), src.side),
+                              Point(dst.path.expand(step), dst.side), settings, span=span)
+                    for step in range(steps) for src, dst in pairs]
+        return expand
 
     def header(self) -> tuple[str, str, dict[str, Any]]:
         self.expect("(", "'(' to start the header")
@@ -193,14 +216,30 @@ class _Parser:
             return self.quoted(ch)
         num = _NUMBER.match(self.text, self.i)
         if num:
-            self.i = num.end()
-            s = num.group()
-            return float(s) if any(c in s for c in ".eE") else int(s)
+            return self.number(num)
         word = self.match(_NAME)
         if word:
             return {"true": True, "false": False, "none": None}.get(word.group().lower(), word.group())
         raise self.error(f"expected a value (number, true/false, a name or a quoted string), "
                          f"found {self.describe_here()}")
+
+    def number(self, num: re.Match) -> int | float:
+        """A number setting: at most MAX_NUMBER_CHARS characters, finite, integers within MAX_INT."""
+        s, pos = num.group(), num.start()
+        if len(s) > MAX_NUMBER_CHARS:
+            raise self.error(f"number {s[:12]}... is too long ({len(s)} characters; at most "
+                             f"{MAX_NUMBER_CHARS})", pos)
+        if any(c in s for c in ".eE"):
+            value: int | float = float(s)
+            if not math.isfinite(value):
+                raise self.error(f"number {s} is too large: it is infinite as a float", pos,
+                                 hint="settings must be finite numbers")
+        else:
+            value = int(s)
+            if abs(value) > MAX_INT:
+                raise self.error(f"integer {s} is too large (at most {MAX_INT:.0e} in magnitude)", pos)
+        self.i = num.end()
+        return value
 
     def quoted(self, quote: str) -> str:
         start = self.i
@@ -265,7 +304,8 @@ class _Parser:
             if not m:
                 raise self.error("bad label: expected '{inoutN}', '{inN}' or '{outN}' (the number N may "
                                  "be left out where one pair per entry makes it clear)", pos)
-            found.append((m.group(1), int(m.group(2)) if m.group(2) else None, pos))
+            found.append((m.group(1), self.small_int(m.group(2), pos, "label number") if m.group(2)
+                          else None, pos))
 
     def module(self) -> _Path:
         self.expect("(", "'(' before a module path")
@@ -317,7 +357,8 @@ class _Parser:
             b = self.match(_INT)
             if not b:
                 raise self.error(f"expected the end of the range after ':', found {self.describe_here()}")
-            start, stop = int(a.group()), int(b.group())
+            start = self.small_int(a.group(), pos, "range start")
+            stop = self.small_int(b.group(), b.start(), "range end")
             if stop <= start:
                 raise self.error(f"empty range [{start}:{stop}]: the end is exclusive and must be "
                                  f"greater than the start", pos, hint=f"e.g. [{start}:{start + 1}]")
@@ -325,7 +366,7 @@ class _Parser:
                 raise self.error(f"range [{start}:{stop}] is too long (more than {MAX_RANGE})", pos)
             result: str | _Range = _Range(start, stop, pos)
         else:
-            result = str(int(a.group()))
+            result = str(self.small_int(a.group(), pos, "index"))
         self.expect("]", "']' to close the index")
         return result
 
@@ -427,7 +468,11 @@ class _Parser:
             for r in ranges[1:]:
                 if len(r) != n:
                     raise self.error("ranges in one pattern must have equal length", r.pos)
-            patterns.extend(path.expand(step) for step in range(n))
+            self.reserve(n, pos)
+            for step in range(n):
+                pattern = path.expand(step)
+                self.trainable_spans.setdefault(pattern, pos)
+                patterns.append(pattern)
             self.skip_ws()
             if self.peek(","):
                 self.i += 1

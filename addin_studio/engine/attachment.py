@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import Config, ConfigError, Placement, parse
 from ..graph import ModuleGraph, trace
-from .freezing import freeze_except, restore_flags
+from .freezing import hold, release
 from .hooks import CacheAction, PostHook, PreHook, RunAction
 from .resolve import Resolved, resolve
 
@@ -25,6 +25,12 @@ class AddinDict(nn.ModuleDict):
         return args[0] if args else None
 
 
+def base_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the model's own parameters: without those of any attachment's add-ins."""
+    skip = tuple(f"{name}." for name, child in model.named_children() if isinstance(child, AddinDict))
+    return {n for n, _ in model.named_parameters() if not n.startswith(skip)}
+
+
 class Attachment:
     """Add-ins attached to a model by :func:`attach`. Undo everything with :meth:`detach`."""
 
@@ -37,7 +43,7 @@ class Attachment:
         self._resolved = resolved
         self._keep = keep
         self._freeze = freeze
-        self._flags: dict[str, bool] = {}
+        self._held = False  # whether this attachment holds the base frozen (freezing.hold)
         self._hooks: dict[tuple[str, str], PreHook | PostHook] = {}
         self._handles: dict[tuple[str, str], Any] = {}
         self._run_actions: dict[str, tuple[tuple[str, str], RunAction]] = {}
@@ -57,9 +63,8 @@ class Attachment:
             self.model.add_module(name, self.addins)
             self._child_name = name
             if self._freeze:
-                base = {n for n, _ in self.model.named_parameters() if not n.startswith(name + ".")}
-                self._flags = freeze_except(self.model, self._keep | (
-                    {n for n, _ in self.model.named_parameters()} - base))
+                hold(self.model, self, self._keep, base_parameter_names(self.model))
+                self._held = True
             for r in self._resolved:
                 p = r.placement
                 action = RunAction(r.addin, p.method, p.kind == "across", _label(p))
@@ -91,9 +96,9 @@ class Attachment:
             handle.remove()
         self._handles.clear()
         self._hooks.clear()
-        if self._flags:
-            restore_flags(self.model, self._flags)
-            self._flags = {}
+        if self._held:
+            release(self.model, self, base_parameter_names(self.model))
+            self._held = False
         if self._child_name is not None and self._child_name in self.model._modules:
             del self.model._modules[self._child_name]
         self._child_name = None
@@ -235,7 +240,7 @@ def _label(p: Placement) -> str:
 
 def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable] | None = None,
            example_input: Any = None, *, freeze: bool = True, graph: ModuleGraph | None = None,
-           **forward_kwargs: Any) -> Attachment:
+           reuse: Mapping[Placement, nn.Module] | None = None, **forward_kwargs: Any) -> Attachment:
     """Attach the add-ins a config describes to ``model``.
 
     Everything is validated first (module paths, add-in names, methods and their signatures, settings,
@@ -243,6 +248,10 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     :class:`ConfigError` is raised and the model is untouched. With ``freeze=True`` the base model is
     frozen except the parameters the config keeps trainable. Use the result as a context manager or
     call :meth:`Attachment.detach` to undo everything.
+
+    ``reuse`` maps placements to add-in objects built before (e.g. ``{p: a for _, p, a in
+    old.entries}`` of a detached attachment): an equal placement (add-in, method, points, settings)
+    takes its object, trained weights and all, instead of a freshly initialised one.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach() expects an nn.Module, got {type(model).__name__}")
@@ -256,7 +265,56 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
                           "trainable(head) to train only the head")
     if graph is None:
         graph = trace(model, example_input, **forward_kwargs)
-    resolved, keep = resolve(model, cfg, graph, addins)
+    resolved, keep = resolve(model, cfg, graph, addins, reuse)
     att = Attachment(model, cfg, graph, resolved, keep, freeze)
     att._apply()
+    if example_input is not None and resolved:
+        try:
+            _prove(att, example_input, forward_kwargs)
+        except BaseException:
+            att._undo()
+            raise
     return att
+
+
+def _prove(att: Attachment, example_input: Any, forward_kwargs: dict) -> None:
+    """Run the attached model once (on ``meta`` where it can); a failure is a ConfigError naming the
+    first placement (in config order) whose add-in makes the forward pass fail."""
+    from .prove import first_failure, run_meta, run_real
+    from .resolve import _Locator, _describe
+
+    try:
+        run_meta(att.model, example_input, forward_kwargs)
+        return
+    except Exception:  # noqa: BLE001 - some models cannot run on meta: try for real
+        pass
+    finally:
+        _clear_caches(att)
+    try:
+        run_real(att.model, example_input, forward_kwargs)
+        return
+    except Exception:  # noqa: BLE001
+        pass
+    finally:
+        _clear_caches(att)
+    addins = [r.addin for r in att._resolved]
+    index, error = first_failure(att.model, example_input, forward_kwargs, list(att._hooks.values()),
+                                 addins, run_real)
+    _clear_caches(att)
+    if index is None:
+        raise RuntimeError(f"the model's forward pass fails on the example input with the add-ins "
+                           f"switched off: {type(error).__name__}: {error}") from error
+    r = att._resolved[index]
+    p = r.placement
+    hint = getattr(r.addin, "placement_hint", None)
+    hint = hint(att.graph) if callable(hint) else None
+    raise _Locator(att.config).error(
+        f"{_describe(p)} breaks the forward pass on the example input: {type(error).__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else ''}", p, p.target.module.rsplit(".", 1)[-1],
+        hint=hint or "check that the add-in's output has the shape the next module expects") from error
+
+
+def _clear_caches(att: Attachment) -> None:
+    for addin in att.addins.values():
+        if hasattr(addin, "inputs_cache"):
+            addin.inputs_cache = None

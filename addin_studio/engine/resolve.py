@@ -5,6 +5,7 @@ Every problem is a :class:`ConfigError` pointing at the entry in the string that
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -12,7 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..addins.base import PointInfo, methods_for, signature_fits
+from ..addins.base import _NN_MODULE_ATTRS, PointInfo, is_hook_method, methods_for, signature_fits
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
 from ..graph import ModuleGraph
@@ -92,11 +93,65 @@ def check_module(path: str, modules: Mapping[str, nn.Module], graph: ModuleGraph
 
 def _factory_params(factory: Callable) -> tuple[set[str], bool, list[str]]:
     """(accepted keyword names, accepts **kwargs, required names) of a factory."""
+    params = _factory_signature(factory)
+    if params is None:
+        return set(), True, []
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
+    required = [p.name for p in params if p.default is p.empty and
+                p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, var_kw, required
+
+
+def _factory_signature(factory: Callable) -> list[inspect.Parameter] | None:
     target = factory.__init__ if isinstance(factory, type) else factory
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
-        return set(), True, []
+        return None
+    params = list(sig.parameters.values())
+    if isinstance(factory, type) and params and params[0].name == "self":
+        params = params[1:]
+    return params
+
+
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+                 "None": (type(None),), "NoneType": (type(None),)}
+
+
+def _allowed_types(param: inspect.Parameter) -> tuple[type, ...] | None:
+    """The value types a setting may take, from the parameter's annotation (``int``, ``float | None``,
+    ``Optional[str]`` ...) or else its default; ``None`` when neither says (anything is accepted)."""
+    ann = param.annotation
+    if ann is not param.empty:
+        text = ann if isinstance(ann, str) else getattr(ann, "__name__", None) or str(ann)
+        text = text.replace("typing.", "").replace(" ", "")
+        if text.startswith("Optional[") and text.endswith("]"):
+            text = text[len("Optional["):-1] + "|None"
+        names = text.split("|")
+        if all(n in _SIMPLE_TYPES for n in names):
+            return tuple(t for n in names for t in _SIMPLE_TYPES[n])
+        return None
+    default = param.default
+    if default is param.empty or default is None:
+        return None
+    for name, types in _SIMPLE_TYPES.items():
+        if type(default).__name__ == name:
+            return types
+    return None
+
+
+def _type_error(key: str, value: Any, types: tuple[type, ...]) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"setting '{key}' must be a finite number, got {value!r}"
+    if types is None:
+        return None
+    # bool is a subclass of int: r=true is not a rank
+    ok = any(type(value) is t or (t is float and type(value) is int) for t in types)
+    if ok:
+        return None
+    want = " or ".join(dict.fromkeys("none" if t is type(None) else t.__name__ for t in types))
+    return f"setting '{key}' must be {want}, got {type(value).__name__} {value!r}"
     params = list(sig.parameters.values())
     if isinstance(factory, type) and params and params[0].name == "self":
         params = params[1:]
@@ -115,20 +170,28 @@ def _point_info(point: Point, module: nn.Module, graph: ModuleGraph) -> PointInf
     return PointInfo(module, point.side, shape, point.module)
 
 
-def _key(placement: Placement, taken: set[str]) -> str:
+def _key(placement: Placement, taken: dict[str, int]) -> str:
+    """A unique key per add-in; ``taken`` maps each base to the next suffix to try (linear overall)."""
     base = f"{placement.addin}_{re.sub(r'[^A-Za-z0-9_]', '_', placement.target.module)}"
-    key, n = base, 1
-    while key in taken:
+    key = base
+    n = taken.get(base, 0)
+    if n:
         key = f"{base}_{n}"
+    while key in taken:
         n += 1
-    taken.add(key)
+        key = f"{base}_{n}"
+    taken[base] = n + 1
+    taken.setdefault(key, 0)
     return key
 
 
 def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
-            addins: Mapping[str, Callable] | None) -> tuple[list[Resolved], set[str]]:
+            addins: Mapping[str, Callable] | None,
+            reuse: Mapping[Placement, nn.Module] | None = None) -> tuple[list[Resolved], set[str]]:
     """Validate ``cfg`` against ``model`` and build its add-ins; return them and the kept-trainable
-    parameter names. Raises ConfigError; never changes the model."""
+    parameter names. A placement found in ``reuse`` (equal add-in, method, points and settings) takes
+    that add-in object instead of a new one, once. Raises ConfigError; never changes the model."""
+    spare = dict(reuse or {})
     loc = _Locator(cfg)
     modules = dict(model.named_modules())
     user = dict(addins or {})
@@ -138,7 +201,7 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
                               f"in a config string")
     registry = None
     resolved: list[Resolved] = []
-    taken: set[str] = set()
+    taken: dict[str, int] = {}
     for p in cfg.placements:
         target_module = check_module(p.target.module, modules, graph, loc, p)
         source_module = check_module(p.source.module, modules, graph, loc, p)
@@ -155,7 +218,9 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
             raise loc.error(f"unknown add-in '{p.addin}' (known: {', '.join(known)})", p, p.addin, hint)
         if p.kind == "across":
             _check_order(p, graph, loc)
-        addin = _build(factory, p, target_module, source_module, graph, loc)
+        addin = spare.pop(p, None)
+        if addin is None:
+            addin = _build(factory, p, target_module, source_module, graph, loc)
         _check_method(addin, p, loc)
         device = model_device(target_module)
         if device is not None:
@@ -167,12 +232,25 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
         from ..config.errors import did_you_mean
         bad = unmatched[0]
         close = did_you_mean(bad, names + list(modules))
-        pos = cfg.text.find(format_path(bad)) if cfg.text else -1
         raise ConfigError(f"trainable pattern '{format_path(bad)}' matches no parameter of "
-                          f"{graph.root_class}", cfg.text, pos if pos >= 0 else None,
+                          f"{graph.root_class}", cfg.text, _trainable_position(cfg, bad),
                           f"did you mean '{format_path(close[0])}'?" if close else
                           "patterns are parameter names or module paths, e.g. head or *.bias")
     return resolved, keep
+
+
+def _trainable_position(cfg: Config, pattern: str) -> int | None:
+    """Where ``pattern`` is written in the string: the parser's record, else a search, else the
+    ``trainable`` keyword (a pattern is always somewhere in a trainable(...) entry)."""
+    if not cfg.text:
+        return None
+    if pattern in cfg.trainable_spans:
+        return cfg.trainable_spans[pattern]
+    for needle in (format_path(pattern), pattern, "trainable"):
+        pos = cfg.text.find(needle)
+        if pos >= 0:
+            return pos
+    return 0
 
 
 def _check_order(p: Placement, graph: ModuleGraph, loc: _Locator) -> None:
@@ -196,6 +274,7 @@ def _check_order(p: Placement, graph: ModuleGraph, loc: _Locator) -> None:
 def _build(factory: Callable, p: Placement, target_module: nn.Module, source_module: nn.Module,
            graph: ModuleGraph, loc: _Locator) -> nn.Module:
     accepted, var_kw, required = _factory_params(factory)
+    params = {q.name: q for q in _factory_signature(factory) or []}
     offered: dict[str, Any] = {"point": _point_info(p.target, target_module, graph),
                                "source_point": _point_info(p.source, source_module, graph)}
     kwargs = {k: v for k, v in offered.items() if k in accepted}
@@ -206,6 +285,10 @@ def _build(factory: Callable, p: Placement, target_module: nn.Module, source_mod
             takes = sorted(accepted - set(offered))
             raise loc.error(f"{p.addin} does not take a setting '{key}'"
                             f" (it takes: {', '.join(takes) if takes else 'no settings'})", p, key)
+        param = params.get(key)
+        problem = _type_error(key, value, _allowed_types(param) if param is not None else None)
+        if problem:
+            raise loc.error(f"{p.addin}: {problem}", p, f"{key}=")
         kwargs[key] = value
     missing = [r for r in required if r not in kwargs]
     if missing:
@@ -228,17 +311,22 @@ def _build(factory: Callable, p: Placement, target_module: nn.Module, source_mod
 
 def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
     side = p.target.side
-    fn = getattr(addin, p.method, None)
-    if fn is not None and callable(fn) and signature_fits(fn, side):
-        return
-    valid = methods_for(addin, side)  # only for the error's hint: it inspects every method (slow)
-    if fn is None or not callable(fn):
-        raise loc.error(f"{p.addin} has no method '{p.method}'", p, p.method,
-                        hint=f"methods that can run at a {side} point: {', '.join(valid) or 'none'}")
-    if not signature_fits(fn, side):
+    if is_hook_method(addin, p.method):
+        fn = getattr(addin, p.method)
+        if signature_fits(fn, side):
+            return
+        valid = methods_for(addin, side)
         want = "(module, inputs)" if side == "pre" else "(module, inputs, outputs)"
         where = "before" if side == "pre" else "after"
         raise loc.error(f"{p.addin}.{p.method} cannot run at {p.target} ({where} the module): a {side} "
                         f"point calls method{want}", p, p.method,
                         hint=f"use one of: {', '.join(valid)}" if valid else
                         f"define a method taking {want}")
+    valid = methods_for(addin, side)
+    hint = f"methods that can run at a {side} point: {', '.join(valid) or 'none'}"
+    if p.method.startswith("_") or p.method in _NN_MODULE_ATTRS or \
+            getattr(addin, p.method, None) is not None:
+        raise loc.error(f"{p.addin}.{p.method} is not a hook method: a string may name only the "
+                        f"add-in's adapt_* methods and those declared with @hook_method", p, p.method,
+                        hint=hint)
+    raise loc.error(f"{p.addin} has no method '{p.method}'", p, p.method, hint=hint)

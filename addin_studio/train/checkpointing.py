@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from .. import checkpoint  # noqa: F401  (registers the writer behind Attachment.save)
+from ..checkpoint.files import atomic_write
 
 
 def save_adapters(attachment: Any, path: str | Path) -> Path:
@@ -30,5 +31,5 @@ def save_trainable(model: nn.Module, path: str | Path) -> Path:
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             tensors[name] = p.detach().cpu().contiguous()
-    save_file(tensors, str(path), metadata={"format": "trainable-parameters"})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "trainable-parameters"}))
     return path

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
+import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,6 +26,35 @@ from .metrics import AverageMeter, topk_correct
 from .optim import build_optimizer, build_scheduler, trainable_parameters
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_step", "on_epoch", "on_end")
+
+# Models being trained right now, by any Trainer in this process: a second train intent is refused,
+# whichever thread it comes from (the check and the claim happen under one lock).
+_TRAINING: "weakref.WeakKeyDictionary[nn.Module, Any]" = weakref.WeakKeyDictionary()
+_TRAINING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Hold back Ctrl-C (SIGINT) for a few statements; it is raised right after. Main thread only
+    (other threads never receive signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not in the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -111,6 +143,7 @@ class Trainer:
             device = dist_utils.device_for_rank()
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
+        self._own_model = model  # before any DDP wrapper: the key of the training lock
         self.model = model.to(self.device)
         if self._sharded:
             from .. import fsdp
@@ -165,9 +198,24 @@ class Trainer:
         self.stopped = False
         self.fitting = False
         self.error: BaseException | None = None
-        self.best_epoch: int | None = None
-        self.best_metric: float | None = None
-        self.best_checkpoint: Path | None = None
+        # (epoch, metric, file) of the best epoch: one tuple, replaced in one assignment after its file
+        # is on disk, so the record and the file never disagree (Ctrl-C included)
+        self._best: tuple[int | None, float | None, Path | None] = (None, None, None)
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The best epoch so far (1-based), or None."""
+        return self._best[0]
+
+    @property
+    def best_metric(self) -> float | None:
+        """Its metric: validation Acc@1, or minus the training loss without a val_loader."""
+        return self._best[1]
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        """The file holding the best epoch's weights (with a ``checkpoint_dir``), or None."""
+        return self._best[2]
 
     # ----------------------------------------------------------------- sizes
     @staticmethod
@@ -226,7 +274,27 @@ class Trainer:
         return logits, loss.float(), targets
 
     # ----------------------------------------------------------------- training
+    def _buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every buffer of the model with a copy (BatchNorm statistics move in the forward pass)."""
+        seen: set[int] = set()
+        out = []
+        for b in self.model.buffers():
+            if id(b) not in seen:
+                seen.add(id(b))
+                out.append((b, b.detach().clone()))
+        return out
+
     def _train_step(self, batch: Any, epoch: int, index: int) -> dict:
+        buffers = self._buffers()
+        try:
+            return self._step_once(batch, epoch, index)
+        except Exception:
+            with torch.no_grad():  # a failed step (a non-finite batch) leaves no trace in the buffers
+                for b, saved in buffers:
+                    b.copy_(saved)
+            raise
+
+    def _step_once(self, batch: Any, epoch: int, index: int) -> dict:
         step = self.step + 1
         self.optimizer.zero_grad(set_to_none=True)
         _, loss, _ = self._forward(batch)
@@ -265,14 +333,19 @@ class Trainer:
         (per epoch) and, with a ``val_loader``, ``val_loss``, ``val_acc1``, ``val_acc5`` (per epoch, %).
         Each call restarts the history, step count and named schedule; model and optimizer state carry over.
         """
-        if self.fitting:
-            raise RuntimeError("fit() is already running")
-        self.fitting = True
+        with _TRAINING_LOCK:
+            if self.fitting:
+                raise RuntimeError("fit() is already running")
+            if self._own_model in _TRAINING:
+                raise RuntimeError("this model is already being trained (another Trainer's fit() is "
+                                   "running); stop it first")
+            _TRAINING[self._own_model] = self
+            self.fitting = True
         self.stopped = False
         self.error = None
         self.step = 0
         self.epoch = 0
-        self.best_epoch = self.best_metric = self.best_checkpoint = None
+        self._best = (None, None, None)
         self.history = history = {"loss": [], "lr": [], "train_loss": [], "epoch_time": []}
         if self.val_loader is not None:
             history.update(val_loss=[], val_acc1=[], val_acc5=[])
@@ -293,10 +366,32 @@ class Trainer:
             self.error = exc
             raise
         finally:
-            self.fitting = False
+            with _TRAINING_LOCK:
+                _TRAINING.pop(self._own_model, None)
+                self.fitting = False
             self._stop.clear()
-            self._emit("on_end", history)
+            self._end(history)
         return history
+
+    def _end(self, history: dict[str, list]) -> None:
+        """Every callback's ``on_end`` runs; the first error wins: a callback's error never replaces
+        the error that ended training (it is added to it as a note), and without one the first
+        callback error is raised after all callbacks ran."""
+        first: BaseException | None = None
+        for cb in self.callbacks:
+            fn = getattr(cb, "on_end", None)
+            if callable(fn):
+                try:
+                    fn(self, history)
+                except Exception as exc:  # noqa: BLE001 - collected, see above
+                    first = first or exc
+        if first is None:
+            return
+        if self.error is not None:
+            self.error.add_note(f"a callback's on_end also failed: {type(first).__name__}: {first}")
+            return
+        self.error = first
+        raise first
 
     def _run_epochs(self, history: dict[str, list]) -> None:
         for epoch in range(1, self.epochs + 1):
@@ -337,17 +432,32 @@ class Trainer:
         metric = logs["val_acc1"] if "val_acc1" in logs else -logs["train_loss"]
         if not math.isfinite(metric) or (self.best_metric is not None and metric <= self.best_metric):
             return False
-        self.best_epoch, self.best_metric = epoch, metric
-        if self.checkpoint_dir is not None:
-            path = self.checkpoint_dir / "best.safetensors"
-            if self._sharded:
+        if self.checkpoint_dir is None:
+            self._best = (epoch, metric, None)
+            return True
+        # the file is staged beside its place; renaming it there and recording the epoch happen
+        # together, with Ctrl-C held back, so the record and the file never disagree
+        path = self.checkpoint_dir / "best.safetensors"
+        staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            if self._sharded:  # FSDP: every rank gathers the add-ins, rank 0 writes
                 from .. import fsdp
 
-                self.best_checkpoint = fsdp.save_adapters(self.attachment, path)
+                written = fsdp.save_adapters(self.attachment, staged) is not None
             elif self.attachment is not None:
-                self.best_checkpoint = save_adapters(self.attachment, path)
+                save_adapters(self.attachment, staged)
+                written = True
             else:
-                self.best_checkpoint = save_trainable(self.model, path)
+                save_trainable(self.model, staged)
+                written = True
+            with _interrupts_held():
+                if written:
+                    os.replace(staged, path)
+                self._best = (epoch, metric, path if written else None)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                staged.unlink()
+            raise
         return True
 
     # ----------------------------------------------------------------- evaluation

@@ -7,8 +7,11 @@ the config and the attachment as they were and sets ``editor.error``.
 """
 from __future__ import annotations
 
+import fnmatch
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch.nn as nn
 
@@ -19,6 +22,10 @@ from ..engine import Attachment, attach
 from ..graph import ModuleGraph
 from ..params import summary_line
 from ..render.labels import point_labels  # noqa: F401  (re-exported: the Studio's labels)
+from . import settings as form
+
+#: the strategies the picker offers
+STRATEGIES = ("lora_all", "lora", "bitfit", "head_only", "layernorm", "partial_k")
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,9 @@ class Editor:
         self.addin = names[0] if names else ""
         self.method = ""
         self.side: str | None = None
+        self.settings: dict[str, dict[str, Any]] = {}   # add-in -> settings for new placements
+        self.message = ""                               # what the last edit did to trained add-ins
+        self.busy: Callable[[], bool] = lambda: False   # True while a run trains: edits are refused
         self._fit_method(None)
 
     # -- add-ins and methods -------------------------------------------------------------------
@@ -96,6 +106,16 @@ class Editor:
             return sorted(set(methods_for(f, "pre")) | set(methods_for(f, "post")))
         return methods_for(f, side)
 
+    def offered_methods(self) -> list[str]:
+        """The method list to show: with a started placement at side S, the ``{inout}`` methods at S
+        and the across methods for either side of the ``{out}`` still to be clicked; else all."""
+        if self.pending is None:
+            return self.methods(None)
+        side = self.pending[0].side
+        inout = [m for m in self.methods(side) if "across" not in m]
+        across = [m for m in self.methods(None) if "across" in m]
+        return inout + across
+
     def select_addin(self, name: str) -> None:
         if name not in self.addin_names():
             raise ValueError(f"no add-in {name!r}; choose one of {', '.join(self.addin_names())}")
@@ -103,15 +123,143 @@ class Editor:
         self._fit_method(self.side)
 
     def select_method(self, name: str) -> None:
-        if name not in self.methods(self.side):
+        offered = self.offered_methods()
+        if name not in offered:
             raise ValueError(f"{self.addin} has no method {name!r} that can run here; "
-                             f"choose one of {', '.join(self.methods(self.side))}")
+                             f"choose one of {', '.join(offered)}")
         self.method = name
+
+    # -- settings ------------------------------------------------------------------------------
+    def settings_form(self) -> list[dict]:
+        """The selected add-in's settings: name, kind, default, help and the value shown."""
+        if not self.addin:
+            return []
+        shown = self.shown_settings()
+        out = []
+        for f in form.schema(self.factory(self.addin)):
+            d = f.as_dict()
+            d["value"] = shown.get(f.name, f.default)
+            out.append(d)
+        return out
+
+    def shown_settings(self, addin: str | None = None) -> dict[str, Any]:
+        """Settings of an add-in (default: the selected one) as the form shows them and new placements
+        take them: those of its last placement in the string, else the ones chosen in the form."""
+        name = addin or self.addin
+        placed = [p for p in self.config.placements if p.addin == name]
+        if placed:
+            return dict(placed[-1].settings)
+        return dict(self.settings.get(name, {}))
+
+    def set_setting(self, name: str, text: Any) -> bool:
+        """A field of the settings form changed: new placements and every placement of the selected
+        add-in in the string take the value (a default value is left out of the string)."""
+        fields = {f.name: f for f in form.schema(self.factory(self.addin))} if self.addin else {}
+        if name not in fields:
+            return self._fail(f"{self.addin or 'no add-in'} has no setting {name!r}"
+                              f" (it has: {', '.join(fields) or 'none'})")
+        try:
+            value = form.convert(fields[name], text)
+        except ValueError as exc:
+            return self._fail(str(exc))
+
+        def updated(current: Mapping[str, Any]) -> dict[str, Any]:
+            new = dict(current)
+            if value == fields[name].default and type(value) is type(fields[name].default):
+                new.pop(name, None)
+            else:
+                new[name] = value
+            return new
+
+        self.settings[self.addin] = updated(self.settings.get(self.addin, {}))
+        if not any(p.addin == self.addin for p in self.config.placements):
+            self.error = ""
+            return True
+        placements = [Placement(p.addin, p.method, p.source, p.target, updated(p.settings))
+                      if p.addin == self.addin else p for p in self.config.placements]
+        return self.commit(Config(placements, self.config.trainable))
+
+    # -- strategies ----------------------------------------------------------------------------
+    def strategy_config(self, name: str, targets: str = "") -> Config:
+        """The config strategy ``name`` gives this model (LoRA ones read the LoRA settings form;
+        ``targets`` is lora's module names, or partial_k's k).
+
+        Raises ValueError with the strategy's own message when it does not apply."""
+        from .. import strategies
+
+        if name not in STRATEGIES:
+            raise ValueError(f"no strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.busy():  # computing one detaches the add-ins for a moment
+            raise ValueError("stop training before choosing a strategy")
+        lora = self.shown_settings("LoRA")
+        lora_kw = {k: lora[k] for k in ("r", "alpha", "dropout") if k in lora}
+        with self._bare():
+            if name == "lora_all":
+                cfg = strategies.lora_all(self.model, **lora_kw)
+            elif name == "lora":
+                names = [t for t in targets.replace(",", " ").split() if t]
+                if not names:
+                    raise ValueError("lora(targets) needs module names, e.g. qkv or fc1, fc2")
+                cfg = strategies.lora(self.model, names, **lora_kw)
+            elif name == "bitfit":
+                cfg = strategies.bitfit(self.model)
+            elif name == "layernorm":
+                cfg = strategies.layernorm(self.model)
+            elif name == "partial_k":
+                if not targets.strip().isdigit():
+                    raise ValueError(f"partial_k needs k, the number of last blocks to train, e.g. 2; "
+                                     f"got {targets.strip()!r}")
+                cfg = strategies.partial_k(self.model, int(targets))
+            else:
+                cfg = strategies.head_only(self.model)
+        return cfg
+
+    def apply_strategy(self, name: str, targets: str = "") -> bool:
+        try:
+            cfg = self.strategy_config(name, targets)
+        except (ValueError, TypeError) as exc:
+            return self._fail(f"{name}: {exc}")
+        self.pending = None
+        return self.commit(cfg)
+
+    @contextmanager
+    def _bare(self) -> Iterator[None]:
+        """The model without the current add-ins (strategies must not see them), then back."""
+        att = self.attachment
+        if att is None:
+            yield
+            return
+        reuse = self._reusable()
+        att.detach()
+        self.attachment = None
+        try:
+            yield
+        finally:
+            self.attachment = self._attach(self.config, reuse)
+
+    # -- search --------------------------------------------------------------------------------
+    def search(self, query: str, limit: int = 200) -> list[str]:
+        """Module paths whose path or class name contains ``query`` (case-insensitive), or match it
+        as a glob when it has ``*``, ``?`` or ``[``. Paths may be written ``blocks[3]`` as in strings."""
+        q = re.sub(r"\[(\d+)\]", r".\1", query.strip().lower())  # blocks[3] -> blocks.3
+        if not q:
+            return []
+        glob = any(c in q for c in "*?[")
+        out = []
+        for node in self.graph.nodes:
+            path, cls = node.path.lower(), node.class_name.lower()
+            hit = (fnmatch.fnmatchcase(path, q) or fnmatch.fnmatchcase(cls, q)) if glob \
+                else (q in path or q in cls)
+            if hit:
+                out.append(node.path)
+                if len(out) >= limit:
+                    break
+        return out
 
     def _fit_method(self, side: str | None) -> bool:
         """Narrow the method to ``side``: keep the user's choice if it fits, else its other-side twin."""
         self.side = side
-        valid = self.methods(side)
+        valid = self.offered_methods() if self.pending is not None else self.methods(side)
         if self.method in valid:
             return True
         twin = _swap_side(self.method)
@@ -133,30 +281,51 @@ class Editor:
             return self._fail(f"no module {p.module!r} in this model")
         if not self.addin:
             return self._fail("choose an add-in first")
+        if self.busy():
+            return self._fail("stop training before changing the config")
         if self.pending is None:
             self.pending = (p, group or None)
-            self._fit_method(p.side)
+            self.side = p.side
+            offered = self.offered_methods()
+            if self.method not in offered:
+                self.method = next((m for m in (f"adapt_{'input' if p.side == 'pre' else 'output'}",)
+                                    if m in offered), offered[0] if offered else "")
             self.error = ""
             return True
         (src, src_group), self.pending = self.pending, None
         if (src_group or None) != (group or None):
             return self._fail("the two points must both lie in the same collapsed group of blocks, or "
                               "both outside it (expand the group to connect single blocks)")
-        if not self._fit_method(p.side):
-            return self._fail(f"{self.addin} has no method that can run {'before' if p.side == 'pre' else 'after'} "
-                              f"a module (at {p})")
-        method = self.method
-        if src == p and "_across" in method and method.replace("_across", "") in self.methods(p.side):
-            method = method.replace("_across", "")  # an {inout} has no cached feature to read across
+        method = self._method_for(src, p)
+        if not method:
+            where = "before" if p.side == "pre" else "after"
+            return self._fail(f"{self.addin}.{self.method} cannot run {where} a module (at {p}); choose "
+                              f"one of {', '.join(self.methods(p.side)) or 'nothing: no method fits'}")
         try:
             pairs = self._expand(src, p, group)
         except ValueError as exc:
             return self._fail(str(exc))
-        placements = [Placement(self.addin, method, s, t) for s, t in pairs]
+        settings = self.shown_settings()
+        placements = [Placement(self.addin, method, s, t, settings) for s, t in pairs]
         cfg = self.config
         for pl in placements:
             cfg = cfg.add(pl)
-        return self.commit(cfg)
+        if self.commit(cfg):
+            self.method = method  # the method shown is the one written into the string
+            return True
+        return False
+
+    def _method_for(self, src: Point, dst: Point) -> str:
+        """The method the completed placement writes: the chosen one when it fits, else its twin at
+        the clicked side (an {inout} has no cached feature, so ``adapt_across_x`` -> ``adapt_x``)."""
+        valid = self.methods(dst.side)
+        m = self.method
+        if src == dst and "across" in m:
+            m = m.replace("_across", "")
+        if m in valid:
+            return m
+        twin = _swap_side(m)
+        return twin if twin in valid else ""
 
     def cancel(self) -> None:
         self.pending = None
@@ -164,6 +333,8 @@ class Editor:
 
     def apply(self, text: str) -> bool:
         """Parse and attach ``text``; on any error keep everything as it was."""
+        if self.busy():
+            return self._fail("stop training before changing the config")
         try:
             cfg = parse(text)
         except ConfigError as exc:
@@ -206,26 +377,65 @@ class Editor:
         return False
 
     def commit(self, cfg: Config) -> bool:
-        """Attach ``cfg`` in place of the current config; on error re-attach the old one."""
+        """Attach ``cfg`` in place of the current config; on error re-attach the old one.
+
+        Placements equal to current ones (add-in, method, points, settings) keep their add-in object
+        and its trained weights; :attr:`message` says which were built new or re-initialised."""
+        if self.busy():
+            return self._fail("stop training before changing the config")
         old = self.config
+        reuse = self._reusable()
         if self.attachment is not None:
             self.attachment.detach()
             self.attachment = None
         try:
-            self.attachment = self._attach(cfg)
+            self.attachment = self._attach(cfg, reuse)
         except (ConfigError, ValueError, TypeError) as exc:
-            self.attachment = self._attach(old)
+            self.attachment = self._attach(old, reuse)
             return self._fail(str(exc))
+        self.message = self._describe_change(old, cfg, reuse)
         self.config = cfg
         self.error = ""
-        self._fit_method(None)
+        self.side = None
+        if self.method not in self.methods(None):
+            self._fit_method(None)
         return True
 
-    def _attach(self, cfg: Config) -> Attachment | None:
+    def _reusable(self) -> dict[Placement, nn.Module]:
+        if self.attachment is None:
+            return {}
+        return {p: a for _, p, a in self.attachment.entries}
+
+    def _describe_change(self, old: Config, new: Config, reuse: Mapping[Placement, nn.Module]) -> str:
+        kept = [p for p in new.placements if p in reuse]
+        fresh = [p for p in new.placements if p not in reuse]
+        old_points = {(p.source, p.target) for p in old.placements}
+        reinit = [p for p in fresh if (p.source, p.target) in old_points]
+        parts = []
+        if kept:
+            parts.append(f"kept {len(kept)} add-in(s) with their weights")
+        if reinit:
+            names = ", ".join(f"{p.addin} at {p.target}" for p in reinit[:4])
+            more = f" and {len(reinit) - 4} more" if len(reinit) > 4 else ""
+            parts.append(f"re-initialised {len(reinit)} (changed): {names}{more}")
+        if len(fresh) > len(reinit):
+            parts.append(f"built {len(fresh) - len(reinit)} new")
+        return "; ".join(parts)
+
+    def _attach(self, cfg: Config, reuse: Mapping[Placement, nn.Module] | None = None) -> Attachment | None:
         if not cfg:
             return None
         return attach(self.model, cfg, addins=self.user_addins, example_input=self.example_input,
-                      graph=self.graph)
+                      graph=self.graph, reuse=reuse)
+
+    def placements_at(self, path: str) -> list[str]:
+        """The canonical entries that place something before, after or across ``path``."""
+        out = []
+        for e in entries(self.config):
+            ps = self.config.placements[e.start:e.stop]
+            if any(pt.module == path for p in ps for pt in (p.source, p.target)):
+                out.append(e.text)
+        return out
 
     # -- views ---------------------------------------------------------------------------------
     def params_text(self) -> str:
@@ -233,14 +443,17 @@ class Editor:
 
     def module_states(self) -> dict[str, str]:
         """``{path: "trainable" | "frozen" | "partial"}`` for modules with parameters, as they are now."""
-        out = {}
-        for path, module in self.model.named_modules():
-            if not path or path not in self.graph:
-                continue
-            n = t = 0
-            for p in module.parameters():
-                n += p.numel()
-                t += p.numel() if p.requires_grad else 0
-            if n:
-                out[path] = "frozen" if t == 0 else ("trainable" if t == n else "partial")
-        return out
+        # one pass over the parameters, summed into every enclosing module (a pass per module is
+        # quadratic in the depth and was most of a click's time on a ViT)
+        total: dict[str, int] = {}
+        train: dict[str, int] = {}
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            k = p.numel()
+            trained = k if p.requires_grad else 0
+            path = name
+            while "." in path:
+                path = path.rsplit(".", 1)[0]
+                total[path] = total.get(path, 0) + k
+                train[path] = train.get(path, 0) + trained
+        return {path: "frozen" if train[path] == 0 else ("trainable" if train[path] == n else "partial")
+                for path, n in total.items() if n and path in self.graph}

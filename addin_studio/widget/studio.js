@@ -1,6 +1,8 @@
 // Addin Studio widget view. It only draws what the Python side computed and sends intents back
 // ({type: "point" | "select" | "toggle" | "addin" | "method" | "apply" | "remove" | "clear" |
-// "cancel" | "train" | "stop"}); parsing, validation and the config string all live in Python.
+// "cancel" | "train" | "stop" | "setting" | "strategy" | "apply-strategy" | "search" | "run" |
+// "save-adapters" | "export-peft" | "copy-code"}); parsing, validation, the config string, search
+// results and update norms all live in Python.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -30,36 +32,56 @@ function drawPlot(svg, data) {
   const val = (data && data.val) || [];
   // the x axis follows the steps done so far (a stopped or long run still fills the plot)
   const lastStep = loss.length ? loss[loss.length - 1][0] : 0;
-  const total = Math.max(lastStep, 10);
+  const runEnd = Math.max(0, ...((data && data.runs) || []).map((r) => (r.smooth.length ? r.smooth[r.smooth.length - 1][0] : 0)));
+  const total = Math.max(lastStep, runEnd, 10);
   svg.dataset.points = String(loss.length);
   svg.append(s("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "as-plot-frame" }));
-  if (!loss.length) {
+  svg.dataset.runs = String(((data && data.runs) || []).length);
+  if (!loss.length && !((data && data.runs) || []).length) {
     const t = s("text", { x: W / 2, y: H / 2, class: "as-plot-empty" });
     t.textContent = "loss per step appears here while training";
     svg.append(t);
     return;
   }
-  const ys = loss.map((p) => p[1]);
+  const runs = (data && data.runs) || [];
+  const ys = loss.map((p) => p[1]).concat(...runs.map((r) => r.smooth.map((p) => p[1])));
   let lo = Math.min(...ys), hi = Math.max(...ys);
   if (hi - lo < 1e-9) { hi += 0.5; lo -= 0.5; }
   const x = (step) => L + ((W - L - R) * step) / total;
   const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo));
   const ya = (a) => T + (H - T - B) * (1 - a / 100);
+  const label = (tx, ty, text, cls) => {
+    const t = s("text", { x: tx, y: ty, class: cls });
+    t.textContent = text;
+    svg.append(t);
+  };
   const line = (pts, f, cls) => {
     const p = s("polyline", { class: cls, points: pts.map((q) => `${x(q[0]).toFixed(1)},${f(q[1]).toFixed(1)}`).join(" ") });
     svg.append(p);
   };
+  runs.forEach((r, i) => {
+    if (!r.smooth.length) return;
+    line(r.smooth, y, `as-plot-run as-run-c${i % 3}`);
+    svg.lastChild.setAttribute("data-run-curve", String(r.n));
+    const end = r.smooth[r.smooth.length - 1];
+    const t = s("text", { x: x(end[0]) + 2, y: y(end[1]), class: `as-plot-tick as-run-t${i % 3}` });
+    t.textContent = `run ${r.n}`;
+    svg.append(t);
+    for (const q of r.val || []) {  // that run's val Acc@1 per epoch: hollow dots in its colour
+      svg.append(s("circle", { cx: x(q[0]), cy: ya(q[1]), r: 2.5, class: `as-plot-runval as-run-c${i % 3}`, "data-run-val": String(r.n) }));
+    }
+  });
+  if (!loss.length) {
+    label(L - 4, T + 9, hi.toPrecision(3), "as-plot-tick as-end");
+    label(L - 4, H - B, lo.toPrecision(3), "as-plot-tick as-end");
+    return;
+  }
   line(loss, y, "as-plot-loss");
   line(smooth, y, "as-plot-smooth");
   if (val.length) {
     line(val, ya, "as-plot-val");
     for (const q of val) svg.append(s("circle", { cx: x(q[0]), cy: ya(q[1]), r: 3, class: "as-plot-valdot" }));
   }
-  const label = (tx, ty, text, cls) => {
-    const t = s("text", { x: tx, y: ty, class: cls });
-    t.textContent = text;
-    svg.append(t);
-  };
   label(L - 4, T + 9, hi.toPrecision(3), "as-plot-tick as-end");
   label(L - 4, H - B, lo.toPrecision(3), "as-plot-tick as-end");
   label(L, H - 8, "step 0", "as-plot-tick");
@@ -68,6 +90,13 @@ function drawPlot(svg, data) {
   label(W - R + 4, H - B, "0%", "as-plot-tick as-val");
   const last = smooth.length ? smooth[smooth.length - 1][1] : loss[loss.length - 1][1];
   label(L + 6, T + 14, `loss ${last.toFixed(4)}` + (val.length ? ` · val acc ${val[val.length - 1][1].toFixed(1)}%` : ""), "as-plot-legend");
+}
+
+// blue (little change) -> orange (most change) for the update-norm colouring
+function gradColor(t) {
+  const a = [70, 130, 200], b = [230, 90, 20];
+  const c = a.map((v, i) => Math.round(v + (b[i] - v) * Math.max(0, Math.min(1, t))));
+  return `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
 }
 
 // -- the widget ----------------------------------------------------------------------------------
@@ -104,17 +133,36 @@ function render({ model, el }) {
   const stopBtn = h("button", { "data-role": "stop", text: "Stop" });
   const status = h("div", { class: "as-status", "data-role": "status" });
   const plot = s("svg", { class: "as-plot", "data-role": "loss-plot", width: "380", height: "170" });
+  const search = h("input", { type: "search", class: "as-search", "data-role": "search", placeholder: "find a module (fc2, blocks.7.*, Linear)", spellcheck: "false" });
+  const found = h("span", { class: "as-found", "data-role": "search-count" });
+  const settingsBox = h("div", { class: "as-settings", "data-role": "settings" });
+  const strategySel = h("select", { "data-role": "strategy", title: "a strategy fills the whole config" });
+  const targets = h("input", { class: "as-targets", "data-role": "strategy-targets", placeholder: "lora: qkv, fc1 · partial_k: 2", spellcheck: "false" });
+  const applyStrategy = h("button", { "data-role": "apply-strategy", text: "Apply strategy" });
+  const previewEl = h("div", { class: "as-preview-text", "data-role": "strategy-preview" });
+  const legend = h("div", { class: "as-legend as-hidden", "data-role": "grad-legend" });
+  const gradTable = h("table", { class: "as-gradtable as-hidden", "data-role": "grad-table" });
+  const runsEl = h("ul", { class: "as-runs", "data-role": "runs" });
+  const saveBtn = h("button", { "data-role": "save-adapters", text: "Save adapters", title: "adapters.safetensors (add-in weights + this string)" });
+  const peftBtn = h("button", { "data-role": "export-peft", text: "Export PEFT", title: "adapter_model.safetensors + adapter_config.json" });
+  const codeBtn = h("button", { "data-role": "copy-code", text: "Copy code", title: "Python that rebuilds this attachment with studio.attach" });
+  const codeEl = h("pre", { class: "as-code as-hidden", "data-role": "code" });
 
   root.append(
     h("div", { class: "as-header" }, title, params),
     notice,
     h("div", { class: "as-toolbar" },
       h("label", {}, "Add-in ", addinSel), h("label", {}, "Method ", methodSel), pending,
-      h("span", { class: "as-spacer" }), viewGraph, viewText, zoomOut, zoomIn, zoomFit),
+      h("span", { class: "as-spacer" }), search, found, viewGraph, viewText, zoomOut, zoomIn, zoomFit),
     h("div", { class: "as-main" },
       canvas,
       h("div", { class: "as-side" },
         details,
+        h("div", { class: "as-h", text: "Settings of the add-in" }),
+        settingsBox,
+        h("div", { class: "as-h", text: "Strategy" }),
+        h("div", { class: "as-row" }, strategySel, targets, applyStrategy),
+        previewEl,
         h("div", { class: "as-h" }, h("span", { text: "Config string" }), copyBtn),
         configEl,
         input,
@@ -125,7 +173,14 @@ function render({ model, el }) {
         h("div", { class: "as-h", text: "Training" }),
         h("div", { class: "as-row" }, trainBtn, stopBtn),
         status,
-        plot)));
+        plot,
+        legend,
+        gradTable,
+        h("div", { class: "as-h", text: "Runs" }),
+        runsEl,
+        h("div", { class: "as-h", text: "Export" }),
+        h("div", { class: "as-row" }, saveBtn, peftBtn, codeBtn),
+        codeEl)));
   el.append(root);
 
   // -- drawing from traits --------------------------------------------------------------------
@@ -141,17 +196,33 @@ function render({ model, el }) {
     const states = model.get("states") || {};
     const pend = model.get("pending");
     const sel = (model.get("selected") || {}).path;
+    const preview = (model.get("preview") || {}).labels || {};
+    const grads = model.get("grads") || {};
+    const gv = Object.values(grads).filter((v) => v > 0);
+    const glo = gv.length ? Math.log(Math.min(...gv)) : 0, ghi = gv.length ? Math.log(Math.max(...gv)) : 0;
     for (const p of canvas.querySelectorAll("[data-point]")) {
       const lab = labels[p.dataset.point];
       if (lab) p.setAttribute("data-placement", lab); else p.removeAttribute("data-placement");
       p.classList.toggle("as-pending", p.dataset.point === pend);
+      p.classList.toggle("as-preview", !!preview[p.dataset.point]);
+      const g = grads[p.dataset.point];
+      if (lab && g !== undefined) {
+        p.setAttribute("data-grad", String(g));
+        const t = g > 0 && ghi > glo ? (Math.log(g) - glo) / (ghi - glo) : (g > 0 ? 1 : 0);
+        p.style.fill = gradColor(t);
+        p.style.background = gradColor(t);
+      } else if (p.hasAttribute("data-grad")) {
+        p.removeAttribute("data-grad"); p.style.fill = ""; p.style.background = "";
+      }
     }
+    const matches = new Set(model.get("matches") || []);
     for (const n of canvas.querySelectorAll("[data-path]")) {
       const st = states[n.dataset.path];
       n.classList.toggle("as-s-trainable", st === "trainable");
       n.classList.toggle("as-s-frozen", st === "frozen");
       n.classList.toggle("as-s-partial", st === "partial");
       n.classList.toggle("as-selected", n.dataset.path === sel);
+      if (matches.has(n.dataset.path)) n.setAttribute("data-match", "true"); else n.removeAttribute("data-match");
       const own = [...n.children].some((c) => c.hasAttribute && c.hasAttribute("data-placement"));
       n.classList.toggle("as-has-addin", own);
     }
@@ -253,7 +324,90 @@ function render({ model, el }) {
     const d = model.get("selected") || {};
     if (!d.path) { details.textContent = "Click a module for details, a dot (before/after a module) to place an add-in."; return; }
     const shape = (x) => (x ? `[${x.join(", ")}]` : "?");
-    details.textContent = `${d.path}${d.range ? ` [${d.range}]` : ""} · ${d.class} · in ${shape(d.input)} → out ${shape(d.output)} · ${d.params.toLocaleString()} params (${d.trainable})` + (d.extra ? `\n${d.extra}` : "");
+    const places = (d.placements || []).length ? `\nplacements here:\n  ${d.placements.join("\n  ")}` : "\nno placements here";
+    details.textContent = `${d.written || d.path}${d.range ? ` [${d.range}]` : ""} · ${d.class} · in ${shape(d.input)} → out ${shape(d.output)} · ${d.params.toLocaleString()} params (${d.trainable})` + (d.extra ? `\n${d.extra}` : "") + places;
+  }
+
+  function drawSettings() {
+    const fields = model.get("settings_form") || [];
+    const key = fields.map((f) => `${f.name}:${f.kind}`).join(",") + "|" + model.get("addin");
+    if (settingsBox.dataset.key !== key) {
+      settingsBox.dataset.key = key;
+      settingsBox.replaceChildren(...fields.map((f) => {
+        const attrs = { "data-setting": f.name, title: f.help || f.name, name: f.name };
+        const input = f.kind === "bool" ? h("input", { ...attrs, type: "checkbox" })
+          : h("input", { ...attrs, type: f.kind === "str" ? "text" : "number", step: f.kind === "int" ? "1" : "any",
+            placeholder: f.optional ? "none" : String(f.default) });
+        return h("label", { class: "as-field" }, h("span", { class: "as-fname", text: f.name }), input,
+          h("span", { class: "as-fhelp", text: f.help || "" }));
+      }));
+      if (!fields.length) settingsBox.textContent = "(this add-in takes no settings)";
+    }
+    for (const f of fields) {
+      const input = settingsBox.querySelector(`[data-setting="${CSS.escape(f.name)}"]`);
+      if (!input || input === document.activeElement) continue;
+      if (f.kind === "bool") input.checked = !!f.value;
+      else input.value = f.value === null || f.value === undefined ? "" : String(f.value);
+    }
+  }
+
+  function drawStrategy() {
+    fillSelect(strategySel, [""].concat(model.get("strategies") || []), model.get("strategy"));
+    strategySel.options[0].textContent = "(choose a strategy)";
+    targets.classList.toggle("as-hidden", !["lora", "partial_k"].includes(model.get("strategy")));
+    applyStrategy.disabled = !model.get("strategy");
+    const pv = model.get("preview") || {};
+    previewEl.textContent = pv.config !== undefined
+      ? `preview (orange rings in the graph): ${pv.count} placement(s)${pv.trainable && pv.trainable.length ? `, trainable(${pv.trainable.join(", ")})` : ""}; Apply strategy to use it` : "";
+  }
+
+  function drawSearch() {
+    const m = model.get("matches") || [];
+    found.textContent = model.get("search") ? `${m.length} match${m.length === 1 ? "" : "es"}` : "";
+  }
+
+  function revealMatch() {
+    const r = model.get("reveal");
+    if (!r) return;
+    const el = canvas.querySelector(`[data-path="${CSS.escape(r)}"]`);
+    if (el) el.scrollIntoView({ block: "center", inline: "center" });
+  }
+
+  function drawGrads() {
+    const grads = model.get("grads") || {};
+    const vals = Object.values(grads);
+    legend.classList.toggle("as-hidden", !vals.length);
+    if (vals.length) {
+      const lo = Math.min(...vals), hi = Math.max(...vals);
+      legend.replaceChildren(h("span", { text: "update norm per step: " }), h("span", { text: lo.toExponential(2) }),
+        h("span", { class: "as-ramp" }), h("span", { text: hi.toExponential(2) }));
+    }
+    const rows = model.get("grad_table") || [];
+    gradTable.classList.toggle("as-hidden", !rows.length);
+    gradTable.replaceChildren(h("tr", {}, h("th", { text: "add-in" }), h("th", { text: "placement" }), h("th", { text: "update norm / step" })),
+      ...rows.map((r) => h("tr", { "data-key": r.key }, h("td", { text: r.key }), h("td", { text: r.placement }), h("td", { text: r.norm.toExponential(3) }))));
+  }
+
+  function drawRuns() {
+    const runs = model.get("runs") || [];
+    runsEl.replaceChildren(...runs.map((r) => {
+      const m = r.metrics || {};
+      const acc = m.val_acc1 ? ` · val Acc@1 ${m.val_acc1[m.val_acc1.length - 1].toFixed(2)}%` : "";
+      const acc5 = m.val_acc5 ? ` · Acc@5 ${m.val_acc5[m.val_acc5.length - 1].toFixed(2)}%` : "";
+      return h("li", { "data-run": String(r.n), title: "click to restore this run's config string" },
+        h("b", { text: `run ${r.n}` }),
+        h("span", { text: ` · ${m.steps} steps · loss ${m.loss === null ? "?" : m.loss}${acc}${acc5} · ${r.trainable.toLocaleString()} trainable` }),
+        h("code", { text: r.config }));
+    }));
+    if (!runs.length) runsEl.append(h("li", { class: "as-muted", text: "finished runs appear here (the plot overlays the last 3)" }));
+  }
+
+  function drawExport() {
+    const code = model.get("code");
+    codeEl.textContent = code;
+    codeEl.classList.toggle("as-hidden", !code);
+    const has = !!model.get("config");
+    saveBtn.disabled = !has; peftBtn.disabled = !has;
   }
 
   function drawTraining() {
@@ -274,6 +428,7 @@ function render({ model, el }) {
     fillSelect(addinSel, model.get("addin_names") || [], model.get("addin"));
     fillSelect(methodSel, model.get("methods") || [], model.get("method"));
     drawConfig(); drawError(); drawPending(); drawDetails(); drawTraining(); drawView();
+    drawSettings(); drawStrategy(); drawSearch(); drawGrads(); drawRuns(); drawExport();
   }
 
   // -- intents --------------------------------------------------------------------------------
@@ -305,6 +460,32 @@ function render({ model, el }) {
     const b = e.target.closest("[data-role=remove]");
     if (b) send({ type: "remove", index: +b.dataset.index });
   });
+  settingsBox.addEventListener("change", (e) => {
+    const f = e.target.closest("[data-setting]");
+    if (f) send({ type: "setting", name: f.dataset.setting, value: f.type === "checkbox" ? String(f.checked) : f.value });
+  });
+  settingsBox.addEventListener("keydown", (e) => e.stopPropagation());
+  strategySel.addEventListener("change", () => send({ type: "strategy", name: strategySel.value, targets: targets.value }));
+  targets.addEventListener("keydown", (e) => e.stopPropagation());
+  targets.addEventListener("change", () => send({ type: "strategy", name: strategySel.value, targets: targets.value }));
+  applyStrategy.addEventListener("click", () => send({ type: "apply-strategy", name: strategySel.value, targets: targets.value }));
+  let searchTimer = null;
+  search.addEventListener("keydown", (e) => {
+    e.stopPropagation();
+    if (e.key === "Enter") { clearTimeout(searchTimer); send({ type: "search", query: search.value }); }
+  });
+  search.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => send({ type: "search", query: search.value }), 200);
+  });
+  runsEl.addEventListener("click", (e) => {
+    const r = e.target.closest("[data-run]");
+    if (r) send({ type: "run", n: +r.dataset.run });
+  });
+  saveBtn.addEventListener("click", () => send({ type: "save-adapters" }));
+  peftBtn.addEventListener("click", () => send({ type: "export-peft" }));
+  let wantCopy = false;
+  codeBtn.addEventListener("click", () => { wantCopy = true; send({ type: "copy-code" }); });
   trainBtn.addEventListener("click", () => send({ type: "train" }));
   stopBtn.addEventListener("click", () => send({ type: "stop" }));
   copyBtn.addEventListener("click", async () => {
@@ -340,6 +521,19 @@ function render({ model, el }) {
   on(["addin_names", "addin"], () => fillSelect(addinSel, model.get("addin_names") || [], model.get("addin")));
   on(["methods", "method"], () => fillSelect(methodSel, model.get("methods") || [], model.get("method")));
   on(["state", "status", "plot", "can_train"], drawTraining);
+  on(["settings_form", "addin"], drawSettings);
+  on(["strategies", "strategy", "preview"], () => { drawStrategy(); decorate(); });
+  on(["matches", "search"], () => { drawSearch(); decorate(); });
+  on(["reveal"], revealMatch);
+  on(["grads", "grad_table"], () => { drawGrads(); decorate(); });
+  on(["runs"], drawRuns);
+  on(["code", "config"], drawExport);
+  model.on("change:code", async () => {
+    if (!wantCopy) return;
+    wantCopy = false;
+    const text = model.get("code");
+    try { await navigator.clipboard.writeText(text); } catch (_) { /* shown below the buttons anyway */ }
+  });
 
   drawAll();
   root.dataset.initialRenderMs = (performance.now() - t0).toFixed(1);

@@ -2,8 +2,10 @@
 
 Intents from the page (``{"type": ...}`` messages): ``point`` (point, group), ``select`` (path),
 ``toggle`` (path), ``addin`` (name), ``method`` (name), ``apply`` (text), ``remove`` (index),
-``clear``, ``cancel``, ``train``, ``stop``. Each is handled by :class:`~.editor.Editor` or the
-training run, and the result comes back as traits.
+``clear``, ``cancel``, ``train``, ``stop``, ``setting`` (name, value), ``strategy`` (name, targets:
+preview), ``apply-strategy`` (name, targets), ``search`` (query), ``run`` (n: restore its string),
+``save-adapters``, ``export-peft``, ``copy-code``. Each is handled by :class:`~.editor.Editor`, the
+training run or the export helpers, and the result comes back as traits.
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import anywidget
 import torch.nn as nn
 import traitlets as t
 
+from ..config import format_path
 from ..graph import trace
 from . import training
 from ..render.labels import links, point_labels
-from .editor import Editor, entries
+from .editor import STRATEGIES, Editor, entries
+from .export import code_snippet, export_peft, save_adapters
 from ..render.layout import layout
 from ..render.plot import history_png, series
 from .printout import printout
@@ -95,12 +99,28 @@ class Studio(anywidget.AnyWidget):
     can_train = t.Bool(False).tag(sync=True)
     plot = t.Dict().tag(sync=True)
     title = t.Unicode("").tag(sync=True)
+    settings_form = t.List().tag(sync=True)
+    strategies = t.List(list(STRATEGIES)).tag(sync=True)
+    strategy = t.Unicode("").tag(sync=True)
+    preview = t.Dict().tag(sync=True)
+    search = t.Unicode("").tag(sync=True)
+    matches = t.List().tag(sync=True)
+    reveal = t.Unicode("").tag(sync=True)
+    grads = t.Dict().tag(sync=True)
+    grad_table = t.List().tag(sync=True)
+    runs = t.List().tag(sync=True)
+    code = t.Unicode("").tag(sync=True)
+    exported = t.Dict().tag(sync=True)
+
+    #: runs the plot overlays (the latest ones)
+    OVERLAY_RUNS = 3
 
     def __init__(self, model: nn.Module, example_input: Any = None,
                  addins: Mapping[str, Callable] | None = None, train_loader: Iterable | None = None,
                  val_loader: Iterable | None = None, *, epochs: int = 1, lr: float = 1e-3,
                  trainer_options: Mapping[str, Any] | None = None, config: str = "",
-                 layout_engine: str = "auto", auto_collapse: bool = True, **kwargs: Any) -> None:
+                 layout_engine: str = "auto", auto_collapse: bool = True,
+                 export_dir: str | Path = "studio_export", **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Studio needs a torch.nn.Module, got {type(model).__name__}")
         training.stop_all()  # a re-run cell must not leave an old run training with no Stop button
@@ -117,7 +137,10 @@ class Studio(anywidget.AnyWidget):
         self._expanded: set[str] = set()
         self._collapsed = self._tree.default_collapsed() if auto_collapse else set()
         self._editor = Editor(model, self._graph, addins, example_input)
+        self._editor.busy = lambda: self.state == "training"
+        self.export_dir = Path(export_dir)
         self._run: training.TrainingRun | None = None
+        self._runs: list[dict] = []
         self._history: dict = {}
         self._syncing = False
         lines, exact = printout(model)
@@ -205,12 +228,23 @@ class Studio(anywidget.AnyWidget):
         if kind == "toggle":
             self._toggle(str(msg.get("path", "")))
             return
-        if kind not in ("point", "addin", "method", "apply", "remove", "clear", "cancel", "train"):
+        if kind == "search":
+            self._search(str(msg.get("query", "")))
+            return
+        if kind in ("save-adapters", "export-peft", "copy-code"):
+            self._export(kind)
+            return
+        if kind == "strategy":
+            self._preview(str(msg.get("name", "")), str(msg.get("targets", "")))
+            return
+        if kind not in ("point", "addin", "method", "apply", "remove", "clear", "cancel", "train",
+                        "setting", "apply-strategy", "run"):
             self.error = f"unknown request {kind!r}"
             return
-        if self.state == "training":
+        if self.state == "training" and kind not in ("addin", "method", "cancel"):
             self.error = "stop training before changing the config"
             return
+        ed.message = ""
         if kind == "point":
             ed.click(str(msg.get("point", "")), msg.get("group") or None)
         elif kind in ("addin", "method"):
@@ -228,6 +262,13 @@ class Studio(anywidget.AnyWidget):
             ed.clear()
         elif kind == "cancel":
             ed.cancel()
+        elif kind == "setting":
+            ed.set_setting(str(msg.get("name", "")), msg.get("value", ""))
+        elif kind == "apply-strategy":
+            ed.apply_strategy(str(msg.get("name", "")), str(msg.get("targets", "")))
+            self.preview = {}
+        elif kind == "run":
+            self._restore_run(msg.get("n"))
         elif kind == "train":
             self._train()
             return
@@ -235,7 +276,11 @@ class Studio(anywidget.AnyWidget):
 
     # -- views ------------------------------------------------------------------------------------
     def _sync(self) -> None:
-        """Push the editor's state to the traits."""
+        """Push the editor's state to the traits, as one message to the page."""
+        with self.hold_sync():
+            self._sync_traits()
+
+    def _sync_traits(self) -> None:
         ed = self._editor
         self._syncing = True
         try:
@@ -249,11 +294,17 @@ class Studio(anywidget.AnyWidget):
         self.states = ed.module_states()
         self.addin_names = ed.addin_names()
         self.addin = ed.addin
-        self.methods = ed.methods(ed.side)
+        self.methods = ed.offered_methods()
         self.method = ed.method
         self.pending = str(ed.pending[0]) if ed.pending else ""
         self.params = ed.params_text()
         self.can_train = self.train_loader is not None and self.state == "idle"
+        self.settings_form = ed.settings_form()
+        if ed.message and self.state == "idle":
+            self.status = ed.message
+        if self.selected.get("path"):
+            self.selected = {**self.selected, "placements": ed.placements_at(self.selected["path"]),
+                             "trainable": ed.module_states().get(self.selected["path"], "none")}
 
     def _relayout(self) -> None:
         items = self._tree.build(self._expanded, self._collapsed)
@@ -276,7 +327,8 @@ class Studio(anywidget.AnyWidget):
             self.error = f"no module {path!r} in this model"
             return
         node = self._graph[path]
-        info = {"path": path, "class": node.class_name, "params": node.num_params,
+        info = {"path": path, "written": format_path(path), "class": node.class_name,
+                "params": node.num_params, "placements": self._editor.placements_at(path),
                 "trainable": self._editor.module_states().get(path, "none"),
                 "input": list(node.input_shape) if node.input_shape else None,
                 "output": list(node.output_shape) if node.output_shape else None,
@@ -284,6 +336,74 @@ class Studio(anywidget.AnyWidget):
         if rng:
             info["range"] = str(rng)
         self.selected = info
+
+    def _search(self, query: str) -> None:
+        """Mark matching modules; open the collapsed groups and containers around the first one."""
+        self.search = query
+        found = self._editor.search(query)
+        self.matches = found
+        self.error = "" if found or not query.strip() else f"no module matches {query!r}"
+        if not found:
+            self.reveal = ""
+            return
+        first = found[0]
+        parts = first.split(".")
+        changed = False
+        for i in range(1, len(parts)):
+            anc = ".".join(parts[:i])
+            if anc in self._tree.groups and anc not in self._expanded:
+                self._expanded.add(anc)
+                changed = True
+            if anc in self._collapsed:
+                self._collapsed.discard(anc)
+                changed = True
+        if changed:
+            self._relayout()
+        self.reveal = first
+
+    def _preview(self, name: str, targets: str) -> None:
+        """Show what a strategy would place (labels on the graph, its string) without applying it."""
+        self.strategy = name
+        if not name:
+            self.preview = {}
+            return
+        try:
+            cfg = self._editor.strategy_config(name, targets)
+        except (ValueError, TypeError) as exc:
+            self.preview = {}
+            self.error = f"{name}: {exc}"
+            return
+        self.error = ""
+        self.preview = {"labels": point_labels(cfg), "config": str(cfg),
+                        "count": len(cfg.placements), "trainable": list(cfg.trainable)}
+
+    def _export(self, kind: str) -> None:
+        att = self._editor.attachment
+        if kind == "copy-code":
+            self.code = code_snippet(self._editor.config, self._editor.user_addins)
+            self.status = "Python code for this attachment: copied (also shown below)"
+            return
+        if att is None:
+            self.error = "nothing to export: place an add-in or apply a strategy first"
+            return
+        try:
+            path = save_adapters(att, self.export_dir) if kind == "save-adapters" \
+                else export_peft(att, self.export_dir)
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            self.error = f"{kind} failed: {exc}"
+            return
+        self.error = ""
+        self.exported = {**self.exported, kind: str(path)}
+        self.status = f"{'saved adapters to' if kind == 'save-adapters' else 'exported PEFT adapter to'} {path}"
+
+    def _restore_run(self, n: Any) -> None:
+        run = next((r for r in self._runs if r["n"] == n), None)
+        if run is None:
+            self._editor.error = f"no run {n!r}; runs: {', '.join(str(r['n']) for r in self._runs) or 'none yet'}"
+            return
+        if self._editor.apply(run["config"]):
+            self._editor.message = f"restored the string of run {n}" + (
+                f"; {self._editor.message}" if self._editor.message else "")
 
     # -- training ---------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -302,7 +422,8 @@ class Studio(anywidget.AnyWidget):
                            progress=False, attachment=att, **self.trainer_options)
 
         try:
-            run = training.TrainingRun(make, self._dispatch, self._on_update, self._on_done)
+            run = training.TrainingRun(make, self._dispatch, self._on_update, self._on_done,
+                                       att.entries if att is not None else ())
         except (ValueError, TypeError, RuntimeError) as exc:
             self.error = f"cannot train: {exc}"
             return
@@ -310,7 +431,9 @@ class Studio(anywidget.AnyWidget):
         self.error = ""
         self.state = "training"
         self.can_train = False
-        self.plot = series([], [], run.trainer.total_steps)
+        self.plot = self._with_runs(series([], [], run.trainer.total_steps))
+        self.grads = {}
+        self.grad_table = []
         self.status = f"training: starting ({run.trainer.total_steps} steps)"
         run.start()
 
@@ -318,19 +441,54 @@ class Studio(anywidget.AnyWidget):
         if self.state != "training":
             return
         self.status = snapshot.pop("status")
-        self.plot = snapshot
+        self.grads = snapshot.pop("grads", {})
+        self.plot = self._with_runs(snapshot)
+
+    def _with_runs(self, data: dict) -> dict:
+        """The plot's data plus the smoothed curves of the last finished runs (overlaid)."""
+        data["runs"] = [{"n": r["n"], "smooth": r["curve"], "val": r["val"]}
+                        for r in self._runs[-self.OVERLAY_RUNS:]]
+        return data
 
     def _on_done(self, run: training.TrainingRun) -> None:
         self._history = dict(run.history)
         data = series(run.losses, run.val_acc, run.trainer.total_steps)
-        self.plot = data
+        if run.losses:
+            self._runs.append(self._run_record(run, data))
+            self.runs = list(self._runs)
+        self.plot = self._with_runs(data)
+        self.grads = run.norms.by_point(run.norms.last)
+        self.grad_table = run.norms.table()
         self.state = "idle"
         self.status = run.summary()
         if run.error is not None:
             self.error = f"training failed: {run.error}"
         self._editor.error = self.error
+        self._editor.message = ""
         self._sync()
         self._show_static_plot(run)
+
+    def _run_record(self, run: training.TrainingRun, data: dict) -> dict:
+        """What the run history keeps: string, settings, curve and final metrics."""
+        cfg = self._editor.config
+        settings: dict[str, dict] = {}
+        for p in cfg.placements:
+            settings.setdefault(p.addin, dict(p.settings))
+        h = run.history
+        metrics = {"steps": run.trainer.step,
+                   "loss": round(run.losses[-1], 5) if math.isfinite(run.losses[-1]) else None}
+        for k in ("val_loss", "val_acc1", "val_acc5"):
+            if h.get(k):
+                metrics[k] = [round(float(v), 4) for v in h[k]]
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return {"n": len(self._runs) + 1, "config": str(cfg), "settings": settings,
+                "curve": data["smooth"], "val": data["val"], "metrics": metrics, "trainable": trainable,
+                "summary": run.summary()}
+
+    @property
+    def run_history(self) -> list[dict]:
+        """Every finished run: ``n``, ``config``, ``settings``, ``curve`` (smoothed loss), ``metrics``."""
+        return [dict(r) for r in self._runs]
 
     def _show_static_plot(self, run: training.TrainingRun) -> None:
         """Display a PNG of the run in the widget's cell, so a saved notebook keeps the plot."""

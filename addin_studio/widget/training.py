@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+import torch
 
 from ..train import Trainer
 from ..train.callbacks import Callback
@@ -29,6 +31,54 @@ def stop_all(wait_s: float = 5.0) -> None:
         run.stop()
     for run in runs:
         run.join(wait_s)
+
+
+class UpdateNorms:
+    """Where learning happens: the norm of each add-in's parameter change per step, between samples.
+
+    ``entries`` are ``(key, placement, addin)`` (``Attachment.entries``). Sampling copies the add-ins'
+    parameters (only at the plot's rate), so the cost per training step is nil.
+    """
+
+    def __init__(self, entries: Sequence[tuple[str, Any, torch.nn.Module]]) -> None:
+        self.entries = [(k, p, [q for q in a.parameters() if q.requires_grad]) for k, p, a in entries]
+        self.entries = [e for e in self.entries if e[2]]
+        self._prev = self._copy()
+        self._step = 0
+        self.last: dict[str, float] = {}
+
+    def _copy(self) -> dict[str, list[torch.Tensor]]:
+        with torch.no_grad():
+            return {k: [q.detach().clone() for q in ps] for k, _, ps in self.entries}
+
+    def sample(self, step: int) -> dict[str, float]:
+        """``{key: norm of the change since the last sample / steps}``; {} when no step was taken."""
+        steps = step - self._step
+        if steps <= 0:
+            return dict(self.last)
+        now = self._copy()
+        out = {}
+        for key, _, _ in self.entries:
+            total = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(now[key], self._prev[key]))
+            out[key] = math.sqrt(total) / steps
+        self._prev, self._step, self.last = now, step, out
+        return dict(out)
+
+    def by_point(self, norms: dict[str, float]) -> dict[str, float]:
+        """The largest norm of the add-ins at each point (``"fc1:post"``) they read or write."""
+        out: dict[str, float] = {}
+        for key, p, _ in self.entries:
+            if key not in norms:
+                continue
+            for point in {str(p.source), str(p.target)}:
+                out[point] = max(out.get(point, 0.0), norms[key])
+        return out
+
+    def table(self) -> list[dict]:
+        """One row per add-in: key, where it sits, its last sampled update norm."""
+        return [{"key": k, "placement": f"{p.addin}.{p.method} at {p.target}" + (
+            f" (from {p.source})" if p.source != p.target else ""),
+                 "norm": self.last.get(k, 0.0)} for k, p, _ in self.entries]
 
 
 class _Relay(Callback):
@@ -61,7 +111,9 @@ class TrainingRun:
     called through ``dispatch`` (a function that runs a callable on the widget's thread)."""
 
     def __init__(self, make_trainer: Callable[[list], Trainer], dispatch: Callable[..., None],
-                 on_update: Callable[[dict], None], on_done: Callable[["TrainingRun"], None]) -> None:
+                 on_update: Callable[[dict], None], on_done: Callable[["TrainingRun"], None],
+                 entries: Sequence[tuple[str, Any, torch.nn.Module]] = ()) -> None:
+        self.norms = UpdateNorms(entries)
         self.losses: list[float] = []
         self.val_acc: list[tuple[int, float]] = []
         self.trainer = make_trainer([_Relay(self)])   # errors in the options raise here, in the handler
@@ -94,6 +146,8 @@ class TrainingRun:
         data = series(self.losses, self.val_acc, trainer.total_steps)
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         loss = self.losses[-1] if self.losses else float("nan")
+        norms = self.norms.sample(trainer.step)
+        data["grads"] = {k: round(v, 8) for k, v in self.norms.by_point(norms).items()}
         data["status"] = (f"training: step {trainer.step}/{trainer.total_steps} · epoch {trainer.epoch}"
                           f"/{trainer.epochs} · loss {loss:.4f} · {trainer.step / elapsed:.1f} steps/s")
         return data
@@ -121,6 +175,7 @@ class TrainingRun:
             self.history = dict(self.trainer.history)
         finally:
             self.finished = time.perf_counter()
+            self.norms.sample(self.trainer.step)
             with _LOCK:
                 if self in _ACTIVE:
                     _ACTIVE.remove(self)

@@ -84,6 +84,33 @@ print(w.status)
 print("val Acc@1 per epoch:", [round(a, 2) for a in w.history["val_acc1"]])
 
 # %% [markdown]
+# ## Edit after training, compare runs, export
+#
+# Edits keep what was trained: adding a placement leaves the trained add-in as it is (the status line
+# says which add-ins were kept, built new or re-initialised). The *Settings* form edits an add-in's
+# settings, the *Strategy* picker fills the whole config (`lora_all`, `lora`, `bitfit`, `head_only`),
+# the search field finds a module. A second run is overlaid on the first in the plot and listed under
+# *Runs* (click one to get its string back); while training, each placement is coloured by how much
+# its add-in changes. The *Export* buttons save the adapters, write a PEFT folder, or copy Python code.
+#
+# *The same from Python:*
+
+# %%
+w.handle({"type": "method", "name": "adapt_output"})
+w.handle({"type": "point", "point": "fc2:post"})
+w.handle({"type": "point", "point": "fc2:post"})   # the same point twice: an {inout} after fc2
+print(w.status)                                     # the trained add-in at fc3 was kept
+w.handle({"type": "train"})
+while w.state == "training":
+    await asyncio.sleep(0.25)
+for run in w.run_history:
+    print(f"run {run['n']}: val Acc@1 {run['metrics']['val_acc1'][-1]:.2f}%  "
+          f"{len(run['config'].splitlines())} placement line(s)")
+print(w.grad_table)                                 # update norm per add-in at the end of the run
+w.handle({"type": "copy-code"})
+print(w.code)
+
+# %% [markdown]
 # ## Use the results
 #
 # The widget changed `model` in place: `w.attachment` is the live attachment (base frozen, add-in

@@ -138,7 +138,7 @@ print("PEFT computes the same outputs")
 # %%
 restored.detach()
 fresh = copy.deepcopy(base).eval()
-from_peft = studio.from_peft(fresh, "vit-lora-peft", example_input=images)
+from_peft = studio.from_peft(fresh, "vit-lora-peft", example_input=images, modules_to_save=["head"])
 print(from_peft.config)
 with torch.no_grad():
     assert torch.allclose(fresh(images), hooked, atol=1e-5)

@@ -1,4 +1,7 @@
-"""Real-browser harness: JupyterLab on 127.0.0.1 with a token, driven by Playwright + /usr/bin/chromium.
+"""Real-browser harness: a Jupyter server on 127.0.0.1 with a token, driven by Playwright + /usr/bin/chromium.
+
+Every test that takes ``open_notebook`` runs twice: in JupyterLab (``/lab/tree/...``) and in Jupyter
+Notebook 7 (``/notebooks/...``, served by the same server when the ``notebook`` package is installed).
 
 Never runs ``playwright install``: the system Chromium is used. Skips with a clear reason when
 Chromium, Playwright or JupyterLab is missing. Screenshots go to ``artifacts/browser/``.
@@ -105,14 +108,18 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 class Lab:
-    """One open notebook in JupyterLab."""
+    """One open notebook in JupyterLab (``frontend="lab"``) or Jupyter Notebook 7 (``"notebook"``)."""
 
-    def __init__(self, server: LabServer, page, name: str) -> None:
-        self.server, self.page, self.name = server, page, name
+    def __init__(self, server: LabServer, page, name: str, frontend: str = "lab") -> None:
+        self.server, self.page, self.name, self.frontend = server, page, name, frontend
 
     def open(self) -> None:
-        # ?reset: a fresh workspace, so notebooks of earlier tests are not reopened beside this one
-        self.page.goto(f"{self.server.base}/lab/tree/{self.name}?reset&token={self.server.token}")
+        if self.frontend == "notebook":
+            url = f"{self.server.base}/notebooks/{self.name}?token={self.server.token}"
+        else:
+            # ?reset: a fresh workspace, so notebooks of earlier tests are not reopened beside this one
+            url = f"{self.server.base}/lab/tree/{self.name}?reset&token={self.server.token}"
+        self.page.goto(url)
         self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         # the kernel is idle once the status shows it and the server agrees
         deadline = time.time() + 60
@@ -148,7 +155,7 @@ class Lab:
 
     def shot(self, name: str, locator=None) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / f"{name}.png"
+        path = ARTIFACTS / f"{name}{'' if self.frontend == 'lab' else '-nb7'}.png"
         (locator or self.page).screenshot(path=str(path))
         return path
 
@@ -174,17 +181,30 @@ def browser(lab_server):
         b.close()
 
 
+@pytest.fixture(params=["lab", "notebook"])
+def frontend(request) -> str:
+    """The front end a browser test runs in: JupyterLab or Jupyter Notebook 7."""
+    if request.param == "notebook":
+        try:
+            import notebook  # noqa: F401
+        except ImportError:
+            pytest.skip("Jupyter Notebook 7 is not installed (pip install notebook)")
+    return request.param
+
+
 @pytest.fixture
-def open_notebook(lab_server, browser):
+def open_notebook(lab_server, browser, frontend):
     """``open_notebook(name, cells) -> Lab`` with the notebook open and its kernel idle."""
     contexts = []
 
-    def make(name: str, cells: list[str]) -> Lab:
+    def make(name: str, cells: list[str], height: int = 1000) -> Lab:
+        if frontend != "lab":
+            name = f"{Path(name).stem}-{frontend}{Path(name).suffix}"
         write_notebook(lab_server.root / name, cells)
-        ctx = browser.new_context(viewport={"width": 1500, "height": 1000})
+        ctx = browser.new_context(viewport={"width": 1500, "height": height})
         ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab_server.base)
         contexts.append(ctx)
-        lab = Lab(lab_server, ctx.new_page(), name)
+        lab = Lab(lab_server, ctx.new_page(), name, frontend)
         lab.open()
         return lab
 

@@ -83,12 +83,14 @@ def test_mlp_steps_1_to_5(open_notebook):
     page.click("[data-point='fc1:post']")
     page.wait_for_selector("[data-point='fc1:post'].as-pending")
     methods = page.locator("[data-role=method] option").all_inner_texts()
-    assert methods == ["adapt_across_output", "adapt_output"]  # only those valid after a module
+    # {inout} methods after a module, across methods for either side of the {out}
+    assert methods == ["adapt_output", "adapt_across_input", "adapt_across_output"]
     page.click("[data-point='fc3:pre']")
     _wait_config(page, TUTORIAL)
     assert page.locator("[data-point='fc1:post']").get_attribute("data-placement") == "in1"
     assert page.locator("[data-point='fc3:pre']").get_attribute("data-placement") == "out1"
-    assert "8,464 / 93,466" in page.locator("[data-role=params]").inner_text()
+    page.wait_for_function(  # its own trait: may arrive just after the string
+        "() => document.querySelector('[data-role=params]').textContent.includes('8,464 / 93,466')")
     latency = float(root.get_attribute("data-click-latency-ms"))
 
     # one point twice -> {inout}; then remove it from the list

@@ -1,0 +1,105 @@
+"""The settings form of an add-in, read from its factory's signature and docstring (no Jupyter here).
+
+``schema(factory)`` lists the settings a config string may give it (the engine passes ``point`` and
+``source_point`` itself); ``convert(field, text)`` turns what a user typed into the value written in
+the string, with a clear ValueError for bad input.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+RESERVED = {"self", "point", "source_point"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``optional`` accepts none."""
+
+    name: str
+    kind: str
+    default: Any
+    optional: bool
+    help: str
+
+    def as_dict(self) -> dict:
+        """JSON-ready (a default that is not a plain value is shown by its repr)."""
+        d = asdict(self)
+        if not isinstance(self.default, (bool, int, float, str, type(None))):
+            d["default"] = repr(self.default)
+        return d
+
+
+def _kind(annotation: Any, default: Any) -> tuple[str, bool]:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if annotation is inspect.Parameter.empty:
+        text = ""
+    optional = default is None or "None" in text or "Optional" in text
+    for kind, python in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if isinstance(default, python):
+            return kind, optional
+    for kind in ("bool", "float", "int", "str"):  # float before int: "float | int" is a number
+        if re.search(rf"\b{kind}\b", text):
+            return kind, optional
+    return "str", optional
+
+
+def _help(doc: str, name: str) -> str:
+    """The docstring's one-line help for ``name``: ``name: text`` (Args) or ````name```` (text)."""
+    for line in doc.splitlines():
+        m = re.match(rf"\s*{re.escape(name)}\s*(\([^)]*\))?\s*:\s*(.+)", line)
+        if m:
+            return m.group(2).strip()
+    m = re.search(rf"``{re.escape(name)}``\s*\(([^()]*(?:\([^()]*\)[^()]*)*)\)", doc)
+    if m:
+        return " ".join(m.group(1).split())
+    return ""
+
+
+def schema(factory: Callable) -> list[Field]:
+    """The settings ``factory`` takes, in signature order."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    doc = inspect.getdoc(factory) or ""
+    if isinstance(factory, type):
+        doc += "\n" + (inspect.getdoc(factory.__init__) or "")
+    out = []
+    for p in sig.parameters.values():
+        if p.name in RESERVED or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        default = None if p.default is p.empty else p.default
+        kind, optional = _kind(p.annotation, default)
+        out.append(Field(p.name, kind, default, optional and p.default is not p.empty, _help(doc, p.name)))
+    return out
+
+
+def convert(field: Field, text: Any) -> Any:
+    """A typed-in value as the setting's type; ValueError names the setting when it cannot be."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text).lower() if isinstance(text, bool) else str(text)
+    raw = text.strip()
+    if raw == "" or raw.lower() == "none":
+        if field.optional:
+            return None
+        if raw == "":
+            return field.default
+        raise ValueError(f"setting {field.name!r} needs a {field.kind}, not none")
+    try:
+        if field.kind == "bool":
+            if raw.lower() in ("true", "1", "yes", "on"):
+                return True
+            if raw.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if field.kind == "int":
+            return int(raw)
+        if field.kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"setting {field.name!r} needs a {field.kind}, got {raw!r}") from None
+    return raw

@@ -1,0 +1,176 @@
+"""The Studio as a workbench in real JupyterLab and Notebook 7 (Chromium): settings form, strategy
+picker, search into a collapsed group, update-norm colouring while training, two runs overlaid, and
+export buttons whose files studio.load and PEFT read back."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+
+SETUP = '''
+import copy, os, time
+os.environ["HF_HUB_OFFLINE"] = "1"
+import torch
+from torch import nn
+import addin_studio as studio
+from addin_studio.data import digits_loaders
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(64, 48)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(48, 48), nn.ReLU()) for _ in range(6))
+        self.head = nn.Linear(48, 10)
+    def forward(self, x):
+        x = self.stem(x.flatten(1))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+class SlowLoader:
+    def __init__(self, loader, delay):
+        self.loader, self.delay = loader, delay
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+torch.manual_seed(0)
+train_loader, val_loader = digits_loaders(batch_size=16)
+model = Net()
+base = copy.deepcopy(model.state_dict())
+x = torch.zeros(2, 64)
+'''
+STUDIO = ('w = studio.Studio(model, example_input=x, train_loader=SlowLoader(train_loader, 0.03), '
+          'val_loader=val_loader, epochs=1, lr=1e-2, export_dir="wb_export")\nw')
+CHECK = 'print("CFG=" + repr(w.config)); print("RUNS=" + repr([r["config"] for r in w.run_history]))'
+READ_BACK = '''
+import peft
+probe = torch.randn(5, 64)
+model.eval()
+want = model(probe)
+fresh = Net(); fresh.load_state_dict(base)
+with studio.load(fresh, "wb_export/adapters.safetensors") as att:
+    print("LOAD=" + repr((str(att.config) == w.config, torch.allclose(fresh(probe), want, atol=1e-5))))
+other = Net(); other.load_state_dict(base)
+pm = peft.PeftModel.from_pretrained(other, "wb_export/peft").eval()
+print("PEFT=" + repr(torch.allclose(pm(probe), want, atol=1e-5)))
+model.train()
+'''
+
+
+def _config(page) -> str:
+    return page.locator("[data-role=config]").inner_text()
+
+
+def _wait_config(page, test: str, timeout_ms: int = 15_000) -> None:
+    page.wait_for_function(f"() => {{ const t = document.querySelector('[data-role=config]').textContent; return {test}; }}",
+                           timeout=timeout_ms)
+
+
+def _kernel(lab, cell: int, key: str) -> str:
+    lab.run(cell)
+    out = lab.output(cell)
+    m = re.search(rf"^{key}=(.*)$", out, re.M)
+    assert m, out
+    return m.group(1)
+
+
+def _wait_state(page, state: str, timeout_ms: int) -> None:
+    try:
+        page.wait_for_selector(f"[data-role=studio][data-state={state}]", timeout=timeout_ms)
+    except Exception as exc:
+        text = lambda role: page.locator(f"[data-role={role}]").inner_text()  # noqa: E731
+        raise AssertionError(f"no {state} state: error={text('error')!r} status={text('status')!r}") from exc
+
+
+def test_workbench(open_notebook):
+    lab = open_notebook("workbench.ipynb", [SETUP, STUDIO, CHECK, READ_BACK], height=1900)  # all of it in view
+    page = lab.page
+    lab.run(0)
+    lab.run(1)
+    page.wait_for_selector("[data-role=studio][data-ready='1']", timeout=60_000)
+    root = page.locator("[data-role=studio]")
+
+    # a settings edit changes the string
+    page.select_option("[data-role=addin]", "LoRA")
+    page.wait_for_selector("[data-role=settings] [data-setting=r]")
+    page.click("[data-point='head:post']")
+    page.click("[data-point='head:post']")
+    _wait_config(page, "t === '(LoRA.adapt_output): ...->(head){inout1}->...'")
+    r = page.locator("[data-role=settings] [data-setting=r]")
+    assert r.input_value() == "8"
+    r.fill("4")
+    r.press("Tab")   # change event
+    _wait_config(page, "t === '(LoRA.adapt_output, r=4): ...->(head){inout1}->...'")
+    lab.shot("wb-1-settings", root)
+
+    # a strategy from the picker: previewed in the graph, then applied
+    page.select_option("[data-role=strategy]", "lora")
+    page.fill("[data-role=strategy-targets]", "stem, head")
+    page.locator("[data-role=strategy-targets]").press("Tab")
+    page.wait_for_selector("[data-point='stem:post'].as-preview")
+    assert _config(page) == "(LoRA.adapt_output, r=4): ...->(head){inout1}->..."
+    lab.shot("wb-2-strategy-preview", root)
+    page.click("[data-role=apply-strategy]")
+    _wait_config(page, "t.includes('(stem)') && t.includes('(head)') && t.includes('r=4')")
+    strategy_cfg = _config(page)
+    assert page.locator("[data-point='stem:post']").get_attribute("data-placement") == "inout1"
+    assert "re-initialised 1 (changed): LoRA at head:post" in page.locator("[data-role=status]").inner_text()
+
+    # search reveals a module inside the collapsed group
+    assert page.locator("svg [data-path='blocks'][data-range='0:6']").count() == 1
+    assert page.locator("svg [data-path='blocks.4.0']").count() == 0
+    page.fill("[data-role=search]", "blocks[4].0")
+    page.locator("[data-role=search]").press("Enter")
+    page.wait_for_selector("svg [data-path='blocks.4.0'][data-match='true']", timeout=15_000)
+    page.click("svg [data-path='blocks.4.0'] .as-shape")
+    page.wait_for_function("() => document.querySelector('[data-role=details]').textContent.startsWith('blocks[4][0] · Linear')")
+    lab.shot("wb-3-search", root)
+
+    # training: each placement's update norm on the graph, changing; a legend; then a table
+    page.click("[data-role=train]")
+    _wait_state(page, "training", 15_000)
+    page.wait_for_selector("[data-point='stem:post'][data-grad]", timeout=30_000)
+    g1 = page.locator("[data-point='stem:post']").get_attribute("data-grad")
+    page.wait_for_function(
+        "g => { const e = document.querySelector(\"[data-point='stem:post']\"); return e.dataset.grad && e.dataset.grad !== g; }",
+        arg=g1, timeout=30_000)
+    assert float(page.locator("[data-point='head:post']").get_attribute("data-grad")) > 0
+    assert page.locator("[data-role=grad-legend]").is_visible()
+    lab.shot("wb-4-grad", root)
+    _wait_state(page, "idle", 120_000)
+    assert page.locator("[data-role=grad-table] tr[data-key]").count() == 2
+
+    # a second run with another config: both runs listed, both curves on the plot
+    page.locator("[data-role=remove]").nth(0).click()
+    _wait_config(page, f"t !== {strategy_cfg!r} && t.length > 0")
+    second_cfg = _config(page)
+    page.click("[data-role=train]")
+    _wait_state(page, "training", 15_000)
+    _wait_state(page, "idle", 120_000)
+    page.wait_for_selector("[data-role=runs] [data-run='2']")
+    assert page.locator("[data-role=runs] [data-run]").count() == 2
+    assert page.locator("[data-role=loss-plot]").get_attribute("data-runs") == "2"
+    assert page.locator("[data-role=loss-plot] [data-run-curve]").count() == 2
+    lab.shot("wb-5-runs", root)
+    page.click("[data-role=runs] [data-run='1']")
+    _wait_config(page, f"t === {strategy_cfg!r}")
+    assert _kernel(lab, 2, "RUNS") == repr([strategy_cfg, second_cfg])
+
+    # export: files that studio.load and PEFT read back; code for studio.attach
+    page.click("[data-role=save-adapters]")
+    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent.startsWith('saved adapters to')")
+    page.click("[data-role=export-peft]")
+    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent.startsWith('exported PEFT')")
+    page.click("[data-role=copy-code]")
+    page.wait_for_selector("[data-role=code]:not(.as-hidden)")
+    code = page.locator("[data-role=code]").inner_text()
+    assert "studio.attach(model, config" in code and "(stem)" in code
+    lab.shot("wb-6-export", root)
+    assert _kernel(lab, 3, "LOAD") == "(True, True)"
+    assert _kernel(lab, 3, "PEFT") == "True"

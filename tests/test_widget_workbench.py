@@ -1,0 +1,300 @@
+"""The Studio as a workbench, driven from Python: edits keep trained add-ins, methods follow the
+placement, settings form and strategies, search and details, update norms, run history, export."""
+from __future__ import annotations
+
+import json
+import runpy
+import time
+
+import pytest
+import torch
+
+import addin_studio as studio_api
+from addin_studio.examples import MLPAddin
+from addin_studio.widget import Studio
+from addin_studio.widget.settings import Field, convert, schema
+
+from test_widget import Blocks, SlowLoader, click
+
+LORA1 = "(LoRA.adapt_output, r=2): ...->(fc1){inout1}->..."
+LORA2 = "(LoRA.adapt_output, r=2): ...->(fc2){inout1}->..."
+
+
+@pytest.fixture
+def w(mlp):
+    return Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin})
+
+
+def lora_of(w, module):
+    (addin,) = [a for _, p, a in w.attachment.entries if p.addin == "LoRA" and p.target.module == module]
+    return addin
+
+
+def set_b_to_ones(w, module="fc1"):
+    with torch.no_grad():
+        lora_of(w, module).lora_B.fill_(1.0)
+
+
+def b_is_ones(w, module="fc1"):
+    b = lora_of(w, module).lora_B
+    return torch.equal(b, torch.ones_like(b))
+
+
+# -- 1. edits keep trained state -----------------------------------------------------------------
+def test_adding_a_placement_by_clicks_keeps_the_trained_lora(w):
+    w.handle({"type": "apply", "text": LORA1})
+    set_b_to_ones(w)
+    w.handle({"type": "addin", "name": "LoRA"})
+    w.handle({"type": "setting", "name": "r", "value": "2"})
+    click(w, "fc2:post")
+    click(w, "fc2:post")
+    assert w.config == LORA1 + "\n" + LORA2 and w.error == ""
+    assert b_is_ones(w) and torch.count_nonzero(lora_of(w, "fc2").lora_B) == 0
+    assert w.status == "kept 1 add-in(s) with their weights; built 1 new"
+
+
+def test_paste_remove_and_strategy_keep_unchanged_placements(w, mlp):
+    w.handle({"type": "apply", "text": LORA1 + "\n" + LORA2})
+    set_b_to_ones(w)
+    kept = lora_of(w, "fc1")
+    w.handle({"type": "remove", "index": 1})                                  # remove
+    assert lora_of(w, "fc1") is kept and b_is_ones(w)
+    w.handle({"type": "apply", "text": w.config + "\ntrainable(fc3)"})       # paste
+    assert lora_of(w, "fc1") is kept and b_is_ones(w)
+    assert mlp.fc3.weight.requires_grad and not mlp.fc2.weight.requires_grad
+    w.handle({"type": "addin", "name": "LoRA"})
+    w.handle({"type": "setting", "name": "r", "value": "2"})                  # strategy: lora_all r=2
+    w.handle({"type": "apply-strategy", "name": "lora_all"})
+    assert [p.target.module for p in w.attachment.config.placements] == ["fc1", "fc2", "fc3"]
+    assert lora_of(w, "fc1") is kept and b_is_ones(w)
+    assert w.status.startswith("kept 1 add-in(s) with their weights")
+
+
+def test_a_changed_placement_is_rebuilt_and_named(w):
+    w.handle({"type": "apply", "text": LORA1 + "\n" + LORA2})
+    set_b_to_ones(w, "fc1")
+    set_b_to_ones(w, "fc2")
+    w.handle({"type": "apply", "text": LORA1 + "\n" + LORA2.replace("r=2", "r=3")})
+    assert b_is_ones(w, "fc1") and torch.count_nonzero(lora_of(w, "fc2").lora_B) == 0
+    assert w.status == "kept 1 add-in(s) with their weights; re-initialised 1 (changed): LoRA at fc2:post"
+    # a rejected paste keeps the trained objects too
+    kept = lora_of(w, "fc1")
+    w.handle({"type": "apply", "text": LORA1 + "\n(LoRA.adapt_output): ...->(fc9){inout1}->..."})
+    assert "no module 'fc9'" in w.error and lora_of(w, "fc1") is kept and b_is_ones(w)
+
+
+def test_edits_while_training_are_refused(mlp):
+    w = Studio(mlp, example_input=torch.zeros(2, 64), train_loader=SlowLoader(), epochs=3)
+    w.handle({"type": "apply", "text": LORA1})
+    w.handle({"type": "train"})
+    try:
+        for msg in ({"type": "apply", "text": LORA2}, {"type": "setting", "name": "r", "value": "5"},
+                    {"type": "apply-strategy", "name": "bitfit"}, {"type": "remove", "index": 0}):
+            w.handle(msg)
+            assert w.error == "stop training before changing the config" and w.config == LORA1
+        att = w.attachment
+        w.handle({"type": "strategy", "name": "lora_all"})   # a preview would detach for a moment
+        assert w.error == "lora_all: stop training before choosing a strategy"
+        assert w.attachment is att and att.attached
+        assert not w._editor.apply(LORA2) and w._editor.config == studio_api.parse(LORA1)
+    finally:
+        w.stop()
+        w._run.join(10)
+
+
+# -- 2. methods follow the placement -------------------------------------------------------------
+def test_method_lists_after_each_click(w):
+    assert w.methods == ["adapt_across_input", "adapt_across_output", "adapt_input", "adapt_output"]
+    click(w, "fc2:pre")
+    assert w.methods == ["adapt_input", "adapt_across_input", "adapt_across_output"]
+    assert w.method == "adapt_input"
+    w.handle({"type": "method", "name": "adapt_across_output"})
+    click(w, "fc3:post")
+    assert w.config == "(MLPAddin.adapt_across_output): ...->{in1}(fc2)->...->(fc3){out1}->..."
+    assert w.method == "adapt_across_output" and w.method in w.methods   # shown = written
+    w.handle({"type": "clear"})
+    click(w, "fc1:post")
+    w.handle({"type": "method", "name": "adapt_across_input"})
+    click(w, "fc3:pre")
+    assert w.config == "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."
+    assert w.method == "adapt_across_input"
+    click(w, "fc1:post")
+    w.handle({"type": "method", "name": "adapt_input"})   # not offered after a module
+    assert "no method 'adapt_input' that can run here" in w.error
+
+
+# -- 3. settings and strategies ------------------------------------------------------------------
+def test_settings_form_is_generated_and_two_way(w):
+    w.handle({"type": "addin", "name": "LoRA"})
+    form = {f["name"]: f for f in w.settings_form}
+    assert list(form) == ["r", "alpha", "dropout"]
+    assert (form["r"]["kind"], form["r"]["default"], form["r"]["help"]) == ("int", 8, "rank, default 8")
+    assert form["alpha"]["optional"] and form["dropout"]["kind"] == "float"
+    w.handle({"type": "apply", "text": LORA1})
+    assert {f["name"]: f["value"] for f in w.settings_form}["r"] == 2     # string -> form
+    w.handle({"type": "setting", "name": "alpha", "value": "4"})           # form -> string
+    assert w.config == "(LoRA.adapt_output, alpha=4.0, r=2): ...->(fc1){inout1}->..."
+    w.handle({"type": "setting", "name": "r", "value": "8"})               # the default: left out
+    assert w.config == "(LoRA.adapt_output, alpha=4.0): ...->(fc1){inout1}->..."
+    w.handle({"type": "setting", "name": "r", "value": "two"})
+    assert w.error == "setting 'r' needs a int, got 'two'" and "r=" not in w.config
+    w.handle({"type": "setting", "name": "r", "value": "0"})
+    assert "rank r must be a positive integer" in w.error and "r=" not in w.config
+    w.handle({"type": "setting", "name": "rank", "value": "3"})
+    assert w.error == "LoRA has no setting 'rank' (it has: r, alpha, dropout)"
+    w.handle({"type": "apply", "text": LORA1})                  # a pasted r=2 shows in the form ...
+    click(w, "fc2:post")
+    click(w, "fc2:post")                                         # ... and new placements take it
+    assert w.config == LORA1 + "\n" + LORA2
+
+
+def test_schema_of_a_plain_function_with_odd_defaults():
+    def make(point, width: int = 4, act=torch.tanh, scale: "float | None" = None, **kw):
+        """A factory.
+
+        width: hidden width of the branch
+        """
+        return torch.nn.Identity()
+
+    fields = {f.name: f.as_dict() for f in schema(make)}
+    assert list(fields) == ["width", "act", "scale"]
+    assert fields["width"] == {"name": "width", "kind": "int", "default": 4, "optional": False,
+                               "help": "hidden width of the branch"}
+    assert fields["act"]["default"].startswith("<built-in method tanh")
+    assert (fields["scale"]["kind"], fields["scale"]["optional"]) == ("float", True)
+
+
+def test_convert_handles_each_kind():
+    assert convert(Field("b", "bool", False, False, ""), "true") is True
+    assert convert(Field("a", "float", None, True, ""), "") is None
+    assert convert(Field("n", "int", 3, False, ""), "") == 3
+    with pytest.raises(ValueError, match="'n' needs a int, not none"):
+        convert(Field("n", "int", 3, False, ""), "none")
+
+
+def test_strategy_preview_then_apply(w, mlp):
+    w.handle({"type": "strategy", "name": "lora", "targets": "fc1, fc3"})
+    assert w.preview["labels"] == {"fc1:post": "inout1", "fc3:post": "inout1"}
+    assert w.config == "" and w.attachment is None                          # previewed only
+    w.handle({"type": "apply-strategy", "name": "lora", "targets": "fc1, fc3"})
+    assert w.config == "(LoRA.adapt_output, alpha=16, r=8): ...->(fc{1,3}){inout1}->..." or \
+        [p.target.module for p in w.attachment.config.placements] == ["fc1", "fc3"]
+    assert w.preview == {}
+    w.handle({"type": "apply-strategy", "name": "head_only"})
+    assert w.config == "trainable(fc3)" and mlp.fc3.weight.requires_grad
+    w.handle({"type": "strategy", "name": "lora", "targets": "fc7"})
+    assert "lora: target" in w.error and "fc7" in w.error
+    w.handle({"type": "apply-strategy", "name": "partial_k", "targets": "x"})
+    assert "partial_k needs k" in w.error and w.config == "trainable(fc3)"
+    w.handle({"type": "apply-strategy", "name": "nope"})
+    assert "no strategy 'nope'" in w.error and w.config == "trainable(fc3)"
+
+
+# -- 4. find and inspect -------------------------------------------------------------------------
+def test_partial_k_and_layernorm_from_the_picker():
+    w = Studio(Blocks(), example_input=torch.zeros(2, 8))
+    w.handle({"type": "apply-strategy", "name": "partial_k", "targets": "1"})
+    assert w.error == "" and w.config == str(studio_api.strategies.partial_k(Blocks(), 1))
+    w.handle({"type": "apply-strategy", "name": "layernorm"})
+    assert "no normalization layer" in w.error
+
+
+def test_search_expands_the_collapsed_group_and_marks_matches():
+    w = Studio(Blocks(), example_input=torch.zeros(2, 8), addins={"MLPAddin": MLPAddin})
+    assert 'data-path="blocks.2.0"' not in w.svg                       # collapsed: blocks × 3
+    w.handle({"type": "search", "query": "blocks[2].0"})
+    assert w.matches == ["blocks.2.0"] and w.reveal == "blocks.2.0"
+    assert 'data-path="blocks.2.0"' in w.svg                           # the group opened
+    w.handle({"type": "search", "query": "relu"})                      # class names, any case
+    assert w.matches == ["blocks.0.1", "blocks.1.1", "blocks.2.1"]
+    w.handle({"type": "search", "query": "*.0"})                       # glob on paths
+    assert w.matches == ["blocks.0", "blocks.0.0", "blocks.1.0", "blocks.2.0"]
+    w.handle({"type": "search", "query": "conv"})
+    assert w.matches == [] and w.error == "no module matches 'conv'"
+
+
+def test_details_show_the_path_as_written_and_its_placements(w):
+    w.handle({"type": "apply", "text": LORA1})
+    w.handle({"type": "select", "path": "fc1"})
+    d = w.selected
+    assert (d["written"], d["class"], d["input"], d["output"]) == ("fc1", "Linear", [2, 64], [2, 32])
+    assert d["params"] == 64 * 32 + 32 and d["trainable"] == "frozen"
+    assert d["placements"] == [LORA1]
+    b = Studio(Blocks(), example_input=torch.zeros(2, 8))
+    b.handle({"type": "select", "path": "blocks.1.0"})
+    assert b.selected["written"] == "blocks[1][0]"
+
+
+# -- 5-6. update norms and run history -----------------------------------------------------------
+def test_update_norms_during_training_and_two_runs_overlaid(mlp):
+    w = Studio(mlp, example_input=torch.zeros(2, 64), train_loader=SlowLoader(n=40, delay=0.01),
+               epochs=1, lr=1e-2)
+    w.handle({"type": "apply", "text": LORA1 + "\n" + LORA2})
+    w.handle({"type": "train"})
+    seen = []
+    deadline = time.time() + 30
+    while w.state == "training" and time.time() < deadline:
+        if w.grads:
+            seen.append(dict(w.grads))
+        time.sleep(0.05)
+    w._run.join(10)
+    assert seen and set(seen[-1]) == {"fc1:post", "fc2:post"}
+    assert all(v > 0 for v in seen[-1].values())
+    assert [r["key"] for r in w.grad_table] == ["LoRA_fc1", "LoRA_fc2"]
+    assert all(r["norm"] > 0 for r in w.grad_table)
+    first = w.config
+    w.handle({"type": "remove", "index": 1})
+    w.handle({"type": "train"})
+    w._run.join(30)
+    assert [r["n"] for r in w.runs] == [1, 2]
+    assert w.runs[0]["config"] == first and w.runs[1]["config"] == LORA1
+    assert w.runs[0]["settings"] == {"LoRA": {"r": 2}} and w.runs[1]["metrics"]["steps"] == 40
+    assert [r["n"] for r in w.plot["runs"]] == [1, 2] and len(w.plot["runs"][0]["smooth"]) == 40
+    assert w.plot["runs"][0]["val"] == []   # no val_loader: no per-epoch accuracy to overlay
+    w.handle({"type": "run", "n": 1})
+    assert w.config == first and w.status.startswith("restored the string of run 1")
+    w.handle({"type": "run", "n": 9})
+    assert w.error == "no run 9; runs: 1, 2"
+
+
+# -- 7. export -----------------------------------------------------------------------------------
+def test_export_buttons_write_what_load_and_peft_read(w, mlp, tmp_path):
+    w.export_dir = tmp_path
+    w.handle({"type": "save-adapters"})
+    assert w.error.startswith("nothing to export")
+    w.handle({"type": "apply", "text": LORA1 + "\ntrainable(fc3)"})
+    set_b_to_ones(w)
+    x = torch.randn(3, 64)
+    want = mlp(x)
+    w.handle({"type": "save-adapters"})
+    w.handle({"type": "export-peft"})
+    assert w.exported == {"save-adapters": str(tmp_path / "adapters.safetensors"),
+                          "export-peft": str(tmp_path / "peft")}
+    assert (tmp_path / "peft" / "adapter_model.safetensors").exists()
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 2
+    w.handle({"type": "clear"})
+    with studio_api.load(mlp, tmp_path / "adapters.safetensors") as att:
+        assert str(att.config) == LORA1 + "\ntrainable(fc3)"
+        assert torch.allclose(mlp(x), want)
+    peft = pytest.importorskip("peft")
+    fresh = type(mlp)(in_features=64, hidden=32, num_classes=10)
+    fresh.load_state_dict({k: v for k, v in mlp.state_dict().items()})
+    loaded = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft")).eval()
+    b = dict(loaded.named_parameters())["base_model.model.fc1.lora_B.default.weight"]
+    assert torch.equal(b, torch.ones_like(b))
+
+
+def _write(tmp_path, code):
+    path = tmp_path / "snippet.py"
+    path.write_text(code)
+    return str(path)
+
+
+def test_copy_code_rebuilds_the_attachment(w, mlp, tmp_path):
+    w.handle({"type": "apply", "text": "(MLPAddin.adapt_output): ...->(fc2){inout1}->...\n" + LORA1})
+    w.handle({"type": "copy-code"})
+    assert "from addin_studio.examples import MLPAddin" in w.code
+    fresh = type(mlp)(in_features=64, hidden=32, num_classes=10)
+    out = runpy.run_path(_write(tmp_path, w.code), {"model": fresh, "example_input": torch.zeros(2, 64)})
+    assert out["att"].config == w.attachment.config
+    assert [k for k, _, _ in out["att"].entries] == [k for k, _, _ in w.attachment.entries]
