@@ -75,6 +75,7 @@ class AddinBase(nn.Module):
         return state
 
 
+_NN_MODULE_ATTRS = set(dir(nn.Module))
 _ARITY = {"pre": 2, "post": 3}
 _HOOK_FLAG = "__addin_hook_method__"
 HOOK_PREFIX = "adapt_"
