@@ -197,3 +197,41 @@ def test_unmerge_after_compiling_with_default_guards():
     _close(compiled(x), eager)
     att.unmerge()
     _close(compiled(x), eager)
+
+
+@pytest.mark.parametrize("name", ["torchvision_vit", "beit"])
+def test_weight_method_compiles_into_one_graph_with_eager_outputs_and_gradients(name):
+    """LoRA.adapt_weight (MultiheadAttention's in_proj/out_proj; BEiT's never-called qkv) swaps the
+    module's class for one whose weight is a property: dynamo inlines it, no graph break."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    if name == "beit":
+        import timm
+
+        model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                  embed_dim=32, depth=1, num_heads=2, num_classes=4).eval()
+    else:
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32,
+                                  mlp_dim=64, num_classes=4).eval()
+    cfg = studio.strategies.lora_all(model, r=2, example_input=x)
+    assert any(p.method == "adapt_weight" for p in cfg.placements)
+    att = studio.attach(model, cfg, example_input=x)
+    with torch.no_grad():
+        for addin in att.addins.values():
+            addin.lora_B.normal_(std=0.1)
+    explained = dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+    eager = model(x)
+    eager.square().sum().backward()
+    grads = [a.lora_B.grad.clone() for a in att.addins.values()]
+    att.addins.zero_grad(set_to_none=True)
+    compiled = torch.compile(model, backend="aot_eager")
+    out = compiled(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    for g, addin in zip(grads, att.addins.values()):
+        torch.testing.assert_close(addin.lora_B.grad, g, rtol=1e-4, atol=1e-5)
+    att.detach()

@@ -203,7 +203,8 @@ def test_identity_at_init_on_timm_models(builder):
 
 
 @pytest.mark.parametrize("text, needle", [
-    (_lora("1"), "LoRA works on nn.Linear and nn.Conv1d/2d/3d layers; module '1' is a ReLU"),
+    (_lora("1"), "LoRA works on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention and "
+                 "transformers Conv1D layers (or a named parameter with param=), not ReLU"),
     ("(LoRA.adapt_input): ...->{inout1}(0)->...", "LoRA goes after its layer"),
     (_lora("0", r=0), "rank r must be a positive integer, got 0"),
     (_lora("0", dropout=1.5), "dropout must be a number in [0, 1)"),
@@ -224,7 +225,11 @@ def test_bad_placements_are_clear_errors_and_leave_the_model_untouched(text, nee
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_multihead_attention_out_proj_is_rejected():
-    mha = nn.MultiheadAttention(8, 2)
-    with pytest.raises(TypeError, match="never run"):
-        LoRA(studio.PointInfo(mha.out_proj, "post", None, "attn.out_proj"))
+def test_multihead_attention_output_hooks_are_refused_and_point_at_adapt_weight():
+    model = nn.Sequential(nn.MultiheadAttention(8, 2))
+    for path, needle in [("0.out_proj", "reads its weight without calling it"),
+                         ("0", "computes with in_proj_weight")]:
+        with pytest.raises(studio.ConfigError) as info:
+            studio.attach(model, f"(LoRA.adapt_output): ...->({path}){{inout1}}->...")
+        assert needle in str(info.value) and "use adapt_weight" in str(info.value)
+        assert not hasattr(model, "addins") and all(p.requires_grad for p in model.parameters())

@@ -94,7 +94,7 @@ def test_peft_adapter_imports_with_equal_outputs(tmp_path):
 def test_export_refuses_what_peft_cannot_hold(tmp_path):
     model = _vit()
     with studio.attach(model, "(LoRA.adapt_output): ...->(patch_embed.proj){inout1}->...") as att:
-        with pytest.raises(ValueError, match="LoRA on nn.Linear layers; 'patch_embed.proj' is a Conv2d"):
+        with pytest.raises(ValueError, match="transformers Conv1D layers; 'patch_embed.proj' is a Conv2d"):
             att.export_peft(tmp_path)
     with studio.attach(model, "(SSF.adapt_output): ...->(blocks[0].norm1){inout1}->...") as att:
         with pytest.raises(ValueError, match="PEFT export covers LoRA only"):
@@ -118,7 +118,7 @@ def test_from_peft_errors_leave_model_untouched(tmp_path):
     assert not hasattr(other, "addins")
     conv = peft.get_peft_model(nn.Sequential(nn.Conv2d(3, 4, 3)), peft.LoraConfig(r=2, target_modules=["0"]))
     conv.save_pretrained(str(tmp_path / "conv"))
-    with pytest.raises(ValueError, match="imports LoRA on nn.Linear layers; the adapter's '0' is a Conv2d"):
+    with pytest.raises(ValueError, match="Conv1D layers; the adapter's '0' is a Conv2d"):
         studio.from_peft(nn.Sequential(nn.Conv2d(3, 4, 3)), tmp_path / "conv")
     (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="not a readable safetensors file"):

@@ -75,8 +75,34 @@ class AddinBase(nn.Module):
         return state
 
 
-_NN_MODULE_ATTRS = set(dir(nn.Module))
 _ARITY = {"pre": 2, "post": 3}
+WEIGHT_SIDE = "post"  # where a weight method is written in a string: ``(layer){inout1}``
+
+
+def weight_method(param: str | None = None) -> Callable[[Callable], Callable]:
+    """Declare an add-in method a *weight method*: ``method(module, weight) -> weight``.
+
+    Instead of running as a hook, the engine makes ``module.<param>`` return ``method(module, W)``
+    (``W`` the stored parameter) for as long as the add-in is attached, so the adaptation holds wherever
+    the weight is read — also when the layer is never called as a module (``F.linear(x, qkv.weight)``)
+    or when its own ``forward`` transforms the weight (``Conv2dSame``, ``ScaledStdConv2d``). It is written
+    at the layer's ``post`` point like an output method. ``param`` names the parameter (default: the
+    add-in's ``weight_param(module)`` if it has one, else ``"weight"``).
+    """
+
+    def mark(fn: Callable) -> Callable:
+        fn.__addin_weight_method__ = True
+        fn.__addin_weight_param__ = param
+        return fn
+
+    return mark
+
+
+def is_weight_method(method: Any) -> bool:
+    """Whether ``method`` (bound or not) was declared with :func:`weight_method`."""
+    return bool(getattr(method, "__addin_weight_method__", False))
+
+
 _HOOK_FLAG = "__addin_hook_method__"
 HOOK_PREFIX = "adapt_"
 
@@ -102,11 +128,11 @@ def is_hook_method(factory: Any, name: str) -> bool:
 
     The rule: a public identifier that is not an ``nn.Module`` attribute, defined as a plain function
     on the class (not ``None``, not a property, not an instance attribute or submodule), and either
-    named ``adapt_*`` or declared with :func:`hook_method`.
+    named ``adapt_*`` or declared with :func:`hook_method` or :func:`weight_method`.
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         return False
-    if name in _NN_MODULE_ATTRS:
+    if hasattr(nn.Module, name):  # checked now: libraries add methods (transformers' smart_apply)
         return False
     cls = factory if isinstance(factory, type) else type(factory)
     try:
@@ -115,17 +141,26 @@ def is_hook_method(factory: Any, name: str) -> bool:
         return False
     if not inspect.isfunction(attr):
         return False
-    return name.startswith(HOOK_PREFIX) or bool(getattr(attr, _HOOK_FLAG, False))
+    return (name.startswith(HOOK_PREFIX) or bool(getattr(attr, _HOOK_FLAG, False))
+            or is_weight_method(attr))
 
 
 def signature_fits(method: Callable, side: str) -> bool:
-    """Whether a bound method can be called at a point of ``side`` (pre: 2 args, post: 3)."""
+    """Whether a bound method can be called at a point of ``side`` (pre: 2 args, post: 3).
+
+    A weight method fits the ``post`` point only, and takes ``(module, weight)``.
+    """
     try:
         sig = inspect.signature(method)
     except (TypeError, ValueError):
         return False
+    arity = _ARITY[side]
+    if is_weight_method(method):
+        if side != WEIGHT_SIDE:
+            return False
+        arity = 2
     try:
-        sig.bind(*([None] * _ARITY[side]))
+        sig.bind(*([None] * arity))
     except TypeError:
         return False
     return True

@@ -34,7 +34,7 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
     """Write the add-in weights and kept-trainable base weights of ``att`` to ``path`` (safetensors)."""
     if not att.attached:
         raise RuntimeError("cannot save: this attachment has been detached")
-    was_merged = att.merged
+    was_merged, was_untied = att.merged, att.untied
     if was_merged:  # save the base weights as they are without the folded-in updates
         att.unmerge()
     try:
@@ -57,7 +57,7 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
         files.write(tensors, Path(path), meta)
     finally:
         if was_merged:
-            att.merge()
+            att.merge(untie=was_untied)
 
 
 def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | None = None,

@@ -10,8 +10,9 @@ from torch import nn
 from ..config import Config, ConfigError, Placement, parse
 from ..graph import ModuleGraph, trace
 from .freezing import hold, release
-from .hooks import CacheAction, PostHook, PreHook, RunAction
+from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
 from .resolve import Resolved, resolve
+from .weights import WeightAction, add_weight_action, remove_weight_action
 
 
 class AddinDict(nn.ModuleDict):
@@ -47,7 +48,10 @@ class Attachment:
         self._hooks: dict[tuple[str, str], PreHook | PostHook] = {}
         self._handles: dict[tuple[str, str], Any] = {}
         self._run_actions: dict[str, tuple[tuple[str, str], RunAction]] = {}
+        self._weight_actions: dict[str, WeightAction] = {}
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
+        self._untied: dict[str, dict[str, nn.Parameter]] = {}
+        self._first_check: FirstForwardCheck | None = None
         self._child_name: str | None = None
         self.attached = False
 
@@ -65,14 +69,25 @@ class Attachment:
             if self._freeze:
                 hold(self.model, self, self._keep, base_parameter_names(self.model))
                 self._held = True
+            expected: dict[tuple[str, str], list[str]] = {}
             for r in self._resolved:
                 p = r.placement
+                if r.weight_param is not None:
+                    action = WeightAction(r.addin, p.method, _label(p))
+                    add_weight_action(modules[p.target.module], r.weight_param, action)
+                    self._weight_actions[r.key] = action
+                    continue
+                for point in {(p.source.module, p.source.side), (p.target.module, p.target.side)}:
+                    expected.setdefault(point, []).append(_label(p))
                 action = RunAction(r.addin, p.method, p.kind == "across", _label(p))
                 if p.kind == "across":
                     self._hook(modules, p.source.module, p.source.side).actions.append(
                         CacheAction(r.addin, action))
                 self._hook(modules, p.target.module, p.target.side).actions.append(action)
                 self._run_actions[r.key] = ((p.target.module, p.target.side), action)
+            if expected and not self.graph.traced:
+                self._first_check = FirstForwardCheck(expected, self.graph.root_class)
+                self._first_check.install(self.model, modules)
             self.attached = True
         except BaseException:
             self._undo()
@@ -96,6 +111,15 @@ class Attachment:
             handle.remove()
         self._handles.clear()
         self._hooks.clear()
+        if self._first_check is not None:
+            self._first_check.remove()
+            self._first_check = None
+        if self._weight_actions:
+            modules = dict(self.model.named_modules())
+            for r in self._resolved:
+                action = self._weight_actions.pop(r.key, None)
+                if action is not None:
+                    remove_weight_action(modules[r.placement.target.module], r.weight_param, action)
         if self._held:
             release(self.model, self, base_parameter_names(self.model))
             self._held = False
@@ -132,6 +156,11 @@ class Attachment:
     def merged(self) -> bool:
         return bool(self._merged)
 
+    @property
+    def untied(self) -> bool:
+        """Whether a merge gave a tied weight its own copy (``merge(untie=True)``)."""
+        return bool(self._untied)
+
     def parameters(self):
         """The add-ins' parameters (what an optimizer for the add-ins alone needs)."""
         return self.addins.parameters()
@@ -141,39 +170,85 @@ class Attachment:
         return f"<Attachment {state}: {len(self._resolved)} add-in(s) on {self.graph.root_class}>"
 
     # -- merge -----------------------------------------------------------------------------------
-    def merge(self) -> None:
-        """Fold add-ins that define ``merge(module)`` (e.g. LoRA) into their base module and switch
-        their hooks off: zero extra cost at inference. :meth:`unmerge` restores the weights exactly."""
+    def merge(self, untie: bool = False) -> None:
+        """Fold mergeable add-ins into their base weights: weight methods, and hook add-ins that define
+        ``merge(module)`` (e.g. LoRA). Their hooks/properties are switched off, so a merged model pays
+        nothing extra. :meth:`unmerge` restores the weights exactly.
+
+        A weight shared with another module (tied weights, e.g. a language model's ``lm_head`` and its
+        input embedding) is refused, since merging would change the other module too; ``untie=True``
+        gives the merged module its own copy of the weight until :meth:`unmerge` / :meth:`detach`,
+        which put the shared parameter back.
+        """
         self._require_attached("merge")
         if _is_sharded(self.model):
             raise RuntimeError("cannot merge an FSDP-sharded model: its weights are DTensor shards. Save the "
                                "adapters (addin_studio.fsdp.save_adapters), load them into an unsharded model "
                                "with studio.load and merge there")
         modules = dict(self.model.named_modules())
+        todo = []
         for r in self._resolved:
-            if r.key in self._merged or not callable(getattr(r.addin, "merge", None)):
+            if r.key in self._merged:
                 continue
-            p = r.placement
-            module = modules[p.target.module]
-            snapshot = {n: t.detach().clone() for n, t in module.named_parameters(recurse=False)}
+            path = r.placement.target.module
+            module = modules[path]
+            if r.weight_param is not None:
+                names = [r.weight_param]
+            elif callable(getattr(r.addin, "merge", None)):
+                names = [n for n, _ in module.named_parameters(recurse=False)]
+            else:
+                continue
+            todo.append((r, path, module, names))
+        ties = _shared_parameters(self.model)
+        for r, path, module, names in todo:
+            for n in names:
+                full = f"{path}.{n}" if path else n
+                others = [q for q in ties.get(id(module._parameters[n]), ()) if q != full]
+                if others and not untie:
+                    raise ValueError(
+                        f"cannot merge {r.key} into '{full}': it is the same parameter as "
+                        f"{', '.join(repr(o) for o in others)} (tied weights), so merging would change "
+                        f"{'that' if len(others) == 1 else 'those'} too. Use merge(untie=True) to give "
+                        f"'{path}' its own copy while merged (unmerge() and detach() restore the tie).")
+        for r, path, module, names in todo:
+            for n in names:
+                full = f"{path}.{n}" if path else n
+                param = module._parameters[n]
+                if untie and len(ties.get(id(param), ())) > 1:
+                    self._untied.setdefault(r.key, {})[n] = param
+                    module._parameters[n] = nn.Parameter(param.detach().clone(),
+                                                         requires_grad=param.requires_grad)
+            self._merged[r.key] = {n: module._parameters[n].detach().clone() for n in names}
             with torch.no_grad():
-                r.addin.merge(module)
-            self._merged[r.key] = snapshot
-            point, action = self._run_actions[r.key]
-            self._hooks[point].actions.remove(action)
-            self._refresh(point)
+                if r.weight_param is not None:
+                    action = self._weight_actions[r.key]
+                    stored = module._parameters[r.weight_param]
+                    merged = action(module, stored)
+                    remove_weight_action(module, r.weight_param, action)
+                    stored.copy_(merged)
+                else:
+                    r.addin.merge(module)
+                    point, action = self._run_actions[r.key]
+                    self._hooks[point].actions.remove(action)
+                    self._refresh(point)
 
     def unmerge(self) -> None:
-        """Undo :meth:`merge`: restore the base weights bit for bit and switch the hooks back on."""
+        """Undo :meth:`merge`: restore the base weights bit for bit (and ties) and switch the add-ins
+        back on."""
         modules = dict(self.model.named_modules())
-        for r in self._resolved:
+        for r in reversed(self._resolved):  # reverse: two merges into one weight undo in turn
             snapshot = self._merged.pop(r.key, None)
             if snapshot is None:
                 continue
             module = modules[r.placement.target.module]
             with torch.no_grad():
-                for n, t in module.named_parameters(recurse=False):
-                    t.copy_(snapshot[n])
+                for n, t in snapshot.items():
+                    module._parameters[n].copy_(t)
+            for n, original in self._untied.pop(r.key, {}).items():
+                module._parameters[n] = original
+            if r.weight_param is not None:
+                add_weight_action(module, r.weight_param, self._weight_actions[r.key])
+                continue
             point, action = self._run_actions[r.key]
             if point in self._hooks:
                 self._hooks[point].actions.append(action)
@@ -232,6 +307,14 @@ def _is_sharded(model: nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _shared_parameters(model: nn.Module) -> dict[int, list[str]]:
+    """``id(parameter) -> every name it has in model`` (more than one name: a tie)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return names
 
 
 def _label(p: Placement) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ConfigError, format_path
+
 
 def recomputing() -> bool:
     """Whether a forward pass runs inside a backward pass: activation checkpointing recomputing a block."""
@@ -164,3 +166,57 @@ class PostHook:
         for action in self.actions:
             output = action.post(module, args, output)
         return output
+
+
+class _Seen:
+    """A forward pre-hook that records that its point's module ran."""
+
+    __slots__ = ("check", "point")
+
+    def __init__(self, check: "FirstForwardCheck", point: tuple[str, str]) -> None:
+        self.check = check
+        self.point = point
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        self.check.seen.add(self.point)
+
+
+class FirstForwardCheck:
+    """Without a traced example input, the first forward pass proves that every hook runs.
+
+    It watches the hooked modules and, when the model's forward ends, raises a ConfigError listing the
+    add-ins whose modules did not run (a layer whose weight its parent reads directly never runs as a
+    module). Once a forward pass has run them all it removes its hooks: later passes pay nothing.
+    """
+
+    def __init__(self, expected: dict[tuple[str, str], list[str]], root_class: str) -> None:
+        self.expected = expected  # point -> labels of the placements that need it
+        self.root_class = root_class
+        self.seen: set[tuple[str, str]] = set()
+        self.handles: list = []
+
+    def install(self, model: nn.Module, modules: dict[str, nn.Module]) -> None:
+        for point in self.expected:
+            self.handles.append(modules[point[0]].register_forward_pre_hook(_Seen(self, point)))
+        self.handles.append(model.register_forward_hook(self))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def __call__(self, model: nn.Module, args: tuple, output: Any) -> None:
+        missing = [p for p in self.expected if p not in self.seen]
+        self.seen = set()
+        if not missing:
+            self.remove()
+            return
+        lines = [f"  {label}: module '{format_path(path)}' did not run"
+                 for path, side in missing for label in self.expected[(path, side)]]
+        raise ConfigError(
+            f"{len(lines)} add-in placement(s) did nothing in this forward pass of {self.root_class}, "
+            f"because their module never ran as a module:\n" + "\n".join(lines),
+            hint="a layer whose weight its parent reads directly (F.linear(x, layer.weight)) never runs; "
+                 "place a weight method there instead, e.g. (LoRA.adapt_weight) — strategies.lora_all/lora "
+                 "choose it when given example_input= — and pass example_input= to attach() to have "
+                 "this checked at attach time")

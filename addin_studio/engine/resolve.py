@@ -13,12 +13,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..addins.base import _NN_MODULE_ATTRS, PointInfo, is_hook_method, methods_for, signature_fits
+from ..addins.base import PointInfo, is_hook_method, is_weight_method, methods_for, signature_fits
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
 from ..graph import ModuleGraph
 from ..inputs import model_device
 from .freezing import match_trainable
+from .weights import check_adaptable
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Resolved:
     key: str
     placement: Placement
     addin: nn.Module
+    weight_param: str | None = None  # set for a weight method: the parameter it adapts
 
 
 class _Locator:
@@ -222,10 +224,19 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
         if addin is None:
             addin = _build(factory, p, target_module, source_module, graph, loc)
         _check_method(addin, p, loc)
+        checker = getattr(addin, "check_method", None)
+        if callable(checker):  # the add-in's own word on whether this method is right here
+            try:
+                checker(p.method)
+            except ValueError as exc:
+                raise loc.error(f"{p.addin}.{p.method} at {p.target}: {exc}", p, p.method) from None
+        weight_param = _weight_param(addin, p, target_module, loc)
+        if weight_param is None:
+            _check_runs(p, graph, modules, addin, loc)
         device = model_device(target_module)
         if device is not None:
             addin.to(device)
-        resolved.append(Resolved(_key(p, taken), p, addin))
+        resolved.append(Resolved(_key(p, taken), p, addin, weight_param))
     names = [n for n, _ in model.named_parameters()]
     keep, unmatched = match_trainable(names, cfg.trainable)
     if unmatched:
@@ -237,6 +248,66 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
                           f"did you mean '{format_path(close[0])}'?" if close else
                           "patterns are parameter names or module paths, e.g. head or *.bias")
     return resolved, keep
+
+
+def _weight_param(addin: nn.Module, p: Placement, module: nn.Module, loc: _Locator) -> str | None:
+    """The parameter a weight method adapts (checked), or None for a hook method."""
+    fn = getattr(addin, p.method)
+    if not is_weight_method(fn):
+        return None
+    name = getattr(fn, "__addin_weight_param__", None)
+    if name is None:
+        chooser = getattr(addin, "weight_param", None)
+        name = chooser(module) if callable(chooser) else "weight"
+    problem = check_adaptable(module, name)
+    if problem:
+        raise loc.error(f"{p.addin}.{p.method} at {p.target} adapts a weight, but {problem}", p, p.method)
+    return name
+
+
+def _reader(path: str, graph: ModuleGraph) -> str | None:
+    """The nearest ancestor of ``path`` that ran in the traced pass (who reads its weight), or None."""
+    while "." in path:
+        path = path.rsplit(".", 1)[0]
+        if path in graph and graph[path].order is not None:
+            return path
+    return None
+
+
+def weight_methods(addin: nn.Module) -> list[str]:
+    """The weight methods an add-in offers (for hints)."""
+    return sorted(n for n in dir(type(addin)) if not n.startswith("_")
+                  and is_weight_method(getattr(type(addin), n, None)))
+
+
+def _check_runs(p: Placement, graph: ModuleGraph, modules: Mapping[str, nn.Module], addin: nn.Module,
+                loc: _Locator) -> None:
+    """A hook on a module that never ran in the traced pass would do nothing: refuse it."""
+    if not graph.traced:
+        return  # the first forward pass checks it instead (FirstForwardCheck)
+    for point in {p.source, p.target}:
+        node = graph[point.module]
+        if (node.pre_event if point.side == "pre" else node.post_event) is not None:
+            continue
+        module = modules[point.module]
+        name = format_path(point.module)
+        reader = _reader(point.module, graph)
+        who = ""
+        if reader is not None:
+            own = point.module[len(reader) + 1:]
+            weight = next((f"{own}.{n}" for n, _ in module.named_parameters(recurse=False)), None)
+            reads = f" and reads '{weight}' itself" if weight else ""
+            who = f"; its parent '{format_path(reader)}' ({graph[reader].class_name}) runs{reads}"
+        alternatives = weight_methods(addin)
+        if alternatives:
+            hint = (f"adapt the weight itself: ({p.addin}.{alternatives[0]}) at ({name}){{inout1}} works "
+                    f"wherever the weight is read (strategies.lora_all/lora choose it when given "
+                    f"example_input=)")
+        else:
+            hint = "place the add-in on a module that runs, e.g. its parent"
+        raise loc.error(f"module '{name}' ({type(module).__name__}) never runs as a module in the forward "
+                        f"pass of the example input, so {_describe(p)} would never run{who}", p,
+                        point.module.rsplit(".", 1)[-1], hint=hint)
 
 
 def _trainable_position(cfg: Config, pattern: str) -> int | None:
@@ -324,7 +395,7 @@ def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
                         f"define a method taking {want}")
     valid = methods_for(addin, side)
     hint = f"methods that can run at a {side} point: {', '.join(valid) or 'none'}"
-    if p.method.startswith("_") or p.method in _NN_MODULE_ATTRS or \
+    if p.method.startswith("_") or hasattr(nn.Module, p.method) or \
             getattr(addin, p.method, None) is not None:
         raise loc.error(f"{p.addin}.{p.method} is not a hook method: a string may name only the "
                         f"add-in's adapt_* methods and those declared with @hook_method", p, p.method,

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
+from ..addins.lora import WEIGHT_METHOD, hook_problem, is_hf_conv1d
 from ..config import Config
-from .capabilities import ModuleInfo, ParamCap, Strategy, place
+from ..graph import ModuleGraph, trace
+from .capabilities import Claim, ModuleInfo, ParamCap, Strategy, placement
 
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -21,29 +23,76 @@ def _lora_settings(r: int, alpha: float | None, dropout: float) -> dict:
     return settings
 
 
-def _is_lora_layer(info: ModuleInfo) -> bool:
-    # nn.MultiheadAttention never calls its out_proj, so a hook there would not run
-    return isinstance(info.module, LORA_LAYERS) and \
-        not isinstance(info.module, nn.modules.linear.NonDynamicallyQuantizableLinear)
+def _is_lora_layer(info: ModuleInfo, embeddings: bool = False) -> bool:
+    """A layer LoRA-all adapts: Linear, Conv1d/2d/3d, transformers Conv1D, MultiheadAttention (as a
+    whole: its out_proj is reached through it), and with ``embeddings`` nn.Embedding."""
+    m = info.module
+    if isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear) and \
+            isinstance(info.parent, nn.MultiheadAttention):
+        return False  # claimed with its MultiheadAttention
+    return isinstance(m, LORA_LAYERS + (nn.MultiheadAttention,)) or is_hf_conv1d(m) or \
+        (embeddings and isinstance(m, nn.Embedding))
+
+
+def _never_run(model: nn.Module, example_input: Any, graph: ModuleGraph | None) -> set[str]:
+    """Paths of modules that did not run in the traced forward pass (empty without a trace)."""
+    if graph is None and example_input is not None:
+        graph = trace(model, example_input)
+    if graph is None or not graph.traced:
+        return set()
+    return {n.path for n in graph.nodes if n.order is None}
+
+
+def _lora_action(settings: dict, never_run: set[str],
+                 train: Callable[[ModuleInfo], Iterable[str]] | None = None) -> Callable[[ModuleInfo], Claim]:
+    """Place LoRA on a layer: the output hook where it is right, else ``adapt_weight`` — on a layer that
+    never runs as a module (its parent reads its weight), a layer whose own forward transforms its input
+    or weight (timm's Conv2dSame, ScaledStdConv2d) and nn.MultiheadAttention (in_proj and out_proj)."""
+    weight_settings = {k: v for k, v in settings.items() if k != "dropout"}  # no input to drop out
+
+    def action(info: ModuleInfo) -> Claim:
+        m = info.module
+        kept = tuple(train(info)) if train else ()
+        if isinstance(m, nn.MultiheadAttention):
+            if m._qkv_same_embed_dim:
+                found = [placement(info.path, "LoRA", WEIGHT_METHOD, **weight_settings)]
+            else:
+                found = [placement(info.path, "LoRA", WEIGHT_METHOD, param=n, **weight_settings)
+                         for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
+            found.append(placement(f"{info.path}.out_proj", "LoRA", WEIGHT_METHOD, **weight_settings))
+            return Claim(tuple(found), kept)
+        if info.path in never_run or hook_problem(m):
+            return Claim((placement(info.path, "LoRA", WEIGHT_METHOD, **weight_settings),), kept)
+        return Claim((placement(info.path, "LoRA", "adapt_output", **settings),), kept)
+
+    return action
 
 
 def lora_all_strategy(r: int = 3, alpha: float | None = None, dropout: float = 0.0,
-                      train_bias: bool = False) -> Strategy:
-    """GIFt's ``LoRAAllStrategy``: LoRA on every Linear and Conv1d/2d/3d; everything else frozen."""
+                      train_bias: bool = False, never_run: Iterable[str] = ()) -> Strategy:
+    """GIFt's ``LoRAAllStrategy``: LoRA on every Linear and Conv1d/2d/3d (and transformers Conv1D,
+    MultiheadAttention); everything else frozen. ``never_run``: paths that get ``adapt_weight``."""
     train = (lambda info: [f"{info.path}.bias"] if getattr(info.module, "bias", None) is not None
              else []) if train_bias else None
     return Strategy(name="lora_all").register_module_cap(
-        _is_lora_layer, place("LoRA", train=train, **_lora_settings(r, alpha, dropout)))
+        _is_lora_layer, _lora_action(_lora_settings(r, alpha, dropout), set(never_run), train))
 
 
 def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: float = 0.0,
-             train_bias: bool = False) -> Config:
-    """LoRA of rank ``r`` on every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of ``model`` (GIFt's LoRA-all).
+             train_bias: bool = False, example_input: Any = None, graph: ModuleGraph | None = None) -> Config:
+    """LoRA of rank ``r`` on every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of ``model`` (GIFt's LoRA-all),
+    plus transformers ``Conv1D`` (GPT-2) and ``nn.MultiheadAttention`` (torchvision's ViT).
 
     ``alpha`` defaults to ``r`` (scale 1, as GIFt). All other parameters are frozen, biases too unless
     ``train_bias``. On torchvision's resnet18 with ``r=3`` this trains 75,063 parameters.
+
+    Each layer gets the output hook (``adapt_output``) where it is right and ``adapt_weight`` where it
+    cannot be: MultiheadAttention, conv subclasses with their own ``forward`` and — given
+    ``example_input`` (or a traced ``graph``) — layers that never run as modules because their parent
+    reads their weight (BEiT's, EVA-02's and torchvision Swin's ``qkv``). Without an example input
+    such layers get the hook, and attach's first forward pass reports them.
     """
-    return lora_all_strategy(r, alpha, dropout, train_bias)(model)
+    return lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph))(model)
 
 
 def _target_check(targets: str | Sequence[str]):
@@ -60,28 +109,32 @@ def _target_check(targets: str | Sequence[str]):
 
 
 def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: float | None = 16,
-         dropout: float = 0.0, trainable: Iterable[str] = ()) -> Config:
+         dropout: float = 0.0, trainable: Iterable[str] = (), example_input: Any = None,
+         graph: ModuleGraph | None = None) -> Config:
     """LoRA on the modules PEFT's ``target_modules`` would pick.
 
     ``targets``: a list of names matched against the end of each module path (``"qkv"`` matches
     ``blocks.0.attn.qkv``), or one string read as a regular expression that must match a whole path.
-    ``trainable``: extra parameter patterns kept trainable (e.g. ``["head"]``). A target that matches
-    no Linear/Conv layer is a ValueError naming it.
+    Linear, Conv, transformers Conv1D, nn.Embedding and nn.MultiheadAttention layers can be targets;
+    the method is chosen as in :func:`lora_all`. ``trainable``: extra parameter patterns kept
+    trainable (e.g. ``["head"]``). A target that matches no such layer is a ValueError naming it.
     """
     matches = _target_check(targets)
     strategy = Strategy(name="lora").register_module_cap(
-        lambda info: matches(info.path) and _is_lora_layer(info),
-        place("LoRA", **_lora_settings(r, alpha, dropout)))
+        lambda info: matches(info.path) and _is_lora_layer(info, embeddings=True),
+        _lora_action(_lora_settings(r, alpha, dropout), _never_run(model, example_input, graph)))
     cfg = strategy(model)
+    kinds = LORA_LAYERS + (nn.Embedding, nn.MultiheadAttention)
     if not cfg.placements:
-        layers = [n for n, m in model.named_modules() if isinstance(m, LORA_LAYERS)][:6]
-        raise ValueError(f"targets {targets!r} match no Linear/Conv layer of {type(model).__name__} "
-                         f"(its layers include: {', '.join(layers)})")
+        layers = [n for n, m in model.named_modules() if isinstance(m, kinds) or is_hf_conv1d(m)][:6]
+        raise ValueError(f"targets {targets!r} match no Linear/Conv layer of {type(model).__name__} (nor "
+                         f"an Embedding or MultiheadAttention; its layers include: {', '.join(layers)})")
     if not isinstance(targets, str):
         hit = {p.target.module for p in cfg.placements}
         for t in targets:
             if not any(h == t or h.endswith("." + t) for h in hit):
-                raise ValueError(f"target {t!r} matches no Linear/Conv layer of {type(model).__name__}")
+                raise ValueError(f"target {t!r} matches no Linear/Conv layer of {type(model).__name__} "
+                                 f"(nor an Embedding or MultiheadAttention)")
     return cfg.with_trainable(list(cfg.trainable) + list(trainable))
 
 
