@@ -42,6 +42,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "load": ("addin_studio.checkpoint", "load"),
     "from_peft": ("addin_studio.checkpoint", "from_peft"),
     "create_model": ("addin_studio.models", "create_model"),
+    "materialize": ("addin_studio.bigmodel", "materialize"),
+    "init_empty_weights": ("addin_studio.bigmodel", "init_empty_weights"),
     "image_folder_loaders": ("addin_studio.image_folder", "image_folder_loaders"),
     "strategies": ("addin_studio.strategies", None),
     "data": ("addin_studio.data", None),
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load 
     from . import data, strategies
     from .addins import (AddinBase, PointInfo, available_addins, get_addin, hook_method, methods_for,
                          register_addin, weight_method)
+    from .bigmodel import init_empty_weights, materialize
     from .checkpoint import from_peft, load
     from .config import Config, ConfigError, Placement, Point, format_path, parse
     from .engine import Attachment, attach

@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write adapters, loss.png and report.html here")
     train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
+                       help="under torchrun: DDP, or FSDP2 sharding of the attached model")
 
     lab = sub.add_parser(
         "lab", formatter_class=_Formatter, help="open JupyterLab on the quickstart notebook",
@@ -291,16 +293,23 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
         trainer = Trainer(model, train, val, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                           scheduler=args.scheduler, max_steps=args.max_steps, amp=args.amp, device=args.device,
                           seed=args.seed, progress=not args.no_progress, attachment=att,
-                          checkpoint_dir=(out / "checkpoints") if out else None)
+                          checkpoint_dir=(out / "checkpoints") if out else None, strategy=args.strategy)
     except ValueError as exc:
         parser.error(str(exc))
     history = trainer.fit()
     result = trainer.test()
     print(f"Acc@1 {result['acc1']:.2f}%  Acc@5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+    adapters = out / "adapters.safetensors" if out is not None else None
+    if adapters is not None and trainer.strategy == "fsdp" and trainer.distributed:
+        from .fsdp import save_adapters as save_sharded
+
+        save_sharded(att, adapters)  # gathers the shards: every rank takes part, rank 0 writes
     if out is not None and is_main_process():  # under torchrun, rank 0 writes the files
         from .report import plot_loss, write_report
 
-        files = [save_adapters(att, out / "adapters.safetensors"), plot_loss(history, out / "loss.png")]
+        if not (trainer.strategy == "fsdp" and trainer.distributed):
+            save_adapters(att, adapters)
+        files = [adapters, plot_loss(history, out / "loss.png")]
         files.append(write_report(out / "report.html", title=f"Addin Studio: {title}", config=att.config,
                                   graph=att.graph, loss_png=files[1], parameters=studio.trainable_table(model),
                                   results={"Acc@1 (%)": result["acc1"], "Acc@5 (%)": result["acc5"],

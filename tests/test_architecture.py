@@ -22,15 +22,15 @@ LAYERS: list[list[str]] = [
     ["cli"],
     ["demo"],
     [API],
-    ["widget", "report"],
+    ["widget", "report", "integrations"],
     ["train", "render"],
-    ["strategies", "checkpoint"],
+    ["strategies", "checkpoint", "bigmodel", "fsdp"],
     ["engine", "examples"],
     ["graph", "addins", "params", "image_folder", "models", "distributed"],
     ["data"],
     ["config", "inputs"],
 ]
-OUTER = {"cli", "demo", API, "widget", "report", "train", "render"}
+OUTER = {"cli", "demo", API, "widget", "report", "train", "render", "integrations"}
 JUPYTER = ("IPython", "ipywidgets", "anywidget", "traitlets", "jupyter", "jupyterlab", "ipykernel",
            "notebook", "comm")
 

@@ -27,9 +27,17 @@ def base_params(model: nn.Module, skip: str | None = None) -> list[tuple[str, nn
     return [(n, p) for n, p in model.named_parameters() if not n.startswith(prefixes)]
 
 
+def root_class(model: nn.Module) -> str:
+    """The model's class name; FSDP2's ``fully_shard`` subclasses it as ``FSDP<Name>``, which is the same model."""
+    cls = type(model)
+    if any(b.__name__ == "FSDPModule" for b in cls.__bases__):
+        cls = next(b for b in cls.__bases__ if b.__name__ != "FSDPModule")
+    return cls.__name__
+
+
 def fingerprint(model: nn.Module, skip: str | None = None) -> dict[str, Any]:
     """``{"root": class name, "params": [[name, shape], ...]}`` of the base model."""
-    return {"root": type(model).__name__,
+    return {"root": root_class(model),
             "params": [[n, list(p.shape)] for n, p in base_params(model, skip)]}
 
 
@@ -37,7 +45,7 @@ def check_fingerprint(model: nn.Module, expected: Mapping[str, Any], source: str
     """Raise ValueError naming the first module/shape where ``model`` differs from the checkpoint's."""
     if not isinstance(expected, Mapping) or "params" not in expected:
         raise ValueError(f"{source}: the checkpoint has no model fingerprint")
-    root = type(model).__name__
+    root = root_class(model)
     if expected.get("root") != root:
         raise ValueError(f"{source} was saved for a {expected.get('root')}, not a {root}")
     have = {n: list(p.shape) for n, p in base_params(model, addin_child(model))}

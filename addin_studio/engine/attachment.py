@@ -82,9 +82,10 @@ class Attachment:
                     continue
                 for point in {(p.source.module, p.source.side), (p.target.module, p.target.side)}:
                     expected.setdefault(point, []).append(_label(p))
-                if p.kind == "across":
-                    self._hook(modules, p.source.module, p.source.side).actions.append(CacheAction(r.addin))
                 action = RunAction(r.addin, p.method, p.kind == "across", _label(p))
+                if p.kind == "across":
+                    self._hook(modules, p.source.module, p.source.side).actions.append(
+                        CacheAction(r.addin, action))
                 self._hook(modules, p.target.module, p.target.side).actions.append(action)
                 self._run_actions[r.key] = ((p.target.module, p.target.side), action)
             if expected and not self.graph.traced:
@@ -150,6 +151,8 @@ class Attachment:
         for addin in self.addins.values():
             if hasattr(addin, "inputs_cache"):
                 addin.inputs_cache = None
+        for _, action in self._run_actions.values():
+            action.last = None
         self.attached = False
 
     def detach(self) -> None:
@@ -200,6 +203,10 @@ class Attachment:
         which put the shared parameter back.
         """
         self._require_attached("merge")
+        if _is_sharded(self.model):
+            raise RuntimeError("cannot merge an FSDP-sharded model: its weights are DTensor shards. Save the "
+                               "adapters (addin_studio.fsdp.save_adapters), load them into an unsharded model "
+                               "with studio.load and merge there")
         modules = dict(self.model.named_modules())
         todo = []
         for r in self._resolved:
@@ -318,6 +325,15 @@ def _io(name: str) -> Callable[["Attachment", Any], None]:
         raise RuntimeError(f"Attachment.{name} needs the checkpoint formats: import addin_studio.checkpoint "
                            f"(studio.attach, studio.load and the Trainer load them for you)")
     return _IO[name]
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether ``fully_shard`` (FSDP2) turned the model's parameters into DTensor shards."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def _shared_parameters(model: nn.Module) -> dict[int, list[str]]:

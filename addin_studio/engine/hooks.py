@@ -2,48 +2,116 @@
 
 They are small picklable classes rather than closures, so an attached model can still be pickled,
 deep-copied and saved with ``torch.save``.
+
+Activation checkpointing (``torch.utils.checkpoint``, timm's ``set_grad_checkpointing()``, transformers'
+``gradient_checkpointing_enable()``) runs a checkpointed block's forward again during the backward pass,
+hooks included. An ``{in}`` and ``{out}`` inside the same block simply run again; an ``{out}`` whose
+``{in}`` lies outside the recomputed block finds the cache already consumed, so the ``{out}`` action keeps
+the feature it consumed (``RunAction.last``) and uses it again when it runs inside a backward pass.
+``last`` is dropped when the ``{in}`` point runs in the next forward pass, and by ``detach()``; a cache
+filled by a recomputed ``{in}`` is dropped when the backward pass ends.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import ConfigError, format_path
 
 
+def recomputing() -> bool:
+    """Whether a forward pass runs inside a backward pass: activation checkpointing recomputing a block."""
+    if torch.compiler.is_compiling():  # dynamo traces the forward pass itself; keep its graph unbroken
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
+def _non_reentrant_recomputation() -> bool:
+    """Whether the running recomputation is ``checkpoint(..., use_reentrant=False)``'s, which only needs
+    the values of the original forward pass (its autograd graph stays that of the original pass)."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return hooks is not None and "_recomputation_hook" in getattr(hooks[0], "__qualname__", "")
+
+
 class CacheAction:
     """``{in}``: store the feature at this point in ``addin.inputs_cache``."""
 
+    __slots__ = ("addin", "run")
+
+    def __init__(self, addin: nn.Module, run: "RunAction | None" = None) -> None:
+        self.addin = addin
+        self.run = run  # the matching {out} action, whose kept feature a new forward pass releases
+
+    def _store(self, feature: Any) -> None:
+        self.addin.inputs_cache = feature
+        if not recomputing():
+            if self.run is not None:
+                self.run.last = None
+        else:  # a recomputed {in} whose {out} may lie outside the block: release it when backward ends
+            torch.autograd.Variable._execution_engine.queue_callback(_ClearCache(self.addin))
+
+    def pre(self, module: nn.Module, args: tuple) -> tuple:
+        self._store(args[0] if args else None)
+        return args
+
+    def post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        self._store(output)
+        return output
+
+
+class _ClearCache:
     __slots__ = ("addin",)
 
     def __init__(self, addin: nn.Module) -> None:
         self.addin = addin
 
-    def pre(self, module: nn.Module, args: tuple) -> tuple:
-        self.addin.inputs_cache = args[0] if args else None
-        return args
-
-    def post(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        self.addin.inputs_cache = output
-        return output
+    def __call__(self) -> None:
+        self.addin.inputs_cache = None
 
 
 class RunAction:
     """``{inout}`` or ``{out}``: run the add-in's method and use its result."""
 
-    __slots__ = ("addin", "fn", "across", "label")
+    __slots__ = ("addin", "fn", "across", "label", "last")
 
     def __init__(self, addin: nn.Module, method: str, across: bool, label: str) -> None:
         self.addin = addin
         self.fn = getattr(addin, method)
         self.across = across
         self.label = label
+        self.last: Any = None  # the {in} feature the last forward pass consumed (for recomputation)
+
+    def __getstate__(self) -> dict:
+        state = {k: getattr(self, k) for k in self.__slots__}
+        state["last"] = None  # never pickle or deep-copy an activation
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
 
     def _check_cache(self) -> None:
+        if self.addin.inputs_cache is None and self.last is not None and recomputing():
+            # a checkpointed block re-runs without its {in} point
+            if not _non_reentrant_recomputation():
+                raise RuntimeError(
+                    f"{self.label}: activation checkpointing with use_reentrant=True recomputes a block "
+                    f"that holds this {{out}} point but not its {{in}} point, and would lose the gradient "
+                    f"through the add-in's input. Use use_reentrant=False (the default of transformers' "
+                    f"gradient_checkpointing_enable()), or put {{in}} and {{out}} in the same block")
+            self.addin.inputs_cache = self.last
         if self.addin.inputs_cache is None:
             raise RuntimeError(f"{self.label}: the {{in}} point did not run before the {{out}} point in "
                                f"this forward pass, so the add-in has no input")
+
+    def _release(self) -> None:
+        """Drop the cache once used (keeping it in ``last`` while training, for recomputation)."""
+        cache = self.addin.inputs_cache
+        self.addin.inputs_cache = None
+        if not recomputing():
+            self.last = cache if torch.is_grad_enabled() or getattr(self.addin, "training", False) else None
 
     def pre(self, module: nn.Module, args: tuple) -> tuple:
         if self.across:
@@ -51,7 +119,7 @@ class RunAction:
             try:
                 result = self.fn(module, args)
             finally:
-                self.addin.inputs_cache = None  # release the activation as soon as it is used
+                self._release()
         else:
             result = self.fn(module, args)
         if result is None:
@@ -66,7 +134,7 @@ class RunAction:
             try:
                 result = self.fn(module, args, output)
             finally:
-                self.addin.inputs_cache = None
+                self._release()
         else:
             result = self.fn(module, args, output)
         return output if result is None else result

@@ -101,6 +101,9 @@ class Trainer:
     With an ``attachment`` and a ``checkpoint_dir``, the add-ins of the best epoch (highest validation
     Acc@1, or lowest training loss without a ``val_loader``) are saved to ``checkpoint_dir/best.safetensors``
     with ``attachment.save``; without an attachment, the trainable parameters are saved there.
+
+    Under torchrun the model is wrapped in DDP (``strategy="ddp"``) or sharded with FSDP2
+    (``strategy="fsdp"``, see :mod:`addin_studio.fsdp`); in one process ``strategy`` changes nothing.
     """
 
     def __init__(self, model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
@@ -109,7 +112,8 @@ class Trainer:
                  warmup_steps: int = 0, step_size: int | None = None, gamma: float = 0.1,
                  grad_clip: float | None = None, amp: bool | str = False, device: str | torch.device | None = None,
                  seed: int | None = None, loss_fn: Callable | None = None, max_steps: int | None = None,
-                 attachment: Any = None, checkpoint_dir: str | Path | None = None, progress: bool = True) -> None:
+                 attachment: Any = None, checkpoint_dir: str | Path | None = None, progress: bool = True,
+                 strategy: str = "ddp") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(epochs, int) or epochs < 1:
@@ -126,21 +130,33 @@ class Trainer:
             if not any(callable(getattr(cb, h, None)) for h in HOOKS):
                 raise TypeError(f"callback {cb!r} has none of the methods {', '.join(HOOKS)}")
 
-        # Under torchrun (a process group is initialized): DDP over the model, a DistributedSampler per
-        # rank, progress bars and checkpoints on rank 0 only. See docs/scaling.md.
+        if strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp' (used under torchrun), got {strategy!r}")
+        # Under torchrun (a process group is initialized): DDP (or FSDP2) over the model, a
+        # DistributedSampler per rank, progress bars and checkpoints on rank 0 only. See docs/scaling.md.
         self.distributed = dist_utils.is_distributed()
+        self.strategy = strategy
+        self._sharded = self.distributed and strategy == "fsdp"
+        if self._sharded and checkpoint_dir is not None and attachment is None:
+            raise ValueError("strategy='fsdp' writes adapter-only checkpoints: pass attachment= with checkpoint_dir=")
         if device is None and self.distributed:
             device = dist_utils.device_for_rank()
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self._own_model = model  # before any DDP wrapper: the key of the training lock
         self.model = model.to(self.device)
-        if self.distributed:
+        if self._sharded:
+            from .. import fsdp
+
+            self.model = fsdp.shard_model(self.model, attachment=attachment, device=self.device)
+        elif self.distributed:
             self.model = dist_utils.wrap_model(self.model, attachment=attachment, device=self.device)
+        if self.distributed:
             train_loader = dist_utils.distributed_loader(train_loader, seed=seed or 0) \
                 if isinstance(train_loader, DataLoader) else train_loader
             progress = progress and dist_utils.is_main_process()
-            checkpoint_dir = checkpoint_dir if dist_utils.is_main_process() else None
+            if not self._sharded:  # FSDP gathers the add-ins on every rank; rank 0 writes
+                checkpoint_dir = checkpoint_dir if dist_utils.is_main_process() else None
         if attachment is not None and getattr(attachment, "addins", None) is not None:
             attachment.addins.to(self.device)  # normally a child of the model already; harmless then
         self.train_loader = train_loader
@@ -294,7 +310,8 @@ class Trainer:
         else:
             loss.backward()
         # The total grad norm doubles as a check: inf/nan grads would corrupt the parameters.
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf")))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
         if self.scaler is not None:  # fp16: the scaler skips steps with inf grads and lowers its scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -423,13 +440,20 @@ class Trainer:
         path = self.checkpoint_dir / "best.safetensors"
         staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            if self.attachment is not None:
+            if self._sharded:  # FSDP: every rank gathers the add-ins, rank 0 writes
+                from .. import fsdp
+
+                written = fsdp.save_adapters(self.attachment, staged) is not None
+            elif self.attachment is not None:
                 save_adapters(self.attachment, staged)
+                written = True
             else:
                 save_trainable(self.model, staged)
+                written = True
             with _interrupts_held():
-                os.replace(staged, path)
-                self._best = (epoch, metric, path)
+                if written:
+                    os.replace(staged, path)
+                self._best = (epoch, metric, path if written else None)
         except BaseException:
             with contextlib.suppress(OSError):
                 staged.unlink()
