@@ -30,6 +30,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "format_path": ("addin_studio.config", "format_path"),
     "parse": ("addin_studio.config", "parse"),
     "Attachment": ("addin_studio.engine", "Attachment"),
+    "NamedAdapters": ("addin_studio.named", "NamedAdapters"),
     "attach": ("addin_studio.engine", "attach"),
     "ModuleGraph": ("addin_studio.graph", "ModuleGraph"),
     "ModuleNode": ("addin_studio.graph", "ModuleNode"),
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load 
     from .graph import ModuleGraph, ModuleNode, trace
     from .image_folder import image_folder_loaders
     from .models import create_model
+    from .named import NamedAdapters
     from .params import count_parameters, summary_line, trainable_table
     from .train import Trainer
     from .widget import Studio

@@ -24,6 +24,7 @@ LAYERS: list[list[str]] = [
     [API],
     ["widget", "report", "integrations"],
     ["train", "render"],
+    ["named"],
     ["strategies", "checkpoint", "bigmodel", "fsdp"],
     ["engine", "examples"],
     ["graph", "addins", "params", "image_folder", "models", "distributed"],

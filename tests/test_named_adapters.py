@@ -1,0 +1,246 @@
+"""studio.NamedAdapters: several adapters on one model — switch, disable, combine, save/load by name."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import addin_studio as studio
+
+LORA_A = "(LoRA.adapt_output, r=2): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->..."
+LORA_B = "(LoRA.adapt_output, r=3, alpha=6, rslora=true): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->..."
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(16, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head(self.fc(self.flat(self.pool(self.conv(x)))))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(2, 3, 6, 6)
+
+
+def _randomize(named: studio.NamedAdapters, name: str, seed: int) -> None:
+    """Give an adapter non-zero weights (LoRA's B starts at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for addin in named._adapters[name].objects.values():
+            for p in addin.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def _state(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            [(n, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()])
+
+
+def _same_state(model, state):
+    sd, flags, hooks = state
+    now = model.state_dict()
+    return (sorted(now) == sorted(sd) and all(torch.equal(now[k], sd[k]) for k in sd)
+            and {n: p.requires_grad for n, p in model.named_parameters()} == flags
+            and [(n, len(m._forward_hooks), len(m._forward_pre_hooks))
+                 for n, m in model.named_modules()] == hooks)
+
+
+def test_switching_gives_each_adapters_own_outputs_and_disable_the_bare_model(net):
+    model, x = net
+    bare = copy.deepcopy(model)
+    before = _state(model)
+    y0 = model(x)
+    named = studio.NamedAdapters(model, x)
+    named.add("a", LORA_A)
+    named.add("b", LORA_B)
+    assert named.names == ["a", "b"] and named.active == "a"  # the first added is active
+    _randomize(named, "a", 1)
+    _randomize(named, "b", 2)
+    outs = {}
+    for name in ("a", "b", "a"):
+        named.set_active(name)
+        assert named.active == name
+        outs[name] = model(x)
+        # exactly what attaching that config alone, with the same weights, gives
+        alone_model = copy.deepcopy(bare)
+        cfg = named.config(name)
+        with studio.attach(alone_model, cfg) as alone:
+            for (_, p, addin), (_, q, mine) in zip(alone.entries, named.attachment.entries):
+                assert p == q
+                addin.load_state_dict(mine.state_dict())
+            assert torch.equal(alone_model(x), outs[name])
+        # only the active adapter's parameters train; the base is frozen
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {f"addins.{k}.{t}" for k, _, a in named.attachment.entries
+                             for t, _ in a.named_parameters()}
+    assert not torch.allclose(outs["a"], outs["b"]) and not torch.allclose(outs["a"], y0)
+    named.disable()
+    assert named.active is None and named.attachment is None
+    assert torch.equal(model(x), y0) and _same_state(model, before)
+    with named.disabled():  # the context manager form leaves the active adapter on after
+        pass
+    named.set_active("b")
+    with named.disabled():
+        assert torch.equal(model(x), y0)
+    assert named.active == "b" and torch.equal(model(x), outs["b"])
+    assert repr(named) == "<NamedAdapters on Net: a, b (active)>"
+    summary = named.summary().splitlines()
+    assert summary[0] == "NamedAdapters on Net (active: b)"
+    # balanced conv LoRA: A [2, 3*3] + B [4*3, 2]; fc: A [2, 16] + B [5, 2]
+    assert summary[1] == f"  a: 2 add-in(s), {2 * 9 + 12 * 2 + 2 * 16 + 5 * 2} parameters"
+    named.remove("b")
+    assert named.names == ["a"] and named.active is None and _same_state(model, before)
+
+
+def test_weighted_combination_is_the_weighted_sum_of_the_deltas(net):
+    model, x = net
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    named = studio.NamedAdapters(model)
+    named.add("a", LORA_A)
+    named.add("b", LORA_B)
+    _randomize(named, "a", 3)
+    _randomize(named, "b", 4)
+    deltas = {name: {p.target.module: a.delta().detach().clone() for p, a in named._adapters[name].objects.items()}
+              for name in ("a", "b")}
+    assert deltas["b"]["fc"].shape == (5, 16) and deltas["b"]["conv"].shape == (4, 3, 3, 3)
+    weights = {"a": 0.7, "b": -0.3}
+    named.add_weighted_adapter("ab", weights)
+    assert named.active == "a" and named.names == ["a", "b", "ab"]
+    named.set_active("ab")
+    ranks = [a.r for _, _, a in named.attachment.entries]
+    assert ranks == [5, 5] and all(a.scaling == 1.0 for _, _, a in named.attachment.entries)
+    y = model(x)
+    named.attachment.merge()
+    merged = model.state_dict()
+    for layer in ("conv", "fc"):
+        want = base[f"{layer}.weight"] + sum(w * deltas[n][layer] for n, w in weights.items())
+        assert (merged[f"{layer}.weight"] - want).abs().max().item() < 1e-6
+    assert (model(x) - y).abs().max().item() < 1e-5
+    named.attachment.unmerge()
+    # the sources are untouched by the combination
+    named.set_active("b")
+    assert all(torch.equal(a.delta(), deltas["b"][p.target.module])
+               for p, a in named._adapters["b"].objects.items())
+
+
+def test_switching_keeps_trained_weights_and_each_adapters_kept_trainable_base(net):
+    model, x = net
+    head0 = model.head.weight.detach().clone()
+    y0 = model(x)
+    named = studio.NamedAdapters(model)
+    named.add("a", LORA_A + "\ntrainable(head)")
+    named.add("b", LORA_B)
+
+    def train(steps=3):
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        for _ in range(steps):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+
+    train()
+    assert not torch.equal(model.head.weight, head0)
+    trained_a = {k: v.clone() for k, v in named.attachment.addins.state_dict().items()}
+    head_a = model.head.weight.detach().clone()
+    ya = model(x)
+    named.set_active("b")
+    assert torch.equal(model.head.weight, head0)  # b does not see a's trained head
+    assert model.head.weight.requires_grad is False
+    train()
+    yb = model(x)
+    named.set_active("a")
+    assert torch.equal(model.head.weight, head_a) and model.head.weight.requires_grad
+    assert all(torch.equal(v, trained_a[k]) for k, v in named.attachment.addins.state_dict().items())
+    assert torch.equal(model(x), ya)
+    named.set_active("b")
+    assert torch.equal(model(x), yb)
+    named.disable()
+    assert torch.equal(model(x), y0) and torch.equal(model.head.weight, head0)
+
+
+def test_save_and_load_by_name_round_trip_on_a_fresh_model(net, tmp_path):
+    model, x = net
+    fresh = copy.deepcopy(model)
+    named = studio.NamedAdapters(model)
+    named.add("a", LORA_A + "\ntrainable(head)")
+    named.add("b", LORA_B)
+    _randomize(named, "a", 5)
+    _randomize(named, "b", 6)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # a's own head
+    outs = {}
+    for name in ("a", "b"):
+        named.set_active(name)
+        outs[name] = model(x)
+    named.save("a", tmp_path / "a.safetensors")  # b stays active
+    assert named.active == "b" and torch.equal(model(x), outs["b"])
+    named.save("b", tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="a conv LoRA goes to PEFT in PEFT's layout"):
+        named.export_peft("b", tmp_path / "b_peft")
+    assert named.active == "b" and torch.equal(model(x), outs["b"])
+    named.add("c", "(LoRA.adapt_output, r=2, alpha=4): ...->(fc){inout1}->...")
+    _randomize(named, "c", 8)
+    named.set_active("c")
+    outs["c"] = model(x)
+    named.set_active("b")
+    named.export_peft("c", tmp_path / "c_peft")
+    assert named.active == "b"
+
+    y0 = fresh(x)
+    other = studio.NamedAdapters(fresh)
+    other.load("b", tmp_path / "b.safetensors")
+    other.load("a", tmp_path / "a.safetensors")
+    assert other.active == "b" and torch.equal(fresh(x), outs["b"])
+    other.set_active("a")
+    assert torch.equal(fresh(x), outs["a"])
+    other.disable()
+    assert torch.equal(fresh(x), y0)
+    with studio.from_peft(copy.deepcopy(fresh), tmp_path / "c_peft") as att:
+        assert (att.model(x) - outs["c"]).abs().max().item() < 1e-6
+
+
+def test_errors_are_clear_and_leave_model_and_adapters_untouched(net):
+    model, x = net
+    named = studio.NamedAdapters(model, x)
+    named.add("lora_a", LORA_A)
+    named.add("ssf", "(SSF.adapt_output): ...->(fc){inout1}->...")
+    named.add("dora", "(LoRA.adapt_output, r=2, dora=true): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->...")
+    named.add("fc_only", "(LoRA.adapt_output, r=2): ...->(fc){inout1}->...")
+    _randomize(named, "lora_a", 7)
+    y = model(x)
+    state = _state(model)
+    cases = [
+        (lambda: named.set_active("lora_b"), "no adapter named 'lora_b' (adapters: lora_a, ssf, dora, fc_only); "
+                                             "did you mean 'lora_a'?"),
+        (lambda: named.remove("zzz"), "no adapter named 'zzz'"),
+        (lambda: named.add("lora_a", LORA_B), "there is already an adapter named 'lora_a'"),
+        (lambda: named.add("a-b", LORA_B), "an adapter name must be an identifier"),
+        (lambda: named.add("bad", "(LoRA.adapt_output): ...->(nope){inout1}->..."), "nope"),
+        (lambda: named.add("pissa", "(LoRA.adapt_output, r=2, init=pissa): ...->(fc){inout1}->..."),
+         "moves part of the base weight into the adapter"),
+        (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "ssf": 0.5}),
+         "add_weighted_adapter combines LoRA adapters only: 'ssf' has SSF.adapt_output at fc:post"),
+        (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "dora": 0.5}),
+         "with dora=true, which is not linear in its factors"),
+        (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "fc_only": 0.5}),
+         "'lora_a' and 'fc_only' do not adapt the same layers the same way"),
+        (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "lora_c": 0.5}), "did you mean 'lora_a'?"),
+        (lambda: named.add_weighted_adapter("mix", {"lora_a": "x"}), "must be a number"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as info:
+            call()
+        assert message in str(info.value), str(info.value)
+        assert named.active == "lora_a" and named.names == ["lora_a", "ssf", "dora", "fc_only"]
+        assert _same_state(model, state) and torch.equal(model(x), y)
