@@ -165,6 +165,13 @@ def test_switching_keeps_trained_weights_and_each_adapters_kept_trainable_base(n
     assert torch.equal(model(x), ya)
     named.set_active("b")
     assert torch.equal(model(x), yb)
+    named.attachment.merge()  # switching away from a merged adapter unmerges it first
+    assert (model(x) - yb).abs().max().item() < 1e-5
+    named.set_active("a")
+    assert torch.equal(model(x), ya)
+    named.set_active("b")
+    assert torch.equal(model(x), yb) and not named.attachment.merged
+    named.attachment.merge()
     named.disable()
     assert torch.equal(model(x), y0) and torch.equal(model.head.weight, head0)
 
@@ -210,8 +217,9 @@ def test_save_and_load_by_name_round_trip_on_a_fresh_model(net, tmp_path):
         assert (att.model(x) - outs["c"]).abs().max().item() < 1e-6
 
 
-def test_errors_are_clear_and_leave_model_and_adapters_untouched(net):
+def test_errors_are_clear_and_leave_model_and_adapters_untouched(net, tmp_path):
     model, x = net
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     named = studio.NamedAdapters(model, x)
     named.add("lora_a", LORA_A)
     named.add("ssf", "(SSF.adapt_output): ...->(fc){inout1}->...")
@@ -237,6 +245,7 @@ def test_errors_are_clear_and_leave_model_and_adapters_untouched(net):
          "'lora_a' and 'fc_only' do not adapt the same layers the same way"),
         (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "lora_c": 0.5}), "did you mean 'lora_a'?"),
         (lambda: named.add_weighted_adapter("mix", {"lora_a": "x"}), "must be a number"),
+        (lambda: named.load("junk", tmp_path / "junk.safetensors"), "junk.safetensors"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError) as info:
