@@ -111,8 +111,8 @@ def test_weighted_combination_is_the_weighted_sum_of_the_deltas(net):
     named.add("b", LORA_B)
     _randomize(named, "a", 3)
     _randomize(named, "b", 4)
-    deltas = {name: {p.target.module: a.delta().detach().clone() for p, a in named._adapters[name].objects.items()}
-              for name in ("a", "b")}
+    deltas = {name: {p.target.module: a.delta().detach().clone()
+                     for p, a in named._adapters[name].objects.items()} for name in ("a", "b")}
     assert deltas["b"]["fc"].shape == (5, 16) and deltas["b"]["conv"].shape == (4, 3, 3, 3)
     weights = {"a": 0.7, "b": -0.3}
     named.add_weighted_adapter("ab", weights)
@@ -223,7 +223,7 @@ def test_errors_are_clear_and_leave_model_and_adapters_untouched(net, tmp_path):
     named = studio.NamedAdapters(model, x)
     named.add("lora_a", LORA_A)
     named.add("ssf", "(SSF.adapt_output): ...->(fc){inout1}->...")
-    named.add("dora", "(LoRA.adapt_output, r=2, dora=true): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->...")
+    named.add("dora", LORA_A.replace("r=2", "r=2, dora=true"))
     named.add("fc_only", "(LoRA.adapt_output, r=2): ...->(fc){inout1}->...")
     _randomize(named, "lora_a", 7)
     y = model(x)
@@ -253,3 +253,28 @@ def test_errors_are_clear_and_leave_model_and_adapters_untouched(net, tmp_path):
         assert message in str(info.value), str(info.value)
         assert named.active == "lora_a" and named.names == ["lora_a", "ssf", "dora", "fc_only"]
         assert _same_state(model, state) and torch.equal(model(x), y)
+
+
+def test_weighted_combination_on_weight_methods_and_embeddings():
+    # adapt_weight (the delta read into the weight) and Embedding (a transposed layout) combine the same way
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 3))
+    ids = torch.tensor([[1, 2, 3], [7, 8, 9]])
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    named = studio.NamedAdapters(model, ids)
+    line = ("(LoRA.adapt_output, r={r}): ...->(0){{inout1}}->...\n"
+            "(LoRA.adapt_weight, r={r}, alpha=3): ...->(1){{inout2}}->...")
+    named.add("a", line.format(r=2))
+    named.add("b", line.format(r=1))
+    _randomize(named, "a", 9)
+    _randomize(named, "b", 10)
+    deltas = {n: {p.target.module: a.delta().detach().clone() for p, a in named._adapters[n].objects.items()}
+              for n in ("a", "b")}
+    named.add_weighted_adapter("ab", {"a": 2.0, "b": 0.5}, activate=True)
+    assert named.active == "ab"
+    named.attachment.merge()
+    for layer in ("0", "1"):
+        want = base[f"{layer}.weight"] + 2.0 * deltas["a"][layer] + 0.5 * deltas["b"][layer]
+        assert (model.state_dict()[f"{layer}.weight"] - want).abs().max().item() < 1e-6
+    named.disable()
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
