@@ -212,9 +212,12 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
     assert att.addins["Scale_body"].scale.grad is not None
     att.detach()
 
-    spare = studio.attach(model, "(Scale.adapt_output): ...->(spare){inout1}->...", addins={"Scale": _Scale},
-                          example_input=x)
-    assert D.wrap_model(model, attachment=spare).find_unused_parameters  # its add-in never runs
+    with pytest.raises(studio.ConfigError, match="'spare' .* never runs as a module"):
+        studio.attach(model, "(Scale.adapt_output): ...->(spare){inout1}->...", addins={"Scale": _Scale},
+                      example_input=x)
+    # without an example input nobody knows whether every add-in runs: DDP must look for unused ones
+    spare = studio.attach(model, "(Scale.adapt_output): ...->(spare){inout1}->...", addins={"Scale": _Scale})
+    assert D.wrap_model(model, attachment=spare).find_unused_parameters
     spare.detach()
 
     loader = DataLoader(TensorDataset(torch.arange(10.0)), batch_size=4, shuffle=True)

@@ -127,7 +127,12 @@ def test_method_lists_after_each_click(w):
 def test_settings_form_is_generated_and_two_way(w):
     w.handle({"type": "addin", "name": "LoRA"})
     form = {f["name"]: f for f in w.settings_form}
-    assert list(form) == ["r", "alpha", "dropout"]
+    import inspect
+
+    from addin_studio.addins.lora import LoRA
+
+    own = [n for n in inspect.signature(LoRA).parameters if n not in ("point", "source_point")]
+    assert list(form) == own and own[:3] == ["r", "alpha", "dropout"]  # the factory's keywords, in order
     assert (form["r"]["kind"], form["r"]["default"], form["r"]["help"]) == ("int", 8, "rank, default 8")
     assert form["alpha"]["optional"] and form["dropout"]["kind"] == "float"
     w.handle({"type": "apply", "text": LORA1})
@@ -141,7 +146,7 @@ def test_settings_form_is_generated_and_two_way(w):
     w.handle({"type": "setting", "name": "r", "value": "0"})
     assert "rank r must be a positive integer" in w.error and "r=" not in w.config
     w.handle({"type": "setting", "name": "rank", "value": "3"})
-    assert w.error == "LoRA has no setting 'rank' (it has: r, alpha, dropout)"
+    assert w.error == f"LoRA has no setting 'rank' (it has: {', '.join(own)})"
     w.handle({"type": "apply", "text": LORA1})                  # a pasted r=2 shows in the form ...
     click(w, "fc2:post")
     click(w, "fc2:post")                                         # ... and new placements take it
