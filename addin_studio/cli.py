@@ -227,10 +227,10 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                      "base weights only)")
 
     if data_kind == "imagefolder":
-        from .image_folder import image_folder_loaders
+        from .image_folder import image_folder_classes, image_folder_loaders
 
         try:
-            classes = _image_classes(Path(data_dir))
+            classes = image_folder_classes(data_dir)
         except ValueError as exc:
             parser.error(f"--data imagefolder:{data_dir}: {exc}")
     else:
@@ -269,14 +269,6 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except studio.ConfigError as exc:
         parser.error(f"--config does not fit {source}:{name}:\n{exc}")
     return _fit(parser, args, att, train, val, out, f"{source}:{name}")
-
-
-def _image_classes(root: Path) -> list[str]:
-    base = root / "train" if (root / "train").is_dir() else root
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in ("train", "val"))
-    if len(classes) < 2:
-        raise ValueError(f"needs at least two class folders in {base}, found {classes or 'none'}")
-    return classes
 
 
 def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, val, out: Path | None,

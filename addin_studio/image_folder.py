@@ -8,16 +8,18 @@ Layouts (the class names are the sub-folder names, sorted):
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS
+from torchvision.datasets.vision import StandardTransform
 
-from .data import loaders_from_dataset
+from .data import loaders_from_dataset, split_indices
 
 
 @dataclass
@@ -31,24 +33,43 @@ class ImageFolderData:
     num_val: int
 
 
-class _ClassFolder(ImageFolder):
-    """torchvision's ImageFolder with a given class list (the training split's) and no train/val folders."""
+SPLITS = ("train", "val")
 
-    def __init__(self, root: str, transform: Callable | None, classes: list[str] | None) -> None:
+
+def _train_root(root: Path) -> Path:
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def image_folder_classes(root: str | Path) -> list[str]:
+    """The class names of an image folder: its training split's sub-folders, sorted (``train/`` and
+    ``val/`` are splits, not classes). ValueError when there are fewer than two."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a folder")
+    base = _train_root(root)
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in SPLITS)
+    if len(classes) < 2:
+        raise ValueError(f"{base} needs at least two class folders (one per class), found {classes or 'none'}")
+    return classes
+
+
+class _ClassFolder(ImageFolder):
+    """torchvision's ImageFolder over the given classes (the training split's), in that order."""
+
+    def __init__(self, root: str, transform: Callable | None, classes: list[str]) -> None:
         self._wanted = classes
         super().__init__(root, transform=transform)
 
     def find_classes(self, directory):  # noqa: ANN001 - torchvision's signature
         found, _ = super().find_classes(directory)
-        names = self._wanted if self._wanted is not None else [c for c in found if c not in ("train", "val")]
-        missing = [c for c in names if c not in found]
+        missing = [c for c in self._wanted if c not in found]
         if missing:
             raise ValueError(f"{directory} has no class folder {missing[0]!r} (the training classes are "
-                             f"{', '.join(names)})")
-        return names, {c: i for i, c in enumerate(names)}
+                             f"{', '.join(self._wanted)})")
+        return list(self._wanted), {c: i for i, c in enumerate(self._wanted)}
 
 
-def _image_folder(root: Path, transform: Callable | None, classes: list[str] | None = None) -> Dataset:
+def _image_folder(root: Path, transform: Callable | None, classes: list[str]) -> ImageFolder:
     try:
         return _ClassFolder(str(root), transform, classes)
     except FileNotFoundError as exc:
@@ -65,29 +86,20 @@ def image_folder_loaders(root: str | Path, *, train_transform: Callable | None =
     model's own data configuration. Labels are class indices in ``classes`` order.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist or is not a folder")
-    train_root = root / "train" if (root / "train").is_dir() else root
-    val_root = root / "val" if (root / "val").is_dir() else None
-    train_set = _image_folder(train_root, train_transform)
-    classes = list(train_set.classes)
-    if len(classes) < 2:
-        raise ValueError(f"{train_root} needs at least two class folders (one per class), found "
-                         f"{classes or 'none'}")
-    if val_root is not None:
-        val_set = _image_folder(val_root, val_transform, classes)
-        train, val = loaders_from_dataset(train_set, val_dataset=val_set, batch_size=batch_size, seed=seed,
-                                          num_workers=num_workers)
-        return ImageFolderData(train, val, classes, len(train_set), len(val_set))
-    labels = torch.tensor(train_set.targets)
-    plain = _image_folder(train_root, val_transform)  # the held-out images get the evaluation transform
-    train, val = loaders_from_dataset(train_set, val_fraction=val_fraction, batch_size=batch_size, seed=seed,
-                                      num_workers=num_workers, labels=labels)
-    if val is not None:
-        val = DataLoader(torch.utils.data.Subset(plain, val.dataset.indices), batch_size=batch_size,
-                         shuffle=False, num_workers=num_workers)
-    n_val = len(val.dataset) if val is not None else 0
-    return ImageFolderData(train, val, classes, len(train.dataset), n_val)
+    classes = image_folder_classes(root)
+    train_set = _image_folder(_train_root(root), train_transform, classes)
+    if (root / "val").is_dir():
+        val_set: Dataset | None = _image_folder(root / "val", val_transform, classes)
+    else:  # a seeded, stratified split; the held-out images get the evaluation transform
+        train_idx, val_idx = split_indices(len(train_set), val_fraction, seed, torch.tensor(train_set.targets))
+        held_out = copy.copy(train_set)  # the same file list, read with the other transform
+        held_out.transform = val_transform
+        held_out.transforms = StandardTransform(val_transform, held_out.target_transform)
+        val_set = Subset(held_out, val_idx) if val_idx else None
+        train_set = Subset(train_set, train_idx)
+    train, val = loaders_from_dataset(train_set, val_dataset=val_set, val_fraction=0, batch_size=batch_size,
+                                      seed=seed, num_workers=num_workers)
+    return ImageFolderData(train, val, classes, len(train_set), len(val_set) if val_set is not None else 0)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderData", "image_folder_loaders"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderData", "image_folder_classes", "image_folder_loaders"]

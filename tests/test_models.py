@@ -117,6 +117,10 @@ def test_image_folder_split_is_seeded_and_stratified(tmp_path, make_image_folder
     assert torch.bincount(labels).tolist() == [2, 2, 2]
     x, y = next(iter(data.train))
     assert tuple(x.shape[1:]) == (3, 12, 12) and y.dtype == torch.int64
+    small = image_folder_loaders(root, train_transform=T.Compose([T.Resize(6), to_tensor]),
+                                 val_transform=to_tensor, batch_size=8)
+    assert tuple(next(iter(small.train))[0].shape[1:]) == (3, 6, 6)   # training images: their transform
+    assert tuple(next(iter(small.val))[0].shape[1:]) == (3, 12, 12)   # held-out images: the evaluation one
 
 
 def test_image_folder_uses_a_val_folder_when_present(tmp_path, make_image_folder):
