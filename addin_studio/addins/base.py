@@ -103,6 +103,28 @@ def is_weight_method(method: Any) -> bool:
     return bool(getattr(method, "__addin_weight_method__", False))
 
 
+FORWARD_SIDE = "pre"  # where a forward method is written in a string: ``{inout1}(module)``
+
+
+def forward_method(fn: Callable) -> Callable:
+    """Declare an add-in method a *forward method*: ``method(module, forward, args, kwargs)``.
+
+    Instead of running as a hook, it replaces the module's forward pass for as long as the add-in is
+    attached: ``module(*args, **kwargs)`` returns ``method(module, forward, args, kwargs)``, where
+    ``forward`` is the module's own forward (call it to run the original computation). For what a hook
+    cannot reach: keyword arguments (a transformers model's ``attention_mask``, its cache) and values
+    computed inside ``forward`` (an attention's keys and values). Written at the module's ``pre`` point,
+    ``{inout1}(module)``; the module's class is left alone (the engine sets an instance ``forward``).
+    """
+    fn.__addin_forward_method__ = True
+    return fn
+
+
+def is_forward_method(method: Any) -> bool:
+    """Whether ``method`` (bound or not) was declared with :func:`forward_method`."""
+    return bool(getattr(method, "__addin_forward_method__", False))
+
+
 _HOOK_FLAG = "__addin_hook_method__"
 HOOK_PREFIX = "adapt_"
 
@@ -128,7 +150,8 @@ def is_hook_method(factory: Any, name: str) -> bool:
 
     The rule: a public identifier that is not an ``nn.Module`` attribute, defined as a plain function
     on the class (not ``None``, not a property, not an instance attribute or submodule), and either
-    named ``adapt_*`` or declared with :func:`hook_method` or :func:`weight_method`.
+    named ``adapt_*`` or declared with :func:`hook_method`, :func:`weight_method` or
+    :func:`forward_method`.
     """
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         return False
@@ -142,13 +165,14 @@ def is_hook_method(factory: Any, name: str) -> bool:
     if not inspect.isfunction(attr):
         return False
     return (name.startswith(HOOK_PREFIX) or bool(getattr(attr, _HOOK_FLAG, False))
-            or is_weight_method(attr))
+            or is_weight_method(attr) or is_forward_method(attr))
 
 
 def signature_fits(method: Callable, side: str) -> bool:
     """Whether a bound method can be called at a point of ``side`` (pre: 2 args, post: 3).
 
-    A weight method fits the ``post`` point only, and takes ``(module, weight)``.
+    A weight method fits the ``post`` point only, and takes ``(module, weight)``; a forward method fits
+    the ``pre`` point only, and takes ``(module, forward, args, kwargs)``.
     """
     try:
         sig = inspect.signature(method)
@@ -159,6 +183,10 @@ def signature_fits(method: Callable, side: str) -> bool:
         if side != WEIGHT_SIDE:
             return False
         arity = 2
+    elif is_forward_method(method):
+        if side != FORWARD_SIDE:
+            return False
+        arity = 4
     try:
         sig.bind(*([None] * arity))
     except TypeError:

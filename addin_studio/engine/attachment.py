@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import Config, ConfigError, Placement, parse
 from ..graph import ModuleGraph, trace
+from .forwards import ForwardAction, add_forward_action, remove_forward_action
 from .freezing import hold, release
 from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
 from .resolve import Resolved, resolve
@@ -49,6 +50,7 @@ class Attachment:
         self._handles: dict[tuple[str, str], Any] = {}
         self._run_actions: dict[str, tuple[tuple[str, str], RunAction]] = {}
         self._weight_actions: dict[str, WeightAction] = {}
+        self._forward_actions: dict[str, ForwardAction] = {}
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
         self._untied: dict[str, dict[str, nn.Parameter]] = {}
         self._moved: dict[str, dict[str, torch.Tensor]] = {}  # base snapshots of add-ins that move_base
@@ -79,6 +81,13 @@ class Attachment:
                     action = WeightAction(r.addin, p.method, _label(p))
                     add_weight_action(modules[p.target.module], r.weight_param, action)
                     self._weight_actions[r.key] = action
+                    continue
+                if r.forward:
+                    module = modules[p.target.module]
+                    expected.setdefault((p.target.module, p.target.side), []).append(_label(p))
+                    forward = ForwardAction(module, r.addin, p.method, _label(p))
+                    add_forward_action(module, forward)
+                    self._forward_actions[r.key] = forward
                     continue
                 for point in {(p.source.module, p.source.side), (p.target.module, p.target.side)}:
                     expected.setdefault(point, []).append(_label(p))
@@ -134,6 +143,12 @@ class Attachment:
                 action = self._weight_actions.pop(r.key, None)
                 if action is not None:
                     remove_weight_action(modules[r.placement.target.module], r.weight_param, action)
+        if self._forward_actions:
+            modules = dict(self.model.named_modules())
+            for r in self._resolved:
+                forward = self._forward_actions.pop(r.key, None)
+                if forward is not None:
+                    remove_forward_action(modules[r.placement.target.module], forward)
         if self._moved:
             modules = dict(self.model.named_modules())
             for r in reversed(self._resolved):

@@ -13,11 +13,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..addins.base import PointInfo, is_hook_method, is_weight_method, methods_for, signature_fits
+from ..addins.base import (PointInfo, is_forward_method, is_hook_method, is_weight_method, methods_for,
+                           signature_fits)
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
 from ..graph import ModuleGraph
 from ..inputs import model_device
+from .forwards import check_replaceable
 from .freezing import match_trainable
 from .weights import check_adaptable
 
@@ -30,6 +32,7 @@ class Resolved:
     placement: Placement
     addin: nn.Module
     weight_param: str | None = None  # set for a weight method: the parameter it adapts
+    forward: bool = False  # a forward method: it replaces the module's forward (engine/forwards.py)
 
 
 class _Locator:
@@ -204,6 +207,7 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
     registry = None
     resolved: list[Resolved] = []
     taken: dict[str, int] = {}
+    replaced: dict[str, Placement] = {}  # module path -> the placement whose forward method replaces it
     for p in cfg.placements:
         target_module = check_module(p.target.module, modules, graph, loc, p)
         source_module = check_module(p.source.module, modules, graph, loc, p)
@@ -233,10 +237,13 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
         weight_param = _weight_param(addin, p, target_module, loc)
         if weight_param is None:
             _check_runs(p, graph, modules, addin, loc)
+        forward = is_forward_method(getattr(addin, p.method))
+        if forward:
+            _check_forward(p, target_module, replaced, loc)
         device = model_device(target_module)
         if device is not None:
             addin.to(device)
-        resolved.append(Resolved(_key(p, taken), p, addin, weight_param))
+        resolved.append(Resolved(_key(p, taken), p, addin, weight_param, forward))
     names = [n for n, _ in model.named_parameters()]
     keep, unmatched = match_trainable(names, cfg.trainable)
     if unmatched:
@@ -263,6 +270,19 @@ def _weight_param(addin: nn.Module, p: Placement, module: nn.Module, loc: _Locat
     if problem:
         raise loc.error(f"{p.addin}.{p.method} at {p.target} adapts a weight, but {problem}", p, p.method)
     return name
+
+
+def _check_forward(p: Placement, module: nn.Module, replaced: dict[str, Placement],
+                   loc: _Locator) -> None:
+    """A module's forward can be replaced by one forward method at a time."""
+    path = p.target.module
+    problem = check_replaceable(module)
+    if problem is None and path in replaced:
+        problem = f"its forward is already replaced by {_describe(replaced[path])} in this config"
+    if problem:
+        raise loc.error(f"{_describe(p)} replaces the forward of '{format_path(path)}', but {problem}",
+                        p, p.method, hint="one forward method per module: detach the other first")
+    replaced[path] = p
 
 
 def _reader(path: str, graph: ModuleGraph) -> str | None:
