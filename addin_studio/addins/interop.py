@@ -45,6 +45,13 @@ class PeftMapping:
     """
 
     peft_type: str = ""
+    lead: str = "base_model.model."  # what PEFT's file puts before model-relative tensor names
+    bare: frozenset[str] = frozenset()  # tensors the file names as they are (e.g. prompt_embeddings)
+
+    def task_type(self, model: nn.Module) -> str | None:
+        """The ``task_type`` the exported ``adapter_config.json`` names (PEFT picks its model class by
+        it); ``None`` by default."""
+        return None
 
     def export(self, entries: Sequence[PeftEntry]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The tensors and the ``adapter_config.json`` fields this type owns, for ``entries``

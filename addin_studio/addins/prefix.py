@@ -25,6 +25,7 @@ from torch import nn
 
 from ._sizing import positive_int
 from .base import AddinBase, PointInfo, forward_method
+from .prefix_peft import PrefixPeft
 from .registry import register_addin
 
 WHERE = ("prefix tuning goes on a transformers model's backbone (the module whose forward takes a "
@@ -98,6 +99,7 @@ class PrefixTuning(AddinBase):
     used as they are: no positional encoding, no key norm is applied to them.
     """
 
+    peft = PrefixPeft()  # its Hugging Face PEFT form (addins/prefix_peft.py)
     adapt_input = None  # type: ignore[assignment]
     adapt_output = None  # type: ignore[assignment]
     adapt_across_input = None  # type: ignore[assignment]
@@ -113,6 +115,9 @@ class PrefixTuning(AddinBase):
         where = f"'{point.path}' ({type(module).__name__})" if point.path else type(module).__name__
         self.cache_argument = _cache_argument(module)
         if self.cache_argument is not None:
+            if getattr(module.config, "is_encoder_decoder", False):
+                raise ValueError(f"prefix tuning of encoder-decoder models ({where}) is not supported; "
+                                 f"{WHERE}")
             self.kind = "transformers"
             self.layers, self.heads, self.head_dim = _hf_shape(module.config)
         elif _timm_attention(module):

@@ -57,7 +57,8 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     if mapping is None:
         raise ValueError("nothing to export: the attachment has no add-ins")
     weights, fields = mapping.export(entries)
-    tensors = {_LEAD + name: t for name, t in weights.items()}
+    lead = mapping.lead
+    tensors = {(name if name in mapping.bare else lead + name): t for name, t in weights.items()}
     base = dict(base_params(att.model, addin_child(att.model)))
     keep, _ = match_trainable(base, att.config.trainable)
     to_save = sorted({n.rpartition(".")[0] for n in keep})
@@ -68,9 +69,9 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
             raise ValueError(f"PEFT saves whole modules (modules_to_save); the kept-trainable weights "
                              f"cover only part of '{module_path or 'the root'}'")
         for name in own_names:
-            tensors[_LEAD + name] = base[name]
-    config = {"peft_type": mapping.peft_type, "task_type": None, "base_model_name_or_path": None,
-              "revision": None, "inference_mode": True, **fields, "modules_to_save": to_save or None}
+            tensors[lead + name] = base[name]
+    config = {"peft_type": mapping.peft_type, "task_type": mapping.task_type(att.model),
+              "base_model_name_or_path": None, "revision": None, "inference_mode": True, **fields, "modules_to_save": to_save or None}
     directory = Path(directory)
     files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -111,10 +112,14 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     tensors, _ = files.read(weights_path)
     claimed: dict[str, torch.Tensor] = {}
     saved: dict[str, torch.Tensor] = {}
+    lead = mapping.lead
     for key, t in tensors.items():
-        if not key.startswith(_LEAD):
+        if key in mapping.bare:
+            claimed[key] = t
+            continue
+        if not key.startswith(lead):
             raise ValueError(f"{weights_path}: unexpected key '{key}'")
-        name = key[len(_LEAD):]
+        name = key[len(lead):]
         if mapping.claims(name):
             claimed[name] = t
             continue
@@ -130,17 +135,18 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         saved[name] = t
     for name, t in claimed.items():
         if not t.is_floating_point():
-            raise ValueError(f"{weights_path}: tensor '{_LEAD}{name}' has dtype {t.dtype}; a "
+            raise ValueError(f"{weights_path}: tensor '{_key(lead, name, mapping)}' has dtype {t.dtype}; a "
                              f"floating-point tensor is needed")
         if not allow_nonfinite and t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{weights_path}: tensor '{_LEAD}{name}' holds non-finite values")
+            raise ValueError(f"{weights_path}: tensor '{_key(lead, name, mapping)}' holds non-finite "
+                             f"values")
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
     params = dict(model.named_parameters())
     for name, t in saved.items():
         if name not in params:
             raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
                              f"{type(model).__name__} does not have")
-        check_tensor(t, params[name], _LEAD + name, str(weights_path), allow_nonfinite)
+        check_tensor(t, params[name], lead + name, str(weights_path), allow_nonfinite)
     cfg = Config([i.placement for i in imports], sorted(saved))
 
     def fill(att: Attachment) -> None:
@@ -155,6 +161,10 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             addin.load_state_dict(item.state, strict=False)
 
     return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
+
+
+def _key(lead: str, name: str, mapping: PeftMapping) -> str:
+    return name if name in mapping.bare else lead + name
 
 
 def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str) -> set[str]:
