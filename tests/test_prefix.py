@@ -1,0 +1,306 @@
+"""Prefix tuning: equal to PEFT's PREFIX_TUNING on transformers models, timm attention against a
+hand-written reference, training moves only the prefixes, save/load, exact detach, PEFT files both ways,
+clear refusals that leave the model untouched; and the engine's forward methods it is built on."""
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import addin_studio as studio
+from addin_studio import AddinBase, ConfigError
+from addin_studio.addins.base import forward_method, methods_for
+from addin_studio.checkpoint.peft import from_peft
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+TOKENS = torch.tensor([[5, 7, 11, 13, 2], [3, 17, 19, 23, 29]])
+MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])  # the second sequence padded on the right
+
+
+def _gpt2():
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=64, bos_token_id=0, eos_token_id=0))
+
+
+def _llama():  # grouped-query attention (2 key/value heads for 4 heads) and rotary positions
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=37, vocab_size=50, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+
+
+def _bert():
+    return transformers.BertModel(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=50))
+
+
+class _Wrapped(nn.Module):
+    """A BertModel under a head, as a task model holds it (prefix tuning goes on the backbone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bert = _bert()
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
+
+
+def _vit(**kw):
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=3,
+                             **kw).eval(), torch.randn(2, 3, 32, 32)
+
+
+def _pair(make):
+    """Two copies of one model: ours and the one PEFT wraps."""
+    torch.manual_seed(0)
+    ours = make().eval()
+    theirs = make().eval()
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            {n: (type(m), len(m._forward_pre_hooks), len(m._forward_hooks), "forward" in m.__dict__)
+             for n, m in model.named_modules()})
+
+
+def _assert_untouched(model, snapshot):
+    state, flags, modules = _snapshot(model)
+    assert list(state) == list(snapshot[0]) and all(torch.equal(state[k], snapshot[0][k]) for k in state)
+    assert flags == snapshot[1] and modules == snapshot[2]
+
+
+@pytest.mark.parametrize("make, backbone", [(_gpt2, "transformer"), (_llama, "model")], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("projection", [False, True], ids=["embedding", "projection"])
+def test_prefix_equals_peft_on_identical_weights(make, backbone, projection):
+    ours, theirs = _pair(make)
+    kwargs = {"encoder_hidden_size": 16} if projection else {}
+    theirs = peft.get_peft_model(theirs, peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3, prefix_projection=projection, **kwargs))
+    setting = ", projection=true, hidden=16" if projection else ""
+    att = studio.attach(ours, f"(PrefixTuning.adapt_forward, num_tokens=3{setting}): "
+                              f"...->{{inout1}}({backbone})->...", example_input=TOKENS)
+    addin = att.addins[f"PrefixTuning_{backbone}"]
+    encoder = theirs.prompt_encoder["default"]
+    assert {n: p.shape for n, p in addin.prefix.named_parameters()} == \
+        {n: p.shape for n, p in encoder.named_parameters()}
+    addin.prefix.load_state_dict(encoder.state_dict())
+    for mask in (MASK, None):
+        want = theirs(input_ids=TOKENS, attention_mask=mask).logits
+        torch.testing.assert_close(ours(input_ids=TOKENS, attention_mask=mask).logits, want,
+                                   rtol=0, atol=1e-5)
+    trainable, _ = studio.count_parameters(ours)
+    assert trainable == sum(p.numel() for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("make, path", [(_gpt2, "transformer"), (_Wrapped, "bert")], ids=["gpt2", "bert"])
+def test_padding_is_hidden_and_prefixes_visible(make, path):
+    """With the extended mask, a right-padded sequence gives the outputs of the same tokens unpadded."""
+    torch.manual_seed(0)
+    model = make().eval()
+    bare = copy.deepcopy(model)
+    studio.attach(model, f"(PrefixTuning.adapt_forward, num_tokens=4): ...->{{inout1}}({path})->...",
+                  example_input=TOKENS)
+
+    def out(net, ids, mask):
+        y = net(input_ids=ids, attention_mask=mask)
+        return y.logits if hasattr(y, "logits") else y
+
+    ones = torch.ones(1, 3, dtype=torch.long)
+    alone = out(model, TOKENS[1:, :3], ones)[0]
+    torch.testing.assert_close(out(model, TOKENS, MASK)[1, :3], alone, rtol=0, atol=1e-5)
+    assert not torch.allclose(alone, out(bare, TOKENS[1:, :3], ones)[0], atol=1e-3)  # the prefixes count
+
+
+def _reference(attn: nn.Module, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """timm's attention written out by hand, with ``keys``/``values`` ``[heads, n, head_dim]`` in front."""
+    B, N, C = x.shape
+    H = attn.num_heads
+    D = C // H
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).view(B, N, 3, H, D).unbind(2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    k = torch.cat([keys.expand(B, -1, -1, -1), k], dim=2)
+    v = torch.cat([values.expand(B, -1, -1, -1), v], dim=2)
+    scores = q @ k.transpose(-1, -2) / D ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~torch.cat([torch.ones(N, keys.shape[1], dtype=torch.bool), mask], 1),
+                                    float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+    return out @ attn.proj.weight.T + attn.proj.bias
+
+
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "manual"])
+def test_timm_attention_equals_a_hand_written_reference(qk_norm, fused):
+    vit, x = _vit(qk_norm=qk_norm)
+    att = studio.attach(vit, "(PrefixTuning.adapt_forward, num_tokens=4): ...->{inout1}(blocks[0:2].attn)->...",
+                        example_input=x)
+    assert len(att.addins) == 2
+    attn = vit.blocks[0].attn
+    attn.fused_attn = fused
+    addin = att.addins["PrefixTuning_blocks_0_attn"]
+    rows = addin.prefix.embedding.weight.detach().view(4, 2, 3, 64)  # [tokens, k/v, heads, head_dim]
+    keys, values = rows[:, 0].transpose(0, 1), rows[:, 1].transpose(0, 1)
+    h = torch.randn(2, 17, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(h), _reference(attn, h, keys, values), rtol=0, atol=2e-5)
+        causal = torch.ones(17, 17, dtype=torch.bool).tril()
+        torch.testing.assert_close(attn(h, is_causal=True), _reference(attn, h, keys, values, causal),
+                                   rtol=0, atol=2e-5)
+        torch.testing.assert_close(attn(h, attn_mask=causal), _reference(attn, h, keys, values, causal),
+                                   rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["timm", "gpt2"])
+def test_prefix_trains_only_its_parameters_saves_loads_and_detaches_exactly(tmp_path, kind):
+    if kind == "timm":
+        model, x = _vit()
+        config = "(PrefixTuning.adapt_forward, num_tokens=2, projection=true): ...->{inout1}(blocks[0:2].attn)->..."
+        run = model
+    else:
+        torch.manual_seed(0)
+        model, x = _gpt2().eval(), TOKENS
+        config = "(PrefixTuning.adapt_forward, num_tokens=2): ...->{inout1}(transformer)->..."
+
+        def run(ids):
+            return model(input_ids=ids, attention_mask=MASK).logits
+    fresh = copy.deepcopy(model)
+    snapshot, y0 = _snapshot(model), run(x).detach()
+    att = studio.attach(model, config, example_input=x)
+    y_attached = run(x).detach()
+    assert not torch.allclose(y_attached, y0)  # not an identity: the attention also sees the prefixes
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    added = {n: p.detach().clone() for n, p in att.addins.named_parameters()}
+    assert added and all(p.requires_grad for p in att.addins.parameters())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    opt.zero_grad()
+    run(x).square().mean().backward()
+    opt.step()
+    model.eval()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert all(not torch.equal(p, added[n]) for n, p in att.addins.named_parameters())
+    y1 = run(x).detach()
+    pickled = pickle.loads(pickle.dumps(model))  # the forward method travels with the model
+    pickled_run = pickled if kind == "timm" else (lambda ids: pickled(input_ids=ids, attention_mask=MASK).logits)
+    torch.testing.assert_close(pickled_run(x), y1, rtol=0, atol=0)
+    att.save(tmp_path / "prefix.safetensors")
+    att.detach()
+    _assert_untouched(model, snapshot)
+    torch.testing.assert_close(run(x), y0, rtol=0, atol=0)
+    loaded = studio.load(fresh, tmp_path / "prefix.safetensors", example_input=x)
+    fresh_run = fresh if kind == "timm" else (lambda ids: fresh(input_ids=ids, attention_mask=MASK).logits)
+    torch.testing.assert_close(fresh_run(x), y1, rtol=0, atol=0)
+    loaded.detach()
+
+
+def test_peft_directories_both_ways(tmp_path):
+    ours, theirs = _pair(_gpt2)
+    theirs_model = peft.get_peft_model(theirs, peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=8))
+    theirs_model.save_pretrained(tmp_path / "peft")
+    want = theirs_model(input_ids=TOKENS, attention_mask=MASK).logits
+    fresh = copy.deepcopy(ours)
+    att = from_peft(ours, tmp_path / "peft", example_input=TOKENS)
+    assert str(att.config) == "(PrefixTuning.adapt_forward, num_tokens=3): ...->{inout1}(transformer)->..."
+    torch.testing.assert_close(ours(input_ids=TOKENS, attention_mask=MASK).logits, want, rtol=0, atol=1e-5)
+    att.export_peft(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["task_type"], config["num_virtual_tokens"], config["num_layers"],
+            config["token_dim"], config["num_attention_heads"]) == ("PREFIX_TUNING", "CAUSAL_LM", 3, 2, 32, 4)
+    back = peft.PeftModel.from_pretrained(fresh, tmp_path / "ours")
+    torch.testing.assert_close(back(input_ids=TOKENS, attention_mask=MASK).logits, want, rtol=0, atol=1e-5)
+
+
+def test_peft_import_refuses_a_model_that_does_not_fit(tmp_path):
+    _, theirs = _pair(_gpt2)
+    peft.get_peft_model(theirs, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)) \
+        .save_pretrained(tmp_path / "peft")
+    other = _llama().eval()  # 2 key/value heads of 8 values, not 4 of 8
+    snapshot = _snapshot(other)
+    with pytest.raises(ValueError, match=r"is for 2 layers of 4 key/value heads \(32 values\); 'model' has "
+                                         r"2 layers of 2 \(16 values\)"):
+        from_peft(other, tmp_path / "peft")
+    _assert_untouched(other, snapshot)
+    vit, x = _vit()
+    with pytest.raises(ValueError, match="VisionTransformer has no transformers backbone"):
+        from_peft(vit, tmp_path / "peft")
+
+
+def test_timm_prefixes_have_no_peft_form(tmp_path):
+    vit, x = _vit()
+    att = studio.attach(vit, "(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn)->...", example_input=x)
+    with pytest.raises(ValueError, match="PrefixTuning_blocks_0_attn' is on a Attention, which PEFT cannot hold"):
+        att.export_peft(tmp_path / "out")
+    att.detach()
+
+
+@pytest.mark.parametrize("config, message", [
+    ("(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn.qkv)->...",
+     r"prefix tuning cannot go on 'blocks.0.attn.qkv' \(Linear\): prefix tuning goes on a transformers "
+     r"model's backbone .* or on a timm Attention"),
+    ("(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0])->...",
+     r"prefix tuning cannot go on 'blocks.0' \(Block\)"),
+    ("(PrefixTuning.adapt_forward): ...->(blocks[0].attn){inout1}->...",
+     r"prefix tuning replaces the forward of 'blocks.0.attn' \(Attention\): write it \{inout1\}\(module\)"),
+    ("(PrefixTuning.adapt_forward, num_tokens=0): ...->{inout1}(blocks[0].attn)->...",
+     r"PrefixTuning num_tokens must be a positive integer, got 0"),
+    ("(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn)->...\n"
+     "(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn)->...",
+     r"replaces the forward of 'blocks\[0\].attn', but its forward is already replaced by "
+     r"\(PrefixTuning.adapt_forward\) at blocks.0.attn:pre in this config"),
+])
+def test_wrong_placements_are_config_errors_and_leave_the_model_untouched(config, message):
+    vit, x = _vit()
+    snapshot = _snapshot(vit)
+    with pytest.raises(ConfigError, match=message):
+        studio.attach(vit, config, example_input=x)
+    _assert_untouched(vit, snapshot)
+
+
+class _Doubler(AddinBase):
+    """A forward method that runs the module's own forward and doubles the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    @forward_method
+    def double_forward(self, module, forward, args, kwargs):
+        return forward(*args, **kwargs) * self.scale
+
+
+def test_forward_methods_are_pre_only_stack_with_hooks_and_detach_exactly():
+    assert methods_for(_Doubler, "pre") == ["adapt_across_input", "adapt_input", "double_forward"]
+    assert "double_forward" not in methods_for(_Doubler, "post")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    y0 = model(x)
+    config = ("(Doubler.double_forward): ...->{inout1}(0)->...\n"
+              "(LoRA.adapt_output, r=2): ...->(0){inout1}->...")
+    att = studio.attach(model, config, addins={"Doubler": _Doubler})
+    lora = att.addins["LoRA_0"]
+    with torch.no_grad():
+        lora.lora_B.fill_(0.1)
+    h = model[0]
+    expected = model[2](torch.relu(2 * nn.functional.linear(x, h.weight, h.bias) + lora(x)))
+    torch.testing.assert_close(model(x), expected)  # the hook sees the replaced forward's output
+    with pytest.raises(ConfigError, match=r"its forward is already replaced by \(Doubler.double_forward\)"):
+        studio.attach(model, "(Doubler.double_forward): ...->{inout1}(0)->...", addins={"Doubler": _Doubler},
+                      freeze=False)
+    att.detach()
+    assert "forward" not in h.__dict__ and type(h) is nn.Linear
+    torch.testing.assert_close(model(x), y0, rtol=0, atol=0)
