@@ -95,10 +95,10 @@ def test_prefix_equals_peft_on_identical_weights(make, backbone, projection):
     assert {n: p.shape for n, p in addin.prefix.named_parameters()} == \
         {n: p.shape for n, p in encoder.named_parameters()}
     addin.prefix.load_state_dict(encoder.state_dict())
-    for mask in (MASK, None):
-        want = theirs(input_ids=TOKENS, attention_mask=mask).logits
-        torch.testing.assert_close(ours(input_ids=TOKENS, attention_mask=mask).logits, want,
-                                   rtol=0, atol=1e-5)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]])  # given positions count without prefixes
+    for extra in ({"attention_mask": MASK}, {}, {"attention_mask": MASK.flip(1), "position_ids": positions}):
+        want = theirs(input_ids=TOKENS, **extra).logits
+        torch.testing.assert_close(ours(input_ids=TOKENS, **extra).logits, want, rtol=0, atol=1e-5)
     trainable, _ = studio.count_parameters(ours)
     assert trainable == sum(p.numel() for p in encoder.parameters())
 
@@ -120,6 +120,24 @@ def test_padding_is_hidden_and_prefixes_visible(make, path):
     alone = out(model, TOKENS[1:, :3], ones)[0]
     torch.testing.assert_close(out(model, TOKENS, MASK)[1, :3], alone, rtol=0, atol=1e-5)
     assert not torch.allclose(alone, out(bare, TOKENS[1:, :3], ones)[0], atol=1e-3)  # the prefixes count
+
+
+@pytest.mark.parametrize("make, backbone", [(_gpt2, "transformer"), (_llama, "model")], ids=["gpt2", "llama"])
+def test_generate_with_the_cache_equals_the_full_forward_pass(make, backbone):
+    """generate() fills its cache once with the prefixes and counts positions past them: each step's
+    scores equal a forward pass over the whole sequence so far. (PEFT 0.21's own generate() with
+    transformers 5 loses the prefixes — it passes them as past_key_values, renamed cache — so it is
+    not the reference here.)"""
+    torch.manual_seed(0)
+    model = make().eval()
+    studio.attach(model, f"(PrefixTuning.adapt_forward, num_tokens=3): ...->{{inout1}}({backbone})->...")
+    out = model.generate(input_ids=TOKENS, attention_mask=torch.ones_like(TOKENS), max_new_tokens=3,
+                         do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    assert len(out.scores) == 3
+    for step, scores in enumerate(out.scores):
+        seq = out.sequences[:, :TOKENS.shape[1] + step]
+        full = model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[:, -1]
+        torch.testing.assert_close(scores, full, rtol=0, atol=1e-5)
 
 
 def _reference(attn: nn.Module, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

@@ -172,6 +172,12 @@ class PrefixTuning(AddinBase):
             kv = self.key_values(batch, dtype)
             for layer in range(self.layers):
                 cache.update(kv[layer, 0], kv[layer, 1], layer)
+        # positions count the prefixes, as PEFT's do: given ones (generate()'s) are counted without them
+        if call.get("position_ids") is not None:
+            call["position_ids"] = call["position_ids"] + self.num_tokens
+        position = call.get("cache_position")
+        if position is not None and position.numel():
+            call["cache_position"] = position - position[0] + cache.get_seq_length()
         call[self.cache_argument] = cache
         mask = call.get("attention_mask")
         if mask is not None and mask.dim() == 2:  # PEFT's rule: the prefixes are always visible
