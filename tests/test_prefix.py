@@ -322,3 +322,28 @@ def test_forward_methods_are_pre_only_stack_with_hooks_and_detach_exactly():
     att.detach()
     assert "forward" not in h.__dict__ and type(h) is nn.Linear
     torch.testing.assert_close(model(x), y0, rtol=0, atol=0)
+
+
+class _Broken(AddinBase):
+    @forward_method
+    def adapt_forward(self, module, forward, args, kwargs):
+        return forward(*args, **kwargs)[..., :1]  # a wrong width for the next layer
+
+
+def test_attach_names_the_forward_method_that_breaks_the_forward_pass():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(2, 2))
+    snapshot = _snapshot(model)
+    config = ("(LoRA.adapt_output): ...->(0){inout1}->...\n"
+              "(Broken.adapt_forward): ...->{inout1}(1)->...")
+    with pytest.raises(ConfigError, match=r"\(Broken.adapt_forward\) at 1:pre breaks the forward pass"):
+        studio.attach(model, config, addins={"Broken": _Broken}, example_input=torch.randn(3, 4))
+    _assert_untouched(model, snapshot)
+
+
+def test_a_four_dimensional_mask_is_refused_clearly():
+    torch.manual_seed(0)
+    model = _gpt2().eval()
+    studio.attach(model, "(PrefixTuning.adapt_forward, num_tokens=3): ...->{inout1}(transformer)->...")
+    with pytest.raises(ValueError, match=r"extends a \[batch, tokens\] attention_mask by its 3 prefixes; "
+                                         r"got one of shape \(2, 1, 5, 5\)"):
+        model(input_ids=TOKENS, attention_mask=torch.ones(2, 1, 5, 5))

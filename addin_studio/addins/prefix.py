@@ -180,7 +180,10 @@ class PrefixTuning(AddinBase):
             call["cache_position"] = position - position[0] + cache.get_seq_length()
         call[self.cache_argument] = cache
         mask = call.get("attention_mask")
-        if mask is not None and mask.dim() == 2:  # PEFT's rule: the prefixes are always visible
+        if mask is not None and mask.dim() != 2:
+            raise ValueError(f"prefix tuning extends a [batch, tokens] attention_mask by its "
+                             f"{self.num_tokens} prefixes; got one of shape {tuple(mask.shape)}")
+        if mask is not None:  # PEFT's rule: the prefixes are always visible
             ones = torch.ones(batch, self.num_tokens, dtype=mask.dtype, device=mask.device)
             call["attention_mask"] = torch.cat([ones, mask], dim=1)
         return forward(**call)

@@ -424,7 +424,7 @@ def _prove(att: Attachment, example_input: Any, forward_kwargs: dict) -> None:
         _clear_caches(att)
     addins = [r.addin for r in att._resolved]
     index, error = first_failure(att.model, example_input, forward_kwargs, list(att._hooks.values()),
-                                 addins, run_real)
+                                 addins, run_real, list(att._forward_actions.values()))
     _clear_caches(att)
     if index is None:
         raise RuntimeError(f"the model's forward pass fails on the example input with the add-ins "

@@ -17,16 +17,19 @@ _ATTR = "forward"
 class ForwardAction:
     """``module(*args, **kwargs)`` -> ``addin.<method>(module, module's own forward, args, kwargs)``."""
 
-    __slots__ = ("module", "addin", "method", "label")
+    __slots__ = ("module", "addin", "method", "label", "enabled")
 
     def __init__(self, module: nn.Module, addin: nn.Module, method: str, label: str) -> None:
         self.module = module
         self.addin = addin
         self.method = method
         self.label = label
+        self.enabled = True  # switched off only while attach looks for the placement that breaks a forward
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         own = type(self.module).forward.__get__(self.module)
+        if not self.enabled:
+            return own(*args, **kwargs)
         return getattr(self.addin, self.method)(self.module, own, args, kwargs)
 
     def __getstate__(self) -> tuple:
@@ -34,6 +37,7 @@ class ForwardAction:
 
     def __setstate__(self, state: tuple) -> None:
         self.module, self.addin, self.method, self.label = state
+        self.enabled = True
 
 
 def check_replaceable(module: nn.Module) -> str | None:

@@ -67,29 +67,37 @@ def run_real(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None
 
 
 class Switch:
-    """Enable only some add-ins' hook actions for a while (to find the one that breaks a forward)."""
+    """Enable only some add-ins' hook actions (and forward methods) for a while (to find the one that
+    breaks a forward)."""
 
-    def __init__(self, hooks: Sequence[PreHook | PostHook]) -> None:
+    def __init__(self, hooks: Sequence[PreHook | PostHook], forwards: Sequence[Any] = ()) -> None:
         self.hooks = list(hooks)
         self.saved = [list(h.actions) for h in self.hooks]
+        self.forwards = list(forwards)
 
     def only(self, addins: set[int]) -> None:
         """Keep the actions whose add-in's ``id`` is in ``addins`` (and any action of no add-in)."""
         for hook, actions in zip(self.hooks, self.saved):
             hook.actions[:] = [a for a in actions
                                if getattr(a, "addin", None) is None or id(a.addin) in addins]
+        for action in self.forwards:
+            action.enabled = id(action.addin) in addins
 
     def restore(self) -> None:
         for hook, actions in zip(self.hooks, self.saved):
             hook.actions[:] = actions
+        for action in self.forwards:
+            action.enabled = True
 
 
 def first_failure(model: nn.Module, example_input: Any, forward_kwargs: dict,
                   hooks: Sequence[PreHook | PostHook], addins: Sequence[nn.Module],
-                  runner: Callable[[nn.Module, Any, dict], None]) -> tuple[int | None, BaseException | None]:
-    """The index of the first add-in (in config order) whose hooks make the forward fail, and the
-    error — found by bisecting over prefixes of ``addins`` (log2(n) forward passes)."""
-    switch = Switch(hooks)
+                  runner: Callable[[nn.Module, Any, dict], None],
+                  forwards: Sequence[Any] = ()) -> tuple[int | None, BaseException | None]:
+    """The index of the first add-in (in config order) whose hooks (or forward methods, ``forwards``)
+    make the forward fail, and the error — found by bisecting over prefixes of ``addins`` (log2(n)
+    forward passes)."""
+    switch = Switch(hooks, forwards)
 
     def fails(n: int) -> BaseException | None:
         switch.only({id(a) for a in addins[:n]})
