@@ -347,3 +347,18 @@ def test_a_four_dimensional_mask_is_refused_clearly():
     with pytest.raises(ValueError, match=r"extends a \[batch, tokens\] attention_mask by its 3 prefixes; "
                                          r"got one of shape \(2, 1, 5, 5\)"):
         model(input_ids=TOKENS, attention_mask=torch.ones(2, 1, 5, 5))
+
+
+def test_the_strategy_places_prefix_tuning_where_it_goes():
+    vit, x = _vit()
+    cfg = studio.strategies.prefix_tuning(vit, num_tokens=4, trainable=["head"])
+    assert str(cfg) == ("(PrefixTuning.adapt_forward, num_tokens=4): ...->{inout1}(blocks[0:2].attn)->...\n"
+                        "trainable(head)")
+    with studio.attach(vit, cfg, example_input=x):
+        assert studio.count_parameters(vit)[0] == 2 * 4 * 2 * 192 + 192 * 3 + 3
+    gpt = _gpt2()
+    assert str(studio.strategies.prefix_tuning(gpt, projection=True, hidden=16)) == \
+        "(PrefixTuning.adapt_forward, hidden=16, num_tokens=10, projection=true): ...->{inout1}(transformer)->..."
+    with pytest.raises(ValueError, match="Sequential has no module prefix tuning can go on: prefix tuning goes "
+                                         "on a transformers model's backbone"):
+        studio.strategies.prefix_tuning(nn.Sequential(nn.Linear(2, 2)))

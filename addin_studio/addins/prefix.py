@@ -84,6 +84,13 @@ def _hf_shape(config: Any) -> tuple[int, int, int]:
     return int(layers), int(kv_heads), int(head_dim)
 
 
+def place_kind(module: nn.Module) -> str | None:
+    """``"transformers"`` or ``"timm"``: where prefix tuning can go on ``module``; else None."""
+    if _cache_argument(module) is not None and not getattr(module.config, "is_encoder_decoder", False):
+        return "transformers"
+    return "timm" if _timm_attention(module) else None
+
+
 @register_addin
 class PrefixTuning(AddinBase):
     """Learned key/value prefixes for attention.

@@ -59,7 +59,7 @@ class PrefixPeft(PeftMapping):
 
     def read(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
              addin: str, source: str) -> list[PeftImport]:
-        from .prefix import _cache_argument, _hf_shape  # prefix.py imports this module
+        from .prefix import _hf_shape, place_kind  # prefix.py imports this module
 
         if TENSOR not in tensors:
             raise ValueError(f"{source} holds no {TENSOR}")
@@ -75,7 +75,7 @@ class PrefixPeft(PeftMapping):
         if tuple(t.shape) != (n, layers * 2 * dim):
             raise ValueError(f"{source}: {TENSOR} has shape {tuple(t.shape)}; the config says "
                              f"{(n, layers * 2 * dim)} (num_virtual_tokens, num_layers * 2 * token_dim)")
-        path = next((p for p, m in model.named_modules() if p and _cache_argument(m) is not None), None)
+        path = next((p for p, m in model.named_modules() if p and place_kind(m) == "transformers"), None)
         if path is None:
             raise ValueError(f"{type(model).__name__} has no transformers backbone below its root whose "
                              f"forward takes a cache, where prefix tuning goes")

@@ -6,7 +6,9 @@
 from .capabilities import (Claim, ModuleCap, ModuleInfo, ParamCap, ParamInfo, Strategy, place,
                            placement)
 from .partial import layernorm, partial_k
+from .prefix import prefix_tuning
 from .ready import bitfit, full, head_only, lora, lora_all, lora_all_strategy
 
 __all__ = ["Claim", "ModuleCap", "ModuleInfo", "ParamCap", "ParamInfo", "Strategy", "bitfit", "full",
-           "head_only", "layernorm", "lora", "lora_all", "lora_all_strategy", "partial_k", "place", "placement"]
+           "head_only", "layernorm", "lora", "lora_all", "lora_all_strategy", "partial_k", "place", "placement",
+           "prefix_tuning"]
