@@ -362,3 +362,25 @@ def test_the_strategy_places_prefix_tuning_where_it_goes():
     with pytest.raises(ValueError, match="Sequential has no module prefix tuning can go on: prefix tuning goes "
                                          "on a transformers model's backbone"):
         studio.strategies.prefix_tuning(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_gradient_checkpointing_is_refused_on_transformers_and_works_on_timm():
+    torch.manual_seed(0)
+    model = _gpt2()
+    studio.attach(model, "(PrefixTuning.adapt_forward, num_tokens=3): ...->{inout1}(transformer)->...")
+    model.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="does not work with gradient checkpointing"):
+        model(input_ids=TOKENS)
+    model.eval()  # checkpointing is off outside training
+    assert model(input_ids=TOKENS).logits.shape == (2, 5, 50)
+    vit, x = _vit()
+    att = studio.attach(vit, "(PrefixTuning.adapt_forward, num_tokens=3): ...->{inout1}(blocks[0:2].attn)->...",
+                        example_input=x)
+    vit.train()
+    vit(x).sum().backward()
+    plain = {n: p.grad.clone() for n, p in att.addins.named_parameters()}
+    att.addins.zero_grad()
+    vit.set_grad_checkpointing(True)
+    vit(x).sum().backward()
+    for n, p in att.addins.named_parameters():
+        torch.testing.assert_close(p.grad, plain[n])

@@ -162,6 +162,10 @@ class PrefixTuning(AddinBase):
     def _hf_forward(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         from transformers.cache_utils import DynamicCache
 
+        if module.training and any(getattr(m, "gradient_checkpointing", False) for m in module.modules()):
+            raise ValueError("prefix tuning on a transformers model does not work with gradient "
+                             "checkpointing (checkpointed layers drop the cache that holds the prefixes); "
+                             "call gradient_checkpointing_disable(), as PEFT asks too")
         params = list(inspect.signature(forward).parameters)
         call = dict(zip(params, args))
         call.update(kwargs)
