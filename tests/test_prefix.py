@@ -362,6 +362,8 @@ def test_the_strategy_places_prefix_tuning_where_it_goes():
     with pytest.raises(ValueError, match="Sequential has no module prefix tuning can go on: prefix tuning goes "
                                          "on a transformers model's backbone"):
         studio.strategies.prefix_tuning(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="below the model's root, and GPT2Model is one itself"):
+        studio.strategies.prefix_tuning(gpt.transformer)
 
 
 def test_gradient_checkpointing_is_refused_on_transformers_and_works_on_timm():
@@ -384,3 +386,32 @@ def test_gradient_checkpointing_is_refused_on_transformers_and_works_on_timm():
     vit(x).sum().backward()
     for n, p in att.addins.named_parameters():
         torch.testing.assert_close(p.grad, plain[n])
+
+
+def test_peft_classifier_heads_come_as_modules_to_save_both_ways(tmp_path):
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=64, num_labels=3,
+                                     pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    ours = transformers.GPT2ForSequenceClassification(config).eval()
+    theirs = copy.deepcopy(ours)
+    peft.get_peft_model(theirs, peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3)) \
+        .save_pretrained(tmp_path / "peft")
+    with pytest.raises(ValueError, match="overwrites base module 'score' \\(modules_to_save\\)"):
+        from_peft(ours, tmp_path / "peft")
+    att = from_peft(ours, tmp_path / "peft", modules_to_save=True)
+    assert str(att.config) == ("(PrefixTuning.adapt_forward, num_tokens=3): ...->{inout1}(transformer)->...\n"
+                               "trainable(score.weight)")
+    with torch.no_grad():
+        ours.score.weight.add_(1.0)  # a trained head
+    att.export_peft(tmp_path / "ours")
+    from safetensors.torch import load_file
+
+    written = load_file(str(tmp_path / "ours" / "adapter_model.safetensors"))
+    assert sorted(written) == ["base_model.score.weight", "prompt_embeddings"]
+    assert torch.equal(written["base_model.score.weight"], ours.score.weight)
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    att.detach()
+    fresh = copy.deepcopy(ours)
+    back = from_peft(fresh, tmp_path / "ours", modules_to_save=True)
+    assert torch.equal(back.addins["PrefixTuning_transformer"].prefix.embedding.weight, written["prompt_embeddings"])
+    assert torch.equal(fresh.score.weight, written["base_model.score.weight"])

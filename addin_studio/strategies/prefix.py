@@ -26,6 +26,10 @@ def prefix_tuning(model: nn.Module, num_tokens: int = 10, projection: bool = Fal
     kinds = {path: place_kind(m) for path, m in model.named_modules() if path}
     backbone = next((p for p, kind in kinds.items() if kind == "transformers"), None)
     paths = [backbone] if backbone is not None else _ordered(p for p, k in kinds.items() if k == "timm")
+    if not paths and place_kind(model) == "transformers":
+        raise ValueError(f"prefix tuning goes on a transformers backbone below the model's root, and "
+                         f"{type(model).__name__} is one itself: use the model with its head (e.g. "
+                         f"GPT2LMHeadModel, whose 'transformer' it goes on) or wrap it in a module")
     if not paths:
         raise ValueError(f"{type(model).__name__} has no module prefix tuning can go on: {WHERE}")
     placements = [placement(p, "PrefixTuning", "adapt_forward", "pre", **settings) for p in paths]
