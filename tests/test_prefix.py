@@ -155,14 +155,20 @@ def _reference(attn: nn.Module, x: torch.Tensor, keys: torch.Tensor, values: tor
     if mask is not None:
         scores = scores.masked_fill(~torch.cat([torch.ones(N, keys.shape[1], dtype=torch.bool), mask], 1),
                                     float("-inf"))
-    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+    out = attn.norm((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))  # Identity unless scale_norm
     return out @ attn.proj.weight.T + attn.proj.bias
 
 
-@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+@pytest.mark.parametrize("norms", [{}, {"qk_norm": True}, {"scale_attn_norm": True}],
+                         ids=["plain", "qk_norm", "scale_norm"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "manual"])
-def test_timm_attention_equals_a_hand_written_reference(qk_norm, fused):
-    vit, x = _vit(qk_norm=qk_norm)
+def test_timm_attention_equals_a_hand_written_reference(norms, fused):
+    vit, x = _vit(**norms)
+    for name in norms:  # random affine norms, so that a skipped norm shows
+        norm = vit.blocks[0].attn.norm if name == "scale_attn_norm" else vit.blocks[0].attn.k_norm
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
     att = studio.attach(vit, "(PrefixTuning.adapt_forward, num_tokens=4): ...->{inout1}(blocks[0:2].attn)->...",
                         example_input=x)
     assert len(att.addins) == 2

@@ -56,9 +56,12 @@ class PrefixEncoder(nn.Module):
 
 
 def _timm_attention(module: nn.Module) -> bool:
-    timm = sys.modules.get("timm.layers.attention")
-    cls = getattr(timm, "Attention", None) if timm is not None else None
-    return cls is not None and isinstance(module, cls) and type(module).forward is cls.forward
+    """Whether ``module`` is timm's ViT ``Attention`` (not a subclass with a forward of its own)."""
+    for where in ("timm.layers.attention", "timm.models.vision_transformer"):  # newer, older timm
+        cls = getattr(sys.modules.get(where), "Attention", None)
+        if cls is not None and isinstance(module, cls) and type(module).forward is cls.forward:
+            return True
+    return False
 
 
 def _cache_argument(module: nn.Module) -> str | None:
@@ -219,7 +222,9 @@ class PrefixTuning(AddinBase):
             if mask is not None:
                 attn = attn.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else attn + mask
             x = module.attn_drop(attn.softmax(dim=-1)) @ v
-        x = module.norm(x.transpose(1, 2).reshape(B, N, H * D))
+        x = x.transpose(1, 2).reshape(B, N, H * D)
+        if getattr(module, "norm", None) is not None:  # timm's scale_norm (older versions have none)
+            x = module.norm(x)
         if gate is not None:
             x = x * gate
         return module.proj_drop(module.proj(x))
