@@ -23,6 +23,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "methods_for": ("addin_studio.addins", "methods_for"),
     "register_addin": ("addin_studio.addins", "register_addin"),
     "weight_method": ("addin_studio.addins", "weight_method"),
+    "forward_method": ("addin_studio.addins", "forward_method"),
     "Config": ("addin_studio.config", "Config"),
     "ConfigError": ("addin_studio.config", "ConfigError"),
     "Placement": ("addin_studio.config", "Placement"),
@@ -58,8 +59,8 @@ _COMPANIONS = {"addin_studio.engine": "addin_studio.checkpoint"}
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load lazily
     from . import data, strategies
-    from .addins import (AddinBase, PointInfo, available_addins, get_addin, hook_method, methods_for,
-                         register_addin, weight_method)
+    from .addins import (AddinBase, PointInfo, available_addins, forward_method, get_addin, hook_method,
+                         methods_for, register_addin, weight_method)
     from .bigmodel import init_empty_weights, materialize
     from .checkpoint import from_peft, load
     from .config import Config, ConfigError, Placement, Point, format_path, parse
