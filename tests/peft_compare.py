@@ -18,9 +18,15 @@ import addin_studio as studio
 # PEFT's adapter tensor names (without the adapter name) -> ours
 PEFT_TO_OURS = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B", "lora_B.bias": "lora_bias",
                 "lora_magnitude_vector.weight": "lora_magnitude",
-                "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B", "lora_diag": "lora_diag"}
+                "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B", "lora_diag": "lora_diag",
+                **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
+                   for n in ("std_prior", "expert_weights_prior")}}
 # PEFT's adapter buffers -> ours
-PEFT_BUFFERS = {"lora_velora_embed": "lora_velora_embed"}
+PEFT_BUFFERS = {"lora_velora_embed": "lora_velora_embed",
+                **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
+                   for n in ("gaussian_var_prior", "expert_weights")}}
+# our tensors that start random (unless the init is deterministic)
+RANDOM_INITS = ("lora_A", "lora_B", "lora_diag", "lora_monteclora.std_prior", "lora_monteclora.expert_weights_prior")
 # inits that do not draw random numbers, so PEFT's and ours must agree before any copying
 DETERMINISTIC_INITS = ("pissa", "olora", "mica")
 
@@ -54,12 +60,26 @@ def peft_buffers(peft_model) -> dict[tuple[str, str], torch.Tensor]:
     """``{(module path, our name): PEFT buffer}`` for PEFT's LoRA adapter buffers."""
     found = {}
     for name, b in peft_model.named_buffers():
-        name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace(".default", "")
         for theirs, ours in PEFT_BUFFERS.items():
-            module, marker, rest = name.partition(f".{theirs}.")
-            if marker and rest == "default":
-                found[(module, ours)] = b
+            if name.endswith("." + theirs):
+                found[(name[: -len(theirs) - 1], ours)] = b
     return found
+
+
+def share_noise(peft_model, att) -> None:
+    """Give our MonteCLoRA layers PEFT's pre-drawn noise samples (PEFT draws them from the global RNG at
+    init, in an order no other code reproduces), so training forwards can be compared."""
+    for name, module in peft_model.named_modules():
+        samplers = getattr(module, "lora_monteclora_sampler", None)
+        if samplers is None or "default" not in samplers:
+            continue
+        path = name.removeprefix("base_model.model.")
+        for _, placement, addin in att.entries:
+            if placement.target.module == path:
+                theirs = samplers["default"].sampler
+                addin.lora_monteclora.noise = [dict(s) for s in theirs.buffer]
+                addin.lora_monteclora.index = theirs.index
 
 
 def our_buffers(att) -> dict[tuple[str, str], torch.Tensor]:
@@ -102,7 +122,7 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     for key, p in theirs.items():
         q = mine[key]
         assert q.requires_grad == p.requires_grad, f"{key}: requires_grad {q.requires_grad}, PEFT's {p.requires_grad}"
-        if key[1] in ("lora_A", "lora_B", "lora_diag") and key[0] not in fixed:
+        if key[1] in RANDOM_INITS and key[0] not in fixed:
             continue  # random inits
         p_ours = _to_ours(key, p, q, layout)
         torch.testing.assert_close(q, p_ours, rtol=1e-4, atol=1e-5, msg=lambda m: f"init of {key}: {m}")
@@ -125,6 +145,7 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
         torch.testing.assert_close(xb.grad, xa.grad, rtol=rtol * 10, atol=atol * 10)
     _same_grads(theirs, mine, layout, rtol, atol)
     if train_steps:
+        share_noise(pm, att)
         _train(pm, model, x, theirs, mine, buffers_o, train_steps, layout, rtol, atol)
     if merge:
         residual = _state(model)

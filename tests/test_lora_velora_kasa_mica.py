@@ -227,7 +227,7 @@ def test_variants_refused_on_layers_peft_does_not_have_them_on():
                           "MiCA), not on Conv2d")]:
         with pytest.raises(studio.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             studio.attach(conv, f"(LoRA.adapt_output, r=2, {settings}): ...->(0){{inout1}}->...", example_input=x)
-    with pytest.raises(studio.ConfigError, match="velora=true compresses the LoRA branch's input"):
+    with pytest.raises(studio.ConfigError, match="velora=true acts on the LoRA branch in training"):
         studio.attach(conv, "(LoRA.adapt_weight, r=2, velora=true): ...->(2){inout1}->...", example_input=x)
 
 
@@ -252,3 +252,86 @@ def test_from_peft_refuses_a_malformed_velora_config(tmp_path):
     with pytest.raises(ValueError, match=r"field 'velora_config.num_groups' must be an integer, got 'two'"):
         studio.from_peft(model, tmp_path)
     assert all(torch.equal(v, before[k]) for k, v in _state(model).items())
+
+
+def test_monteclora_is_plain_lora_in_eval_and_its_loss_is_peft_s():
+    peft = pytest.importorskip("peft")
+    from peft_compare import peft_buffers, peft_tensors, our_buffers, our_tensors, share_noise
+
+    config = peft.LoraConfig(target_modules=["0"], r=4, lora_alpha=8, monteclora_config=peft.MontecloraConfig(
+        num_samples=3, use_entropy=True, sample_scaler=0.05, kl_loss_weight=0.5))
+    pm = peft.get_peft_model(_mlp(), config)
+    model = _mlp()
+    att = studio.attach(model, "(LoRA.adapt_output, r=4, alpha=8, monteclora=true, monteclora_samples=3, "
+                               "monteclora_entropy=true, monteclora_scaler=0.05, monteclora_kl=0.5): "
+                               "...->(0){inout1}->...")
+    theirs, mine = peft_tensors(pm), our_tensors(att)
+    assert set(theirs) == set(mine) and len(mine) == 4  # A, B, std_prior, expert_weights_prior
+    with torch.no_grad():
+        for key, p in theirs.items():
+            p.add_(0.1)
+            mine[key].copy_(p)
+        for key, b in peft_buffers(pm).items():
+            our_buffers(att)[key].copy_(b)
+    lora = _lora(att)
+    eval_out = model(X)
+    with torch.no_grad():
+        plain = nn.functional.linear(X, model[0].weight + 2.0 * lora.lora_B @ lora.lora_A, model[0].bias)
+    torch.testing.assert_close(eval_out, model[2](model[1](plain)))
+    assert lora.monteclora_loss().item() == 0.0  # eval: no variational loss (as PEFT)
+    share_noise(pm, att)
+    pm.train()
+    model.train()
+    for step in range(2):
+        out_p, out_o = pm(X), model(X)
+        torch.testing.assert_close(out_o, out_p)
+        assert (out_o - eval_out).abs().max() > 1e-4  # the sampled A differs from A
+        loss_p = pm.base_model._get_monteclora_loss()
+        loss_o = lora.monteclora_loss()
+        torch.testing.assert_close(loss_o, loss_p)
+        (out_p.sum() + loss_p).backward()
+        (out_o.sum() + loss_o).backward()
+        for key, p in theirs.items():
+            torch.testing.assert_close(mine[key].grad, p.grad, rtol=1e-4, atol=1e-5)
+    import copy
+    copy.deepcopy(model)  # the last draw's graph does not stop a copy
+
+
+def test_monteclora_files_both_ways(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = _mlp()
+    att = studio.attach(model, "(LoRA.adapt_output, r=4, alpha=8, monteclora=true, monteclora_samples=2, "
+                               "monteclora_buffer=4): ...->(0){inout1}->...")
+    _perturb(att)
+    model.train()
+    model(X)  # one draw: the saved gaussian_var_prior / expert_weights are the last sampled ones
+    model.eval()
+    want = model(X)
+    att.export_peft(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["monteclora_config"] == {"buffer_size": 4, "dirichlet_prior": 0.1, "kl_loss_weight": 1e-5,
+                                           "num_samples": 2, "sample_scaler": 1e-4, "use_entropy": False}
+    saved = dict(_lora(att).lora_monteclora.state_dict())
+    att.detach()
+    pm = peft.PeftModel.from_pretrained(_mlp(), str(tmp_path))
+    torch.testing.assert_close(pm(X), want)
+    sampler = pm.base_model.model[0].lora_monteclora_sampler["default"]
+    for name, t in saved.items():
+        assert torch.equal(getattr(sampler, name).detach(), t), name
+    back = _mlp()
+    att = studio.from_peft(back, tmp_path)
+    torch.testing.assert_close(back(X), want)
+    assert {k: torch.equal(v, saved[k]) for k, v in _lora(att).lora_monteclora.state_dict().items()} == \
+        dict.fromkeys(saved, True)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("monteclora=true, kasa=true", "LoRA kasa=true cannot be combined with monteclora=true"),
+    ("monteclora=true, monteclora_samples=0", "LoRA monteclora_samples must be a positive integer, got 0"),
+    ("monteclora=true, monteclora_prior=0", "LoRA monteclora_prior must be a positive number, got 0"),
+])
+def test_bad_monteclora_settings(settings, message):
+    model = _mlp()
+    with pytest.raises(studio.ConfigError, match=message):
+        studio.attach(model, f"(LoRA.adapt_output, {settings}): ...->(0){{inout1}}->...")
+    assert not hasattr(model, "addins")

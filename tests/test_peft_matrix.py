@@ -196,6 +196,9 @@ SUPPORTED = [
      {"target_modules": ["lin0", "lin1"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")}),
     ("Vanilla MLP 12 LoRA with VeLoRA batch_average_once", "MLP",
      {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")}),
+    # stochastic in training: compared there with PEFT's own pre-drawn noise (peft_compare.share_noise)
+    ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
+     {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)}),
 ]
 # every supported row's PEFT directory loads with from_peft
 FILES = {name for name, _, _ in SUPPORTED}
@@ -222,13 +225,18 @@ def _ours(fields: dict):
 
 
 def _variant_settings(fields: dict) -> dict:
-    """Our settings for PEFT's KaSA, MiCA and VeLoRA fields."""
+    """Our settings for PEFT's KaSA, MiCA, MonteCLoRA and VeLoRA fields."""
     out: dict = {}
     if fields.get("kasa_config"):
         kasa = fields["kasa_config"]
         out.update(kasa=True, kasa_beta=kasa.beta, kasa_gamma=kasa.gamma)
     if fields.get("init_lora_weights") == "mica":
         out["init"] = "mica"
+    if fields.get("monteclora_config"):
+        mc = fields["monteclora_config"]
+        out.update(monteclora=True, monteclora_samples=mc.num_samples, monteclora_prior=mc.dirichlet_prior,
+                   monteclora_scaler=mc.sample_scaler, monteclora_kl=mc.kl_loss_weight,
+                   monteclora_entropy=mc.use_entropy, monteclora_buffer=mc.buffer_size)
     if fields.get("velora_config"):
         velora = fields["velora_config"]
         out.update(velora=True, velora_groups=velora.num_groups, velora_init=velora.init_type,
@@ -278,9 +286,6 @@ REFUSED = [
      "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
      "the adapter's 'mha' is a "
      "MultiheadAttention"),
-    ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
-     {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)},
-     "monteclora_config is not supported"),
 ]
 
 

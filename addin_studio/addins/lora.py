@@ -30,6 +30,7 @@ from torch import nn
 from .base import AddinBase, PointInfo, weight_method
 from .lora_kasa import check_kasa, kasa_loss, truncated
 from .lora_mica import mica_init
+from .lora_monteclora import MonteCLoRASampler, check_monteclora
 from .lora_peft import LoraPeft
 from .lora_variants import (BASE_MOVING_INITS, check_variant_settings, dora_norm, dora_view,
                             gaussian_init, lora_scaling, matrix_of, svd_init)
@@ -159,7 +160,10 @@ class LoRA(AddinBase):
                  bias: bool = False, init: str = "kaiming", dora: bool = False,
                  layout: str = "balanced", velora: bool = False, velora_groups: int = 64,
                  velora_init: str = "batch_average", velora_scale: float = 1.0, kasa: bool = False,
-                 kasa_beta: float = 1e-4, kasa_gamma: float = 1e-3) -> None:
+                 kasa_beta: float = 1e-4, kasa_gamma: float = 1e-3, monteclora: bool = False,
+                 monteclora_samples: int = 8, monteclora_prior: float = 0.1, monteclora_scaler: float = 1e-4,
+                 monteclora_kl: float = 1e-5, monteclora_entropy: bool = False,
+                 monteclora_buffer: int = 150) -> None:
         super().__init__()
         module = point.module
         if point.side != "post":
@@ -178,7 +182,11 @@ class LoRA(AddinBase):
             raise ValueError(f"LoRA param must be a parameter name, got {param!r}")
         alpha_value = float(r if alpha is None else alpha)
         self.init = check_variant_settings(rslora, bias, init, dora)
-        self.velora, self.kasa = _check_exclusive(velora, kasa, dora, bias, self.init)
+        self.velora, self.kasa, self.monteclora = _check_exclusive(velora, kasa, monteclora, dora, bias,
+                                                                   self.init)
+        if monteclora:
+            check_monteclora(monteclora_samples, monteclora_prior, monteclora_scaler, monteclora_kl,
+                             monteclora_entropy, monteclora_buffer)
         if velora:
             self.velora_init = check_velora(velora_groups, velora_init, velora_scale)
             self.velora_groups, self.velora_scale = velora_groups, float(velora_scale)
@@ -248,6 +256,10 @@ class LoRA(AddinBase):
         if velora:
             v, self.velora_ready = initial_projection(w, velora_groups, self.velora_init, weight)
             self.register_buffer("lora_velora_embed", v)
+        if monteclora:
+            self.lora_monteclora = MonteCLoRASampler(w, r, monteclora_samples, monteclora_prior,
+                                                     monteclora_scaler, monteclora_kl, monteclora_entropy,
+                                                     monteclora_buffer, weight)
 
     @property
     def moves_base(self) -> bool:
@@ -275,7 +287,7 @@ class LoRA(AddinBase):
 
     def extra_repr(self) -> str:
         param = "" if self.param == "weight" else f", param={self.param}"
-        for flag in ("rslora", "dora", "velora", "kasa"):
+        for flag in ("rslora", "dora", "velora", "kasa", "monteclora"):
             if getattr(self, flag):
                 param += f", {flag}=true"
         if hasattr(self, "lora_bias"):
@@ -292,9 +304,9 @@ class LoRA(AddinBase):
         if method == _HOOK_METHOD and self.hook_problem:
             raise ValueError(f"the output hook cannot adapt this layer: {self.hook_problem}; use "
                              f"{WEIGHT_METHOD}, which adapts the weight wherever it is read")
-        if method == WEIGHT_METHOD and self.velora:
-            raise ValueError("velora=true compresses the LoRA branch's input, which adapt_weight does not "
-                             "have: use adapt_output")
+        if method == WEIGHT_METHOD and (self.velora or self.monteclora):
+            raise ValueError(f"{'velora' if self.velora else 'monteclora'}=true acts on the LoRA branch in "
+                             f"training, which adapt_weight does not have: use adapt_output")
         if method == WEIGHT_METHOD and self.dropout:
             raise ValueError("dropout acts on the LoRA branch's input, which adapt_weight does not "
                              "have: use adapt_output or dropout=0")
@@ -355,7 +367,7 @@ class LoRA(AddinBase):
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
         if self.dora or hasattr(self, "lora_bias"):
             return self._adapt_output_variant(module, inputs[0], outputs)
-        if self.velora or self.kasa:
+        if self.velora or self.kasa or self.monteclora:
             return self._adapt_output_svd(inputs[0], outputs)
         x = inputs[0]
         if self.dropout and self.training:
@@ -373,7 +385,7 @@ class LoRA(AddinBase):
         return outputs + F.linear(h, self.lora_B)
 
     def _adapt_output_svd(self, x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-        """The output hook with VeLoRA or KaSA, in PEFT's order of operations."""
+        """The output hook with VeLoRA, KaSA or MonteCLoRA, in PEFT's order of operations."""
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
         if self.velora and self.training and torch.is_grad_enabled():
@@ -384,6 +396,8 @@ class LoRA(AddinBase):
                 self.velora_ready = True
             h = VeloraProjection.apply(x, self.lora_A, self.lora_velora_embed, self.velora_groups,
                                        self.velora_scale)
+        elif self.monteclora and self.training:
+            h = F.linear(x, self.lora_monteclora.sampled_A(self.lora_A))
         else:
             h = F.linear(x, self.lora_A)
         if self.kasa:
@@ -396,6 +410,14 @@ class LoRA(AddinBase):
         if not self.kasa:
             return self.lora_A.new_zeros(())
         return kasa_loss(self.lora_A, self.lora_B, self.lora_diag, self.kasa_beta, self.kasa_gamma)
+
+    def monteclora_loss(self) -> torch.Tensor:
+        """MonteCLoRA's variational loss for this layer from its last training forward (add the mean over
+        layers to the training loss, as PEFT's ``_get_monteclora_loss``); zero in eval mode or without
+        ``monteclora=true``."""
+        if not self.monteclora:
+            return self.lora_A.new_zeros(())
+        return self.lora_monteclora.variational_loss()
 
     def _adapt_output_variant(self, module: nn.Module, x: torch.Tensor,
                               outputs: torch.Tensor) -> torch.Tensor:
@@ -450,28 +472,30 @@ class LoRA(AddinBase):
             module.bias.add_((self.lora_bias * self.scaling).to(module.bias.dtype))
 
 
-def _check_exclusive(velora: object, kasa: object, dora: bool, bias: bool, init: str) -> tuple[bool, bool]:
-    """VeLoRA, KaSA, MiCA and DoRA are alternatives (PEFT resolves one variant per layer)."""
-    for name, value in (("velora", velora), ("kasa", kasa)):
+def _check_exclusive(velora: object, kasa: object, monteclora: object, dora: bool, bias: bool,
+                     init: str) -> tuple[bool, bool, bool]:
+    """VeLoRA, KaSA, MonteCLoRA, MiCA and DoRA are alternatives (PEFT resolves one variant per layer)."""
+    for name, value in (("velora", velora), ("kasa", kasa), ("monteclora", monteclora)):
         if not isinstance(value, bool):
             raise ValueError(f"LoRA {name} must be true or false, got {value!r}")
     chosen = [n for n, on in (("dora=true", dora), ("velora=true", velora), ("kasa=true", kasa),
-                              ("init=mica", init == "mica")) if on]
+                              ("monteclora=true", monteclora), ("init=mica", init == "mica")) if on]
     if len(chosen) > 1:
         raise ValueError(f"LoRA {chosen[0]} cannot be combined with {chosen[1]} (PEFT has one variant per "
                          f"layer)")
-    if bias and (velora or kasa):
+    if bias and (velora or kasa or monteclora):
         raise ValueError(f"LoRA bias=true cannot be combined with {chosen[0]}")
-    return bool(velora), bool(kasa)
+    return bool(velora), bool(kasa), bool(monteclora)
 
 
 def _check_kind(lora: LoRA, module: nn.Module, param: str | None) -> None:
-    """Where PEFT has VeLoRA (Linear-like layers), KaSA (nn.Linear) and MiCA (not convs)."""
+    """Where PEFT has VeLoRA and MonteCLoRA (Linear-like layers), KaSA (nn.Linear) and MiCA (not convs)."""
     kind = type(module).__name__
-    if lora.velora and (lora.is_conv or lora.is_embedding or param is not None
-                        or not (isinstance(module, nn.Linear) or is_hf_conv1d(module))):
-        raise ValueError(f"LoRA velora=true works on nn.Linear and transformers Conv1D layers (as PEFT's "
-                         f"VeLoRA), not on {kind}" + (f" (param={param})" if param else ""))
+    for flag, name in (("velora", "VeLoRA"), ("monteclora", "MonteCLoRA")):
+        if getattr(lora, flag) and (lora.is_conv or lora.is_embedding or param is not None
+                                    or not (isinstance(module, nn.Linear) or is_hf_conv1d(module))):
+            raise ValueError(f"LoRA {flag}=true works on nn.Linear and transformers Conv1D layers (as PEFT's "
+                             f"{name}), not on {kind}" + (f" (param={param})" if param else ""))
     if lora.kasa and (not isinstance(module, nn.Linear) or lora.param != "weight"):
         raise ValueError(f"LoRA kasa=true works on nn.Linear weights (as PEFT's KaSA), not on {kind}"
                          + (f" (param={param})" if param else ""))

@@ -23,7 +23,7 @@ _MAGNITUDE = "lora_magnitude_vector"
 _KINDS = "nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
-_UNSUPPORTED = ("trainable_token_indices", "layer_replication", "monteclora_config", "use_qalora", "alora_invocation_tokens",
+_UNSUPPORTED = ("trainable_token_indices", "layer_replication", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "mica": "mica"}
 
