@@ -167,7 +167,7 @@ def test_mica_trains_A_only_from_the_minor_singular_vectors():
 
 
 @pytest.mark.parametrize("settings", ["velora=true, velora_groups=3, velora_init=random", "kasa=true",
-                                      "init=mica"])
+                                      "init=mica", "monteclora=true, monteclora_samples=3"])
 def test_save_load_and_peft_both_ways(settings, tmp_path):
     peft = pytest.importorskip("peft")
     model = _mlp()
@@ -179,13 +179,18 @@ def test_save_load_and_peft_both_ways(settings, tmp_path):
     fields = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     expected = {"velora=true, velora_groups=3, velora_init=random":
                 ("velora_config", {"init_type": "random", "num_groups": 3, "scale": 1.0}),
-                "kasa=true": ("kasa_config", {"beta": 1e-4, "gamma": 1e-3}), "init=mica": ("init_lora_weights", "mica")}
+                "kasa=true": ("kasa_config", {"beta": 1e-4, "gamma": 1e-3}), "init=mica": ("init_lora_weights", "mica"),
+                "monteclora=true, monteclora_samples=3": ("monteclora_config", {
+                    "buffer_size": 150, "dirichlet_prior": 0.1, "kl_loss_weight": 1e-5, "num_samples": 3,
+                    "sample_scaler": 1e-4, "use_entropy": False})}
     field, value = expected[settings]
     assert fields[field] == value
     att.detach()
     fresh = _mlp()
     loaded = studio.load(fresh, tmp_path / "a.safetensors")
     torch.testing.assert_close(fresh(X), want)
+    assert {k: v.shape for k, v in _lora(loaded).state_dict().items()} == \
+        {k: v.shape for k, v in _lora(att).state_dict().items()}
     loaded.detach()
     pm = peft.PeftModel.from_pretrained(_mlp(), str(tmp_path / "peft"))
     torch.testing.assert_close(pm(X), want, rtol=1e-5, atol=1e-6)

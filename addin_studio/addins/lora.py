@@ -147,6 +147,9 @@ class LoRA(AddinBase):
     move that part out of the base weight (restored bit for bit at detach); ``dora=true`` is DoRA:
     a trained magnitude per output row (``lora_magnitude``, the row norms of the weight at attach)
     times the direction ``(W + delta) / ||W + delta||`` (the norm is not differentiated, as in PEFT).
+    ``velora=true`` (``lora_velora.py``), ``kasa=true`` (``lora_kasa.py``), ``monteclora=true``
+    (``lora_monteclora.py``) and ``init=mica`` (``lora_mica.py``) are PEFT's VeLoRA, KaSA, MonteCLoRA and
+    MiCA, each with its own settings (``velora_groups``, ``kasa_beta``, ``monteclora_samples``, ...).
     """
 
     # LoRA rewrites the layer's output from its input; the generic ZhiJian methods make no sense here.
