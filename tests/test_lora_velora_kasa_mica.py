@@ -340,3 +340,16 @@ def test_bad_monteclora_settings(settings, message):
     with pytest.raises(studio.ConfigError, match=message):
         studio.attach(model, f"(LoRA.adapt_output, {settings}): ...->(0){{inout1}}->...")
     assert not hasattr(model, "addins")
+
+
+def test_named_adapters_refuse_kasa_and_keep_the_base():
+    model = _mlp()
+    before, want = _state(model), model(X)
+    named = studio.NamedAdapters(model)
+    with pytest.raises(ValueError, match=r"moves part of the base weight into the adapter \(init=pissa/olora or "
+                                         r"kasa=true\)"):
+        named.add("k", "(LoRA.adapt_output, r=4, kasa=true): ...->(0){inout1}->...")
+    assert all(torch.equal(v, before[k]) for k, v in _state(model).items())
+    named.add("v", "(LoRA.adapt_output, r=4, velora=true, velora_groups=2): ...->(0){inout1}->...")
+    assert torch.equal(model(X), want)  # B is zero: the identity
+    assert named.active == "v"
