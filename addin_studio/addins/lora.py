@@ -147,9 +147,21 @@ class LoRA(AddinBase):
     move that part out of the base weight (restored bit for bit at detach); ``dora=true`` is DoRA:
     a trained magnitude per output row (``lora_magnitude``, the row norms of the weight at attach)
     times the direction ``(W + delta) / ||W + delta||`` (the norm is not differentiated, as in PEFT).
-    ``velora=true`` (``lora_velora.py``), ``kasa=true`` (``lora_kasa.py``), ``monteclora=true``
-    (``lora_monteclora.py``) and ``init=mica`` (``lora_mica.py``) are PEFT's VeLoRA, KaSA, MonteCLoRA and
-    MiCA, each with its own settings (``velora_groups``, ``kasa_beta``, ``monteclora_samples``, ...).
+
+    PEFT's newer variants, one at a time (each in its own module): ``init=mica`` (``lora_mica.py``:
+    ``B`` from the weight's minor singular vectors, frozen; ``A`` zero);
+    ``velora`` (VeLoRA, ``lora_velora.py``: A's gradient from a compressed input) with
+    ``velora_groups`` (sub-tokens each input is cut into, default 64), ``velora_init`` (the projection:
+    batch_average, batch_average_once or random) and ``velora_scale`` (scale of the rebuilt input, default 1);
+    ``kasa`` (KaSA, ``lora_kasa.py``: drops the weight's r smallest singular components at attach, a trained
+    diagonal between B and A) with ``kasa_beta`` (weight of the diagonal's L2 term in kasa_loss, default 1e-4)
+    and ``kasa_gamma`` (weight of the orthogonality term in kasa_loss, default 1e-3);
+    ``monteclora`` (MonteCLoRA, ``lora_monteclora.py``: a sampled mixture of noisy copies of A in training)
+    with ``monteclora_samples`` (noisy copies mixed, default 8), ``monteclora_prior`` (Dirichlet prior of the
+    mixture weights, default 0.1), ``monteclora_scaler`` (scale of the noise, default 1e-4),
+    ``monteclora_kl`` (weight of the KL term in monteclora_loss, default 1e-5), ``monteclora_entropy``
+    (add the mixture weights' entropy term) and ``monteclora_buffer`` (noise samples drawn at a time,
+    default 150).
     """
 
     # LoRA rewrites the layer's output from its input; the generic ZhiJian methods make no sense here.
@@ -371,7 +383,7 @@ class LoRA(AddinBase):
         if self.dora or hasattr(self, "lora_bias"):
             return self._adapt_output_variant(module, inputs[0], outputs)
         if self.velora or self.kasa or self.monteclora:
-            return self._adapt_output_svd(inputs[0], outputs)
+            return self._adapt_output_peft_variant(inputs[0], outputs)
         x = inputs[0]
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
@@ -387,7 +399,7 @@ class LoRA(AddinBase):
             h = h * self.scaling
         return outputs + F.linear(h, self.lora_B)
 
-    def _adapt_output_svd(self, x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    def _adapt_output_peft_variant(self, x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """The output hook with VeLoRA, KaSA or MonteCLoRA, in PEFT's order of operations."""
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
