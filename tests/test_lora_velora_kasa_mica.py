@@ -353,3 +353,26 @@ def test_named_adapters_refuse_kasa_and_keep_the_base():
     named.add("v", "(LoRA.adapt_output, r=4, velora=true, velora_groups=2): ...->(0){inout1}->...")
     assert torch.equal(model(X), want)  # B is zero: the identity
     assert named.active == "v"
+
+
+@pytest.mark.parametrize("target, fields, ours", [
+    ("conv1d", {"velora_config": {"num_groups": 2, "init_type": "batch_average"}},
+     "velora=true, velora_groups=2"),
+    ("conv1d", {"init_lora_weights": "mica", "r": 1}, "init=mica"),
+    ("emb", {"init_lora_weights": "mica", "r": 4}, "init=mica"),
+    ("conv1d", {"monteclora_config": {"num_samples": 2, "sample_scaler": 0.1}},
+     "monteclora=true, monteclora_samples=2, monteclora_scaler=0.1"),
+])
+def test_variants_on_transformers_conv1d_and_embedding_equal_peft(target, fields, ours):
+    """Beyond the matrix: the same variants on GPT-2's Conv1D (weight stored [in, out]) and nn.Embedding,
+    in eval and over training steps."""
+    peft = pytest.importorskip("peft")
+    pytest.importorskip("transformers")
+    from peft_compare import compare
+    from test_peft_matrix import X as IDS, _make
+
+    fields = {"r": 8, **fields}
+    r = fields["r"]
+    config = peft.LoraConfig(target_modules=[target], lora_alpha=8, **fields)
+    compare(_make("EmbConv1D"), IDS, config,
+            f"(LoRA.adapt_output, r={r}, alpha=8, {ours}): ...->({target}){{inout1}}->...", train_steps=3)

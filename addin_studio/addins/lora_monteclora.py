@@ -20,7 +20,6 @@ import warnings
 
 import torch
 from torch import nn
-from torch.distributions.wishart import Wishart
 
 _EPS = 1e-3
 
@@ -68,6 +67,8 @@ class MonteCLoRASampler(nn.Module):
         return state
 
     def _refill(self) -> None:
+        from torch.distributions.wishart import Wishart  # only where training needs it
+
         dtype, device = self.std_prior.dtype, self.std_prior.device
         wishart = Wishart(df=self.r, scale_tril=torch.eye(self.r, device=device))
         with torch.no_grad():
