@@ -376,3 +376,14 @@ def test_variants_on_transformers_conv1d_and_embedding_equal_peft(target, fields
     config = peft.LoraConfig(target_modules=[target], lora_alpha=8, **fields)
     compare(_make("EmbConv1D"), IDS, config,
             f"(LoRA.adapt_output, r={r}, alpha=8, {ours}): ...->({target}){{inout1}}->...", train_steps=3)
+
+
+def test_export_refuses_mixed_variants_naming_them(tmp_path):
+    model = _mlp()
+    att = studio.attach(model, "(LoRA.adapt_output, r=2, velora=true, velora_groups=2): ...->(0){inout1}->...\n"
+                               "(LoRA.adapt_output, r=2): ...->(2){inout1}->...")
+    with pytest.raises(ValueError) as info:
+        att.export_peft(tmp_path)
+    assert str(info.value) == ("PEFT has one velora_config per adapter; these LoRAs mix "
+                               "[{'init_type': 'batch_average', 'num_groups': 2, 'scale': 1.0}, None]")
+    assert not (tmp_path / "adapter_config.json").exists()

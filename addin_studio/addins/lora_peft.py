@@ -118,7 +118,7 @@ class LoraPeft(PeftMapping):
         for flag, values in variants.items():
             if len(values) > 1:
                 raise ValueError(f"PEFT has one {flag} per adapter; these LoRAs mix "
-                                 f"{sorted(values, key=str)}")
+                                 f"{[as_json(v) for v in sorted(values, key=str)]}")
         r = _most_common(ranks.values())
         alpha = _most_common(alphas.values())
         config = {
