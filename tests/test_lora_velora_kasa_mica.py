@@ -387,3 +387,28 @@ def test_export_refuses_mixed_variants_naming_them(tmp_path):
     assert str(info.value) == ("PEFT has one velora_config per adapter; these LoRAs mix "
                                "[{'init_type': 'batch_average', 'num_groups': 2, 'scale': 1.0}, None]")
     assert not (tmp_path / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kasa_config", [1], "field 'kasa_config' must be a JSON object, got list"),
+    ("kasa_config", {"beta": 1, "delta": 2}, "field 'kasa_config' has 'delta', which is not supported (beta, gamma)"),
+    ("monteclora_config", {"use_entropy": 1}, "field 'monteclora_config.use_entropy' must be true or false, got 1"),
+    ("velora_config", {"scale": True}, "field 'velora_config.scale' must be a number, got True"),
+    ("velora_config", {"scale": -2}, "LoRA velora_scale must be a positive number, got -2"),
+])
+def test_from_peft_names_a_bad_variant_field(field, value, message, tmp_path):
+    model = _mlp()
+    settings = ", velora=true, velora_groups=2" if field == "velora_config" else ""
+    att = studio.attach(model, f"(LoRA.adapt_output, r=4{settings}): ...->(0){{inout1}}->...")
+    att.export_peft(tmp_path)
+    att.detach()
+    path = tmp_path / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config[field] = {**config[field], **value} if isinstance(config[field], dict) else value
+    path.write_text(json.dumps(config))
+    before = _state(model)
+    with pytest.raises(ValueError) as info:
+        studio.from_peft(model, tmp_path)
+    assert message in str(info.value)
+    assert not hasattr(model, "addins")
+    assert all(torch.equal(v, before[k]) for k, v in _state(model).items())

@@ -43,45 +43,46 @@ def extra_tensors(addin: Any) -> dict[str, Any]:
     return out
 
 
-def _sub(config: Mapping[str, Any], field: str, keys: dict[str, Any], source: str) -> dict | None:
-    value = config.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError(f"{source}: field '{field}' must be a JSON object, got {type(value).__name__}")
-    unknown = sorted(set(value) - set(keys))
-    if unknown:
-        raise ValueError(f"{source}: field '{field}' has '{unknown[0]}', which is not supported "
-                         f"({', '.join(keys)})")
-    for key, kind in keys.items():
-        if key in value and (not isinstance(value[key], bool) if kind is bool else
-                             (isinstance(value[key], bool) or not isinstance(value[key], kind))):
-            name = "a number" if isinstance(kind, tuple) else \
-                {int: "an integer", str: "a string", bool: "true or false"}[kind]
-            raise ValueError(f"{source}: field '{field}.{key}' must be {name}, got {value[key]!r}")
-    return value
+_NUMBER = (int, float)
+# PEFT's sub-config -> (our switch, {its field: (our setting, JSON type)}); a field left out keeps our
+# default, which is PEFT's
+_SUBCONFIGS = {
+    "kasa_config": ("kasa", {"beta": ("kasa_beta", _NUMBER), "gamma": ("kasa_gamma", _NUMBER)}),
+    "velora_config": ("velora", {"num_groups": ("velora_groups", int), "init_type": ("velora_init", str),
+                                 "scale": ("velora_scale", _NUMBER)}),
+    "monteclora_config": ("monteclora", {
+        "num_samples": ("monteclora_samples", int), "use_entropy": ("monteclora_entropy", bool),
+        "dirichlet_prior": ("monteclora_prior", _NUMBER), "sample_scaler": ("monteclora_scaler", _NUMBER),
+        "kl_loss_weight": ("monteclora_kl", _NUMBER), "buffer_size": ("monteclora_buffer", int)}),
+}
+
+
+def _is(value: Any, kind: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    return not isinstance(value, bool) and isinstance(value, kind)
 
 
 def import_settings(config: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Our LoRA settings for a PEFT config's ``kasa_config`` / ``velora_config`` (validated; the LoRA
-    checks the values themselves)."""
+    """Our LoRA settings for a PEFT config's ``kasa_config`` / ``velora_config`` / ``monteclora_config``
+    (JSON types checked here, naming the field; the LoRA checks the values themselves)."""
     out: dict[str, Any] = {}
-    kasa = _sub(config, "kasa_config", {"beta": (int, float), "gamma": (int, float)}, source)
-    if kasa is not None:
-        out.update(kasa=True, kasa_beta=kasa.get("beta", 1e-4), kasa_gamma=kasa.get("gamma", 1e-3))
-    velora = _sub(config, "velora_config", {"num_groups": int, "scale": (int, float), "init_type": str}, source)
-    if velora is not None:
-        out.update(velora=True, velora_groups=velora.get("num_groups", 64),
-                   velora_init=velora.get("init_type", "batch_average"), velora_scale=velora.get("scale", 1.0))
-    number = (int, float)
-    monteclora = _sub(config, "monteclora_config", {"num_samples": int, "use_entropy": bool, "dirichlet_prior": number,
-                                                    "sample_scaler": number, "kl_loss_weight": number,
-                                                    "buffer_size": int}, source)
-    if monteclora is not None:
-        defaults = {"num_samples": 8, "use_entropy": False, "dirichlet_prior": 0.1, "sample_scaler": 1e-4,
-                    "kl_loss_weight": 1e-5, "buffer_size": 150}
-        names = {"num_samples": "samples", "use_entropy": "entropy", "dirichlet_prior": "prior",
-                 "sample_scaler": "scaler", "kl_loss_weight": "kl", "buffer_size": "buffer"}
-        out["monteclora"] = True
-        out.update({f"monteclora_{ours}": monteclora.get(theirs, defaults[theirs]) for theirs, ours in names.items()})
+    for field, (switch, fields) in _SUBCONFIGS.items():
+        value = config.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: field '{field}' must be a JSON object, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ValueError(f"{source}: field '{field}' has '{unknown[0]}', which is not supported "
+                             f"({', '.join(fields)})")
+        out[switch] = True
+        for key, (ours, kind) in fields.items():
+            if key not in value:
+                continue
+            if not _is(value[key], kind):
+                name = {int: "an integer", str: "a string", bool: "true or false"}.get(kind, "a number")
+                raise ValueError(f"{source}: field '{field}.{key}' must be {name}, got {value[key]!r}")
+            out[ours] = value[key]
     return out
