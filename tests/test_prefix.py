@@ -96,9 +96,12 @@ def test_prefix_equals_peft_on_identical_weights(make, backbone, projection):
         {n: p.shape for n, p in encoder.named_parameters()}
     addin.prefix.load_state_dict(encoder.state_dict())
     positions = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]])  # given positions count without prefixes
-    for extra in ({"attention_mask": MASK}, {}, {"attention_mask": MASK.flip(1), "position_ids": positions}):
-        want = theirs(input_ids=TOKENS, **extra).logits
-        torch.testing.assert_close(ours(input_ids=TOKENS, **extra).logits, want, rtol=0, atol=1e-5)
+    embeddings = ours.get_input_embeddings()(TOKENS).detach()
+    for extra in ({"input_ids": TOKENS, "attention_mask": MASK}, {"input_ids": TOKENS},
+                  {"input_ids": TOKENS, "attention_mask": MASK.flip(1), "position_ids": positions},
+                  {"inputs_embeds": embeddings, "attention_mask": MASK}):
+        want = theirs(**extra).logits
+        torch.testing.assert_close(ours(**extra).logits, want, rtol=0, atol=1e-5)
     trainable, _ = studio.count_parameters(ours)
     assert trainable == sum(p.numel() for p in encoder.parameters())
 
@@ -304,6 +307,11 @@ class _Doubler(AddinBase):
     @forward_method
     def double_forward(self, module, forward, args, kwargs):
         return forward(*args, **kwargs) * self.scale
+
+
+def test_prefix_tuning_is_written_before_the_module():
+    prefix = studio.available_addins()["PrefixTuning"]
+    assert methods_for(prefix, "pre") == ["adapt_forward"] and methods_for(prefix, "post") == []
 
 
 def test_forward_methods_are_pre_only_stack_with_hooks_and_detach_exactly():
