@@ -182,12 +182,12 @@ def test_timm_attention_equals_a_hand_written_reference(norms, fused):
     keys, values = rows[:, 0].transpose(0, 1), rows[:, 1].transpose(0, 1)
     h = torch.randn(2, 17, 192)
     with torch.no_grad():
-        torch.testing.assert_close(attn(h), _reference(attn, h, keys, values), rtol=0, atol=2e-5)
+        torch.testing.assert_close(attn(h), _reference(attn, h, keys, values), rtol=0, atol=1e-5)
         causal = torch.ones(17, 17, dtype=torch.bool).tril()
         torch.testing.assert_close(attn(h, is_causal=True), _reference(attn, h, keys, values, causal),
-                                   rtol=0, atol=2e-5)
+                                   rtol=0, atol=1e-5)
         torch.testing.assert_close(attn(h, attn_mask=causal), _reference(attn, h, keys, values, causal),
-                                   rtol=0, atol=2e-5)
+                                   rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["timm", "gpt2"])
