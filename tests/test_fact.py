@@ -260,3 +260,49 @@ def test_settings_form_and_strategy():
         studio.strategies.fact(model, kind="cp")
     with pytest.raises(ValueError, match="targets \\['nothing'\\] match no nn.Linear"):
         studio.strategies.fact(model, targets=["nothing"])
+
+
+def test_widget_settings_form_and_strategy_picker():
+    from addin_studio.widget import Studio
+
+    model, x = _vit()
+    w = Studio(model, example_input=x)
+    assert "fact_tt" in w.strategies and "fact_tk" in w.strategies
+    w.handle({"type": "apply-strategy", "name": "fact_tk"})
+    assert w.error == "" and w.config == str(studio.strategies.fact(model, kind="tk"))
+    assert all(type(a).__name__ == "FacT_tk" for a in w.attachment.addins.values())
+    w.handle({"type": "addin", "name": "FacT_tk"})
+    form = {f["name"]: f["value"] for f in w.settings_form}
+    assert set(form) == {"r", "scale", "dropout", "dim"} and form["r"] == 8
+    w.handle({"type": "setting", "name": "r", "value": "2"})  # every FacT_tk placement takes it
+    assert w.error == "" and "(FacT_tk.adapt_output, r=2)" in w.config
+    addins = list(w.attachment.addins.values())
+    assert all(a.u is addins[0].u for a in addins) and tuple(addins[0].u.shape) == (2, D)
+    w.close()
+
+
+def test_named_adapters_keep_their_own_shared_factors(tmp_path):
+    model, x = _vit()
+    y0 = model(x).detach()
+    named = studio.NamedAdapters(model, example_input=x)
+    named.add("tt", _config("tt"))
+    named.add("tk", _config("tk"))
+    outs = {}
+    for name in ("tt", "tk"):
+        named.set_active(name)
+        addins = list(named.attachment.addins.values())
+        with torch.no_grad():
+            addins[0].v.normal_(0, 0.5)  # one shared V: every placement of this adapter changes
+        assert all(a.v is addins[0].v for a in addins)
+        outs[name] = model(x).detach()
+        assert not torch.allclose(outs[name], y0)
+    named.set_active("tt")  # switching back: its own factors, trained values and sharing kept
+    addins = list(named.attachment.addins.values())
+    assert all(a.v is addins[0].v for a in addins) and torch.equal(model(x), outs["tt"])
+    named.save("tt", tmp_path / "tt.safetensors")
+    with named.disabled():
+        assert torch.equal(model(x), y0)
+    fresh, _ = _vit()  # the same seed: the same base weights
+    loaded = studio.load(fresh, tmp_path / "tt.safetensors", example_input=x)
+    assert torch.equal(fresh(x), outs["tt"])
+    loaded.detach()
