@@ -306,3 +306,22 @@ def test_named_adapters_keep_their_own_shared_factors(tmp_path):
     loaded = studio.load(fresh, tmp_path / "tt.safetensors", example_input=x)
     assert torch.equal(fresh(x), outs["tt"])
     loaded.detach()
+
+
+def test_factors_live_on_the_layers_device_and_dtype():
+    """Built where the layer is (meta here, bf16 below): a later .to() to another kind of device
+    would replace each add-in's Parameter by its own copy, so the factors must not need one."""
+    with torch.device("meta"):
+        model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=L, num_classes=3)
+    att = studio.attach(model, _config("tk"), example_input=torch.empty(2, 3, 32, 32, device="meta"))
+    addins = list(att.addins.values())
+    assert addins[0].u.is_meta and addins[0].p.is_meta
+    assert all(a.u is addins[0].u and a.c is addins[0].c for a in addins)
+    att.detach()
+    model = nn.Sequential(nn.Linear(8, 16)).to(torch.bfloat16)
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    y0 = model(x)
+    att = studio.attach(model, "(FacT_tt.adapt_output, r=2): ...->(0){inout}->...", example_input=x)
+    a = next(iter(att.addins.values()))
+    assert a.u.dtype == a.v.dtype == a.s.dtype == torch.bfloat16 and torch.equal(model(x), y0)
+    att.detach()

@@ -28,15 +28,16 @@ from .registry import register_addin
 KINDS = ("tt", "tk")
 
 
-def shared_factors(kind: str, dim: int, r: int) -> dict[str, nn.Parameter]:
+def shared_factors(kind: str, dim: int, r: int, like: torch.Tensor | None = None) -> dict[str, nn.Parameter]:
     """New factors for one group of FacT placements: ``u`` (``r x d``, ``nn.Linear``'s default init),
     ``v`` (``d x r``, zeros: every placement starts as an identity) and, for FacT-TK, the core tensor
-    ``c`` (``r x r x r``, Xavier-uniform)."""
-    u = torch.empty(r, dim)
+    ``c`` (``r x r x r``, Xavier-uniform); on the device and in the dtype of ``like`` (a layer's weight)."""
+    kw = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+    u = torch.empty(r, dim, **kw)
     nn.init.kaiming_uniform_(u, a=math.sqrt(5))
-    factors = {"u": nn.Parameter(u), "v": nn.Parameter(torch.zeros(dim, r))}
+    factors = {"u": nn.Parameter(u), "v": nn.Parameter(torch.zeros(dim, r, **kw))}
     if kind == "tk":
-        factors["c"] = nn.Parameter(nn.init.xavier_uniform_(torch.empty(r, r, r)))
+        factors["c"] = nn.Parameter(nn.init.xavier_uniform_(torch.empty(r, r, r, **kw)))
     return factors
 
 
@@ -84,7 +85,9 @@ class FacT(AddinBase):
         self.group_key = ("FacT", self.kind, d, r)
         store = shared if shared is not None else {}
         if self.group_key not in store:
-            store[self.group_key] = shared_factors(self.kind, d, r)
+            # built on the layer's device (as LoRA, in its dtype): a later .to() to another kind of
+            # device (e.g. meta) would give each add-in its own copy
+            store[self.group_key] = shared_factors(self.kind, d, r, module.weight)
         # the same Parameter objects in every add-in of the group (tied, like a language model's
         # embedding and head): each module holds its own slot, so moving, meta runs and state_dict
         # treat them as ties; parameters() yields each once
@@ -161,7 +164,8 @@ class FacT_tt(FacT):  # noqa: N801 - ZhiJian's name, as users write it in string
     kind = "tt"
 
     def _init_core(self) -> None:
-        self.s = nn.Parameter(torch.empty(self.slabs_out * self.r, self.slabs_in * self.r))
+        self.s = nn.Parameter(torch.empty(self.slabs_out * self.r, self.slabs_in * self.r,
+                                          device=self.u.device, dtype=self.u.dtype))
         nn.init.kaiming_uniform_(self.s, a=math.sqrt(5))
 
     def core_matrix(self) -> torch.Tensor:
@@ -183,7 +187,8 @@ class FacT_tk(FacT):  # noqa: N801 - ZhiJian's name
     kind = "tk"
 
     def _init_core(self) -> None:
-        self.p = nn.Parameter(torch.empty(self.r, self.slabs_out * self.slabs_in))
+        self.p = nn.Parameter(torch.empty(self.r, self.slabs_out * self.slabs_in, device=self.u.device,
+                                          dtype=self.u.dtype))
         nn.init.xavier_uniform_(self.p)
 
     def core_matrix(self) -> torch.Tensor:
