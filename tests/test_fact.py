@@ -306,6 +306,12 @@ def test_named_adapters_keep_their_own_shared_factors(tmp_path):
     loaded = studio.load(fresh, tmp_path / "tt.safetensors", example_input=x)
     assert torch.equal(fresh(x), outs["tt"])
     loaded.detach()
+    # placements added by update() join the factors the kept placements trained
+    v = addins[0].v
+    named.update("tt", _config("tt").splitlines()[0])  # qkv only: keeps those add-ins
+    named.update("tt", _config("tt"))
+    grown = list(named.attachment.addins.values())
+    assert len(grown) == len(addins) and grown[0] is addins[0] and all(a.v is v for a in grown)
 
 
 def test_factors_live_on_the_layers_device_and_dtype():
