@@ -91,8 +91,8 @@ class FacT(AddinBase):
         # the same Parameter objects in every add-in of the group (tied, like a language model's
         # embedding and head): each module holds its own slot, so moving, meta runs and state_dict
         # treat them as ties; parameters() yields each once
-        for name, param in store[self.group_key].items():
-            self.register_parameter(name, param)
+        for key, param in store[self.group_key].items():
+            self.register_parameter(key, param)
         self.dropout = nn.Dropout(p) if p else nn.Identity()
         self._init_core()
 
@@ -117,16 +117,17 @@ class FacT(AddinBase):
         return ("u", "v", "c") if self.kind == "tk" else ("u", "v")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x.unflatten(-1, (self.slabs_in, self.dim)), self.u.to(x.dtype))  # [..., a, r]
-        h = self.dropout(F.linear(h.flatten(-2), self.core_matrix().to(x.dtype)))  # [..., b * r]
-        y = F.linear(h.unflatten(-1, (self.slabs_out, self.r)), self.v.to(x.dtype))  # [..., b, d]
+        # .to(x): a model spread over devices has one copy of the shared factors, on one of them
+        h = F.linear(x.unflatten(-1, (self.slabs_in, self.dim)), self.u.to(x))  # [..., a, r]
+        h = self.dropout(F.linear(h.flatten(-2), self.core_matrix().to(x)))  # [..., b * r]
+        y = F.linear(h.unflatten(-1, (self.slabs_out, self.r)), self.v.to(x))  # [..., b, d]
         return y.flatten(-2) * self.scale
 
     def delta_weight(self) -> torch.Tensor:
         """``scale * dW`` as the layer's ``out x in`` weight: slab ``(i, j)`` is ``V @ S_ij @ U``."""
         b, a, r = self.slabs_out, self.slabs_in, self.r
         core = self.core_matrix().view(b, r, a, r)
-        delta = torch.einsum("dp,ipjq,qe->idje", self.v, core, self.u)
+        delta = torch.einsum("dp,ipjq,qe->idje", self.v.to(core), core, self.u.to(core))
         return delta.reshape(b * self.dim, a * self.dim) * self.scale
 
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
@@ -193,5 +194,5 @@ class FacT_tk(FacT):  # noqa: N801 - ZhiJian's name
 
     def core_matrix(self) -> torch.Tensor:
         b, a, r = self.slabs_out, self.slabs_in, self.r
-        cores = torch.einsum("qok,kn->nqo", self.c, self.p)  # slab n: u @ cores[n] (q in, o out)
+        cores = torch.einsum("qok,kn->nqo", self.c.to(self.p), self.p)  # slab n: u @ cores[n] (q in, o out)
         return cores.reshape(b, a, r, r).permute(0, 3, 1, 2).reshape(b * r, a * r)
