@@ -154,7 +154,7 @@ def test_fact_on_any_linear_and_adapt_weight():
     y0 = model(x)
     cfg = ("(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...\n"
            "(FacT_tt.adapt_weight, r=2, dropout=0.0): ...->(2){inout1}->...\n"
-           "(FacT_tt.adapt_output, r=2, dim=3): ...->(3){inout1}->...")
+           "(FacT_tt.adapt_output, r=2, width=3): ...->(3){inout1}->...")
     att = studio.attach(model, cfg, example_input=x)
     assert torch.equal(model(x), y0)
     first, second, third = att.addins.values()
@@ -175,9 +175,9 @@ def test_fact_on_any_linear_and_adapt_weight():
 @pytest.mark.parametrize("setting, message", [
     ("r=0", "FacT_tt r must be a positive integer, got 0"),
     ("dropout=1.5", r"FacT dropout must be in \[0, 1\), got 1.5"),
-    ("dim=5", "FacT_tt shares factors of width 5 across layers, but 'blocks.0.attn.qkv' "
-              r"\(Linear 192 -> 576\) is not made of 5x5 slabs: set dim="),
-    ("rank=4", "FacT_tt does not take a setting 'rank' \\(it takes: dim, dropout, r, scale\\)"),
+    ("width=5", "FacT_tt shares factors of width 5 across layers, but 'blocks.0.attn.qkv' "
+              r"\(Linear 192 -> 576\) is not made of 5x5 slabs: set width="),
+    ("rank=4", "FacT_tt does not take a setting 'rank' \\(it takes: dropout, r, scale, width\\)"),
     ("shared=1", "setting 'shared' is reserved"),
 ])
 def test_bad_settings_are_config_errors_and_leave_the_model_untouched(setting, message):
@@ -248,7 +248,7 @@ def test_a_file_whose_shared_field_lies_is_refused(tmp_path):
 
 
 def test_settings_form_and_strategy():
-    assert [f.name for f in schema(studio.get_addin("FacT_tk"))] == ["r", "scale", "dropout", "dim"]
+    assert [f.name for f in schema(studio.get_addin("FacT_tk"))] == ["r", "scale", "dropout", "width"]
     model, x = _vit()
     cfg = studio.strategies.fact(model, r=R, kind="tk")
     assert str(cfg) == _config("tk") + "\ntrainable(head)"
@@ -273,7 +273,7 @@ def test_widget_settings_form_and_strategy_picker():
     assert all(type(a).__name__ == "FacT_tk" for a in w.attachment.addins.values())
     w.handle({"type": "addin", "name": "FacT_tk"})
     form = {f["name"]: f["value"] for f in w.settings_form}
-    assert set(form) == {"r", "scale", "dropout", "dim"} and form["r"] == 8
+    assert set(form) == {"r", "scale", "dropout", "width"} and form["r"] == 8
     w.handle({"type": "setting", "name": "r", "value": "2"})  # every FacT_tk placement takes it
     assert w.error == "" and "(FacT_tk.adapt_output, r=2)" in w.config
     addins = list(w.attachment.addins.values())

@@ -28,14 +28,14 @@ from .registry import register_addin
 KINDS = ("tt", "tk")
 
 
-def shared_factors(kind: str, dim: int, r: int, like: torch.Tensor | None = None) -> dict[str, nn.Parameter]:
+def shared_factors(kind: str, width: int, r: int, like: torch.Tensor | None = None) -> dict[str, nn.Parameter]:
     """New factors for one group of FacT placements: ``u`` (``r x d``, ``nn.Linear``'s default init),
     ``v`` (``d x r``, zeros: every placement starts as an identity) and, for FacT-TK, the core tensor
     ``c`` (``r x r x r``, Xavier-uniform); on the device and in the dtype of ``like`` (a layer's weight)."""
     kw = {"device": like.device, "dtype": like.dtype} if like is not None else {}
-    u = torch.empty(r, dim, **kw)
+    u = torch.empty(r, width, **kw)
     nn.init.kaiming_uniform_(u, a=math.sqrt(5))
-    factors = {"u": nn.Parameter(u), "v": nn.Parameter(torch.zeros(dim, r, **kw))}
+    factors = {"u": nn.Parameter(u), "v": nn.Parameter(torch.zeros(width, r, **kw))}
     if kind == "tk":
         factors["c"] = nn.Parameter(nn.init.xavier_uniform_(torch.empty(r, r, r, **kw)))
     return factors
@@ -54,8 +54,9 @@ class FacT(AddinBase):
 
     Use the registered names :class:`FacT_tt` or :class:`FacT_tk` (ZhiJian's). Settings: ``r`` (the
     rank of the shared factors, default 8), ``scale`` (default 1.0; the paper tunes it per task),
-    ``dropout`` (on the core's output, default 0.1 as the paper), ``dim`` (the slab width ``d``;
-    default the smaller of the layer's in/out features, which must both be multiples of it).
+    ``dropout`` (on the core's output, default 0.1 as the paper), ``width`` (the slab width
+    ``d``; default the smaller of the layer's in/out features, which must both be multiples of it).
+    ZhiJian's ``fact_tt_dim`` / ``fact_tk_dim`` is the rank ``r`` here.
     """
 
     kind: ClassVar[str] = ""
@@ -64,7 +65,7 @@ class FacT(AddinBase):
     adapt_across_output = None  # type: ignore[assignment]
 
     def __init__(self, point: PointInfo, shared: dict[Any, Any] | None = None, r: int = 8,
-                 scale: float = 1.0, dropout: float = 0.1, dim: int | None = None) -> None:
+                 scale: float = 1.0, dropout: float = 0.1, width: int | None = None) -> None:
         super().__init__()
         name = type(self).__name__
         if self.kind not in KINDS:
@@ -76,12 +77,12 @@ class FacT(AddinBase):
         self.scale = _number(scale, "scale", -math.inf)
         p = _number(dropout, "dropout", 0.0, 1.0)
         fan_in, fan_out = module.in_features, module.out_features
-        d = min(fan_in, fan_out) if dim is None else positive_int(dim, "dim", name)
+        d = min(fan_in, fan_out) if width is None else positive_int(width, "width", name)
         if fan_in % d or fan_out % d:
             raise ValueError(f"{name} shares factors of width {d} across layers, but '{point.path}' "
-                             f"(Linear {fan_in} -> {fan_out}) is not made of {d}x{d} slabs: set dim= to a "
-                             f"width that divides both")
-        self.dim, self.r, self.slabs_in, self.slabs_out = d, r, fan_in // d, fan_out // d
+                             f"(Linear {fan_in} -> {fan_out}) is not made of {d}x{d} slabs: set width= to one "
+                             f"that divides both")
+        self.width, self.r, self.slabs_in, self.slabs_out = d, r, fan_in // d, fan_out // d
         self.group_key = ("FacT", self.kind, d, r)
         store = shared if shared is not None else {}
         if self.group_key not in store:
@@ -105,7 +106,7 @@ class FacT(AddinBase):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, r={self.r}, slabs={self.slabs_out}x{self.slabs_in}, "
+        return (f"width={self.width}, r={self.r}, slabs={self.slabs_out}x{self.slabs_in}, "
                 f"scale={self.scale:g}")
 
     def share_into(self, shared: dict[Any, Any]) -> None:
@@ -118,7 +119,7 @@ class FacT(AddinBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # .to(x): a model spread over devices has one copy of the shared factors, on one of them
-        h = F.linear(x.unflatten(-1, (self.slabs_in, self.dim)), self.u.to(x))  # [..., a, r]
+        h = F.linear(x.unflatten(-1, (self.slabs_in, self.width)), self.u.to(x))  # [..., a, r]
         h = self.dropout(F.linear(h.flatten(-2), self.core_matrix().to(x)))  # [..., b * r]
         y = F.linear(h.unflatten(-1, (self.slabs_out, self.r)), self.v.to(x))  # [..., b, d]
         return y.flatten(-2) * self.scale
@@ -128,7 +129,7 @@ class FacT(AddinBase):
         b, a, r = self.slabs_out, self.slabs_in, self.r
         core = self.core_matrix().view(b, r, a, r)
         delta = torch.einsum("dp,ipjq,qe->idje", self.v.to(core), core, self.u.to(core))
-        return delta.reshape(b * self.dim, a * self.dim) * self.scale
+        return delta.reshape(b * self.width, a * self.width) * self.scale
 
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
         return outputs + self(inputs[0])
@@ -158,7 +159,7 @@ class FacT_tt(FacT):  # noqa: N801 - ZhiJian's name, as users write it in string
 
         (FacT_tt.adapt_output, r=8): ...->(blocks[0:12].attn.qkv){inout1}->...
 
-    Settings: ``r`` (rank, default 8), ``scale`` (default 1.0), ``dropout`` (default 0.1), ``dim``
+    Settings: ``r`` (rank, default 8), ``scale`` (default 1.0), ``dropout`` (default 0.1), ``width``
     (slab width, default min(in, out) features).
     """
 
@@ -180,7 +181,7 @@ class FacT_tk(FacT):  # noqa: N801 - ZhiJian's name
 
     ``(FacT_tk.adapt_output, r=8): ...->(blocks[0:12].mlp.fc1){inout1}->...``
 
-    Settings: ``r`` (rank, default 8), ``scale`` (default 1.0), ``dropout`` (default 0.1), ``dim``
+    Settings: ``r`` (rank, default 8), ``scale`` (default 1.0), ``dropout`` (default 0.1), ``width``
     (slab width, default min(in, out) features). Slab ``k = i * a + j`` maps input slab ``j`` to
     output slab ``i``.
     """
