@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import pytest
 import timm
@@ -16,6 +17,7 @@ from torch import nn
 import addin_studio as studio
 from addin_studio import ConfigError
 from addin_studio.widget.settings import schema
+from test_ddp import WORKER, _load, _run, _torchrun, needs_gloo
 
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 D, R, L = 192, 4, 2  # the tiny ViT's width, the rank used here, its blocks
@@ -331,3 +333,21 @@ def test_factors_live_on_the_layers_device_and_dtype():
     a = next(iter(att.addins.values()))
     assert a.u.dtype == a.v.dtype == a.s.dtype == torch.bfloat16 and torch.equal(model(x), y0)
     att.detach()
+
+
+@pytest.mark.slow
+@needs_gloo
+def test_ddp_trains_shared_factors_as_one_process(tmp_path):
+    """Two gloo ranks under torchrun (DDP sees each shared Parameter once) train FacT-TK exactly as
+    one process does; the checkpoint holds U, V and C once."""
+    _run([sys.executable, str(WORKER), str(tmp_path / "single"), "--fact"])
+    _torchrun(str(WORKER), str(tmp_path / "ddp"), "--fact")
+    initial, _ = _load(tmp_path / "single" / "initial.safetensors")
+    single, meta = _load(tmp_path / "single" / "adapters.safetensors")
+    ddp, _ = _load(tmp_path / "ddp" / "adapters.safetensors")
+    assert sorted(single) == sorted(ddp) == ["addins.FacT_tk_fc1.c", "addins.FacT_tk_fc1.p", "addins.FacT_tk_fc1.u",
+                                             "addins.FacT_tk_fc1.v", "addins.FacT_tk_fc2.p"]
+    assert json.loads(meta["shared"]) == {f"addins.FacT_tk_fc2.{n}": f"addins.FacT_tk_fc1.{n}" for n in "uvc"}
+    assert min(float((single[k] - initial[k]).abs().max()) for k in single) > 1e-3  # all of them trained
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=1e-6, msg=k)

@@ -195,5 +195,7 @@ class FacT_tk(FacT):  # noqa: N801 - ZhiJian's name
 
     def core_matrix(self) -> torch.Tensor:
         b, a, r = self.slabs_out, self.slabs_in, self.r
-        cores = torch.einsum("qok,kn->nqo", self.c.to(self.p), self.p)  # slab n: u @ cores[n] (q in, o out)
-        return cores.reshape(b, a, r, r).permute(0, 3, 1, 2).reshape(b * r, a * r)
+        # slab n's core is C x_3 p_n: cores[q, o, n] = sum_k C[q, o, k] p[k, n], used as u @ core
+        # (q in, o out); a plain matmul keeps p's gradient contiguous (DDP's buckets expect that)
+        cores = (self.c.to(self.p).reshape(r * r, r) @ self.p).view(r, r, b, a)
+        return cores.permute(2, 1, 3, 0).reshape(b * r, a * r)
