@@ -188,7 +188,7 @@ function render({ model, el }) {
   // -- drawing from traits --------------------------------------------------------------------
   function fillSelect(sel, names, value) {
     const cur = [...sel.options].map((o) => o.value).join("\n");
-    if (cur !== names.join("\n")) sel.replaceChildren(...names.map((n) => h("option", { value: n, text: n })));
+    if (sel.options.length !== names.length || cur !== names.join("\n")) sel.replaceChildren(...names.map((n) => h("option", { value: n, text: n })));
     sel.value = value;
   }
 
@@ -340,13 +340,16 @@ function render({ model, el }) {
         const input = f.kind === "bool" ? h("input", { ...attrs, type: "checkbox" })
           : h("input", { ...attrs, type: f.kind === "str" ? "text" : "number", step: f.kind === "int" ? "1" : "any",
             placeholder: f.optional ? "none" : String(f.default) });
-        return h("label", { class: "as-field" }, h("span", { class: "as-fname", text: f.name }), input,
+        return h("label", { class: "as-field", "data-depends": f.depends || "" }, h("span", { class: "as-fname", text: f.name }), input,
           h("span", { class: "as-fhelp", text: f.help || "" }));
       }));
       if (!fields.length) settingsBox.textContent = "(this add-in takes no settings)";
     }
+    const on = Object.fromEntries(fields.map((f) => [f.name, !!f.value]));
     for (const f of fields) {
       const input = settingsBox.querySelector(`[data-setting="${CSS.escape(f.name)}"]`);
+      // a refinement (velora_groups) shows only while its switch (velora) is on
+      if (input && f.depends) input.closest(".as-field").classList.toggle("as-hidden", !on[f.depends]);
       if (!input || input === document.activeElement) continue;
       if (f.kind === "bool") input.checked = !!f.value;
       else input.value = f.value === null || f.value === undefined ? "" : String(f.value);
@@ -358,6 +361,7 @@ function render({ model, el }) {
     const active = model.get("active_adapter") || "";
     adapterBox.classList.toggle("as-hidden", !names.length);
     root.dataset.activeAdapter = active;
+    if (!names.length) return;
     fillSelect(adapterSel, [""].concat(names), active);
     adapterSel.options[0].textContent = "(none: bare model)";
     for (const o of adapterSel.options) if (o.value) o.textContent = o.value === active ? `${o.value} (active)` : o.value;
