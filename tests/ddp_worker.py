@@ -4,7 +4,7 @@ Run under ``torchrun --nproc_per_node 2`` (distributed) or as a plain script (on
 trained add-ins to ``<out>/adapters.safetensors`` (rank 0 only). The data, seed and global batch are the
 same in both cases, so the saved add-ins must agree.
 
-Usage: python tests/ddp_worker.py OUT_DIR [--manual]
+Usage: python tests/ddp_worker.py OUT_DIR [--manual] [--fact]
 
 By default the Trainer does the distributed set-up itself (DDP, sampler epochs, rank-0 checkpoints);
 ``--manual`` adds ``SamplerEpoch`` and (when distributed) wraps the model with ``distributed.wrap_model`` by hand.
@@ -28,13 +28,16 @@ SAMPLES = 64
 EPOCHS = 2
 CONFIG = ("(MLPAddin.adapt_across_output): ...->(fc1){in1}->...->(fc2){out1}->...\n"
           "(MLPAddin.adapt_input): ...->{inout1}(fc3)->...")
+# --fact: FacT-TK on fc1 (64 -> 32) and fc2 (32 -> 32), whose U, V and C are one set of shared Parameters
+FACT_CONFIG = ("(FacT_tk.adapt_output, r=4, dropout=0.0): ...->(fc1){inout1}->...\n"
+               "(FacT_tk.adapt_output, r=4, dropout=0.0): ...->(fc2){inout1}->...")
 
 
 def _save(att: studio.Attachment, path: Path) -> None:
     att.save(path)  # the adapter-only checkpoint (safetensors, config string in the metadata)
 
 
-def main(out: Path, manual: bool) -> None:
+def main(out: Path, manual: bool, config: str = CONFIG) -> None:
     torch.set_num_threads(1)
     distributed = D.init_distributed(backend="gloo")
     world = D.get_world_size()
@@ -48,7 +51,7 @@ def main(out: Path, manual: bool) -> None:
 
     torch.manual_seed(0)
     model = TutorialMLP(64, 32, 10)
-    att = studio.attach(model, CONFIG, addins={"MLPAddin": MLPAddin}, example_input=data.tensors[0][:2])
+    att = studio.attach(model, config, addins={"MLPAddin": MLPAddin}, example_input=data.tensors[0][:2])
     if D.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         _save(att, out / "initial.safetensors")
@@ -66,4 +69,5 @@ def main(out: Path, manual: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), manual="--manual" in sys.argv[2:])
+    main(Path(sys.argv[1]), manual="--manual" in sys.argv[2:],
+         config=FACT_CONFIG if "--fact" in sys.argv[2:] else CONFIG)

@@ -39,10 +39,7 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
         att.unmerge()
     try:
         child = addin_child(att.model)
-        tensors: dict[str, torch.Tensor] = {}
-        for key, _, addin in att.entries:
-            for name, t in addin.state_dict().items():
-                tensors[f"addins.{key}.{name}"] = t
+        tensors, shared = _addin_tensors(att)
         base = dict(base_params(att.model, child))
         keep, _ = match_trainable(base, att.config.trainable)
         for name in sorted(keep):
@@ -54,10 +51,43 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
             "keys": json.dumps([key for key, _, _ in att.entries]),
             "fingerprint": json.dumps(fingerprint(att.model, child)),
         }
+        if shared:
+            meta["shared"] = json.dumps(shared)
         files.write(tensors, Path(path), meta)
     finally:
         if was_merged:
             att.merge(untie=was_untied)
+
+
+def _addin_tensors(att: Attachment) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The add-ins' tensors by file key, each tensor once: a parameter several add-ins share (FacT's
+    factors) is written under its first key; ``shared`` maps each later key to that one."""
+    tensors: dict[str, torch.Tensor] = {}
+    shared: dict[str, str] = {}
+    first: dict[int, str] = {}
+    for key, _, addin in att.entries:
+        for name, t in addin.state_dict(keep_vars=True).items():
+            full = f"addins.{key}.{name}"
+            if id(t) in first:
+                shared[full] = first[id(t)]
+            else:
+                first[id(t)] = full
+                tensors[full] = t
+    return tensors, shared
+
+
+def _shared_field(meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor],
+                  source: str) -> dict[str, str]:
+    """The file's ``shared`` field (key -> the key whose tensor it shares), checked."""
+    if "shared" not in meta:
+        return {}
+    shared = expect(json_field(meta, "shared", source), "object", source, "shared")
+    for alias, owner in shared.items():
+        if not isinstance(owner, str) or not owner.startswith("addins.") or owner not in tensors \
+                or alias in tensors:
+            raise ValueError(f"{source}: field 'shared' maps '{alias}' to {owner!r}; each entry must name "
+                             f"a key the file does not hold and a tensor it holds")
+    return shared
 
 
 def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | None = None,
@@ -97,7 +127,8 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
     keep, _ = match_trainable(base, cfg.trainable)
     base_tensors: dict[str, torch.Tensor] = {}
     addin_tensors: dict[str, dict[str, torch.Tensor]] = {k: {} for k in keys}
-    for name, t in tensors.items():
+    shared = _shared_field(meta, tensors, source)
+    for name, t in [*tensors.items(), *((a, tensors[o]) for a, o in shared.items())]:
         head, _, rest = name.partition(".")
         if head == "base" and rest in keep:
             base_tensors[rest] = t
@@ -125,6 +156,13 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
                                  f"{sorted(state)}")
             for name, t in state.items():
                 check_tensor(t, own[name], f"addins.{key}.{name}", source, allow_nonfinite)
+        if shared:  # the add-ins the config builds must share what the file says they share
+            now = {f"addins.{key}.{n}": t for key, _, addin in att.entries
+                   for n, t in addin.state_dict(keep_vars=True).items()}
+            for alias, owner in shared.items():
+                if now[alias] is not now[owner]:
+                    raise ValueError(f"{source}: field 'shared' says '{alias}' is '{owner}', but the "
+                                     f"add-ins attached from its config do not share them")
         for key, _, addin in att.entries:  # everything is checked: now load
             addin.load_state_dict(addin_tensors[key], strict=True)
 

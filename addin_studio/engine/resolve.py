@@ -35,6 +35,12 @@ class Resolved:
     forward: bool = False  # a forward method: it replaces the module's forward (engine/forwards.py)
 
 
+# What the engine itself passes to a factory that names it in its signature (never a string setting):
+# the point, the {in} point of an across placement, and ``shared`` — one dict per attach() call that
+# add-ins whose parameters are shared across placements (FacT's factors) use to find each other.
+ENGINE_ARGUMENTS = ("point", "source_point", "shared")
+
+
 class _Locator:
     """Turns a placement and a detail (a name, a path segment) into an offset in the string."""
 
@@ -208,6 +214,11 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
     resolved: list[Resolved] = []
     taken: dict[str, int] = {}
     replaced: dict[str, Placement] = {}  # module path -> the placement whose forward method replaces it
+    shared: dict[Any, Any] = {}
+    for p in cfg.placements:  # reused add-ins bring their shared parts, so new ones join them
+        share_into = getattr(spare.get(p), "share_into", None)
+        if callable(share_into):
+            share_into(shared)
     for p in cfg.placements:
         target_module = check_module(p.target.module, modules, graph, loc, p)
         source_module = check_module(p.source.module, modules, graph, loc, p)
@@ -226,7 +237,7 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
             _check_order(p, graph, loc)
         addin = spare.pop(p, None)
         if addin is None:
-            addin = _build(factory, p, target_module, source_module, graph, loc)
+            addin = _build(factory, p, target_module, source_module, graph, loc, shared)
         _check_method(addin, p, loc)
         checker = getattr(addin, "check_method", None)
         if callable(checker):  # the add-in's own word on whether this method is right here
@@ -363,11 +374,12 @@ def _check_order(p: Placement, graph: ModuleGraph, loc: _Locator) -> None:
 
 
 def _build(factory: Callable, p: Placement, target_module: nn.Module, source_module: nn.Module,
-           graph: ModuleGraph, loc: _Locator) -> nn.Module:
+           graph: ModuleGraph, loc: _Locator, shared: dict[Any, Any] | None = None) -> nn.Module:
     accepted, var_kw, required = _factory_params(factory)
     params = {q.name: q for q in _factory_signature(factory) or []}
     offered: dict[str, Any] = {"point": _point_info(p.target, target_module, graph),
-                               "source_point": _point_info(p.source, source_module, graph)}
+                               "source_point": _point_info(p.source, source_module, graph),
+                               "shared": shared if shared is not None else {}}
     kwargs = {k: v for k, v in offered.items() if k in accepted}
     for key, value in p.settings.items():
         if key in offered:

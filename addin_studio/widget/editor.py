@@ -26,7 +26,7 @@ from ..render.labels import point_labels  # noqa: F401  (re-exported: the Studio
 from . import settings as form
 
 #: the strategies the picker offers
-STRATEGIES = ("lora_all", "lora", "bitfit", "head_only", "layernorm", "partial_k")
+STRATEGIES = ("lora_all", "lora", "bitfit", "head_only", "layernorm", "partial_k", "fact_tt", "fact_tk")
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,8 @@ class Editor:
 
     # -- strategies ----------------------------------------------------------------------------
     def strategy_config(self, name: str, targets: str = "") -> Config:
-        """The config strategy ``name`` gives this model (LoRA ones read the LoRA settings form;
-        ``targets`` is lora's module names, or partial_k's k).
+        """The config strategy ``name`` gives this model (LoRA ones read the LoRA settings form, FacT
+        ones the FacT form; ``targets`` is lora's module names, or partial_k's k).
 
         Raises ValueError with the strategy's own message when it does not apply."""
         from .. import strategies
@@ -241,6 +241,11 @@ class Editor:
                     raise ValueError(f"partial_k needs k, the number of last blocks to train, e.g. 2; "
                                      f"got {targets.strip()!r}")
                 cfg = strategies.partial_k(self.model, int(targets))
+            elif name in ("fact_tt", "fact_tk"):  # the paper's layers, with the FacT settings form's values
+                kind = name[-2:]
+                fact = self.shown_settings(f"FacT_{kind}")
+                cfg = strategies.fact(self.model, kind=kind,
+                                      **{k: fact[k] for k in ("r", "scale", "dropout") if k in fact})
             else:
                 cfg = strategies.head_only(self.model)
         return cfg

@@ -1,7 +1,7 @@
 """The settings form of an add-in, read from its factory's signature and docstring (no Jupyter here).
 
-``schema(factory)`` lists the settings a config string may give it (the engine passes ``point`` and
-``source_point`` itself); ``convert(field, text)`` turns what a user typed into the value written in
+``schema(factory)`` lists the settings a config string may give it (the engine passes ``point``,
+``source_point`` and ``shared`` itself); ``convert(field, text)`` turns what a user typed into the value written in
 the string, with a clear ValueError for bad input.
 """
 from __future__ import annotations
@@ -11,7 +11,9 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-RESERVED = {"self", "point", "source_point"}
+from ..engine.resolve import ENGINE_ARGUMENTS
+
+RESERVED = {"self", *ENGINE_ARGUMENTS}
 
 
 @dataclass(frozen=True)
