@@ -120,8 +120,10 @@ def test_from_peft_errors_leave_model_untouched(tmp_path):
     conv = peft.get_peft_model(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)),
                                peft.LoraConfig(r=2, target_modules=["0"]))
     conv.save_pretrained(str(tmp_path / "conv"))
-    with pytest.raises(ValueError, match="imports conv LoRA without groups; the adapter's '0' has groups=2"):
-        studio.from_peft(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), tmp_path / "conv")
+    ungrouped = nn.Sequential(nn.Conv2d(4, 4, 3))  # PEFT's grouped B is [4, r/groups, 1, 1]
+    with pytest.raises(ValueError, match=r"lora_B for '0' has shape \(4, 1\); this model's layer needs \(4, 2\)"):
+        studio.from_peft(ungrouped, tmp_path / "conv")
+    assert not hasattr(ungrouped, "addins")
     (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         studio.from_peft(other, tmp_path)

@@ -1,5 +1,5 @@
 """LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear``, transformers ``Conv1D`` (PEFT's
-``fan_in_fan_out``), ``nn.Embedding`` and ungrouped ``nn.Conv1d/2d/3d`` layers, tensors named as PEFT names
+``fan_in_fan_out``), ``nn.Embedding`` and ``nn.Conv1d/2d/3d`` layers (grouped ones too), tensors named as PEFT names
 them (``lora_A.weight`` / ``lora_B.weight``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings,
 same layouts as ours; convs in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per
 adapter: ``use_rslora``, ``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``) and
@@ -45,13 +45,6 @@ def _peft_kind(module: nn.Module) -> str | None:
     return None
 
 
-def _grouped(module: nn.Module) -> str | None:
-    if isinstance(module, _CONVS) and module.groups != 1:
-        return (f"has groups={module.groups} (PEFT's grouped conv LoRA is not a low-rank update of the "
-                f"weight)")
-    return None
-
-
 def _variant(addin: Any) -> dict[str, Any]:
     """The settings of a LoRA that PEFT holds once per adapter (its LoraConfig flags)."""
     return {"use_rslora": addin.rslora, "use_dora": addin.dora, "lora_bias": hasattr(addin, "lora_bias"),
@@ -83,10 +76,8 @@ class LoraPeft(PeftMapping):
                     getattr(e.addin, "param", "weight") != "weight":
                 raise ValueError(f"PEFT export covers LoRA.adapt_output and LoRA.adapt_weight on a "
                                  f"layer's weight; '{e.key}' is not one")
-            if _grouped(e.module):
-                raise ValueError(f"PEFT export covers conv LoRA without groups; '{path}' "
-                                 f"{_grouped(e.module)}")
-            if kind == "conv" and e.addin.lora_B.shape[0] != e.module.out_channels:
+            if kind == "conv" and (e.addin.lora_B.shape[0] != e.module.out_channels
+                                   or e.module.groups != 1 and not e.addin.grouped):
                 raise ValueError(f"'{path}': a conv LoRA goes to PEFT in PEFT's layout: attach it with "
                                  f"layout=peft (the balanced layout is not PEFT's)")
             if path in ranks:
@@ -98,8 +89,9 @@ class LoraPeft(PeftMapping):
                 tensors[f"{path}.lora_embedding_B"] = e.addin.lora_B
             else:
                 tensors[f"{path}.lora_A.weight"] = e.addin.lora_A if kind != "conv" else \
-                    e.addin.lora_A.reshape(r, *e.module.weight.shape[1:])
-                tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(-1, r, *ones)
+                    e.addin.lora_A.reshape(r, e.module.in_channels, *e.module.kernel_size)
+                # [out, r] ([out, r/groups] on a grouped conv) with PEFT's 1x1 kernel dims
+                tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(*e.addin.lora_B.shape, *ones)
             if hasattr(e.addin, "lora_bias"):
                 tensors[f"{path}.lora_B.bias"] = e.addin.lora_bias
             if e.addin.dora:
@@ -173,9 +165,6 @@ class LoraPeft(PeftMapping):
             if path not in modules:
                 raise ValueError(f"the adapter has LoRA weights for module '{path}', which this "
                                  f"{type(model).__name__} does not have")
-            if _grouped(modules[path]):
-                raise ValueError(f"from_peft imports conv LoRA without groups; the adapter's '{path}' "
-                                 f"{_grouped(modules[path])}")
             if _peft_kind(modules[path]) is None and path not in params:
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{path}' is "
                                  f"a {type(modules[path]).__name__}")
@@ -207,7 +196,7 @@ class LoraPeft(PeftMapping):
             if _peft_kind(modules[path]) == "conv":
                 r = settings["r"]
                 settings["layout"] = "peft"
-                pair = {k: t.reshape(r, -1) if k == "lora_A" else t.reshape(-1, r) if k == "lora_B" else
+                pair = {k: t.reshape(r, -1) if k == "lora_A" else t.flatten(1) if k == "lora_B" else
                         t.reshape(-1) for k, t in pair.items()}
             elif "lora_magnitude" in pair:
                 pair["lora_magnitude"] = pair["lora_magnitude"].reshape(-1)
