@@ -15,16 +15,18 @@ import addin_studio as studio
 # PEFT's adapter tensor names (without the adapter name) -> ours
 PEFT_TO_OURS = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B", "lora_B.bias": "lora_bias",
                 "lora_magnitude_vector.weight": "lora_magnitude",
-                "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B"}
+                "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B",
+                "trainable_tokens_delta": "rows"}  # trainable tokens: the new rows themselves
 
 
 def peft_tensors(peft_model, strict: bool = True) -> dict[tuple[str, str], torch.nn.Parameter]:
     """``{(module path, our name): PEFT parameter}`` for PEFT's LoRA tensors (``strict``: no others)."""
     found = {}
     for name, p in peft_model.named_parameters():
-        if "lora_" not in name:
+        if "lora_" not in name and "trainable_tokens_delta" not in name:
             continue
-        name = name.removeprefix("base_model.model.").replace(".default", "").replace(".base_layer", "")
+        name = name.removeprefix("base_model.model.").replace(".default", "").replace(".base_layer", "") \
+            .replace(".token_adapter", "")
         for suffix, ours in PEFT_TO_OURS.items():
             if name.endswith("." + suffix):
                 found[(name[: -len(suffix) - 1], ours)] = p
@@ -102,7 +104,7 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
         residual = _state(model)
         att.merge()
         pm.base_model.merge_adapter()
-        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "")
+        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "").replace(".token_adapter", "")
                     .replace(".modules_to_save.default", ""): v
                     for k, v in pm.state_dict().items() if "lora_" not in k and "original_module" not in k}
         for k, v in _state(model).items():

@@ -186,6 +186,9 @@ SUPPORTED = [
     ("Conv3d 1 LoRA with lora_b bias", "Conv3d", {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32}),
     ("MLP 1 using nn.Parameter LoRA", "MlpUsingParameters", {"target_parameters": ["lin0.weight"]}),
     ("MLP 2 using nn.Parameter LoRA", "MLP", {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]}),
+    # trainable tokens (addins/trainable_tokens.py): a TrainableTokens add-in beside the LoRA
+    ("Embedding + transformers Conv1D 1 LoRA trainable_tokens", "EmbConv1D",
+     {"target_modules": ["conv1d"], "trainable_token_indices": {"emb": [0, 10]}}),
     # grouped convs (addins/lora_grouped.py): output hook only, neither side can merge them
     ("Conv2d Groups LoRA", "Conv2dGroups", {"target_modules": ["conv2d"]}),
     ("Conv2d Groups2 LoRA", "Conv2dGroups2", {"target_modules": ["conv2d"]}),
@@ -207,6 +210,11 @@ def _ours(fields: dict):
         lines += [f"(LoRA.adapt_weight, r=8, alpha=8, param={p.rpartition('.')[2]}): "
                   f"...->({p.rpartition('.')[0]}){{inout1}}->..." for p in fields["target_parameters"]]
         return "\n".join(lines)
+    tokens = "".join(f'\n(TrainableTokens.adapt_weight, indices="{", ".join(map(str, v))}"): ...->({k}){{inout1}}->...'
+                     for k, v in fields.get("trainable_token_indices", {}).items())
+    if tokens:
+        return lambda model: str(_ours({k: v for k, v in fields.items() if k != "trainable_token_indices"})(model)) \
+            + tokens
     targets = fields["target_modules"]
     kwargs = {"r": fields.get("r", 8), "alpha": fields.get("lora_alpha", 8),
               "dropout": fields.get("lora_dropout", 0.0), "trainable": fields.get("modules_to_save", ()),
@@ -273,9 +281,6 @@ REFUSED = [
     ("Vanilla MLP 12 LoRA with VeLoRA batch_average_once", "MLP",
      {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")},
      "velora_config is not supported"),
-    ("Embedding + transformers Conv1D 1 LoRA trainable_tokens", "EmbConv1D",
-     {"target_modules": ["conv1d"], "trainable_token_indices": {"emb": [0, 10]}},
-     "trainable_token_indices is not supported"),
     ("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]},
      "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
      "the adapter's 'mha' is a "

@@ -21,7 +21,7 @@ _MAGNITUDE = "lora_magnitude_vector"
 _KINDS = "nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
-_UNSUPPORTED = ("trainable_token_indices", "layer_replication", "kasa_config",
+_UNSUPPORTED = ("layer_replication", "kasa_config",
                 "velora_config", "monteclora_config", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
@@ -145,6 +145,8 @@ class LoraPeft(PeftMapping):
                                    "bias": bool(config.get("lora_bias")), "init": _INITS[init]}
         variant = {k: v for k, v in variant.items() if v not in (False, "kaiming")}
         pairs: dict[str, dict[str, torch.Tensor]] = {}
+        tokens = _token_imports(config, tensors, model, source)
+        tensors = {n: t for n, t in tensors.items() if ".token_adapter." not in n}
         for name, t in tensors.items():
             for embedding_part, part in _EMBEDDING_PARTS.items():
                 module, marker, rest = name.partition(f".{embedding_part}")
@@ -208,7 +210,28 @@ class LoraPeft(PeftMapping):
             if method == WEIGHT_METHOD:
                 settings.pop("dropout", None)
             out.append(PeftImport(Placement(addin, method, point, point, settings), dict(pair)))
-        return out
+        return out + tokens
+
+
+def _token_imports(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
+                   source: str) -> list[PeftImport]:
+    """The TrainableTokens placements of ``trainable_token_indices`` (``addins/trainable_tokens.py``)."""
+    from .trainable_tokens import TOKEN_KEY, read_tokens, token_layers
+
+    spec = config.get("trainable_token_indices")
+    tokens = {n: t for n, t in tensors.items() if ".token_adapter." in n}
+    if not spec:
+        if tokens:
+            raise ValueError(f"{source}: tensor 'base_model.model.{sorted(tokens)[0]}' holds trainable tokens, "
+                             f"which the config's trainable_token_indices does not list")
+        return []
+    if not isinstance(spec, (dict, list)):
+        raise ValueError(f"{source}: field 'trainable_token_indices' must be a list of token numbers or an "
+                         f"object of them by layer, got {type(spec).__name__}")
+    bad = sorted(n for n in tokens if not n.endswith("." + TOKEN_KEY))
+    if bad:
+        raise ValueError(f"{source}: unexpected key 'base_model.model.{bad[0]}'")
+    return read_tokens(token_layers(spec, model, source), tokens, TOKEN_KEY, model, "TrainableTokens", source)
 
 
 def _target_parameters(config: Mapping[str, Any], pairs: Mapping[str, Any], modules: Mapping[str, nn.Module],

@@ -42,21 +42,21 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     if not att.attached:
         raise RuntimeError("cannot export: this attachment has been detached")
     modules = dict(att.model.named_modules())
-    mapping: PeftMapping | None = None
-    entries = []
+    groups: dict[str, tuple[PeftMapping, list[PeftEntry]]] = {}
     for key, p, addin in att.entries:
         own = peft_mapping(addin)
         if own is None:
             raise ValueError(f"PEFT export covers {_covered()} only; '{key}' is {type(addin).__name__}."
                              f"{p.method}, which has no PEFT form")
-        if mapping is not None and own.peft_type != mapping.peft_type:
-            raise ValueError(f"a PEFT adapter holds one peft_type; '{key}' is {own.peft_type}, the "
-                             f"others are {mapping.peft_type}")
-        mapping = own
-        entries.append(PeftEntry(key, p, addin, modules[p.target.module]))
-    if mapping is None:
+        groups.setdefault(own.peft_type, (own, []))[1].append(PeftEntry(key, p, addin, modules[p.target.module]))
+    if not groups:
         raise ValueError("nothing to export: the attachment has no add-ins")
+    mapping, entries = _host(groups)
     weights, fields = mapping.export(entries)
+    for guest, guest_entries in (g for t, g in groups.items() if t != mapping.peft_type):
+        more, more_fields = guest.export_joined(guest_entries, mapping.peft_type)  # type: ignore[attr-defined]
+        weights.update(more)
+        fields.update(more_fields)
     tensors = {_LEAD + name: t for name, t in weights.items()}
     base = dict(base_params(att.model, addin_child(att.model)))
     keep, _ = match_trainable(base, att.config.trainable)
@@ -74,6 +74,18 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     directory = Path(directory)
     files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftMapping, list[PeftEntry]]:
+    """The mapping whose adapter holds every entry: the only one, or the one every other mapping
+    ``joins`` (LoRA with trainable tokens: LoraConfig's ``trainable_token_indices``)."""
+    if len(groups) == 1:
+        return next(iter(groups.values()))
+    hosts = [t for t in groups if all(t in getattr(m, "joins", ()) for o, (m, _) in groups.items() if o != t)]
+    if len(hosts) != 1:
+        raise ValueError(f"a PEFT adapter holds one peft_type; these add-ins are "
+                         f"{', '.join(sorted(groups))}")
+    return groups[hosts[0]]
 
 
 def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None, *,
