@@ -131,9 +131,6 @@ class LoraPeft(PeftMapping):
         for flag in _UNSUPPORTED:  # fan_in_fan_out: the layer's kind says it
             if config.get(flag):
                 raise ValueError(f"{source}: {flag} is not supported")
-        if config.get("bias", "none") != "none":
-            raise ValueError(f"{source}: bias={config.get('bias')!r} is not supported (only 'none'; a bias "
-                             f"on B is lora_bias=true)")
         init = config.get("init_lora_weights", True)
         if init is False:
             init = True
