@@ -266,6 +266,8 @@ def _both_refuse_merge(make, fields, pm, layer: str) -> None:
 
 from peft import KasaConfig, MontecloraConfig, VeloraConfig  # noqa: E402
 
+from addin_studio.addins.lora_peft import MHA_REFUSAL  # noqa: E402
+
 # (name, model, LoraConfig fields, the message from_peft refuses PEFT's directory with)
 REFUSED = [
     ("Vanilla MLP 1 LoRA with KaSA", "MLP", {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4},
@@ -282,13 +284,9 @@ REFUSED = [
      {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")},
      "velora_config is not supported"),
     ("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]},
-     "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
-     "the adapter's 'mha' is a "
-     "MultiheadAttention"),
+     "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
     ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]},
-     "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
-     "the adapter's 'mha' is a "
-     "MultiheadAttention"),
+     "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
     ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
      {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)},
      "monteclora_config is not supported"),

@@ -24,6 +24,11 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _UNSUPPORTED = ("layer_replication", "kasa_config",
                 "velora_config", "monteclora_config", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
+# why PEFT's MultiheadAttention LoRA files are refused (checked against PEFT 0.21.2's MultiheadAttention.merge,
+# which its forward calls too: out_proj's delta is written into the weight, then out_proj.merge() adds it again)
+MHA_REFUSAL = ("PEFT 0.21 adds the out_proj update twice (its forward and merge compute out_proj with "
+               "W + 2*scale*B@A, in_proj with W + scale*B@A; huggingface/peft PR #3774), so the adapter does "
+               "not compute what its config says")
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
@@ -158,6 +163,9 @@ class LoraPeft(PeftMapping):
         params = _target_parameters(config, pairs, modules, source)
         for path in pairs:
             owner = path.partition(".base_layer.")[0]
+            if isinstance(modules.get(owner), nn.MultiheadAttention):
+                raise ValueError(f"from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's "
+                                 f"'{owner}'): {MHA_REFUSAL}")
             if path not in modules and owner in modules:  # PEFT's MultiheadAttention wrapper
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{owner}' is a "
                                  f"{type(modules[owner]).__name__}")
