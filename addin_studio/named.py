@@ -24,6 +24,7 @@ from .engine import Attachment, attach
 from .engine.attachment import base_parameter_names
 from .engine.freezing import match_trainable
 from .graph import trace
+from .params import set_table_header
 
 
 @dataclass
@@ -59,6 +60,8 @@ class NamedAdapters:
         self._active: str | None = None
         self._att: Attachment | None = None
         self._base_values: dict[str, torch.Tensor] = {}
+        self._listeners: list[Callable[[], None]] = []
+        set_table_header(model, self.header)
 
     # -- inspection ------------------------------------------------------------------------------
     @property
@@ -87,6 +90,24 @@ class NamedAdapters:
         listed = ", ".join(f"{n} (active)" if n == self._active else n for n in self._adapters)
         return f"<NamedAdapters on {self.graph.root_class}: {listed or 'no adapter'}>"
 
+    def header(self) -> str:
+        """One line: the active adapter and all of them, the active one starred
+        (``Active adapter: b (adapters: a, b*, ab)``); :func:`~addin_studio.trainable_table` starts
+        with it."""
+        listed = ", ".join(f"{n}*" if n == self._active else n for n in self._adapters) or "none yet"
+        active = f"'{self._active}'" if self._active else "none (the bare model runs)"
+        return f"Active adapter: {active} (adapters: {listed})"
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after every add, load, update, switch, disable and remove (the Studio
+        widget follows the adapters this way); returns a function that stops the calls."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            callback()
+
     def summary(self) -> str:
         """Per adapter: active mark (``*``), name, add-ins, parameter count, then its config lines."""
         lines = [f"NamedAdapters on {self.graph.root_class} (active: {self._active or 'none'})"]
@@ -107,6 +128,7 @@ class NamedAdapters:
         cfg = parse(config) if isinstance(config, str) else config
         self._add(name, lambda: attach(self.model, cfg, addins, self._example, graph=self.graph,
                                        **self._forward_kwargs), addins, activate, cfg)
+        self._changed()
 
     def load(self, name: str, path: str | Path, addins: Mapping[str, Callable] | None = None, *,
              strict: bool = True, activate: bool | None = None) -> None:
@@ -115,6 +137,45 @@ class NamedAdapters:
         self._add(name, lambda: load_checkpoint(self.model, path, addins, self._example, strict=strict,
                                                 graph=self.graph, **self._forward_kwargs), addins, activate,
                   _saved_config(path))
+        self._changed()
+
+    def update(self, name: str, config: Config | str, addins: Mapping[str, Callable] | None = None) -> None:
+        """Give adapter ``name`` a new config (checked as :func:`~addin_studio.attach` checks it).
+
+        Placements equal to ones it has (add-in, method, points, settings) keep their add-in objects and
+        trained weights; base parameters it still keeps trainable keep their trained values. On error the
+        model and every adapter are as they were. The adapter's active state does not change."""
+        entry = self._get(name)
+        cfg = parse(config) if isinstance(config, str) else config
+        if not isinstance(cfg, Config):
+            raise TypeError(f"update expects a config string or Config, got {type(cfg).__name__}")
+        if not cfg:
+            raise ValueError(f"an adapter needs at least one placement or trainable(...); to drop "
+                             f"'{name}' use remove('{name}')")
+        addins = entry.addins if addins is None else addins
+        previous = self._active
+        self._deactivate()
+        try:
+            att = attach(self.model, cfg, addins, self._example, graph=self.graph, reuse=entry.objects,
+                         **self._forward_kwargs)
+            try:
+                objects = self._checked_objects(att)
+            except BaseException:
+                att.detach()
+                raise
+        except BaseException:
+            if previous is not None:
+                self._activate(previous)
+            raise
+        kept = self._kept_params(att.config)
+        self._adapters[name] = _Adapter(att.config, addins, objects,
+                                        {n: t for n, t in entry.kept.items() if n in kept})
+        self._start(name, att)
+        if previous != name:
+            self._deactivate()
+            if previous is not None:
+                self._activate(previous)
+        self._changed()
 
     def remove(self, name: str) -> None:
         """Detach adapter ``name`` for good (if it is active, the bare model runs afterwards)."""
@@ -122,6 +183,7 @@ class NamedAdapters:
         if name == self._active:
             self._deactivate()
         del self._adapters[name]
+        self._changed()
 
     def _check_new_name(self, name: str) -> None:
         if not isinstance(name, str) or not name.isidentifier():
@@ -146,15 +208,7 @@ class NamedAdapters:
                 if set(self._kept_params(att.config)) - set(base_values):
                     raise RuntimeError("the adapter keeps base parameters trainable that its config did not "
                                        "name before attaching")
-                objects = {p: a for _, p, a in att.entries}
-                if len(objects) != len(att.entries):
-                    raise ValueError("a named adapter cannot place the same add-in twice at the same point "
-                                     "with the same settings (it could not be told apart when switched)")
-                moving = [key for key, _, a in att.entries if getattr(a, "moves_base", False)]
-                if moving:
-                    raise ValueError(f"'{moving[0]}' moves part of the base weight into the adapter "
-                                     f"(init=pissa/olora), so it cannot be switched off and on: attach it "
-                                     f"alone with studio.attach")
+                objects = self._checked_objects(att)
                 if fill is not None:
                     fill(att)
             except BaseException:
@@ -171,6 +225,20 @@ class NamedAdapters:
             if previous is not None:
                 self._activate(previous)
 
+    @staticmethod
+    def _checked_objects(att: Attachment) -> dict[Placement, nn.Module]:
+        """``{placement: add-in}`` of a new attachment, refused if it cannot be switched off and on."""
+        objects = {p: a for _, p, a in att.entries}
+        if len(objects) != len(att.entries):
+            raise ValueError("a named adapter cannot place the same add-in twice at the same point "
+                             "with the same settings (it could not be told apart when switched)")
+        moving = [key for key, _, a in att.entries if getattr(a, "moves_base", False)]
+        if moving:
+            raise ValueError(f"'{moving[0]}' moves part of the base weight into the adapter "
+                             f"(init=pissa/olora), so it cannot be switched off and on: attach it "
+                             f"alone with studio.attach")
+        return objects
+
     # -- switching -------------------------------------------------------------------------------
     def set_active(self, name: str) -> None:
         """Make adapter ``name`` the one that runs and trains (the others are detached)."""
@@ -178,11 +246,14 @@ class NamedAdapters:
         if name != self._active:
             self._deactivate()
             self._activate(name)
+            self._changed()
 
     def disable(self) -> None:
         """Run the bare model: detach the active adapter (its weights are kept; :meth:`set_active`
         brings it back)."""
-        self._deactivate()
+        if self._active is not None:
+            self._deactivate()
+            self._changed()
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -316,6 +387,7 @@ class NamedAdapters:
 
         self._add(new_name, lambda: attach(self.model, cfg, None, graph=self.graph, **self._forward_kwargs),
                   None, activate, cfg, fill)
+        self._changed()
 
     def _lora_layout(self, name: str) -> dict[tuple, tuple[Placement, LoRA]]:
         """``{(method, source, target, param, layout): (placement, LoRA)}`` of adapter ``name``, checked

@@ -1,7 +1,21 @@
 """Parameter counts and a readable table of what trains."""
 from __future__ import annotations
 
+from typing import Callable
+from weakref import WeakKeyDictionary
+
 from torch import nn
+
+#: model -> a function giving the table's first line (set by NamedAdapters: which adapter is active)
+_HEADERS: "WeakKeyDictionary[nn.Module, Callable[[], str]]" = WeakKeyDictionary()
+
+
+def set_table_header(model: nn.Module, header: Callable[[], str] | None) -> None:
+    """Have :func:`trainable_table` of ``model`` start with ``header()`` (None: no header line)."""
+    if header is None:
+        _HEADERS.pop(model, None)
+    else:
+        _HEADERS[model] = header
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -36,7 +50,10 @@ def summary_line(model: nn.Module, exact: bool = False) -> str:
 
 
 def trainable_table(model: nn.Module) -> str:
-    """A table of the trainable parameters (name, module type, shape, count) and the summary line."""
+    """A table of the trainable parameters (name, module type, shape, count) and the summary line.
+
+    On a model with :class:`~addin_studio.NamedAdapters`, the first line says which adapter is active
+    (``Active adapter: b (adapters: a, b*, ab)``): the trainable rows are that adapter's."""
     owners = {}
     for mod_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):
@@ -51,7 +68,9 @@ def trainable_table(model: nn.Module) -> str:
         return "| " + " | ".join(r[i].ljust(widths[i]) if i < 3 else r[i].rjust(widths[i])
                                  for i in range(4)) + " |"
 
-    out = [line, fmt(header), line.replace("-", "=")]
+    head = _HEADERS.get(model)
+    out = [head()] if head is not None else []
+    out += [line, fmt(header), line.replace("-", "=")]
     out += [fmt(r) for r in rows] or ["| " + "(no trainable parameters)".ljust(len(line) - 4) + " |"]
     out += [line, summary_line(model)]
     return "\n".join(out)

@@ -278,3 +278,62 @@ def test_weighted_combination_on_weight_methods_and_embeddings():
         assert (model.state_dict()[f"{layer}.weight"] - want).abs().max().item() < 1e-6
     named.disable()
     assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+
+
+def test_trainable_table_and_header_say_which_adapter_is_active(net):
+    model, _ = net
+    assert not studio.trainable_table(model).startswith("Active adapter")
+    named = studio.NamedAdapters(model)
+    assert studio.trainable_table(model).splitlines()[0] == "Active adapter: none (the bare model runs) " \
+                                                            "(adapters: none yet)"
+    named.add("a", LORA_A)
+    named.add("b", LORA_B + "\ntrainable(head)")
+    table = studio.trainable_table(model)
+    assert table.splitlines()[0] == "Active adapter: 'a' (adapters: a*, b)"
+    assert "head.weight" not in table
+    named.set_active("b")
+    table = studio.trainable_table(model)
+    assert table.splitlines()[0] == "Active adapter: 'b' (adapters: a, b*)"
+    assert "head.weight" in table  # b's rows: its LoRA and the head it keeps trainable
+    b_count = sum(a.lora_A.numel() + a.lora_B.numel() for a in named._adapters["b"].objects.values())
+    rows = [line for line in table.splitlines() if line.startswith("| addins.")]
+    assert sum(int(r.split("|")[4].strip().replace(",", "")) for r in rows) == b_count
+    named.disable()
+    assert studio.trainable_table(model).splitlines()[0].startswith("Active adapter: none")
+
+
+def test_update_keeps_unchanged_add_ins_and_notifies_listeners(net):
+    model, x = net
+    named = studio.NamedAdapters(model)
+    calls = []
+    stop = named.on_change(lambda: calls.append(named.active))
+    named.add("a", LORA_A + "\ntrainable(head)")
+    named.add("b", LORA_B)
+    _randomize(named, "a", 1)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)  # a's trained head
+    conv_a = next(a for p, a in named._adapters["a"].objects.items() if p.target.module == "conv")
+    trained_head = model.head.weight.detach().clone()
+    named.set_active("b")
+    # a is inactive: update it to drop fc's LoRA; conv's LoRA keeps its object, the head its value
+    named.update("a", "(LoRA.adapt_output, r=2): ...->(conv){inout1}->...\ntrainable(head)")
+    assert named.active == "b"
+    named.set_active("a")
+    assert [p.target.module for p in named.config("a").placements] == ["conv"]
+    assert next(iter(named._adapters["a"].objects.values())) is conv_a
+    assert torch.equal(model.head.weight, trained_head)
+    with named.disabled():
+        bare = model(x)
+    assert not torch.equal(model(x), bare)
+    assert len(model.fc._forward_hooks) == 0 and len(model.conv._forward_hooks) == 1
+    # a bad update leaves everything as it was
+    before = model(x).detach().clone()
+    with pytest.raises(studio.ConfigError, match="fc9"):
+        named.update("a", "(LoRA.adapt_output, r=2): ...->(fc9){inout1}->...")
+    with pytest.raises(ValueError, match=r"remove\('a'\)"):
+        named.update("a", "")
+    assert named.active == "a" and torch.equal(model(x), before)
+    assert calls == ["a", "a", "b", "b", "a"]
+    stop()
+    named.disable()
+    assert calls == ["a", "a", "b", "b", "a"]

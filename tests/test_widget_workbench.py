@@ -249,6 +249,7 @@ def test_update_norms_during_training_and_two_runs_overlaid(mlp):
     assert all(r["norm"] > 0 for r in w.grad_table)
     first = w.config
     w.handle({"type": "remove", "index": 1})
+    assert w.grads == {} and w.grad_table == []  # measured on the old config: not shown on the new one
     w.handle({"type": "train"})
     w._run.join(30)
     assert [r["n"] for r in w.runs] == [1, 2]
@@ -303,3 +304,46 @@ def test_copy_code_rebuilds_the_attachment(w, mlp, tmp_path):
     out = runpy.run_path(_write(tmp_path, w.code), {"model": fresh, "example_input": torch.zeros(2, 64)})
     assert out["att"].config == w.attachment.config
     assert [k for k, _, _ in out["att"].entries] == [k for k, _, _ in w.attachment.entries]
+
+
+# -- 8. named adapters ---------------------------------------------------------------------------
+def test_the_studio_shows_and_switches_the_active_named_adapter(mlp):
+    x = torch.randn(3, 64)
+    named = studio_api.NamedAdapters(mlp)
+    named.add("a", LORA1)
+    named.add("b", LORA2)
+    w = Studio(mlp, example_input=torch.zeros(2, 64), adapters=named)
+    assert w.adapter_names == ["a", "b"] and w.active_adapter == "a" and w.config == LORA1
+    set_b_to_ones(w, "fc1")
+    # switching in code is shown at once
+    named.set_active("b")
+    assert w.active_adapter == "b" and w.config == LORA2 and w.attachment is named.attachment
+    # switching in the widget runs that adapter
+    w.handle({"type": "adapter", "name": "a"})
+    assert named.active == "a" and w.config == LORA1 and b_is_ones(w, "fc1")
+    with_a = mlp(x)
+    w.handle({"type": "adapter", "name": ""})
+    assert named.active is None and w.config == "" and w.attachment is None
+    assert w.status == "no adapter is active: the bare model runs"
+    # with none active an edit has no adapter to go to
+    w.handle({"type": "apply", "text": LORA2})
+    assert w.error.startswith("no adapter is active") and named.config("a") == studio_api.parse(LORA1)
+    # an edit changes the active adapter and keeps its trained LoRA
+    w.handle({"type": "adapter", "name": "a"})
+    assert torch.equal(mlp(x), with_a)
+    w.handle({"type": "apply", "text": LORA1 + "\n" + LORA2})
+    assert w.error == "" and str(named.config("a")) == LORA1 + "\n" + LORA2 and b_is_ones(w, "fc1")
+    assert w.status == "kept 1 add-in(s) with their weights; built 1 new"
+    assert str(named.config("b")) == LORA2
+    w.handle({"type": "adapter", "name": "c"})
+    assert w.error.startswith("no adapter named 'c'") and named.active == "a"
+    assert studio_api.trainable_table(mlp).splitlines()[0] == "Active adapter: 'a' (adapters: a*, b)"
+    w.close()
+    named.set_active("b")
+    assert w.active_adapter == "a"  # a closed widget no longer follows
+
+
+def test_adapters_must_belong_to_the_same_model(mlp):
+    other = studio_api.NamedAdapters(torch.nn.Linear(64, 2))
+    with pytest.raises(ValueError, match="NamedAdapters of this same model"):
+        Studio(mlp, example_input=torch.zeros(2, 64), adapters=other)

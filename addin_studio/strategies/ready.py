@@ -115,7 +115,7 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
          dropout: float = 0.0, trainable: Iterable[str] = (), example_input: Any = None,
          graph: ModuleGraph | None = None, rank_pattern: Mapping[str, int] | None = None,
          alpha_pattern: Mapping[str, float] | None = None, **variant: Any) -> Config:
-    """LoRA on the modules PEFT's ``target_modules`` would pick.
+    r"""LoRA on the modules PEFT's ``target_modules`` would pick.
 
     ``targets``: a list of names matched against the end of each module path (``"qkv"`` matches
     ``blocks.0.attn.qkv``), or one string read as a regular expression that must match a whole path.

@@ -20,6 +20,7 @@ from ..addins import available_addins, methods_for
 from ..config import Config, ConfigError, Placement, Point, parse
 from ..engine import Attachment, attach
 from ..graph import ModuleGraph
+from ..named import NamedAdapters
 from ..params import summary_line
 from ..render.labels import point_labels  # noqa: F401  (re-exported: the Studio's labels)
 from . import settings as form
@@ -69,8 +70,9 @@ class Editor:
     """Editing state of one Studio: the config, a started placement, the chosen add-in and method."""
 
     def __init__(self, model: nn.Module, graph: ModuleGraph, addins: Mapping[str, Callable] | None = None,
-                 example_input: Any = None) -> None:
+                 example_input: Any = None, named: NamedAdapters | None = None) -> None:
         self.model = model
+        self.named = named  # edits go to its active adapter (NamedAdapters.update)
         self.graph = graph
         self.example_input = example_input
         self.user_addins = dict(addins or {})
@@ -85,7 +87,36 @@ class Editor:
         self.settings: dict[str, dict[str, Any]] = {}   # add-in -> settings for new placements
         self.message = ""                               # what the last edit did to trained add-ins
         self.busy: Callable[[], bool] = lambda: False   # True while a run trains: edits are refused
+        self.follow_named()
         self._fit_method(None)
+
+    # -- named adapters ------------------------------------------------------------------------
+    def follow_named(self) -> None:
+        """Show the named adapters' active adapter (nothing when none is active)."""
+        if self.named is None:
+            return
+        active = self.named.active
+        self.config = self.named.config(active) if active is not None else Config()
+        self.attachment = self.named.attachment
+        self.pending = None
+
+    def set_active_adapter(self, name: str) -> bool:
+        """Run named adapter ``name`` ("" runs the bare model)."""
+        if self.named is None:
+            return self._fail("this Studio has no named adapters (pass adapters=NamedAdapters(model))")
+        if self.busy():
+            return self._fail("stop training before switching adapters")
+        try:
+            if name:
+                self.named.set_active(name)
+            else:
+                self.named.disable()
+        except ValueError as exc:
+            return self._fail(str(exc))
+        self.follow_named()
+        self.error = ""
+        self.message = f"adapter '{name}' is active" if name else "no adapter is active: the bare model runs"
+        return True
 
     # -- add-ins and methods -------------------------------------------------------------------
     def addin_names(self) -> list[str]:
@@ -228,6 +259,14 @@ class Editor:
         att = self.attachment
         if att is None:
             yield
+            return
+        if self.named is not None:
+            self.attachment = None
+            try:
+                with self.named.disabled():
+                    yield
+            finally:
+                self.attachment = self.named.attachment
             return
         reuse = self._reusable()
         att.detach()
@@ -385,6 +424,8 @@ class Editor:
             return self._fail("stop training before changing the config")
         old = self.config
         reuse = self._reusable()
+        if self.named is not None:
+            return self._commit_named(old, cfg, reuse)
         if self.attachment is not None:
             self.attachment.detach()
             self.attachment = None
@@ -395,6 +436,24 @@ class Editor:
             return self._fail(str(exc))
         self.message = self._describe_change(old, cfg, reuse)
         self.config = cfg
+        self.error = ""
+        self.side = None
+        if self.method not in self.methods(None):
+            self._fit_method(None)
+        return True
+
+    def _commit_named(self, old: Config, cfg: Config, reuse: Mapping[Placement, nn.Module]) -> bool:
+        assert self.named is not None
+        name = self.named.active
+        if name is None:
+            return self._fail("no adapter is active: choose one in the Adapter list before editing "
+                              "(or add one with NamedAdapters.add)")
+        try:
+            self.named.update(name, cfg, self.user_addins or None)
+        except (ConfigError, ValueError, TypeError) as exc:
+            return self._fail(str(exc))
+        self.follow_named()
+        self.message = self._describe_change(old, cfg, reuse)
         self.error = ""
         self.side = None
         if self.method not in self.methods(None):

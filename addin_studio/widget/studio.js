@@ -1,7 +1,7 @@
 // Addin Studio widget view. It only draws what the Python side computed and sends intents back
 // ({type: "point" | "select" | "toggle" | "addin" | "method" | "apply" | "remove" | "clear" |
 // "cancel" | "train" | "stop" | "setting" | "strategy" | "apply-strategy" | "search" | "run" |
-// "save-adapters" | "export-peft" | "copy-code"}); parsing, validation, the config string, search
+// "save-adapters" | "export-peft" | "copy-code" | "adapter"}); parsing, validation, the config string, search
 // results and update norms all live in Python.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -111,6 +111,8 @@ function render({ model, el }) {
   const title = h("span", { class: "as-title" });
   const params = h("span", { class: "as-params", "data-role": "params" });
   const notice = h("div", { class: "as-notice", "data-role": "notice" });
+  const adapterSel = h("select", { "data-role": "adapter", title: "the named adapter that runs and is edited" });
+  const adapterBox = h("label", { class: "as-adapter as-hidden" }, "Adapter ", adapterSel);
   const addinSel = h("select", { "data-role": "addin", title: "add-in" });
   const methodSel = h("select", { "data-role": "method", title: "method (those that can run at the clicked side)" });
   const pending = h("span", { class: "as-pending", "data-role": "pending" });
@@ -152,7 +154,7 @@ function render({ model, el }) {
     h("div", { class: "as-header" }, title, params),
     notice,
     h("div", { class: "as-toolbar" },
-      h("label", {}, "Add-in ", addinSel), h("label", {}, "Method ", methodSel), pending,
+      adapterBox, h("label", {}, "Add-in ", addinSel), h("label", {}, "Method ", methodSel), pending,
       h("span", { class: "as-spacer" }), search, found, viewGraph, viewText, zoomOut, zoomIn, zoomFit),
     h("div", { class: "as-main" },
       canvas,
@@ -351,6 +353,16 @@ function render({ model, el }) {
     }
   }
 
+  function drawAdapters() {
+    const names = model.get("adapter_names") || [];
+    const active = model.get("active_adapter") || "";
+    adapterBox.classList.toggle("as-hidden", !names.length);
+    root.dataset.activeAdapter = active;
+    fillSelect(adapterSel, [""].concat(names), active);
+    adapterSel.options[0].textContent = "(none: bare model)";
+    for (const o of adapterSel.options) if (o.value) o.textContent = o.value === active ? `${o.value} (active)` : o.value;
+  }
+
   function drawStrategy() {
     fillSelect(strategySel, [""].concat(model.get("strategies") || []), model.get("strategy"));
     strategySel.options[0].textContent = "(choose a strategy)";
@@ -428,7 +440,7 @@ function render({ model, el }) {
     fillSelect(addinSel, model.get("addin_names") || [], model.get("addin"));
     fillSelect(methodSel, model.get("methods") || [], model.get("method"));
     drawConfig(); drawError(); drawPending(); drawDetails(); drawTraining(); drawView();
-    drawSettings(); drawStrategy(); drawSearch(); drawGrads(); drawRuns(); drawExport();
+    drawSettings(); drawStrategy(); drawSearch(); drawGrads(); drawRuns(); drawExport(); drawAdapters();
   }
 
   // -- intents --------------------------------------------------------------------------------
@@ -465,6 +477,7 @@ function render({ model, el }) {
     if (f) send({ type: "setting", name: f.dataset.setting, value: f.type === "checkbox" ? String(f.checked) : f.value });
   });
   settingsBox.addEventListener("keydown", (e) => e.stopPropagation());
+  adapterSel.addEventListener("change", () => send({ type: "adapter", name: adapterSel.value }));
   strategySel.addEventListener("change", () => send({ type: "strategy", name: strategySel.value, targets: targets.value }));
   targets.addEventListener("keydown", (e) => e.stopPropagation());
   targets.addEventListener("change", () => send({ type: "strategy", name: strategySel.value, targets: targets.value }));
@@ -523,6 +536,7 @@ function render({ model, el }) {
   on(["state", "status", "plot", "can_train"], drawTraining);
   on(["settings_form", "addin"], drawSettings);
   on(["strategies", "strategy", "preview"], () => { drawStrategy(); decorate(); });
+  on(["adapter_names", "active_adapter"], drawAdapters);
   on(["matches", "search"], () => { drawSearch(); decorate(); });
   on(["reveal"], revealMatch);
   on(["grads", "grad_table"], () => { drawGrads(); decorate(); });

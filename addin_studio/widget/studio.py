@@ -21,6 +21,7 @@ import traitlets as t
 
 from ..config import format_path
 from ..graph import trace
+from ..named import NamedAdapters
 from . import training
 from ..render.labels import links, point_labels
 from .editor import STRATEGIES, Editor, entries
@@ -73,6 +74,10 @@ class Studio(anywidget.AnyWidget):
     ``w`` as a cell's last line. ``w.config`` (synced both ways), ``w.error``, ``w.attachment``
     (the live :class:`~addin_studio.Attachment`, or None) and ``w.history`` give the results back.
     Every accepted config is attached to ``model`` at once (base frozen, add-ins trainable).
+
+    With ``adapters=NamedAdapters(model)`` the Studio shows the active named adapter: an Adapter list
+    switches it (or runs the bare model), edits change the active adapter (``NamedAdapters.update``),
+    and switching from code (``named.set_active("b")``) is shown at once.
     """
 
     _esm = _HERE / "studio.js"
@@ -111,6 +116,8 @@ class Studio(anywidget.AnyWidget):
     runs = t.List().tag(sync=True)
     code = t.Unicode("").tag(sync=True)
     exported = t.Dict().tag(sync=True)
+    adapter_names = t.List().tag(sync=True)
+    active_adapter = t.Unicode("").tag(sync=True)
 
     #: runs the plot overlays (the latest ones)
     OVERLAY_RUNS = 3
@@ -120,9 +127,13 @@ class Studio(anywidget.AnyWidget):
                  val_loader: Iterable | None = None, *, epochs: int = 1, lr: float = 1e-3,
                  trainer_options: Mapping[str, Any] | None = None, config: str = "",
                  layout_engine: str = "auto", auto_collapse: bool = True,
-                 export_dir: str | Path = "studio_export", **kwargs: Any) -> None:
+                 export_dir: str | Path = "studio_export", adapters: NamedAdapters | None = None,
+                 **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Studio needs a torch.nn.Module, got {type(model).__name__}")
+        if adapters is not None and (not isinstance(adapters, NamedAdapters) or adapters.model is not model):
+            raise ValueError("adapters= must be the NamedAdapters of this same model "
+                             "(studio.NamedAdapters(model))")
         training.stop_all()  # a re-run cell must not leave an old run training with no Stop button
         super().__init__(**kwargs)
         self._loop = _main_loop()
@@ -132,17 +143,25 @@ class Studio(anywidget.AnyWidget):
         self.train_loader, self.val_loader = train_loader, val_loader
         self.trainer_options = {"epochs": epochs, "lr": lr, **dict(trainer_options or {})}
         self.layout_engine = layout_engine
-        self._graph = trace(model, example_input)
+        if adapters is not None:
+            with adapters.disabled():  # the model's own graph, without the active adapter's add-ins
+                self._graph = trace(model, example_input)
+        else:
+            self._graph = trace(model, example_input)
         self._tree = TreeBuilder(self._graph)
         self._expanded: set[str] = set()
         self._collapsed = self._tree.default_collapsed() if auto_collapse else set()
-        self._editor = Editor(model, self._graph, addins, example_input)
+        self._editor = Editor(model, self._graph, addins, example_input, named=adapters)
+        self._named = adapters
+        self._unfollow = adapters.on_change(lambda: self._dispatch(self._adapters_changed)) \
+            if adapters is not None else None
         self._editor.busy = lambda: self.state == "training"
         self.export_dir = Path(export_dir)
         self._run: training.TrainingRun | None = None
         self._runs: list[dict] = []
         self._history: dict = {}
         self._syncing = False
+        self._run_config = ""  # the config the shown update norms were measured on
         lines, exact = printout(model)
         self.lines = [line.as_dict() for line in lines]
         self.title = f"{self._graph.root_class} · {len(self._graph)} modules · " \
@@ -187,8 +206,11 @@ class Studio(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop a running training and close the widget."""
-        if self._run is not None:
-            self._run.stop()
+        run, unfollow = getattr(self, "_run", None), getattr(self, "_unfollow", None)
+        if run is not None:  # (getattr: a Studio whose __init__ refused its arguments is closed too)
+            run.stop()
+        if unfollow is not None:
+            unfollow()
         super().close()
 
     def _repr_mimebundle_(self, **kwargs: Any):
@@ -236,6 +258,11 @@ class Studio(anywidget.AnyWidget):
             return
         if kind == "strategy":
             self._preview(str(msg.get("name", "")), str(msg.get("targets", "")))
+            return
+        if kind == "adapter":
+            ed.message = ""
+            ed.set_active_adapter(str(msg.get("name", "")))
+            self._sync()
             return
         if kind not in ("point", "addin", "method", "apply", "remove", "clear", "cancel", "train",
                         "setting", "apply-strategy", "run"):
@@ -300,11 +327,26 @@ class Studio(anywidget.AnyWidget):
         self.params = ed.params_text()
         self.can_train = self.train_loader is not None and self.state == "idle"
         self.settings_form = ed.settings_form()
+        if (self.grads or self.grad_table) and self.state == "idle" and str(ed.config) != self._run_config:
+            self.grads, self.grad_table = {}, []  # measured on another config: they would mislead
+        if self._named is not None:
+            self.adapter_names = self._named.names
+            self.active_adapter = self._named.active or ""
         if ed.message and self.state == "idle":
             self.status = ed.message
         if self.selected.get("path"):
             self.selected = {**self.selected, "placements": ed.placements_at(self.selected["path"]),
                              "trainable": ed.module_states().get(self.selected["path"], "none")}
+
+    def _adapters_changed(self) -> None:
+        """The named adapters changed (from code or from this widget): show the active one."""
+        ed = self._editor
+        active = self._named.active if self._named is not None else None
+        if (active or "") != self.active_adapter:  # a switch, not an edit of the active adapter
+            ed.message = f"adapter '{active}' is active" if active else \
+                "no adapter is active: the bare model runs"
+        ed.follow_named()
+        self._sync()
 
     def _relayout(self) -> None:
         items = self._tree.build(self._expanded, self._collapsed)
@@ -434,6 +476,7 @@ class Studio(anywidget.AnyWidget):
         self.plot = self._with_runs(series([], [], run.trainer.total_steps))
         self.grads = {}
         self.grad_table = []
+        self._run_config = str(self._editor.config)
         self.status = f"training: starting ({run.trainer.total_steps} steps)"
         run.start()
 

@@ -174,3 +174,40 @@ def test_workbench(open_notebook):
     lab.shot("wb-6-export", root)
     assert _kernel(lab, 3, "LOAD") == "(True, True)"
     assert _kernel(lab, 3, "PEFT") == "True"
+
+
+NAMED = '''
+named = studio.NamedAdapters(model)
+named.add("a", "(LoRA.adapt_output, r=2): ...->(head){inout1}->...")
+named.add("b", "(LoRA.adapt_output, r=4): ...->(stem){inout1}->...")
+w = studio.Studio(model, example_input=x, adapters=named)
+w
+'''
+ACTIVE = 'print("ACTIVE=" + repr(named.active))'
+
+
+def test_named_adapters_picker(open_notebook):
+    lab = open_notebook("named.ipynb", [SETUP, NAMED, ACTIVE, 'named.set_active("b")'], height=1200)
+    page = lab.page
+    lab.run(0)
+    lab.run(1)
+    page.wait_for_selector("[data-role=studio][data-ready='1']", timeout=60_000)
+    root = page.locator("[data-role=studio]")
+    picker = page.locator("[data-role=adapter]")
+    assert picker.is_visible() and root.get_attribute("data-active-adapter") == "a"
+    assert [o.strip() for o in picker.locator("option").all_inner_texts()] == \
+        ["(none: bare model)", "a (active)", "b"]
+    assert _config(page) == "(LoRA.adapt_output, r=2): ...->(head){inout1}->..."
+    # the page switches the kernel's adapter
+    page.select_option("[data-role=adapter]", "")
+    page.wait_for_selector("[data-role=studio][data-active-adapter='']")
+    _wait_config(page, "t === ''")
+    assert _kernel(lab, 2, "ACTIVE") == "None"
+    # the kernel switches the page's
+    lab.run(3)
+    page.wait_for_selector("[data-role=studio][data-active-adapter='b']", timeout=15_000)
+    _wait_config(page, "t === '(LoRA.adapt_output, r=4): ...->(stem){inout1}->...'")
+    assert page.locator("[data-point='stem:post']").get_attribute("data-placement") == "inout1"
+    assert page.locator("[data-role=status]").inner_text() == "adapter 'b' is active"
+    assert page.locator("svg [data-path='addins']").count() == 0  # the graph is the model's own
+    lab.shot("named-adapters", root)
