@@ -91,7 +91,8 @@ def _rewrite(directory, change) -> None:
      "tensor 'base_model.model.head.bias' is a bias (bias='all') of a layer this model does not have "
      "('head.bias')"),
     ("all", lambda t: t.update({"base_model.model.lin1.bias": torch.zeros(2, dtype=torch.int64)}),
-     "tensor 'base_model.model.lin1.bias' has dtype torch.int64; a floating-point tensor is needed (the model's is torch.float32)"),
+     "tensor 'base_model.model.lin1.bias' has dtype torch.int64; a floating-point tensor is needed (the model's "
+     "is torch.float32)"),
     ("all", lambda t: t.update({"base_model.model.norm.bias": torch.full((4,), float("nan"))}),
      "tensor 'base_model.model.norm.bias' holds non-finite values (inf or nan)"),
     ("lora_only", lambda t: t.update({"base_model.model.lin0.base_layer.bias": torch.zeros(5)}),
