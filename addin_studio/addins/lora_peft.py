@@ -68,17 +68,21 @@ class LoraPeft(PeftMapping):
         dropouts = set()
         variants: dict[str, set] = {}
         fan_in_fan_out = False  # PEFT switches it per layer as it meets Linear or Conv1D layers
+        params: dict[str, str] = {}  # PEFT's target_parameters: a named 2-D parameter of another layer kind
         for e in entries:
             path = e.placement.target.module
             kind = _peft_kind(e.module)
+            if _parameter_target(e, kind):
+                kind = "parameter"
+                params[path] = f"{path}.{e.addin.param}"
             if kind is None:
                 why = (" (PEFT 0.21's MultiheadAttention LoRA adds its out_proj update twice, so it "
                        "would not compute what ours does)") if isinstance(
                     e.module, (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)) else ""
                 raise ValueError(f"PEFT export covers LoRA on {_KINDS}; '{path}' is a "
                                  f"{type(e.module).__name__}{why}")
-            if e.placement.method not in ("adapt_output", "adapt_weight") or \
-                    getattr(e.addin, "param", "weight") != "weight":
+            if kind != "parameter" and (e.placement.method not in ("adapt_output", "adapt_weight") or
+                                        getattr(e.addin, "param", "weight") != "weight"):
                 raise ValueError(f"PEFT export covers LoRA.adapt_output and LoRA.adapt_weight on a "
                                  f"layer's weight; '{e.key}' is not one")
             if kind == "conv" and (e.addin.lora_B.shape[0] != e.module.out_channels
@@ -116,9 +120,16 @@ class LoraPeft(PeftMapping):
                                  f"{sorted(values, key=str)}")
         r = _most_common(ranks.values())
         alpha = _most_common(alphas.values())
+        for path in params:
+            if (ranks[path], alphas[path]) != (r, alpha):
+                raise ValueError(f"'{path}': a LoRA on a named parameter goes to PEFT (target_parameters) with "
+                                 f"the adapter's common r={r} and alpha={_num(alpha)}, not r={ranks[path]}, "
+                                 f"alpha={_num(alphas[path])}")
+        modules = sorted(m for m in ranks if m not in params)
         config = {
             "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop(), "bias": "none",
-            "target_modules": sorted(ranks), "exclude_modules": None,
+            "target_modules": modules or None, "exclude_modules": None,
+            "target_parameters": sorted(params.values()) or None,
             "rank_pattern": {f"^{m}$": v for m, v in ranks.items() if v != r},
             "alpha_pattern": {f"^{m}$": _num(v) for m, v in alphas.items() if v != alpha},
             "fan_in_fan_out": fan_in_fan_out, "layers_to_transform": None, "layers_pattern": None,
@@ -216,6 +227,15 @@ class LoraPeft(PeftMapping):
                 settings.pop("dropout", None)
             out.append(PeftImport(Placement(addin, method, point, point, settings), dict(pair)))
         return out + tokens
+
+
+def _parameter_target(e: PeftEntry, kind: str | None) -> bool:
+    """Whether ``e`` goes to PEFT as a ``target_parameters`` entry: ``adapt_weight`` with ``param=`` on a
+    layer PEFT's LoRA does not wrap (not MultiheadAttention: see ``MHA_REFUSAL``), plain LoRA only."""
+    mha = (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)
+    return (kind is None and e.placement.method == "adapt_weight" and "param" in e.placement.settings
+            and not isinstance(e.module, mha) and len(e.addin.weight_shape) == 2
+            and not e.addin.dora and not hasattr(e.addin, "lora_bias"))
 
 
 def _token_imports(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
