@@ -90,6 +90,9 @@ def test_save_and_load_on_a_fresh_model(tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ("indices=20", "TrainableTokens index 20 is out of range: the layer has 20 rows (tokens 0 to 19)"),
     ('indices="3, 4, 3"', "TrainableTokens index 3 is listed twice"),
+    ('indices="0:1000000000"', "TrainableTokens index 999999999 is out of range: the layer has 20 rows"),
+    ('indices="0:20, 0:20"', "TrainableTokens indices list more tokens than the layer's 20 rows: some are "
+                             "listed twice"),
     ('indices="3 4"', "TrainableTokens indices: '3 4' is not a token number or a range 'start:end'"),
     ("indices=1.5", "TrainableTokens indices must be a number, a list of numbers or a string like"),
 ])

@@ -25,9 +25,10 @@ TOKEN_KEY = "token_adapter.trainable_tokens_delta"  # PEFT's name inside a LoRA 
 STANDALONE_KEY = "trainable_tokens_delta"  # ... and in a TrainableTokensConfig adapter
 
 
-def parse_indices(indices: Any) -> list[int]:
+def parse_indices(indices: Any, rows: int | None = None) -> list[int]:
     """``indices`` as a list of ints: an int, a list/tuple of ints, or a string of comma-separated
-    numbers and end-exclusive ranges (``"0, 10, 32000:32004"``). Raises ``ValueError``."""
+    numbers and end-exclusive ranges (``"0, 10, 32000:32004"``). With ``rows`` (the layer's), a range
+    past the end or more indices than rows is refused before it is expanded. Raises ``ValueError``."""
     if isinstance(indices, bool):
         raise ValueError(f"TrainableTokens indices must be token numbers, got {indices!r}")
     if isinstance(indices, int):
@@ -49,6 +50,12 @@ def parse_indices(indices: Any) -> list[int]:
         end = int(m.group(2)) if m.group(2) is not None else start + 1
         if end <= start:
             raise ValueError(f"TrainableTokens indices: the range {part.strip()!r} is empty")
+        if rows is not None and end > rows:
+            raise ValueError(f"TrainableTokens index {end - 1} is out of range: the layer has {rows} rows "
+                             f"(tokens 0 to {rows - 1})")
+        if rows is not None and len(out) + end - start > rows:
+            raise ValueError(f"TrainableTokens indices list more tokens than the layer's {rows} rows: some "
+                             f"are listed twice")
         out.extend(range(start, end))
     return out
 
@@ -99,7 +106,7 @@ class TrainableTokens(AddinBase):
                              f"not {type(module).__name__}")
         if not weight.is_floating_point():
             raise ValueError(f"TrainableTokens needs a floating-point weight, not {weight.dtype}")
-        found = parse_indices(indices)
+        found = parse_indices(indices, weight.shape[0])
         if not found:
             raise ValueError("TrainableTokens needs at least one token index")
         bad = [i for i in found if not 0 <= i < weight.shape[0]]
@@ -221,15 +228,16 @@ def read_tokens(spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], ke
     out = []
     seen = set()
     for path, indices in spec.items():
+        weight = getattr(modules[path], "_parameters", {}).get("weight")
+        rows = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() else None
         try:
-            found = parse_indices(indices)
+            found = parse_indices(indices, rows)
         except ValueError as exc:
             raise ValueError(f"{source}: the token indices for '{path}': {exc}") from None
         name = f"{path}.{key}"
         if name not in tensors:
             raise ValueError(f"{source}: the adapter trains tokens of '{path}' but holds no '{name}'")
         seen.add(name)
-        weight = getattr(modules[path], "_parameters", {}).get("weight")
         others = [n for n in ties.get(id(weight), ()) if n != f"{path}.weight"] if weight is not None else []
         if others:
             raise ValueError(f"{source}: trainable tokens on '{path}', whose weight is tied to "
