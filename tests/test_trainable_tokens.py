@@ -189,3 +189,35 @@ def test_from_peft_refuses_tokens_on_a_tied_embedding(tmp_path):
                                     "untied layers only")
     assert not hasattr(model, "addins")
     assert all(torch.equal(v, before[k]) for k, v in _state(model).items())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c, t: c.update(trainable_token_indices={"emb": [0, 500]}),
+     "the token indices for 'emb': TrainableTokens index 500 is out of range: the layer has 100 rows "
+     "(tokens 0 to 99)"),
+    (lambda c, t: c.update(trainable_token_indices={"nowhere": [0]}),
+     "trainable tokens for module 'nowhere', which this EmbConv1D does not have"),
+    (lambda c, t: t.update({"base_model.model.lin0.token_adapter.trainable_tokens_delta": torch.zeros(1, 10)}),
+     "tensor 'base_model.model.lin0.token_adapter.trainable_tokens_delta' belongs to no layer the config's "
+     "token indices name"),
+])
+def test_bad_peft_trainable_tokens_are_refused_by_name(change, message, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from test_peft_matrix import _make
+
+    make = _make("EmbConv1D")
+    pm = peft.get_peft_model(make(), peft.LoraConfig(target_modules=["conv1d"],
+                                                     trainable_token_indices={"emb": [0, 10]}))
+    pm.save_pretrained(str(tmp_path))
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
+    change(config, tensors)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
+    model = make()
+    before = _state(model)
+    with pytest.raises(ValueError) as info:
+        studio.from_peft(model, tmp_path)
+    assert str(info.value) == f"{tmp_path}: {message}"
+    assert not hasattr(model, "addins")
+    assert all(torch.equal(v, before[k]) for k, v in _state(model).items())

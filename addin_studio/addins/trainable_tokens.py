@@ -36,6 +36,10 @@ def parse_indices(indices: Any, rows: int | None = None) -> list[int]:
     if isinstance(indices, (list, tuple)):
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
             raise ValueError(f"TrainableTokens indices must be whole numbers, got {list(indices)!r}")
+        bad = [i for i in indices if rows is not None and not 0 <= i < rows]
+        if bad:
+            raise ValueError(f"TrainableTokens index {bad[0]} is out of range: the layer has {rows} rows "
+                             f"(tokens 0 to {rows - 1})")
         return list(indices)
     if not isinstance(indices, str):
         raise ValueError(f"TrainableTokens indices must be a number, a list of numbers or a string like "
