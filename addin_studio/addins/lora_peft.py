@@ -1,9 +1,10 @@
 """LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear``, transformers ``Conv1D`` (PEFT's
-``fan_in_fan_out``), ``nn.Embedding`` and ``nn.Conv1d/2d/3d`` layers (grouped ones too), tensors named as PEFT names
-them (``lora_A.weight`` / ``lora_B.weight``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings,
-same layouts as ours; convs in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per
-adapter: ``use_rslora``, ``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``) and
-``init_lora_weights`` (true, gaussian, pissa, olora)."""
+``fan_in_fan_out``), ``nn.Embedding`` and ``nn.Conv1d/2d/3d`` layers (grouped ones too) and named 2-D
+parameters (``target_parameters``), tensors named as PEFT names them (``lora_A.weight`` /
+``lora_B.weight``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings, same layouts as ours; convs
+in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per adapter: ``use_rslora``,
+``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``) and ``init_lora_weights`` (true,
+gaussian, pissa, olora); ``trainable_token_indices`` are ``TrainableTokens`` (``addins/trainable_tokens.py``)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
