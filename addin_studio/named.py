@@ -153,28 +153,15 @@ class NamedAdapters:
             raise ValueError(f"an adapter needs at least one placement or trainable(...); to drop "
                              f"'{name}' use remove('{name}')")
         addins = entry.addins if addins is None else addins
-        previous = self._active
-        self._deactivate()
-        try:
-            att = attach(self.model, cfg, addins, self._example, graph=self.graph, reuse=entry.objects,
-                         **self._forward_kwargs)
-            try:
-                objects = self._checked_objects(att)
-            except BaseException:
-                att.detach()
-                raise
-        except BaseException:
-            if previous is not None:
-                self._activate(previous)
-            raise
+        att, objects, previous = self._attach_aside(
+            lambda: attach(self.model, cfg, addins, self._example, graph=self.graph, reuse=entry.objects,
+                           **self._forward_kwargs))
         kept = self._kept_params(att.config)
         self._adapters[name] = _Adapter(att.config, addins, objects,
                                         {n: t for n, t in entry.kept.items() if n in kept})
         self._start(name, att)
         if previous != name:
-            self._deactivate()
-            if previous is not None:
-                self._activate(previous)
+            self._back_to(previous)
         self._changed()
 
     def remove(self, name: str) -> None:
@@ -199,18 +186,39 @@ class NamedAdapters:
         base values of what it keeps trainable, which a checkpoint overwrites)."""
         if activate is None:
             activate = not self._adapters
+        base_values: dict[str, torch.Tensor] = {}
+
+        def attach_checked() -> Attachment:
+            # with the active adapter detached, these are the model's own values
+            base_values.update({n: p.detach().clone() for n, p in self._kept_params(cfg or Config()).items()})
+            return attach_new()
+
+        def check(att: Attachment) -> None:
+            if set(self._kept_params(att.config)) - set(base_values):
+                raise RuntimeError("the adapter keeps base parameters trainable that its config did not "
+                                   "name before attaching")
+            if fill is not None:
+                fill(att)
+
+        att, objects, previous = self._attach_aside(attach_checked, check)
+        self._adapters[name] = _Adapter(att.config, addins, objects)
+        self._start(name, att, base_values)
+        if not activate:
+            self._back_to(previous)
+
+    def _attach_aside(self, attach_new: Callable[[], Attachment],
+                      check: Callable[[Attachment], None] | None = None,
+                      ) -> tuple[Attachment, dict[Placement, nn.Module], str | None]:
+        """Detach the active adapter, then ``attach_new()`` and check it; on any error detach it,
+        re-activate the adapter that was active and re-raise. Returns ``(att, objects, previous)``."""
         previous = self._active
         self._deactivate()
-        base_values = {n: p.detach().clone() for n, p in self._kept_params(cfg or Config()).items()}
         try:
             att = attach_new()
             try:
-                if set(self._kept_params(att.config)) - set(base_values):
-                    raise RuntimeError("the adapter keeps base parameters trainable that its config did not "
-                                       "name before attaching")
                 objects = self._checked_objects(att)
-                if fill is not None:
-                    fill(att)
+                if check is not None:
+                    check(att)
             except BaseException:
                 att.detach()
                 raise
@@ -218,12 +226,7 @@ class NamedAdapters:
             if previous is not None:
                 self._activate(previous)
             raise
-        self._adapters[name] = _Adapter(att.config, addins, objects)
-        self._start(name, att, base_values)
-        if not activate:
-            self._deactivate()
-            if previous is not None:
-                self._activate(previous)
+        return att, objects, previous
 
     @staticmethod
     def _checked_objects(att: Attachment) -> dict[Placement, nn.Module]:
@@ -235,9 +238,15 @@ class NamedAdapters:
         moving = [key for key, _, a in att.entries if getattr(a, "moves_base", False)]
         if moving:
             raise ValueError(f"'{moving[0]}' moves part of the base weight into the adapter "
-                             f"(init=pissa/olora), so it cannot be switched off and on: attach it "
+                             f"(init=pissa/olora or kasa=true), so it cannot be switched off and on: attach it "
                              f"alone with studio.attach")
         return objects
+
+    def _back_to(self, previous: str | None) -> None:
+        """Detach the active adapter and activate ``previous`` again (None: stay bare)."""
+        self._deactivate()
+        if previous is not None:
+            self._activate(previous)
 
     # -- switching -------------------------------------------------------------------------------
     def set_active(self, name: str) -> None:
@@ -317,16 +326,17 @@ class NamedAdapters:
 
     @contextmanager
     def _as_active(self, name: str) -> Iterator[Attachment]:
+        """Adapter ``name`` active inside, the one before after (no listener hears of it)."""
+        self._get(name)
         previous = self._active
-        self.set_active(name)
+        if previous != name:
+            self._back_to(name)
         try:
             assert self._att is not None
             yield self._att
         finally:
             if previous != name:
-                self._deactivate()
-                if previous is not None:
-                    self._activate(previous)
+                self._back_to(previous)
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, name: str, path: str | Path) -> None:

@@ -1,8 +1,11 @@
 """Compare our LoRA with Hugging Face PEFT on identical weights (a helper for the tests, not a test).
 
 ``compare(make_model, x, peft_kwargs, ours)`` builds PEFT's model and ours from the same base weights,
-copies PEFT's (perturbed) adapter tensors into our add-ins, and checks outputs, gradients (input and
-every adapter tensor), merged weights, and that unmerge/detach restore the base bit for bit.
+copies PEFT's (perturbed) adapter tensors and buffers into our add-ins, and checks outputs, gradients
+(input and every adapter tensor; a tensor PEFT freezes, e.g. MiCA's ``lora_B``, has none in either),
+merged weights, and that unmerge/detach restore the base bit for bit. ``train_steps=n`` also runs ``n``
+SGD steps in training mode on both (same seed, so base dropout masks agree) and checks each step's
+outputs, gradients and buffers (VeLoRA's projection).
 """
 from __future__ import annotations
 
@@ -15,8 +18,18 @@ import addin_studio as studio
 # PEFT's adapter tensor names (without the adapter name) -> ours
 PEFT_TO_OURS = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B", "lora_B.bias": "lora_bias",
                 "lora_magnitude_vector.weight": "lora_magnitude",
-                "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B",
-                "trainable_tokens_delta": "rows"}  # trainable tokens: the new rows themselves
+                "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B", "lora_diag": "lora_diag",
+                "trainable_tokens_delta": "rows",  # trainable tokens: the new rows themselves
+                **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
+                   for n in ("std_prior", "expert_weights_prior")}}
+# PEFT's adapter buffers -> ours
+PEFT_BUFFERS = {"lora_velora_embed": "lora_velora_embed",
+                **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
+                   for n in ("gaussian_var_prior", "expert_weights")}}
+# our tensors that start random (unless the init is deterministic)
+RANDOM_INITS = ("lora_A", "lora_B", "lora_diag", "lora_monteclora.std_prior", "lora_monteclora.expert_weights_prior")
+# inits that do not draw random numbers, so PEFT's and ours must agree before any copying
+DETERMINISTIC_INITS = ("pissa", "olora", "mica")
 
 
 def peft_tensors(peft_model, strict: bool = True) -> dict[tuple[str, str], torch.nn.Parameter]:
@@ -45,6 +58,37 @@ def our_tensors(att) -> dict[tuple[str, str], torch.nn.Parameter]:
     return found
 
 
+def peft_buffers(peft_model) -> dict[tuple[str, str], torch.Tensor]:
+    """``{(module path, our name): PEFT buffer}`` for PEFT's LoRA adapter buffers."""
+    found = {}
+    for name, b in peft_model.named_buffers():
+        name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace(".default", "")
+        for theirs, ours in PEFT_BUFFERS.items():
+            if name.endswith("." + theirs):
+                found[(name[: -len(theirs) - 1], ours)] = b
+    return found
+
+
+def share_noise(peft_model, att) -> None:
+    """Give our MonteCLoRA layers PEFT's pre-drawn noise samples (PEFT draws them from the global RNG at
+    init, in an order no other code reproduces), so training forwards can be compared."""
+    for name, module in peft_model.named_modules():
+        samplers = getattr(module, "lora_monteclora_sampler", None)
+        if samplers is None or "default" not in samplers:
+            continue
+        path = name.removeprefix("base_model.model.")
+        for _, placement, addin in att.entries:
+            if placement.target.module == path:
+                theirs = samplers["default"].sampler
+                addin.lora_monteclora.noise = [dict(s) for s in theirs.buffer]
+                addin.lora_monteclora.index = theirs.index
+
+
+def our_buffers(att) -> dict[tuple[str, str], torch.Tensor]:
+    return {(placement.target.module, n): b for _, placement, addin in att.entries
+            for n, b in addin.named_buffers()}
+
+
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if ".addins" not in k
             and not k.startswith("addins")}
@@ -58,7 +102,7 @@ def perturb_peft(peft_model, seed: int = 1) -> None:
 
 
 def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=True, merge=True,
-            layout=None):
+            layout=None, train_steps=0):
     """Build both, check equality; return ``(peft_model, our_model, attachment)``.
 
     ``ours``: a config string or a function ``model -> Config``.
@@ -72,11 +116,15 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     att = studio.attach(model, ours(model) if callable(ours) else ours)
     theirs, mine = peft_tensors(pm), our_tensors(att)
     assert set(theirs) == set(mine), (sorted(theirs), sorted(mine))
-    # the inits (PiSSA/OLoRA, DoRA magnitudes) come out equal, and so do the residual base weights
-    moving = {placement.target.module for _, placement, a in att.entries if getattr(a, "moves_base", 0)}
+    buffers_p, buffers_o = peft_buffers(pm), our_buffers(att)
+    assert set(buffers_p) == set(buffers_o), (sorted(buffers_p), sorted(buffers_o))
+    # the inits (PiSSA/OLoRA/MiCA, DoRA magnitudes) come out equal, and so do the residual base weights
+    fixed = {placement.target.module for _, placement, a in att.entries
+             if getattr(a, "init", None) in DETERMINISTIC_INITS}
     for key, p in theirs.items():
         q = mine[key]
-        if key[1] in ("lora_A", "lora_B") and key[0] not in moving:
+        assert q.requires_grad == p.requires_grad, f"{key}: requires_grad {q.requires_grad}, PEFT's {p.requires_grad}"
+        if key[1] in RANDOM_INITS and key[0] not in fixed:
             continue  # random inits
         p_ours = _to_ours(key, p, q, layout)
         torch.testing.assert_close(q, p_ours, rtol=1e-4, atol=1e-5, msg=lambda m: f"init of {key}: {m}")
@@ -85,6 +133,8 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     with torch.no_grad():
         for key, p in theirs.items():
             mine[key].copy_(_to_ours(key, p, mine[key], layout))
+        for key, b in buffers_p.items():
+            buffers_o[key].copy_(b)
     pm.train(False)
     model.train(False)
     xa = x.clone().requires_grad_(x.is_floating_point())
@@ -95,11 +145,10 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     out_o.square().sum().backward()
     if x.is_floating_point():
         torch.testing.assert_close(xb.grad, xa.grad, rtol=rtol * 10, atol=atol * 10)
-    for key, p in theirs.items():
-        ref = _to_ours(key, p.grad, mine[key], layout)
-        # the inputs reach 89 (PEFT's arange inputs): absolute error scales with the gradient's size
-        torch.testing.assert_close(mine[key].grad, ref, rtol=rtol * 10,
-                                   atol=atol * 10 * max(1.0, float(ref.abs().max())), msg=lambda m: f"gradient of {key}: {m}")
+    _same_grads(theirs, mine, layout, rtol, atol)
+    if train_steps:
+        share_noise(pm, att)
+        _train(pm, model, x, theirs, mine, buffers_o, train_steps, layout, rtol, atol)
     if merge:
         residual = _state(model)
         att.merge()
@@ -117,6 +166,47 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     for k, v in _state(model).items():
         assert torch.equal(v, before[k]), f"detach did not restore {k}"
     return pm, model
+
+
+def _same_grads(theirs, mine, layout, rtol, atol, step=""):
+    for key, p in theirs.items():
+        if p.grad is None:
+            assert mine[key].grad is None, f"{key} has a gradient{step}; PEFT's has none"
+            continue
+        ref = _to_ours(key, p.grad, mine[key], layout)
+        # the inputs reach 89 (PEFT's arange inputs): absolute error scales with the gradient's size
+        torch.testing.assert_close(mine[key].grad, ref, rtol=rtol * 10,
+                                   atol=atol * 10 * max(1.0, float(ref.abs().max())),
+                                   msg=lambda m: f"gradient of {key}{step}: {m}")
+
+
+def _train(pm, model, x, theirs, mine, buffers_o, steps, layout, rtol, atol):
+    """``steps`` SGD steps in training mode on both models, each on its own input, checked step by step;
+    both models are back in eval mode afterwards."""
+    keys = sorted(k for k, p in theirs.items() if p.requires_grad)
+    opt_p = torch.optim.SGD([theirs[k] for k in keys], lr=1e-4)
+    opt_o = torch.optim.SGD([mine[k] for k in keys], lr=1e-4)
+    pm.train(True)
+    model.train(True)
+    for step in range(steps):
+        opt_p.zero_grad()
+        opt_o.zero_grad()
+        xs = x + step if not x.is_floating_point() else x * (1 + 0.5 * step)
+        torch.manual_seed(step)  # the base model's own dropout draws the same masks in both
+        out_p = pm(xs)
+        torch.manual_seed(step)
+        out_o = model(xs)
+        torch.testing.assert_close(out_o, out_p, rtol=rtol, atol=atol, msg=lambda m: f"step {step}: {m}")
+        out_p.square().sum().backward()
+        out_o.square().sum().backward()
+        _same_grads(theirs, mine, layout, rtol, atol, f" at training step {step}")
+        for key, b in peft_buffers(pm).items():  # PEFT replaces its buffer tensors when it updates them
+            torch.testing.assert_close(buffers_o[key], b, msg=lambda m: f"{key} at step {step}: {m}")
+        opt_p.step()
+        opt_o.step()
+        assert all(bool(torch.isfinite(mine[k]).all()) for k in keys), f"training step {step} diverged"
+    pm.train(False)
+    model.train(False)
 
 
 def _to_ours(key, t, like, layout):

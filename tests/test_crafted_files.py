@@ -35,13 +35,18 @@ def fresh():
     return TutorialMLP()
 
 
-@pytest.fixture
-def saved(tmp_path):
-    model = fresh()
-    att = studio.attach(model, CFG, example_input=X)
+def trained():
+    """CFG attached to a fresh model, every add-in weight moved off its init."""
+    att = studio.attach(fresh(), CFG, example_input=X)
     with torch.no_grad():
         for p in att.parameters():
             p.add_(0.1)
+    return att
+
+
+@pytest.fixture
+def saved(tmp_path):
+    att = trained()
     path = tmp_path / "a.safetensors"
     att.save(path)
     att.detach()
@@ -156,11 +161,7 @@ def test_missing_config_field(saved):
 # -- PEFT directories -----------------------------------------------------------------------------
 @pytest.fixture
 def peft_dir(tmp_path):
-    model = fresh()
-    att = studio.attach(model, CFG, example_input=X)
-    with torch.no_grad():
-        for p in att.parameters():
-            p.add_(0.1)
+    att = trained()
     att.export_peft(tmp_path / "peft")
     att.detach()
     d = tmp_path / "peft"

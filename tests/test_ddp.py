@@ -25,21 +25,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
 
 
-def _torchrun(*args: str) -> None:
+def _torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """Two processes on 127.0.0.1; a port taken between choosing and binding it is retried once."""
     for attempt in (1, 2):
         try:
-            _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                  "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args])
-            return
+            return _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args], timeout)
         except AssertionError as exc:
             if attempt == 2 or "address already in use" not in str(exc).lower():
                 raise
@@ -231,16 +231,10 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
 @pytest.mark.slow
 @needs_gloo
 def test_cli_train_under_torchrun(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "addin_studio.cli", "train", "--model", "timm:resnet10t",
-         "--config", "(LoRA.adapt_output, r=2): ...->(layer4[0].conv1){inout1}->...", "--max-steps", "2",
-         "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    proc = _torchrun(
+        "-m", "addin_studio.cli", "train", "--model", "timm:resnet10t",
+        "--config", "(LoRA.adapt_output, r=2): ...->(layer4[0].conv1){inout1}->...", "--max-steps", "2",
+        "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "out"), timeout=180)
     results = [line for line in proc.stdout.splitlines() if line.startswith("Acc@1")]
     assert len(results) == 2 and results[0] == results[1]  # both ranks hold the same synchronized model
     assert sum(line.startswith("wrote ") for line in proc.stdout.splitlines()) == 3  # rank 0 only

@@ -4,8 +4,6 @@ refuse ``merge()`` on the sharded model."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from torch import nn
 import addin_studio as studio
 from addin_studio import fsdp
 
-from test_ddp import _free_port, _load, _run, _torchrun
+from test_ddp import _load, _run, _torchrun
 
 timm = pytest.importorskip("timm")
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -72,17 +70,10 @@ def test_two_rank_fsdp_trains_the_same_adapters_as_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_with_fsdp_under_torchrun(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "addin_studio.cli", "train", "--model",
-         "timm:vit_tiny_patch16_224", "--image-size", "16", "--config",
-         "(LoRA.adapt_output, r=2): ...->(blocks[0:2].attn.qkv){inout1}->...", "--max-steps", "2",
-         "--batch-size", "8", "--no-progress", "--strategy", "fsdp", "--out", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    proc = _torchrun(
+        "-m", "addin_studio.cli", "train", "--model", "timm:vit_tiny_patch16_224", "--image-size", "16",
+        "--config", "(LoRA.adapt_output, r=2): ...->(blocks[0:2].attn.qkv){inout1}->...", "--max-steps", "2",
+        "--batch-size", "8", "--no-progress", "--strategy", "fsdp", "--out", str(tmp_path / "out"), timeout=300)
     results = [line for line in proc.stdout.splitlines() if line.startswith("Acc@1")]
     assert len(results) == 2 and results[0] == results[1]
     assert sum(line.startswith("wrote ") for line in proc.stdout.splitlines()) == 3  # rank 0 only

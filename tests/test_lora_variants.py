@@ -176,7 +176,7 @@ def test_lora_bias_on_a_layer_without_bias_refuses_merge_and_changes_nothing():
 
 @pytest.mark.parametrize("settings, message", [
     ("dora=yes", "LoRA: setting 'dora' must be bool, got str 'yes'"),
-    ("init=svd", "LoRA init must be one of kaiming, gaussian, pissa, olora, got 'svd'"),
+    ("init=svd", "LoRA init must be one of kaiming, gaussian, pissa, olora, mica, got 'svd'"),
     ("bias=true, init=pissa", "LoRA bias=true needs the default init, not init=pissa"),
     ("bias=true, dora=true", "LoRA bias=true cannot be combined with dora=true"),
     ("r=3, init=pissa", r"LoRA init=pissa needs r <= 2 \(the smaller side of the \(2, 20\) weight\), got r=3"),

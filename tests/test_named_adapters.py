@@ -337,3 +337,21 @@ def test_update_keeps_unchanged_add_ins_and_notifies_listeners(net):
     stop()
     named.disable()
     assert calls == ["a", "a", "b", "b", "a"]
+
+
+def test_saving_an_inactive_adapter_switches_nothing_a_listener_sees(net, tmp_path):
+    model, x = net
+    named = studio.NamedAdapters(model)
+    named.add("a", LORA_A)
+    named.add("b", LORA_B)
+    _randomize(named, "b", 3)
+    calls = []
+    named.on_change(lambda: calls.append(named.active))
+    out_a = model(x)
+    named.save("b", tmp_path / "b.safetensors")
+    assert calls == [] and named.active == "a" and torch.equal(model(x), out_a)
+    with named.disabled():
+        fresh = copy.deepcopy(model)  # the bare model
+    with studio.load(fresh, tmp_path / "b.safetensors"):
+        named.set_active("b")
+        torch.testing.assert_close(fresh(x), model(x))

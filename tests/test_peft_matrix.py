@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
+from peft import KasaConfig, MontecloraConfig, VeloraConfig  # noqa: E402
 
 
 class MLP(nn.Module):
@@ -194,6 +195,18 @@ SUPPORTED = [
     ("Conv2d Groups2 LoRA", "Conv2dGroups2", {"target_modules": ["conv2d"]}),
     ("Conv2d Groups LoRA with DoRA", "Conv2dGroups", {"target_modules": ["conv2d"], "use_dora": True}),
     ("Conv2d Groups2 LoRA with DoRA", "Conv2dGroups2", {"target_modules": ["conv2d"], "use_dora": True}),
+    # the variants of addins/lora_kasa.py, lora_mica.py and lora_velora.py (also compared while training)
+    ("Vanilla MLP 1 LoRA with KaSA", "MLP", {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4}),
+    ("Vanilla MLP 1 LoRA with MiCA", "MLP", {"target_modules": ["lin0"], "init_lora_weights": "mica", "r": 4}),
+    ("Vanilla MLP 10 LoRA with VeLoRA random", "MLP",
+     {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="random")}),
+    ("Vanilla MLP 11 LoRA with VeLoRA batch_average", "MLP",
+     {"target_modules": ["lin0", "lin1"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")}),
+    ("Vanilla MLP 12 LoRA with VeLoRA batch_average_once", "MLP",
+     {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")}),
+    # stochastic in training: compared there with PEFT's own pre-drawn noise (peft_compare.share_noise)
+    ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
+     {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)}),
 ]
 # every supported row's PEFT directory loads with from_peft
 FILES = {name for name, _, _ in SUPPORTED}
@@ -222,13 +235,38 @@ def _ours(fields: dict):
     for theirs, ours in (("use_dora", "dora"), ("lora_bias", "bias"), ("use_rslora", "rslora")):
         if fields.get(theirs):
             kwargs[ours] = True
+    kwargs.update(_variant_settings(fields))
     return lambda model: studio.strategies.lora(model, targets, **kwargs)
+
+
+def _variant_settings(fields: dict) -> dict:
+    """Our settings for PEFT's KaSA, MiCA, MonteCLoRA and VeLoRA fields."""
+    out: dict = {}
+    if fields.get("kasa_config"):
+        kasa = fields["kasa_config"]
+        out.update(kasa=True, kasa_beta=kasa.beta, kasa_gamma=kasa.gamma)
+    if fields.get("init_lora_weights") == "mica":
+        out["init"] = "mica"
+    if fields.get("monteclora_config"):
+        mc = fields["monteclora_config"]
+        out.update(monteclora=True, monteclora_samples=mc.num_samples, monteclora_prior=mc.dirichlet_prior,
+                   monteclora_scaler=mc.sample_scaler, monteclora_kl=mc.kl_loss_weight,
+                   monteclora_entropy=mc.use_entropy, monteclora_buffer=mc.buffer_size)
+    if fields.get("velora_config"):
+        velora = fields["velora_config"]
+        out.update(velora=True, velora_groups=velora.num_groups, velora_init=velora.init_type,
+                   velora_scale=velora.scale)
+    return out
 
 
 @pytest.mark.parametrize("name, model_id, fields", SUPPORTED, ids=[row[0] for row in SUPPORTED])
 def test_supported_row_equals_peft(name, model_id, fields, tmp_path):
     make = _make(model_id)
-    pm, _ = compare(make, X, peft.LoraConfig(**fields), _ours(fields), merge=name not in UNMERGEABLE)
+    # the variants whose training differs from plain LoRA (VeLoRA's gradients and projection updates,
+    # MiCA's frozen B, KaSA's diagonal) are also compared over a few training steps
+    steps = 3 if _variant_settings(fields) else 0
+    pm, _ = compare(make, X, peft.LoraConfig(**fields), _ours(fields), train_steps=steps,
+                    merge=name not in UNMERGEABLE)
     if name in UNMERGEABLE:
         _both_refuse_merge(make, fields, pm, UNMERGEABLE[name])
     if name not in FILES:
@@ -264,32 +302,14 @@ def _both_refuse_merge(make, fields, pm, layer: str) -> None:
     att.detach()
 
 
-from peft import KasaConfig, MontecloraConfig, VeloraConfig  # noqa: E402
-
 from addin_studio.addins.lora_peft import MHA_REFUSAL  # noqa: E402
 
 # (name, model, LoraConfig fields, the message from_peft refuses PEFT's directory with)
 REFUSED = [
-    ("Vanilla MLP 1 LoRA with KaSA", "MLP", {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4},
-     "kasa_config is not supported"),
-    ("Vanilla MLP 1 LoRA with MiCA", "MLP", {"target_modules": ["lin0"], "init_lora_weights": "mica", "r": 4},
-     "init_lora_weights='mica' is not supported (true, 'gaussian', 'pissa' or 'olora')"),
-    ("Vanilla MLP 10 LoRA with VeLoRA random", "MLP",
-     {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="random")},
-     "velora_config is not supported"),
-    ("Vanilla MLP 11 LoRA with VeLoRA batch_average", "MLP",
-     {"target_modules": ["lin0", "lin1"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")},
-     "velora_config is not supported"),
-    ("Vanilla MLP 12 LoRA with VeLoRA batch_average_once", "MLP",
-     {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")},
-     "velora_config is not supported"),
     ("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]},
      "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
     ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]},
      "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
-    ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
-     {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)},
-     "monteclora_config is not supported"),
 ]
 
 

@@ -29,9 +29,13 @@ from torch import nn
 
 from .base import AddinBase, PointInfo, weight_method
 from .lora_grouped import check_grouped, grouped_branch, grouped_shapes, is_grouped_peft, peft_dora_delta
+from .lora_kasa import check_kasa, kasa_loss, truncated
+from .lora_mica import mica_init
+from .lora_monteclora import MonteCLoRASampler, check_monteclora
 from .lora_peft import LoraPeft
 from .lora_variants import (BASE_MOVING_INITS, check_variant_settings, dora_norm, dora_view,
                             gaussian_init, lora_scaling, matrix_of, svd_init)
+from .lora_velora import VeloraProjection, batch_projection, check_velora, initial_projection
 from .registry import register_addin
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -144,6 +148,21 @@ class LoRA(AddinBase):
     move that part out of the base weight (restored bit for bit at detach); ``dora=true`` is DoRA:
     a trained magnitude per output row (``lora_magnitude``, the row norms of the weight at attach)
     times the direction ``(W + delta) / ||W + delta||`` (the norm is not differentiated, as in PEFT).
+
+    PEFT's newer variants, one at a time (each in its own module): ``init=mica`` (``lora_mica.py``:
+    ``B`` from the weight's minor singular vectors, frozen; ``A`` zero);
+    ``velora`` (VeLoRA, ``lora_velora.py``: A's gradient from a compressed input) with
+    ``velora_groups`` (sub-tokens each input is cut into, default 64), ``velora_init`` (the projection:
+    batch_average, batch_average_once or random) and ``velora_scale`` (scale of the rebuilt input, default 1);
+    ``kasa`` (KaSA, ``lora_kasa.py``: drops the weight's r smallest singular components at attach, a trained
+    diagonal between B and A) with ``kasa_beta`` (weight of the diagonal's L2 term in kasa_loss, default 1e-4)
+    and ``kasa_gamma`` (weight of the orthogonality term in kasa_loss, default 1e-3);
+    ``monteclora`` (MonteCLoRA, ``lora_monteclora.py``: a sampled mixture of noisy copies of A in training)
+    with ``monteclora_samples`` (noisy copies mixed, default 8), ``monteclora_prior`` (Dirichlet prior of the
+    mixture weights, default 0.1), ``monteclora_scaler`` (scale of the noise, default 1e-4),
+    ``monteclora_kl`` (weight of the KL term in monteclora_loss, default 1e-5), ``monteclora_entropy``
+    (add the mixture weights' entropy term) and ``monteclora_buffer`` (noise samples drawn at a time,
+    default 150).
     """
 
     # LoRA rewrites the layer's output from its input; the generic ZhiJian methods make no sense here.
@@ -155,7 +174,12 @@ class LoRA(AddinBase):
     def __init__(self, point: PointInfo, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
                  param: str | None = None, source_point: PointInfo | None = None, rslora: bool = False,
                  bias: bool = False, init: str = "kaiming", dora: bool = False,
-                 layout: str = "balanced") -> None:
+                 layout: str = "balanced", velora: bool = False, velora_groups: int = 64,
+                 velora_init: str = "batch_average", velora_scale: float = 1.0, kasa: bool = False,
+                 kasa_beta: float = 1e-4, kasa_gamma: float = 1e-3, monteclora: bool = False,
+                 monteclora_samples: int = 8, monteclora_prior: float = 0.1, monteclora_scaler: float = 1e-4,
+                 monteclora_kl: float = 1e-5, monteclora_entropy: bool = False,
+                 monteclora_buffer: int = 150) -> None:
         super().__init__()
         module = point.module
         if point.side != "post":
@@ -174,6 +198,17 @@ class LoRA(AddinBase):
             raise ValueError(f"LoRA param must be a parameter name, got {param!r}")
         alpha_value = float(r if alpha is None else alpha)
         self.init = check_variant_settings(rslora, bias, init, dora)
+        self.velora, self.kasa, self.monteclora = _check_exclusive(velora, kasa, monteclora, dora, bias,
+                                                                   self.init)
+        if monteclora:
+            check_monteclora(monteclora_samples, monteclora_prior, monteclora_scaler, monteclora_kl,
+                             monteclora_entropy, monteclora_buffer)
+        if velora:
+            self.velora_init = check_velora(velora_groups, velora_init, velora_scale)
+            self.velora_groups, self.velora_scale = velora_groups, float(velora_scale)
+        if kasa:
+            check_kasa(kasa_beta, kasa_gamma)
+            self.kasa_beta, self.kasa_gamma = float(kasa_beta), float(kasa_gamma)
         if param is None:
             check_lora_target(module, point.path)
         self.param = param or default_param(module)
@@ -201,8 +236,17 @@ class LoRA(AddinBase):
             f"param={self.param!r} is adapted on the weight"
         self.lora_A = nn.Parameter(torch.empty(r, w, dtype=weight.dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(h, b_cols, dtype=weight.dtype, device=weight.device))
+        _check_kind(self, module, param)
         if self.init == "gaussian":
             gaussian_init(self.lora_A, r)
+        elif self.init == "mica":
+            if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                raise ValueError(f"LoRA init=mica needs a float weight, not {weight.dtype}")
+            with torch.no_grad():
+                A, B = mica_init(matrix_of(weight.detach().float(), h, w, self.transposed), r)
+                self.lora_A.copy_(A)
+                self.lora_B.copy_(B)
+            self.lora_B.requires_grad_(False)  # MiCA trains A only (PEFT freezes lora_B too)
         elif self.init in BASE_MOVING_INITS:
             if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 raise ValueError(f"LoRA init={self.init} needs a float weight, not {weight.dtype}")
@@ -225,17 +269,31 @@ class LoRA(AddinBase):
                 base = weight.detach() - self.delta() if self.moves_base else weight.detach()
                 norm = dora_norm(base + self._norm_delta().to(weight.dtype), self.transposed)
             self.lora_magnitude = nn.Parameter(norm.clone())
+        if kasa:
+            truncated(weight, r)  # refuses r >= min(out, in) here, before attach changes anything
+            self.lora_diag = nn.Parameter(torch.randn(r, dtype=weight.dtype, device=weight.device))
+        if velora:
+            v, self.velora_ready = initial_projection(w, velora_groups, self.velora_init, weight)
+            self.register_buffer("lora_velora_embed", v)
+        if monteclora:
+            self.lora_monteclora = MonteCLoRASampler(w, r, monteclora_samples, monteclora_prior,
+                                                     monteclora_scaler, monteclora_kl, monteclora_entropy,
+                                                     monteclora_buffer, weight)
 
     @property
     def moves_base(self) -> bool:
         """Whether attach moves part of the base weight into the adapter (PiSSA/OLoRA): the engine then
         snapshots the layer's parameters before :meth:`move_base` and restores them at detach."""
-        return self.init in BASE_MOVING_INITS
+        return self.init in BASE_MOVING_INITS or self.kasa
 
     def move_base(self, module: nn.Module) -> None:
-        """PiSSA/OLoRA: leave the residual ``W - scaling * B @ A`` in the base weight (called once, at
-        attach, before any training or loading)."""
-        if self.moves_base:
+        """PiSSA/OLoRA: leave the residual ``W - scaling * B @ A`` in the base weight; KaSA: drop the
+        weight's ``r`` smallest singular components (called once, at attach, before any training or
+        loading)."""
+        if self.kasa:
+            weight = module._parameters[self.param]
+            weight.copy_(truncated(weight, self.r))
+        elif self.moves_base:
             weight = module._parameters[self.param]
             weight.copy_((weight.float() - self.delta().float()).to(weight.dtype))
 
@@ -252,7 +310,7 @@ class LoRA(AddinBase):
 
     def extra_repr(self) -> str:
         param = "" if self.param == "weight" else f", param={self.param}"
-        for flag in ("rslora", "dora"):
+        for flag in ("rslora", "dora", "velora", "kasa", "monteclora"):
             if getattr(self, flag):
                 param += f", {flag}=true"
         if hasattr(self, "lora_bias"):
@@ -272,6 +330,9 @@ class LoRA(AddinBase):
         if method == WEIGHT_METHOD and self.grouped:
             raise ValueError("a LoRA on a grouped convolution in PEFT's layout is not an update of the "
                              "weight: use adapt_output (or layout=balanced)")
+        if method == WEIGHT_METHOD and (self.velora or self.monteclora):
+            raise ValueError(f"{'velora' if self.velora else 'monteclora'}=true acts on the LoRA branch in "
+                             f"training, which adapt_weight does not have: use adapt_output")
         if method == WEIGHT_METHOD and self.dropout:
             raise ValueError("dropout acts on the LoRA branch's input, which adapt_weight does not "
                              "have: use adapt_output or dropout=0")
@@ -288,7 +349,8 @@ class LoRA(AddinBase):
         if self.grouped:
             raise ValueError("a LoRA on a grouped convolution in PEFT's layout has no weight update "
                              "(see addins/lora_grouped.py)")
-        d = (self.lora_B @ self.lora_A).mul(self.scaling)
+        B = self.lora_B * self.lora_diag if self.kasa else self.lora_B
+        d = (B @ self.lora_A).mul(self.scaling)
         if self.transposed:
             d = d.t()
         return d.reshape(self.weight_shape)
@@ -345,6 +407,8 @@ class LoRA(AddinBase):
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
         if self.dora or hasattr(self, "lora_bias"):
             return self._adapt_output_variant(module, inputs[0], outputs)
+        if self.velora or self.kasa or self.monteclora:
+            return self._adapt_output_peft_variant(inputs[0], outputs)
         x = inputs[0]
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
@@ -359,6 +423,41 @@ class LoRA(AddinBase):
         if self.scaling != 1.0:
             h = h * self.scaling
         return outputs + F.linear(h, self.lora_B)
+
+    def _adapt_output_peft_variant(self, x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """The output hook with VeLoRA, KaSA or MonteCLoRA, in PEFT's order of operations."""
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, True)
+        if self.velora and self.training and torch.is_grad_enabled():
+            if self.velora_init != "random" and not (self.velora_init == "batch_average_once"
+                                                     and self.velora_ready):
+                v = batch_projection(x, self.velora_groups)
+                self.lora_velora_embed.copy_(v.to(self.lora_velora_embed.dtype))
+                self.velora_ready = True
+            h = VeloraProjection.apply(x, self.lora_A, self.lora_velora_embed, self.velora_groups,
+                                       self.velora_scale)
+        elif self.monteclora and self.training:
+            h = F.linear(x, self.lora_monteclora.sampled_A(self.lora_A))
+        else:
+            h = F.linear(x, self.lora_A)
+        if self.kasa:
+            h = h * self.lora_diag
+        return outputs + F.linear(h, self.lora_B) * self.scaling
+
+    def kasa_loss(self) -> torch.Tensor:
+        """KaSA's regularizer for this layer (``kasa_beta``/``kasa_gamma``; add it to the training loss,
+        as PEFT's ``_get_kasa_loss``); zero without ``kasa=true``."""
+        if not self.kasa:
+            return self.lora_A.new_zeros(())
+        return kasa_loss(self.lora_A, self.lora_B, self.lora_diag, self.kasa_beta, self.kasa_gamma)
+
+    def monteclora_loss(self) -> torch.Tensor:
+        """MonteCLoRA's variational loss for this layer from its last training forward (add the mean over
+        layers to the training loss, as PEFT's ``_get_monteclora_loss``); zero in eval mode or without
+        ``monteclora=true``."""
+        if not self.monteclora:
+            return self.lora_A.new_zeros(())
+        return self.lora_monteclora.variational_loss()
 
     def _adapt_output_variant(self, module: nn.Module, x: torch.Tensor,
                               outputs: torch.Tensor) -> torch.Tensor:
@@ -411,3 +510,35 @@ class LoRA(AddinBase):
             weight.add_(self.delta().to(weight.dtype))
         if hasattr(self, "lora_bias"):
             module.bias.add_((self.lora_bias * self.scaling).to(module.bias.dtype))
+
+
+def _check_exclusive(velora: object, kasa: object, monteclora: object, dora: bool, bias: bool,
+                     init: str) -> tuple[bool, bool, bool]:
+    """VeLoRA, KaSA, MonteCLoRA, MiCA and DoRA are alternatives (PEFT resolves one variant per layer)."""
+    for name, value in (("velora", velora), ("kasa", kasa), ("monteclora", monteclora)):
+        if not isinstance(value, bool):
+            raise ValueError(f"LoRA {name} must be true or false, got {value!r}")
+    chosen = [n for n, on in (("dora=true", dora), ("velora=true", velora), ("kasa=true", kasa),
+                              ("monteclora=true", monteclora), ("init=mica", init == "mica")) if on]
+    if len(chosen) > 1:
+        raise ValueError(f"LoRA {chosen[0]} cannot be combined with {chosen[1]} (PEFT has one variant per "
+                         f"layer)")
+    if bias and (velora or kasa or monteclora):
+        raise ValueError(f"LoRA bias=true cannot be combined with {chosen[0]}")
+    return bool(velora), bool(kasa), bool(monteclora)
+
+
+def _check_kind(lora: LoRA, module: nn.Module, param: str | None) -> None:
+    """Where PEFT has VeLoRA and MonteCLoRA (Linear-like layers), KaSA (nn.Linear) and MiCA (not convs)."""
+    kind = type(module).__name__
+    for flag, name in (("velora", "VeLoRA"), ("monteclora", "MonteCLoRA")):
+        if getattr(lora, flag) and (lora.is_conv or lora.is_embedding or param is not None
+                                    or not (isinstance(module, nn.Linear) or is_hf_conv1d(module))):
+            raise ValueError(f"LoRA {flag}=true works on nn.Linear and transformers Conv1D layers (as PEFT's "
+                             f"{name}), not on {kind}" + (f" (param={param})" if param else ""))
+    if lora.kasa and (not isinstance(module, nn.Linear) or lora.param != "weight"):
+        raise ValueError(f"LoRA kasa=true works on nn.Linear weights (as PEFT's KaSA), not on {kind}"
+                         + (f" (param={param})" if param else ""))
+    if lora.init == "mica" and lora.is_conv:
+        raise ValueError(f"LoRA init=mica works on Linear, Embedding and transformers Conv1D layers (as "
+                         f"PEFT's MiCA), not on {kind}")

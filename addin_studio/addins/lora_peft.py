@@ -3,8 +3,10 @@
 parameters (``target_parameters``), tensors named as PEFT names them (``lora_A.weight`` /
 ``lora_B.weight``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings, same layouts as ours; convs
 in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per adapter: ``use_rslora``,
-``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``) and ``init_lora_weights`` (true,
-gaussian, pissa, olora); ``trainable_token_indices`` are ``TrainableTokens`` (``addins/trainable_tokens.py``)."""
+``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``), ``init_lora_weights`` (true,
+gaussian, pissa, olora, mica), ``kasa_config`` (``lora_diag``) and ``velora_config``
+(``lora_velora_embed``; ``addins/lora_peft_variants.py``); ``trainable_token_indices`` are
+``TrainableTokens`` (``addins/trainable_tokens.py``)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -14,6 +16,7 @@ from torch import nn
 
 from ..config import Placement, Point
 from .interop import PeftEntry, PeftImport, PeftMapping
+from .lora_peft_variants import EXTRA_TENSORS, as_json, extra_tensors, import_settings, variant_fields
 from .peft_patterns import pattern_value
 
 _PARTS = ("lora_A", "lora_B")
@@ -22,15 +25,14 @@ _MAGNITUDE = "lora_magnitude_vector"
 _KINDS = "nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
-_UNSUPPORTED = ("layer_replication", "kasa_config",
-                "velora_config", "monteclora_config", "use_qalora", "alora_invocation_tokens",
+_UNSUPPORTED = ("layer_replication", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
 # why PEFT's MultiheadAttention LoRA files are refused (checked against PEFT 0.21.2's MultiheadAttention.merge,
 # which its forward calls too: out_proj's delta is written into the weight, then out_proj.merge() adds it again)
 MHA_REFUSAL = ("PEFT 0.21 adds the out_proj update twice (its forward and merge compute out_proj with "
                "W + 2*scale*B@A, in_proj with W + scale*B@A; huggingface/peft PR #3774), so the adapter does "
                "not compute what its config says")
-_INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+_INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "mica": "mica"}
 
 
 def _peft_kind(module: nn.Module) -> str | None:
@@ -54,7 +56,7 @@ def _peft_kind(module: nn.Module) -> str | None:
 def _variant(addin: Any) -> dict[str, Any]:
     """The settings of a LoRA that PEFT holds once per adapter (its LoraConfig flags)."""
     return {"use_rslora": addin.rslora, "use_dora": addin.dora, "lora_bias": hasattr(addin, "lora_bias"),
-            "init_lora_weights": {v: k for k, v in _INITS.items()}[addin.init]}
+            "init_lora_weights": {v: k for k, v in _INITS.items()}[addin.init], **variant_fields(addin)}
 
 
 class LoraPeft(PeftMapping):
@@ -104,6 +106,7 @@ class LoraPeft(PeftMapping):
                 tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(*e.addin.lora_B.shape, *ones)
             if hasattr(e.addin, "lora_bias"):
                 tensors[f"{path}.lora_B.bias"] = e.addin.lora_bias
+            tensors.update({f"{path}.{suffix}": t for suffix, t in extra_tensors(e.addin).items()})
             if e.addin.dora:
                 tensors[f"{path}.{_MAGNITUDE}"] = e.addin.lora_magnitude if kind != "conv" else \
                     e.addin.lora_magnitude.reshape(1, -1, *ones)
@@ -118,7 +121,7 @@ class LoraPeft(PeftMapping):
         for flag, values in variants.items():
             if len(values) > 1:
                 raise ValueError(f"PEFT has one {flag} per adapter; these LoRAs mix "
-                                 f"{sorted(values, key=str)}")
+                                 f"{[as_json(v) for v in sorted(values, key=str)]}")
         r = _most_common(ranks.values())
         alpha = _most_common(alphas.values())
         for path in params:
@@ -134,7 +137,7 @@ class LoraPeft(PeftMapping):
             "rank_pattern": {f"^{m}$": v for m, v in ranks.items() if v != r},
             "alpha_pattern": {f"^{m}$": _num(v) for m, v in alphas.items() if v != alpha},
             "fan_in_fan_out": fan_in_fan_out, "layers_to_transform": None, "layers_pattern": None,
-            **{flag: values.pop() for flag, values in variants.items()},
+            **{flag: as_json(values.pop()) for flag, values in variants.items()},
         }
         return tensors, config
 
@@ -153,11 +156,12 @@ class LoraPeft(PeftMapping):
             init = True
         if not isinstance(init, (bool, str)) or init not in _INITS:
             raise ValueError(f"{source}: init_lora_weights={init!r} is not supported (true, 'gaussian', "
-                             f"'pissa' or 'olora')")
+                             f"'pissa', 'olora' or 'mica')")
         variant: dict[str, Any] = {"rslora": bool(config.get("use_rslora")),
                                    "dora": bool(config.get("use_dora")),
                                    "bias": bool(config.get("lora_bias")), "init": _INITS[init]}
         variant = {k: v for k, v in variant.items() if v not in (False, "kaiming")}
+        variant.update(import_settings(config, source))
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         tokens = _token_imports(config, tensors, model, source)
         tensors = {n: t for n, t in tensors.items() if ".token_adapter." not in n}
@@ -194,7 +198,8 @@ class LoraPeft(PeftMapping):
         for path in sorted(pairs, key=order.__getitem__):
             pair = pairs[path]
             want = set(_PARTS) | ({"lora_bias"} if variant.get("bias") else set()) | \
-                ({"lora_magnitude"} if variant.get("dora") else set())
+                ({"lora_magnitude"} if variant.get("dora") else set()) | \
+                {ours for ours, flag in EXTRA_TENSORS.values() if variant.get(flag)}
             if set(pair) != want:
                 missing, extra = want - set(pair), set(pair) - want
                 raise ValueError(f"the adapter's LoRA for '{path}' "
@@ -289,6 +294,11 @@ def _pair(name: str, t: torch.Tensor, pairs: dict, source: str) -> None:
     if marker and rest in ("", ".weight", ".default", ".default.weight"):
         pairs.setdefault(module, {})["lora_magnitude"] = t
         return
+    for theirs, (ours, _) in EXTRA_TENSORS.items():
+        module, marker, rest = name.partition(f".{theirs}")
+        if marker and rest in ("", ".default"):
+            pairs.setdefault(module, {})[ours] = t
+            return
     for part in _PARTS:
         module, marker, rest = name.partition(f".{part}.")
         if marker:

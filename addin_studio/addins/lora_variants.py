@@ -1,4 +1,5 @@
-"""The LoRA variants as settings of the built-in LoRA: rsLoRA, LoRA bias, inits (Gaussian, PiSSA, OLoRA), DoRA.
+"""The LoRA variants as settings of the built-in LoRA: rsLoRA, LoRA bias, inits (Gaussian, PiSSA, OLoRA), DoRA
+(VeLoRA, KaSA and the MiCA init have their own modules: ``lora_velora.py``, ``lora_kasa.py``, ``lora_mica.py``).
 
 Each is a small function of the factors and the base weight, computed the way Hugging Face PEFT computes
 it (so equal weights give equal results). ``B @ A`` is LoRA's ``[h, w]`` matrix (see ``addins/lora.py``
@@ -10,7 +11,7 @@ import math
 
 import torch
 
-INITS = ("kaiming", "gaussian", "pissa", "olora")
+INITS = ("kaiming", "gaussian", "pissa", "olora", "mica")
 #: inits that move part of the base weight into the adapter (the engine snapshots and restores it)
 BASE_MOVING_INITS = ("pissa", "olora")
 

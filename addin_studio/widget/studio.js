@@ -188,7 +188,7 @@ function render({ model, el }) {
   // -- drawing from traits --------------------------------------------------------------------
   function fillSelect(sel, names, value) {
     const cur = [...sel.options].map((o) => o.value).join("\n");
-    if (cur !== names.join("\n")) sel.replaceChildren(...names.map((n) => h("option", { value: n, text: n })));
+    if (sel.options.length !== names.length || cur !== names.join("\n")) sel.replaceChildren(...names.map((n) => h("option", { value: n, text: n })));
     sel.value = value;
   }
 
@@ -358,6 +358,7 @@ function render({ model, el }) {
     const active = model.get("active_adapter") || "";
     adapterBox.classList.toggle("as-hidden", !names.length);
     root.dataset.activeAdapter = active;
+    if (!names.length) return;
     fillSelect(adapterSel, [""].concat(names), active);
     adapterSel.options[0].textContent = "(none: bare model)";
     for (const o of adapterSel.options) if (o.value) o.textContent = o.value === active ? `${o.value} (active)` : o.value;

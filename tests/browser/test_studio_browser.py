@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from browser_cells import SLOW_LOADER, kernel_value
+
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 SETUP_MLP = '''
@@ -15,18 +17,7 @@ import torch
 import addin_studio as studio
 from addin_studio.examples import TutorialMLP, MLPAddin
 from addin_studio.data import digits_loaders
-
-class SlowLoader:
-    """The digits loader, a little slower per step so that a run lasts long enough to watch."""
-    def __init__(self, loader, delay):
-        self.loader, self.delay = loader, delay
-    def __len__(self):
-        return len(self.loader)
-    def __iter__(self):
-        for batch in self.loader:
-            time.sleep(self.delay)
-            yield batch
-
+''' + SLOW_LOADER + '''
 torch.manual_seed(0)
 train_loader, val_loader = digits_loaders(batch_size=16)
 model = TutorialMLP()
@@ -48,14 +39,6 @@ def _config(page) -> str:
 def _wait_config(page, expected: str, timeout_ms: int = 15_000) -> None:
     page.wait_for_function("t => document.querySelector('[data-role=config]').textContent === t",
                            arg=expected, timeout=timeout_ms)
-
-
-def _kernel_value(lab, cell: int, key: str) -> str:
-    lab.run(cell)
-    out = lab.output(cell)
-    m = re.search(rf"^{key}=(.*)$", out, re.M)
-    assert m, out
-    return m.group(1)
 
 
 def test_mlp_steps_1_to_5(open_notebook):
@@ -131,15 +114,15 @@ def test_mlp_steps_1_to_5(open_notebook):
     assert "did you mean 'fc3'" in err and "^" in err
     assert _config(page) == with_pre
     lab.shot("mlp-4-error", root)
-    assert _kernel_value(lab, 2, "CFG") == repr(with_pre)
-    assert "fc4" in _kernel_value(lab, 2, "ERR")
+    assert kernel_value(lab, 2, "CFG") == repr(with_pre)
+    assert "fc4" in kernel_value(lab, 2, "ERR")
     # a valid pasted string replaces the config
     field.fill(TUTORIAL)
     page.click("[data-role=apply]")
     _wait_config(page, TUTORIAL)
     assert page.locator("[data-role=error]").inner_text() == ""
-    assert _kernel_value(lab, 2, "CFG") == repr(TUTORIAL)
-    assert _kernel_value(lab, 2, "ATT") == "True"
+    assert kernel_value(lab, 2, "CFG") == repr(TUTORIAL)
+    assert kernel_value(lab, 2, "ATT") == "True"
 
     # 4. train: the plot changes while training, other cells run, Stop ends it
     page.click("[data-role=train]")
@@ -213,8 +196,8 @@ def test_vit_range_placement_and_training(open_notebook):
     _wait_config(page, VIT_RANGE)
     assert page.locator(qkv).get_attribute("data-placement") == "inout1"
     lab.shot("vit-1-range", root)
-    assert _kernel_value(lab, 1, "CFG") == repr(VIT_RANGE)
-    assert _kernel_value(lab, 1, "N") == "12"
+    assert kernel_value(lab, 1, "CFG") == repr(VIT_RANGE)
+    assert kernel_value(lab, 1, "N") == "12"
 
     # expanding the group draws every block; a point there is one block only
     page.click("svg [data-toggle='blocks']")

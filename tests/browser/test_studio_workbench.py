@@ -3,9 +3,10 @@ picker, search into a collapsed group, update-norm colouring while training, two
 export buttons whose files studio.load and PEFT read back."""
 from __future__ import annotations
 
-import re
 
 import pytest
+
+from browser_cells import SLOW_LOADER, kernel_value
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -28,17 +29,7 @@ class Net(nn.Module):
         for b in self.blocks:
             x = b(x)
         return self.head(x)
-
-class SlowLoader:
-    def __init__(self, loader, delay):
-        self.loader, self.delay = loader, delay
-    def __len__(self):
-        return len(self.loader)
-    def __iter__(self):
-        for batch in self.loader:
-            time.sleep(self.delay)
-            yield batch
-
+''' + SLOW_LOADER + '''
 torch.manual_seed(0)
 train_loader, val_loader = digits_loaders(batch_size=16)
 model = Net()
@@ -70,14 +61,6 @@ def _config(page) -> str:
 def _wait_config(page, test: str, timeout_ms: int = 15_000) -> None:
     page.wait_for_function(f"() => {{ const t = document.querySelector('[data-role=config]').textContent; return {test}; }}",
                            timeout=timeout_ms)
-
-
-def _kernel(lab, cell: int, key: str) -> str:
-    lab.run(cell)
-    out = lab.output(cell)
-    m = re.search(rf"^{key}=(.*)$", out, re.M)
-    assert m, out
-    return m.group(1)
 
 
 def _wait_state(page, state: str, timeout_ms: int) -> None:
@@ -160,7 +143,7 @@ def test_workbench(open_notebook):
     lab.shot("wb-5-runs", root)
     page.click("[data-role=runs] [data-run='1']")
     _wait_config(page, f"t === {strategy_cfg!r}")
-    assert _kernel(lab, 2, "RUNS") == repr([strategy_cfg, second_cfg])
+    assert kernel_value(lab, 2, "RUNS") == repr([strategy_cfg, second_cfg])
 
     # export: files that studio.load and PEFT read back; code for studio.attach
     page.click("[data-role=save-adapters]")
@@ -172,8 +155,8 @@ def test_workbench(open_notebook):
     code = page.locator("[data-role=code]").inner_text()
     assert "studio.attach(model, config" in code and "(stem)" in code
     lab.shot("wb-6-export", root)
-    assert _kernel(lab, 3, "LOAD") == "(True, True)"
-    assert _kernel(lab, 3, "PEFT") == "True"
+    assert kernel_value(lab, 3, "LOAD") == "(True, True)"
+    assert kernel_value(lab, 3, "PEFT") == "True"
 
 
 NAMED = '''
@@ -202,7 +185,7 @@ def test_named_adapters_picker(open_notebook):
     page.select_option("[data-role=adapter]", "")
     page.wait_for_selector("[data-role=studio][data-active-adapter='']")
     _wait_config(page, "t === ''")
-    assert _kernel(lab, 2, "ACTIVE") == "None"
+    assert kernel_value(lab, 2, "ACTIVE") == "None"
     # the kernel switches the page's
     lab.run(3)
     page.wait_for_selector("[data-role=studio][data-active-adapter='b']", timeout=15_000)
