@@ -85,8 +85,9 @@ def share_noise(peft_model, att) -> None:
 
 
 def our_buffers(att) -> dict[tuple[str, str], torch.Tensor]:
+    """Our add-ins' persistent buffers (their state; not caches such as TrainableTokens' row index)."""
     return {(placement.target.module, n): b for _, placement, addin in att.entries
-            for n, b in addin.named_buffers()}
+            for n, b in addin.named_buffers() if n in addin.state_dict()}
 
 
 def _state(model):
