@@ -164,7 +164,7 @@ def test_schema_of_a_plain_function_with_odd_defaults():
     fields = {f.name: f.as_dict() for f in schema(make)}
     assert list(fields) == ["width", "act", "scale"]
     assert fields["width"] == {"name": "width", "kind": "int", "default": 4, "optional": False,
-                               "help": "hidden width of the branch"}
+                               "help": "hidden width of the branch", "depends": ""}
     assert fields["act"]["default"].startswith("<built-in method tanh")
     assert (fields["scale"]["kind"], fields["scale"]["optional"]) == ("float", True)
 
@@ -347,3 +347,15 @@ def test_adapters_must_belong_to_the_same_model(mlp):
     other = studio_api.NamedAdapters(torch.nn.Linear(64, 2))
     with pytest.raises(ValueError, match="NamedAdapters of this same model"):
         Studio(mlp, example_input=torch.zeros(2, 64), adapters=other)
+
+
+def test_refining_settings_depend_on_their_switch():
+    def factory(point, r: int = 4, velora: bool = False, velora_groups: int = 64, dora: bool = False,
+                layout_name: str = "x"):
+        return None
+
+    fields = {f.name: f for f in schema(factory)}
+    assert fields["velora_groups"].depends == "velora"
+    assert [n for n, f in fields.items() if f.depends] == ["velora_groups"]  # layout_name: no switch 'layout'
+    lora = {f.name: f.depends for f in schema(studio_api.available_addins()["LoRA"])}
+    assert lora["kasa_beta"] == "kasa" and lora["monteclora_samples"] == "monteclora" and lora["r"] == ""

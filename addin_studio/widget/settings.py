@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 RESERVED = {"self", "point", "source_point"}
@@ -16,13 +16,16 @@ RESERVED = {"self", "point", "source_point"}
 
 @dataclass(frozen=True)
 class Field:
-    """One setting: ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``optional`` accepts none."""
+    """One setting: ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``optional`` accepts none;
+    ``depends``: the on/off setting it refines (``velora_groups`` -> ``velora``), shown only when that
+    one is on."""
 
     name: str
     kind: str
     default: Any
     optional: bool
     help: str
+    depends: str = ""
 
     def as_dict(self) -> dict:
         """JSON-ready (a default that is not a plain value is shown by its repr)."""
@@ -75,7 +78,9 @@ def schema(factory: Callable) -> list[Field]:
         default = None if p.default is p.empty else p.default
         kind, optional = _kind(p.annotation, default)
         out.append(Field(p.name, kind, default, optional and p.default is not p.empty, _help(doc, p.name)))
-    return out
+    switches = {f.name for f in out if f.kind == "bool"}
+    return [replace(f, depends=f.name.split("_", 1)[0]) if "_" in f.name and f.name.split("_", 1)[0] in switches
+            else f for f in out]
 
 
 def convert(field: Field, text: Any) -> Any:

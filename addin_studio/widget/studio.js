@@ -340,13 +340,16 @@ function render({ model, el }) {
         const input = f.kind === "bool" ? h("input", { ...attrs, type: "checkbox" })
           : h("input", { ...attrs, type: f.kind === "str" ? "text" : "number", step: f.kind === "int" ? "1" : "any",
             placeholder: f.optional ? "none" : String(f.default) });
-        return h("label", { class: "as-field" }, h("span", { class: "as-fname", text: f.name }), input,
+        return h("label", { class: "as-field", "data-depends": f.depends || "" }, h("span", { class: "as-fname", text: f.name }), input,
           h("span", { class: "as-fhelp", text: f.help || "" }));
       }));
       if (!fields.length) settingsBox.textContent = "(this add-in takes no settings)";
     }
+    const on = Object.fromEntries(fields.map((f) => [f.name, !!f.value]));
     for (const f of fields) {
       const input = settingsBox.querySelector(`[data-setting="${CSS.escape(f.name)}"]`);
+      // a refinement (velora_groups) shows only while its switch (velora) is on
+      if (input && f.depends) input.closest(".as-field").classList.toggle("as-hidden", !on[f.depends]);
       if (!input || input === document.activeElement) continue;
       if (f.kind === "bool") input.checked = !!f.value;
       else input.value = f.value === null || f.value === undefined ? "" : String(f.value);
