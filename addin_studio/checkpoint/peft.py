@@ -107,8 +107,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     when asked: ``modules_to_save=True`` loads those the config lists, a list of module names loads
     exactly those (each must be listed in the config); the default refuses an adapter that has any.
     Loaded ones stay trainable; so do the base biases of a ``bias="all"`` / ``"lora_only"`` adapter
-    (``checkpoint/peft_bias.py``), which always load. Tensors must be floating point and finite (``allow_nonfinite=True``
-    lifts the last rule). Every malformed config field is a ValueError naming the file and the field;
+    (``checkpoint/peft_bias.py``), which always load. Tensors must be floating point and finite
+    (``allow_nonfinite=True`` lifts the last rule). Every malformed config field is a ValueError naming the file and the field;
     the model is untouched on any error.
     """
     directory = Path(directory)
