@@ -416,6 +416,9 @@ class NamedAdapters:
                 variant = "dora=true" if addin.dora else "bias=true"
                 raise ValueError(f"{where} with {variant}, which is not linear in its factors: it cannot "
                                  f"be combined by weights")
+            if addin.grouped:
+                raise ValueError(f"{where} on a grouped convolution in PEFT's layout, whose rank channels "
+                                 f"are split among the groups: it cannot be combined by concatenation")
             sig = (p.method, p.source, p.target, addin.param, addin.layout)
             if sig in out:
                 raise ValueError(f"{where} twice: a weighted combination needs one LoRA per layer")

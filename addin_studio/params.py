@@ -58,7 +58,15 @@ def trainable_table(model: nn.Module) -> str:
     for mod_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):
             owners.setdefault(f"{mod_name}.{p_name}" if mod_name else p_name, type(module).__name__)
-    rows = [(name, owners.get(name, ""), "x".join(str(s) for s in p.shape) or "scalar", f"{p.numel():,}")
+    holders: dict[int, int] = {}  # a tensor shared by several modules (FacT's factors) is one row
+    for _, p in model.named_parameters(remove_duplicate=False):
+        holders[id(p)] = holders.get(id(p), 0) + 1
+
+    def kind(name: str, p: nn.Parameter) -> str:
+        shared = holders.get(id(p), 1)
+        return owners.get(name, "") + (f" (shared by {shared})" if shared > 1 else "")
+
+    rows = [(name, kind(name, p), "x".join(str(s) for s in p.shape) or "scalar", f"{p.numel():,}")
             for name, p in model.named_parameters() if p.requires_grad]
     header = ("Parameter", "Type", "Shape", "Count")
     widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(4)]

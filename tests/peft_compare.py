@@ -19,6 +19,7 @@ import addin_studio as studio
 PEFT_TO_OURS = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B", "lora_B.bias": "lora_bias",
                 "lora_magnitude_vector.weight": "lora_magnitude",
                 "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B", "lora_diag": "lora_diag",
+                "trainable_tokens_delta": "rows",  # trainable tokens: the new rows themselves
                 **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
                    for n in ("std_prior", "expert_weights_prior")}}
 # PEFT's adapter buffers -> ours
@@ -35,9 +36,10 @@ def peft_tensors(peft_model, strict: bool = True) -> dict[tuple[str, str], torch
     """``{(module path, our name): PEFT parameter}`` for PEFT's LoRA tensors (``strict``: no others)."""
     found = {}
     for name, p in peft_model.named_parameters():
-        if "lora_" not in name:
+        if "lora_" not in name and "trainable_tokens_delta" not in name:
             continue
-        name = name.removeprefix("base_model.model.").replace(".default", "").replace(".base_layer", "")
+        name = name.removeprefix("base_model.model.").replace(".default", "").replace(".base_layer", "") \
+            .replace(".token_adapter", "")
         for suffix, ours in PEFT_TO_OURS.items():
             if name.endswith("." + suffix):
                 found[(name[: -len(suffix) - 1], ours)] = p
@@ -83,8 +85,9 @@ def share_noise(peft_model, att) -> None:
 
 
 def our_buffers(att) -> dict[tuple[str, str], torch.Tensor]:
+    """Our add-ins' persistent buffers (their state; not caches such as TrainableTokens' row index)."""
     return {(placement.target.module, n): b for _, placement, addin in att.entries
-            for n, b in addin.named_buffers()}
+            for n, b in addin.named_buffers() if n in addin.state_dict()}
 
 
 def _state(model):
@@ -151,7 +154,7 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
         residual = _state(model)
         att.merge()
         pm.base_model.merge_adapter()
-        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "")
+        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "").replace(".token_adapter", "")
                     .replace(".modules_to_save.default", ""): v
                     for k, v in pm.state_dict().items() if "lora_" not in k and "original_module" not in k}
         for k, v in _state(model).items():

@@ -351,3 +351,14 @@ def test_ddp_trains_shared_factors_as_one_process(tmp_path):
     assert min(float((single[k] - initial[k]).abs().max()) for k in single) > 1e-3  # all of them trained
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_trainable_table_lists_a_shared_factor_once_and_says_so():
+    model, _ = _vit()
+    att = studio.attach(model, _config("tt"))
+    rows = [line for line in studio.trainable_table(model).splitlines() if line.startswith("| addins.")]
+    shared = [r for r in rows if "(shared by" in r]
+    assert len(shared) == 2 and all(f"(shared by {len(TARGETS) * L})" in r for r in shared)  # u and v
+    assert len(rows) == 2 + len(TARGETS) * L  # one row per tensor: u, v and each placement's core
+    assert sum(int(r.split("|")[4].strip().replace(",", "")) for r in rows) == _paper_count("tt", D, R, L)
+    att.detach()

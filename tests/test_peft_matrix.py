@@ -187,6 +187,14 @@ SUPPORTED = [
     ("Conv3d 1 LoRA with lora_b bias", "Conv3d", {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32}),
     ("MLP 1 using nn.Parameter LoRA", "MlpUsingParameters", {"target_parameters": ["lin0.weight"]}),
     ("MLP 2 using nn.Parameter LoRA", "MLP", {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]}),
+    # trainable tokens (addins/trainable_tokens.py): a TrainableTokens add-in beside the LoRA
+    ("Embedding + transformers Conv1D 1 LoRA trainable_tokens", "EmbConv1D",
+     {"target_modules": ["conv1d"], "trainable_token_indices": {"emb": [0, 10]}}),
+    # grouped convs (addins/lora_grouped.py): output hook only, neither side can merge them
+    ("Conv2d Groups LoRA", "Conv2dGroups", {"target_modules": ["conv2d"]}),
+    ("Conv2d Groups2 LoRA", "Conv2dGroups2", {"target_modules": ["conv2d"]}),
+    ("Conv2d Groups LoRA with DoRA", "Conv2dGroups", {"target_modules": ["conv2d"], "use_dora": True}),
+    ("Conv2d Groups2 LoRA with DoRA", "Conv2dGroups2", {"target_modules": ["conv2d"], "use_dora": True}),
     # the variants of addins/lora_kasa.py, lora_mica.py and lora_velora.py (also compared while training)
     ("Vanilla MLP 1 LoRA with KaSA", "MLP", {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4}),
     ("Vanilla MLP 1 LoRA with MiCA", "MLP", {"target_modules": ["lin0"], "init_lora_weights": "mica", "r": 4}),
@@ -202,6 +210,8 @@ SUPPORTED = [
 ]
 # every supported row's PEFT directory loads with from_peft
 FILES = {name for name, _, _ in SUPPORTED}
+# rows whose LoRA is not an update of the base weight: PEFT and we both refuse to merge
+UNMERGEABLE = {name: "conv2d" for name, model_id, _ in SUPPORTED if model_id.startswith("Conv2dGroups")}
 
 
 def _ours(fields: dict):
@@ -213,6 +223,11 @@ def _ours(fields: dict):
         lines += [f"(LoRA.adapt_weight, r=8, alpha=8, param={p.rpartition('.')[2]}): "
                   f"...->({p.rpartition('.')[0]}){{inout1}}->..." for p in fields["target_parameters"]]
         return "\n".join(lines)
+    tokens = "".join(f'\n(TrainableTokens.adapt_weight, indices="{", ".join(map(str, v))}"): ...->({k}){{inout1}}->...'
+                     for k, v in fields.get("trainable_token_indices", {}).items())
+    if tokens:
+        return lambda model: str(_ours({k: v for k, v in fields.items() if k != "trainable_token_indices"})(model)) \
+            + tokens
     targets = fields["target_modules"]
     kwargs = {"r": fields.get("r", 8), "alpha": fields.get("lora_alpha", 8),
               "dropout": fields.get("lora_dropout", 0.0), "trainable": fields.get("modules_to_save", ()),
@@ -250,7 +265,10 @@ def test_supported_row_equals_peft(name, model_id, fields, tmp_path):
     # the variants whose training differs from plain LoRA (VeLoRA's gradients and projection updates,
     # MiCA's frozen B, KaSA's diagonal) are also compared over a few training steps
     steps = 3 if _variant_settings(fields) else 0
-    pm, _ = compare(make, X, peft.LoraConfig(**fields), _ours(fields), train_steps=steps)
+    pm, _ = compare(make, X, peft.LoraConfig(**fields), _ours(fields), train_steps=steps,
+                    merge=name not in UNMERGEABLE)
+    if name in UNMERGEABLE:
+        _both_refuse_merge(make, fields, pm, UNMERGEABLE[name])
     if name not in FILES:
         return
     pm.save_pretrained(str(tmp_path))
@@ -261,31 +279,37 @@ def test_supported_row_equals_peft(name, model_id, fields, tmp_path):
     torch.testing.assert_close(model(X), pm(X), rtol=1e-5, atol=1e-6)
 
 
+def _both_refuse_merge(make, fields, pm, layer: str) -> None:
+    """PEFT raises on merge; our merge names the reason and leaves the model as it was."""
+    with pytest.raises(NotImplementedError, match="groups > 1"):
+        pm.base_model.merge_adapter()
+    model = make()
+    att = studio.attach(model, _ours(fields)(model))
+    with torch.no_grad():
+        for p in att.addins.parameters():
+            p.add_(0.1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model(X)
+    groups = dict(model.named_modules())[layer].groups
+    with pytest.raises(ValueError) as info:
+        att.merge()
+    assert str(info.value) == (
+        f"cannot merge LoRA_{layer} into '{layer}': a LoRA on a grouped convolution (groups={groups}) in "
+        f"PEFT's layout is not an update of the layer's weight (its A conv mixes all input channels), so it "
+        f"cannot be folded in (PEFT refuses this merge too)")
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(X), before)
+    att.detach()
+
+
+from addin_studio.addins.lora_peft import MHA_REFUSAL  # noqa: E402
+
 # (name, model, LoraConfig fields, the message from_peft refuses PEFT's directory with)
 REFUSED = [
-    ("Embedding + transformers Conv1D 1 LoRA trainable_tokens", "EmbConv1D",
-     {"target_modules": ["conv1d"], "trainable_token_indices": {"emb": [0, 10]}},
-     "trainable_token_indices is not supported"),
-    ("Conv2d Groups LoRA", "Conv2dGroups", {"target_modules": ["conv2d"]},
-     "from_peft imports conv LoRA without groups; the adapter's 'conv2d' has groups=8 (PEFT's grouped conv "
-     "LoRA is not a low-rank update of the weight)"),
-    ("Conv2d Groups2 LoRA", "Conv2dGroups2", {"target_modules": ["conv2d"]},
-     "from_peft imports conv LoRA without groups; the adapter's 'conv2d' has groups=2 (PEFT's grouped conv "
-     "LoRA is not a low-rank update of the weight)"),
-    ("Conv2d Groups LoRA with DoRA", "Conv2dGroups", {"target_modules": ["conv2d"], "use_dora": True},
-     "from_peft imports conv LoRA without groups; the adapter's 'conv2d' has groups=8 (PEFT's grouped conv "
-     "LoRA is not a low-rank update of the weight)"),
-    ("Conv2d Groups2 LoRA with DoRA", "Conv2dGroups2", {"target_modules": ["conv2d"], "use_dora": True},
-     "from_peft imports conv LoRA without groups; the adapter's 'conv2d' has groups=2 (PEFT's grouped conv "
-     "LoRA is not a low-rank update of the weight)"),
     ("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]},
-     "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
-     "the adapter's 'mha' is a "
-     "MultiheadAttention"),
+     "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
     ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]},
-     "from_peft imports LoRA on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers; "
-     "the adapter's 'mha' is a "
-     "MultiheadAttention"),
+     "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
 ]
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AddinBase, PointInfo, weight_method
+from .lora_grouped import check_grouped, grouped_branch, grouped_shapes, is_grouped_peft, peft_dora_delta
 from .lora_kasa import check_kasa, kasa_loss, truncated
 from .lora_mica import mica_init
 from .lora_monteclora import MonteCLoRASampler, check_monteclora
@@ -213,11 +214,14 @@ class LoRA(AddinBase):
         self.param = param or default_param(module)
         if layout not in ("balanced", "peft"):
             raise ValueError(f"LoRA layout must be balanced or peft, got {layout!r}")
-        if layout == "peft" and isinstance(module, _CONV) and module.groups != 1:
-            raise ValueError(f"LoRA layout=peft on a grouped convolution (groups={module.groups}) is not "
-                             f"supported: PEFT's grouped conv LoRA is not a low-rank update of the weight")
         self.layout = layout
+        # PEFT's grouped conv LoRA (addins/lora_grouped.py): a dense A conv and a grouped 1x1 B conv
+        self.grouped = is_grouped_peft(module, layout, self.param)
         h, w, self.transposed = _layout(module, self.param, layout == "peft", named=param is not None)
+        b_cols = r
+        if self.grouped:
+            check_grouped(module, r, self.init)
+            (_, w), (h, b_cols) = grouped_shapes(module, r)
         weight = module._parameters[self.param]
         self.weight_shape = tuple(weight.shape)
         self.r = r
@@ -231,7 +235,7 @@ class LoRA(AddinBase):
         self.hook_problem = hook_problem(module) if self.param == default_param(module) else \
             f"param={self.param!r} is adapted on the weight"
         self.lora_A = nn.Parameter(torch.empty(r, w, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(h, r, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(h, b_cols, dtype=weight.dtype, device=weight.device))
         _check_kind(self, module, param)
         if self.init == "gaussian":
             gaussian_init(self.lora_A, r)
@@ -263,7 +267,7 @@ class LoRA(AddinBase):
         if dora:
             with torch.no_grad():
                 base = weight.detach() - self.delta() if self.moves_base else weight.detach()
-                norm = dora_norm(base + self.delta().to(weight.dtype), self.transposed)
+                norm = dora_norm(base + self._norm_delta().to(weight.dtype), self.transposed)
             self.lora_magnitude = nn.Parameter(norm.clone())
         if kasa:
             truncated(weight, r)  # refuses r >= min(out, in) here, before attach changes anything
@@ -295,6 +299,10 @@ class LoRA(AddinBase):
 
     def merge_problem(self, module: nn.Module) -> str | None:
         """Why :meth:`merge` cannot fold this LoRA into ``module``, or None."""
+        if self.grouped:
+            return (f"a LoRA on a grouped convolution (groups={module.groups}) in PEFT's layout is not an "
+                    f"update of the layer's weight (its A conv mixes all input channels), so it cannot be "
+                    f"folded in (PEFT refuses this merge too)")
         if hasattr(self, "lora_bias") and getattr(module, "bias", None) is None:
             return ("LoRA bias=true cannot be merged: the layer has no bias to fold it into (PEFT "
                     "refuses this merge too)")
@@ -319,6 +327,9 @@ class LoRA(AddinBase):
         if method == _HOOK_METHOD and self.hook_problem:
             raise ValueError(f"the output hook cannot adapt this layer: {self.hook_problem}; use "
                              f"{WEIGHT_METHOD}, which adapts the weight wherever it is read")
+        if method == WEIGHT_METHOD and self.grouped:
+            raise ValueError("a LoRA on a grouped convolution in PEFT's layout is not an update of the "
+                             "weight: use adapt_output (or layout=balanced)")
         if method == WEIGHT_METHOD and (self.velora or self.monteclora):
             raise ValueError(f"{'velora' if self.velora else 'monteclora'}=true acts on the LoRA branch in "
                              f"training, which adapt_weight does not have: use adapt_output")
@@ -335,6 +346,9 @@ class LoRA(AddinBase):
 
     def delta(self) -> torch.Tensor:
         """``(alpha/r) * B @ A`` in the shape of the adapted weight."""
+        if self.grouped:
+            raise ValueError("a LoRA on a grouped convolution in PEFT's layout has no weight update "
+                             "(see addins/lora_grouped.py)")
         B = self.lora_B * self.lora_diag if self.kasa else self.lora_B
         d = (B @ self.lora_A).mul(self.scaling)
         if self.transposed:
@@ -343,6 +357,12 @@ class LoRA(AddinBase):
 
     def delta_weight(self, module: nn.Module | None = None) -> torch.Tensor:
         """The update in the weight's shape (``module`` is accepted for compatibility)."""
+        return self.delta()
+
+    def _norm_delta(self) -> torch.Tensor:
+        """What DoRA's norm adds to the weight: :meth:`delta`, or PEFT's matrix for a grouped conv."""
+        if self.grouped:
+            return peft_dora_delta(self.lora_A, self.lora_B, self.weight_shape, self.scaling)
         return self.delta()
 
     def _dora_scale(self, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -365,13 +385,18 @@ class LoRA(AddinBase):
         if self.is_conv:
             if module is None:
                 raise ValueError("a conv LoRA needs its base module to run")
-            out = module._conv_forward(x, self.delta(), None)
+            out = self._conv_branch(module, x)
         else:
             h = self._embed(x, module) if self.is_embedding else F.linear(x, self.lora_A)
             if self.scaling != 1.0:
                 h = h * self.scaling  # cheapest place for the scale: the rank-r tensor
             out = F.linear(h, self.lora_B)
         return out + self._bias_term(out) if hasattr(self, "lora_bias") else out
+
+    def _conv_branch(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grouped:
+            return grouped_branch(module, self.lora_A, self.lora_B, x) * self.scaling
+        return module._conv_forward(x, self.delta(), None)
 
     def _embed(self, x: torch.Tensor, module: nn.Module | None) -> torch.Tensor:
         if module is None:
@@ -388,7 +413,7 @@ class LoRA(AddinBase):
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True)
         if self.is_conv:
-            return outputs + module._conv_forward(x, self.delta(), None)
+            return outputs + self._conv_branch(module, x)
         h = self._embed(x, module) if self.is_embedding else F.linear(x, self.lora_A)
         if outputs.dim() >= 2 and outputs.is_contiguous():
             # one fused kernel for "outputs + scaling * h @ B^T": every extra op costs a thread sync
@@ -444,7 +469,7 @@ class LoRA(AddinBase):
         if not self.dora:
             return outputs + branch
         weight = module._parameters[self.param]
-        scale = self._dora_scale(weight, self.delta())
+        scale = self._dora_scale(weight, self._norm_delta())
         if self.is_conv:
             scale = scale.view(-1, *([1] * (outputs.dim() - 2)))
         if dropped:  # PEFT recomputes the base output from the dropped-out input

@@ -1,10 +1,12 @@
 """LoRA's PEFT form: ``peft_type`` LORA on ``nn.Linear``, transformers ``Conv1D`` (PEFT's
-``fan_in_fan_out``), ``nn.Embedding`` and ungrouped ``nn.Conv1d/2d/3d`` layers, tensors named as PEFT names
-them (``lora_A.weight`` / ``lora_B.weight``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings,
-same layouts as ours; convs in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per
-adapter: ``use_rslora``, ``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``),
-``init_lora_weights`` (true, gaussian, pissa, olora, mica), ``kasa_config`` (``lora_diag``) and
-``velora_config`` (``lora_velora_embed``; ``addins/lora_peft_variants.py``)."""
+``fan_in_fan_out``), ``nn.Embedding`` and ``nn.Conv1d/2d/3d`` layers (grouped ones too) and named 2-D
+parameters (``target_parameters``), tensors named as PEFT names them (``lora_A.weight`` /
+``lora_B.weight``; ``lora_embedding_A`` / ``lora_embedding_B`` for embeddings, same layouts as ours; convs
+in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per adapter: ``use_rslora``,
+``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``), ``init_lora_weights`` (true,
+gaussian, pissa, olora, mica), ``kasa_config`` (``lora_diag``) and ``velora_config``
+(``lora_velora_embed``; ``addins/lora_peft_variants.py``); ``trainable_token_indices`` are
+``TrainableTokens`` (``addins/trainable_tokens.py``)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -23,8 +25,13 @@ _MAGNITUDE = "lora_magnitude_vector"
 _KINDS = "nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layers"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
-_UNSUPPORTED = ("trainable_token_indices", "layer_replication", "use_qalora", "alora_invocation_tokens",
+_UNSUPPORTED = ("layer_replication", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
+# why PEFT's MultiheadAttention LoRA files are refused (checked against PEFT 0.21.2's MultiheadAttention.merge,
+# which its forward calls too: out_proj's delta is written into the weight, then out_proj.merge() adds it again)
+MHA_REFUSAL = ("PEFT 0.21 adds the out_proj update twice (its forward and merge compute out_proj with "
+               "W + 2*scale*B@A, in_proj with W + scale*B@A; huggingface/peft PR #3774), so the adapter does "
+               "not compute what its config says")
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "mica": "mica"}
 
 
@@ -46,13 +53,6 @@ def _peft_kind(module: nn.Module) -> str | None:
     return None
 
 
-def _grouped(module: nn.Module) -> str | None:
-    if isinstance(module, _CONVS) and module.groups != 1:
-        return (f"has groups={module.groups} (PEFT's grouped conv LoRA is not a low-rank update of the "
-                f"weight)")
-    return None
-
-
 def _variant(addin: Any) -> dict[str, Any]:
     """The settings of a LoRA that PEFT holds once per adapter (its LoraConfig flags)."""
     return {"use_rslora": addin.rslora, "use_dora": addin.dora, "lora_bias": hasattr(addin, "lora_bias"),
@@ -71,23 +71,25 @@ class LoraPeft(PeftMapping):
         dropouts = set()
         variants: dict[str, set] = {}
         fan_in_fan_out = False  # PEFT switches it per layer as it meets Linear or Conv1D layers
+        params: dict[str, str] = {}  # PEFT's target_parameters: a named 2-D parameter of another layer kind
         for e in entries:
             path = e.placement.target.module
             kind = _peft_kind(e.module)
+            if _parameter_target(e, kind):
+                kind = "parameter"
+                params[path] = f"{path}.{e.addin.param}"
             if kind is None:
                 why = (" (PEFT 0.21's MultiheadAttention LoRA adds its out_proj update twice, so it "
                        "would not compute what ours does)") if isinstance(
                     e.module, (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)) else ""
                 raise ValueError(f"PEFT export covers LoRA on {_KINDS}; '{path}' is a "
                                  f"{type(e.module).__name__}{why}")
-            if e.placement.method not in ("adapt_output", "adapt_weight") or \
-                    getattr(e.addin, "param", "weight") != "weight":
+            if kind != "parameter" and (e.placement.method not in ("adapt_output", "adapt_weight") or
+                                        getattr(e.addin, "param", "weight") != "weight"):
                 raise ValueError(f"PEFT export covers LoRA.adapt_output and LoRA.adapt_weight on a "
                                  f"layer's weight; '{e.key}' is not one")
-            if _grouped(e.module):
-                raise ValueError(f"PEFT export covers conv LoRA without groups; '{path}' "
-                                 f"{_grouped(e.module)}")
-            if kind == "conv" and e.addin.lora_B.shape[0] != e.module.out_channels:
+            if kind == "conv" and (e.addin.lora_B.shape[0] != e.module.out_channels
+                                   or e.module.groups != 1 and not e.addin.grouped):
                 raise ValueError(f"'{path}': a conv LoRA goes to PEFT in PEFT's layout: attach it with "
                                  f"layout=peft (the balanced layout is not PEFT's)")
             if path in ranks:
@@ -99,8 +101,9 @@ class LoraPeft(PeftMapping):
                 tensors[f"{path}.lora_embedding_B"] = e.addin.lora_B
             else:
                 tensors[f"{path}.lora_A.weight"] = e.addin.lora_A if kind != "conv" else \
-                    e.addin.lora_A.reshape(r, *e.module.weight.shape[1:])
-                tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(-1, r, *ones)
+                    e.addin.lora_A.reshape(r, e.module.in_channels, *e.module.kernel_size)
+                # [out, r] ([out, r/groups] on a grouped conv) with PEFT's 1x1 kernel dims
+                tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(*e.addin.lora_B.shape, *ones)
             if hasattr(e.addin, "lora_bias"):
                 tensors[f"{path}.lora_B.bias"] = e.addin.lora_bias
             tensors.update({f"{path}.{suffix}": t for suffix, t in extra_tensors(e.addin).items()})
@@ -121,9 +124,16 @@ class LoraPeft(PeftMapping):
                                  f"{[as_json(v) for v in sorted(values, key=str)]}")
         r = _most_common(ranks.values())
         alpha = _most_common(alphas.values())
+        for path in params:
+            if (ranks[path], alphas[path]) != (r, alpha):
+                raise ValueError(f"'{path}': a LoRA on a named parameter goes to PEFT (target_parameters) with "
+                                 f"the adapter's common r={r} and alpha={_num(alpha)}, not r={ranks[path]}, "
+                                 f"alpha={_num(alphas[path])}")
+        modules = sorted(m for m in ranks if m not in params)
         config = {
             "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop(), "bias": "none",
-            "target_modules": sorted(ranks), "exclude_modules": None,
+            "target_modules": modules or None, "exclude_modules": None,
+            "target_parameters": sorted(params.values()) or None,
             "rank_pattern": {f"^{m}$": v for m, v in ranks.items() if v != r},
             "alpha_pattern": {f"^{m}$": _num(v) for m, v in alphas.items() if v != alpha},
             "fan_in_fan_out": fan_in_fan_out, "layers_to_transform": None, "layers_pattern": None,
@@ -141,9 +151,6 @@ class LoraPeft(PeftMapping):
         for flag in _UNSUPPORTED:  # fan_in_fan_out: the layer's kind says it
             if config.get(flag):
                 raise ValueError(f"{source}: {flag} is not supported")
-        if config.get("bias", "none") != "none":
-            raise ValueError(f"{source}: bias={config.get('bias')!r} is not supported (only 'none'; a bias "
-                             f"on B is lora_bias=true)")
         init = config.get("init_lora_weights", True)
         if init is False:
             init = True
@@ -156,6 +163,8 @@ class LoraPeft(PeftMapping):
         variant = {k: v for k, v in variant.items() if v not in (False, "kaiming")}
         variant.update(import_settings(config, source))
         pairs: dict[str, dict[str, torch.Tensor]] = {}
+        tokens = _token_imports(config, tensors, model, source)
+        tensors = {n: t for n, t in tensors.items() if ".token_adapter." not in n}
         for name, t in tensors.items():
             for embedding_part, part in _EMBEDDING_PARTS.items():
                 module, marker, rest = name.partition(f".{embedding_part}")
@@ -170,15 +179,15 @@ class LoraPeft(PeftMapping):
         params = _target_parameters(config, pairs, modules, source)
         for path in pairs:
             owner = path.partition(".base_layer.")[0]
+            if isinstance(modules.get(owner), nn.MultiheadAttention):
+                raise ValueError(f"from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's "
+                                 f"'{owner}'): {MHA_REFUSAL}")
             if path not in modules and owner in modules:  # PEFT's MultiheadAttention wrapper
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{owner}' is a "
                                  f"{type(modules[owner]).__name__}")
             if path not in modules:
                 raise ValueError(f"the adapter has LoRA weights for module '{path}', which this "
                                  f"{type(model).__name__} does not have")
-            if _grouped(modules[path]):
-                raise ValueError(f"from_peft imports conv LoRA without groups; the adapter's '{path}' "
-                                 f"{_grouped(modules[path])}")
             if _peft_kind(modules[path]) is None and path not in params:
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{path}' is "
                                  f"a {type(modules[path]).__name__}")
@@ -211,7 +220,7 @@ class LoraPeft(PeftMapping):
             if _peft_kind(modules[path]) == "conv":
                 r = settings["r"]
                 settings["layout"] = "peft"
-                pair = {k: t.reshape(r, -1) if k == "lora_A" else t.reshape(-1, r) if k == "lora_B" else
+                pair = {k: t.reshape(r, -1) if k == "lora_A" else t.flatten(1) if k == "lora_B" else
                         t.reshape(-1) for k, t in pair.items()}
             elif "lora_magnitude" in pair:
                 pair["lora_magnitude"] = pair["lora_magnitude"].reshape(-1)
@@ -223,7 +232,37 @@ class LoraPeft(PeftMapping):
             if method == WEIGHT_METHOD:
                 settings.pop("dropout", None)
             out.append(PeftImport(Placement(addin, method, point, point, settings), dict(pair)))
-        return out
+        return out + tokens
+
+
+def _parameter_target(e: PeftEntry, kind: str | None) -> bool:
+    """Whether ``e`` goes to PEFT as a ``target_parameters`` entry: ``adapt_weight`` with ``param=`` on a
+    layer PEFT's LoRA does not wrap (not MultiheadAttention: see ``MHA_REFUSAL``), plain LoRA only."""
+    mha = (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)
+    return (kind is None and e.placement.method == "adapt_weight" and "param" in e.placement.settings
+            and not isinstance(e.module, mha) and len(e.addin.weight_shape) == 2
+            and not e.addin.dora and not hasattr(e.addin, "lora_bias"))
+
+
+def _token_imports(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
+                   source: str) -> list[PeftImport]:
+    """The TrainableTokens placements of ``trainable_token_indices`` (``addins/trainable_tokens.py``)."""
+    from .trainable_tokens import TOKEN_KEY, read_tokens, token_layers
+
+    spec = config.get("trainable_token_indices")
+    tokens = {n: t for n, t in tensors.items() if ".token_adapter." in n}
+    if not spec:
+        if tokens:
+            raise ValueError(f"{source}: tensor 'base_model.model.{sorted(tokens)[0]}' holds trainable tokens, "
+                             f"which the config's trainable_token_indices does not list")
+        return []
+    if not isinstance(spec, (dict, list)):
+        raise ValueError(f"{source}: field 'trainable_token_indices' must be a list of token numbers or an "
+                         f"object of them by layer, got {type(spec).__name__}")
+    bad = sorted(n for n in tokens if not n.endswith("." + TOKEN_KEY))
+    if bad:
+        raise ValueError(f"{source}: unexpected key 'base_model.model.{bad[0]}'")
+    return read_tokens(token_layers(spec, model, source), tokens, TOKEN_KEY, model, "TrainableTokens", source)
 
 
 def _target_parameters(config: Mapping[str, Any], pairs: Mapping[str, Any], modules: Mapping[str, nn.Module],

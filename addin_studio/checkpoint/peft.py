@@ -21,11 +21,11 @@ from ..engine.freezing import match_trainable
 from . import files
 from .attaching import attach_filled
 from .fingerprint import addin_child, base_params
+from .peft_bias import base_name, bias_mode, export_biases, is_bias, read_biases
 from .validate import check_tensor, expect
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
-_LEAD = "base_model.model."
 _SAVED = ".modules_to_save.default."
 
 
@@ -42,39 +42,58 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     if not att.attached:
         raise RuntimeError("cannot export: this attachment has been detached")
     modules = dict(att.model.named_modules())
-    mapping: PeftMapping | None = None
-    entries = []
+    groups: dict[str, tuple[PeftMapping, list[PeftEntry]]] = {}
     for key, p, addin in att.entries:
         own = peft_mapping(addin)
         if own is None:
             raise ValueError(f"PEFT export covers {_covered()} only; '{key}' is {type(addin).__name__}."
                              f"{p.method}, which has no PEFT form")
-        if mapping is not None and own.peft_type != mapping.peft_type:
-            raise ValueError(f"a PEFT adapter holds one peft_type; '{key}' is {own.peft_type}, the "
-                             f"others are {mapping.peft_type}")
-        mapping = own
-        entries.append(PeftEntry(key, p, addin, modules[p.target.module]))
-    if mapping is None:
+        groups.setdefault(own.peft_type, (own, []))[1].append(PeftEntry(key, p, addin, modules[p.target.module]))
+    if not groups:
         raise ValueError("nothing to export: the attachment has no add-ins")
+    mapping, entries = _host(groups)
     weights, fields = mapping.export(entries)
+    for guest, guest_entries in (g for t, g in groups.items() if t != mapping.peft_type):
+        more, more_fields = guest.export_joined(guest_entries, mapping.peft_type)  # type: ignore[attr-defined]
+        weights.update(more)
+        fields.update(more_fields)
     lead = mapping.lead
     tensors = {(name if name in mapping.bare else lead + name): t for name, t in weights.items()}
     base = dict(base_params(att.model, addin_child(att.model)))
     keep, _ = match_trainable(base, att.config.trainable)
-    to_save = sorted({n.rpartition(".")[0] for n in keep})
-    for module_path in to_save:
+    to_save = []
+    for module_path in sorted({n.rpartition(".")[0] for n in keep}):
         own_names = [f"{module_path}.{n}" if module_path else n
                      for n, _ in modules[module_path].named_parameters()]
-        if not module_path or set(own_names) - keep:
+        if module_path and not set(own_names) - keep:
+            to_save.append(module_path)
+            for name in own_names:
+                tensors[lead + name] = base[name]
+        elif any(not is_bias(n) for n in set(own_names) & keep):  # biases alone are PEFT's `bias` field
             raise ValueError(f"PEFT saves whole modules (modules_to_save); the kept-trainable weights "
                              f"cover only part of '{module_path or 'the root'}'")
-        for name in own_names:
-            tensors[lead + name] = base[name]
+    bias, biases = export_biases(keep, {e.placement.target.module for e in entries}, base, to_save)
+    tensors.update({lead + name: t for name, t in biases.items()})
+    if bias != "none":
+        fields["bias"] = bias
     config = {"peft_type": mapping.peft_type, "task_type": mapping.task_type(att.model),
               "base_model_name_or_path": None, "revision": None, "inference_mode": True, **fields, "modules_to_save": to_save or None}
     directory = Path(directory)
     files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftMapping, list[PeftEntry]]:
+    """The mapping whose adapter holds every entry: the only one, or the one every other mapping
+    ``joins`` (LoRA with trainable tokens: LoraConfig's ``trainable_token_indices``)."""
+    if len(groups) == 1:
+        return next(iter(groups.values()))
+    hosts = [t for t in groups if all(t in getattr(m, "joins", ()) for o, (m, _) in groups.items() if o != t)]
+    if len(hosts) != 1:
+        (first, _), (other, (_, entries)) = list(groups.items())[:2]
+        raise ValueError(f"a PEFT adapter holds one peft_type; '{entries[0].key}' is {other}, the others "
+                         f"are {first}")
+    return groups[hosts[0]]
 
 
 def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None, *,
@@ -87,8 +106,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     variants). PEFT ``modules_to_save`` replace base weights, so they load only
     when asked: ``modules_to_save=True`` loads those the config lists, a list of module names loads
     exactly those (each must be listed in the config); the default refuses an adapter that has any.
-    Loaded ones stay trainable. Tensors must be floating point and finite (``allow_nonfinite=True``
-    lifts the last rule). Every malformed config field is a ValueError naming the file and the field;
+    Loaded ones stay trainable; so do the base biases of a ``bias="all"`` / ``"lora_only"`` adapter
+    (``checkpoint/peft_bias.py``), which always load. Tensors must be floating point and finite
+    (``allow_nonfinite=True`` lifts the last rule). Every malformed config field is a ValueError naming the file and the field;
     the model is untouched on any error.
     """
     directory = Path(directory)
@@ -109,9 +129,11 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     listed = list(config.get("modules_to_save") or [])
     allowed = _allowed_saves(modules_to_save, listed, source)
     weights_path = directory / PEFT_WEIGHTS
+    bias = bias_mode(config, source)
     tensors, _ = files.read(weights_path)
     claimed: dict[str, torch.Tensor] = {}
     saved: dict[str, torch.Tensor] = {}
+    biases: dict[str, torch.Tensor] = {}
     lead = mapping.lead
     for key, t in tensors.items():
         if key in mapping.bare:
@@ -122,6 +144,10 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         name = key[len(lead):]
         if mapping.claims(name):
             claimed[name] = t
+            continue
+        if bias != "none" and _SAVED not in name and is_bias(name) and \
+                not any(base_name(name).startswith(m + ".") for m in listed):
+            biases[name] = t  # a trained base bias (bias="all" / "lora_only")
             continue
         name = name.replace(_SAVED, ".")
         module = next((m for m in listed if name.startswith(m + ".")), None)
@@ -142,6 +168,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                              f"values")
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
     params = dict(model.named_parameters())
+    adapted = {i.placement.target.module for i in imports if i.placement.addin == addin_name}
+    saved.update(read_biases(biases, bias, adapted, params, str(weights_path), lead, allow_nonfinite))
     for name, t in saved.items():
         if name not in params:
             raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
