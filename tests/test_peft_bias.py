@@ -57,7 +57,14 @@ def test_peft_biases_load_as_trained_base_biases_and_go_back(bias, tmp_path):
     pm = _peft_dir(tmp_path / "theirs", bias)
     model = _net()
     before = _state(model)
-    att = studio.from_peft(model, tmp_path / "theirs")
+    with pytest.raises(ValueError) as info:  # a file replaces base weights only when asked
+        studio.from_peft(model, tmp_path / "theirs")
+    assert str(info.value) == (
+        f"{tmp_path / 'theirs' / 'adapter_model.safetensors'}: the adapter was trained with bias={bias!r} and "
+        f"holds {len(BIASES[bias])} trained base bias(es) (e.g. '{sorted(BIASES[bias])[0]}') that replace the "
+        f"model's own; pass base_biases=True to from_peft to load them")
+    assert not hasattr(model, "addins") and all(torch.equal(v, before[k]) for k, v in _state(model).items())
+    att = studio.from_peft(model, tmp_path / "theirs", base_biases=True)
     assert att.config.trainable == BIASES[bias]
     assert sorted(n for n, p in model.named_parameters() if p.requires_grad and "addins" not in n) == \
         sorted(BIASES[bias])

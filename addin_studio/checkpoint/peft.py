@@ -97,8 +97,8 @@ def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftM
 
 
 def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None, *,
-              modules_to_save: bool | Iterable[str] = False, allow_nonfinite: bool = False,
-              **attach_kwargs: Any) -> Attachment:
+              modules_to_save: bool | Iterable[str] = False, base_biases: bool = False,
+              allow_nonfinite: bool = False, **attach_kwargs: Any) -> Attachment:
     """Attach the adapter a PEFT directory holds (``adapter_config.json`` +
     ``adapter_model.safetensors``) to ``model``; returns the Attachment (merge, save, detach as usual).
 
@@ -106,8 +106,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     variants). PEFT ``modules_to_save`` replace base weights, so they load only
     when asked: ``modules_to_save=True`` loads those the config lists, a list of module names loads
     exactly those (each must be listed in the config); the default refuses an adapter that has any.
-    Loaded ones stay trainable; so do the base biases of a ``bias="all"`` / ``"lora_only"`` adapter
-    (``checkpoint/peft_bias.py``), which always load. Tensors must be floating point and finite
+    Loaded ones stay trainable. The trained base biases of a ``bias="all"`` / ``"lora_only"`` adapter
+    (``checkpoint/peft_bias.py``) replace base weights too: they load (and stay trainable) with
+    ``base_biases=True``; the default refuses such an adapter, naming a bias. Tensors must be floating point and finite
     (``allow_nonfinite=True`` lifts the last rule). Every malformed config field is a ValueError naming the file and the field;
     the model is untouched on any error.
     """
@@ -169,7 +170,12 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
     params = dict(model.named_parameters())
     adapted = {i.placement.target.module for i in imports if i.placement.addin == addin_name}
-    saved.update(read_biases(biases, bias, adapted, params, str(weights_path), lead, allow_nonfinite))
+    trained_biases = read_biases(biases, bias, adapted, params, str(weights_path), lead, allow_nonfinite)
+    if trained_biases and base_biases is not True:
+        raise ValueError(f"{weights_path}: the adapter was trained with bias={bias!r} and holds "
+                         f"{len(trained_biases)} trained base bias(es) (e.g. '{sorted(trained_biases)[0]}') "
+                         f"that replace the model's own; pass base_biases=True to from_peft to load them")
+    saved.update(trained_biases)
     for name, t in saved.items():
         if name not in params:
             raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
