@@ -362,3 +362,27 @@ def test_trainable_table_lists_a_shared_factor_once_and_says_so():
     assert len(rows) == 2 + len(TARGETS) * L  # one row per tensor: u, v and each placement's core
     assert sum(int(r.split("|")[4].strip().replace(",", "")) for r in rows) == _paper_count("tt", D, R, L)
     att.detach()
+
+
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "eva02_tiny_patch14_224"])
+def test_strategy_puts_fact_on_the_weight_of_a_qkv_its_parent_reads(name):
+    # BEiT and EVA read qkv.weight in their attention's forward (qkv never runs as a module)
+    torch.manual_seed(0)
+    size = 28 if "eva02" in name else 32
+    extra = {"mlp_ratio": 4.0} if "eva02" in name else {}  # EVA-02's SwiGLU width is no multiple of 192
+    model = timm.create_model(name, pretrained=False, img_size=size, num_classes=3, depth=2, **extra).eval()
+    x = torch.randn(1, 3, size, size)
+    with pytest.raises(ConfigError, match="never runs as a module"):  # without a trace: the output hook
+        studio.attach(model, studio.strategies.fact(model, r=2), example_input=x)
+    cfg = studio.strategies.fact(model, r=2, example_input=x)
+    methods = {p.target.module.rsplit(".", 1)[-1]: (p.method, p.settings.get("dropout")) for p in cfg.placements}
+    assert methods["qkv"] == ("adapt_weight", 0.0) and methods["fc2"] == ("adapt_output", None)
+    before = model.forward_features(x)  # (the random head's outputs are ~1e-3: compare features)
+    with studio.attach(model, cfg, example_input=x) as att:
+        torch.testing.assert_close(model.forward_features(x), before)  # identity at attach
+        with torch.no_grad():
+            for _, p, addin in att.entries:
+                for t in addin.parameters():
+                    t.add_(0.05)
+        assert (model.forward_features(x) - before).abs().max() > 1e-2  # the qkv weight moved too
+    assert torch.equal(model.forward_features(x), before)

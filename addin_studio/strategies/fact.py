@@ -1,7 +1,7 @@
 """FacT as a strategy: the paper's placement (every block's qkv, proj, fc1 and fc2) in one call."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from torch import nn
 
@@ -9,7 +9,9 @@ from ..config import Config
 from .capabilities import placement
 from ..config.paths import is_index, split_path
 from .partial import _with_head
-from .ready import _target_check
+from ..addins.lora import hook_problem
+from ..graph import ModuleGraph
+from .ready import _never_run, _target_check
 
 FACT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -24,7 +26,8 @@ def _by_role(paths: Iterable[str]) -> list[str]:
 
 
 def fact(model: nn.Module, r: int = 8, kind: str = "tt", scale: float = 1.0, dropout: float = 0.1,
-         targets: str | Sequence[str] = FACT_TARGETS, head: bool | str | None = True) -> Config:
+         targets: str | Sequence[str] = FACT_TARGETS, head: bool | str | None = True,
+         example_input: Any = None, graph: ModuleGraph | None = None) -> Config:
     """FacT-TT (``kind="tt"``) or FacT-TK (``"tk"``) of rank ``r`` on the ``nn.Linear`` layers named by
     ``targets`` — by default a timm ViT's attention ``qkv`` and ``proj`` and MLP ``fc1`` and ``fc2`` in
     every block, as the paper — with their factors shared; the classifier ``head`` trains too
@@ -32,6 +35,10 @@ def fact(model: nn.Module, r: int = 8, kind: str = "tt", scale: float = 1.0, dro
 
     ``targets``: names matched against the end of each module path, or one regular expression that
     must match a whole path (as :func:`lora`).
+
+    As :func:`lora`, a layer that never runs as a module in the traced forward pass (``example_input`` or
+    ``graph``; e.g. a qkv whose parent reads its weight, as in BEiT and EVA) or whose own forward changes
+    its weight gets ``adapt_weight`` (with ``dropout=0``: the weight method has no branch to drop out).
     """
     if kind not in ("tt", "tk"):
         raise ValueError(f"strategies.fact: kind must be 'tt' or 'tk', got {kind!r}")
@@ -46,8 +53,15 @@ def fact(model: nn.Module, r: int = 8, kind: str = "tt", scale: float = 1.0, dro
     if dropout != 0.1:
         settings["dropout"] = dropout
     name = f"FacT_{kind}"
-    return Config(tuple(placement(p, name, "adapt_output", **settings) for p in paths),
-                  _with_head(model, [], head))
+    never_run = _never_run(model, example_input, graph)
+    modules = dict(model.named_modules())
+
+    def place(path: str):
+        if path in never_run or hook_problem(modules[path]):
+            return placement(path, name, "adapt_weight", **{**settings, "dropout": 0.0})
+        return placement(path, name, "adapt_output", **settings)
+
+    return Config(tuple(place(p) for p in paths), _with_head(model, [], head))
 
 
 __all__ = ["FACT_TARGETS", "fact"]

@@ -226,12 +226,12 @@ class Editor:
         lora_kw = {k: lora[k] for k in ("r", "alpha", "dropout") if k in lora}
         with self._bare():
             if name == "lora_all":
-                cfg = strategies.lora_all(self.model, **lora_kw)
+                cfg = strategies.lora_all(self.model, graph=self.graph, **lora_kw)
             elif name == "lora":
                 names = [t for t in targets.replace(",", " ").split() if t]
                 if not names:
                     raise ValueError("lora(targets) needs module names, e.g. qkv or fc1, fc2")
-                cfg = strategies.lora(self.model, names, **lora_kw)
+                cfg = strategies.lora(self.model, names, graph=self.graph, **lora_kw)
             elif name == "bitfit":
                 cfg = strategies.bitfit(self.model)
             elif name == "layernorm":
@@ -244,7 +244,7 @@ class Editor:
             elif name in ("fact_tt", "fact_tk"):  # the paper's layers, with the FacT settings form's values
                 kind = name[-2:]
                 fact = self.shown_settings(f"FacT_{kind}")
-                cfg = strategies.fact(self.model, kind=kind,
+                cfg = strategies.fact(self.model, kind=kind, graph=self.graph,
                                       **{k: fact[k] for k in ("r", "scale", "dropout") if k in fact})
             else:
                 cfg = strategies.head_only(self.model)
