@@ -156,13 +156,21 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
                                  f"{sorted(state)}")
             for name, t in state.items():
                 check_tensor(t, own[name], f"addins.{key}.{name}", source, allow_nonfinite)
-        if shared:  # the add-ins the config builds must share what the file says they share
-            now = {f"addins.{key}.{n}": t for key, _, addin in att.entries
-                   for n, t in addin.state_dict(keep_vars=True).items()}
-            for alias, owner in shared.items():
-                if now[alias] is not now[owner]:
-                    raise ValueError(f"{source}: field 'shared' says '{alias}' is '{owner}', but the "
-                                     f"add-ins attached from its config do not share them")
+        # the add-ins the config builds must share exactly what the file says they share: a tensor
+        # the file holds twice (no 'shared' entry) would load one value over the other
+        now = {f"addins.{key}.{n}": t for key, _, addin in att.entries
+               for n, t in addin.state_dict(keep_vars=True).items()}
+        for alias, owner in shared.items():
+            if now[alias] is not now[owner]:
+                raise ValueError(f"{source}: field 'shared' says '{alias}' is '{owner}', but the "
+                                 f"add-ins attached from its config do not share them")
+        first: dict[int, str] = {}
+        for name, t in now.items():
+            if id(t) in first and shared.get(name, name) != shared.get(first[id(t)], first[id(t)]):
+                raise ValueError(f"{source}: tensor '{name}' is shared with '{first[id(t)]}' by the add-ins "
+                                 f"its config attaches, but field 'shared' does not map it to that key "
+                                 f"(the file holds it twice)")
+            first.setdefault(id(t), name)
         for key, _, addin in att.entries:  # everything is checked: now load
             addin.load_state_dict(addin_tensors[key], strict=True)
 

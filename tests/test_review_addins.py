@@ -1,0 +1,89 @@
+"""Review of the new add-ins and engine paths as an adversarial user would drive them: crafted adapter
+files, odd layers and dtypes, stacked and named adapters, the widget driven from Python."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import addin_studio as studio
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
+            "grad": {n: p.requires_grad for n, p in model.named_parameters()},
+            "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+            "classes": [(n, type(m)) for n, m in model.named_modules()],
+            "attrs": {n: sorted(vars(m)) for n, m in model.named_modules()}}
+
+
+def _assert_same(model: nn.Module, snap: dict) -> None:
+    now = _snapshot(model)
+    assert now["classes"] == snap["classes"] and now["hooks"] == snap["hooks"]
+    assert now["grad"] == snap["grad"] and now["attrs"] == snap["attrs"]
+    assert list(now["state"]) == list(snap["state"])
+    assert all(torch.equal(now["state"][k], snap["state"][k]) for k in snap["state"])
+
+
+def _vit(depth: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=depth,
+                             num_classes=3).eval()
+
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+FACT = "(FacT_tt.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->..."
+
+
+def _read(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+
+
+def test_fact_file_holding_a_shared_factor_twice_without_the_shared_field_is_refused(tmp_path):
+    model = _vit()
+    att = studio.attach(model, FACT, example_input=X)
+    torch.manual_seed(2)
+    for p in att.addins.parameters():
+        nn.init.normal_(p)
+    att.save(tmp_path / "f.safetensors")
+    tensors, meta = _read(tmp_path / "f.safetensors")
+    shared = json.loads(meta.pop("shared"))
+    assert sorted(shared) == ["addins.FacT_tt_blocks_1_attn_qkv.u", "addins.FacT_tt_blocks_1_attn_qkv.v"]
+    for alias, owner in shared.items():  # the tied factor written twice, with different values
+        tensors[alias] = tensors[owner] + 1
+    save_file(tensors, str(tmp_path / "twice.safetensors"), metadata=meta)
+    fresh = _vit()
+    snap = _snapshot(fresh)
+    with pytest.raises(ValueError, match=r"twice\.safetensors: tensor 'addins\.FacT_tt_blocks_1_attn_qkv\.u' "
+                                         r"is shared with 'addins\.FacT_tt_blocks_0_attn_qkv\.u'.*field "
+                                         r"'shared'"):
+        studio.load(fresh, tmp_path / "twice.safetensors")
+    _assert_same(fresh, snap)
+    # the file as saved still loads, and gives the saved model's outputs
+    loaded = studio.load(fresh, tmp_path / "f.safetensors")
+    assert torch.allclose(fresh(X), model(X), atol=1e-5)
+    loaded.detach()
+    _assert_same(fresh, snap)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_monteclora_trains_in_half_precision(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5).to(dtype))
+    att = studio.attach(model, "(LoRA.adapt_output, r=2, monteclora=true, monteclora_samples=2): "
+                               "...->(0){inout1}->...")
+    lora = att.addins["LoRA_0"]
+    model.train()
+    y = model(torch.randn(3, 6).to(dtype))
+    assert y.dtype == dtype
+    (y.float().sum() + lora.monteclora_loss()).backward()
+    grad = lora.lora_monteclora.std_prior.grad
+    assert grad is not None and grad.dtype == dtype and bool(torch.isfinite(grad).all())
+    assert lora.lora_A.grad is not None and float(lora.lora_A.grad.abs().sum()) == 0.0  # B is 0
+    assert float(lora.lora_B.grad.abs().sum()) > 0
