@@ -87,3 +87,81 @@ def test_monteclora_trains_in_half_precision(dtype):
     assert grad is not None and grad.dtype == dtype and bool(torch.isfinite(grad).all())
     assert lora.lora_A.grad is not None and float(lora.lora_A.grad.abs().sum()) == 0.0  # B is 0
     assert float(lora.lora_B.grad.abs().sum()) > 0
+
+
+TOKENS = '(TrainableTokens.adapt_weight, indices="3, 10"): ...->(0){inout1}->...'
+IDS = torch.tensor([[0, 3, 10, 19], [5, 10, 10, 2]])
+
+
+def _stacked_embedding():
+    """An embedding with TrainableTokens (first attachment) and LoRA.adapt_weight (second) on it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 4))
+    bare = model(IDS).detach()
+    tokens = studio.attach(model, TOKENS)
+    lora = studio.attach(model, "(LoRA.adapt_weight, r=2): ...->(0){inout1}->...")
+    with torch.no_grad():
+        tokens.addins["TrainableTokens_0"].rows.add_(1.0)
+        lora.addins["LoRA_0"].lora_B.fill_(0.3)
+    return model, tokens, lora, bare
+
+
+def test_merging_an_update_under_a_weight_method_it_does_not_commute_with_is_refused():
+    model, tokens, lora, _ = _stacked_embedding()
+    out = model(IDS).detach()
+    snap = _snapshot(model)
+    # the rows TrainableTokens puts in would overwrite LoRA's update of rows 3 and 10 once folded in
+    with pytest.raises(ValueError, match=r"cannot merge LoRA_0 into '0\.weight': its weight is also read "
+                                         r"through \(TrainableTokens\.adapt_weight\) at 0:post, which stays "
+                                         r"attached and does not commute"):
+        lora.merge()
+    _assert_same(model, snap)
+    assert not lora.merged and torch.equal(model(IDS), out)
+    tokens.merge()  # in the order they are applied, both fold in exactly
+    lora.merge()
+    assert torch.equal(model(IDS), out)
+
+
+def test_stacked_merges_unmerge_in_reverse_order_only_and_keep_the_weight_methods_order():
+    model, tokens, lora, bare = _stacked_embedding()
+    out = model(IDS).detach()
+    tokens.merge()
+    lora.merge()
+    with pytest.raises(RuntimeError, match=r"cannot unmerge TrainableTokens_0: '0\.weight' has LoRA_0 of "
+                                           r"another attachment merged into it after it"):
+        tokens.unmerge()
+    with pytest.raises(RuntimeError, match="unmerge \\(or detach\\) that attachment first"):
+        tokens.detach()
+    assert tokens.attached and torch.equal(model(IDS), out)
+    lora.unmerge()
+    tokens.unmerge()  # the rows go back in front of LoRA in the weight's chain: same outputs
+    assert torch.equal(model(IDS), out)
+    lora.detach()
+    tokens.detach()
+    assert torch.equal(model(IDS), bare) and type(model[0]) is nn.Embedding
+
+
+def test_a_hook_merge_under_another_attachments_weight_method_lands_in_the_stored_weight():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 8)), torch.randn(3, 8)
+    first = studio.attach(model, "(LoRA.adapt_weight, r=2): ...->(0){inout1}->...")
+    fact = studio.attach(model, "(FacT_tt.adapt_output, r=2, dropout=0): ...->(0){inout1}->...")
+    ia3 = studio.attach(model, "(IA3.adapt_output): ...->(0){inout1}->...")
+    with torch.no_grad():
+        first.addins["LoRA_0"].lora_B.normal_()
+        fact.addins["FacT_tt_0"].v.normal_()
+        ia3.addins["IA3_0"].ia3_l.fill_(1.5)
+    out = model(x).detach()
+    snap = _snapshot(model)
+    # IA3 scales the layer's output: folded into W it would not scale LoRA's weight-method update
+    with pytest.raises(ValueError, match=r"cannot merge IA3_0 into '0\.weight'.*\(LoRA\.adapt_weight\) at "
+                                         r"0:post.*not a plain addition to the weight"):
+        ia3.merge()
+    _assert_same(model, snap)
+    ia3.detach()
+    out = model(x).detach()
+    fact.merge()  # FacT adds to the stored weight, which LoRA's weight method then reads
+    assert not torch.equal(model[0]._parameters["weight"], snap["state"]["0.weight"])
+    torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
+    fact.unmerge()
+    assert torch.equal(model(x), out)

@@ -497,6 +497,11 @@ class LoRA(AddinBase):
             return dora_view(scale, weight.dim(), self.transposed) * (weight + delta)
         return weight + delta
 
+    @property
+    def merge_adds(self) -> bool:
+        """Whether :meth:`merge` adds to the stored weight what the hook adds to the output (not DoRA)."""
+        return not self.dora
+
     def merge(self, module: nn.Module) -> None:
         """Fold the update into the stored weight (and a LoRA bias into the layer's bias); the
         Attachment snapshots the layer's parameters first and restores them on unmerge."""

@@ -100,10 +100,11 @@ def check_adaptable(module: nn.Module, name: str) -> str | None:
     return None
 
 
-def add_weight_action(module: nn.Module, name: str, action: Callable) -> None:
-    """Make ``module.<name>`` pass through ``action`` (after those already there)."""
+def add_weight_action(module: nn.Module, name: str, action: Callable, index: int | None = None) -> None:
+    """Make ``module.<name>`` pass through ``action`` (after those already there, or at ``index``)."""
     fns = module.__dict__.setdefault(_ADAPTERS, {})
-    fns.setdefault(name, []).append(action)
+    chain = fns.setdefault(name, [])
+    chain.insert(len(chain) if index is None else min(index, len(chain)), action)
     _retype(module)
 
 
@@ -120,3 +121,8 @@ def remove_weight_action(module: nn.Module, name: str, action: Callable) -> None
 
 def has_weight_action(module: nn.Module, name: str, action: Callable) -> bool:
     return action in module.__dict__.get(_ADAPTERS, {}).get(name, [])
+
+
+def weight_actions(module: nn.Module, name: str) -> list[Callable]:
+    """The weight methods ``module.<name>`` passes through now, in order."""
+    return list(module.__dict__.get(_ADAPTERS, {}).get(name, []))
