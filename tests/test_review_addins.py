@@ -165,3 +165,30 @@ def test_a_hook_merge_under_another_attachments_weight_method_lands_in_the_store
     torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
     fact.unmerge()
     assert torch.equal(model(x), out)
+
+
+@pytest.mark.parametrize("config", ['(TrainableTokens.adapt_weight, indices="3"): ...->(0){inout1}->...',
+                                    "(LoRA.adapt_weight, r=2): ...->(0){inout1}->..."])
+def test_weight_methods_on_a_sparse_embedding_are_refused_at_attach(config):
+    model = nn.Sequential(nn.Embedding(20, 4, sparse=True))
+    snap = _snapshot(model)
+    with pytest.raises(studio.ConfigError, match=r"Embedding\(sparse=True\) gives its weight a sparse gradient, "
+                                                 r"which cannot flow through a weight method; build it with "
+                                                 r"sparse=False") as info:
+        studio.attach(model, config)
+    assert info.value.position == config.index(".adapt_weight") + 1
+    _assert_same(model, snap)
+
+
+def test_lora_output_on_a_sparse_embedding_trains_with_dense_gradients_and_merges():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 4, sparse=True))
+    att = studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...")
+    lora = att.addins["LoRA_0"]
+    with torch.no_grad():
+        lora.lora_B.fill_(0.5)
+    out = model(IDS)
+    out.square().sum().backward()
+    assert lora.lora_A.grad.layout == torch.strided and float(lora.lora_A.grad.abs().sum()) > 0
+    att.merge()
+    torch.testing.assert_close(model(IDS), out.detach())

@@ -401,8 +401,9 @@ class LoRA(AddinBase):
     def _embed(self, x: torch.Tensor, module: nn.Module | None) -> torch.Tensor:
         if module is None:
             return F.embedding(x, self.lora_A.t())
+        # dense gradients even for a sparse=True layer: A is a transposed view, which takes no sparse one
         return F.embedding(x, self.lora_A.t(), module.padding_idx, module.max_norm, module.norm_type,
-                           module.scale_grad_by_freq, module.sparse)
+                           module.scale_grad_by_freq, False)
 
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
         if self.dora or hasattr(self, "lora_bias"):

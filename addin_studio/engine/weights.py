@@ -97,6 +97,10 @@ def check_adaptable(module: nn.Module, name: str) -> str | None:
     own = getattr(base_class(module), name, None)
     if isinstance(own, property):  # e.g. torch.nn.utils.parametrize already owns it
         return f"{type(module).__name__}.{name} is already a property (parametrized?)"
+    if getattr(module, "sparse", False) is True and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        # its backward gives the weight a sparse gradient, which no weight method can pass on
+        return (f"{type(module).__name__}(sparse=True) gives its weight a sparse gradient, which cannot flow "
+                f"through a weight method; build it with sparse=False")
     return None
 
 
