@@ -127,8 +127,8 @@ def test_stacked_merges_unmerge_in_reverse_order_only_and_keep_the_weight_method
     out = model(IDS).detach()
     tokens.merge()
     lora.merge()
-    with pytest.raises(RuntimeError, match=r"cannot unmerge TrainableTokens_0: '0\.weight' has LoRA_0 of "
-                                           r"another attachment merged into it after it"):
+    with pytest.raises(RuntimeError, match=r"cannot unmerge TrainableTokens_0: '0\.weight' has LoRA_0 merged "
+                                           r"into it \(another attachment\) since"):
         tokens.unmerge()
     with pytest.raises(RuntimeError, match="unmerge \\(or detach\\) that attachment first"):
         tokens.detach()
@@ -192,3 +192,31 @@ def test_lora_output_on_a_sparse_embedding_trains_with_dense_gradients_and_merge
     assert lora.lora_A.grad.layout == torch.strided and float(lora.lora_A.grad.abs().sum()) > 0
     att.merge()
     torch.testing.assert_close(model(IDS), out.detach())
+
+
+def test_attachments_that_move_the_base_weight_detach_last_first_and_restore_it_exactly():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 8)), torch.randn(3, 8)
+    weight, out = model[0].weight.detach().clone(), model(x).detach()
+    pissa = studio.attach(model, "(LoRA.adapt_output, r=2, init=pissa): ...->(0){inout1}->...")
+    kasa = studio.attach(model, "(LoRA.adapt_output, r=2, kasa=true): ...->(0){inout1}->...")
+    moved = model[0].weight.detach().clone()
+    # restoring PiSSA's snapshot now would put back the part KaSA took out, then KaSA's would undo PiSSA's
+    with pytest.raises(RuntimeError, match=r"cannot detach LoRA_0: '0\.weight' had part moved out by LoRA_0 "
+                                           r"\(another attachment\) since; unmerge \(or detach\) that"):
+        pissa.detach()
+    assert pissa.attached and torch.equal(model[0].weight, moved)
+    kasa.detach()
+    pissa.detach()
+    assert torch.equal(model[0].weight, weight) and torch.equal(model(x), out)
+
+    pissa = studio.attach(model, "(LoRA.adapt_output, r=2, init=pissa): ...->(0){inout1}->...")
+    lora = studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...")
+    with torch.no_grad():
+        lora.addins["LoRA_0"].lora_B.normal_()
+    lora.merge()
+    with pytest.raises(RuntimeError, match=r"cannot detach LoRA_0: '0\.weight' has LoRA_0 merged into it"):
+        pissa.detach()
+    lora.detach()
+    pissa.detach()
+    assert torch.equal(model[0].weight, weight) and type(model[0]) is nn.Linear

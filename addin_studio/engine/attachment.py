@@ -121,6 +121,9 @@ class Attachment:
                 module = modules[r.placement.target.module]
                 self._moved[r.key] = {n: p.detach().clone() for n, p in module._parameters.items()
                                       if p is not None}
+                stacks = _MERGE_STACKS.setdefault(module, {})
+                for n in self._moved[r.key]:
+                    stacks.setdefault(n, []).append((id(self), "move:" + r.key))
                 with torch.no_grad():
                     r.addin.move_base(module)
 
@@ -136,6 +139,7 @@ class Attachment:
         return self._hooks[key]
 
     def _undo(self) -> None:
+        self._check_restorable(moves=True)
         if self._merged:
             self.unmerge()
         for handle in self._handles.values():
@@ -162,6 +166,8 @@ class Attachment:
             for r in reversed(self._resolved):
                 snapshot = self._moved.pop(r.key, None)
                 if snapshot is not None:
+                    module = modules[r.placement.target.module]
+                    _pop_stack(module, snapshot, (id(self), "move:" + r.key))
                     with torch.no_grad():
                         for n, t in snapshot.items():
                             modules[r.placement.target.module]._parameters[n].copy_(t)
@@ -326,33 +332,41 @@ class Attachment:
     def unmerge(self) -> None:
         """Undo :meth:`merge`: restore the base weights bit for bit (and ties) and switch the add-ins
         back on."""
+        self._check_restorable(moves=False)
         modules = dict(self.model.named_modules())
-        stacks = {}  # check first (another attachment merged on top of ours?), then change anything
-        for r in reversed(self._resolved):
-            for n in self._merged.get(r.key, {}):
-                module = modules[r.placement.target.module]
-                stack = stacks.setdefault((id(module), n), list(_MERGE_STACKS.get(module, {}).get(n, [])))
-                if stack and stack[-1] != (id(self), r.key):
-                    path = r.placement.target.module
-                    raise RuntimeError(f"cannot unmerge {r.key}: '{path + '.' if path else ''}{n}' has "
-                                       f"{stack[-1][1]} of another attachment merged into it after it; "
-                                       f"unmerge (or detach) that attachment first")
-                if stack:
-                    stack.pop()
         for r in reversed(self._resolved):  # reverse: two merges into one weight undo in turn
             self._unmerge_one(r, modules)
+
+    def _check_restorable(self, moves: bool) -> None:
+        """Before unmerge (and, with ``moves``, detach) changes anything: every weight it restores from a
+        snapshot must not have been changed since by another attachment (a merge, a PiSSA/KaSA base
+        move); restoring ours would undo theirs. RuntimeError naming it."""
+        modules = dict(self.model.named_modules())
+        stacks: dict[tuple[int, str], list[tuple[int, str]]] = {}
+        ours = [(r, r.key, self._merged.get(r.key, {})) for r in reversed(self._resolved)]
+        if moves:
+            ours += [(r, "move:" + r.key, self._moved.get(r.key, {})) for r in reversed(self._resolved)]
+        for r, tag, snapshot in ours:
+            module = modules[r.placement.target.module]
+            for n in snapshot:
+                stack = stacks.setdefault((id(module), n), list(_MERGE_STACKS.get(module, {}).get(n, [])))
+                if stack and stack[-1] != (id(self), tag):
+                    path = r.placement.target.module
+                    other = stack[-1][1]
+                    what = (f"had part moved out by {other[5:]}" if other.startswith("move:")
+                            else f"has {other} merged into it")
+                    raise RuntimeError(f"cannot {'detach' if moves else 'unmerge'} {r.key}: "
+                                       f"'{path + '.' if path else ''}{n}' {what} (another attachment) "
+                                       f"since; unmerge (or detach) that attachment first")
+                if stack:
+                    stack.pop()
 
     def _unmerge_one(self, r: Resolved, modules: Mapping[str, nn.Module]) -> None:
         snapshot = self._merged.pop(r.key, None)
         if snapshot is None:
             return
         module = modules[r.placement.target.module]
-        stacks = _MERGE_STACKS.get(module, {})
-        for n in snapshot:
-            if (id(self), r.key) in stacks.get(n, []):
-                stacks[n].remove((id(self), r.key))
-            if not stacks.get(n, True):
-                del stacks[n]
+        _pop_stack(module, snapshot, (id(self), r.key))
         with torch.no_grad():
             for n, t in snapshot.items():
                 module._parameters[n].copy_(t)
@@ -429,6 +443,16 @@ def _shared_parameters(model: nn.Module) -> dict[int, list[str]]:
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(name)
     return names
+
+
+def _pop_stack(module: nn.Module, names: Any, entry: tuple[int, str]) -> None:
+    """Take ``entry`` off the merge stacks of ``module``'s parameters ``names``."""
+    stacks = _MERGE_STACKS.get(module, {})
+    for n in names:
+        if entry in stacks.get(n, []):
+            stacks[n].remove(entry)
+        if not stacks.get(n, True):
+            del stacks[n]
 
 
 def _read_weights(module: nn.Module, names: list[str], own: Any = None) -> dict[str, torch.Tensor]:
