@@ -220,3 +220,19 @@ def test_attachments_that_move_the_base_weight_detach_last_first_and_restore_it_
     lora.detach()
     pissa.detach()
     assert torch.equal(model[0].weight, weight) and type(model[0]) is nn.Linear
+
+
+@pytest.mark.parametrize("index", ["abc", None, 1.5, True])
+def test_a_remove_intent_without_a_placement_number_is_an_error_not_an_exception(index):
+    from addin_studio.examples import TutorialMLP
+
+    torch.manual_seed(0)
+    model = TutorialMLP(8, 6, 3)
+    widget = studio.Studio(model, example_input=torch.randn(2, 8))
+    config = "(LoRA.adapt_output, r=2): ...->(fc1){inout1}->..."
+    widget.handle({"type": "apply", "text": config})
+    widget.handle({"type": "remove", "index": index})
+    assert widget.error == f"remove needs the number of a listed placement, got {index!r}"
+    assert widget.config == config
+    widget.handle({"type": "remove", "index": "0"})  # the page may send it as text
+    assert widget.config == "" and widget.error == ""
