@@ -236,3 +236,27 @@ def test_a_remove_intent_without_a_placement_number_is_an_error_not_an_exception
     assert widget.config == config
     widget.handle({"type": "remove", "index": "0"})  # the page may send it as text
     assert widget.config == "" and widget.error == ""
+
+
+def test_loading_adapters_onto_a_meta_model_is_refused_instead_of_dropping_the_weights(tmp_path):
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3)).eval(), torch.randn(2, 8)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    att = studio.attach(model, "(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...\ntrainable(1.bias)")
+    with torch.no_grad():
+        for p in att.addins.parameters():
+            p.normal_()
+    att.save(tmp_path / "adapters.safetensors")
+    with studio.init_empty_weights():
+        meta = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3)).eval()
+    snap = _snapshot(meta)
+    with pytest.raises(ValueError, match=r"adapters\.safetensors: the model is on the meta device \(no weights "
+                                         r"yet\), where loading copies nothing: call studio\.materialize first"):
+        studio.load(meta, tmp_path / "adapters.safetensors")
+    assert [(n, type(m)) for n, m in meta.named_modules()] == snap["classes"]
+    assert {n: p.requires_grad for n, p in meta.named_parameters()} == snap["grad"]
+    # the documented order: materialize the base, then load the adapters
+    bare = studio.attach(meta, "(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...")
+    studio.materialize(meta, bare, tmp_path / "base.safetensors").detach()
+    studio.load(meta, tmp_path / "adapters.safetensors")
+    torch.testing.assert_close(meta(x), model(x))

@@ -142,11 +142,17 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
         addin_tensors[key][part] = t
     for name, t in base_tensors.items():
         check_tensor(t, base[name], f"base.{name}", source, allow_nonfinite)
+    on_meta = "the model is on the meta device (no weights yet), where loading copies nothing: call " \
+              "studio.materialize first, then studio.load"
+    if any(base[name].is_meta for name in base_tensors):
+        raise ValueError(f"{source}: {on_meta}")
 
     def fill(att: Attachment) -> None:
         got = [key for key, _, _ in att.entries]
         if got != keys:
             raise ValueError(f"{source}: the add-ins attached as {got}, the field 'keys' holds {keys}")
+        if any(t.is_meta for _, _, addin in att.entries for t in addin.state_dict().values()):
+            raise ValueError(f"{source}: {on_meta}")
         for key, _, addin in att.entries:
             state, own = addin_tensors[key], addin.state_dict()
             missing = sorted(set(own) - set(state))
