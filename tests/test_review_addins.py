@@ -260,3 +260,13 @@ def test_loading_adapters_onto_a_meta_model_is_refused_instead_of_dropping_the_w
     studio.materialize(meta, bare, tmp_path / "base.safetensors").detach()
     studio.load(meta, tmp_path / "adapters.safetensors")
     torch.testing.assert_close(meta(x), model(x))
+
+
+def test_saving_adapters_still_on_the_meta_device_is_a_clear_error(tmp_path):
+    with studio.init_empty_weights():
+        meta = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))
+    att = studio.attach(meta, "(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...")
+    with pytest.raises(ValueError, match=r"cannot save .*a\.safetensors: tensor 'addins\.FacT_tt_0\.u' is on the "
+                                         r"meta device \(no values\); call studio\.materialize first"):
+        att.save(tmp_path / "a.safetensors")
+    assert list(tmp_path.iterdir()) == []

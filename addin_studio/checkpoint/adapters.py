@@ -44,6 +44,10 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
         keep, _ = match_trainable(base, att.config.trainable)
         for name in sorted(keep):
             tensors[f"base.{name}"] = base[name]
+        on_meta = next((name for name, t in tensors.items() if t.is_meta), None)
+        if on_meta is not None:
+            raise ValueError(f"cannot save {path}: tensor '{on_meta}' is on the meta device (no values); "
+                             f"call studio.materialize first")
         meta = {
             "format": FORMAT,
             "config": str(att.config),
