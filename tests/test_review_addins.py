@@ -270,3 +270,21 @@ def test_saving_adapters_still_on_the_meta_device_is_a_clear_error(tmp_path):
                                          r"meta device \(no values\); call studio\.materialize first"):
         att.save(tmp_path / "a.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_attachment_merges_its_weight_methods_before_its_hook_updates_on_a_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 4))
+    weight = model[0].weight.detach().clone()
+    # written hook first: folding LoRA in first would let the rows overwrite its update of rows 3 and 10
+    att = studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n" + TOKENS)
+    with torch.no_grad():
+        att.addins["LoRA_0"].lora_B.fill_(0.3)
+        att.addins["TrainableTokens_0"].rows.add_(1.0)
+    out = model(IDS).detach()
+    att.merge()
+    torch.testing.assert_close(model(IDS), out)
+    att.unmerge()
+    assert torch.equal(model[0]._parameters["weight"], weight) and torch.equal(model(IDS), out)
+    att.detach()
+    assert torch.equal(model[0].weight, weight) and type(model[0]) is nn.Embedding

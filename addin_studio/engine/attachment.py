@@ -250,6 +250,9 @@ class Attachment:
             else:
                 continue
             todo.append((r, path, module, names))
+        # weight methods first, in their order: a hook's update folded in after them is exact, folded
+        # in before them it would pass through them (unmerge undoes merges in the reverse order)
+        todo.sort(key=lambda item: item[0].weight_param is None)
         for r, path, module, names in todo:
             problem = getattr(r.addin, "merge_problem", None)
             problem = problem(module) if callable(problem) else None
@@ -334,8 +337,9 @@ class Attachment:
         back on."""
         self._check_restorable(moves=False)
         modules = dict(self.model.named_modules())
-        for r in reversed(self._resolved):  # reverse: two merges into one weight undo in turn
-            self._unmerge_one(r, modules)
+        by_key = {r.key: r for r in self._resolved}
+        for key in reversed(list(self._merged)):  # reverse merge order: two merges into one weight undo in turn
+            self._unmerge_one(by_key[key], modules)
 
     def _check_restorable(self, moves: bool) -> None:
         """Before unmerge (and, with ``moves``, detach) changes anything: every weight it restores from a
@@ -343,7 +347,8 @@ class Attachment:
         move); restoring ours would undo theirs. RuntimeError naming it."""
         modules = dict(self.model.named_modules())
         stacks: dict[tuple[int, str], list[tuple[int, str]]] = {}
-        ours = [(r, r.key, self._merged.get(r.key, {})) for r in reversed(self._resolved)]
+        by_key = {r.key: r for r in self._resolved}
+        ours = [(by_key[key], key, snapshot) for key, snapshot in reversed(list(self._merged.items()))]
         if moves:
             ours += [(r, "move:" + r.key, self._moved.get(r.key, {})) for r in reversed(self._resolved)]
         for r, tag, snapshot in ours:
