@@ -134,6 +134,7 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     tensors, _ = files.read(weights_path)
     claimed: dict[str, torch.Tensor] = {}
     saved: dict[str, torch.Tensor] = {}
+    params = dict(model.named_parameters())
     biases: dict[str, torch.Tensor] = {}
     lead = mapping.lead
     for key, t in tensors.items():
@@ -152,6 +153,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             continue
         name = name.replace(_SAVED, ".")
         module = next((m for m in listed if name.startswith(m + ".")), None)
+        if module is None and _same_base(base_name(name), t, model, params, key, str(weights_path)):
+            continue  # PEFT's save_embedding_layers: a copy of the base weight, loading it changes nothing
         if module is None:
             raise ValueError(f"{weights_path}: tensor '{key}' is neither {mapping.peft_type} weights nor "
                              f"in a module the config's modules_to_save lists; refusing to load it")
@@ -168,7 +171,6 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             raise ValueError(f"{weights_path}: tensor '{_key(lead, name, mapping)}' holds non-finite "
                              f"values")
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
-    params = dict(model.named_parameters())
     adapted = {i.placement.target.module for i in imports if i.placement.addin == addin_name}
     trained_biases = read_biases(biases, bias, adapted, params, str(weights_path), lead, allow_nonfinite)
     if trained_biases and base_biases is not True:
@@ -197,6 +199,26 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
 
 
+def _same_base(name: str, t: torch.Tensor, model: nn.Module, params: dict[str, nn.Parameter], key: str,
+               source: str) -> bool:
+    """Whether file tensor ``key`` (model-relative ``name``, ``.base_layer.`` dropped) is a copy of the
+    input or output embedding's parameter ``name``, as PEFT's ``save_embedding_layers`` writes it for a
+    targeted ``embed_tokens`` / ``lm_head``. False for other names; ValueError when loading it would
+    change the base weight."""
+    p = params.get(name)
+    layers = [getattr(model, get, lambda: None)() for get in ("get_input_embeddings", "get_output_embeddings")]
+    owner = name.rpartition(".")[0]
+    if p is None or not any(owner and layer is model.get_submodule(owner) for layer in layers if layer is not None):
+        return False
+    if tuple(t.shape) == tuple(p.shape) and t.is_floating_point() == p.is_floating_point() and \
+            torch.equal(t.to(device=p.device, dtype=p.dtype), p.detach()):
+        return True
+    raise ValueError(f"{source}: tensor '{key}' replaces the base weight '{name}' (shape {tuple(t.shape)}, "
+                     f"the model's {tuple(p.shape)}) with other values, as PEFT's save_embedding_layers does "
+                     f"after resizing or training an embedding; from_peft replaces base weights only for the "
+                     f"config's modules_to_save, so it refuses this adapter")
+
+
 def _key(lead: str, name: str, mapping: PeftMapping) -> str:
     return name if name in mapping.bare else lead + name
 
@@ -219,7 +241,8 @@ def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str)
 _FIELDS = {  # adapter_config.json fields we read, and their JSON types (None is always accepted)
     "peft_type": "str", "r": "int", "lora_alpha": "number", "lora_dropout": "number", "bias": "str",
     "use_dora": "bool", "use_rslora": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
-    "rank_pattern": "object", "alpha_pattern": "object",
+    "rank_pattern": "object", "alpha_pattern": "object", "target_modules": "str or list[str]",
+    "exclude_modules": "str or list[str]", "target_parameters": "list[str]",
 }
 
 

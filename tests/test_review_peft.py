@@ -1,0 +1,178 @@
+"""PEFT interop as an adversarial user meets it: real PEFT 0.21 directories for config options the other
+PEFT tests do not list, and hand-edited ones. Each either loads with PEFT's outputs (and exports back to a
+directory PEFT loads with the same outputs) or is refused with one ValueError naming the file and the
+option, leaving the model untouched."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import addin_studio as studio
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.lin0 = nn.Linear(6, 8)
+        self.lin1 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.lin1(torch.relu(self.lin0(self.emb(x))))
+
+
+def tiny() -> Tiny:
+    torch.manual_seed(0)
+    return Tiny().eval()
+
+
+def llama() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
+                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=40)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+X = torch.tensor([[1, 2, 3], [4, 5, 9]])
+
+
+def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(x)
+    return getattr(out, "logits", out)
+
+
+def _save(make, config, directory: Path) -> Path:
+    """A PEFT directory for ``config`` on ``make()``, every trainable tensor perturbed (so B is not zero)."""
+    pm = peft.get_peft_model(make(), config)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in pm.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    pm.save_pretrained(directory)
+    return directory
+
+
+def _peft_out(make, directory: Path) -> torch.Tensor:
+    return _out(peft.PeftModel.from_pretrained(make(), directory).eval(), X)
+
+
+def _snapshot(model: nn.Module):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()))
+
+
+def _assert_untouched(model: nn.Module, before) -> None:
+    after = _snapshot(model)
+    assert after[0].keys() == before[0].keys()
+    assert all(torch.equal(after[0][k], before[0][k]) for k in before[0])
+    assert after[1:] == before[1:]
+
+
+def _refused(make, directory: Path, *needles: str, **kwargs) -> str:
+    model = make()
+    before = _snapshot(model)
+    with pytest.raises(ValueError) as info:
+        studio.from_peft(model, directory, **kwargs)
+    message = str(info.value)
+    assert str(directory) in message
+    for needle in needles:
+        assert needle in message, message
+    _assert_untouched(model, before)
+    return message
+
+
+def _edit_config(directory: Path, **fields) -> None:
+    config = json.loads((directory / CONFIG).read_text())
+    config.update(fields)
+    (directory / CONFIG).write_text(json.dumps(config))
+
+
+def _round_trip(make, directory: Path, tmp_path: Path) -> None:
+    """from_peft gives PEFT's outputs; export_peft writes a directory PEFT loads with the same outputs."""
+    want = _peft_out(make, directory)
+    model = make()
+    att = studio.from_peft(model, directory)
+    torch.testing.assert_close(_out(model, X), want, rtol=1e-5, atol=1e-6)
+    att.export_peft(tmp_path / "back")
+    torch.testing.assert_close(_peft_out(make, tmp_path / "back"), want, rtol=1e-5, atol=1e-6)
+
+
+def test_targeted_embedding_saved_with_its_base_weight_loads(tmp_path):
+    # PEFT's save_embedding_layers="auto" writes the targeted embed_tokens' base weight beside its LoRA
+    directory = _save(llama, peft.LoraConfig(target_modules=["embed_tokens", "q_proj"], r=4), tmp_path / "a")
+    from safetensors.torch import load_file
+
+    assert "base_model.model.model.embed_tokens.base_layer.weight" in load_file(directory / WEIGHTS)
+    _round_trip(llama, directory, tmp_path)
+
+
+def test_saved_embedding_weight_that_differs_from_the_model_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    directory = _save(llama, peft.LoraConfig(target_modules=["embed_tokens", "q_proj"], r=4), tmp_path / "a")
+    tensors = load_file(directory / WEIGHTS)
+    key = "base_model.model.model.embed_tokens.base_layer.weight"
+    tensors[key] = tensors[key] + 1
+    save_file(tensors, directory / WEIGHTS)
+    _refused(llama, directory, key, "save_embedding_layers", "'model.embed_tokens.weight'")
+
+
+def test_orthogonal_init_loads(tmp_path):
+    # "orthogonal" initialises lora_A/B only (the base weights stay), so the file's tensors are the adapter
+    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, init_lora_weights="orthogonal"),
+                      tmp_path / "a")
+    _round_trip(tiny, directory, tmp_path)
+
+
+def test_bdlora_is_refused_by_name(tmp_path):
+    from peft.tuners.lora.config import BdLoraConfig
+
+    bd = BdLoraConfig(target_modules_bd_a=["lin1"], target_modules_bd_b=["lin0"], nblocks=2)
+    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, use_bdlora=bd),
+                      tmp_path / "a")
+    _refused(tiny, directory, "use_bdlora")
+
+
+@pytest.mark.parametrize("field, value, want", [
+    ("target_parameters", [3], "a list of strings"),
+    ("target_parameters", "lin0.weight", "a list of strings"),
+    ("target_modules", 5, "a string or a list of strings"),
+    ("exclude_modules", {"a": 1}, "a string or a list of strings"),
+])
+def test_target_fields_of_the_wrong_json_type_are_refused(tmp_path, field, value, want):
+    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0"], r=4), tmp_path / "a")
+    _edit_config(directory, **{field: value})
+    _refused(tiny, directory, f"'{field}'", want)
+
+
+def test_lora_tensors_for_a_module_the_config_does_not_target_are_refused(tmp_path):
+    # PEFT skips them (its outputs would differ from loading them), so the directory contradicts itself
+    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4), tmp_path / "a")
+    _edit_config(directory, target_modules=["lin0"])
+    _refused(tiny, directory, "'lin1'", "target_modules")
+    _edit_config(directory, target_modules=["lin0", "lin1"], exclude_modules=["lin1"])
+    _refused(tiny, directory, "'lin1'", "exclude_modules")
+
+
+def test_tensor_rank_that_contradicts_r_or_rank_pattern_is_refused(tmp_path):
+    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, rank_pattern={"lin1": 2}),
+                      tmp_path / "a")
+    _round_trip(tiny, directory, tmp_path)
+    _edit_config(directory, rank_pattern={})
+    _refused(tiny, directory, "'lin1'", "rank 2", "rank 4")
+    _edit_config(directory, r=8, rank_pattern={"lin1": 2})
+    _refused(tiny, directory, "'lin0'", "rank 4", "rank 8")
