@@ -176,3 +176,63 @@ def test_tensor_rank_that_contradicts_r_or_rank_pattern_is_refused(tmp_path):
     _refused(tiny, directory, "'lin1'", "rank 2", "rank 4")
     _edit_config(directory, r=8, rank_pattern={"lin1": 2})
     _refused(tiny, directory, "'lin0'", "rank 4", "rank 8")
+
+
+class Nested(nn.Module):
+    """A root ``fc`` and a ``sub.fc``: PEFT's list ``target_modules=["fc"]`` reaches both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.sub = nn.Sequential()
+        self.sub.add_module("fc", nn.Linear(6, 6))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.sub(torch.relu(self.fc(x))))
+
+
+def nested() -> Nested:
+    torch.manual_seed(0)
+    return Nested().eval()
+
+
+@pytest.mark.parametrize("init", ["kaiming", "pissa"])
+def test_export_targets_only_the_attached_module_when_its_name_is_a_suffix_of_another(tmp_path, init):
+    model = nested()
+    x = torch.randn(3, 6)
+    att = studio.attach(model, f"(LoRA.adapt_output, r=2, init={init}): ...->(fc){{inout1}}->...")
+    with torch.no_grad():
+        for _, _, addin in att.entries:
+            addin.lora_B.add_(0.3)
+        want = model(x)
+    att.export_peft(tmp_path)
+    pm = peft.PeftModel.from_pretrained(nested(), tmp_path).eval()
+    adapted = sorted(n.removeprefix("base_model.model.").removesuffix(".lora_A")
+                     for n, _ in pm.named_modules() if n.endswith(".lora_A"))
+    assert adapted == ["fc"]
+    assert torch.equal(pm.base_model.model.sub.fc.weight, nested().sub.fc.weight)  # PiSSA left it alone
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-6)
+    again = nested()
+    studio.from_peft(again, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), want, rtol=1e-5, atol=1e-6)
+
+
+class Matmul(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 6))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+def test_export_of_a_target_parameter_whose_name_is_a_suffix_of_another_is_refused(tmp_path):
+    model = nested()
+    model.fc, model.sub.fc = Matmul(), Matmul()
+    att = studio.attach(model, "(LoRA.adapt_weight, r=2, param=weight): ...->(fc){inout1}->...")
+    with pytest.raises(ValueError, match=r"target_parameters \['fc.weight'\] would adapt 'sub.fc.weight' too"):
+        att.export_peft(tmp_path)
+    assert not (tmp_path / WEIGHTS).exists()

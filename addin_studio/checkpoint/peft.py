@@ -7,8 +7,9 @@ is the add-in class's own :class:`~addin_studio.addins.interop.PeftMapping` (its
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch import nn
 from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
 from ..addins.peft_patterns import compile_key
 from ..config import Config
-from ..engine import Attachment
+from ..engine import AddinDict, Attachment
 from ..engine.freezing import match_trainable
 from . import files
 from .attaching import attach_filled
@@ -60,6 +61,7 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     lead = mapping.lead
     tensors = {(name if name in mapping.bare else lead + name): t for name, t in weights.items()}
     base = dict(base_params(att.model, addin_child(att.model)))
+    _exact_targets(fields, base, modules)
     keep, _ = match_trainable(base, att.config.trainable)
     to_save = []
     for module_path in sorted({n.rpartition(".")[0] for n in keep}):
@@ -81,6 +83,27 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     directory = Path(directory)
     files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module]) -> None:
+    """PEFT reads a list ``target_modules`` / ``target_parameters`` as name suffixes (``["fc"]`` adapts
+    ``sub.fc`` too). A module list that reaches other base modules becomes a regex PEFT matches against
+    whole names; a parameter list has no such form, so that is a ValueError."""
+    addins = {n for n, m in modules.items() if isinstance(m, AddinDict) and "." not in n}
+    names = [n for n in modules if n and n.split(".")[0] not in addins]
+
+    def reaches(targets: list[str], candidates: Iterable[str]) -> str | None:
+        own = set(targets)
+        return next((c for c in candidates if c not in own and any(c.endswith("." + t) for t in targets)), None)
+
+    targets = fields.get("target_modules")
+    if isinstance(targets, list) and reaches(targets, names):
+        fields["target_modules"] = "|".join(re.escape(t) for t in targets)
+    params = fields.get("target_parameters")
+    other = reaches(params, base) if isinstance(params, list) else None
+    if other:
+        raise ValueError(f"PEFT's target_parameters {params} would adapt '{other}' too (it matches name "
+                         f"suffixes); this LoRA on a named parameter cannot be a PEFT adapter")
 
 
 def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftMapping, list[PeftEntry]]:
