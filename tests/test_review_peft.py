@@ -236,3 +236,36 @@ def test_export_of_a_target_parameter_whose_name_is_a_suffix_of_another_is_refus
     with pytest.raises(ValueError, match=r"target_parameters \['fc.weight'\] would adapt 'sub.fc.weight' too"):
         att.export_peft(tmp_path)
     assert not (tmp_path / WEIGHTS).exists()
+
+
+def gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_modules_to_save_names_a_nested_module_by_its_last_name(tmp_path):
+    # PEFT's modules_to_save entries are suffixes: "embed_tokens" is Llama's "model.embed_tokens"
+    directory = _save(llama, peft.LoraConfig(target_modules=["q_proj"], r=4, modules_to_save=["embed_tokens"]),
+                      tmp_path / "a")
+    want = _peft_out(llama, directory)
+    _refused(llama, directory, "'embed_tokens'", "modules_to_save=True")
+    model = llama()
+    att = studio.from_peft(model, directory, modules_to_save=["embed_tokens"])
+    torch.testing.assert_close(_out(model, X), want, rtol=1e-5, atol=1e-6)
+    assert model.model.embed_tokens.weight.requires_grad
+    att.export_peft(tmp_path / "back")
+    torch.testing.assert_close(_peft_out(llama, tmp_path / "back"), want, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_on_a_tied_lm_head_loads(tmp_path):
+    # GPT-2's lm_head shares wte's weight; PEFT's save_embedding_layers writes it as lm_head.base_layer.weight
+    directory = _save(gpt2, peft.LoraConfig(target_modules=["lm_head", "c_attn"], r=4), tmp_path / "a")
+    _round_trip(gpt2, directory, tmp_path)
+
+
+def test_modules_to_save_on_a_tied_weight_is_refused(tmp_path):
+    directory = _save(gpt2, peft.LoraConfig(target_modules=["c_attn"], r=4, modules_to_save=["lm_head"]),
+                      tmp_path / "a")
+    _refused(gpt2, directory, "'lm_head.weight'", "ties to 'transformer.wte.weight'", modules_to_save=True)

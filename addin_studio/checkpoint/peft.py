@@ -158,6 +158,7 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     claimed: dict[str, torch.Tensor] = {}
     saved: dict[str, torch.Tensor] = {}
     params = dict(model.named_parameters())
+    every = dict(model.named_parameters(remove_duplicate=False))  # tied weights under each of their names
     biases: dict[str, torch.Tensor] = {}
     lead = mapping.lead
     for key, t in tensors.items():
@@ -171,12 +172,12 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             claimed[name] = t
             continue
         if bias != "none" and _SAVED not in name and is_bias(name) and \
-                not any(base_name(name).startswith(m + ".") for m in listed):
+                _listed_module(base_name(name), listed) is None:
             biases[name] = t  # a trained base bias (bias="all" / "lora_only")
             continue
         name = name.replace(_SAVED, ".")
-        module = next((m for m in listed if name.startswith(m + ".")), None)
-        if module is None and _same_base(base_name(name), t, model, params, key, str(weights_path)):
+        module = _listed_module(name, listed)
+        if module is None and _same_base(base_name(name), t, model, every, key, str(weights_path)):
             continue  # PEFT's save_embedding_layers: a copy of the base weight, loading it changes nothing
         if module is None:
             raise ValueError(f"{weights_path}: tensor '{key}' is neither {mapping.peft_type} weights nor "
@@ -202,6 +203,11 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                          f"that replace the model's own; pass base_biases=True to from_peft to load them")
     saved.update(trained_biases)
     for name, t in saved.items():
+        if name not in params and name in every:
+            tied = next(n for n, p in params.items() if p is every[name])
+            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save), which this "
+                             f"{type(model).__name__} ties to '{tied}'; PEFT trains an untied copy, which "
+                             f"from_peft cannot load without changing '{tied}' too")
         if name not in params:
             raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
                              f"{type(model).__name__} does not have")
@@ -220,6 +226,18 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             addin.load_state_dict(item.state, strict=False)
 
     return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
+
+
+def _listed_module(name: str, listed: list[str]) -> str | None:
+    """The ``modules_to_save`` entry that covers tensor ``name``: PEFT wraps every module whose path ends
+    with an entry (``embed_tokens`` is ``model.embed_tokens``), so an entry is a suffix, not a path."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        path = ".".join(parts[:i])
+        found = next((m for m in listed if path.endswith(m)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def _same_base(name: str, t: torch.Tensor, model: nn.Module, params: dict[str, nn.Parameter], key: str,
