@@ -269,3 +269,31 @@ def test_modules_to_save_on_a_tied_weight_is_refused(tmp_path):
     directory = _save(gpt2, peft.LoraConfig(target_modules=["c_attn"], r=4, modules_to_save=["lm_head"]),
                       tmp_path / "a")
     _refused(gpt2, directory, "'lm_head.weight'", "ties to 'transformer.wte.weight'", modules_to_save=True)
+
+
+def bert() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
+                                     num_attention_heads=2, vocab_size=40, num_labels=3)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def test_bias_all_with_modules_to_save_loads(tmp_path):
+    # bias="all" also saves the modules_to_save wrapper's inner biases (classifier.modules_to_save.bias,
+    # classifier.original_module.bias) beside classifier.bias
+    from safetensors.torch import load_file, save_file
+
+    config = peft.LoraConfig(target_modules=["query"], r=4, bias="all", modules_to_save=["classifier"],
+                             task_type="SEQ_CLS")
+    directory = _save(bert, config, tmp_path / "a")
+    tensors = load_file(directory / WEIGHTS)
+    assert "base_model.model.classifier.original_module.bias" in tensors
+    want = _peft_out(bert, directory)
+    model = bert()
+    att = studio.from_peft(model, directory, modules_to_save=True, base_biases=True)
+    torch.testing.assert_close(_out(model, X), want, rtol=1e-5, atol=1e-6)
+    att.export_peft(tmp_path / "back")
+    torch.testing.assert_close(_peft_out(bert, tmp_path / "back"), want, rtol=1e-5, atol=1e-6)
+    tensors["base_model.model.classifier.modules_to_save.bias"] += 1  # the two copies disagree
+    save_file(tensors, directory / WEIGHTS)
+    _refused(bert, directory, "'classifier.bias'", "twice", modules_to_save=True, base_biases=True)

@@ -186,6 +186,14 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             raise ValueError(f"{weights_path}: the adapter overwrites base module '{module}' "
                              f"(modules_to_save); pass modules_to_save=True (or a list with "
                              f"{module!r}) to from_peft to allow that")
+        # bias="all" also saves the wrapper's inner biases: the untouched original (PEFT never runs it
+        # while the adapter is active) and the trained copy again
+        if ".original_module." in name:
+            continue
+        name = name.replace(".modules_to_save.", ".")
+        if name in saved and not torch.equal(saved[name], t):
+            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
+                             f"different values")
         saved[name] = t
     for name, t in claimed.items():
         if not t.is_floating_point():
