@@ -297,3 +297,30 @@ def test_bias_all_with_modules_to_save_loads(tmp_path):
     tensors["base_model.model.classifier.modules_to_save.bias"] += 1  # the two copies disagree
     save_file(tensors, directory / WEIGHTS)
     _refused(bert, directory, "'classifier.bias'", "twice", modules_to_save=True, base_biases=True)
+
+
+def test_prefix_tuning_fields_peft_fills_in_or_ignores(tmp_path):
+    directory = _save(llama, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), tmp_path / "a")
+    want = _peft_out(llama, directory)
+    _edit_config(directory, num_transformer_submodules=None)  # PEFT fills in 1 for a decoder
+    assert torch.equal(_peft_out(llama, directory), want)
+    model = llama()
+    studio.from_peft(model, directory)
+    torch.testing.assert_close(_out(model, X), want, rtol=1e-5, atol=1e-6)
+    _edit_config(directory, task_type=None)  # PEFT's PeftModel then leaves the prefixes out
+    assert torch.equal(_peft_out(llama, directory), _out(llama(), X))
+    _refused(llama, directory, "'task_type'")
+
+
+@pytest.mark.parametrize("indices, needle", [([1, 1], "list token 1 twice"),
+                                             ("1, 3", "must be a list of token numbers, got str")])
+def test_trainable_token_indices_peft_cannot_mean(tmp_path, indices, needle):
+    directory = _save(llama, peft.TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=[1, 3]),
+                      tmp_path / "a")
+    _round_trip(llama, directory, tmp_path)
+    _edit_config(directory, token_indices=indices)
+    _refused(llama, directory, "'model.embed_tokens'", needle)
+    lora = _save(llama, peft.LoraConfig(target_modules=["q_proj"], r=4, trainable_token_indices=[1, 3]),
+                 tmp_path / "lora")
+    _edit_config(lora, trainable_token_indices={"embed_tokens": indices})
+    _refused(llama, lora, "'model.embed_tokens'", needle)
