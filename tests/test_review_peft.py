@@ -324,3 +324,20 @@ def test_trainable_token_indices_peft_cannot_mean(tmp_path, indices, needle):
                  tmp_path / "lora")
     _edit_config(lora, trainable_token_indices={"embed_tokens": indices})
     _refused(llama, lora, "'model.embed_tokens'", needle)
+
+
+def test_export_of_some_but_not_all_adapted_biases_is_refused_by_name(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    lines = "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n(LoRA.adapt_output, r=2): ...->(1){inout1}->..."
+    with studio.attach(model, lines + "\ntrainable(0.bias)") as att:
+        with pytest.raises(ValueError, match=r"bias='lora_only' trains the bias of every adapted layer; the "
+                                             r"kept-trainable biases leave out '1.bias'"):
+            att.export_peft(tmp_path / "some")
+    with studio.attach(model, lines + "\ntrainable(0.bias, 1.bias, 2.bias)") as att:
+        att.export_peft(tmp_path / "all")  # every bias: bias="all"
+    assert json.loads((tmp_path / "all" / CONFIG).read_text())["bias"] == "all"
+    with studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\ntrainable(0.bias, 2.bias)") as att:
+        with pytest.raises(ValueError, match=r"the kept-trainable '2.bias' is not an adapted layer's bias and "
+                                             r"'1.bias' is not kept trainable"):
+            att.export_peft(tmp_path / "mixed")
+    assert not (tmp_path / "some").exists() and not (tmp_path / "mixed").exists()
