@@ -337,7 +337,17 @@ def test_export_of_some_but_not_all_adapted_biases_is_refused_by_name(tmp_path):
         att.export_peft(tmp_path / "all")  # every bias: bias="all"
     assert json.loads((tmp_path / "all" / CONFIG).read_text())["bias"] == "all"
     with studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\ntrainable(0.bias, 2.bias)") as att:
-        with pytest.raises(ValueError, match=r"the kept-trainable '2.bias' is not an adapted layer's bias and "
-                                             r"'1.bias' is not kept trainable"):
+        with pytest.raises(ValueError, match=r"the kept-trainable '2.bias' is neither"):
             att.export_peft(tmp_path / "mixed")
     assert not (tmp_path / "some").exists() and not (tmp_path / "mixed").exists()
+
+
+def test_pickled_or_named_adapter_directories_are_explained(tmp_path):
+    pm = peft.get_peft_model(tiny(), peft.LoraConfig(target_modules=["lin0"], r=4))
+    pm.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    _refused(tiny, tmp_path / "bin", "adapter_model.bin", "safe_serialization=True")
+    pm = peft.get_peft_model(tiny(), peft.LoraConfig(target_modules=["lin0"], r=4), adapter_name="mine")
+    pm.save_pretrained(tmp_path / "named")
+    with pytest.raises(FileNotFoundError, match="in a folder of its name: mine"):
+        studio.from_peft(tiny(), tmp_path / "named")
+    studio.from_peft(tiny(), tmp_path / "named" / "mine")

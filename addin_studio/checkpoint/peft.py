@@ -139,7 +139,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     config_path = directory / PEFT_CONFIG
     source = str(config_path)
     if not config_path.is_file():
-        raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}")
+        named = sorted(p.parent.name for p in directory.glob(f"*/{PEFT_CONFIG}")) if directory.is_dir() else []
+        hint = f"; PEFT saves a named adapter in a folder of its name: {', '.join(named)}" if named else ""
+        raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}{hint}")
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -153,10 +155,15 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     listed = list(config.get("modules_to_save") or [])
     allowed = _allowed_saves(modules_to_save, listed, source)
     weights_path = directory / PEFT_WEIGHTS
+    if not weights_path.is_file() and (directory / "adapter_model.bin").is_file():
+        raise ValueError(f"{directory} holds adapter_model.bin (a pickle), not {PEFT_WEIGHTS}; from_peft reads "
+                         f"safetensors only: save the adapter again with PEFT's save_pretrained("
+                         f"safe_serialization=True)")
     bias = bias_mode(config, source)
     tensors, _ = files.read(weights_path)
     claimed: dict[str, torch.Tensor] = {}
     saved: dict[str, torch.Tensor] = {}
+    twins: list[tuple[str, str, torch.Tensor]] = []  # a second tensor for a saved name
     params = dict(model.named_parameters())
     every = dict(model.named_parameters(remove_duplicate=False))  # tied weights under each of their names
     biases: dict[str, torch.Tensor] = {}
@@ -191,9 +198,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         if ".original_module." in name:
             continue
         name = name.replace(".modules_to_save.", ".")
-        if name in saved and not torch.equal(saved[name], t):
-            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
-                             f"different values")
+        if name in saved:
+            twins.append((name, key, t))  # checked with the others, then compared
+            continue
         saved[name] = t
     for name, t in claimed.items():
         if not t.is_floating_point():
@@ -220,6 +227,11 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
                              f"{type(model).__name__} does not have")
         check_tensor(t, params[name], lead + name, str(weights_path), allow_nonfinite)
+    for name, key, t in twins:
+        check_tensor(t, params[name], key, str(weights_path), allow_nonfinite)
+        if not torch.equal(t.to(saved[name].dtype), saved[name]):
+            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
+                             f"different values ('{key}')")
     cfg = Config([i.placement for i in imports], sorted(saved))
 
     def fill(att: Attachment) -> None:

@@ -79,10 +79,6 @@ def export_biases(keep: set[str], adapted: Iterable[str], base: Mapping[str, tor
         raise ValueError(f"PEFT's bias='lora_only' trains the bias of every adapted layer; the kept-trainable "
                          f"biases leave out '{sorted(of_adapted - loose)[0]}' (keep all of them trainable, or "
                          f"none)")
-    elif loose < every:
-        raise ValueError(f"PEFT's bias='all' trains every bias and bias='lora_only' those of the adapted layers; "
-                         f"the kept-trainable '{sorted(loose - of_adapted)[0]}' is not an adapted layer's bias "
-                         f"and '{sorted(every - loose)[0]}' is not kept trainable")
     else:
         sample = sorted(loose - every or loose - of_adapted)[0]
         raise ValueError(f"PEFT keeps base weights trainable as whole modules (modules_to_save) or as biases "
