@@ -351,3 +351,15 @@ def test_pickled_or_named_adapter_directories_are_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="in a folder of its name: mine"):
         studio.from_peft(tiny(), tmp_path / "named")
     studio.from_peft(tiny(), tmp_path / "named" / "mine")
+
+
+@pytest.mark.parametrize("pattern", [None, "layers", ["layers"]])
+def test_lora_tensors_outside_layers_to_transform_are_refused(tmp_path, pattern):
+    config = peft.LoraConfig(target_modules=["q_proj", "v_proj"], r=4, layers_to_transform=[1],
+                             layers_pattern=pattern)
+    directory = _save(llama, config, tmp_path / "a")
+    _round_trip(llama, directory, tmp_path)
+    _edit_config(directory, layers_to_transform=0)  # the file's layer-1 tensors: PEFT would skip them
+    _refused(llama, directory, "'model.layers.1.self_attn.q_proj' (layer 1)", "layers_to_transform 0")
+    _edit_config(directory, layers_to_transform=[1], layers_pattern="blocks")
+    _refused(llama, directory, "no layer number PEFT can read")

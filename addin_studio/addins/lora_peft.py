@@ -9,6 +9,7 @@ gaussian, pissa, olora, mica), ``kasa_config`` (``lora_diag``) and ``velora_conf
 ``TrainableTokens`` (``addins/trainable_tokens.py``)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -242,6 +243,22 @@ def _names(targets: Any, path: str) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets)
 
 
+def _layer_index(config: Mapping[str, Any], path: str) -> int | str | None:
+    """The layer number PEFT's ``layers_to_transform`` reads from a listed target's ``path`` (``"none"``
+    when it finds none, so the module is not adapted); None when no layer filter applies or its
+    ``layers_pattern`` is a regex beyond plain names (not checked)."""
+    wanted, patterns = config.get("layers_to_transform"), config.get("layers_pattern")
+    if wanted is None or wanted == [] or not isinstance(wanted, (int, list)):
+        return None
+    patterns = ([patterns] if patterns else []) if isinstance(patterns, str) else patterns or []
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p.replace("_", "a").isalnum()
+                                                 for p in patterns):
+        return None
+    found = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", path) if not patterns else next(
+        (m for m in (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", path) for p in patterns) if m), None)
+    return int(found.group("idx")) if found else "none"
+
+
 def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, torch.Tensor], source: str) -> None:
     """The file's LoRA for ``path`` is one PEFT would load: a module a list ``target_modules`` names (and a
     list ``exclude_modules`` does not; PEFT skips the others' tensors), of the rank ``r`` / ``rank_pattern``
@@ -252,6 +269,13 @@ def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, tor
         raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}', which the config's "
                          f"target_modules {targets} (exclude_modules {excluded}) does not adapt; PEFT "
                          f"would leave them out, so the files disagree")
+    layer = _layer_index(config, path) if isinstance(targets, list) and path not in targets else None
+    wanted = config.get("layers_to_transform")
+    if layer is not None and layer not in (wanted if isinstance(wanted, list) else [wanted]):
+        where = f"layer {layer}" if layer != "none" else "no layer number PEFT can read"
+        raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}' ({where}), which the "
+                         f"config's layers_to_transform {wanted} does not adapt; PEFT would leave them out, "
+                         f"so the files disagree")
     r = pattern_value(config.get("rank_pattern"), path, config.get("r", 8), source, "rank_pattern")
     a = pair.get("lora_A")  # a missing or malformed one is named later
     if a is not None and a.dim() and a.shape[0] != r:
