@@ -363,3 +363,11 @@ def test_lora_tensors_outside_layers_to_transform_are_refused(tmp_path, pattern)
     _refused(llama, directory, "'model.layers.1.self_attn.q_proj' (layer 1)", "layers_to_transform 0")
     _edit_config(directory, layers_to_transform=[1], layers_pattern="blocks")
     _refused(llama, directory, "no layer number PEFT can read")
+
+
+def test_config_fields_peft_cannot_load_are_refused(tmp_path):
+    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4), tmp_path / "a")
+    _edit_config(directory, lora_alpha=None)
+    _refused(tiny, directory, "'lora_alpha' is null")
+    _edit_config(directory, lora_alpha=8, modules_to_save=["lin1"])  # PEFT keeps those out of LoRA
+    _refused(tiny, directory, "'lin1'", "modules_to_save", modules_to_save=True)

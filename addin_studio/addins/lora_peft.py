@@ -158,6 +158,8 @@ class LoraPeft(PeftMapping):
         if not isinstance(init, (bool, str)) or init not in _INITS:
             raise ValueError(f"{source}: init_lora_weights={init!r} is not supported (true, false, 'gaussian', "
                              f"'orthogonal', 'pissa', 'olora' or 'mica')")
+        if "lora_alpha" in config and config["lora_alpha"] is None:
+            raise ValueError(f"{source}: field 'lora_alpha' is null; PEFT needs a number")
         variant: dict[str, Any] = {"rslora": bool(config.get("use_rslora")),
                                    "dora": bool(config.get("use_dora")),
                                    "bias": bool(config.get("lora_bias")), "init": _INITS[init]}
@@ -269,6 +271,11 @@ def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, tor
         raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}', which the config's "
                          f"target_modules {targets} (exclude_modules {excluded}) does not adapt; PEFT "
                          f"would leave them out, so the files disagree")
+    saved = next((m for m in config.get("modules_to_save") or []
+                  if f".{path}.".find(f".{m}.") >= 0), None)  # PEFT: (^|.*\.)m($|\..*)
+    if saved is not None:
+        raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}', inside modules_to_save "
+                         f"entry '{saved}', which PEFT keeps out of LoRA; the files disagree")
     layer = _layer_index(config, path) if isinstance(targets, list) and path not in targets else None
     wanted = config.get("layers_to_transform")
     if layer is not None and layer not in (wanted if isinstance(wanted, list) else [wanted]):
