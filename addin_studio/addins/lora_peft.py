@@ -9,6 +9,7 @@ gaussian, pissa, olora, mica), ``kasa_config`` (``lora_diag``) and ``velora_conf
 ``TrainableTokens`` (``addins/trainable_tokens.py``)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -26,7 +27,7 @@ _KINDS = "nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and transformers Conv1D layer
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
 _UNSUPPORTED = ("layer_replication", "use_qalora", "alora_invocation_tokens",
-                "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config")
+                "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config", "use_bdlora")
 # why PEFT's MultiheadAttention LoRA files are refused (checked against PEFT 0.21.2's MultiheadAttention.merge,
 # which its forward calls too: out_proj's delta is written into the weight, then out_proj.merge() adds it again)
 MHA_REFUSAL = ("PEFT 0.21 adds the out_proj update twice (its forward and merge compute out_proj with "
@@ -152,11 +153,13 @@ class LoraPeft(PeftMapping):
             if config.get(flag):
                 raise ValueError(f"{source}: {flag} is not supported")
         init = config.get("init_lora_weights", True)
-        if init is False:
+        if init is False or init == "orthogonal":  # initialise lora_A/B only: the file's tensors replace them
             init = True
         if not isinstance(init, (bool, str)) or init not in _INITS:
-            raise ValueError(f"{source}: init_lora_weights={init!r} is not supported (true, 'gaussian', "
-                             f"'pissa', 'olora' or 'mica')")
+            raise ValueError(f"{source}: init_lora_weights={init!r} is not supported (true, false, 'gaussian', "
+                             f"'orthogonal', 'pissa', 'olora' or 'mica')")
+        if "lora_alpha" in config and config["lora_alpha"] is None:
+            raise ValueError(f"{source}: field 'lora_alpha' is null; PEFT needs a number")
         variant: dict[str, Any] = {"rslora": bool(config.get("use_rslora")),
                                    "dora": bool(config.get("use_dora")),
                                    "bias": bool(config.get("lora_bias")), "init": _INITS[init]}
@@ -191,6 +194,8 @@ class LoraPeft(PeftMapping):
             if _peft_kind(modules[path]) is None and path not in params:
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{path}' is "
                                  f"a {type(modules[path]).__name__}")
+            if path not in params:
+                _check_targeted(config, path, pairs[path], source)
         from .lora import WEIGHT_METHOD, hook_problem  # lora.py imports this module
 
         order = {name: i for i, name in enumerate(modules)}
@@ -233,6 +238,56 @@ class LoraPeft(PeftMapping):
                 settings.pop("dropout", None)
             out.append(PeftImport(Placement(addin, method, point, point, settings), dict(pair)))
         return out + tokens
+
+
+def _names(targets: Any, path: str) -> bool:
+    """PEFT's rule for a list of module names: ``path`` is one of them or ends with ``.<name>``."""
+    return any(path == t or path.endswith("." + t) for t in targets)
+
+
+def _layer_index(config: Mapping[str, Any], path: str) -> int | str | None:
+    """The layer number PEFT's ``layers_to_transform`` reads from a listed target's ``path`` (``"none"``
+    when it finds none, so the module is not adapted); None when no layer filter applies or its
+    ``layers_pattern`` is a regex beyond plain names (not checked)."""
+    wanted, patterns = config.get("layers_to_transform"), config.get("layers_pattern")
+    if wanted is None or wanted == [] or not isinstance(wanted, (int, list)):
+        return None
+    patterns = ([patterns] if patterns else []) if isinstance(patterns, str) else patterns or []
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p.replace("_", "a").isalnum()
+                                                 for p in patterns):
+        return None
+    found = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", path) if not patterns else next(
+        (m for m in (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", path) for p in patterns) if m), None)
+    return int(found.group("idx")) if found else "none"
+
+
+def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, torch.Tensor], source: str) -> None:
+    """The file's LoRA for ``path`` is one PEFT would load: a module a list ``target_modules`` names (and a
+    list ``exclude_modules`` does not; PEFT skips the others' tensors), of the rank ``r`` / ``rank_pattern``
+    gives it (PEFT refuses other shapes). Regex-string targets are not checked."""
+    targets, excluded = config.get("target_modules"), config.get("exclude_modules")
+    if isinstance(targets, list) and not _names(targets, path) or \
+            isinstance(excluded, list) and _names(excluded, path):
+        raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}', which the config's "
+                         f"target_modules {targets} (exclude_modules {excluded}) does not adapt; PEFT "
+                         f"would leave them out, so the files disagree")
+    saved = next((m for m in config.get("modules_to_save") or []
+                  if f".{path}.".find(f".{m}.") >= 0), None)  # PEFT: (^|.*\.)m($|\..*)
+    if saved is not None:
+        raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}', inside modules_to_save "
+                         f"entry '{saved}', which PEFT keeps out of LoRA; the files disagree")
+    layer = _layer_index(config, path) if isinstance(targets, list) and path not in targets else None
+    wanted = config.get("layers_to_transform")
+    if layer is not None and layer not in (wanted if isinstance(wanted, list) else [wanted]):
+        where = f"layer {layer}" if layer != "none" else "no layer number PEFT can read"
+        raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}' ({where}), which the "
+                         f"config's layers_to_transform {wanted} does not adapt; PEFT would leave them out, "
+                         f"so the files disagree")
+    r = pattern_value(config.get("rank_pattern"), path, config.get("r", 8), source, "rank_pattern")
+    a = pair.get("lora_A")  # a missing or malformed one is named later
+    if a is not None and a.dim() and a.shape[0] != r:
+        raise ValueError(f"{source}: the adapter's lora_A for '{path}' has rank {a.shape[0]}; the "
+                         f"config's r / rank_pattern give '{path}' rank {r!r}")
 
 
 def _parameter_target(e: PeftEntry, kind: str | None) -> bool:

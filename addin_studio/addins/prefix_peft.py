@@ -63,11 +63,15 @@ class PrefixPeft(PeftMapping):
 
         if TENSOR not in tensors:
             raise ValueError(f"{source} holds no {TENSOR}")
+        if not isinstance(config.get("task_type"), str):
+            raise ValueError(f"{source}: field 'task_type' is {config.get('task_type')!r}; PEFT adds the prefixes "
+                             f"only in the model class of a task type (CAUSAL_LM, SEQ_CLS, FEATURE_EXTRACTION, ...), "
+                             f"without one its PeftModel runs the base model alone")
         n = _whole(config.get("num_virtual_tokens"), "num_virtual_tokens", source)
         layers = _whole(config.get("num_layers"), "num_layers", source)
         dim = _whole(config.get("token_dim"), "token_dim", source)
         heads = _whole(config.get("num_attention_heads"), "num_attention_heads", source)
-        if config.get("num_transformer_submodules", 1) != 1:
+        if config.get("num_transformer_submodules") not in (None, 1):  # PEFT fills None in: 1 for decoders
             raise ValueError(f"{source}: num_transformer_submodules="
                              f"{config.get('num_transformer_submodules')!r}; prefix tuning of "
                              f"encoder-decoder models is not supported")

@@ -234,10 +234,16 @@ def read_tokens(spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], ke
     for path, indices in spec.items():
         weight = getattr(modules[path], "_parameters", {}).get("weight")
         rows = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() else None
+        if not isinstance(indices, list):  # PEFT writes lists; our string form is no PEFT value
+            raise ValueError(f"{source}: the token indices for '{path}' must be a list of token numbers, got "
+                             f"{type(indices).__name__} {indices!r:.60}")
         try:
             found = parse_indices(indices, rows)
         except ValueError as exc:
             raise ValueError(f"{source}: the token indices for '{path}': {exc}") from None
+        twice = next((i for n, i in enumerate(found) if i in found[:n]), None)
+        if twice is not None:
+            raise ValueError(f"{source}: the token indices for '{path}' list token {twice} twice")
         name = f"{path}.{key}"
         if name not in tensors:
             raise ValueError(f"{source}: the adapter trains tokens of '{path}' but holds no '{name}'")

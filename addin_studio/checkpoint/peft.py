@@ -7,8 +7,9 @@ is the add-in class's own :class:`~addin_studio.addins.interop.PeftMapping` (its
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch import nn
 from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
 from ..addins.peft_patterns import compile_key
 from ..config import Config
-from ..engine import Attachment
+from ..engine import AddinDict, Attachment
 from ..engine.freezing import match_trainable
 from . import files
 from .attaching import attach_filled
@@ -60,6 +61,7 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     lead = mapping.lead
     tensors = {(name if name in mapping.bare else lead + name): t for name, t in weights.items()}
     base = dict(base_params(att.model, addin_child(att.model)))
+    _exact_targets(fields, base, modules)
     keep, _ = match_trainable(base, att.config.trainable)
     to_save = []
     for module_path in sorted({n.rpartition(".")[0] for n in keep}):
@@ -81,6 +83,27 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     directory = Path(directory)
     files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module]) -> None:
+    """PEFT reads a list ``target_modules`` / ``target_parameters`` as name suffixes (``["fc"]`` adapts
+    ``sub.fc`` too). A module list that reaches other base modules becomes a regex PEFT matches against
+    whole names; a parameter list has no such form, so that is a ValueError."""
+    addins = {n for n, m in modules.items() if isinstance(m, AddinDict) and "." not in n}
+    names = [n for n in modules if n and n.split(".")[0] not in addins]
+
+    def reaches(targets: list[str], candidates: Iterable[str]) -> str | None:
+        own = set(targets)
+        return next((c for c in candidates if c not in own and any(c.endswith("." + t) for t in targets)), None)
+
+    targets = fields.get("target_modules")
+    if isinstance(targets, list) and reaches(targets, names):
+        fields["target_modules"] = "|".join(re.escape(t) for t in targets)
+    params = fields.get("target_parameters")
+    other = reaches(params, base) if isinstance(params, list) else None
+    if other:
+        raise ValueError(f"PEFT's target_parameters {params} would adapt '{other}' too (it matches name "
+                         f"suffixes); this LoRA on a named parameter cannot be a PEFT adapter")
 
 
 def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftMapping, list[PeftEntry]]:
@@ -116,7 +139,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     config_path = directory / PEFT_CONFIG
     source = str(config_path)
     if not config_path.is_file():
-        raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}")
+        named = sorted(p.parent.name for p in directory.glob(f"*/{PEFT_CONFIG}")) if directory.is_dir() else []
+        hint = f"; PEFT saves a named adapter in a folder of its name: {', '.join(named)}" if named else ""
+        raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}{hint}")
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -130,10 +155,17 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     listed = list(config.get("modules_to_save") or [])
     allowed = _allowed_saves(modules_to_save, listed, source)
     weights_path = directory / PEFT_WEIGHTS
+    if not weights_path.is_file() and (directory / "adapter_model.bin").is_file():
+        raise ValueError(f"{directory} holds adapter_model.bin (a pickle), not {PEFT_WEIGHTS}; from_peft reads "
+                         f"safetensors only: save the adapter again with PEFT's save_pretrained("
+                         f"safe_serialization=True)")
     bias = bias_mode(config, source)
     tensors, _ = files.read(weights_path)
     claimed: dict[str, torch.Tensor] = {}
     saved: dict[str, torch.Tensor] = {}
+    twins: list[tuple[str, str, torch.Tensor]] = []  # a second tensor for a saved name
+    params = dict(model.named_parameters())
+    every = dict(model.named_parameters(remove_duplicate=False))  # tied weights under each of their names
     biases: dict[str, torch.Tensor] = {}
     lead = mapping.lead
     for key, t in tensors.items():
@@ -147,11 +179,13 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             claimed[name] = t
             continue
         if bias != "none" and _SAVED not in name and is_bias(name) and \
-                not any(base_name(name).startswith(m + ".") for m in listed):
+                _listed_module(base_name(name), listed) is None:
             biases[name] = t  # a trained base bias (bias="all" / "lora_only")
             continue
         name = name.replace(_SAVED, ".")
-        module = next((m for m in listed if name.startswith(m + ".")), None)
+        module = _listed_module(name, listed)
+        if module is None and _same_base(base_name(name), t, model, every, key, str(weights_path)):
+            continue  # PEFT's save_embedding_layers: a copy of the base weight, loading it changes nothing
         if module is None:
             raise ValueError(f"{weights_path}: tensor '{key}' is neither {mapping.peft_type} weights nor "
                              f"in a module the config's modules_to_save lists; refusing to load it")
@@ -159,6 +193,14 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             raise ValueError(f"{weights_path}: the adapter overwrites base module '{module}' "
                              f"(modules_to_save); pass modules_to_save=True (or a list with "
                              f"{module!r}) to from_peft to allow that")
+        # bias="all" also saves the wrapper's inner biases: the untouched original (PEFT never runs it
+        # while the adapter is active) and the trained copy again
+        if ".original_module." in name:
+            continue
+        name = name.replace(".modules_to_save.", ".")
+        if name in saved:
+            twins.append((name, key, t))  # checked with the others, then compared
+            continue
         saved[name] = t
     for name, t in claimed.items():
         if not t.is_floating_point():
@@ -168,7 +210,6 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             raise ValueError(f"{weights_path}: tensor '{_key(lead, name, mapping)}' holds non-finite "
                              f"values")
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
-    params = dict(model.named_parameters())
     adapted = {i.placement.target.module for i in imports if i.placement.addin == addin_name}
     trained_biases = read_biases(biases, bias, adapted, params, str(weights_path), lead, allow_nonfinite)
     if trained_biases and base_biases is not True:
@@ -177,10 +218,20 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                          f"that replace the model's own; pass base_biases=True to from_peft to load them")
     saved.update(trained_biases)
     for name, t in saved.items():
+        if name not in params and name in every:
+            tied = next(n for n, p in params.items() if p is every[name])
+            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save), which this "
+                             f"{type(model).__name__} ties to '{tied}'; PEFT trains an untied copy, which "
+                             f"from_peft cannot load without changing '{tied}' too")
         if name not in params:
             raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
                              f"{type(model).__name__} does not have")
         check_tensor(t, params[name], lead + name, str(weights_path), allow_nonfinite)
+    for name, key, t in twins:
+        check_tensor(t, params[name], key, str(weights_path), allow_nonfinite)
+        if not torch.equal(t.to(saved[name].dtype), saved[name]):
+            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
+                             f"different values ('{key}')")
     cfg = Config([i.placement for i in imports], sorted(saved))
 
     def fill(att: Attachment) -> None:
@@ -195,6 +246,38 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             addin.load_state_dict(item.state, strict=False)
 
     return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
+
+
+def _listed_module(name: str, listed: list[str]) -> str | None:
+    """The ``modules_to_save`` entry that covers tensor ``name``: PEFT wraps every module whose path ends
+    with an entry (``embed_tokens`` is ``model.embed_tokens``), so an entry is a suffix, not a path."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        path = ".".join(parts[:i])
+        found = next((m for m in listed if path.endswith(m)), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _same_base(name: str, t: torch.Tensor, model: nn.Module, params: dict[str, nn.Parameter], key: str,
+               source: str) -> bool:
+    """Whether file tensor ``key`` (model-relative ``name``, ``.base_layer.`` dropped) is a copy of the
+    input or output embedding's parameter ``name``, as PEFT's ``save_embedding_layers`` writes it for a
+    targeted ``embed_tokens`` / ``lm_head``. False for other names; ValueError when loading it would
+    change the base weight."""
+    p = params.get(name)
+    layers = [getattr(model, get, lambda: None)() for get in ("get_input_embeddings", "get_output_embeddings")]
+    owner = name.rpartition(".")[0]
+    if p is None or not any(owner and layer is model.get_submodule(owner) for layer in layers if layer is not None):
+        return False
+    if tuple(t.shape) == tuple(p.shape) and t.is_floating_point() == p.is_floating_point() and \
+            torch.equal(t.to(device=p.device, dtype=p.dtype), p.detach()):
+        return True
+    raise ValueError(f"{source}: tensor '{key}' replaces the base weight '{name}' (shape {tuple(t.shape)}, "
+                     f"the model's {tuple(p.shape)}) with other values, as PEFT's save_embedding_layers does "
+                     f"after resizing or training an embedding; from_peft replaces base weights only for the "
+                     f"config's modules_to_save, so it refuses this adapter")
 
 
 def _key(lead: str, name: str, mapping: PeftMapping) -> str:
@@ -219,7 +302,8 @@ def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str)
 _FIELDS = {  # adapter_config.json fields we read, and their JSON types (None is always accepted)
     "peft_type": "str", "r": "int", "lora_alpha": "number", "lora_dropout": "number", "bias": "str",
     "use_dora": "bool", "use_rslora": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
-    "rank_pattern": "object", "alpha_pattern": "object",
+    "rank_pattern": "object", "alpha_pattern": "object", "target_modules": "str or list[str]",
+    "exclude_modules": "str or list[str]", "target_parameters": "list[str]",
 }
 
 

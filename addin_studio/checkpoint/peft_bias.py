@@ -75,6 +75,10 @@ def export_biases(keep: set[str], adapted: Iterable[str], base: Mapping[str, tor
         mode = "lora_only"
     elif loose == every:
         mode = "all"
+    elif loose < of_adapted:
+        raise ValueError(f"PEFT's bias='lora_only' trains the bias of every adapted layer; the kept-trainable "
+                         f"biases leave out '{sorted(of_adapted - loose)[0]}' (keep all of them trainable, or "
+                         f"none)")
     else:
         sample = sorted(loose - every or loose - of_adapted)[0]
         raise ValueError(f"PEFT keeps base weights trainable as whole modules (modules_to_save) or as biases "

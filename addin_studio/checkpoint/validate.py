@@ -20,7 +20,7 @@ def json_field(meta: Mapping[str, str], field: str, source: str) -> Any:
 
 
 def expect(value: Any, kind: str, source: str, field: str) -> Any:
-    """Check a JSON value's type; ``kind`` is one of str, int, number, bool, list[str], object,
+    """Check a JSON value's type; ``kind`` is one of str, int, number, bool, list[str], str or list[str], object,
     shape (a list of non-negative ints). Returns the value."""
     ok = {
         "str": lambda v: isinstance(v, str),
@@ -28,12 +28,15 @@ def expect(value: Any, kind: str, source: str, field: str) -> Any:
         "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
         "bool": lambda v: isinstance(v, bool),
         "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "str or list[str]": lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(x, str)
+                                                                                          for x in v),
         "object": lambda v: isinstance(v, dict),
         "shape": lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
                                                        and x >= 0 for x in v),
     }[kind]
     if not ok(value):
-        want = {"number": "a finite number", "list[str]": "a list of strings", "object": "an object",
+        want = {"number": "a finite number", "list[str]": "a list of strings",
+                "str or list[str]": "a string or a list of strings", "object": "an object",
                 "shape": "a list of non-negative integers"}.get(kind, f"a {kind}")
         raise ValueError(f"{source}: field '{field}' must be {want}, got {_show(value)}")
     return value
