@@ -145,9 +145,12 @@ class FacT(AddinBase):
             raise ValueError("dropout acts inside the FacT branch, which adapt_weight does not run: "
                              "use adapt_output or dropout=0")
 
+    merge_adds: ClassVar[bool] = True  # merge() adds to the weight what adapt_output adds (engine check)
+
     def merge(self, module: nn.Module) -> None:
         """Fold ``scale * dW`` into the layer's weight (the Attachment restores it on unmerge)."""
-        module.weight.add_(self.delta_weight().to(module.weight.dtype))
+        weight = module._parameters["weight"]  # the stored weight, not what weight methods make of it
+        weight.add_(self.delta_weight().to(weight.dtype))
 
 
 @register_addin

@@ -401,8 +401,9 @@ class LoRA(AddinBase):
     def _embed(self, x: torch.Tensor, module: nn.Module | None) -> torch.Tensor:
         if module is None:
             return F.embedding(x, self.lora_A.t())
+        # dense gradients even for a sparse=True layer: A is a transposed view, which takes no sparse one
         return F.embedding(x, self.lora_A.t(), module.padding_idx, module.max_norm, module.norm_type,
-                           module.scale_grad_by_freq, module.sparse)
+                           module.scale_grad_by_freq, False)
 
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
         if self.dora or hasattr(self, "lora_bias"):
@@ -496,6 +497,11 @@ class LoRA(AddinBase):
             scale = self._dora_scale(weight, delta)
             return dora_view(scale, weight.dim(), self.transposed) * (weight + delta)
         return weight + delta
+
+    @property
+    def merge_adds(self) -> bool:
+        """Whether :meth:`merge` adds to the stored weight what the hook adds to the output (not DoRA)."""
+        return not self.dora
 
     def merge(self, module: nn.Module) -> None:
         """Fold the update into the stored weight (and a LoRA bias into the layer's bias); the

@@ -91,7 +91,7 @@ class MonteCLoRASampler(nn.Module):
         mu = torch.log(alpha) - torch.log(alpha).mean()
         n = self.samples
         diag = torch.clamp(1 / alpha * (1 - 2 / n) + 1 / (n ** 2) * (1 / alpha).sum(), min=1e-6)
-        eye = torch.eye(len(alpha), device=alpha.device)
+        eye = torch.eye(len(alpha), device=alpha.device, dtype=alpha.dtype)
         sigma = torch.diag(diag) + 1e-6 * eye
         try:
             L = torch.linalg.cholesky(sigma.float())

@@ -44,6 +44,10 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
         keep, _ = match_trainable(base, att.config.trainable)
         for name in sorted(keep):
             tensors[f"base.{name}"] = base[name]
+        on_meta = next((name for name, t in tensors.items() if t.is_meta), None)
+        if on_meta is not None:
+            raise ValueError(f"cannot save {path}: tensor '{on_meta}' is on the meta device (no values); "
+                             f"call studio.materialize first")
         meta = {
             "format": FORMAT,
             "config": str(att.config),
@@ -142,11 +146,17 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
         addin_tensors[key][part] = t
     for name, t in base_tensors.items():
         check_tensor(t, base[name], f"base.{name}", source, allow_nonfinite)
+    on_meta = "the model is on the meta device (no weights yet), where loading copies nothing: call " \
+              "studio.materialize first, then studio.load"
+    if any(base[name].is_meta for name in base_tensors):
+        raise ValueError(f"{source}: {on_meta}")
 
     def fill(att: Attachment) -> None:
         got = [key for key, _, _ in att.entries]
         if got != keys:
             raise ValueError(f"{source}: the add-ins attached as {got}, the field 'keys' holds {keys}")
+        if any(t.is_meta for _, _, addin in att.entries for t in addin.state_dict().values()):
+            raise ValueError(f"{source}: {on_meta}")
         for key, _, addin in att.entries:
             state, own = addin_tensors[key], addin.state_dict()
             missing = sorted(set(own) - set(state))
@@ -156,13 +166,21 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
                                  f"{sorted(state)}")
             for name, t in state.items():
                 check_tensor(t, own[name], f"addins.{key}.{name}", source, allow_nonfinite)
-        if shared:  # the add-ins the config builds must share what the file says they share
-            now = {f"addins.{key}.{n}": t for key, _, addin in att.entries
-                   for n, t in addin.state_dict(keep_vars=True).items()}
-            for alias, owner in shared.items():
-                if now[alias] is not now[owner]:
-                    raise ValueError(f"{source}: field 'shared' says '{alias}' is '{owner}', but the "
-                                     f"add-ins attached from its config do not share them")
+        # the add-ins the config builds must share exactly what the file says they share: a tensor
+        # the file holds twice (no 'shared' entry) would load one value over the other
+        now = {f"addins.{key}.{n}": t for key, _, addin in att.entries
+               for n, t in addin.state_dict(keep_vars=True).items()}
+        for alias, owner in shared.items():
+            if now[alias] is not now[owner]:
+                raise ValueError(f"{source}: field 'shared' says '{alias}' is '{owner}', but the "
+                                 f"add-ins attached from its config do not share them")
+        first: dict[int, str] = {}
+        for name, t in now.items():
+            if id(t) in first and shared.get(name, name) != shared.get(first[id(t)], first[id(t)]):
+                raise ValueError(f"{source}: tensor '{name}' is shared with '{first[id(t)]}' by the add-ins "
+                                 f"its config attaches, but field 'shared' does not map it to that key "
+                                 f"(the file holds it twice)")
+            first.setdefault(id(t), name)
         for key, _, addin in att.entries:  # everything is checked: now load
             addin.load_state_dict(addin_tensors[key], strict=True)
 

@@ -1,6 +1,7 @@
 """attach() and the Attachment object: hooks in, add-ins registered, base frozen — and all undone."""
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -13,7 +14,7 @@ from .forwards import ForwardAction, add_forward_action, remove_forward_action
 from .freezing import hold, release
 from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
 from .resolve import Resolved, resolve
-from .weights import WeightAction, add_weight_action, remove_weight_action
+from .weights import WeightAction, add_weight_action, remove_weight_action, weight_actions
 
 
 class AddinDict(nn.ModuleDict):
@@ -31,6 +32,12 @@ def base_parameter_names(model: nn.Module) -> set[str]:
     """Names of the model's own parameters: without those of any attachment's add-ins."""
     skip = tuple(f"{name}." for name, child in model.named_children() if isinstance(child, AddinDict))
     return {n for n, _ in model.named_parameters() if not n.startswith(skip)}
+
+
+# per module, per parameter: the (attachment id, add-in key) merged into it, last on top. Unmerging
+# restores a snapshot taken at merge time, which is only right for the merge on top.
+_MERGE_STACKS: "weakref.WeakKeyDictionary[nn.Module, dict[str, list[tuple[int, str]]]]" = \
+    weakref.WeakKeyDictionary()
 
 
 class Attachment:
@@ -52,6 +59,7 @@ class Attachment:
         self._weight_actions: dict[str, WeightAction] = {}
         self._forward_actions: dict[str, ForwardAction] = {}
         self._merged: dict[str, dict[str, torch.Tensor]] = {}
+        self._positions: dict[str, int] = {}  # a merged weight method's place in its layer's chain
         self._untied: dict[str, dict[str, nn.Parameter]] = {}
         self._moved: dict[str, dict[str, torch.Tensor]] = {}  # base snapshots of add-ins that move_base
         self._first_check: FirstForwardCheck | None = None
@@ -113,6 +121,9 @@ class Attachment:
                 module = modules[r.placement.target.module]
                 self._moved[r.key] = {n: p.detach().clone() for n, p in module._parameters.items()
                                       if p is not None}
+                stacks = _MERGE_STACKS.setdefault(module, {})
+                for n in self._moved[r.key]:
+                    stacks.setdefault(n, []).append((id(self), "move:" + r.key))
                 with torch.no_grad():
                     r.addin.move_base(module)
 
@@ -128,6 +139,7 @@ class Attachment:
         return self._hooks[key]
 
     def _undo(self) -> None:
+        self._check_restorable(moves=True)
         if self._merged:
             self.unmerge()
         for handle in self._handles.values():
@@ -154,6 +166,8 @@ class Attachment:
             for r in reversed(self._resolved):
                 snapshot = self._moved.pop(r.key, None)
                 if snapshot is not None:
+                    module = modules[r.placement.target.module]
+                    _pop_stack(module, snapshot, (id(self), "move:" + r.key))
                     with torch.no_grad():
                         for n, t in snapshot.items():
                             modules[r.placement.target.module]._parameters[n].copy_(t)
@@ -252,49 +266,121 @@ class Attachment:
                         f"{', '.join(repr(o) for o in others)} (tied weights), so merging would change "
                         f"{'that' if len(others) == 1 else 'those'} too. Use merge(untie=True) to give "
                         f"'{path}' its own copy while merged (unmerge() and detach() restore the tie).")
-        for r, path, module, names in todo:
-            for n in names:
+        done: list[Resolved] = []
+        try:
+            for r, path, module, names in todo:
+                for n in names:
+                    param = module._parameters[n]
+                    if untie and len(ties.get(id(param), ())) > 1:
+                        self._untied.setdefault(r.key, {})[n] = param
+                        module._parameters[n] = nn.Parameter(param.detach().clone(),
+                                                             requires_grad=param.requires_grad)
+                self._merged[r.key] = {n: module._parameters[n].detach().clone() for n in names}
+                stacks = _MERGE_STACKS.setdefault(module, {})
+                for n in names:
+                    stacks.setdefault(n, []).append((id(self), r.key))
+                done.append(r)
+                with torch.no_grad():
+                    own = self._weight_actions.get(r.key) if r.weight_param is not None else None
+                    read_before = _read_weights(module, names, own)  # where other weight methods stay on
+                    if r.weight_param is not None:
+                        action = self._weight_actions[r.key]
+                        stored = module._parameters[r.weight_param]
+                        self._positions[r.key] = weight_actions(module, r.weight_param).index(action)
+                        merged = action(module, stored)
+                        remove_weight_action(module, r.weight_param, action)
+                        stored.copy_(merged)
+                    else:
+                        r.addin.merge(module)
+                        point, action = self._run_actions[r.key]
+                        self._hooks[point].actions.remove(action)
+                        self._refresh(point)
+                    self._check_merged(r, path, module, read_before)
+        except BaseException:
+            for r in reversed(done):  # all or nothing: the weights and add-ins as before this call
+                self._unmerge_one(r, modules)
+            raise
+
+    def _check_merged(self, r: Resolved, path: str, module: nn.Module,
+                      read_before: dict[str, torch.Tensor]) -> None:
+        """A weight that other weight methods still read (another attachment's, stacked) must read the
+        same after the merge: folding an update under a method that does not commute with it (e.g.
+        TrainableTokens' rows, DoRA's norm) would change the outputs. Raises ValueError."""
+        for n, before in read_before.items():
+            expected = before
+            if r.weight_param is None:  # a hook's update now sits in the stored weight, under the methods
+                additive = getattr(r.addin, "merge_adds", False)  # merge() adds what the hook added
+                expected = before + (module._parameters[n] - self._merged[r.key][n]) if additive else None
+            after = getattr(module, n)
+            if expected is None:
+                labels = ", ".join(a.label for a in weight_actions(module, n))
                 full = f"{path}.{n}" if path else n
-                param = module._parameters[n]
-                if untie and len(ties.get(id(param), ())) > 1:
-                    self._untied.setdefault(r.key, {})[n] = param
-                    module._parameters[n] = nn.Parameter(param.detach().clone(),
-                                                         requires_grad=param.requires_grad)
-            self._merged[r.key] = {n: module._parameters[n].detach().clone() for n in names}
-            with torch.no_grad():
-                if r.weight_param is not None:
-                    action = self._weight_actions[r.key]
-                    stored = module._parameters[r.weight_param]
-                    merged = action(module, stored)
-                    remove_weight_action(module, r.weight_param, action)
-                    stored.copy_(merged)
-                else:
-                    r.addin.merge(module)
-                    point, action = self._run_actions[r.key]
-                    self._hooks[point].actions.remove(action)
-                    self._refresh(point)
+                raise ValueError(f"cannot merge {r.key} into '{full}': its weight is also read through "
+                                 f"{labels}, which stays attached, and this add-in's merge is not a plain "
+                                 f"addition to the weight, so merging would change the outputs. Merge or "
+                                 f"detach that one first.")
+            if not after.is_floating_point() or not after.numel():
+                continue
+            tol = 64 * torch.finfo(after.dtype).eps * (1 + float(expected.abs().max()))
+            if float((after - expected).abs().max()) > tol:
+                labels = ", ".join(a.label for a in weight_actions(module, n))
+                full = f"{path}.{n}" if path else n
+                raise ValueError(f"cannot merge {r.key} into '{full}': its weight is also read through "
+                                 f"{labels}, which stays attached and does not commute with this update, "
+                                 f"so merging would change the outputs. Merge or detach that one first.")
 
     def unmerge(self) -> None:
         """Undo :meth:`merge`: restore the base weights bit for bit (and ties) and switch the add-ins
         back on."""
+        self._check_restorable(moves=False)
         modules = dict(self.model.named_modules())
         for r in reversed(self._resolved):  # reverse: two merges into one weight undo in turn
-            snapshot = self._merged.pop(r.key, None)
-            if snapshot is None:
-                continue
+            self._unmerge_one(r, modules)
+
+    def _check_restorable(self, moves: bool) -> None:
+        """Before unmerge (and, with ``moves``, detach) changes anything: every weight it restores from a
+        snapshot must not have been changed since by another attachment (a merge, a PiSSA/KaSA base
+        move); restoring ours would undo theirs. RuntimeError naming it."""
+        modules = dict(self.model.named_modules())
+        stacks: dict[tuple[int, str], list[tuple[int, str]]] = {}
+        ours = [(r, r.key, self._merged.get(r.key, {})) for r in reversed(self._resolved)]
+        if moves:
+            ours += [(r, "move:" + r.key, self._moved.get(r.key, {})) for r in reversed(self._resolved)]
+        for r, tag, snapshot in ours:
             module = modules[r.placement.target.module]
-            with torch.no_grad():
-                for n, t in snapshot.items():
-                    module._parameters[n].copy_(t)
-            for n, original in self._untied.pop(r.key, {}).items():
-                module._parameters[n] = original
-            if r.weight_param is not None:
-                add_weight_action(module, r.weight_param, self._weight_actions[r.key])
-                continue
-            point, action = self._run_actions[r.key]
-            if point in self._hooks:
-                self._hooks[point].actions.append(action)
-                self._refresh(point)
+            for n in snapshot:
+                stack = stacks.setdefault((id(module), n), list(_MERGE_STACKS.get(module, {}).get(n, [])))
+                if stack and stack[-1] != (id(self), tag):
+                    path = r.placement.target.module
+                    other = stack[-1][1]
+                    what = (f"had part moved out by {other[5:]}" if other.startswith("move:")
+                            else f"has {other} merged into it")
+                    raise RuntimeError(f"cannot {'detach' if moves else 'unmerge'} {r.key}: "
+                                       f"'{path + '.' if path else ''}{n}' {what} (another attachment) "
+                                       f"since; unmerge (or detach) that attachment first")
+                if stack:
+                    stack.pop()
+
+    def _unmerge_one(self, r: Resolved, modules: Mapping[str, nn.Module]) -> None:
+        snapshot = self._merged.pop(r.key, None)
+        if snapshot is None:
+            return
+        module = modules[r.placement.target.module]
+        _pop_stack(module, snapshot, (id(self), r.key))
+        with torch.no_grad():
+            for n, t in snapshot.items():
+                module._parameters[n].copy_(t)
+        for n, original in self._untied.pop(r.key, {}).items():
+            module._parameters[n] = original
+        if r.weight_param is not None:  # (a merge that failed part-way may not have removed it yet)
+            if self._weight_actions[r.key] not in weight_actions(module, r.weight_param):
+                add_weight_action(module, r.weight_param, self._weight_actions[r.key],
+                                  self._positions.pop(r.key, None))
+            return
+        point, action = self._run_actions[r.key]
+        if point in self._hooks and action not in self._hooks[point].actions:
+            self._hooks[point].actions.append(action)
+            self._refresh(point)
 
     def _refresh(self, point: tuple[str, str]) -> None:
         """Drop a hook with no actions left (a merged model pays nothing); re-register when needed."""
@@ -357,6 +443,23 @@ def _shared_parameters(model: nn.Module) -> dict[int, list[str]]:
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(name)
     return names
+
+
+def _pop_stack(module: nn.Module, names: Any, entry: tuple[int, str]) -> None:
+    """Take ``entry`` off the merge stacks of ``module``'s parameters ``names``."""
+    stacks = _MERGE_STACKS.get(module, {})
+    for n in names:
+        if entry in stacks.get(n, []):
+            stacks[n].remove(entry)
+        if not stacks.get(n, True):
+            del stacks[n]
+
+
+def _read_weights(module: nn.Module, names: list[str], own: Any = None) -> dict[str, torch.Tensor]:
+    """The weights ``module`` computes with, for those of ``names`` that weight methods other than
+    ``own`` adapt."""
+    return {n: getattr(module, n).detach().clone() for n in names
+            if any(a is not own for a in weight_actions(module, n))}
 
 
 def _label(p: Placement) -> str:

@@ -97,13 +97,18 @@ def check_adaptable(module: nn.Module, name: str) -> str | None:
     own = getattr(base_class(module), name, None)
     if isinstance(own, property):  # e.g. torch.nn.utils.parametrize already owns it
         return f"{type(module).__name__}.{name} is already a property (parametrized?)"
+    if getattr(module, "sparse", False) is True and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        # its backward gives the weight a sparse gradient, which no weight method can pass on
+        return (f"{type(module).__name__}(sparse=True) gives its weight a sparse gradient, which cannot flow "
+                f"through a weight method; build it with sparse=False")
     return None
 
 
-def add_weight_action(module: nn.Module, name: str, action: Callable) -> None:
-    """Make ``module.<name>`` pass through ``action`` (after those already there)."""
+def add_weight_action(module: nn.Module, name: str, action: Callable, index: int | None = None) -> None:
+    """Make ``module.<name>`` pass through ``action`` (after those already there, or at ``index``)."""
     fns = module.__dict__.setdefault(_ADAPTERS, {})
-    fns.setdefault(name, []).append(action)
+    chain = fns.setdefault(name, [])
+    chain.insert(len(chain) if index is None else min(index, len(chain)), action)
     _retype(module)
 
 
@@ -120,3 +125,8 @@ def remove_weight_action(module: nn.Module, name: str, action: Callable) -> None
 
 def has_weight_action(module: nn.Module, name: str, action: Callable) -> bool:
     return action in module.__dict__.get(_ADAPTERS, {}).get(name, [])
+
+
+def weight_actions(module: nn.Module, name: str) -> list[Callable]:
+    """The weight methods ``module.<name>`` passes through now, in order."""
+    return list(module.__dict__.get(_ADAPTERS, {}).get(name, []))

@@ -284,7 +284,13 @@ class Studio(anywidget.AnyWidget):
         elif kind == "apply":
             ed.apply(str(msg.get("text", "")))
         elif kind == "remove":
-            ed.remove(int(msg.get("index", -1)))
+            index = msg.get("index")
+            if isinstance(index, str) and index.strip().isdigit():
+                index = int(index)
+            if isinstance(index, int) and not isinstance(index, bool):
+                ed.remove(index)
+            else:
+                ed.error = f"remove needs the number of a listed placement, got {index!r}"
         elif kind == "clear":
             ed.clear()
         elif kind == "cancel":
