@@ -152,6 +152,7 @@ def test_bdlora_is_refused_by_name(tmp_path):
     ("target_parameters", "lin0.weight", "a list of strings"),
     ("target_modules", 5, "a string or a list of strings"),
     ("exclude_modules", {"a": 1}, "a string or a list of strings"),
+    ("lora_bias", "yes", "a bool"),
 ])
 def test_target_fields_of_the_wrong_json_type_are_refused(tmp_path, field, value, want):
     directory = _save(tiny, peft.LoraConfig(target_modules=["lin0"], r=4), tmp_path / "a")

@@ -304,7 +304,7 @@ def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str)
 
 _FIELDS = {  # adapter_config.json fields we read, and their JSON types (None is always accepted)
     "peft_type": "str", "r": "int", "lora_alpha": "number", "lora_dropout": "number", "bias": "str",
-    "use_dora": "bool", "use_rslora": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
+    "use_dora": "bool", "use_rslora": "bool", "lora_bias": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
     "rank_pattern": "object", "alpha_pattern": "object", "target_modules": "str or list[str]",
     "exclude_modules": "str or list[str]", "target_parameters": "list[str]",
 }
