@@ -152,6 +152,7 @@ def test_bdlora_is_refused_by_name(tmp_path):
     ("target_parameters", "lin0.weight", "a list of strings"),
     ("target_modules", 5, "a string or a list of strings"),
     ("exclude_modules", {"a": 1}, "a string or a list of strings"),
+    ("lora_bias", "yes", "a bool"),
 ])
 def test_target_fields_of_the_wrong_json_type_are_refused(tmp_path, field, value, want):
     directory = _save(tiny, peft.LoraConfig(target_modules=["lin0"], r=4), tmp_path / "a")
@@ -371,3 +372,14 @@ def test_config_fields_peft_cannot_load_are_refused(tmp_path):
     _refused(tiny, directory, "'lora_alpha' is null")
     _edit_config(directory, lora_alpha=8, modules_to_save=["lin1"])  # PEFT keeps those out of LoRA
     _refused(tiny, directory, "'lin1'", "modules_to_save", modules_to_save=True)
+
+
+def test_a_variant_setting_the_addin_refuses_names_the_directory(tmp_path):
+    from peft.tuners.lora.config import VeloraConfig
+
+    config = peft.LoraConfig(target_modules=["lin0"], r=4, velora_config=VeloraConfig(num_groups=2))
+    directory = _save(tiny, config, tmp_path / "a")
+    _round_trip(tiny, directory, tmp_path)
+    _edit_config(directory, velora_config={"num_groups": 2, "init_type": "foo"})
+    message = _refused(tiny, directory, "velora_init must be one of")
+    assert message.startswith(str(directory / CONFIG))

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
 from ..addins.peft_patterns import compile_key
-from ..config import Config
+from ..config import Config, ConfigError
 from ..engine import AddinDict, Attachment
 from ..engine.freezing import match_trainable
 from . import files
@@ -245,7 +245,10 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         for (_, p, addin), item in zip(att.entries, imports):
             addin.load_state_dict(item.state, strict=False)
 
-    return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
+    try:
+        return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
+    except ConfigError as exc:  # a setting the adapter's config gives that the add-in refuses
+        raise ConfigError(f"{config_path}: {exc.message}", hint=exc.hint) from None
 
 
 def _listed_module(name: str, listed: list[str]) -> str | None:
@@ -301,7 +304,7 @@ def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str)
 
 _FIELDS = {  # adapter_config.json fields we read, and their JSON types (None is always accepted)
     "peft_type": "str", "r": "int", "lora_alpha": "number", "lora_dropout": "number", "bias": "str",
-    "use_dora": "bool", "use_rslora": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
+    "use_dora": "bool", "use_rslora": "bool", "lora_bias": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
     "rank_pattern": "object", "alpha_pattern": "object", "target_modules": "str or list[str]",
     "exclude_modules": "str or list[str]", "target_parameters": "list[str]",
 }
