@@ -170,3 +170,36 @@ def test_partial_k_trains_the_last_blocks_and_what_follows():
         studio.strategies.partial_k(vit, 3)
     with pytest.raises(ValueError, match="'head' is not a list of repeated blocks"):
         studio.strategies.partial_k(vit, 1, blocks="head")
+
+
+def test_ia3_peft_directories_both_ways(tmp_path):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    base, x = KVNet(), torch.randn(5, 8)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.IA3Config(
+        target_modules=["k", "v", "fc2"], feedforward_modules=["fc2"], init_ia3_weights=False))
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    model = copy.deepcopy(base)
+    before = _state(model)
+    att = studio.from_peft(model, tmp_path / "theirs")
+    assert str(att.config) == IA3_CONFIG.replace("{inout}", "{inout1}")
+    torch.testing.assert_close(model(x), theirs(x), rtol=0, atol=1e-6)
+    att.export_peft(tmp_path / "ours")
+    back = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "ours")).eval()
+    torch.testing.assert_close(back(x), theirs(x), rtol=0, atol=1e-6)
+    att.detach()
+    _assert_state(model, before)
+    # what PEFT's IA3 cannot hold is refused by name, the model untouched
+    vit, xv = _vit()
+    with studio.attach(vit, "(IA3.adapt_output, skip=192): ...->(blocks[0].attn.qkv){inout}->...",
+                       example_input=xv) as att:
+        with pytest.raises(ValueError, match="'IA3_blocks_0_attn_qkv' is IA3.adapt_output with skip=192"):
+            att.export_peft(tmp_path / "skip")
+    cfg_path = tmp_path / "theirs" / "adapter_config.json"
+    import json
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "feedforward_modules": ["k", "v", "fc2"]}))
+    with pytest.raises(ValueError, match=r"tensor 'k.ia3_l' has shape \(8, 1\); scaling a feedforward "
+                                         r"module's input needs \(1, 8\)"):
+        studio.from_peft(model, tmp_path / "theirs")
+    _assert_state(model, before)

@@ -98,7 +98,7 @@ def test_export_refuses_what_peft_cannot_hold(tmp_path):
                                              "attach it with layout=peft"):
             att.export_peft(tmp_path)
     with studio.attach(model, "(SSF.adapt_output): ...->(blocks[0].norm1){inout1}->...") as att:
-        with pytest.raises(ValueError, match="PEFT export covers LoRA, PrefixTuning, TrainableTokens only"):
+        with pytest.raises(ValueError, match="PEFT export covers IA3, LoRA, PrefixTuning, TrainableTokens only"):
             att.export_peft(tmp_path)
     with studio.attach(model, "(LoRA.adapt_output): ...->(head){inout1}->...\ntrainable(blocks.0.norm1.weight)") as att:
         with pytest.raises(ValueError, match="cover only part of 'blocks.0.norm1'"):
@@ -112,9 +112,10 @@ def test_export_refuses_what_peft_cannot_hold(tmp_path):
 
 
 def test_from_peft_errors_leave_model_untouched(tmp_path):
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA"}))
     model = _vit()
-    with pytest.raises(ValueError, match="only LoRA, PrefixTuning, TrainableTokens adapters can be imported"):
+    with pytest.raises(ValueError, match="only IA3, LoRA, PrefixTuning, TrainableTokens adapters can be imported; "
+                                         ".* 'LOHA'"):
         studio.from_peft(model, tmp_path)
     other = nn.Sequential(nn.Linear(4, 4))
     pm = peft.get_peft_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),

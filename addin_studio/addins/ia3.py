@@ -6,6 +6,7 @@ from torch import nn
 
 from ._sizing import channels_back, channels_last, feature_layout
 from .base import AddinBase, PointInfo
+from .ia3_peft import IA3Peft
 from .registry import register_addin
 
 
@@ -27,6 +28,7 @@ class IA3(AddinBase):
 
     adapt_across_input = None  # type: ignore[assignment]
     adapt_across_output = None  # type: ignore[assignment]
+    peft = IA3Peft()  # its Hugging Face PEFT form (addins/ia3_peft.py)
 
     def __init__(self, point: PointInfo, skip: int = 0) -> None:
         super().__init__()
