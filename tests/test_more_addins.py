@@ -63,12 +63,18 @@ def _step_moves_only_addins(model, att, x):
     assert sorted(moved) == sorted(addins), f"add-in parameters that did not move: {set(addins) - set(moved)}"
 
 
-def test_ia3_equals_peft_on_identical_weights_and_merges_exactly(digits_batch):
+def _kvnet_and_peft_ia3():
+    """KVNet, an input, and PEFT's IA3 (random vectors) on a copy: keys, values, fc2's input."""
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)
-    ours_model, x = KVNet(), torch.randn(5, 8)
-    theirs = peft.get_peft_model(copy.deepcopy(ours_model), peft.IA3Config(
+    model, x = KVNet(), torch.randn(5, 8)
+    theirs = peft.get_peft_model(copy.deepcopy(model), peft.IA3Config(
         target_modules=["k", "v", "fc2"], feedforward_modules=["fc2"], init_ia3_weights=False))
+    return model, x, theirs
+
+
+def test_ia3_equals_peft_on_identical_weights_and_merges_exactly(digits_batch):
+    ours_model, x, theirs = _kvnet_and_peft_ia3()
     before = _state(ours_model)
     att = studio.attach(ours_model, IA3_CONFIG, example_input=x)
     assert str(att.config) == IA3_CONFIG.replace("{inout}", "{inout1}")
@@ -174,10 +180,7 @@ def test_partial_k_trains_the_last_blocks_and_what_follows():
 
 def test_ia3_peft_directories_both_ways(tmp_path):
     peft = pytest.importorskip("peft")
-    torch.manual_seed(0)
-    base, x = KVNet(), torch.randn(5, 8)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.IA3Config(
-        target_modules=["k", "v", "fc2"], feedforward_modules=["fc2"], init_ia3_weights=False))
+    base, x, theirs = _kvnet_and_peft_ia3()
     theirs.save_pretrained(str(tmp_path / "theirs"))
     model = copy.deepcopy(base)
     before = _state(model)
