@@ -284,6 +284,8 @@ def test_timm_prefixes_have_no_peft_form(tmp_path):
      r"prefix tuning replaces the forward of 'blocks.0.attn' \(Attention\): write it \{inout1\}\(module\)"),
     ("(PrefixTuning.adapt_forward, num_tokens=0): ...->{inout1}(blocks[0].attn)->...",
      r"PrefixTuning num_tokens must be a positive integer, got 0"),
+    ("(PrefixTuning.adapt_forward, hidden=64): ...->{inout1}(blocks[0].attn)->...",
+     r"PrefixTuning hidden=64 is the width of the projection's hidden layer; it needs projection=true"),
     ("(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn)->...\n"
      "(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn)->...",
      r"replaces the forward of 'blocks\[0\].attn', but its forward is already replaced by "

@@ -121,6 +121,9 @@ class PrefixTuning(AddinBase):
         positive_int(num_tokens, "num_tokens", "PrefixTuning")
         if hidden is not None:
             positive_int(hidden, "hidden", "PrefixTuning")
+            if projection is not True:
+                raise ValueError(f"PrefixTuning hidden={hidden} is the width of the projection's hidden layer; "
+                                 f"it needs projection=true (without a projection there is no hidden layer)")
         module = point.module
         where = f"'{point.path}' ({type(module).__name__})" if point.path else type(module).__name__
         self.cache_argument = _cache_argument(module)
