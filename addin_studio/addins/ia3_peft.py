@@ -10,14 +10,10 @@ from torch import nn
 
 from ..config import Placement, Point
 from .interop import PeftEntry, PeftImport, PeftMapping
+from .peft_patterns import listed_by_peft
 
 TENSOR = "ia3_l"
 _METHODS = {"post": "adapt_output", "pre": "adapt_input"}
-
-
-def _listed(targets: Any, path: str) -> bool:
-    """PEFT's rule for a list of module names: ``path`` is one of them or ends with ``.<name>``."""
-    return any(path == t or path.endswith("." + t) for t in targets)
 
 
 class IA3Peft(PeftMapping):
@@ -82,10 +78,10 @@ class IA3Peft(PeftMapping):
             if type(module) is not nn.Linear:
                 raise ValueError(f"{source}: tensor '{name}': IA3 adapters import on nn.Linear layers; "
                                  f"'{path}' is a {type(module).__name__}")
-            if isinstance(targets, list) and not _listed(targets, path):
+            if isinstance(targets, list) and not listed_by_peft(targets, path):
                 raise ValueError(f"{source}: tensor '{name}' is for '{path}', which target_modules {targets} "
                                  f"does not name (PEFT would not load it)")
-            is_ff = _listed(feedforward, path)
+            is_ff = listed_by_peft(feedforward, path)
             t = tensors[name]
             want = (1, module.in_features) if is_ff else (module.out_features, 1)
             if tuple(t.shape) != want:

@@ -18,7 +18,7 @@ from torch import nn
 from ..config import Placement, Point
 from .interop import PeftEntry, PeftImport, PeftMapping
 from .lora_peft_variants import EXTRA_TENSORS, as_json, extra_tensors, import_settings, variant_fields
-from .peft_patterns import pattern_value
+from .peft_patterns import listed_by_peft, pattern_value
 
 _PARTS = ("lora_A", "lora_B")
 _EMBEDDING_PARTS = {"lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B"}
@@ -240,11 +240,6 @@ class LoraPeft(PeftMapping):
         return out + tokens
 
 
-def _names(targets: Any, path: str) -> bool:
-    """PEFT's rule for a list of module names: ``path`` is one of them or ends with ``.<name>``."""
-    return any(path == t or path.endswith("." + t) for t in targets)
-
-
 def _layer_index(config: Mapping[str, Any], path: str) -> int | str | None:
     """The layer number PEFT's ``layers_to_transform`` reads from a listed target's ``path`` (``"none"``
     when it finds none, so the module is not adapted); None when no layer filter applies or its
@@ -266,8 +261,8 @@ def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, tor
     list ``exclude_modules`` does not; PEFT skips the others' tensors), of the rank ``r`` / ``rank_pattern``
     gives it (PEFT refuses other shapes). Regex-string targets are not checked."""
     targets, excluded = config.get("target_modules"), config.get("exclude_modules")
-    if isinstance(targets, list) and not _names(targets, path) or \
-            isinstance(excluded, list) and _names(excluded, path):
+    if isinstance(targets, list) and not listed_by_peft(targets, path) or \
+            isinstance(excluded, list) and listed_by_peft(excluded, path):
         raise ValueError(f"{source}: the adapter holds LoRA weights for '{path}', which the config's "
                          f"target_modules {targets} (exclude_modules {excluded}) does not adapt; PEFT "
                          f"would leave them out, so the files disagree")
@@ -331,7 +326,7 @@ def _target_parameters(config: Mapping[str, Any], pairs: Mapping[str, Any], modu
         if module is None:
             continue
         names = [n for n, p in module.named_parameters(recurse=False)
-                 if any(f"{path}.{n}" == t or f"{path}.{n}".endswith("." + t) for t in targets)]
+                 if listed_by_peft(targets, f"{path}.{n}")]
         if len(names) > 1:
             raise ValueError(f"{source}: target_parameters adapts {len(names)} parameters of '{path}' "
                              f"({', '.join(names)}); one LoRA per module is supported")

@@ -98,3 +98,9 @@ def pattern_value(patterns: Any, path: str, default: Any, source: str, field: st
         if key_matches(compile_key(key, source, field), path):
             return value
     return default
+
+
+def listed_by_peft(names: Any, path: str) -> bool:
+    """PEFT's rule for a list of module names (``target_modules``, ``feedforward_modules``, ...): ``path``
+    is one of them or ends with ``.<name>``."""
+    return any(path == n or path.endswith("." + n) for n in names)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..addins.interop import PeftEntry, PeftMapping, peft_mapping, peft_mappings
-from ..addins.peft_patterns import compile_key
+from ..addins.peft_patterns import compile_key, listed_by_peft
 from ..config import Config, ConfigError
 from ..engine import AddinDict, Attachment
 from ..engine.freezing import match_trainable
@@ -94,7 +94,7 @@ def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor], mod
 
     def reaches(targets: list[str], candidates: Iterable[str]) -> str | None:
         own = set(targets)
-        return next((c for c in candidates if c not in own and any(c.endswith("." + t) for t in targets)), None)
+        return next((c for c in candidates if c not in own and listed_by_peft(targets, c)), None)
 
     targets = fields.get("target_modules")
     if isinstance(targets, list) and reaches(targets, names):
