@@ -87,15 +87,21 @@ class Editor:
         self.settings: dict[str, dict[str, Any]] = {}   # add-in -> settings for new placements
         self.message = ""                               # what the last edit did to trained add-ins
         self.busy: Callable[[], bool] = lambda: False   # True while a run trains: edits are refused
+        self._following = named.active if named is not None else None  # the active adapter shown
         self.follow_named()
         self._fit_method(None)
 
     # -- named adapters ------------------------------------------------------------------------
     def follow_named(self) -> None:
-        """Show the named adapters' active adapter (nothing when none is active)."""
+        """Show the named adapters' active adapter (nothing when none is active); :attr:`message` says
+        so when it is another one than shown before."""
         if self.named is None:
             return
         active = self.named.active
+        if active != self._following:
+            self._following = active
+            self.message = f"adapter '{active}' is active" if active else \
+                "no adapter is active: the bare model runs"
         self.config = self.named.config(active) if active is not None else Config()
         self.attachment = self.named.attachment
         self.pending = None
@@ -115,7 +121,6 @@ class Editor:
             return self._fail(str(exc))
         self.follow_named()
         self.error = ""
-        self.message = f"adapter '{name}' is active" if name else "no adapter is active: the bare model runs"
         return True
 
     # -- add-ins and methods -------------------------------------------------------------------

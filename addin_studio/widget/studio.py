@@ -346,12 +346,7 @@ class Studio(anywidget.AnyWidget):
 
     def _adapters_changed(self) -> None:
         """The named adapters changed (from code or from this widget): show the active one."""
-        ed = self._editor
-        active = self._named.active if self._named is not None else None
-        if (active or "") != self.active_adapter:  # a switch, not an edit of the active adapter
-            ed.message = f"adapter '{active}' is active" if active else \
-                "no adapter is active: the bare model runs"
-        ed.follow_named()
+        self._editor.follow_named()
         self._sync()
 
     def _relayout(self) -> None:
