@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 import addin_studio as studio
@@ -93,6 +94,26 @@ def our_buffers(att) -> dict[tuple[str, str], torch.Tensor]:
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if ".addins" not in k
             and not k.startswith("addins")}
+
+
+def _snapshot(model) -> tuple:
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()))
+
+
+def from_peft_refusal(model, directory, **kwargs) -> str:
+    """``studio.from_peft(model, directory, **kwargs)`` raises a ValueError and leaves ``model`` as it
+    was (tensors, ``requires_grad``, hooks, no add-ins); returns the message."""
+    before = _snapshot(model)
+    with pytest.raises(ValueError) as info:
+        studio.from_peft(model, directory, **kwargs)
+    after = _snapshot(model)
+    assert not hasattr(model, "addins")
+    assert after[0].keys() == before[0].keys()
+    assert all(torch.equal(after[0][k], before[0][k]) for k in before[0])
+    assert after[1:] == before[1:]
+    return str(info.value)
 
 
 def perturb_peft(peft_model, seed: int = 1) -> None:
