@@ -121,9 +121,7 @@ class Attachment:
                 module = modules[r.placement.target.module]
                 self._moved[r.key] = {n: p.detach().clone() for n, p in module._parameters.items()
                                       if p is not None}
-                stacks = _MERGE_STACKS.setdefault(module, {})
-                for n in self._moved[r.key]:
-                    stacks.setdefault(n, []).append((id(self), "move:" + r.key))
+                _push_stack(module, self._moved[r.key], (id(self), "move:" + r.key))
                 with torch.no_grad():
                     r.addin.move_base(module)
 
@@ -170,7 +168,7 @@ class Attachment:
                     _pop_stack(module, snapshot, (id(self), "move:" + r.key))
                     with torch.no_grad():
                         for n, t in snapshot.items():
-                            modules[r.placement.target.module]._parameters[n].copy_(t)
+                            module._parameters[n].copy_(t)
         if self._held:
             release(self.model, self, base_parameter_names(self.model))
             self._held = False
@@ -279,9 +277,7 @@ class Attachment:
                         module._parameters[n] = nn.Parameter(param.detach().clone(),
                                                              requires_grad=param.requires_grad)
                 self._merged[r.key] = {n: module._parameters[n].detach().clone() for n in names}
-                stacks = _MERGE_STACKS.setdefault(module, {})
-                for n in names:
-                    stacks.setdefault(n, []).append((id(self), r.key))
+                _push_stack(module, names, (id(self), r.key))
                 done.append(r)
                 with torch.no_grad():
                     own = self._weight_actions.get(r.key) if r.weight_param is not None else None
@@ -316,21 +312,19 @@ class Attachment:
                 expected = before + (module._parameters[n] - self._merged[r.key][n]) if additive else None
             after = getattr(module, n)
             if expected is None:
-                labels = ", ".join(a.label for a in weight_actions(module, n))
-                full = f"{path}.{n}" if path else n
-                raise ValueError(f"cannot merge {r.key} into '{full}': its weight is also read through "
-                                 f"{labels}, which stays attached, and this add-in's merge is not a plain "
-                                 f"addition to the weight, so merging would change the outputs. Merge or "
-                                 f"detach that one first.")
-            if not after.is_floating_point() or not after.numel():
+                why = ", and this add-in's merge is not a plain addition to the weight,"
+            elif not after.is_floating_point() or not after.numel():
                 continue
-            tol = 64 * torch.finfo(after.dtype).eps * (1 + float(expected.abs().max()))
-            if float((after - expected).abs().max()) > tol:
-                labels = ", ".join(a.label for a in weight_actions(module, n))
-                full = f"{path}.{n}" if path else n
-                raise ValueError(f"cannot merge {r.key} into '{full}': its weight is also read through "
-                                 f"{labels}, which stays attached and does not commute with this update, "
-                                 f"so merging would change the outputs. Merge or detach that one first.")
+            else:
+                tol = 64 * torch.finfo(after.dtype).eps * (1 + float(expected.abs().max()))
+                if float((after - expected).abs().max()) <= tol:
+                    continue
+                why = " and does not commute with this update,"
+            labels = ", ".join(a.label for a in weight_actions(module, n))
+            full = f"{path}.{n}" if path else n
+            raise ValueError(f"cannot merge {r.key} into '{full}': its weight is also read through "
+                             f"{labels}, which stays attached{why} so merging would change the outputs. "
+                             f"Merge or detach that one first.")
 
     def unmerge(self) -> None:
         """Undo :meth:`merge`: restore the base weights bit for bit (and ties) and switch the add-ins
@@ -448,6 +442,13 @@ def _shared_parameters(model: nn.Module) -> dict[int, list[str]]:
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(name)
     return names
+
+
+def _push_stack(module: nn.Module, names: Any, entry: tuple[int, str]) -> None:
+    """Put ``entry`` on top of the merge stacks of ``module``'s parameters ``names``."""
+    stacks = _MERGE_STACKS.setdefault(module, {})
+    for n in names:
+        stacks.setdefault(n, []).append(entry)
 
 
 def _pop_stack(module: nn.Module, names: Any, entry: tuple[int, str]) -> None:
