@@ -59,7 +59,7 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
         weights.update(more)
         fields.update(more_fields)
     lead = mapping.lead
-    tensors = {(name if name in mapping.bare else lead + name): t for name, t in weights.items()}
+    tensors = {_key(lead, name, mapping): t for name, t in weights.items()}
     base = dict(base_params(att.model, addin_child(att.model)))
     _exact_targets(fields, base, modules)
     keep, _ = match_trainable(base, att.config.trainable)
@@ -284,6 +284,7 @@ def _same_base(name: str, t: torch.Tensor, model: nn.Module, params: dict[str, n
 
 
 def _key(lead: str, name: str, mapping: PeftMapping) -> str:
+    """A model-relative tensor name as the mapping's PEFT file writes it."""
     return name if name in mapping.bare else lead + name
 
 
