@@ -39,14 +39,21 @@ def _run(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
     return proc
 
 
+# failures of the machine, not of the code under test, that a second run does not repeat: a port taken
+# between choosing and binding it, and a rank's C++ abort in gloo's teardown at exit (seen about once in
+# ten 2-rank FSDP runs on the shared 2-core machine, after the work was done)
+_RETRIED = ("address already in use", "terminate called without an active exception")
+
+
 def _torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Two processes on 127.0.0.1; a port taken between choosing and binding it is retried once."""
+    """Two processes on 127.0.0.1; a run that fails for one of the ``_RETRIED`` reasons runs once more
+    (and must then pass in full)."""
     for attempt in (1, 2):
         try:
             return _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args], timeout)
         except AssertionError as exc:
-            if attempt == 2 or "address already in use" not in str(exc).lower():
+            if attempt == 2 or not any(reason in str(exc).lower() for reason in _RETRIED):
                 raise
 
 
