@@ -1,13 +1,17 @@
 """Adapter-only checkpoints (safetensors): save an Attachment, re-attach it from the file alone.
 
-A checkpoint holds the add-ins' tensors (``addins.<key>.<name>``) and the kept-trainable base
-parameters (``base.<name>``); its metadata holds the config string, each placement's settings and a
+A checkpoint holds the add-ins' tensors (``addins.<key>.<name>``), the kept-trainable base
+parameters (``base.<name>``) and the running statistics of the normalization layers whose statistics
+updated in training (``stats.<layer>.<buffer>``: ``running_stats(...)`` or trained norm parameters;
+every other BatchNorm of a frozen base keeps its statistics, so the file reproduces the trained
+model); its metadata holds the config string, each placement's settings and a
 fingerprint of the model (root class, every base parameter's name and shape) so that :func:`load` can
 re-attach from the file alone and refuse a model that does not match.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -44,6 +48,8 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
         keep, _ = match_trainable(base, att.config.trainable)
         for name in sorted(keep):
             tensors[f"base.{name}"] = base[name]
+        for name, t in sorted(att.statistics().items()):
+            tensors[f"stats.{name}"] = t
         on_meta = next((name for name, t in tensors.items() if t.is_meta), None)
         if on_meta is not None:
             raise ValueError(f"cannot save {path}: tensor '{on_meta}' is on the meta device (no values); "
@@ -103,7 +109,8 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
     must match the one saved (same root class, same parameter names and shapes; ``strict=False``
     checks only the modules the add-ins and kept-trainable weights touch). A file loads only what it
     owns: the tensors of the add-ins its config places and the base parameters its config keeps
-    trainable — any other tensor is refused by name; tensors must be floating point and finite
+    trainable, and the running statistics of the normalization layers whose statistics its config
+    updates (restored at detach) — any other tensor is refused by name; tensors must be floating point and finite
     (``allow_nonfinite=True`` lifts the last rule). On any error the model is left untouched:
     ValueError naming the file and the field for a damaged or foreign file, ConfigError for a bad
     config string in it.
@@ -130,12 +137,16 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
     base = dict(base_params(model))
     keep, _ = match_trainable(base, cfg.trainable)
     base_tensors: dict[str, torch.Tensor] = {}
+    stats_tensors: dict[str, torch.Tensor] = {}
     addin_tensors: dict[str, dict[str, torch.Tensor]] = {k: {} for k in keys}
     shared = _shared_field(meta, tensors, source)
     for name, t in [*tensors.items(), *((a, tensors[o]) for a, o in shared.items())]:
         head, _, rest = name.partition(".")
         if head == "base" and rest in keep:
             base_tensors[rest] = t
+            continue
+        if head == "stats":
+            stats_tensors[rest] = t  # checked against the layers whose statistics the config updates
             continue
         key, _, part = rest.partition(".")
         if head != "addins" or key not in addin_tensors or not part:
@@ -181,8 +192,26 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
                                  f"its config attaches, but field 'shared' does not map it to that key "
                                  f"(the file holds it twice)")
             first.setdefault(id(t), name)
+        own_stats = att.statistics()
+        for name, t in stats_tensors.items():
+            if name not in own_stats:
+                raise ValueError(f"{source}: tensor 'stats.{name}' is the running statistics of a layer "
+                                 f"whose statistics its config keeps fixed (not in running_stats(...) and "
+                                 f"no trained parameter); a checkpoint loads only what its config owns")
+            check_tensor(t, own_stats[name], f"stats.{name}", source, allow_nonfinite)
+        missing_stats = sorted(set(own_stats) - set(stats_tensors))
+        if stats_tensors and missing_stats:
+            raise ValueError(f"{source}: the file holds running statistics but not 'stats.{missing_stats[0]}', "
+                             f"which its config updates")
+        if missing_stats:  # a file written before statistics were saved: the model's own stay
+            warnings.warn(f"{source} holds no running statistics for {', '.join(sorted({n.rpartition('.')[0] for n in missing_stats}))} "
+                          f"(a file from an older Addin Studio): those layers keep this model's statistics, "
+                          f"so outputs may differ from the trained model's", stacklevel=3)
         for key, _, addin in att.entries:  # everything is checked: now load
             addin.load_state_dict(addin_tensors[key], strict=True)
+        with torch.no_grad():
+            for name, t in stats_tensors.items():
+                own_stats[name].copy_(t)
 
     try:
         return attach_filled(model, cfg, fill, base, base_tensors, addins=addins,

@@ -74,6 +74,19 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
         elif any(not is_bias(n) for n in set(own_names) & keep):  # biases alone are PEFT's `bias` field
             raise ValueError(f"PEFT saves whole modules (modules_to_save); the kept-trainable weights "
                              f"cover only part of '{module_path or 'the root'}'")
+    for module_path in att.updating_norms:  # moved running statistics ship with their whole module
+        if module_path not in to_save:
+            if not module_path:
+                raise ValueError("PEFT saves whole modules (modules_to_save), not the root: its running "
+                                 "statistics cannot be a PEFT adapter")
+            to_save.append(module_path)
+            tensors.update({lead + name: base[name] for name in base if name.startswith(module_path + ".")
+                            and name.count(".") == module_path.count(".") + 1})
+    for module_path in to_save:  # PEFT loads a saved module's whole state dict, buffers included
+        state = modules[module_path].state_dict(keep_vars=True)
+        tensors.update({f"{lead}{module_path}.{n}": t for n, t in state.items()
+                        if f"{lead}{module_path}.{n}" not in tensors})
+    to_save.sort()
     bias, biases = export_biases(keep, {e.placement.target.module for e in entries}, base, to_save)
     tensors.update({lead + name: t for name, t in biases.items()})
     if bias != "none":
@@ -217,6 +230,7 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                          f"{len(trained_biases)} trained base bias(es) (e.g. '{sorted(trained_biases)[0]}') "
                          f"that replace the model's own; pass base_biases=True to from_peft to load them")
     saved.update(trained_biases)
+    stats = _saved_statistics(saved, model, str(weights_path), lead, allow_nonfinite)
     for name, t in saved.items():
         if name not in params and name in every:
             tied = next(n for n, p in params.items() if p is every[name])
@@ -232,7 +246,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         if not torch.equal(t.to(saved[name].dtype), saved[name]):
             raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
                              f"different values ('{key}')")
-    cfg = Config([i.placement for i in imports], sorted(saved))
+    cfg = Config([i.placement for i in imports], sorted(saved),
+                 running_stats=sorted({n.rpartition(".")[0] for n in stats}))
 
     def fill(att: Attachment) -> None:
         for (_, p, addin), item in zip(att.entries, imports):
@@ -244,11 +259,38 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                                      f"{tuple(t.shape)}; this model's layer needs {want}")
         for (_, p, addin), item in zip(att.entries, imports):
             addin.load_state_dict(item.state, strict=False)
+        own_stats = att.statistics()
+        with torch.no_grad():
+            for name, t in stats.items():
+                own_stats[name].copy_(t)
 
     try:
         return attach_filled(model, cfg, fill, params, saved, example_input=example_input, **attach_kwargs)
     except ConfigError as exc:  # a setting the adapter's config gives that the add-in refuses
         raise ConfigError(f"{config_path}: {exc.message}", hint=exc.hint) from None
+
+
+def _saved_statistics(saved: dict[str, torch.Tensor], model: nn.Module, source: str, lead: str,
+                      allow_nonfinite: bool) -> dict[str, torch.Tensor]:
+    """Take the buffers out of ``saved`` (PEFT's modules_to_save hold a module's whole state dict): the
+    running statistics of normalization layers are returned (they load as ``running_stats(...)``); any
+    other buffer must equal the model's own (PEFT saved an unchanged copy), else ValueError."""
+    from ..engine.norm_stats import STAT_BUFFERS, has_running_stats
+
+    modules = dict(model.named_modules())
+    buffers = dict(model.named_buffers())
+    stats: dict[str, torch.Tensor] = {}
+    for name in [n for n in saved if n in buffers]:
+        t = saved.pop(name)
+        check_tensor(t, buffers[name], lead + name, source, allow_nonfinite)
+        owner, _, leaf = name.rpartition(".")
+        if leaf in STAT_BUFFERS and has_running_stats(modules[owner]):
+            stats[name] = t
+        elif not torch.equal(t.to(buffers[name].dtype), buffers[name]):
+            raise ValueError(f"{source}: the adapter saves buffer '{name}' (modules_to_save) with other values "
+                             f"than the model's; from_peft loads running statistics of normalization layers "
+                             f"only")
+    return stats
 
 
 def _listed_module(name: str, listed: list[str]) -> str | None:

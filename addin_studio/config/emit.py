@@ -19,6 +19,8 @@ def emit(cfg: Config) -> str:
     lines = [_entry(run) for run in _runs(cfg.placements)]
     if cfg.trainable:
         lines.append("trainable(" + ", ".join(_compress_patterns(cfg.trainable)) + ")")
+    if cfg.running_stats:
+        lines.append("running_stats(" + ", ".join(_compress_patterns(cfg.running_stats)) + ")")
     return "\n".join(lines)
 
 

@@ -64,17 +64,20 @@ class Placement:
 
 
 class Config:
-    """A parsed config string: placements (in order) and kept-trainable parameter patterns.
+    """A parsed config string: placements (in order), kept-trainable parameter patterns and the
+    normalization layers whose running statistics update while the add-ins train (``running_stats``).
 
     Immutable; ``str(cfg)`` is the canonical string and ``parse(str(cfg)) == cfg``.
     """
 
-    __slots__ = ("_placements", "_trainable", "text", "trainable_spans")
+    __slots__ = ("_placements", "_trainable", "_running_stats", "text", "trainable_spans")
 
     def __init__(self, placements: Iterable[Placement] = (), trainable: Iterable[str] = (),
-                 text: str | None = None, *, trainable_spans: Mapping[str, int] | None = None) -> None:
+                 text: str | None = None, *, trainable_spans: Mapping[str, int] | None = None,
+                 running_stats: Iterable[str] = ()) -> None:
         self._placements = tuple(placements)
         self._trainable = tuple(dict.fromkeys(trainable))  # de-duplicated, order kept
+        self._running_stats = tuple(dict.fromkeys(running_stats))
         for p in self._placements:
             if not isinstance(p, Placement):
                 raise TypeError(f"Config placements must be Placement objects, got {type(p).__name__}")
@@ -90,9 +93,16 @@ class Config:
     def trainable(self) -> tuple[str, ...]:
         return self._trainable
 
+    @property
+    def running_stats(self) -> tuple[str, ...]:
+        """Module patterns (``running_stats(...)``) of normalization layers whose running statistics
+        follow the training data; they are saved with the adapters. Every other BatchNorm-like layer
+        of a frozen base keeps its statistics fixed (see docs/training.md)."""
+        return self._running_stats
+
     def add(self, placement: Placement) -> "Config":
         """A new Config with ``placement`` appended."""
-        return Config(self._placements + (placement,), self._trainable)
+        return Config(self._placements + (placement,), self._trainable, running_stats=self._running_stats)
 
     def remove(self, index: int) -> "Config":
         """A new Config without the placement at ``index``."""
@@ -100,22 +110,27 @@ class Config:
             raise IndexError(f"no placement {index}; the config has {len(self._placements)}")
         items = list(self._placements)
         del items[index]
-        return Config(items, self._trainable)
+        return Config(items, self._trainable, running_stats=self._running_stats)
 
     def with_trainable(self, patterns: Iterable[str]) -> "Config":
         """A new Config whose kept-trainable patterns are ``patterns``."""
-        return Config(self._placements, patterns)
+        return Config(self._placements, patterns, running_stats=self._running_stats)
+
+    def with_running_stats(self, patterns: Iterable[str]) -> "Config":
+        """A new Config whose ``running_stats(...)`` patterns are ``patterns``."""
+        return Config(self._placements, self._trainable, running_stats=patterns)
 
     def __add__(self, other: "Config") -> "Config":
         if not isinstance(other, Config):
             return NotImplemented
-        return Config(self._placements + other._placements, self._trainable + other._trainable)
+        return Config(self._placements + other._placements, self._trainable + other._trainable,
+                      running_stats=self._running_stats + other._running_stats)
 
     def __len__(self) -> int:
         return len(self._placements)
 
     def __bool__(self) -> bool:
-        return bool(self._placements or self._trainable)
+        return bool(self._placements or self._trainable or self._running_stats)
 
     def __iter__(self):
         return iter(self._placements)
@@ -123,10 +138,11 @@ class Config:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
             return NotImplemented
-        return self._placements == other._placements and self._trainable == other._trainable
+        return (self._placements == other._placements and self._trainable == other._trainable
+                and self._running_stats == other._running_stats)
 
     def __hash__(self) -> int:
-        return hash((self._placements, self._trainable))
+        return hash((self._placements, self._trainable, self._running_stats))
 
     def __str__(self) -> str:
         from .emit import emit

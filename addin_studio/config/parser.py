@@ -132,17 +132,22 @@ class _Parser:
     def parse(self) -> Config:
         pending: list[Callable[[], list[Placement]]] = []
         trainable: list[str] = []
+        running_stats: list[str] = []
         self.skip_ws(newlines=True)
         while self.i < len(self.text):
             start = self.i
             if self.peek("("):
                 pending.append(self.entry(start))
             elif self.text.startswith("trainable", self.i):
-                trainable.extend(self.trainable_entry())
+                trainable.extend(self.pattern_entry("trainable", "a parameter or module name",
+                                                    "trainable(head, pos_embed)"))
+            elif self.text.startswith("running_stats", self.i):
+                running_stats.extend(self.pattern_entry("running_stats", "a module name",
+                                                        "running_stats(layer4, bn1)"))
             else:
                 raise self.error(
-                    f"expected an entry such as '(Addin.method): ...->{{inout1}}(module)->...' or "
-                    f"'trainable(...)', found {self.describe_here()}")
+                    f"expected an entry such as '(Addin.method): ...->{{inout1}}(module)->...', "
+                    f"'trainable(...)' or 'running_stats(...)', found {self.describe_here()}")
             self.skip_ws()
             if self.i < len(self.text):
                 if self.text[self.i] in ",;\n":
@@ -155,7 +160,8 @@ class _Parser:
                     raise self.error(f"unexpected {self.describe_here()} after an entry",
                                      hint="separate entries with a new line or ','")
         placements = [p for expand in pending for p in expand()]
-        return Config(placements, trainable, text=self.text, trainable_spans=self.trainable_spans)
+        return Config(placements, trainable, text=self.text, trainable_spans=self.trainable_spans,
+                      running_stats=running_stats)
 
     def entry(self, start: int) -> Callable[[], list[Placement]]:
         addin, method, settings = self.header()
@@ -455,14 +461,15 @@ class _Parser:
                              dst.pos, hint=f"use '{{inout{n}}}' for one point")
         return src, dst
 
-    def trainable_entry(self) -> list[str]:
-        self.i += len("trainable")
-        self.expect("(", "'(' after 'trainable'", hint="write trainable(head, pos_embed)")
+    def pattern_entry(self, keyword: str, what: str, example: str) -> list[str]:
+        """``trainable(...)`` / ``running_stats(...)``: comma-separated name patterns (ranges expand)."""
+        self.i += len(keyword)
+        self.expect("(", f"'(' after '{keyword}'", hint=f"write {example}")
         patterns: list[str] = []
         while True:
             self.skip_ws()
             pos = self.i
-            path = _Path(self.path_segments(_PATTERN_SEGMENT, "a parameter or module name"), pos, self.i)
+            path = _Path(self.path_segments(_PATTERN_SEGMENT, what), pos, self.i)
             ranges = path.ranges()
             n = len(ranges[0]) if ranges else 1
             for r in ranges[1:]:
@@ -477,5 +484,5 @@ class _Parser:
             if self.peek(","):
                 self.i += 1
                 continue
-            self.expect(")", "')' to close trainable(...)")
+            self.expect(")", f"')' to close {keyword}(...)")
             return patterns

@@ -13,6 +13,7 @@ from ..graph import ModuleGraph, trace
 from .forwards import ForwardAction, add_forward_action, remove_forward_action
 from .freezing import hold, release
 from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
+from .norm_stats import hold_stats, norm_layers, release_stats, split_norms, stat_buffers
 from .resolve import Resolved, resolve
 from .weights import WeightAction, add_weight_action, remove_weight_action, weight_actions
 
@@ -28,9 +29,14 @@ class AddinDict(nn.ModuleDict):
         return args[0] if args else None
 
 
+def addin_children(model: nn.Module) -> list[str]:
+    """Names of the model's children that hold an attachment's add-ins."""
+    return [name for name, child in model.named_children() if isinstance(child, AddinDict)]
+
+
 def base_parameter_names(model: nn.Module) -> set[str]:
     """Names of the model's own parameters: without those of any attachment's add-ins."""
-    skip = tuple(f"{name}." for name, child in model.named_children() if isinstance(child, AddinDict))
+    skip = tuple(f"{name}." for name in addin_children(model))
     return {n for n, _ in model.named_parameters() if not n.startswith(skip)}
 
 
@@ -44,7 +50,8 @@ class Attachment:
     """Add-ins attached to a model by :func:`attach`. Undo everything with :meth:`detach`."""
 
     def __init__(self, model: nn.Module, config: Config, graph: ModuleGraph,
-                 resolved: list[Resolved], keep: set[str], freeze: bool) -> None:
+                 resolved: list[Resolved], keep: set[str], freeze: bool,
+                 norms: tuple[list[str], list[str]] = ([], [])) -> None:
         self.model = model
         self.config = config
         self.graph = graph
@@ -64,6 +71,12 @@ class Attachment:
         self._moved: dict[str, dict[str, torch.Tensor]] = {}  # base snapshots of add-ins that move_base
         self._first_check: FirstForwardCheck | None = None
         self._child_name: str | None = None
+        # normalization layers: those whose running statistics stay fixed, and those whose statistics
+        # update (their buffers belong to this attachment: snapshot at attach, restored at detach)
+        self._frozen_norms = list(norms[0]) if freeze else []
+        self.updating_norms: list[str] = list(norms[1])
+        self._stats_held: list[nn.Module] = []
+        self._stats_snapshot: dict[str, dict[str, torch.Tensor]] = {}
         self.attached = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -81,6 +94,7 @@ class Attachment:
             if self._freeze:
                 hold(self.model, self, self._keep, base_parameter_names(self.model))
                 self._held = True
+            self._hold_norms(modules)
             self._move_bases(modules)
             expected: dict[tuple[str, str], list[str]] = {}
             for r in self._resolved:
@@ -124,6 +138,36 @@ class Attachment:
                 _push_stack(module, self._moved[r.key], (id(self), "move:" + r.key))
                 with torch.no_grad():
                     r.addin.move_base(module)
+
+    def _hold_norms(self, modules: Mapping[str, nn.Module]) -> None:
+        """Freeze the running statistics of the frozen normalization layers; snapshot the others'."""
+        for path in self.updating_norms:
+            self._stats_snapshot[path] = {n: t.detach().clone() for n, t in stat_buffers(modules[path]).items()}
+        for path in self._frozen_norms:
+            hold_stats(modules[path], self)
+            self._stats_held.append(modules[path])
+
+    def _release_norms(self) -> None:
+        for module in self._stats_held:
+            release_stats(module, self)
+        self._stats_held.clear()
+        if self._stats_snapshot:
+            modules = dict(self.model.named_modules())
+            with torch.no_grad():
+                for path, snapshot in self._stats_snapshot.items():
+                    for n, t in snapshot.items():
+                        buffer = modules[path]._buffers.get(n)
+                        if isinstance(buffer, torch.Tensor) and not t.is_meta:
+                            buffer.copy_(t)
+            self._stats_snapshot.clear()
+
+    def statistics(self) -> dict[str, torch.Tensor]:
+        """The running-statistics buffers this attachment owns (``{"<layer>.<buffer>": tensor}``): those
+        of the normalization layers whose statistics update (``running_stats(...)`` or trained
+        parameters). They are saved with the adapters and restored at :meth:`detach`."""
+        modules = dict(self.model.named_modules())
+        return {f"{path}.{n}" if path else n: t for path in self.updating_norms
+                for n, t in stat_buffers(modules[path]).items()}
 
     def _hook(self, modules: Mapping[str, nn.Module], path: str, side: str) -> PreHook | PostHook:
         key = (path, side)
@@ -169,6 +213,7 @@ class Attachment:
                     with torch.no_grad():
                         for n, t in snapshot.items():
                             module._parameters[n].copy_(t)
+        self._release_norms()
         if self._held:
             release(self.model, self, base_parameter_names(self.model))
             self._held = False
@@ -492,7 +537,7 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     cfg = parse(config) if isinstance(config, str) else config
     if not isinstance(cfg, Config):
         raise TypeError(f"attach() expects a Config or a config string, got {type(config).__name__}")
-    if not cfg.placements and not cfg.trainable:
+    if not cfg.placements and not cfg.trainable and not cfg.running_stats:
         raise ConfigError("this config places no add-in and keeps nothing trainable: attaching it "
                           "would only freeze the model", cfg.text, 0 if cfg.text is not None else None,
                           "write a placement such as '(LoRA.adapt_output): ...->(fc1){inout}->...', or "
@@ -500,7 +545,7 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     if graph is None:
         graph = trace(model, example_input, **forward_kwargs)
     resolved, keep = resolve(model, cfg, graph, addins, reuse)
-    att = Attachment(model, cfg, graph, resolved, keep, freeze)
+    att = Attachment(model, cfg, graph, resolved, keep, freeze, _norms(model, cfg, keep, graph))
     att._apply()
     if example_input is not None and resolved:
         try:
@@ -509,6 +554,30 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
             att._undo()
             raise
     return att
+
+
+def _norms(model: nn.Module, cfg: Config, keep: set[str], graph: ModuleGraph) -> tuple[list[str], list[str]]:
+    """The normalization layers whose statistics stay fixed and those whose statistics update; a
+    ``running_stats`` pattern that names no such layer is a ConfigError."""
+    norms = norm_layers(model, skip=addin_children(model))
+    frozen, updating, unmatched = split_norms(norms, keep, cfg.running_stats)
+    if unmatched:
+        from ..config.errors import did_you_mean
+        from ..config.paths import format_path
+
+        bad = unmatched[0]
+        close = did_you_mean(bad, list(norms))
+        text = cfg.text
+        position = text.find("running_stats") if text is not None else None
+        layers = ", ".join(format_path(p) for p in list(norms)[:4]) + (", ..." if len(norms) > 4 else "")
+        raise ConfigError(f"running_stats pattern '{format_path(bad)}' names no normalization layer with "
+                          f"running statistics in {graph.root_class}"
+                          + (f" (its layers: {layers})" if norms else " (it has none)"),
+                          text, position if position is not None and position >= 0 else None,
+                          f"did you mean '{format_path(close[0])}'?" if close else
+                          "running_stats(...) takes BatchNorm-like layers (or modules above them), e.g. "
+                          "running_stats(layer4) or running_stats(*)")
+    return frozen, updating
 
 
 def _prove(att: Attachment, example_input: Any, forward_kwargs: dict) -> None:
