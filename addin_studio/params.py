@@ -68,6 +68,12 @@ def trainable_table(model: nn.Module) -> str:
 
     rows = [(name, kind(name, p), "x".join(str(s) for s in p.shape) or "scalar", f"{p.numel():,}")
             for name, p in model.named_parameters() if p.requires_grad]
+    # running statistics an attachment updates and saves with the adapters (buffers, not parameters)
+    from .engine.norm_stats import stat_buffers, stats_owned
+
+    rows += [(f"{path}.{n}" if path else n, f"{type(m).__name__} (statistics)",
+              "x".join(str(s) for s in t.shape) or "scalar", f"{t.numel():,}")
+             for path, m in model.named_modules() if stats_owned(m) for n, t in stat_buffers(m).items()]
     header = ("Parameter", "Type", "Shape", "Count")
     widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(4)]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"

@@ -13,7 +13,8 @@ from ..graph import ModuleGraph, trace
 from .forwards import ForwardAction, add_forward_action, remove_forward_action
 from .freezing import hold, release
 from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
-from .norm_stats import hold_stats, norm_layers, release_stats, split_norms, stat_buffers
+from .norm_stats import (disown_stats, hold_stats, norm_layers, own_stats, release_stats, split_norms,
+                         stat_buffers)
 from .resolve import Resolved, resolve
 from .weights import WeightAction, add_weight_action, remove_weight_action, weight_actions
 
@@ -143,6 +144,7 @@ class Attachment:
         """Freeze the running statistics of the frozen normalization layers; snapshot the others'."""
         for path in self.updating_norms:
             self._stats_snapshot[path] = {n: t.detach().clone() for n, t in stat_buffers(modules[path]).items()}
+            own_stats(modules[path], self)
         for path in self._frozen_norms:
             hold_stats(modules[path], self)
             self._stats_held.append(modules[path])
@@ -155,6 +157,7 @@ class Attachment:
             modules = dict(self.model.named_modules())
             with torch.no_grad():
                 for path, snapshot in self._stats_snapshot.items():
+                    disown_stats(modules[path], self)
                     for n, t in snapshot.items():
                         buffer = modules[path]._buffers.get(n)
                         if isinstance(buffer, torch.Tensor) and not t.is_meta:
@@ -568,7 +571,11 @@ def _norms(model: nn.Module, cfg: Config, keep: set[str], graph: ModuleGraph) ->
         bad = unmatched[0]
         close = did_you_mean(bad, list(norms))
         text = cfg.text
-        position = text.find("running_stats") if text is not None else None
+        position = None
+        if text is not None:  # the pattern inside a running_stats(...) entry, else the keyword
+            keyword = text.find("running_stats")
+            found = [i for i in (text.find(format_path(bad), keyword), text.find(bad, keyword)) if i >= 0]
+            position = min(found) if keyword >= 0 and found else keyword
         layers = ", ".join(format_path(p) for p in list(norms)[:4]) + (", ..." if len(norms) > 4 else "")
         raise ConfigError(f"running_stats pattern '{format_path(bad)}' names no normalization layer with "
                           f"running statistics in {graph.root_class}"

@@ -105,3 +105,24 @@ def release_stats(module: nn.Module, owner: object) -> None:
 def stats_frozen(module: nn.Module) -> bool:
     """Whether an attachment holds ``module``'s running statistics fixed."""
     return module in _FROZEN
+
+
+_OWNED: "weakref.WeakKeyDictionary[nn.Module, set[int]]" = weakref.WeakKeyDictionary()
+
+
+def own_stats(module: nn.Module, owner: object) -> None:
+    """Record that ``owner`` (an attachment) updates, saves and restores ``module``'s statistics."""
+    _OWNED.setdefault(module, set()).add(id(owner))
+
+
+def disown_stats(module: nn.Module, owner: object) -> None:
+    owners = _OWNED.get(module)
+    if owners is not None:
+        owners.discard(id(owner))
+        if not owners:
+            del _OWNED[module]
+
+
+def stats_owned(module: nn.Module) -> bool:
+    """Whether a live attachment updates (and will save) ``module``'s running statistics."""
+    return bool(_OWNED.get(module))
