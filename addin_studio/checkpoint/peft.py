@@ -53,6 +53,7 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     if not groups:
         raise ValueError("nothing to export: the attachment has no add-ins")
     mapping, entries = _host(groups)
+    _check_peft_wraps(att, entries)
     weights, fields = mapping.export(entries)
     for guest, guest_entries in (g for t, g in groups.items() if t != mapping.peft_type):
         more, more_fields = guest.export_joined(guest_entries, mapping.peft_type)  # type: ignore[attr-defined]
@@ -96,6 +97,29 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     directory = Path(directory)
     files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
     (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _check_peft_wraps(att: Attachment, entries: list[PeftEntry]) -> None:
+    """Layers PEFT's LoRA cannot reproduce. Conv subclasses with their own forward (timm's Conv2dSame,
+    ScaledStdConv2d: ours adapts their weight). And PEFT applies a LoRA only when its wrapped layer is called (``target_parameters`` too): a layer
+    the traced forward never calls — its parent reads its weight (BEiT's, EVA-02's, Swin's ``qkv``), so
+    ours adapts it with ``adapt_weight`` — would compute without its update under PEFT. ValueError."""
+    for e in entries:
+        path = e.placement.target.module
+        base = next((c for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(e.module, c)), None)
+        if base is not None and type(e.module).forward is not base.forward:
+            raise ValueError(f"'{path}' is a {type(e.module).__name__}, a {base.__name__} with a forward of its "
+                             f"own (e.g. dynamic padding or standardized weights); PEFT's LoRA wraps it as a "
+                             f"plain {base.__name__}, so a PEFT adapter would not compute what this one does. "
+                             f"Keep this adapter in Addin Studio's format (att.save / studio.load)")
+        if not att.graph.traced:
+            continue
+        if e.placement.method == "adapt_weight" and path in att.graph and att.graph[path].order is None \
+                and not isinstance(e.module, nn.MultiheadAttention) and not path.endswith("out_proj"):
+            raise ValueError(f"'{path}' is never called as a module (its parent reads its weight), so it is "
+                             f"adapted with adapt_weight; PEFT applies a LoRA only when its layer is called, "
+                             f"so a PEFT adapter would compute without this update. Keep this adapter in "
+                             f"Addin Studio's format (att.save / studio.load)")
 
 
 def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module]) -> None:
