@@ -232,3 +232,37 @@ def test_deep_copy_and_pickle_of_an_attached_model_keep_the_statistics_frozen():
         assert torch.equal(clone.bn.running_mean, before)
         assert clone.bn.training
     att.detach()
+
+
+def test_lightning_loop_keeps_the_frozen_statistics_and_its_adapter_file_reproduces_the_model(tmp_path):
+    L = pytest.importorskip("lightning")
+    model = _net()
+    state = _state(model)
+    att = studio.attach(model, LORA, example_input=X)
+    params = list(att.parameters())
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.model(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(params, lr=0.05)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=3)
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(Module(), loader)
+    assert trainer.global_step == 4
+    for name, v in model.state_dict().items():
+        if name in state:
+            assert torch.equal(v, state[name]), name  # base weights and statistics alike
+    trained = _eval(model)
+    assert _max_rel(trained, _eval(_net())) > 1e-4
+    att.save(tmp_path / "a.safetensors")
+    fresh = _net()
+    with studio.load(fresh, tmp_path / "a.safetensors"):
+        assert torch.equal(_eval(fresh), trained)
