@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 from weakref import WeakKeyDictionary
 
+import torch
 from torch import nn
 
 #: model -> a function giving the table's first line (set by NamedAdapters: which adapter is active)
@@ -69,8 +70,6 @@ def trainable_table(model: nn.Module) -> str:
     rows = [(name, kind(name, p), "x".join(str(s) for s in p.shape) or "scalar", f"{p.numel():,}")
             for name, p in model.named_parameters() if p.requires_grad]
     # running statistics an attachment updates and saves with the adapters (buffers, not parameters)
-    from .engine.norm_stats import stat_buffers, stats_owned
-
     rows += [(f"{path}.{n}" if path else n, f"{type(m).__name__} (statistics)",
               "x".join(str(s) for s in t.shape) or "scalar", f"{t.numel():,}")
              for path, m in model.named_modules() if stats_owned(m) for n, t in stat_buffers(m).items()]
@@ -88,3 +87,40 @@ def trainable_table(model: nn.Module) -> str:
     out += [fmt(r) for r in rows] or ["| " + "(no trainable parameters)".ljust(len(line) - 4) + " |"]
     out += [line, summary_line(model)]
     return "\n".join(out)
+
+
+# -- running statistics of normalization layers (the engine marks those an attachment owns) --------
+STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def has_running_stats(module: nn.Module) -> bool:
+    """Whether ``module`` keeps running statistics (tensor ``running_mean`` and ``running_var`` buffers)."""
+    return isinstance(module._buffers.get("running_mean"), torch.Tensor) and \
+        isinstance(module._buffers.get("running_var"), torch.Tensor)
+
+
+
+def stat_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The statistics buffers of one normalization layer (``num_batches_tracked`` when it has one)."""
+    return {n: module._buffers[n] for n in STAT_BUFFERS if isinstance(module._buffers.get(n), torch.Tensor)}
+
+
+_OWNED: "WeakKeyDictionary[nn.Module, set[int]]" = WeakKeyDictionary()
+
+
+def own_stats(module: nn.Module, owner: object) -> None:
+    """Record that ``owner`` (an attachment) updates, saves and restores ``module``'s statistics."""
+    _OWNED.setdefault(module, set()).add(id(owner))
+
+
+def disown_stats(module: nn.Module, owner: object) -> None:
+    owners = _OWNED.get(module)
+    if owners is not None:
+        owners.discard(id(owner))
+        if not owners:
+            del _OWNED[module]
+
+
+def stats_owned(module: nn.Module) -> bool:
+    """Whether a live attachment updates (and will save) ``module``'s running statistics."""
+    return bool(_OWNED.get(module))

@@ -21,27 +21,17 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..params import STAT_BUFFERS, disown_stats, has_running_stats, own_stats, stat_buffers, stats_owned
 from .freezing import pattern_matches
 
-STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def has_running_stats(module: nn.Module) -> bool:
-    """Whether ``module`` keeps running statistics (tensor ``running_mean`` and ``running_var`` buffers)."""
-    return isinstance(module._buffers.get("running_mean"), torch.Tensor) and \
-        isinstance(module._buffers.get("running_var"), torch.Tensor)
-
+__all__ = ["STAT_BUFFERS", "disown_stats", "has_running_stats", "hold_stats", "norm_layers", "own_stats",
+           "release_stats", "split_norms", "stat_buffers", "stats_frozen", "stats_owned"]
 
 def norm_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Module]:
     """``{path: module}`` of the layers of ``model`` with running statistics (outside ``skip`` prefixes)."""
     skip = tuple(f"{s}." for s in skip)
     return {path: m for path, m in model.named_modules() if not (path + ".").startswith(skip)
             and has_running_stats(m)}
-
-
-def stat_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The statistics buffers of one normalization layer (``num_batches_tracked`` when it has one)."""
-    return {n: module._buffers[n] for n in STAT_BUFFERS if isinstance(module._buffers.get(n), torch.Tensor)}
 
 
 def split_norms(norms: Mapping[str, nn.Module], keep: set[str], patterns: Iterable[str]
@@ -106,23 +96,3 @@ def stats_frozen(module: nn.Module) -> bool:
     """Whether an attachment holds ``module``'s running statistics fixed."""
     return module in _FROZEN
 
-
-_OWNED: "weakref.WeakKeyDictionary[nn.Module, set[int]]" = weakref.WeakKeyDictionary()
-
-
-def own_stats(module: nn.Module, owner: object) -> None:
-    """Record that ``owner`` (an attachment) updates, saves and restores ``module``'s statistics."""
-    _OWNED.setdefault(module, set()).add(id(owner))
-
-
-def disown_stats(module: nn.Module, owner: object) -> None:
-    owners = _OWNED.get(module)
-    if owners is not None:
-        owners.discard(id(owner))
-        if not owners:
-            del _OWNED[module]
-
-
-def stats_owned(module: nn.Module) -> bool:
-    """Whether a live attachment updates (and will save) ``module``'s running statistics."""
-    return bool(_OWNED.get(module))
