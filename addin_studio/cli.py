@@ -1,4 +1,4 @@
-"""The ``addin-studio`` command: ``demo``, ``train`` and ``lab``.
+"""The ``addin-studio`` command: ``demo``, ``train``, ``eval`` and ``lab``.
 
 Only the standard library is imported until a command runs, so ``--help`` and ``--version`` answer at
 once. Every argument is checked before any work starts: a mistake exits with status 2 and one clear
@@ -76,12 +76,36 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Shows every option's default, keeps the descriptions' line breaks."""
 
 
+def _add_model_and_data_options(p: argparse.ArgumentParser) -> None:
+    """The options ``train`` and ``eval`` share: with equal values they build the same base model and the
+    same validation split."""
+    p.add_argument("--model", required=True, type=_model_spec,
+                   metavar="timm:NAME|torchvision:NAME|transformers:NAME_OR_DIR", help="the base model")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start from the library's published weights (downloaded once, then cached); "
+                        "with --weights, from that local copy through the library's loading")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="base weights: a .safetensors or torch state-dict file")
+    p.add_argument("--data", default="digits", type=_data_spec, metavar="digits|imagefolder:DIR",
+                   help="the embedded digits, or a folder with one sub-folder per class (a val/ split "
+                        "is used when present, otherwise --val-fraction is held out)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of an image folder "
+                                                                  "without val/")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="input size (default: 32 for digits, the model's own for an image folder)")
+    p.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (of the data split, and of the base model's random weights)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="addin-studio", formatter_class=_Formatter,
         description="Customize pre-trained PyTorch models with add-ins placed by config strings.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,train,lab}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,train,eval,lab}")
     sub.required = True
 
     demo = sub.add_parser(
@@ -107,39 +131,39 @@ def build_parser() -> argparse.ArgumentParser:
                     "the add-ins (unless --freeze-head).\nExample:\n  addin-studio train --model "
                     "timm:resnet18 --pretrained --data imagefolder:DIR \\\n"
                     "    --config '(LoRA.adapt_output, r=8): ...->(layer4[1].conv2){inout}->...'")
-    train.add_argument("--model", required=True, type=_model_spec,
-                       metavar="timm:NAME|torchvision:NAME|transformers:NAME_OR_DIR", help="the base model")
-    train.add_argument("--pretrained", action="store_true",
-                       help="start from the library's published weights (downloaded once, then cached); "
-                            "with --weights, from that local copy through the library's loading")
-    train.add_argument("--weights", default=None, metavar="FILE",
-                       help="base weights: a .safetensors or torch state-dict file")
+    _add_model_and_data_options(train)
     train.add_argument("--config", required=True,
                        help="the config string (ZhiJian syntax, one entry per line)")
-    train.add_argument("--data", default="digits", type=_data_spec, metavar="digits|imagefolder:DIR",
-                       help="the embedded digits, or a folder with one sub-folder per class (a val/ split "
-                            "is used when present, otherwise --val-fraction is held out)")
-    train.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of an image folder "
-                                                                      "without val/")
     train.add_argument("--epochs", type=_positive_int, default=1, help="training epochs")
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate")
-    train.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
-    train.add_argument("--image-size", type=_positive_int, default=None,
-                       help="input size (default: 32 for digits, the model's own for an image folder)")
     train.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "sgd"], help="optimizer")
     train.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "constant"],
                        help="learning-rate schedule")
     train.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
-    train.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU)")
-    train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     train.add_argument("--freeze-head", action="store_true",
                        help="do not keep the (new) classifier trainable")
     train.add_argument("--out", default=None, metavar="DIR",
                        help="write adapters, loss.png and report.html here")
-    train.add_argument("--seed", type=int, default=0, help="random seed")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
                        help="under torchrun: DDP, or FSDP2 sharding of the attached model")
+
+    evaluate = sub.add_parser(
+        "eval", formatter_class=_Formatter,
+        help="evaluate an adapter file that 'train' wrote, on the same validation split",
+        description="Build the model as 'train' did (same --model, --pretrained/--weights, --seed), load "
+                    "the adapter file,\nand print Acc@1, Acc@5 and loss on the validation split 'train' "
+                    "used (same --data,\n--val-fraction, --seed, --image-size, --batch-size). For the run "
+                    "folder's adapters.safetensors\n(the final epoch) this is the line 'train' printed; "
+                    "--adapters DIR/checkpoints/best.safetensors\ngives the best epoch's validation "
+                    "numbers.\nExample:\n  addin-studio eval --model timm:resnet18 --pretrained "
+                    "--data imagefolder:DIR --out run1")
+    _add_model_and_data_options(evaluate)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapters", default=None, metavar="FILE",
+                        help="an adapter file (att.save / 'train' --out wrote it)")
+    source.add_argument("--out", default=None, metavar="DIR",
+                        help="the folder 'train --out DIR' wrote: its adapters.safetensors")
 
     lab = sub.add_parser(
         "lab", formatter_class=_Formatter, help="open JupyterLab on the quickstart notebook",
@@ -167,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(parser, args)
     if args.command == "train":
         return _train(parser, args)
+    if args.command == "eval":
+        return _eval(parser, args)
     return _lab(parser, args, passthrough)
 
 
@@ -198,9 +224,9 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-# -- train -----------------------------------------------------------------------------------------
-def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    source, name = args.model
+# -- train and eval: the same model and data --------------------------------------------------------
+def _check_model_and_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The shared options' checks that need no torch: a mistake exits 2 before any work."""
     if args.weights is not None and not Path(args.weights).is_file():
         parser.error(f"--weights: no such file {args.weights!r}")
     data_kind, data_dir = args.data
@@ -208,15 +234,71 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--data imagefolder:{data_dir}: no such folder")
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+
+
+def _check_model_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .models import ModelLoadError, check_model_name
+
+    try:
+        check_model_name(*args.model)
+    except ModelLoadError as exc:
+        parser.error(str(exc))
+
+
+def _build(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """``(named model, train loader, val loader)`` from the shared options. ``train`` and ``eval`` build
+    through here, so equal options give the same base weights (random ones are drawn after
+    ``torch.manual_seed(--seed)``) and the same validation split, transforms and batches."""
+    import torch
+
+    from .models import ModelLoadError, create_model
+
+    source, name = args.model
+    data_kind, data_dir = args.data
+    if data_kind == "imagefolder":
+        from .image_folder import image_folder_classes
+
+        try:
+            classes = image_folder_classes(data_dir)
+        except ValueError as exc:
+            parser.error(f"--data imagefolder:{data_dir}: {exc}")
+    else:
+        classes = [str(c) for c in range(10)]
+    torch.manual_seed(args.seed)  # a random base (no --pretrained/--weights) is the same in train and eval
+    try:
+        named = create_model(f"{source}:{name}", len(classes), pretrained=args.pretrained,
+                             weights=args.weights, image_size=args.image_size)
+    except ModelLoadError as exc:
+        parser.error(str(exc))
+    if data_kind == "imagefolder":
+        from .image_folder import image_folder_loaders
+
+        size = None if named.fixed_size else args.image_size  # None: the model's own input size
+        try:
+            data = image_folder_loaders(data_dir, train_transform=named.transforms(True, size),
+                                        val_transform=named.transforms(False, size),
+                                        batch_size=args.batch_size, val_fraction=args.val_fraction,
+                                        seed=args.seed)
+        except ValueError as exc:
+            parser.error(f"--data imagefolder:{data_dir}: {exc}")
+        print(f"Image folder {data_dir}: {data.num_train} training and {data.num_val} validation images, "
+              f"classes {', '.join(data.classes)}")
+        return named, data.train, data.val
+    from .data import digits_loaders
+
+    size = named.input_size[-1] if named.fixed_size else (args.image_size or 32)
+    train, val = digits_loaders(batch_size=args.batch_size, image_size=size, channels=3, seed=args.seed)
+    return named, train, val
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    source, name = args.model
+    _check_model_and_data(parser, args)
     out = _writable_dir(parser, "--out", args.out) if args.out else None
 
     import addin_studio as studio
-    from .models import ModelLoadError, check_model_name, create_model
 
-    try:
-        check_model_name(source, name)
-    except ModelLoadError as exc:
-        parser.error(str(exc))
+    _check_model_name(parser, args)
     try:
         cfg = studio.parse(args.config)
     except studio.ConfigError as exc:
@@ -226,49 +308,56 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                      "'(LoRA.adapt_output, r=8): ...->(fc){inout}->...' (or trainable(...) to train "
                      "base weights only)")
 
-    if data_kind == "imagefolder":
-        from .image_folder import image_folder_classes, image_folder_loaders
-
-        try:
-            classes = image_folder_classes(data_dir)
-        except ValueError as exc:
-            parser.error(f"--data imagefolder:{data_dir}: {exc}")
-    else:
-        classes = [str(c) for c in range(10)]
-    try:
-        named = create_model(f"{source}:{name}", len(classes), pretrained=args.pretrained,
-                             weights=args.weights, image_size=args.image_size)
-    except ModelLoadError as exc:
-        parser.error(str(exc))
-    model = named.model
-    if data_kind == "imagefolder":
-        size = None if named.fixed_size else args.image_size  # None: the model's own input size
-        try:
-            data = image_folder_loaders(data_dir, train_transform=named.transforms(True, size),
-                                        val_transform=named.transforms(False, size),
-                                        batch_size=args.batch_size, val_fraction=args.val_fraction,
-                                        seed=args.seed)
-        except ValueError as exc:
-            parser.error(f"--data imagefolder:{data_dir}: {exc}")
-        train, val = data.train, data.val
-        print(f"Image folder {data_dir}: {data.num_train} training and {data.num_val} validation images, "
-              f"classes {', '.join(data.classes)}")
-    else:
-        from .data import digits_loaders
-
-        size = named.input_size[-1] if named.fixed_size else (args.image_size or 32)
-        train, val = digits_loaders(batch_size=args.batch_size, image_size=size, channels=3, seed=args.seed)
-
+    named, train, val = _build(parser, args)
     if named.head is not None and not args.freeze_head:
         cfg = cfg.with_trainable(tuple(cfg.trainable) + (named.head,))
     example = next(iter(val if val is not None else train))[0][:2]
     from .examples import MLPAddin
 
     try:
-        att = studio.attach(model, cfg, addins={"MLPAddin": MLPAddin}, example_input=example)
+        att = studio.attach(named.model, cfg, addins={"MLPAddin": MLPAddin}, example_input=example)
     except studio.ConfigError as exc:
         parser.error(f"--config does not fit {source}:{name}:\n{exc}")
     return _fit(parser, args, att, train, val, out, f"{source}:{name}")
+
+
+def _print_result(result: dict) -> None:
+    print(f"Acc@1 {result['acc1']:.2f}%  Acc@5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+
+
+def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    source, name = args.model
+    _check_model_and_data(parser, args)
+    if args.adapters is not None:
+        option, adapters = "--adapters", Path(args.adapters)
+        if not adapters.is_file():
+            parser.error(f"--adapters: no such file {args.adapters!r}")
+    else:
+        option, adapters = "--out", Path(args.out) / "adapters.safetensors"
+        if not adapters.is_file():
+            parser.error(f"--out {args.out!r}: no adapters.safetensors there (the folder 'train --out' "
+                         f"wrote holds one; or pass --adapters FILE)")
+
+    import addin_studio as studio
+
+    _check_model_name(parser, args)
+    named, train, val = _build(parser, args)
+    example = next(iter(val))[0][:2]
+    from .examples import MLPAddin
+    from .train import Trainer
+
+    try:
+        att = studio.load(named.model, adapters, addins={"MLPAddin": MLPAddin}, example_input=example)
+    except ValueError as exc:  # ConfigError is a ValueError: a foreign or damaged file, another model
+        parser.error(f"{option}: {adapters} does not load into {source}:{name}:\n{exc}")
+    print(f"Adapters {adapters}:\n{att.config}\n")
+    try:
+        trainer = Trainer(att.model, val, val, device=args.device, amp=args.amp, progress=False,
+                          attachment=att)
+    except ValueError as exc:
+        parser.error(str(exc))
+    _print_result(trainer.test())
+    return 0
 
 
 def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, val, out: Path | None,
@@ -290,7 +379,7 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
         parser.error(str(exc))
     history = trainer.fit()
     result = trainer.test()
-    print(f"Acc@1 {result['acc1']:.2f}%  Acc@5 {result['acc5']:.2f}%  loss {result['loss']:.4f}")
+    _print_result(result)
     adapters = out / "adapters.safetensors" if out is not None else None
     if adapters is not None and trainer.strategy == "fsdp" and trainer.distributed:
         from .fsdp import save_adapters as save_sharded

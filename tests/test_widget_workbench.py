@@ -164,7 +164,7 @@ def test_schema_of_a_plain_function_with_odd_defaults():
     fields = {f.name: f.as_dict() for f in schema(make)}
     assert list(fields) == ["width", "act", "scale"]
     assert fields["width"] == {"name": "width", "kind": "int", "default": 4, "optional": False,
-                               "help": "hidden width of the branch", "depends": ""}
+                               "help": "hidden width of the branch", "depends": "", "choices": []}
     assert fields["act"]["default"].startswith("<built-in method tanh")
     assert (fields["scale"]["kind"], fields["scale"]["optional"]) == ("float", True)
 
@@ -359,3 +359,97 @@ def test_refining_settings_depend_on_their_switch():
     assert [n for n, f in fields.items() if f.depends] == ["velora_groups"]  # layout_name: no switch 'layout'
     lora = {f.name: f.depends for f in schema(studio_api.available_addins()["LoRA"])}
     assert lora["kasa_beta"] == "kasa" and lora["monteclora_samples"] == "monteclora" and lora["r"] == ""
+
+
+# -- 9. PEFT layout by clicks --------------------------------------------------------------------
+def _resnet():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", num_classes=3, zero_init_last=False)  # every block learns
+
+
+def _batches(n=3):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), generator=g))
+            for _ in range(n)]
+
+
+def _train_to_the_end(w):
+    w.handle({"type": "train"})
+    w._run.join(60)
+    assert w.state == "idle" and w.status.startswith("finished"), w.status
+
+
+def test_settings_form_offers_the_choices_of_a_text_setting(w):
+    w.handle({"type": "addin", "name": "LoRA"})
+    form = {f["name"]: f for f in w.settings_form}
+    assert form["layout"]["choices"] == ["balanced", "peft"] and form["layout"]["value"] == "balanced"
+    assert form["layout"]["help"] == "of a conv's update: balanced, GIFt's, the default; or peft, PEFT's, " \
+                                     "which Export PEFT needs"
+    assert form["init"]["choices"] == ["kaiming", "gaussian", "pissa", "olora", "mica"]
+    assert form["r"]["choices"] == [] and not w.peft_layout
+    w.handle({"type": "apply", "text": LORA1})
+    w.handle({"type": "setting", "name": "layout", "value": "diagonal"})
+    assert w.error == "setting 'layout' is one of balanced, peft; got 'diagonal'" and w.config == LORA1
+    w.handle({"type": "setting", "name": "layout", "value": "peft"})
+    assert w.config == "(LoRA.adapt_output, layout=peft, r=2): ...->(fc1){inout1}->..." and w.peft_layout
+    assert {f["name"]: f["value"] for f in w.settings_form}["layout"] == "peft"
+    w.handle({"type": "setting", "name": "layout", "value": "balanced"})  # the default: left out
+    assert w.config == LORA1 and not w.peft_layout
+
+
+def test_the_peft_layout_box_sets_loras_layout_whatever_addin_is_selected(w):
+    w.handle({"type": "addin", "name": "MLPAddin"})
+    w.handle({"type": "apply", "text": LORA1 + "\n(MLPAddin.adapt_output): ...->(fc2){inout1}->..."})
+    w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "peft"})   # the box, ticked
+    assert w.error == "" and w.peft_layout and w.addin == "MLPAddin"
+    assert w.config == ("(LoRA.adapt_output, layout=peft, r=2): ...->(fc1){inout1}->...\n"
+                        "(MLPAddin.adapt_output): ...->(fc2){inout1}->...")
+    w.handle({"type": "setting", "addin": "Nope", "name": "layout", "value": "peft"})
+    assert w.error.startswith("no add-in 'Nope'; choose one of MLPAddin, ")
+    w.handle({"type": "clear"})
+    assert w.peft_layout                                   # the choice stays for new LoRAs and strategies
+    w.handle({"type": "strategy", "name": "lora_all"})
+    assert w.preview["config"].count("layout=peft") == 3 and w.preview["count"] == 3
+    w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "balanced"})  # unticked
+    assert "layout=" not in w.preview["config"] and not w.peft_layout   # the preview follows the box
+
+
+def test_resnet_strategy_train_export_peft_by_clicks_only(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = _resnet()
+    w = Studio(model, example_input=torch.zeros(2, 3, 32, 32), train_loader=_batches(), epochs=1, lr=1e-2,
+               export_dir=tmp_path)
+    w.handle({"type": "strategy", "name": "lora_all"})
+    w.handle({"type": "apply-strategy", "name": "lora_all"})
+    assert "(LoRA.adapt_output, r=3): ...->(conv1){inout1}->..." in w.config
+    _train_to_the_end(w)
+    w.handle({"type": "export-peft"})                      # balanced conv LoRAs: refused, naming the fix
+    assert w.error == ("export-peft failed: the LoRA on 'conv1' and 16 more conv layer(s) is in the balanced "
+                       "layout, which PEFT cannot hold. Tick \"PEFT layout\" in the Strategy row (the same "
+                       "as choosing layout = peft in the LoRA settings): the LoRAs are rebuilt in PEFT's "
+                       "layout (new weights), then Train and Export PEFT again.")
+    assert not (tmp_path / "peft" / "adapter_model.safetensors").exists()
+    with pytest.raises(ValueError, match=r"'conv1': a conv LoRA goes to PEFT in PEFT's layout: attach it "
+                                         r"with layout=peft"):
+        w.attachment.export_peft(tmp_path / "direct")      # Python keeps its own refusal
+    w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "peft"})    # tick the box
+    assert w.error == "" and w.config.count("layout=peft") == 21 and "r=3" in w.config
+    assert w.status == ("re-initialised 21 (changed): LoRA at conv1:post, LoRA at layer1.0.conv1:post, "
+                        "LoRA at layer1.0.conv2:post, LoRA at layer1.1.conv1:post and 17 more")
+    _train_to_the_end(w)
+    w.handle({"type": "export-peft"})
+    assert w.error == "" and w.exported["export-peft"] == str(tmp_path / "peft")
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+    w.handle({"type": "clear"})                            # the trained base, as it is now
+    fresh = _resnet()
+    fresh.load_state_dict(model.state_dict())
+    loaded = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft")).eval()
+    with torch.no_grad():
+        got = loaded(x)
+    trained = [t for n, t in loaded.named_parameters() if "lora_B" in n]
+    assert len(trained) == 21 and all(torch.count_nonzero(t) > 0 for t in trained)  # trained, not zeros
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()

@@ -33,7 +33,7 @@ from .lora_kasa import check_kasa, kasa_loss, truncated
 from .lora_mica import mica_init
 from .lora_monteclora import MonteCLoRASampler, check_monteclora
 from .lora_peft import LoraPeft
-from .lora_variants import (BASE_MOVING_INITS, check_variant_settings, dora_norm, dora_view,
+from .lora_variants import (BASE_MOVING_INITS, INITS, check_variant_settings, dora_norm, dora_view,
                             gaussian_init, lora_scaling, matrix_of, svd_init)
 from .lora_velora import VeloraProjection, batch_projection, check_velora, initial_projection
 from .registry import register_addin
@@ -137,7 +137,9 @@ class LoRA(AddinBase):
 
     Settings: ``r`` (rank, default 8), ``alpha`` (scale numerator; default ``r``, i.e. a scale of 1 as
     in GIFt), ``dropout`` (on the LoRA branch's input, default 0; output hook only), ``param`` (the
-    parameter ``adapt_weight`` adapts; default ``weight``, ``in_proj_weight`` on MultiheadAttention).
+    parameter ``adapt_weight`` adapts; default ``weight``, ``in_proj_weight`` on MultiheadAttention),
+    ``layout`` (of a conv's update: balanced, GIFt's, the default; or peft, PEFT's, which Export PEFT
+    needs).
     Parameters: ``lora_A`` ``[r, w]`` and ``lora_B`` ``[h, r]``. ``merge(module)`` folds
     ``(alpha/r) * B @ A`` into the weight (``Attachment.merge``).
 
@@ -170,6 +172,8 @@ class LoRA(AddinBase):
     adapt_across_input = None  # type: ignore[assignment]
     adapt_across_output = None  # type: ignore[assignment]
     peft = LoraPeft()  # its Hugging Face PEFT form (addins/lora_peft.py)
+    #: the values a text setting takes (the Studio's settings form offers them as a list)
+    setting_choices = {"init": INITS, "layout": ("balanced", "peft")}
 
     def __init__(self, point: PointInfo, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
                  param: str | None = None, source_point: PointInfo | None = None, rslora: bool = False,

@@ -187,12 +187,16 @@ class Editor:
             return dict(placed[-1].settings)
         return dict(self.settings.get(name, {}))
 
-    def set_setting(self, name: str, text: Any) -> bool:
-        """A field of the settings form changed: new placements and every placement of the selected
-        add-in in the string take the value (a default value is left out of the string)."""
-        fields = {f.name: f for f in form.schema(self.factory(self.addin))} if self.addin else {}
+    def set_setting(self, name: str, text: Any, addin: str | None = None) -> bool:
+        """A field of the settings form changed: new placements and every placement of the add-in
+        (default: the selected one) in the string take the value (a default value is left out of the
+        string). LoRA's ``layout`` also goes into the LoRA strategies' configs."""
+        addin = addin or self.addin
+        if addin and addin not in self.addin_names():
+            return self._fail(f"no add-in {addin!r}; choose one of {', '.join(self.addin_names())}")
+        fields = {f.name: f for f in form.schema(self.factory(addin))} if addin else {}
         if name not in fields:
-            return self._fail(f"{self.addin or 'no add-in'} has no setting {name!r}"
+            return self._fail(f"{addin or 'no add-in'} has no setting {name!r}"
                               f" (it has: {', '.join(fields) or 'none'})")
         try:
             value = form.convert(fields[name], text)
@@ -207,18 +211,41 @@ class Editor:
                 new[name] = value
             return new
 
-        self.settings[self.addin] = updated(self.settings.get(self.addin, {}))
-        if not any(p.addin == self.addin for p in self.config.placements):
+        self.settings[addin] = updated(self.settings.get(addin, {}))
+        if not any(p.addin == addin for p in self.config.placements):
             self.error = ""
             return True
         placements = [Placement(p.addin, p.method, p.source, p.target, updated(p.settings))
-                      if p.addin == self.addin else p for p in self.config.placements]
+                      if p.addin == addin else p for p in self.config.placements]
         return self.commit(Config(placements, self.config.trainable))
+
+    # -- PEFT layout -----------------------------------------------------------------------------
+    def peft_layout(self) -> bool:
+        """Whether LoRA is in PEFT's layout (``layout=peft``): for new LoRA placements and the LoRA
+        strategies (the LoRA settings, or the string's last LoRA)."""
+        return self.shown_settings("LoRA").get("layout") == "peft"
+
+    def balanced_conv_loras(self) -> list[str]:
+        """The convolutions whose attached LoRA is in the balanced layout where PEFT's differs (what
+        Export PEFT refuses), in string order."""
+        from ..addins.lora import LoRA
+
+        if self.attachment is None:
+            return []
+        out = []
+        for _, placement, addin in self.attachment.entries:
+            if not isinstance(addin, LoRA) or getattr(addin, "layout", "balanced") == "peft":
+                continue
+            module = self.model.get_submodule(placement.target.module)
+            if isinstance(module, nn.modules.conv._ConvNd) and (
+                    addin.lora_B.shape[0] != module.out_channels or module.groups != 1):
+                out.append(placement.target.module)
+        return out
 
     # -- strategies ----------------------------------------------------------------------------
     def strategy_config(self, name: str, targets: str = "") -> Config:
-        """The config strategy ``name`` gives this model (LoRA ones read the LoRA settings form, FacT
-        ones the FacT form; ``targets`` is lora's module names, or partial_k's k).
+        """The config strategy ``name`` gives this model (LoRA ones read the LoRA settings form: r, alpha,
+        dropout and layout; FacT ones the FacT form; ``targets`` is lora's module names, or partial_k's k).
 
         Raises ValueError with the strategy's own message when it does not apply."""
         from .. import strategies
@@ -253,6 +280,9 @@ class Editor:
                                       **{k: fact[k] for k in ("r", "scale", "dropout") if k in fact})
             else:
                 cfg = strategies.head_only(self.model)
+        if name in ("lora_all", "lora") and lora.get("layout") == "peft":  # the "PEFT layout" choice
+            cfg = Config([Placement(p.addin, p.method, p.source, p.target, {**p.settings, "layout": "peft"})
+                          if p.addin == "LoRA" else p for p in cfg.placements], cfg.trainable)
         return cfg
 
     def apply_strategy(self, name: str, targets: str = "") -> bool:

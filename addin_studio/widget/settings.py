@@ -2,7 +2,8 @@
 
 ``schema(factory)`` lists the settings a config string may give it (the engine passes ``point``,
 ``source_point`` and ``shared`` itself); ``convert(field, text)`` turns what a user typed into the value written in
-the string, with a clear ValueError for bad input.
+the string, with a clear ValueError for bad input. A factory's ``setting_choices`` (``{"layout": ("balanced",
+"peft")}`` on LoRA) lists the values a text setting takes: the form offers them as a list.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ RESERVED = {"self", *ENGINE_ARGUMENTS}
 class Field:
     """One setting: ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``optional`` accepts none;
     ``depends``: the on/off setting it refines (``velora_groups`` -> ``velora``), shown only when that
-    one is on."""
+    one is on; ``choices``: the values a text setting takes (from the factory's ``setting_choices``)."""
 
     name: str
     kind: str
@@ -28,12 +29,14 @@ class Field:
     optional: bool
     help: str
     depends: str = ""
+    choices: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         """JSON-ready (a default that is not a plain value is shown by its repr)."""
         d = asdict(self)
         if not isinstance(self.default, (bool, int, float, str, type(None))):
             d["default"] = repr(self.default)
+        d["choices"] = list(self.choices)
         return d
 
 
@@ -73,13 +76,18 @@ def schema(factory: Callable) -> list[Field]:
     doc = inspect.getdoc(factory) or ""
     if isinstance(factory, type):
         doc += "\n" + (inspect.getdoc(factory.__init__) or "")
+    choices = getattr(factory, "setting_choices", None)
+    choices = choices if isinstance(choices, dict) else {}
     out = []
     for p in sig.parameters.values():
         if p.name in RESERVED or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             continue
         default = None if p.default is p.empty else p.default
         kind, optional = _kind(p.annotation, default)
-        out.append(Field(p.name, kind, default, optional and p.default is not p.empty, _help(doc, p.name)))
+        listed = choices.get(p.name, ())
+        listed = tuple(str(c) for c in listed) if kind == "str" and isinstance(listed, (tuple, list)) else ()
+        out.append(Field(p.name, kind, default, optional and p.default is not p.empty, _help(doc, p.name),
+                         choices=listed))
     switches = {f.name for f in out if f.kind == "bool"}
     return [replace(f, depends=f.name.split("_", 1)[0]) if "_" in f.name and f.name.split("_", 1)[0] in switches
             else f for f in out]
@@ -109,4 +117,6 @@ def convert(field: Field, text: Any) -> Any:
             return float(raw)
     except ValueError:
         raise ValueError(f"setting {field.name!r} needs a {field.kind}, got {raw!r}") from None
+    if field.choices and raw not in field.choices:
+        raise ValueError(f"setting {field.name!r} is one of {', '.join(field.choices)}; got {raw!r}")
     return raw

@@ -141,6 +141,12 @@ function render({ model, el }) {
   const strategySel = h("select", { "data-role": "strategy", title: "a strategy fills the whole config" });
   const targets = h("input", { class: "as-targets", "data-role": "strategy-targets", placeholder: "lora: qkv, fc1 · partial_k: 2", spellcheck: "false" });
   const applyStrategy = h("button", { "data-role": "apply-strategy", text: "Apply strategy" });
+  const peftLayout = h("input", { type: "checkbox", "data-role": "peft-layout" });
+  const peftLabel = h("label", {
+    class: "as-peft",
+    title: "LoRA in PEFT's layout (layout=peft): what Export PEFT needs for conv layers; "
+      + "applies to the LoRA strategies, new LoRAs and the LoRAs in the string",
+  }, peftLayout, " PEFT layout");
   const previewEl = h("div", { class: "as-preview-text", "data-role": "strategy-preview" });
   const legend = h("div", { class: "as-legend as-hidden", "data-role": "grad-legend" });
   const gradTable = h("table", { class: "as-gradtable as-hidden", "data-role": "grad-table" });
@@ -163,7 +169,7 @@ function render({ model, el }) {
         h("div", { class: "as-h", text: "Settings of the add-in" }),
         settingsBox,
         h("div", { class: "as-h", text: "Strategy" }),
-        h("div", { class: "as-row" }, strategySel, targets, applyStrategy),
+        h("div", { class: "as-row" }, strategySel, targets, applyStrategy, peftLabel),
         previewEl,
         h("div", { class: "as-h" }, h("span", { text: "Config string" }), copyBtn),
         configEl,
@@ -338,6 +344,8 @@ function render({ model, el }) {
       settingsBox.replaceChildren(...fields.map((f) => {
         const attrs = { "data-setting": f.name, title: f.help || f.name, name: f.name };
         const input = f.kind === "bool" ? h("input", { ...attrs, type: "checkbox" })
+          : (f.choices || []).length
+            ? h("select", attrs, ...f.choices.map((c) => h("option", { value: c, text: c })))
           : h("input", { ...attrs, type: f.kind === "str" ? "text" : "number", step: f.kind === "int" ? "1" : "any",
             placeholder: f.optional ? "none" : String(f.default) });
         return h("label", { class: "as-field", "data-depends": f.depends || "" }, h("span", { class: "as-fname", text: f.name }), input,
@@ -372,6 +380,7 @@ function render({ model, el }) {
     strategySel.options[0].textContent = "(choose a strategy)";
     targets.classList.toggle("as-hidden", !["lora", "partial_k"].includes(model.get("strategy")));
     applyStrategy.disabled = !model.get("strategy");
+    peftLayout.checked = !!model.get("peft_layout");
     const pv = model.get("preview") || {};
     previewEl.textContent = pv.config !== undefined
       ? `preview (orange rings in the graph): ${pv.count} placement(s)${pv.trainable && pv.trainable.length ? `, trainable(${pv.trainable.join(", ")})` : ""}; Apply strategy to use it` : "";
@@ -486,6 +495,9 @@ function render({ model, el }) {
   targets.addEventListener("keydown", (e) => e.stopPropagation());
   targets.addEventListener("change", () => send({ type: "strategy", name: strategySel.value, targets: targets.value }));
   applyStrategy.addEventListener("click", () => send({ type: "apply-strategy", name: strategySel.value, targets: targets.value }));
+  peftLayout.addEventListener("change", () => send({
+    type: "setting", addin: "LoRA", name: "layout", value: peftLayout.checked ? "peft" : "balanced",
+  }));
   let searchTimer = null;
   search.addEventListener("keydown", (e) => {
     e.stopPropagation();
@@ -539,7 +551,7 @@ function render({ model, el }) {
   on(["methods", "method"], () => fillSelect(methodSel, model.get("methods") || [], model.get("method")));
   on(["state", "status", "plot", "can_train"], drawTraining);
   on(["settings_form", "addin"], drawSettings);
-  on(["strategies", "strategy", "preview"], () => { drawStrategy(); decorate(); });
+  on(["strategies", "strategy", "preview", "peft_layout"], () => { drawStrategy(); decorate(); });
   on(["adapter_names", "active_adapter"], drawAdapters);
   on(["matches", "search"], () => { drawSearch(); decorate(); });
   on(["reveal"], revealMatch);

@@ -2,8 +2,9 @@
 
 Intents from the page (``{"type": ...}`` messages): ``point`` (point, group), ``select`` (path),
 ``toggle`` (path), ``addin`` (name), ``method`` (name), ``apply`` (text), ``remove`` (index),
-``clear``, ``cancel``, ``train``, ``stop``, ``setting`` (name, value), ``strategy`` (name, targets:
-preview), ``apply-strategy`` (name, targets), ``search`` (query), ``run`` (n: restore its string),
+``clear``, ``cancel``, ``train``, ``stop``, ``setting`` (name, value; addin: another add-in than the
+selected one, as the "PEFT layout" box sends LoRA's layout), ``strategy`` (name, targets: preview),
+``apply-strategy`` (name, targets), ``search`` (query), ``run`` (n: restore its string),
 ``save-adapters``, ``export-peft``, ``copy-code``. Each is handled by :class:`~.editor.Editor`, the
 training run or the export helpers, and the result comes back as traits.
 """
@@ -67,6 +68,15 @@ def _display_parent() -> dict | None:
     return dict(header) if header else None
 
 
+def _layout_advice(paths: list[str]) -> str:
+    """Export PEFT's refusal of balanced-layout conv LoRAs, naming the widget's control that fixes it."""
+    more = f" and {len(paths) - 1} more conv layer(s)" if len(paths) > 1 else ""
+    return (f"export-peft failed: the LoRA on '{paths[0]}'{more} is in the balanced layout, which PEFT "
+            f"cannot hold. Tick \"PEFT layout\" in the Strategy row (the same as choosing layout = peft "
+            f"in the LoRA settings): the LoRAs are rebuilt in PEFT's layout (new weights), then Train "
+            f"and Export PEFT again.")
+
+
 class Studio(anywidget.AnyWidget):
     """Place add-ins on a model by clicking its graph; the config string updates live.
 
@@ -107,6 +117,7 @@ class Studio(anywidget.AnyWidget):
     settings_form = t.List().tag(sync=True)
     strategies = t.List(list(STRATEGIES)).tag(sync=True)
     strategy = t.Unicode("").tag(sync=True)
+    peft_layout = t.Bool(False).tag(sync=True)
     preview = t.Dict().tag(sync=True)
     search = t.Unicode("").tag(sync=True)
     matches = t.List().tag(sync=True)
@@ -162,6 +173,7 @@ class Studio(anywidget.AnyWidget):
         self._history: dict = {}
         self._syncing = False
         self._run_config = ""  # the config the shown update norms were measured on
+        self._preview_targets = ""  # the targets of the previewed strategy
         lines, exact = printout(model)
         self.lines = [line.as_dict() for line in lines]
         self.title = f"{self._graph.root_class} · {len(self._graph)} modules · " \
@@ -296,7 +308,10 @@ class Studio(anywidget.AnyWidget):
         elif kind == "cancel":
             ed.cancel()
         elif kind == "setting":
-            ed.set_setting(str(msg.get("name", "")), msg.get("value", ""))
+            ed.set_setting(str(msg.get("name", "")), msg.get("value", ""),
+                           str(msg.get("addin") or "") or None)  # None: the selected add-in
+            if self.preview and not ed.error:  # a previewed strategy shows the new settings
+                self._preview(self.strategy, self._preview_targets)
         elif kind == "apply-strategy":
             ed.apply_strategy(str(msg.get("name", "")), str(msg.get("targets", "")))
             self.preview = {}
@@ -333,6 +348,7 @@ class Studio(anywidget.AnyWidget):
         self.params = ed.params_text()
         self.can_train = self.train_loader is not None and self.state == "idle"
         self.settings_form = ed.settings_form()
+        self.peft_layout = ed.peft_layout()
         if (self.grads or self.grad_table) and self.state == "idle" and str(ed.config) != self._run_config:
             self.grads, self.grad_table = {}, []  # measured on another config: they would mislead
         if self._named is not None:
@@ -407,6 +423,7 @@ class Studio(anywidget.AnyWidget):
     def _preview(self, name: str, targets: str) -> None:
         """Show what a strategy would place (labels on the graph, its string) without applying it."""
         self.strategy = name
+        self._preview_targets = targets
         if not name:
             self.preview = {}
             return
@@ -433,7 +450,8 @@ class Studio(anywidget.AnyWidget):
             path = save_adapters(att, self.export_dir) if kind == "save-adapters" \
                 else export_peft(att, self.export_dir)
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
-            self.error = f"{kind} failed: {exc}"
+            balanced = self._editor.balanced_conv_loras() if kind == "export-peft" else []
+            self.error = f"{kind} failed: {exc}" if not balanced else _layout_advice(balanced)
             return
         self.error = ""
         self.exported = {**self.exported, kind: str(path)}

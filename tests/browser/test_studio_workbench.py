@@ -194,3 +194,67 @@ def test_named_adapters_picker(open_notebook):
     assert page.locator("[data-role=status]").inner_text() == "adapter 'b' is active"
     assert page.locator("svg [data-path='addins']").count() == 0  # the graph is the model's own
     lab.shot("named-adapters", root)
+
+
+CONV = '''
+import os
+os.environ["HF_HUB_OFFLINE"] = "1"
+import copy, torch
+from torch import nn
+import addin_studio as studio
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean((2, 3)))
+
+torch.manual_seed(0)
+model = ConvNet()
+base = copy.deepcopy(model.state_dict())
+g = torch.Generator().manual_seed(1)
+batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(4)]
+w = studio.Studio(model, example_input=torch.zeros(2, 3, 8, 8), train_loader=batches, epochs=1, lr=1e-2,
+                  export_dir="peft_layout_export")
+w
+'''
+PEFT_BACK = '''
+import peft
+probe = torch.randn(2, 3, 8, 8)
+model.eval()
+want = model(probe)
+other = ConvNet(); other.load_state_dict(base)
+pm = peft.PeftModel.from_pretrained(other, "peft_layout_export/peft").eval()
+print("PEFT=" + repr(torch.allclose(pm(probe), want, atol=1e-5)))
+'''
+
+
+def test_peft_layout_by_clicks(open_notebook):
+    lab = open_notebook("peft_layout.ipynb", [CONV, PEFT_BACK], height=1500)
+    page = lab.page
+    lab.run(0)
+    page.wait_for_selector("[data-role=studio][data-ready='1']", timeout=60_000)
+    root = page.locator("[data-role=studio]")
+    page.select_option("[data-role=strategy]", "lora_all")
+    page.click("[data-role=apply-strategy]")
+    _wait_config(page, "t.includes('(conv)') && t.includes('(head)')")
+    page.click("[data-role=train]")
+    _wait_state(page, "idle", 60_000)
+    page.click("[data-role=export-peft]")
+    page.wait_for_function("() => document.querySelector('[data-role=error]').textContent.length > 0")
+    error = page.locator("[data-role=error]").inner_text()
+    assert error.startswith("export-peft failed: the LoRA on 'conv' is in the balanced layout")
+    assert 'Tick "PEFT layout" in the Strategy row' in error
+    page.check("[data-role=peft-layout]")                          # the control the error names
+    _wait_config(page, "t.split('layout=peft').length === 3")     # both LoRAs, rebuilt
+    page.select_option("[data-role=addin]", "LoRA")
+    assert page.locator("[data-role=settings] select[data-setting=layout]").input_value() == "peft"
+    page.click("[data-role=train]")
+    _wait_state(page, "idle", 60_000)
+    page.click("[data-role=export-peft]")
+    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent.startsWith('exported PEFT')")
+    assert page.locator("[data-role=error]").inner_text() == ""
+    lab.shot("wb-peft-layout", root)
+    assert kernel_value(lab, 1, "PEFT") == "True"
