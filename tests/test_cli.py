@@ -205,7 +205,6 @@ def test_eval_reproduces_what_train_printed_on_the_digits(tmp_path, capsys):
     assert evaluated == trained
 
 
-@pytest.mark.xfail(strict=True, reason="BatchNorm statistics: lead's engine fix")
 def test_eval_reproduces_what_train_printed_on_an_image_folder_with_batchnorm(tmp_path, capsys,
                                                                               make_image_folder):
     root = make_image_folder(tmp_path / "imgs", classes=("cat", "dog", "owl"), per_class=6, size=20)
