@@ -13,7 +13,10 @@ from ..checkpoint.files import atomic_write
 def save_adapters(attachment: Any, path: str | Path) -> Path:
     """Save an Attachment's add-in (and kept-trainable) weights with ``attachment.save`` — adapter-only
     safetensors with the config string in the metadata, which ``studio.load`` re-attaches — and return
-    the path."""
+    the path.
+
+    Under torchrun rank 0 writes the file; on an FSDP2-sharded model the shards are gathered, so every
+    rank must call it (see :mod:`addin_studio.checkpoint.collective`)."""
     path = Path(path)
     attachment.save(path)
     return path
