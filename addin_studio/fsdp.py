@@ -121,9 +121,8 @@ def save_adapters(attachment: Any, path: str | Path) -> Path | None:
 
     Returns the path on rank 0 (and in one process), ``None`` on the other ranks."""
     from . import distributed as D
-    from .checkpoint.collective import writes_here
 
     path = Path(path)
-    attachment.save(path)
+    attachment.save(path)  # rank 0 writes (addin_studio.checkpoint.collective)
     D.barrier()  # a sharded save already waits for rank 0's write; a DDP one does not
-    return path if writes_here() else None
+    return path if D.is_main_process() else None

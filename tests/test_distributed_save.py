@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import addin_studio as studio
 from addin_studio.checkpoint import collective
 
-from test_ddp import _load, _torchrun, needs_gloo
+from test_ddp import _load, _torchrun, needs_gloo, one_rank_group  # noqa: F401  (a fixture)
 
 pytest.importorskip("timm")
 peft = pytest.importorskip("peft")
@@ -103,3 +103,17 @@ def test_one_process_writes_and_full_tensors_copies_to_cpu(tmp_path):
     assert got["t"].is_contiguous() and torch.equal(got["t"], t) and got["t"].data_ptr() != t.data_ptr()
     with collective.one_writer(torch.nn.Linear(2, 2), tmp_path) as writes:
         assert writes
+
+
+def test_save_trainable_names_the_models_own_parameters_under_ddp(one_rank_group, tmp_path):
+    from addin_studio import distributed as D
+    from addin_studio.train import save_trainable
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    model[0].requires_grad_(False)
+    ddp = D.wrap_model(model, device="cpu")
+    assert save_trainable(ddp, tmp_path / "t.safetensors") == tmp_path / "t.safetensors"
+    got = load_file(str(tmp_path / "t.safetensors"))
+    assert sorted(got) == ["1.bias", "1.weight"]  # not DDP's "module.1.weight"
+    assert torch.equal(got["1.weight"], model[1].weight.detach())
