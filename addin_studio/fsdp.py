@@ -6,10 +6,11 @@ the root. The add-ins are one child module of the model (``model.addins``), so t
 group: their parameters are sharded across ranks like every other parameter, all-gathered for the
 forward/backward pass and their gradients reduce-scattered; the optimizer updates each rank's shard.
 
-Adapter-only checkpoints need the whole tensors: :func:`save_adapters` gathers the add-ins' (and the
-kept-trainable base) parameters on every rank — a collective, so call it on all ranks — and writes the
-usual ``att.save`` file once, on rank 0; it loads with ``studio.load`` into a single-process model.
-See docs/scaling.md.
+Adapter-only checkpoints need the whole tensors: ``att.save(path)`` (and ``att.export_peft``, and the
+Trainer's checkpoints) all-gather the add-ins' (and the kept-trainable base) parameters of a sharded
+model themselves — a collective, so call it on every rank — and write the file once, on rank 0; it loads
+with ``studio.load`` into a single-process model (:mod:`addin_studio.checkpoint.collective`).
+:func:`save_adapters` is ``att.save`` plus a barrier, kept for existing code. See docs/scaling.md.
 """
 from __future__ import annotations
 
@@ -115,13 +116,13 @@ def gathered(attachment: Any) -> Iterator[None]:
 
 
 def save_adapters(attachment: Any, path: str | Path) -> Path | None:
-    """Gather the add-ins of a sharded (or DDP, or plain) model and write ``attachment.save(path)`` on
-    rank 0. Call it on every rank. Returns the path on rank 0, ``None`` on the others."""
+    """``attachment.save(path)`` followed by a barrier: call it on every rank; rank 0 writes (gathering
+    the shards of an FSDP2-sharded model), and the file exists on every rank when it returns.
+
+    Returns the path on rank 0 (and in one process), ``None`` on the other ranks."""
     from . import distributed as D
 
     path = Path(path)
-    with gathered(attachment):
-        if D.is_main_process():
-            attachment.save(path)
-    D.barrier()
+    attachment.save(path)  # rank 0 writes (addin_studio.checkpoint.collective)
+    D.barrier()  # a sharded save already waits for rank 0's write; a DDP one does not
     return path if D.is_main_process() else None

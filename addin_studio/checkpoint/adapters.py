@@ -22,6 +22,7 @@ from ..config import ConfigError, Placement, parse
 from ..engine import Attachment
 from ..engine.freezing import match_trainable
 from . import files
+from .collective import full_tensors, one_writer
 from .attaching import attach_filled
 from .fingerprint import addin_child, base_params, check_fingerprint, check_touched, fingerprint
 from .validate import check_fingerprint_fields, check_tensor, expect, json_field
@@ -35,7 +36,10 @@ def _placement_json(p: Placement) -> dict[str, Any]:
 
 
 def save_attachment(att: Attachment, path: str | Path) -> None:
-    """Write the add-in weights and kept-trainable base weights of ``att`` to ``path`` (safetensors)."""
+    """Write the add-in weights and kept-trainable base weights of ``att`` to ``path`` (safetensors).
+
+    Under torchrun, rank 0 writes; on an FSDP2-sharded model it is a collective (every rank calls it,
+    the shards are gathered, the file exists on return): see :mod:`addin_studio.checkpoint.collective`."""
     if not att.attached:
         raise RuntimeError("cannot save: this attachment has been detached")
     was_merged, was_untied = att.merged, att.untied
@@ -63,7 +67,10 @@ def save_attachment(att: Attachment, path: str | Path) -> None:
         }
         if shared:
             meta["shared"] = json.dumps(shared)
-        files.write(tensors, Path(path), meta)
+        tensors = full_tensors(tensors)  # whole CPU tensors; FSDP2 shards are all-gathered (every rank)
+        with one_writer(att.model, path) as writes:  # rank 0 of a process group writes
+            if writes:
+                files.write(tensors, Path(path), meta)
     finally:
         if was_merged:
             att.merge(untie=was_untied)

@@ -21,6 +21,7 @@ from ..engine import AddinDict, Attachment
 from ..engine.freezing import match_trainable
 from . import files
 from .attaching import attach_filled
+from .collective import full_tensors, one_writer
 from .fingerprint import addin_child, base_params
 from .peft_bias import base_name, bias_mode, export_biases, is_bias, read_biases
 from .validate import check_tensor, expect
@@ -39,6 +40,8 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
 
     Every add-in must have a PEFT form of one ``peft_type`` (e.g. LoRA: ``addins/lora_peft.py``);
     kept-trainable base weights are exported as PEFT ``modules_to_save`` when they cover whole modules.
+    Under torchrun, rank 0 writes; on an FSDP2-sharded model it is a collective (every rank calls it):
+    see :mod:`addin_studio.checkpoint.collective`.
     """
     if not att.attached:
         raise RuntimeError("cannot export: this attachment has been detached")
@@ -95,8 +98,11 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     config = {"peft_type": mapping.peft_type, "task_type": mapping.task_type(att.model),
               "base_model_name_or_path": None, "revision": None, "inference_mode": True, **fields, "modules_to_save": to_save or None}
     directory = Path(directory)
-    files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
-    (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    tensors = full_tensors(tensors)  # whole CPU tensors; FSDP2 shards are all-gathered (every rank)
+    with one_writer(att.model, directory) as writes:  # rank 0 of a process group writes
+        if writes:
+            files.write(tensors, directory / PEFT_WEIGHTS, {"format": "pt"})
+            (directory / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _check_peft_wraps(att: Attachment, entries: list[PeftEntry]) -> None:

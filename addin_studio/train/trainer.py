@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .. import distributed as dist_utils
+from ..checkpoint.collective import writes_here
 from ..inputs import call_model, to_device
 
 from .callbacks import ProgressBar
@@ -440,13 +441,9 @@ class Trainer:
         path = self.checkpoint_dir / "best.safetensors"
         staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            if self._sharded:  # FSDP: every rank gathers the add-ins, rank 0 writes
-                from .. import fsdp
-
-                written = fsdp.save_adapters(self.attachment, staged) is not None
-            elif self.attachment is not None:
+            if self.attachment is not None:  # FSDP: every rank gathers the add-ins; rank 0 writes
                 save_adapters(self.attachment, staged)
-                written = True
+                written = writes_here()
             else:
                 save_trainable(self.model, staged)
                 written = True
