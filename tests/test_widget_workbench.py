@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 import addin_studio as studio_api
 from addin_studio.examples import MLPAddin
@@ -439,17 +440,51 @@ def test_resnet_strategy_train_export_peft_by_clicks_only(tmp_path):
                         "LoRA at layer1.0.conv2:post, LoRA at layer1.1.conv1:post and 17 more")
     _train_to_the_end(w)
     w.handle({"type": "export-peft"})
+    w.handle({"type": "save-adapters"})
     assert w.error == "" and w.exported["export-peft"] == str(tmp_path / "peft")
     x = torch.randn(2, 3, 32, 32)
     model.eval()
     with torch.no_grad():
         want = model(x)
-    w.handle({"type": "clear"})                            # the trained base, as it is now
-    fresh = _resnet()
-    fresh.load_state_dict(model.state_dict())
-    loaded = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "peft")).eval()
+    w.handle({"type": "clear"})
+    # the frozen base did not move (its BatchNorm statistics neither): a fresh copy is the same model
+    assert all(torch.equal(v, _resnet().state_dict()[k]) for k, v in model.state_dict().items())
+    loaded = peft.PeftModel.from_pretrained(_resnet(), str(tmp_path / "peft")).eval()
     with torch.no_grad():
         got = loaded(x)
     trained = [t for n, t in loaded.named_parameters() if "lora_B" in n]
     assert len(trained) == 21 and all(torch.count_nonzero(t) > 0 for t in trained)  # trained, not zeros
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    fresh = _resnet().eval()
+    with studio_api.load(fresh, w.exported["save-adapters"]), torch.no_grad():
+        assert torch.equal(fresh(x), want)
+
+
+def test_the_batchnorm_statistics_box_writes_running_stats_and_survives_a_strategy(tmp_path):
+    model = _resnet()
+    w = Studio(model, example_input=torch.zeros(2, 3, 32, 32), train_loader=_batches(), epochs=1, lr=1e-2,
+               export_dir=tmp_path)
+    assert w.has_norm_stats and not w.running_stats
+    w.handle({"type": "running-stats", "value": True})
+    assert w.error == "" and w.config == "running_stats(*)" and w.running_stats
+    w.handle({"type": "apply-strategy", "name": "lora_all"})
+    assert w.config.endswith("\nrunning_stats(*)") and w.running_stats
+    before = model.bn1.running_mean.clone()
+    _train_to_the_end(w)
+    assert not torch.equal(model.bn1.running_mean, before)  # chosen: the statistics followed the data
+    assert "| bn1.running_mean" in studio_api.trainable_table(model)
+    w.handle({"type": "save-adapters"})
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+    fresh = _resnet().eval()
+    with studio_api.load(fresh, w.exported["save-adapters"]), torch.no_grad():
+        assert torch.equal(fresh(x), want)
+    w.handle({"type": "running-stats", "value": False})
+    assert "running_stats" not in w.config and not w.running_stats
+    assert torch.equal(model.bn1.running_mean, before)   # off again: the base's own statistics are back
+    mlp = Studio(nn.Sequential(nn.Linear(4, 4)), example_input=torch.zeros(2, 4))
+    assert not mlp.has_norm_stats
+    mlp.handle({"type": "running-stats", "value": True})
+    assert mlp.error == "this model has no layer with running statistics (BatchNorm and friends)"

@@ -217,7 +217,26 @@ class Editor:
             return True
         placements = [Placement(p.addin, p.method, p.source, p.target, updated(p.settings))
                       if p.addin == addin else p for p in self.config.placements]
-        return self.commit(Config(placements, self.config.trainable))
+        return self.commit(Config(placements, self.config.trainable, running_stats=self.config.running_stats))
+
+    # -- normalization statistics ----------------------------------------------------------------
+    def has_norm_stats(self) -> bool:
+        """Whether the model has layers with running statistics (BatchNorm and friends)."""
+        from ..engine.norm_stats import has_running_stats
+
+        return any(has_running_stats(m) for name, m in self.model.named_modules()
+                   if not name.split(".")[0].startswith("addins"))
+
+    def running_stats(self) -> bool:
+        """Whether the config lets normalization layers update their statistics (``running_stats(...)``)."""
+        return bool(self.config.running_stats)
+
+    def set_running_stats(self, on: bool) -> bool:
+        """``running_stats(*)`` on or off: every BatchNorm-like layer's statistics follow the training
+        data (and ship with the adapters), or stay as the base model's (the default)."""
+        if on and not self.has_norm_stats():
+            return self._fail("this model has no layer with running statistics (BatchNorm and friends)")
+        return self.commit(self.config.with_running_stats(["*"] if on else []))
 
     # -- PEFT layout -----------------------------------------------------------------------------
     def peft_layout(self) -> bool:
@@ -283,6 +302,8 @@ class Editor:
         if name in ("lora_all", "lora") and lora.get("layout") == "peft":  # the "PEFT layout" choice
             cfg = Config([Placement(p.addin, p.method, p.source, p.target, {**p.settings, "layout": "peft"})
                           if p.addin == "LoRA" else p for p in cfg.placements], cfg.trainable)
+        if self.config.running_stats and not cfg.running_stats:  # the statistics choice stays
+            cfg = cfg.with_running_stats(self.config.running_stats)
         return cfg
 
     def apply_strategy(self, name: str, targets: str = "") -> bool:
@@ -428,7 +449,7 @@ class Editor:
             return self._fail(f"no placement {entry}; there are {len(lines)}")
         e = lines[entry]
         kept = self.config.placements[: e.start] + self.config.placements[e.stop:]
-        return self.commit(Config(kept, self.config.trainable))
+        return self.commit(Config(kept, self.config.trainable, running_stats=self.config.running_stats))
 
     def clear(self) -> bool:
         self.pending = None

@@ -147,6 +147,12 @@ function render({ model, el }) {
     title: "LoRA in PEFT's layout (layout=peft): what Export PEFT needs for conv layers; "
       + "applies to the LoRA strategies, new LoRAs and the LoRAs in the string",
   }, peftLayout, " PEFT layout");
+  const statsBox = h("input", { type: "checkbox", "data-role": "running-stats" });
+  const statsLabel = h("label", {
+    class: "as-peft as-hidden",
+    title: "BatchNorm statistics follow the training data (running_stats(*)) and ship with the adapters; "
+      + "off (default): they stay the base model's, frozen like its weights",
+  }, statsBox, " update BatchNorm statistics");
   const previewEl = h("div", { class: "as-preview-text", "data-role": "strategy-preview" });
   const legend = h("div", { class: "as-legend as-hidden", "data-role": "grad-legend" });
   const gradTable = h("table", { class: "as-gradtable as-hidden", "data-role": "grad-table" });
@@ -169,7 +175,7 @@ function render({ model, el }) {
         h("div", { class: "as-h", text: "Settings of the add-in" }),
         settingsBox,
         h("div", { class: "as-h", text: "Strategy" }),
-        h("div", { class: "as-row" }, strategySel, targets, applyStrategy, peftLabel),
+        h("div", { class: "as-row" }, strategySel, targets, applyStrategy, peftLabel, statsLabel),
         previewEl,
         h("div", { class: "as-h" }, h("span", { text: "Config string" }), copyBtn),
         configEl,
@@ -381,6 +387,8 @@ function render({ model, el }) {
     targets.classList.toggle("as-hidden", !["lora", "partial_k"].includes(model.get("strategy")));
     applyStrategy.disabled = !model.get("strategy");
     peftLayout.checked = !!model.get("peft_layout");
+    statsBox.checked = !!model.get("running_stats");
+    statsLabel.classList.toggle("as-hidden", !model.get("has_norm_stats"));
     const pv = model.get("preview") || {};
     previewEl.textContent = pv.config !== undefined
       ? `preview (orange rings in the graph): ${pv.count} placement(s)${pv.trainable && pv.trainable.length ? `, trainable(${pv.trainable.join(", ")})` : ""}; Apply strategy to use it` : "";
@@ -495,6 +503,7 @@ function render({ model, el }) {
   targets.addEventListener("keydown", (e) => e.stopPropagation());
   targets.addEventListener("change", () => send({ type: "strategy", name: strategySel.value, targets: targets.value }));
   applyStrategy.addEventListener("click", () => send({ type: "apply-strategy", name: strategySel.value, targets: targets.value }));
+  statsBox.addEventListener("change", () => send({ type: "running-stats", value: statsBox.checked }));
   peftLayout.addEventListener("change", () => send({
     type: "setting", addin: "LoRA", name: "layout", value: peftLayout.checked ? "peft" : "balanced",
   }));
@@ -551,7 +560,7 @@ function render({ model, el }) {
   on(["methods", "method"], () => fillSelect(methodSel, model.get("methods") || [], model.get("method")));
   on(["state", "status", "plot", "can_train"], drawTraining);
   on(["settings_form", "addin"], drawSettings);
-  on(["strategies", "strategy", "preview", "peft_layout"], () => { drawStrategy(); decorate(); });
+  on(["strategies", "strategy", "preview", "peft_layout", "running_stats", "has_norm_stats"], () => { drawStrategy(); decorate(); });
   on(["adapter_names", "active_adapter"], drawAdapters);
   on(["matches", "search"], () => { drawSearch(); decorate(); });
   on(["reveal"], revealMatch);

@@ -118,6 +118,8 @@ class Studio(anywidget.AnyWidget):
     strategies = t.List(list(STRATEGIES)).tag(sync=True)
     strategy = t.Unicode("").tag(sync=True)
     peft_layout = t.Bool(False).tag(sync=True)
+    running_stats = t.Bool(False).tag(sync=True)  # running_stats(*) in the string
+    has_norm_stats = t.Bool(False).tag(sync=True)  # the model has BatchNorm-like layers
     preview = t.Dict().tag(sync=True)
     search = t.Unicode("").tag(sync=True)
     matches = t.List().tag(sync=True)
@@ -277,7 +279,7 @@ class Studio(anywidget.AnyWidget):
             self._sync()
             return
         if kind not in ("point", "addin", "method", "apply", "remove", "clear", "cancel", "train",
-                        "setting", "apply-strategy", "run"):
+                        "setting", "apply-strategy", "run", "running-stats"):
             self.error = f"unknown request {kind!r}"
             return
         if self.state == "training" and kind not in ("addin", "method", "cancel"):
@@ -312,6 +314,8 @@ class Studio(anywidget.AnyWidget):
                            str(msg.get("addin") or "") or None)  # None: the selected add-in
             if self.preview and not ed.error:  # a previewed strategy shows the new settings
                 self._preview(self.strategy, self._preview_targets)
+        elif kind == "running-stats":
+            ed.set_running_stats(msg.get("value") in (True, "true"))
         elif kind == "apply-strategy":
             ed.apply_strategy(str(msg.get("name", "")), str(msg.get("targets", "")))
             self.preview = {}
@@ -349,6 +353,8 @@ class Studio(anywidget.AnyWidget):
         self.can_train = self.train_loader is not None and self.state == "idle"
         self.settings_form = ed.settings_form()
         self.peft_layout = ed.peft_layout()
+        self.running_stats = ed.running_stats()
+        self.has_norm_stats = ed.has_norm_stats()
         if (self.grads or self.grad_table) and self.state == "idle" and str(ed.config) != self._run_config:
             self.grads, self.grad_table = {}, []  # measured on another config: they would mislead
         if self._named is not None:
