@@ -129,7 +129,8 @@ def test_every_kind_equals_peft_outputs_gradients_and_merged_weights():
             a, b = theirs[path]
             for part, mine, peft_grad in (("lora_A", addin.lora_A, a), ("lora_B", addin.lora_B, b)):
                 g = expected[(path, part)]
-                torch.testing.assert_close(mine.grad, g, rtol=1e-4, atol=1e-5 * max(1.0, float(g.abs().max())),
+                torch.testing.assert_close(mine.grad, g, rtol=1e-4,
+                                           atol=1e-5 * max(1.0, float(g.abs().max())),
                                            msg=lambda m: f"{path} {part}: {m}")
                 off = max(off, float((peft_grad.grad - g).abs().max() / g.abs().max()))
             if path == "fc":  # downstream of the attention: PEFT's gradient is right there
@@ -417,3 +418,22 @@ def test_checkpoints_and_detach_stay_exact_on_a_tied_model(tmp_path):
     again.detach()
     assert model.lm_head.weight is model.transformer.wte.weight
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("init", ["kaiming", "gaussian"])
+def test_an_embedding_lora_starts_as_peft_starts_it(init):
+    """PEFT starts lora_embedding_A at zero and lora_embedding_B ~ N(0, 1) (the LoRA paper's code), for
+    init_lora_weights True and "gaussian" alike; so do we. B @ A is zero: the identity at attach."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(300, 64))
+    ids = torch.arange(300).view(3, 100)
+    before = model(ids)
+    settings = "" if init == "kaiming" else ", init=gaussian"
+    with studio.attach(model, f"(LoRA.adapt_output, r=4{settings}): ...->(0){{inout1}}->...") as att:
+        lora = att.addins["LoRA_0"]
+        assert not lora.lora_A.any() and abs(float(lora.lora_B.std()) - 1.0) < 0.1
+        assert torch.equal(model(ids), before)
+    pm = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=4, target_modules=["0"], init_lora_weights=True if init == "kaiming" else "gaussian"))
+    a, b = _lora_tensors(pm)["0"]
+    assert not a.any() and abs(float(b.std()) - 1.0) < 0.1

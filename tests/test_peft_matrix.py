@@ -325,7 +325,8 @@ REFUSED = [
     ("BD-LoRA B only", "MLP", {"target_modules": ["lin0", "lin1"], "use_bdlora": BdLoraConfig(
         target_modules_bd_b=["lin1"], nblocks=2, match_strict=False)}, "use_bdlora is not supported"),
     ("BD-LoRA both A and B", "MLP", {"target_modules": ["lin0", "lin1"], "use_bdlora": BdLoraConfig(
-        target_modules_bd_a=["lin0"], target_modules_bd_b=["lin1"], nblocks=2)}, "use_bdlora is not supported"),
+        target_modules_bd_a=["lin0"], target_modules_bd_b=["lin1"], nblocks=2)},
+     "use_bdlora is not supported"),
 ]
 if not peft_mha_fixed():
     REFUSED += [(name, model_id, fields,

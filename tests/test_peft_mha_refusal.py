@@ -25,7 +25,8 @@ from peft_compare import from_peft_refusal, math_grads, peft_mha_fixed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
-fixed = pytest.mark.skipif(not peft_mha_fixed(), reason=f"PEFT {peft.__version__} adds out_proj's update twice")
+fixed = pytest.mark.skipif(not peft_mha_fixed(),
+                           reason=f"PEFT {peft.__version__} adds out_proj's update twice")
 
 
 class Attention(nn.Module):
@@ -108,7 +109,8 @@ def test_peft_022_mha_forward_and_merge_are_right_its_gradients_are_not():
     _, att = _ours(base, pm)
     expected, x_grad = math_grads(base, att, X)
     mha = pm.base_model.model.mha
-    theirs = {("mha", "lora_A"): mha.lora_A["default"].weight, ("mha", "lora_B"): mha.lora_B["default"].weight,
+    theirs = {("mha", "lora_A"): mha.lora_A["default"].weight,
+              ("mha", "lora_B"): mha.lora_B["default"].weight,
               ("mha.out_proj", "lora_A"): mha.base_layer.out_proj.lora_A["default"].weight,
               ("mha.out_proj", "lora_B"): mha.base_layer.out_proj.lora_B["default"].weight}
     off = {k: float((p.grad - expected[k]).abs().max()) for k, p in theirs.items()}
@@ -179,9 +181,9 @@ def test_export_needs_both_projections_with_one_rank(tmp_path):
            "mha.out_proj": "(LoRA.adapt_weight, r=2): ...->(mha.out_proj){inout1}->..."}
     with studio.attach(model, one["mha"]) as att, pytest.raises(ValueError) as info:
         att.export_peft(tmp_path)
-    assert str(info.value) == ("PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; 'mha' "
-                               "has a LoRA but its out_proj 'mha.out_proj' has none: attach LoRA.adapt_weight "
-                               "on 'mha.out_proj' too (same r and alpha)")
+    assert str(info.value) == ("PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
+                               "'mha' has a LoRA but its out_proj 'mha.out_proj' has none: attach "
+                               "LoRA.adapt_weight on 'mha.out_proj' too (same r and alpha)")
     with studio.attach(model, one["mha.out_proj"]) as att, pytest.raises(ValueError) as info:
         att.export_peft(tmp_path)
     assert str(info.value) == ("PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
@@ -212,13 +214,14 @@ def _saved(tmp_path, version: str | None, drop: str | None = None):
     return pm
 
 
-@pytest.mark.parametrize("version, saved", [("0.21.2", "PEFT 0.21.2"), ("0.21.0.dev0@abc", "PEFT 0.21.0.dev0@abc"),
-                                            (None, "a PEFT before 0.18 (its config has no peft_version)")])
+@pytest.mark.parametrize("version, saved", [
+    ("0.21.2", "PEFT 0.21.2"), ("0.21.0.dev0@abc", "PEFT 0.21.0.dev0@abc"),
+    (None, "a PEFT before 0.18 (its config has no peft_version)")])
 def test_a_file_saved_before_peft_022_is_refused_naming_its_version(tmp_path, version, saved):
     _saved(tmp_path, version)
     message = from_peft_refusal(_base(), tmp_path)
-    assert message == (f"{tmp_path}: from_peft does not import this nn.MultiheadAttention LoRA (the adapter's "
-                       f"'mha', saved by {saved}): {MHA_REFUSAL}")
+    assert message == (f"{tmp_path}: from_peft does not import this nn.MultiheadAttention LoRA (the "
+                       f"adapter's 'mha', saved by {saved}): {MHA_REFUSAL}")
 
 
 @pytest.mark.parametrize("version", ["0.22.0", "0.22.1", "0.21.1.dev0@abc", "1.0.0"])
@@ -247,5 +250,5 @@ def test_a_file_with_one_projection_is_refused_naming_the_missing_one(tmp_path, 
     _saved(tmp_path, "0.22.0", drop=drop)
     message = from_peft_refusal(_base(), tmp_path)
     assert message == (f"{tmp_path}: the adapter's nn.MultiheadAttention LoRA for 'mha' lacks its {part} "
-                       f"tensors ('base_model.model.{path}.lora_A.weight', 'base_model.model.{path}.lora_B.weight'); "
-                       f"PEFT adapts both projections")
+                       f"tensors ('base_model.model.{path}.lora_A.weight', "
+                       f"'base_model.model.{path}.lora_B.weight'); PEFT adapts both projections")

@@ -36,10 +36,10 @@ _UNSUPPORTED = ("layer_replication", "use_qalora", "alora_invocation_tokens",
 # why PEFT's MultiheadAttention LoRA files saved before PEFT 0.22 are refused (PEFT 0.21.2's
 # MultiheadAttention.merge, which its forward calls too, wrote out_proj's delta into the weight, then
 # out_proj.merge() added it again; PEFT 0.22 doubles such a file's out_proj lora_B when it loads it)
-MHA_REFUSAL = ("PEFT before 0.22 added the out_proj update twice (its forward and merge computed out_proj with "
-               "W + 2*scale*B@A; huggingface/peft PR #3774), so this file's out_proj tensors do not mean what "
-               "its config says; load it with PEFT >= 0.22 (which doubles out_proj's lora_B) and save it again "
-               "(save_pretrained) to import it")
+MHA_REFUSAL = ("PEFT before 0.22 added the out_proj update twice (its forward and merge computed "
+               "out_proj with W + 2*scale*B@A; huggingface/peft PR #3774), so this file's out_proj tensors "
+               "do not mean what its config says; load it with PEFT >= 0.22 (which doubles out_proj's "
+               "lora_B) and save it again (save_pretrained) to import it")
 # the first PEFT release whose MultiheadAttention LoRA computes W + scale*B@A on in_proj and on out_proj
 MHA_PEFT_VERSION = "0.22.0"
 _OUT_PROJ = ".base_layer.out_proj"  # PEFT's name for a MultiheadAttention's out_proj, below the MHA
@@ -149,7 +149,8 @@ class LoraPeft(PeftMapping):
                                  f"alpha={_num(alphas[path])}")
         modules = sorted(m for m in ranks if m not in params)
         config = {
-            "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop() if dropouts else 0.0, "bias": "none",
+            "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop() if dropouts else 0.0,
+            "bias": "none",
             "target_modules": modules or None, "exclude_modules": None,
             "target_parameters": sorted(params.values()) or None,
             "rank_pattern": {f"^{m}$": v for m, v in ranks.items() if v != r},
@@ -282,8 +283,8 @@ def _mha_entries(entries: Sequence[PeftEntry]) -> tuple[dict[str, tuple[PeftEntr
             raise ValueError(f"PEFT's nn.MultiheadAttention LoRA is LoRA.adapt_weight on in_proj_weight and "
                              f"on out_proj's weight; '{e.key}' is not one")
         if e.addin.dora or hasattr(e.addin, "lora_bias") or extra_tensors(e.addin):
-            raise ValueError(f"PEFT's nn.MultiheadAttention LoRA is plain LoRA (no DoRA, lora_bias, KaSA, VeLoRA "
-                             f"or MonteCLoRA); '{e.key}' is not")
+            raise ValueError(f"PEFT's nn.MultiheadAttention LoRA is plain LoRA (no DoRA, lora_bias, KaSA, "
+                             f"VeLoRA or MonteCLoRA); '{e.key}' is not")
         found[key] = e
     for owner, e in outs.items():
         if owner not in ins:
@@ -333,15 +334,15 @@ def _mha_imports(config: Mapping[str, Any], pairs: dict[str, dict[str, torch.Ten
     if _saved_before_fix(config, source):
         version = config.get("peft_version")
         saved = f"PEFT {version}" if version else "a PEFT before 0.18 (its config has no peft_version)"
-        raise ValueError(f"{source}: from_peft does not import this nn.MultiheadAttention LoRA (the adapter's "
-                         f"'{owners[0]}', saved by {saved}): {MHA_REFUSAL}")
+        raise ValueError(f"{source}: from_peft does not import this nn.MultiheadAttention LoRA (the "
+                         f"adapter's '{owners[0]}', saved by {saved}): {MHA_REFUSAL}")
     renamed, out_projs = dict(pairs), {}
     for owner in owners:
         theirs = f"{owner}{_OUT_PROJ}"
         for path, part in ((owner, "in_proj"), (theirs, "out_proj")):
             if path not in pairs:
-                raise ValueError(f"{source}: the adapter's nn.MultiheadAttention LoRA for '{owner}' lacks its "
-                                 f"{part} tensors ('base_model.model.{path}.lora_A.weight', "
+                raise ValueError(f"{source}: the adapter's nn.MultiheadAttention LoRA for '{owner}' lacks "
+                                 f"its {part} tensors ('base_model.model.{path}.lora_A.weight', "
                                  f"'base_model.model.{path}.lora_B.weight'); PEFT adapts both projections")
         other = next((p for p in pairs if p.startswith(f"{owner}.base_layer.") and p != theirs), None)
         if other is not None:
