@@ -141,8 +141,9 @@ def test_every_kind_equals_peft_outputs_gradients_and_merged_weights():
             a, b = theirs[path]
             # PEFT's second out_proj add goes through .data, so its gradient sees one B only: A's gradient
             # is half of what its forward implies, B's is ours
-            # (absolute error scaled to the gradient's size: measured 5e-5 on an entry of 0.24 with peft 0.21.2)
-            for mine, ref in ((addin.lora_A.grad, a.grad * twice.get(path, 1.0)), (addin.lora_B.grad, b.grad)):
+            # (absolute error scaled to the gradient's size: 5e-5 on an entry of 0.24 with peft 0.21.2)
+            pairs = ((addin.lora_A.grad, a.grad * twice.get(path, 1.0)), (addin.lora_B.grad, b.grad))
+            for mine, ref in pairs:
                 torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(ref.abs().max())),
                                            msg=lambda m: f"{path}: {m}")
     with torch.no_grad():
