@@ -5,7 +5,9 @@ copies PEFT's (perturbed) adapter tensors and buffers into our add-ins, and chec
 (input and every adapter tensor; a tensor PEFT freezes, e.g. MiCA's ``lora_B``, has none in either),
 merged weights, and that unmerge/detach restore the base bit for bit. ``train_steps=n`` also runs ``n``
 SGD steps in training mode on both (same seed, so base dropout masks agree) and checks each step's
-outputs, gradients and buffers (VeLoRA's projection).
+outputs, gradients and buffers (VeLoRA's projection). ``grads="math"`` checks our gradients against
+:func:`math_grads` instead of PEFT's (PEFT 0.22's ``nn.MultiheadAttention`` LoRA unmerges before backward,
+so its in_proj and input gradients are those of ``W``, not ``W + scale * B @ A``).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+from torch.func import functional_call
 
 import addin_studio as studio
 
@@ -91,6 +95,48 @@ def our_buffers(att) -> dict[tuple[str, str], torch.Tensor]:
             for n, b in addin.named_buffers() if n in addin.state_dict()}
 
 
+def peft_mha_fixed() -> bool:
+    """Whether the installed PEFT computes ``nn.MultiheadAttention`` LoRA as ``W + scale * B @ A`` on
+    in_proj and on out_proj (PEFT >= 0.22; 0.21 added out_proj's update twice, huggingface/peft PR #3774)."""
+    import peft
+    from packaging.version import Version
+
+    return Version(Version(peft.__version__).base_version) >= Version("0.22.0")
+
+
+def math_grads(base: nn.Module, att, x: torch.Tensor) -> tuple[dict, torch.Tensor | None]:
+    """The gradients of ``loss = out.square().sum()`` at the merged weights, computed without LoRA code:
+    ``base`` (the unadapted model) called through ``torch.func.functional_call`` with every adapted
+    parameter replaced by ``W + scaling * B @ A`` of fresh leaf copies of our factors (plain LoRA, not
+    conv; transposed onto transformers ``Conv1D`` / ``nn.Embedding`` weights as our layouts say). Returns
+    ``({(module path, "lora_A" / "lora_B"): gradient}, the input's gradient or None)``.
+
+    An ``nn.Embedding``'s ``padding_idx`` keeps its weight row from learning; a LoRA on it (ours and
+    PEFT's: ``F.embedding(ids, A.t(), padding_idx)``) keeps only A's padding column from learning, B
+    still learns from padding tokens: the reference says the same (that column detached, no padding_idx)."""
+    base = copy.deepcopy(base)
+    modules = dict(base.named_modules())
+    params = {n: p.detach() for n, p in base.named_parameters()}
+    leaves = {}
+    for _, placement, addin in att.entries:
+        path = placement.target.module
+        assert not (addin.is_conv or addin.dora), f"math_grads: plain matrices only ({path})"
+        a, b = (t.detach().clone().requires_grad_() for t in (addin.lora_A, addin.lora_B))
+        leaves[(path, "lora_A")], leaves[(path, "lora_B")] = a, b
+        pad = getattr(modules[path], "padding_idx", None) if addin.is_embedding else None
+        if pad is not None:
+            column = torch.zeros(a.shape[1], dtype=torch.bool)
+            column[pad] = True
+            a = torch.where(column, a.detach(), a)
+            modules[path].padding_idx = None
+        name = f"{path}.{addin.param}"
+        delta = addin.scaling * (b @ a)
+        params[name] = params[name] + (delta.t() if addin.transposed else delta)
+    xr = x.clone().requires_grad_(x.is_floating_point())
+    functional_call(base, params, (xr,)).square().sum().backward()
+    return {k: t.grad for k, t in leaves.items()}, xr.grad
+
+
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if ".addins" not in k
             and not k.startswith("addins")}
@@ -124,11 +170,13 @@ def perturb_peft(peft_model, seed: int = 1) -> None:
 
 
 def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=True, merge=True,
-            layout=None, train_steps=0):
+            layout=None, train_steps=0, grads="peft"):
     """Build both, check equality; return ``(peft_model, our_model, attachment)``.
 
-    ``ours``: a config string or a function ``model -> Config``.
+    ``ours``: a config string or a function ``model -> Config``; ``grads``: ``"peft"`` (ours equal
+    PEFT's) or ``"math"`` (ours equal :func:`math_grads`; no training steps).
     """
+    assert grads in ("peft", "math") and not (grads == "math" and train_steps)
     import peft
 
     base = make_model()
@@ -165,9 +213,19 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     torch.testing.assert_close(out_o, out_p, rtol=rtol, atol=atol)
     out_p.square().sum().backward()
     out_o.square().sum().backward()
-    if x.is_floating_point():
-        torch.testing.assert_close(xb.grad, xa.grad, rtol=rtol * 10, atol=atol * 10)
-    _same_grads(theirs, mine, layout, rtol, atol)
+    if grads == "math":
+        expected, x_grad = math_grads(base, att, x)
+        assert set(expected) == set(mine), (sorted(expected), sorted(mine))
+        if x_grad is not None:
+            torch.testing.assert_close(xb.grad, x_grad, rtol=rtol * 10, atol=atol * 10)
+        for key, g in expected.items():
+            torch.testing.assert_close(mine[key].grad, g, rtol=rtol * 10,
+                                       atol=atol * 10 * max(1.0, float(g.abs().max())),
+                                       msg=lambda m: f"gradient of {key} (vs the math): {m}")
+    else:
+        if x.is_floating_point():
+            torch.testing.assert_close(xb.grad, xa.grad, rtol=rtol * 10, atol=atol * 10)
+        _same_grads(theirs, mine, layout, rtol, atol)
     if train_steps:
         share_noise(pm, att)
         _train(pm, model, x, theirs, mine, buffers_o, train_steps, layout, rtol, atol)

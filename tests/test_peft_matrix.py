@@ -1,10 +1,15 @@
-"""PEFT's custom-model LoRA matrix (``tests/test_custom_models.py`` of huggingface/peft, the 43 LoraConfig
+"""PEFT's custom-model LoRA matrix (``tests/test_custom_models.py`` of huggingface/peft, the 46 LoraConfig
 rows of its ``TEST_CASES`` at commit 5d602fdbf), reproduced on identical weights.
 
 Every row we support gives PEFT's outputs, gradients (input and every adapter tensor) and merged weights,
 and unmerge/detach restore the base bit for bit (``tests/peft_compare.py``); where PEFT files can hold
 the row, PEFT's saved adapter loads with :func:`from_peft` and gives PEFT's outputs. The rows we do not
 support are listed with the exact message ``from_peft`` refuses their PEFT directory with.
+
+The two ``nn.MultiheadAttention`` rows depend on the installed PEFT: from 0.22 they are supported rows
+whose gradients are compared with the math (``peft_compare.math_grads``), because PEFT 0.22's MHA
+backward runs after it unmerged the weights; before 0.22 (out_proj's update added twice) PEFT's files
+are refused by their ``peft_version``.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import torch
 from torch import nn
 
 import addin_studio as studio
-from peft_compare import compare, from_peft_refusal, perturb_peft
+from peft_compare import compare, from_peft_refusal, peft_mha_fixed, perturb_peft
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
@@ -208,6 +213,14 @@ SUPPORTED = [
     ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
      {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)}),
 ]
+from addin_studio.addins.lora_peft import MHA_REFUSAL  # noqa: E402
+
+MHA_ROWS = [("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]}),
+            ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]})]
+# rows whose gradients are compared with the math, not with PEFT (PEFT 0.22's MHA backward sees W)
+MATH_GRADS = {name for name, _, _ in MHA_ROWS}
+if peft_mha_fixed():
+    SUPPORTED += MHA_ROWS
 # every supported row's PEFT directory loads with from_peft
 FILES = {name for name, _, _ in SUPPORTED}
 # rows whose LoRA is not an update of the base weight: PEFT and we both refuse to merge
@@ -266,7 +279,7 @@ def test_supported_row_equals_peft(name, model_id, fields, tmp_path):
     # MiCA's frozen B, KaSA's diagonal) are also compared over a few training steps
     steps = 3 if _variant_settings(fields) else 0
     pm, _ = compare(make, X, peft.LoraConfig(**fields), _ours(fields), train_steps=steps,
-                    merge=name not in UNMERGEABLE)
+                    merge=name not in UNMERGEABLE, grads="math" if name in MATH_GRADS else "peft")
     if name in UNMERGEABLE:
         _both_refuse_merge(make, fields, pm, UNMERGEABLE[name])
     if name not in FILES:
@@ -302,20 +315,28 @@ def _both_refuse_merge(make, fields, pm, layer: str) -> None:
     att.detach()
 
 
-from addin_studio.addins.lora_peft import MHA_REFUSAL  # noqa: E402
+from peft.tuners.lora.config import BdLoraConfig  # noqa: E402
 
 # (name, model, LoraConfig fields, the message from_peft refuses PEFT's directory with)
 REFUSED = [
-    ("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]},
-     "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
-    ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]},
-     "from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's 'mha'): " + MHA_REFUSAL),
+    ("BD-LoRA A only", "MLP", {"target_modules": ["lin0", "lin1"],
+                               "use_bdlora": BdLoraConfig(target_modules_bd_a=["lin0"], match_strict=False)},
+     "use_bdlora is not supported"),
+    ("BD-LoRA B only", "MLP", {"target_modules": ["lin0", "lin1"], "use_bdlora": BdLoraConfig(
+        target_modules_bd_b=["lin1"], nblocks=2, match_strict=False)}, "use_bdlora is not supported"),
+    ("BD-LoRA both A and B", "MLP", {"target_modules": ["lin0", "lin1"], "use_bdlora": BdLoraConfig(
+        target_modules_bd_a=["lin0"], target_modules_bd_b=["lin1"], nblocks=2)},
+     "use_bdlora is not supported"),
 ]
+if not peft_mha_fixed():
+    REFUSED += [(name, model_id, fields,
+                 f"from_peft does not import this nn.MultiheadAttention LoRA (the adapter's 'mha', saved by "
+                 f"PEFT {peft.__version__}): " + MHA_REFUSAL) for name, model_id, fields in MHA_ROWS]
 
 
 def test_matrix_has_every_row():
-    assert len(SUPPORTED) + len(REFUSED) == 43
-    assert len({row[0] for row in SUPPORTED + REFUSED}) == 43
+    assert len(SUPPORTED) + len(REFUSED) == 46
+    assert len({row[0] for row in SUPPORTED + REFUSED}) == 46
 
 
 @pytest.mark.parametrize("name, model_id, fields, message", REFUSED, ids=[row[0] for row in REFUSED])

@@ -103,6 +103,7 @@ def _stacked_embedding():
     with torch.no_grad():
         tokens.addins["TrainableTokens_0"].rows.add_(1.0)
         lora.addins["LoRA_0"].lora_B.fill_(0.3)
+        lora.addins["LoRA_0"].lora_A.normal_()  # an Embedding's LoRA starts with A at zero (as PEFT's)
     return model, tokens, lora, bare
 
 

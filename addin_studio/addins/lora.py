@@ -11,7 +11,8 @@ Two ways to place it, both written in the string at the layer's output point ``(
   ``ScaledStdConv2d``), ``nn.MultiheadAttention`` (``in_proj_weight``, and its ``out_proj``), or any
   named 2-D parameter (``param=``). Merged equals unmerged by construction.
 
-``B`` is zeros and ``A`` Kaiming-uniform, so the layer is unchanged at attach. Layouts (``B @ A`` is
+``B`` is zeros and ``A`` Kaiming-uniform (``nn.Embedding``: ``A`` zeros and ``B`` ~ N(0, 1), as PEFT
+starts it), so the layer is unchanged at attach. Layouts (``B @ A`` is
 ``[h, w]``): Linear ``[out, in]``; transformers ``Conv1D`` (GPT-2, weight ``[in, out]``) ``[out, in]``,
 transposed onto the weight (PEFT's ``fan_in_fan_out``); ``nn.Embedding`` ``[dim, num]`` transposed, as
 PEFT's ``lora_embedding_A [r, num]`` / ``lora_embedding_B [dim, r]``; convolutions use GIFt's "balanced"
@@ -241,7 +242,11 @@ class LoRA(AddinBase):
         self.lora_A = nn.Parameter(torch.empty(r, w, dtype=weight.dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(h, b_cols, dtype=weight.dtype, device=weight.device))
         _check_kind(self, module, param)
-        if self.init == "gaussian":
+        if self.is_embedding and self.init in ("kaiming", "gaussian"):
+            # PEFT's nn.Embedding LoRA (either init): A zeros, B ~ N(0, 1); B @ A is zero all the same
+            nn.init.zeros_(self.lora_A)
+            nn.init.normal_(self.lora_B)
+        elif self.init == "gaussian":
             gaussian_init(self.lora_A, r)
         elif self.init == "mica":
             if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):

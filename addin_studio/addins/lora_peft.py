@@ -6,7 +6,12 @@ in PEFT's layout, ``layout=peft``), with the variants PEFT holds once per adapte
 ``use_dora`` (``lora_magnitude_vector``), ``lora_bias`` (``lora_B.bias``), ``init_lora_weights`` (true,
 gaussian, pissa, olora, mica), ``kasa_config`` (``lora_diag``) and ``velora_config``
 (``lora_velora_embed``; ``addins/lora_peft_variants.py``); ``trainable_token_indices`` are
-``TrainableTokens`` (``addins/trainable_tokens.py``)."""
+``TrainableTokens`` (``addins/trainable_tokens.py``).
+
+``nn.MultiheadAttention``: PEFT's LoRA on one (``target_modules`` naming it) holds ``<mha>.lora_A/B`` for its
+``in_proj_weight`` and ``<mha>.base_layer.out_proj.lora_A/B`` for its ``out_proj``, with one r and alpha;
+ours is ``LoRA.adapt_weight`` on ``<mha>`` and on ``<mha>.out_proj``. Files saved by PEFT < 0.22 (which
+added out_proj's update twice) are refused by their ``peft_version`` (``MHA_REFUSAL``)."""
 from __future__ import annotations
 
 import re
@@ -28,11 +33,17 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # LoraConfig fields whose non-empty values change what the adapter computes in ways we do not model
 _UNSUPPORTED = ("layer_replication", "use_qalora", "alora_invocation_tokens",
                 "arrow_config", "loftq_config", "megatron_config", "corda_config", "eva_config", "use_bdlora")
-# why PEFT's MultiheadAttention LoRA files are refused (checked against PEFT 0.21.2's MultiheadAttention.merge,
-# which its forward calls too: out_proj's delta is written into the weight, then out_proj.merge() adds it again)
-MHA_REFUSAL = ("PEFT 0.21 adds the out_proj update twice (its forward and merge compute out_proj with "
-               "W + 2*scale*B@A, in_proj with W + scale*B@A; huggingface/peft PR #3774), so the adapter does "
-               "not compute what its config says")
+# why PEFT's MultiheadAttention LoRA files saved before PEFT 0.22 are refused (PEFT 0.21.2's
+# MultiheadAttention.merge, which its forward calls too, wrote out_proj's delta into the weight, then
+# out_proj.merge() added it again; PEFT 0.22 doubles such a file's out_proj lora_B when it loads it)
+MHA_REFUSAL = ("PEFT before 0.22 added the out_proj update twice (its forward and merge computed "
+               "out_proj with W + 2*scale*B@A; huggingface/peft PR #3774), so this file's out_proj tensors "
+               "do not mean what its config says; load it with PEFT >= 0.22 (which doubles out_proj's "
+               "lora_B) and save it again (save_pretrained) to import it")
+# the first PEFT release whose MultiheadAttention LoRA computes W + scale*B@A on in_proj and on out_proj
+MHA_PEFT_VERSION = "0.22.0"
+_OUT_PROJ = ".base_layer.out_proj"  # PEFT's name for a MultiheadAttention's out_proj, below the MHA
+_MHA_LAYERS = (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "mica": "mica"}
 
 
@@ -73,6 +84,15 @@ class LoraPeft(PeftMapping):
         variants: dict[str, set] = {}
         fan_in_fan_out = False  # PEFT switches it per layer as it meets Linear or Conv1D layers
         params: dict[str, str] = {}  # PEFT's target_parameters: a named 2-D parameter of another layer kind
+        mha, entries = _mha_entries(entries)
+        for path, pair in mha.items():  # PEFT's MultiheadAttention LoRA: in_proj + out_proj, one r/alpha
+            for e, where in zip(pair, ("", _OUT_PROJ)):
+                tensors[f"{path}{where}.lora_A.weight"] = e.addin.lora_A
+                tensors[f"{path}{where}.lora_B.weight"] = e.addin.lora_B
+                for flag, value in _variant(e.addin).items():
+                    variants.setdefault(flag, set()).add(value)
+            ranks[path] = pair[0].addin.r
+            alphas[path] = pair[0].addin.alpha
         for e in entries:
             path = e.placement.target.module
             kind = _peft_kind(e.module)
@@ -80,11 +100,8 @@ class LoraPeft(PeftMapping):
                 kind = "parameter"
                 params[path] = f"{path}.{e.addin.param}"
             if kind is None:
-                why = (" (PEFT 0.21's MultiheadAttention LoRA adds its out_proj update twice, so it "
-                       "would not compute what ours does)") if isinstance(
-                    e.module, (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)) else ""
-                raise ValueError(f"PEFT export covers LoRA on {_KINDS}; '{path}' is a "
-                                 f"{type(e.module).__name__}{why}")
+                raise ValueError(f"PEFT export covers LoRA on {_KINDS} and nn.MultiheadAttention; '{path}' "
+                                 f"is a {type(e.module).__name__}")
             if kind != "parameter" and (e.placement.method not in ("adapt_output", "adapt_weight") or
                                         getattr(e.addin, "param", "weight") != "weight"):
                 raise ValueError(f"PEFT export covers LoRA.adapt_output and LoRA.adapt_weight on a "
@@ -132,7 +149,8 @@ class LoraPeft(PeftMapping):
                                  f"alpha={_num(alphas[path])}")
         modules = sorted(m for m in ranks if m not in params)
         config = {
-            "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop(), "bias": "none",
+            "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop() if dropouts else 0.0,
+            "bias": "none",
             "target_modules": modules or None, "exclude_modules": None,
             "target_parameters": sorted(params.values()) or None,
             "rank_pattern": {f"^{m}$": v for m, v in ranks.items() if v != r},
@@ -140,6 +158,8 @@ class LoraPeft(PeftMapping):
             "fan_in_fan_out": fan_in_fan_out, "layers_to_transform": None, "layers_pattern": None,
             **{flag: as_json(values.pop()) for flag, values in variants.items()},
         }
+        if mha:  # PEFT >= 0.22 reads the out_proj tensors as they are (older files get lora_B doubled)
+            config["peft_version"] = MHA_PEFT_VERSION
         return tensors, config
 
     def claims(self, name: str) -> bool:
@@ -179,12 +199,13 @@ class LoraPeft(PeftMapping):
         if not pairs:
             raise ValueError(f"{source} holds no LoRA weights")
         modules = dict(model.named_modules())
+        pairs, out_projs = _mha_imports(config, pairs, modules, source)
         params = _target_parameters(config, pairs, modules, source)
         for path in pairs:
             owner = path.partition(".base_layer.")[0]
-            if isinstance(modules.get(owner), nn.MultiheadAttention):
-                raise ValueError(f"from_peft does not import PEFT's nn.MultiheadAttention LoRA (the adapter's "
-                                 f"'{owner}'): {MHA_REFUSAL}")
+            if path in out_projs or isinstance(modules.get(path), nn.MultiheadAttention):
+                _check_targeted(config, out_projs.get(path, path), pairs[path], source)
+                continue
             if path not in modules and owner in modules:  # PEFT's MultiheadAttention wrapper
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{owner}' is a "
                                  f"{type(modules[owner]).__name__}")
@@ -216,8 +237,8 @@ class LoraPeft(PeftMapping):
                 if t.dim() < 2 or (t.dim() != 2 and not conv) or min(t.shape) < 1:
                     raise ValueError(f"{source}: the adapter's {part} for '{path}' has shape "
                                      f"{tuple(t.shape)}; LoRA factors are non-empty matrices")
-            alpha = pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha", 8), source,
-                                  "alpha_pattern")
+            alpha = pattern_value(config.get("alpha_pattern"), out_projs.get(path, path),
+                                  config.get("lora_alpha", 8), source, "alpha_pattern")
             settings: dict[str, Any] = {"r": int(pair["lora_A"].shape[0]), "alpha": alpha}
             if config.get("lora_dropout"):
                 settings["dropout"] = float(config["lora_dropout"])
@@ -238,6 +259,103 @@ class LoraPeft(PeftMapping):
                 settings.pop("dropout", None)
             out.append(PeftImport(Placement(addin, method, point, point, settings), dict(pair)))
         return out + tokens
+
+
+def _mha_entries(entries: Sequence[PeftEntry]) -> tuple[dict[str, tuple[PeftEntry, PeftEntry]],
+                                                      list[PeftEntry]]:
+    """``({MultiheadAttention path: (in_proj entry, out_proj entry)}, the other entries)``: PEFT's
+    MultiheadAttention LoRA adapts both projections with one r and alpha, plain LoRA on the weight only."""
+    from .lora import default_param  # lora.py imports this module
+
+    ins: dict[str, PeftEntry] = {}
+    outs: dict[str, PeftEntry] = {}
+    for e in entries:
+        path = e.placement.target.module
+        if isinstance(e.module, nn.MultiheadAttention):
+            found, key = ins, path
+        elif isinstance(e.module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            found, key = outs, path.rpartition(".")[0]
+        else:
+            continue
+        if key in found:
+            raise ValueError(f"two LoRAs on '{path}' cannot be one PEFT adapter")
+        if e.placement.method != "adapt_weight" or e.addin.param != default_param(e.module):
+            raise ValueError(f"PEFT's nn.MultiheadAttention LoRA is LoRA.adapt_weight on in_proj_weight and "
+                             f"on out_proj's weight; '{e.key}' is not one")
+        if e.addin.dora or hasattr(e.addin, "lora_bias") or extra_tensors(e.addin):
+            raise ValueError(f"PEFT's nn.MultiheadAttention LoRA is plain LoRA (no DoRA, lora_bias, KaSA, "
+                             f"VeLoRA or MonteCLoRA); '{e.key}' is not")
+        found[key] = e
+    for owner, e in outs.items():
+        if owner not in ins:
+            raise ValueError(f"PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
+                             f"'{e.placement.target.module}' has a LoRA but its MultiheadAttention '{owner}' "
+                             f"has none: attach LoRA.adapt_weight on '{owner}' too (same r and alpha)")
+    for path, e in ins.items():
+        if path not in outs:
+            raise ValueError(f"PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
+                             f"'{path}' has a LoRA but its out_proj '{path}.out_proj' has none: attach "
+                             f"LoRA.adapt_weight on '{path}.out_proj' too (same r and alpha)")
+        o = outs[path]
+        if (e.addin.r, e.addin.alpha) != (o.addin.r, o.addin.alpha):
+            raise ValueError(f"PEFT gives an nn.MultiheadAttention's in_proj and out_proj one r and alpha; "
+                             f"'{path}' has r={e.addin.r}, alpha={_num(e.addin.alpha)}, '{path}.out_proj' "
+                             f"r={o.addin.r}, alpha={_num(o.addin.alpha)}")
+    rest = [e for e in entries if not isinstance(e.module, _MHA_LAYERS)]
+    return {path: (e, outs[path]) for path, e in ins.items()}, rest
+
+
+def _saved_before_fix(config: Mapping[str, Any], source: str) -> bool:
+    """Whether the adapter was saved by a PEFT whose MultiheadAttention LoRA added out_proj's update twice:
+    PEFT 0.22's own rule (no ``peft_version``: before 0.18; a release before 0.22; a dev version before
+    0.21.1)."""
+    version = config.get("peft_version")
+    if version is None:
+        return True
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?(.*)$", version.partition("@")[0]) \
+        if isinstance(version, str) else None
+    if found is None:
+        raise ValueError(f"{source}: field 'peft_version' is {version!r}; PEFT writes a version such as "
+                         f"'{MHA_PEFT_VERSION}'")
+    release = (int(found[1]), int(found[2]), int(found[3] or 0))
+    return release < (0, 21, 1) or ("dev" not in found[4] and release < (0, 22, 0))
+
+
+def _mha_imports(config: Mapping[str, Any], pairs: dict[str, dict[str, torch.Tensor]],
+                 modules: Mapping[str, nn.Module], source: str) -> tuple[dict[str, dict[str, torch.Tensor]],
+                                                                       dict[str, str]]:
+    """``pairs`` with PEFT's ``<mha>.base_layer.out_proj`` renamed to our ``<mha>.out_proj``, and
+    ``{out_proj path: its MultiheadAttention}``. Both projections must be there, and the file must come
+    from PEFT >= 0.22 (``MHA_REFUSAL``)."""
+    owners = sorted({p.partition(".base_layer.")[0] for p in pairs
+                     if isinstance(modules.get(p.partition(".base_layer.")[0]), nn.MultiheadAttention)})
+    if not owners:
+        return pairs, {}
+    if _saved_before_fix(config, source):
+        version = config.get("peft_version")
+        saved = f"PEFT {version}" if version else "a PEFT before 0.18 (its config has no peft_version)"
+        raise ValueError(f"{source}: from_peft does not import this nn.MultiheadAttention LoRA (the "
+                         f"adapter's '{owners[0]}', saved by {saved}): {MHA_REFUSAL}")
+    renamed, out_projs = dict(pairs), {}
+    for owner in owners:
+        theirs = f"{owner}{_OUT_PROJ}"
+        for path, part in ((owner, "in_proj"), (theirs, "out_proj")):
+            if path not in pairs:
+                raise ValueError(f"{source}: the adapter's nn.MultiheadAttention LoRA for '{owner}' lacks "
+                                 f"its {part} tensors ('base_model.model.{path}.lora_A.weight', "
+                                 f"'base_model.model.{path}.lora_B.weight'); PEFT adapts both projections")
+        other = next((p for p in pairs if p.startswith(f"{owner}.base_layer.") and p != theirs), None)
+        if other is not None:
+            raise ValueError(f"{source}: unexpected LoRA weights for '{other}' (PEFT's nn.MultiheadAttention "
+                             f"LoRA holds '{owner}' and '{theirs}')")
+        ranks = {p: pairs[p]["lora_A"].shape[0] for p in (owner, theirs) if "lora_A" in pairs[p]}
+        if len(set(ranks.values())) > 1:
+            raise ValueError(f"{source}: the adapter's nn.MultiheadAttention LoRA for '{owner}' has rank "
+                             f"{ranks.get(owner)} on in_proj and {ranks.get(theirs)} on out_proj; PEFT gives "
+                             f"both one r")
+        renamed[f"{owner}.out_proj"] = renamed.pop(theirs)
+        out_projs[f"{owner}.out_proj"] = owner
+    return renamed, out_projs
 
 
 def _layer_index(config: Mapping[str, Any], path: str) -> int | str | None:
@@ -287,10 +405,10 @@ def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, tor
 
 def _parameter_target(e: PeftEntry, kind: str | None) -> bool:
     """Whether ``e`` goes to PEFT as a ``target_parameters`` entry: ``adapt_weight`` with ``param=`` on a
-    layer PEFT's LoRA does not wrap (not MultiheadAttention: see ``MHA_REFUSAL``), plain LoRA only."""
-    mha = (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)
+    layer PEFT's LoRA does not wrap (not MultiheadAttention: PEFT holds those as MultiheadAttention LoRA),
+    plain LoRA only."""
     return (kind is None and e.placement.method == "adapt_weight" and "param" in e.placement.settings
-            and not isinstance(e.module, mha) and len(e.addin.weight_shape) == 2
+            and not isinstance(e.module, _MHA_LAYERS) and len(e.addin.weight_shape) == 2
             and not e.addin.dora and not hasattr(e.addin, "lora_bias"))
 
 
