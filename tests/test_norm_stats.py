@@ -266,3 +266,21 @@ def test_lightning_loop_keeps_the_frozen_statistics_and_its_adapter_file_reprodu
     fresh = _net()
     with studio.load(fresh, tmp_path / "a.safetensors"):
         assert torch.equal(_eval(fresh), trained)
+
+
+def test_every_kind_of_batchnorm_is_recognised_timm_batchnormact_and_syncbatchnorm():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=3).eval()
+    kinds = {type(m).__name__ for m in model.modules() if hasattr(m, "running_mean")}
+    assert "BatchNormAct2d" in kinds
+    with studio.attach(model, studio.strategies.lora(model, ["classifier"], r=2)):
+        norms = [m for m in model.modules() if getattr(m, "running_mean", None) is not None]
+        assert len(norms) == 49 and all(stats_frozen(m) for m in norms)
+    # SyncBatchNorm trains in one CPU process once frozen: it normalizes as in eval mode, no process group
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with studio.attach(net, "(LoRA.adapt_output, r=2): ...->([3]){inout1}->...") as att:
+        net.train()
+        loss = net(X).square().mean()
+        loss.backward()
+        assert att.addins["LoRA_3"].lora_B.grad is not None

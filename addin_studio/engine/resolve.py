@@ -163,14 +163,6 @@ def _type_error(key: str, value: Any, types: tuple[type, ...]) -> str | None:
         return None
     want = " or ".join(dict.fromkeys("none" if t is type(None) else t.__name__ for t in types))
     return f"setting '{key}' must be {want}, got {type(value).__name__} {value!r}"
-    params = list(sig.parameters.values())
-    if isinstance(factory, type) and params and params[0].name == "self":
-        params = params[1:]
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
-    required = [p.name for p in params if p.default is p.empty and
-                p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return names, var_kw, required
 
 
 def _point_info(point: Point, module: nn.Module, graph: ModuleGraph) -> PointInfo:
