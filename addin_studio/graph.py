@@ -71,7 +71,7 @@ class ModuleGraph:
 
     def executed(self) -> list[ModuleNode]:
         """The nodes that ran in the traced forward pass, in order of their first call."""
-        return sorted((n for n in self.nodes if n.order is not None), key=lambda n: n.order)
+        return sorted((n for n in self.nodes if n.order is not None), key=lambda n: n.order or 0)
 
     def roots(self) -> list[ModuleNode]:
         """Direct children of the model."""

@@ -55,7 +55,7 @@ def trainable_table(model: nn.Module) -> str:
 
     On a model with :class:`~addin_studio.NamedAdapters`, the first line says which adapter is active
     (``Active adapter: b (adapters: a, b*, ab)``): the trainable rows are that adapter's."""
-    owners = {}
+    owners: dict[str, str] = {}
     for mod_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):
             owners.setdefault(f"{mod_name}.{p_name}" if mod_name else p_name, type(module).__name__)
@@ -102,7 +102,8 @@ def has_running_stats(module: nn.Module) -> bool:
 
 def stat_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
     """The statistics buffers of one normalization layer (``num_batches_tracked`` when it has one)."""
-    return {n: module._buffers[n] for n in STAT_BUFFERS if isinstance(module._buffers.get(n), torch.Tensor)}
+    found = {n: module._buffers.get(n) for n in STAT_BUFFERS}
+    return {n: t for n, t in found.items() if isinstance(t, torch.Tensor)}
 
 
 _OWNED: "WeakKeyDictionary[nn.Module, set[int]]" = WeakKeyDictionary()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .model import Config, Placement, Point
+from .model import Config, Placement, Point, Side
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-]+")
@@ -55,7 +55,7 @@ class _Label:
     kind: str
     number: int | None  # None for an unnumbered label ({inout}, {in}, {out})
     path: _Path
-    side: str
+    side: Side
     pos: int
 
     @property
@@ -300,7 +300,7 @@ class _Parser:
                 [_Label(k, n, path, "post", p) for k, n, p in after])
 
     def labels(self) -> list[tuple[str, int | None, int]]:
-        found = []
+        found: list[tuple[str, int | None, int]] = []
         while True:
             self.skip_ws()
             if not self.peek("{"):
@@ -377,7 +377,8 @@ class _Parser:
         return result
 
     def range_length(self, labels: list[_Label]) -> int:
-        length, first = None, None
+        length: int | None = None
+        first: _Range | None = None
         seen: set[int] = set()
         for lab in labels:
             for r in lab.path.ranges():
@@ -386,7 +387,7 @@ class _Parser:
                 seen.add(r.pos)
                 if length is None:
                     length, first = len(r), r
-                elif len(r) != length:
+                elif len(r) != length and first is not None:
                     raise self.error(
                         f"ranges in one entry advance together and must have equal length: "
                         f"[{r.start}:{r.stop}] has {len(r)} steps but [{first.start}:{first.stop}] "
@@ -420,7 +421,7 @@ class _Parser:
                               f"{'reads its input' if other == '{in}' else 'result goes back'}")
 
     def pair_numbered(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
-        by_number: dict[int, list[_Label]] = {}
+        by_number: dict[int | None, list[_Label]] = {}
         for lab in labels:
             by_number.setdefault(lab.number, []).append(lab)
         kinds = [lab.kind for lab in labels]

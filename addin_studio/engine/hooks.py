@@ -40,7 +40,7 @@ class CacheAction:
 
     __slots__ = ("addin", "run")
 
-    def __init__(self, addin: nn.Module, run: "RunAction | None" = None) -> None:
+    def __init__(self, addin: Any, run: "RunAction | None" = None) -> None:
         self.addin = addin
         self.run = run  # the matching {out} action, whose kept feature a new forward pass releases
 
@@ -64,7 +64,7 @@ class CacheAction:
 class _ClearCache:
     __slots__ = ("addin",)
 
-    def __init__(self, addin: nn.Module) -> None:
+    def __init__(self, addin: Any) -> None:  # an add-in module (holds inputs_cache)
         self.addin = addin
 
     def __call__(self) -> None:
@@ -76,7 +76,7 @@ class RunAction:
 
     __slots__ = ("addin", "fn", "across", "label", "last")
 
-    def __init__(self, addin: nn.Module, method: str, across: bool, label: str) -> None:
+    def __init__(self, addin: Any, method: str, across: bool, label: str) -> None:
         self.addin = addin
         self.fn = getattr(addin, method)
         self.across = across

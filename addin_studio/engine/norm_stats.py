@@ -41,7 +41,8 @@ def split_norms(norms: Mapping[str, nn.Module], keep: set[str], patterns: Iterab
     patterns = list(patterns)
     hits = {p: [path for path in norms if pattern_matches(p, path)] for p in patterns}
     named = {path for found in hits.values() for path in found}
-    frozen, updating = [], []
+    frozen: list[str] = []
+    updating: list[str] = []
     for path, module in norms.items():
         own = {f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False)}
         (updating if path in named or own & keep else frozen).append(path)

@@ -91,7 +91,7 @@ class Switch:
 
 
 def first_failure(model: nn.Module, example_input: Any, forward_kwargs: dict,
-                  hooks: Sequence[PreHook | PostHook], addins: Sequence[nn.Module],
+                  hooks: Sequence[PreHook | PostHook], addins: Sequence[Any],
                   runner: Callable[[nn.Module, Any, dict], None],
                   forwards: Sequence[Any] = ()) -> tuple[int | None, BaseException | None]:
     """The index of the first add-in (in config order) whose hooks (or forward methods, ``forwards``)

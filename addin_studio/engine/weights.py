@@ -9,7 +9,7 @@ refuses to pickle), an adapted model can be pickled, deep-copied and saved with 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class WeightAction:
 
 def _property(name: str) -> property:
     def get(self: nn.Module) -> torch.Tensor:
-        weight = self._parameters[name]
+        weight = cast(torch.Tensor, self._parameters[name])
         for action in self.__dict__[_ADAPTERS][name]:
             weight = action(self, weight)
         return weight
@@ -54,7 +54,7 @@ def _rebuild(base: type, names: tuple[str, ...]) -> nn.Module:
 
 def _reduce_ex(self: nn.Module, protocol: int) -> tuple:
     cls = type(self)
-    return _rebuild, (cls.__addin_base__, cls.__addin_names__), self.__dict__.copy()
+    return _rebuild, (getattr(cls, "__addin_base__"), getattr(cls, "__addin_names__")), self.__dict__.copy()
 
 
 def _adapted_class(base: type, names: tuple[str, ...]) -> type:
