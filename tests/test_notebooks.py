@@ -62,7 +62,7 @@ def test_kernel_python3_is_this_interpreter_even_with_a_user_kernelspec(tmp_path
     assert resolved(dict(os.environ)) == sys.executable
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a real kernel per notebook and every cell run: 20-60 s each
 @pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     kernel_of_this_python: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from browser_cells import SLOW_LOADER, kernel_value
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+# slow: a Jupyter server, Chromium and a kernel per notebook; each test takes 20-40 s per front end
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SETUP_MLP = '''
 import os, time
