@@ -75,7 +75,8 @@ def _wait_state(page, state: str, timeout_ms: int) -> None:
 
 
 def test_workbench(open_notebook):
-    lab = open_notebook("workbench.ipynb", [SETUP, STUDIO, CHECK, READ_BACK, RELEASE], height=1900)  # all of it in view
+    cells = [SETUP, STUDIO, CHECK, READ_BACK, RELEASE]
+    lab = open_notebook("workbench.ipynb", cells, height=1900)  # all of it in view
     page = lab.page
     lab.run(0)
     lab.run(1)
