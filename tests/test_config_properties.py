@@ -1,6 +1,7 @@
 """Property tests: canonical strings round-trip; random input only ever raises ConfigError."""
 import signal
 
+import pytest
 from hypothesis import given, strategies as st
 
 from addin_studio import Config, ConfigError, Placement, Point, parse
@@ -34,6 +35,7 @@ patterns = st.lists(st.one_of(paths, paths.map(lambda p: "*." + p)), max_size=3)
 configs = st.builds(Config, st.lists(placements(), max_size=6), patterns)
 
 
+@pytest.mark.slow  # CI's hypothesis profile draws 2000 examples: 30-50 s (300 locally: a few s)
 @given(configs)
 def test_canonical_string_round_trips(cfg):
     text = str(cfg)
@@ -42,6 +44,7 @@ def test_canonical_string_round_trips(cfg):
     assert str(again) == text
 
 
+@pytest.mark.slow  # CI's hypothesis profile draws 2000 examples: 30-50 s (300 locally: a few s)
 @given(st.lists(placements(), min_size=2, max_size=2), st.integers(2, 14))
 def test_runs_of_blocks_compress_and_expand(pair, n):
     p = pair[0]
