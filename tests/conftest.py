@@ -1,4 +1,6 @@
+import json
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,6 +16,28 @@ settings.register_profile("ci", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=300, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="session")
+def kernel_of_this_python(tmp_path_factory):
+    """Kernels started by the tests (nbclient, ``jupyter lab``) run on the interpreter running the tests.
+
+    Jupyter resolves the kernel name ``python3`` through its kernelspec path, where a user-level spec
+    (``~/.local/share/jupyter/kernels/python3``, common on laptops) can point at another environment. A spec
+    ``python3`` with ``sys.executable`` goes first on ``JUPYTER_PATH`` (searched before every other place,
+    by this process and the subprocesses it starts) for the session; the variable is restored afterwards.
+    """
+    root = tmp_path_factory.mktemp("jupyter-path")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True},
+    }), encoding="utf-8")
+    previous = os.environ.get("JUPYTER_PATH")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", os.pathsep.join([str(root)] + ([previous] if previous else [])))
+        yield spec
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ def test_write_doc_keeps_the_hand_written_text(tmp_path):
     assert text.startswith("# B\n\nintro") and "## Analysis\nkept" in text and f"{WIDGET_HEADING}\n\nfig" in text
 
 
+@pytest.mark.slow  # every benchmark row in --quick mode in a subprocess: one to three minutes on 2 cores
 def test_quick_run_prints_every_row_and_writes_the_doc(tmp_path):
     out = tmp_path / "benchmarks.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

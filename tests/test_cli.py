@@ -95,7 +95,7 @@ def test_help_lists_the_commands():
     assert "demo" in text and "train" in text and "eval" in text and "lab" in text
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # runs the whole demo (pre-train, freeze, adapt): about a minute on 2 CPU cores
 def test_demo_command_exits_0_and_writes_its_files(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--no-progress", "--no-baseline"]) == 0
     out = capsys.readouterr().out

@@ -79,7 +79,7 @@ def test_fullgraph_compile_matches_eager_and_compiles_once():
     assert all(a.inputs_cache is None for a in att.addins.values())
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # inductor compiles C++ kernels for forward and backward: tens of seconds
 def test_inductor_forward_and_training_steps_match_eager():
     model, att, x = _attached_mlp()
     y = torch.tensor([0, 3, 5, 9])

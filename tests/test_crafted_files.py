@@ -182,10 +182,10 @@ def write_peft(d, config, tensors):
 def refuse_peft(d, words, **kwargs):
     model = fresh()
     snap = snapshot(model)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a busy machine slows the wall clock, not this
     with pytest.raises(ValueError) as e:
         studio.from_peft(model, d, example_input=X, **kwargs)
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     assert_untouched(model, snap)
     assert type(e.value) is ValueError
     message = str(e.value)

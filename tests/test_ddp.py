@@ -104,7 +104,7 @@ def _assert_same_training(out: Path) -> None:
     assert str(att.config) == meta_ddp["config"] and len(att.entries) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # torchrun with two gloo ranks (and a one-process run): process start-up dominates
 @needs_gloo
 def test_two_rank_ddp_by_hand_trains_the_same_adapters_as_one_process(tmp_path):
     """wrap_model + SamplerEpoch around an unmodified Trainer."""
@@ -112,7 +112,7 @@ def test_two_rank_ddp_by_hand_trains_the_same_adapters_as_one_process(tmp_path):
     _assert_same_training(tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # torchrun with two gloo ranks (and a one-process run): process start-up dominates
 @needs_gloo
 def test_trainer_under_torchrun_trains_the_same_adapters_as_one_process(tmp_path):
     """The Trainer wraps the model, reshuffles the sampler, averages the epoch loss over ranks and
@@ -240,7 +240,7 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
     assert D.all_reduce_mean(3.0, weight=2) == 3.0
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # torchrun with two gloo ranks: process start-up dominates
 @needs_gloo
 def test_cli_train_under_torchrun(tmp_path):
     proc = _torchrun(

@@ -12,7 +12,7 @@ from addin_studio.demo import DEMO_CONFIG, DigitCNN, run_demo
 from addin_studio.report import graph_svg, plot_loss, write_report
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the whole demo end to end: about a minute on 2 CPU cores
 def test_demo_end_to_end(tmp_path):
     lines = []
     result = run_demo(tmp_path, progress=False, log=lines.append)

@@ -112,6 +112,7 @@ def run_page(page: Path, workdir: Path) -> None:
 PAGES = sorted(DOCS.glob("*.md"))
 
 
+@pytest.mark.slow  # each page's code runs in a fresh Python and some pages train models: up to ~20 s a page
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_docs_python_blocks_run(page: Path, tmp_path: Path) -> None:
     run_page(page, tmp_path)

@@ -335,7 +335,7 @@ def test_factors_live_on_the_layers_device_and_dtype():
     att.detach()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # two torchrun ranks plus a one-process run: process start-up and gloo dominate
 @needs_gloo
 def test_ddp_trains_shared_factors_as_one_process(tmp_path):
     """Two gloo ranks under torchrun (DDP sees each shared Parameter once) train FacT-TK exactly as

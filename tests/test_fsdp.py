@@ -25,7 +25,7 @@ def _vit():
                              embed_dim=32, num_heads=2, num_classes=4)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # two torchrun ranks plus a one-process run: process start-up and gloo dominate
 def test_two_rank_fsdp_trains_the_same_adapters_as_one_process(tmp_path):
     _run([sys.executable, str(WORKER), str(tmp_path / "single")])
     _torchrun(str(WORKER), str(tmp_path / "fsdp"))
@@ -68,7 +68,7 @@ def test_two_rank_fsdp_trains_the_same_adapters_as_one_process(tmp_path):
         torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # torchrun with two gloo ranks: process start-up dominates
 def test_cli_train_with_fsdp_under_torchrun(tmp_path):
     proc = _torchrun(
         "-m", "addin_studio.cli", "train", "--model", "timm:vit_tiny_patch16_224", "--image-size", "16",

@@ -2,6 +2,8 @@
 top to bottom in a real kernel (nbclient, kernel python3, offline) — the slow part of the suite."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +38,34 @@ def test_notebook_is_committed_without_outputs(name: str) -> None:
     assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
 
 
-@pytest.mark.slow
+def test_kernel_python3_is_this_interpreter_even_with_a_user_kernelspec(tmp_path: Path,
+                                                                        kernel_of_this_python: Path) -> None:
+    pytest.importorskip("jupyter_client")
+    # a user-level spec "python3" pointing at another Python, preferred over the environment's, as on laptops
+    user = tmp_path / "user-data"
+    (user / "kernels" / "python3").mkdir(parents=True)
+    (user / "kernels" / "python3" / "kernel.json").write_text(json.dumps(
+        {"argv": ["/usr/bin/false-python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "another Python", "language": "python"}))
+    code = ("from jupyter_client.kernelspec import KernelSpecManager; "
+            "print(KernelSpecManager().get_kernel_spec('python3').argv[0])")
+
+    def resolved(env: dict) -> str:
+        env = dict(env, JUPYTER_DATA_DIR=str(user), JUPYTER_PREFER_ENV_PATH="0")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    without = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
+    assert resolved(without) == "/usr/bin/false-python"  # what a kernel would run without the fixture
+    assert resolved(dict(os.environ)) == sys.executable
+
+
+@pytest.mark.slow  # a real kernel per notebook and every cell run: 20-60 s each
 @pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs_top_to_bottom(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    kernel_of_this_python: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -169,10 +169,11 @@ def test_limit_is_fast():
     import time
 
     text = ",".join("(A.m): ...->(b[0:100000].c){inout1}->..." for _ in range(50))
-    start = time.perf_counter()
+    # CPU time of this process, not wall-clock time: other processes on a busy machine do not count
+    start = time.process_time()
     with pytest.raises(ConfigError):
         parse(text)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0  # idle: 0.2 ms; expanding 5 million placements takes minutes
 
 
 @pytest.mark.parametrize("value", [0.1, 1e-300, 1e300, -2.5, 123456789012345, 7, 0.0, 1e16])

@@ -119,13 +119,56 @@ def test_interrupted_best_save_keeps_record_and_file_in_step(tmp_path, monkeypat
     assert trainer.best_checkpoint == best
 
 
-def test_interrupts_are_held_while_the_record_is_written():
+@pytest.fixture
+def sigint_deliverable():
+    """SIGINT unblocked in this (the main) thread for the test; the previous mask comes back after.
+
+    ``signal.raise_signal`` sends the signal to the calling thread, and CPython runs the Python-level
+    handler before ``raise_signal`` returns: the point where a handler must have run is fixed, so these
+    tests do not depend on when the operating system schedules anything.
+    """
+    assert threading.current_thread() is threading.main_thread()
+    old = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def test_interrupts_are_held_while_the_record_is_written(sigint_deliverable):
     order = []
+    # the synchronization point is real: unheld, Ctrl-C raises inside raise_signal itself
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+        order.append("not reached")
+    assert order == []
     with pytest.raises(KeyboardInterrupt):
         with trainer_module._interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # the handler has run when this returns: held, not raised
             order.append("still running")
-    assert order == ["still running"]
+            signal.raise_signal(signal.SIGINT)  # a second Ctrl-C is held too (and raised once)
+            order.append("block finished")
+        order.append("not reached")
+    assert order == ["still running", "block finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+
+
+def test_held_interrupts_go_to_the_previous_handler(sigint_deliverable):
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with trainer_module._interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            assert seen == []  # held
+        assert seen == [signal.SIGINT]  # a custom handler is called once, after the block
+        seen.clear()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with trainer_module._interrupts_held():  # an ignored Ctrl-C stays ignored
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        with trainer_module._interrupts_held():  # no Ctrl-C: nothing is raised
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == []
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path):

@@ -187,7 +187,7 @@ def test_pretrained_minilm_with_lora_on_six_layers(minilm_path, sentences):
     torch.testing.assert_close(_embed(model, sentences), emb, rtol=0, atol=0)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # loads the pre-trained MiniLM twice (ours and PEFT's) and runs both
 @torch.no_grad()
 def test_minilm_lora_exported_to_peft_gives_the_same_outputs(minilm_path, sentences, tmp_path):
     import peft

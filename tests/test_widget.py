@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import pytest
@@ -45,6 +46,45 @@ class SlowLoader:
     def __iter__(self):
         for b in self.batches:
             time.sleep(self.delay)
+            yield b
+
+
+class PausingLoader(SlowLoader):
+    """A loader that holds back batch ``pause_at`` of its first pass until ``resume`` is set.
+
+    While ``paused`` is set, the run is surely still training and has made exactly ``pause_at`` steps:
+    tests synchronize on these events instead of hoping a slow loader keeps a run going long enough.
+    ``resume_on_stop(monkeypatch)`` resumes it as soon as any ``Trainer.stop()`` is called.
+    """
+
+    def __init__(self, n: int = 200, pause_at: int = 3) -> None:
+        super().__init__(n, delay=0)
+        self.pause_at = pause_at
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def rearm(self) -> None:
+        """Pause again on the next pass."""
+        self.paused.clear()
+        self.resume.clear()
+
+    def resume_on_stop(self, monkeypatch) -> None:
+        from addin_studio.train import Trainer
+
+        real_stop = Trainer.stop
+
+        def stop(trainer):
+            real_stop(trainer)
+            self.resume.set()
+
+        monkeypatch.setattr(Trainer, "stop", stop)
+
+    def __iter__(self):
+        for i, b in enumerate(self.batches):
+            if i == self.pause_at and not self.paused.is_set():
+                self.paused.set()
+                if not self.resume.wait(120):  # a test that forgot to resume fails instead of hanging
+                    raise RuntimeError("PausingLoader: never resumed")
             yield b
 
 
@@ -212,29 +252,33 @@ def test_printout_mirrors_print_model():
     assert printout(vit)[1]
 
 
-def test_training_runs_on_a_thread_and_stop_ends_it(mlp):
+def test_training_runs_on_a_thread_and_stop_ends_it(mlp, monkeypatch):
+    from addin_studio.widget import training
+
+    monkeypatch.setattr(training, "UPDATE_INTERVAL_S", 0.0)  # every step reaches the plot
+    loader = PausingLoader(pause_at=3)
+    loader.resume_on_stop(monkeypatch)
     w = Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin},
-               train_loader=SlowLoader(), epochs=3, lr=1e-3)
+               train_loader=loader, epochs=3, lr=1e-3)
     w.handle({"type": "apply", "text": TUTORIAL})
     assert w.can_train
     w.handle({"type": "train"})
     assert w.state == "training" and not w.can_train
     w.handle({"type": "clear"})
     assert w.error == "stop training before changing the config" and w.config == TUTORIAL
-    deadline = time.time() + 20
-    while len(w.plot.get("loss", [])) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    assert len(w.plot["loss"]) >= 2
+    assert loader.paused.wait(60)  # 3 steps made; the 4th batch is held back until Stop
+    assert [i for i, _ in w.plot["loss"]] == [1, 2, 3] and w.state == "training"
     w._on_msg(w, {"type": "stop"}, [])
-    w._run.join(10)
-    assert w.state == "idle" and w.status.startswith("stopped")
-    steps = len(w.history["loss"])
-    assert 0 < steps < 600
+    w._run.join(60)
+    assert w.state == "idle" and w.status.startswith("stopped: 3 steps")
+    assert len(w.history["loss"]) == 3  # the stop is checked before each step
     # a new Studio stops any run still going
+    loader.rearm()
     w.handle({"type": "train"})
-    assert w.state == "training"
+    assert loader.paused.wait(60) and w.state == "training"
     Studio(mlp, example_input=torch.zeros(2, 64))
-    assert not w._run.alive and w.state == "idle"
+    w._run.join(60)
+    assert not w._run.alive and w.state == "idle" and w.status.startswith("stopped: 3 steps")
 
 
 def test_training_to_the_end_gives_history(mlp):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import runpy
-import time
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from addin_studio.examples import MLPAddin
 from addin_studio.widget import Studio
 from addin_studio.widget.settings import Field, convert, schema
 
-from test_widget import Blocks, SlowLoader, click
+from test_widget import Blocks, PausingLoader, click
 
 LORA1 = "(LoRA.adapt_output, r=2): ...->(fc1){inout1}->..."
 LORA2 = "(LoRA.adapt_output, r=2): ...->(fc2){inout1}->..."
@@ -84,11 +83,14 @@ def test_a_changed_placement_is_rebuilt_and_named(w):
     assert "no module 'fc9'" in w.error and lora_of(w, "fc1") is kept and b_is_ones(w)
 
 
-def test_edits_while_training_are_refused(mlp):
-    w = Studio(mlp, example_input=torch.zeros(2, 64), train_loader=SlowLoader(), epochs=3)
+def test_edits_while_training_are_refused(mlp, monkeypatch):
+    loader = PausingLoader(pause_at=1)  # the run waits at its 2nd batch until stopped
+    loader.resume_on_stop(monkeypatch)
+    w = Studio(mlp, example_input=torch.zeros(2, 64), train_loader=loader, epochs=3)
     w.handle({"type": "apply", "text": LORA1})
     w.handle({"type": "train"})
     try:
+        assert loader.paused.wait(60) and w.state == "training"
         for msg in ({"type": "apply", "text": LORA2}, {"type": "setting", "name": "r", "value": "5"},
                     {"type": "apply-strategy", "name": "bitfit"}, {"type": "remove", "index": 0}):
             w.handle(msg)
@@ -100,7 +102,8 @@ def test_edits_while_training_are_refused(mlp):
         assert not w._editor.apply(LORA2) and w._editor.config == studio_api.parse(LORA1)
     finally:
         w.stop()
-        w._run.join(10)
+        w._run.join(60)
+    assert w.state == "idle" and w.status.startswith("stopped: 1 steps")
 
 
 # -- 2. methods follow the placement -------------------------------------------------------------
@@ -232,27 +235,29 @@ def test_details_show_the_path_as_written_and_its_placements(w):
 
 
 # -- 5-6. update norms and run history -----------------------------------------------------------
-def test_update_norms_during_training_and_two_runs_overlaid(mlp):
-    w = Studio(mlp, example_input=torch.zeros(2, 64), train_loader=SlowLoader(n=40, delay=0.01),
-               epochs=1, lr=1e-2)
+def test_update_norms_during_training_and_two_runs_overlaid(mlp, monkeypatch):
+    from addin_studio.widget import training
+
+    monkeypatch.setattr(training, "UPDATE_INTERVAL_S", 0.0)  # every step reaches the page
+    loader = PausingLoader(n=40, pause_at=20)
+    w = Studio(mlp, example_input=torch.zeros(2, 64), train_loader=loader, epochs=1, lr=1e-2)
     w.handle({"type": "apply", "text": LORA1 + "\n" + LORA2})
     w.handle({"type": "train"})
-    seen = []
-    deadline = time.time() + 30
-    while w.state == "training" and time.time() < deadline:
-        if w.grads:
-            seen.append(dict(w.grads))
-        time.sleep(0.05)
-    w._run.join(10)
-    assert seen and set(seen[-1]) == {"fc1:post", "fc2:post"}
-    assert all(v > 0 for v in seen[-1].values())
+    assert loader.paused.wait(60)  # 20 of 40 steps made: the norms shown now are live ones
+    seen = dict(w.grads)
+    assert w.state == "training"
+    loader.resume.set()
+    w._run.join(60)
+    assert w.state == "idle"
+    assert set(seen) == {"fc1:post", "fc2:post"}
+    assert all(v > 0 for v in seen.values())
     assert [r["key"] for r in w.grad_table] == ["LoRA_fc1", "LoRA_fc2"]
     assert all(r["norm"] > 0 for r in w.grad_table)
     first = w.config
     w.handle({"type": "remove", "index": 1})
     assert w.grads == {} and w.grad_table == []  # measured on the old config: not shown on the new one
     w.handle({"type": "train"})
-    w._run.join(30)
+    w._run.join(60)
     assert [r["n"] for r in w.runs] == [1, 2]
     assert w.runs[0]["config"] == first and w.runs[1]["config"] == LORA1
     assert w.runs[0]["settings"] == {"LoRA": {"r": 2}} and w.runs[1]["metrics"]["steps"] == 40

@@ -161,7 +161,7 @@ class Lab:
 
 
 @pytest.fixture(scope="session")
-def lab_server(tmp_path_factory):
+def lab_server(tmp_path_factory, kernel_of_this_python):  # the server's kernels run on sys.executable
     reason = _missing()
     if reason:
         pytest.skip(f"browser tests need Chromium, Playwright and JupyterLab: {reason}")

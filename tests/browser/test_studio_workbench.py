@@ -8,7 +8,8 @@ import pytest
 
 from browser_cells import SLOW_LOADER, kernel_value
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+# slow: a Jupyter server, Chromium and a kernel per notebook; each test takes 20-40 s per front end
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SETUP = '''
 import copy, os, time
@@ -36,9 +37,11 @@ model = Net()
 base = copy.deepcopy(model.state_dict())
 x = torch.zeros(2, 64)
 '''
-STUDIO = ('w = studio.Studio(model, example_input=x, train_loader=SlowLoader(train_loader, 0.03), '
+# the first run waits at its 6th batch until RELEASE runs: the page is surely seen while it trains
+STUDIO = ('w = studio.Studio(model, example_input=x, train_loader=SlowLoader(train_loader, 0.03, hold_at=5), '
           'val_loader=val_loader, epochs=1, lr=1e-2, export_dir="wb_export")\nw')
 CHECK = 'print("CFG=" + repr(w.config)); print("RUNS=" + repr([r["config"] for r in w.run_history]))'
+RELEASE = 'w.train_loader.release.set(); print("RELEASED", w.state)'
 READ_BACK = '''
 import peft
 probe = torch.randn(5, 64)
@@ -72,7 +75,8 @@ def _wait_state(page, state: str, timeout_ms: int) -> None:
 
 
 def test_workbench(open_notebook):
-    lab = open_notebook("workbench.ipynb", [SETUP, STUDIO, CHECK, READ_BACK], height=1900)  # all of it in view
+    cells = [SETUP, STUDIO, CHECK, READ_BACK, RELEASE]
+    lab = open_notebook("workbench.ipynb", cells, height=1900)  # all of it in view
     page = lab.page
     lab.run(0)
     lab.run(1)
@@ -120,6 +124,8 @@ def test_workbench(open_notebook):
     _wait_state(page, "training", 15_000)
     page.wait_for_selector("[data-point='stem:post'][data-grad]", timeout=30_000)
     g1 = page.locator("[data-point='stem:post']").get_attribute("data-grad")
+    lab.run(4)  # the run goes on: the norms change
+    assert "RELEASED training" in lab.output(4)
     page.wait_for_function(
         "g => { const e = document.querySelector(\"[data-point='stem:post']\"); return e.dataset.grad && e.dataset.grad !== g; }",
         arg=g1, timeout=30_000)
