@@ -16,10 +16,11 @@ from addin_studio.widget.intents import BUSY, Intent, protocol, table
 JS = (Path(__file__).parents[1] / "addin_studio" / "widget" / "studio.js").read_text()
 CSS = Path(__file__).parents[1] / "addin_studio" / "widget" / "studio.css"
 
-NAMES = {"point", "select", "toggle", "addin", "method", "apply", "remove", "clear", "cancel", "train", "stop",
-         "setting", "strategy", "apply-strategy", "search", "run", "save-adapters", "export-peft", "copy-code",
-         "adapter", "running-stats"}
-EDIT_WHILE_IDLE = {"point", "apply", "remove", "clear", "setting", "running-stats", "apply-strategy", "run", "train"}
+NAMES = {"point", "select", "toggle", "addin", "method", "apply", "remove", "clear", "cancel", "train",
+         "stop", "setting", "strategy", "apply-strategy", "search", "run", "save-adapters", "export-peft",
+         "copy-code", "adapter", "running-stats"}
+EDIT_WHILE_IDLE = {"point", "apply", "remove", "clear", "setting", "running-stats", "apply-strategy", "run",
+                   "train"}
 
 
 @pytest.fixture
@@ -92,6 +93,7 @@ def test_a_table_mistake_is_named():
 
 def test_css_comes_from_its_files(studio):
     assert str(Studio._css) == CSS.read_text()  # anywidget reads the file (and reloads it in dev mode)
-    assert f"<defs><style>{escape(GRAPH_CSS.read_text(), quote=False)}</style>" in studio.svg  # the graph carries its own look
+    # the graph carries its own look
+    assert f"<defs><style>{escape(GRAPH_CSS.read_text(), quote=False)}</style>" in studio.svg
     studio.handle({"type": "toggle", "path": "fc2"})  # not a container: no redraw, an error
     assert studio.svg.count("<style>") == 1
