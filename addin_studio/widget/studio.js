@@ -150,70 +150,98 @@ function headerPanel({ model }) {
   };
 }
 
+// labels, states, the started point and across arrows on whatever view the canvas shows
+function decorateCanvas(canvas, model) {
+  const labels = model.get("labels") || {};
+  const states = model.get("states") || {};
+  const pend = model.get("pending");
+  const sel = (model.get("selected") || {}).path;
+  const preview = (model.get("preview") || {}).labels || {};
+  const grads = model.get("grads") || {};
+  const gv = Object.values(grads).filter((v) => v > 0);
+  const glo = gv.length ? Math.log(Math.min(...gv)) : 0, ghi = gv.length ? Math.log(Math.max(...gv)) : 0;
+  for (const p of canvas.querySelectorAll("[data-point]")) {
+    const lab = labels[p.dataset.point];
+    if (lab) p.setAttribute("data-placement", lab); else p.removeAttribute("data-placement");
+    p.classList.toggle("as-pending", p.dataset.point === pend);
+    p.classList.toggle("as-preview", !!preview[p.dataset.point]);
+    const g = grads[p.dataset.point];
+    if (lab && g !== undefined) {
+      p.setAttribute("data-grad", String(g));
+      const t = g > 0 && ghi > glo ? (Math.log(g) - glo) / (ghi - glo) : (g > 0 ? 1 : 0);
+      p.style.fill = gradColor(t);
+      p.style.background = gradColor(t);
+    } else if (p.hasAttribute("data-grad")) {
+      p.removeAttribute("data-grad"); p.style.fill = ""; p.style.background = "";
+    }
+  }
+  const matches = new Set(model.get("matches") || []);
+  for (const n of canvas.querySelectorAll("[data-path]")) {
+    const st = states[n.dataset.path];
+    n.classList.toggle("as-s-trainable", st === "trainable");
+    n.classList.toggle("as-s-frozen", st === "frozen");
+    n.classList.toggle("as-s-partial", st === "partial");
+    n.classList.toggle("as-selected", n.dataset.path === sel);
+    if (matches.has(n.dataset.path)) n.setAttribute("data-match", "true"); else n.removeAttribute("data-match");
+    const own = [...n.children].some((c) => c.hasAttribute && c.hasAttribute("data-placement"));
+    n.classList.toggle("as-has-addin", own);
+  }
+  const overlay = canvas.querySelector(".as-overlay");
+  if (overlay) drawOverlay(canvas, model, overlay);
+}
+
+// placement labels and across arrows, drawn over the graph
+function drawOverlay(canvas, model, overlay) {
+  overlay.replaceChildren();
+  for (const p of canvas.querySelectorAll("circle[data-placement]")) {
+    const t = s("text", { x: +p.getAttribute("cx") + 8, y: +p.getAttribute("cy") + 4, class: "as-plabel" });
+    t.textContent = p.getAttribute("data-placement");
+    overlay.append(t);
+  }
+  for (const [a, b] of model.get("links") || []) {
+    const pa = canvas.querySelector(`circle[data-point="${CSS.escape(a)}"]`);
+    const pb = canvas.querySelector(`circle[data-point="${CSS.escape(b)}"]`);
+    if (!pa || !pb) continue;
+    const ax = +pa.getAttribute("cx"), ay = +pa.getAttribute("cy");
+    const bx = +pb.getAttribute("cx"), by = +pb.getAttribute("cy");
+    const bend = Math.max(ax, bx) + 40 + Math.abs(by - ay) * 0.08;
+    overlay.append(s("path", { class: "as-link", d: `M${ax},${ay} C${bend},${ay} ${bend},${by} ${bx},${by}`, "marker-end": "url(#as-arrow)" }));
+  }
+}
+
+// the print(model) view: one row per printed line, with its points before and after
+function printoutView(lines) {
+  const frag = document.createDocumentFragment();
+  for (const line of lines) {
+    const row = h("div", { class: "as-line" });
+    const pt = line.point || line.path;
+    const clickable = pt !== undefined && pt !== null && pt !== "";
+    if (clickable && line.head) {
+      row.append(h("span", { class: "as-tpoint", "data-point": `${pt}:pre`, "data-group": line.group || null, title: `before ${pt}` }));
+    } else row.append(h("span", { class: "as-tgap" }));
+    const text = h("span", { class: "as-ltext", text: line.text });
+    if (line.head && line.path) {
+      text.setAttribute("data-path", line.path);
+      if (line.range) text.setAttribute("data-range", line.range);
+    }
+    row.append(text);
+    if (clickable && line.tail) {
+      row.append(h("span", { class: "as-tpoint", "data-point": `${pt}:post`, "data-group": line.group || null, title: `after ${pt}` }));
+    }
+    frag.append(row);
+  }
+  const box = h("div", { class: "as-printout", "data-role": "printout" });
+  box.append(frag);
+  return box;
+}
+
 // -- the graph canvas: the module graph or the print(model) text, with the placements drawn in -------
 function graphCanvas(ctx) {
   const { model, send, root } = ctx;
   let view = "graph";
   let zoom = 1;
   const canvas = h("div", { class: "as-canvas", "data-role": "canvas" });
-
-  function decorate() {
-    // labels, states, the started point and across arrows on whatever view is shown
-    const labels = model.get("labels") || {};
-    const states = model.get("states") || {};
-    const pend = model.get("pending");
-    const sel = (model.get("selected") || {}).path;
-    const preview = (model.get("preview") || {}).labels || {};
-    const grads = model.get("grads") || {};
-    const gv = Object.values(grads).filter((v) => v > 0);
-    const glo = gv.length ? Math.log(Math.min(...gv)) : 0, ghi = gv.length ? Math.log(Math.max(...gv)) : 0;
-    for (const p of canvas.querySelectorAll("[data-point]")) {
-      const lab = labels[p.dataset.point];
-      if (lab) p.setAttribute("data-placement", lab); else p.removeAttribute("data-placement");
-      p.classList.toggle("as-pending", p.dataset.point === pend);
-      p.classList.toggle("as-preview", !!preview[p.dataset.point]);
-      const g = grads[p.dataset.point];
-      if (lab && g !== undefined) {
-        p.setAttribute("data-grad", String(g));
-        const t = g > 0 && ghi > glo ? (Math.log(g) - glo) / (ghi - glo) : (g > 0 ? 1 : 0);
-        p.style.fill = gradColor(t);
-        p.style.background = gradColor(t);
-      } else if (p.hasAttribute("data-grad")) {
-        p.removeAttribute("data-grad"); p.style.fill = ""; p.style.background = "";
-      }
-    }
-    const matches = new Set(model.get("matches") || []);
-    for (const n of canvas.querySelectorAll("[data-path]")) {
-      const st = states[n.dataset.path];
-      n.classList.toggle("as-s-trainable", st === "trainable");
-      n.classList.toggle("as-s-frozen", st === "frozen");
-      n.classList.toggle("as-s-partial", st === "partial");
-      n.classList.toggle("as-selected", n.dataset.path === sel);
-      if (matches.has(n.dataset.path)) n.setAttribute("data-match", "true"); else n.removeAttribute("data-match");
-      const own = [...n.children].some((c) => c.hasAttribute && c.hasAttribute("data-placement"));
-      n.classList.toggle("as-has-addin", own);
-    }
-    const overlay = canvas.querySelector(".as-overlay");
-    if (overlay) drawOverlay(overlay);
-  }
-
-  function drawOverlay(overlay) {
-    overlay.replaceChildren();
-    for (const p of canvas.querySelectorAll("circle[data-placement]")) {
-      const t = s("text", { x: +p.getAttribute("cx") + 8, y: +p.getAttribute("cy") + 4, class: "as-plabel" });
-      t.textContent = p.getAttribute("data-placement");
-      overlay.append(t);
-    }
-    for (const [a, b] of model.get("links") || []) {
-      const pa = canvas.querySelector(`circle[data-point="${CSS.escape(a)}"]`);
-      const pb = canvas.querySelector(`circle[data-point="${CSS.escape(b)}"]`);
-      if (!pa || !pb) continue;
-      const ax = +pa.getAttribute("cx"), ay = +pa.getAttribute("cy");
-      const bx = +pb.getAttribute("cx"), by = +pb.getAttribute("cy");
-      const bend = Math.max(ax, bx) + 40 + Math.abs(by - ay) * 0.08;
-      overlay.append(s("path", { class: "as-link", d: `M${ax},${ay} C${bend},${ay} ${bend},${by} ${bx},${by}`, "marker-end": "url(#as-arrow)" }));
-    }
-  }
+  const decorate = () => decorateCanvas(canvas, model);
 
   function applyZoom() {
     const svg = canvas.querySelector("svg.as-graph");
@@ -233,28 +261,7 @@ function graphCanvas(ctx) {
   }
 
   function drawText() {
-    const frag = document.createDocumentFragment();
-    for (const line of model.get("lines") || []) {
-      const row = h("div", { class: "as-line" });
-      const pt = line.point || line.path;
-      const clickable = pt !== undefined && pt !== null && pt !== "";
-      if (clickable && line.head) {
-        row.append(h("span", { class: "as-tpoint", "data-point": `${pt}:pre`, "data-group": line.group || null, title: `before ${pt}` }));
-      } else row.append(h("span", { class: "as-tgap" }));
-      const text = h("span", { class: "as-ltext", text: line.text });
-      if (line.head && line.path) {
-        text.setAttribute("data-path", line.path);
-        if (line.range) text.setAttribute("data-range", line.range);
-      }
-      row.append(text);
-      if (clickable && line.tail) {
-        row.append(h("span", { class: "as-tpoint", "data-point": `${pt}:post`, "data-group": line.group || null, title: `after ${pt}` }));
-      }
-      frag.append(row);
-    }
-    const box = h("div", { class: "as-printout", "data-role": "printout" });
-    box.append(frag);
-    canvas.replaceChildren(box);
+    canvas.replaceChildren(printoutView(model.get("lines") || []));
     decorate();
   }
 
