@@ -2,7 +2,7 @@
 // parsing, validation, the config string, search results and update norms all live in Python.
 // The intents' names and fields come from Python too (the `intents` trait, built from
 // Studio.INTENTS), so this file spells none of them: `send.applyStrategy({ name, targets })` sends
-// the intent "apply-strategy". Each panel below builds its elements, sends its intents and redraws
+// that intent with those fields. Each panel below builds its elements, sends its intents and redraws
 // itself when its traits change; `render` puts the panels together.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
