@@ -24,8 +24,9 @@ EDIT_WHILE_IDLE = {"point", "apply", "remove", "clear", "setting", "running-stat
 
 
 @pytest.fixture
-def studio(mlp):
-    return Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin})
+def studio(mlp, tmp_path):
+    return Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin},
+                  export_dir=tmp_path / "export")
 
 
 def camel(name: str) -> str:
@@ -63,6 +64,7 @@ def test_training_refuses_exactly_the_intents_the_table_says(studio):
         assert (studio.error == BUSY) == (name in EDIT_WHILE_IDLE), (name, studio.error)
         assert studio.config == before, name
     assert {n for n, it in Studio.INTENTS.items() if not it.while_training} == EDIT_WHILE_IDLE
+    assert (studio.export_dir / "adapters.safetensors").is_file()  # save-adapters runs while training
 
 
 def test_fields_the_message_lacks_take_their_defaults_and_others_are_ignored(studio):
