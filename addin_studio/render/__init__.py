@@ -6,8 +6,8 @@ No Jupyter here; matplotlib is imported only where a PNG is made (:func:`history
 from .labels import Mark, chain, links, marks, point_labels
 from .layout import Layout  # the layout() function: addin_studio.render.layout.layout
 from .plot import history_png, series, smooth
-from .svg import CSS, Marks, graph_svg, render_svg
+from .svg import CSS, Marks, graph_svg, render_svg, styled
 from .tree import Item, TreeBuilder
 
 __all__ = ["CSS", "Item", "Layout", "Mark", "Marks", "TreeBuilder", "chain", "graph_svg", "history_png",
-           "links", "marks", "point_labels", "render_svg", "series", "smooth"]
+           "links", "marks", "point_labels", "render_svg", "series", "smooth", "styled"]

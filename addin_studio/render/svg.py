@@ -153,5 +153,10 @@ def graph_svg(graph: Any, config: Any, *, style: str = "canonical", engine: str 
     tree = TreeBuilder(graph)
     items = tree.build(set(), tree.default_collapsed())
     marks = Marks(point_labels(cfg, style), links(cfg), dict(states or {}))
-    svg = render_svg(items, layout(items, engine), marks)
+    return styled(render_svg(items, layout(items, engine), marks))
+
+
+def styled(svg: str) -> str:
+    """``svg`` (from :func:`render_svg`) with the graph's style (:data:`CSS`) inside its ``<defs>``:
+    the report's pictures and the Studio's canvas carry their look with them."""
     return svg.replace("<defs>", f"<defs><style>{escape(CSS.read_text(), quote=False)}</style>", 1)

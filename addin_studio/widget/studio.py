@@ -1,12 +1,10 @@
 """The Studio widget (anywidget): the page draws and sends intents; this class decides everything.
 
-Intents from the page (``{"type": ...}`` messages): ``point`` (point, group), ``select`` (path),
-``toggle`` (path), ``addin`` (name), ``method`` (name), ``apply`` (text), ``remove`` (index),
-``clear``, ``cancel``, ``train``, ``stop``, ``setting`` (name, value; addin: another add-in than the
-selected one, as the "PEFT layout" box sends LoRA's layout), ``strategy`` (name, targets: preview),
-``apply-strategy`` (name, targets), ``search`` (query), ``run`` (n: restore its string),
-``save-adapters``, ``export-peft``, ``copy-code``. Each is handled by :class:`~.editor.Editor`, the
-training run or the export helpers, and the result comes back as traits.
+The intents the page may send (``{"type": name, **fields}``) are one table, :attr:`Studio.INTENTS`:
+name -> handler, whether it may run while training, whether it edits the config (see
+:mod:`~.intents`). The page receives the names and fields from it (the ``intents`` trait) and spells
+none of them. Each handler hands over to :class:`~.editor.Editor`, the training run or the export
+helpers, and the result comes back as traits.
 """
 from __future__ import annotations
 
@@ -27,10 +25,11 @@ from . import training
 from ..render.labels import links, point_labels
 from .editor import STRATEGIES, Editor, entries
 from .export import code_snippet, export_peft, save_adapters
+from .intents import BUSY, Intent, protocol, table as intent_table
 from ..render.layout import layout
 from ..render.plot import history_png, series
 from .printout import printout
-from ..render.svg import CSS as GRAPH_CSS, render_svg
+from ..render.svg import render_svg, styled
 from ..render.tree import TreeBuilder, human
 
 _HERE = Path(__file__).parent
@@ -91,7 +90,7 @@ class Studio(anywidget.AnyWidget):
     """
 
     _esm = _HERE / "studio.js"
-    _css = (_HERE / "studio.css").read_text() + GRAPH_CSS.read_text()
+    _css = _HERE / "studio.css"  # the page's look; the graph's (render/graph.css) travels in its svg
 
     config = t.Unicode("").tag(sync=True)
     error = t.Unicode("").tag(sync=True)
@@ -131,6 +130,7 @@ class Studio(anywidget.AnyWidget):
     exported = t.Dict().tag(sync=True)
     adapter_names = t.List().tag(sync=True)
     active_adapter = t.Unicode("").tag(sync=True)
+    intents = t.Dict().tag(sync=True)  # the protocol: intent name -> its fields (from INTENTS)
 
     #: runs the plot overlays (the latest ones)
     OVERLAY_RUNS = 3
@@ -209,7 +209,7 @@ class Studio(anywidget.AnyWidget):
         if self._syncing or change["new"] == str(self._editor.config):
             return
         if self.state == "training":
-            self.error = "stop training before changing the config"
+            self.error = BUSY
         else:
             self._editor.apply(change["new"])
         self._sync()
@@ -250,81 +250,135 @@ class Studio(anywidget.AnyWidget):
         except Exception as exc:  # the kernel must never crash from a click
             self.error = f"internal error while handling {content!r}: {exc!r}"
 
-    # -- intents ----------------------------------------------------------------------------------
+    # -- intents: one table (widget/intents.py), shared with the page through the `intents` trait ------
     def handle(self, msg: Mapping[str, Any]) -> None:
         """Apply one intent from the page (also the way tests drive the widget)."""
         kind = msg.get("type") if isinstance(msg, Mapping) else None
-        ed = self._editor
-        if kind == "stop":
-            self.stop()
-            return
-        if kind == "select":
-            self._select(str(msg.get("path", "")), msg.get("range"))
-            return
-        if kind == "toggle":
-            self._toggle(str(msg.get("path", "")))
-            return
-        if kind == "search":
-            self._search(str(msg.get("query", "")))
-            return
-        if kind in ("save-adapters", "export-peft", "copy-code"):
-            self._export(kind)
-            return
-        if kind == "strategy":
-            self._preview(str(msg.get("name", "")), str(msg.get("targets", "")))
-            return
-        if kind == "adapter":
-            ed.message = ""
-            ed.set_active_adapter(str(msg.get("name", "")))
-            self._sync()
-            return
-        if kind not in ("point", "addin", "method", "apply", "remove", "clear", "cancel", "train",
-                        "setting", "apply-strategy", "run", "running-stats"):
+        intent = self.INTENTS.get(kind) if isinstance(kind, str) else None
+        if intent is None:
             self.error = f"unknown request {kind!r}"
             return
-        if self.state == "training" and kind not in ("addin", "method", "cancel"):
-            self.error = "stop training before changing the config"
+        if self.state == "training" and not intent.while_training:
+            self.error = BUSY
             return
-        ed.message = ""
-        if kind == "point":
-            ed.click(str(msg.get("point", "")), msg.get("group") or None)
-        elif kind in ("addin", "method"):
-            select = ed.select_addin if kind == "addin" else ed.select_method
-            try:
-                select(str(msg.get("name", "")))
-                ed.error = ""
-            except ValueError as exc:
-                ed.error = str(exc)
-        elif kind == "apply":
-            ed.apply(str(msg.get("text", "")))
-        elif kind == "remove":
-            index = msg.get("index")
-            if isinstance(index, str) and index.strip().isdigit():
-                index = int(index)
-            if isinstance(index, int) and not isinstance(index, bool):
-                ed.remove(index)
-            else:
-                ed.error = f"remove needs the number of a listed placement, got {index!r}"
-        elif kind == "clear":
-            ed.clear()
-        elif kind == "cancel":
-            ed.cancel()
-        elif kind == "setting":
-            ed.set_setting(str(msg.get("name", "")), msg.get("value", ""),
-                           str(msg.get("addin") or "") or None)  # None: the selected add-in
-            if self.preview and not ed.error:  # a previewed strategy shows the new settings
-                self._preview(self.strategy, self._preview_targets)
-        elif kind == "running-stats":
-            ed.set_running_stats(msg.get("value") in (True, "true"))
-        elif kind == "apply-strategy":
-            ed.apply_strategy(str(msg.get("name", "")), str(msg.get("targets", "")))
-            self.preview = {}
-        elif kind == "run":
-            self._restore_run(msg.get("n"))
-        elif kind == "train":
-            self._train()
-            return
-        self._sync()
+        if intent.edits:
+            self._editor.message = ""
+        intent.run(self, msg)
+        if intent.edits:
+            self._sync()
+
+    def _on_point(self, point: Any = "", group: Any = None) -> None:
+        self._editor.click(str(point), group or None)
+
+    def _on_pick(self, select: Callable[[str], None], name: Any) -> None:
+        try:
+            select(str(name))
+            self._editor.error = ""
+        except ValueError as exc:
+            self._editor.error = str(exc)
+
+    def _on_addin(self, name: Any = "") -> None:
+        self._on_pick(self._editor.select_addin, name)
+
+    def _on_method(self, name: Any = "") -> None:
+        self._on_pick(self._editor.select_method, name)
+
+    def _on_apply(self, text: Any = "") -> None:
+        self._editor.apply(str(text))
+
+    def _on_remove(self, index: Any = None) -> None:
+        if isinstance(index, str) and index.strip().isdigit():
+            index = int(index)
+        if isinstance(index, int) and not isinstance(index, bool):
+            self._editor.remove(index)
+        else:
+            self._editor.error = f"remove needs the number of a listed placement, got {index!r}"
+
+    def _on_clear(self) -> None:
+        self._editor.clear()
+
+    def _on_cancel(self) -> None:
+        self._editor.cancel()
+
+    def _on_setting(self, name: Any = "", value: Any = "", addin: Any = None) -> None:
+        """A setting of the selected add-in, or of ``addin`` (the "PEFT layout" box sends LoRA's)."""
+        ed = self._editor
+        ed.set_setting(str(name), value, str(addin or "") or None)  # None: the selected add-in
+        if self.preview and not ed.error:  # a previewed strategy shows the new settings
+            self._preview(self.strategy, self._preview_targets)
+
+    def _on_running_stats(self, value: Any = None) -> None:
+        self._editor.set_running_stats(value in (True, "true"))
+
+    def _on_apply_strategy(self, name: Any = "", targets: Any = "") -> None:
+        self._editor.apply_strategy(str(name), str(targets))
+        self.preview = {}
+
+    def _on_strategy(self, name: Any = "", targets: Any = "") -> None:
+        self._preview(str(name), str(targets))
+
+    def _on_adapter(self, name: Any = "") -> None:
+        self._editor.set_active_adapter(str(name))
+
+    def _on_run(self, n: Any = None) -> None:
+        self._restore_run(n)
+
+    def _on_train(self) -> None:
+        self._editor.message = ""
+        self._train()
+
+    def _on_select(self, path: Any = "", range: Any = None) -> None:  # noqa: A002 - the field's name
+        self._select(str(path), range)
+
+    def _on_toggle(self, path: Any = "") -> None:
+        self._toggle(str(path))
+
+    def _on_search(self, query: Any = "") -> None:
+        self._search(str(query))
+
+    def _on_save_adapters(self) -> None:
+        self._write_files("save-adapters", save_adapters, "saved adapters to")
+
+    def _on_export_peft(self) -> None:
+        self._write_files("export-peft", export_peft, "exported PEFT adapter to")
+
+    def _on_copy_code(self) -> None:
+        self.code = code_snippet(self._editor.config, self._editor.user_addins)
+        self.status = "Python code for this attachment: copied (also shown below)"
+
+    def _on_stop(self) -> None:
+        self.stop()
+
+    #: every intent the page may send (``{"type": name, **fields}``; fields: the handler's parameters).
+    #: while_training=False: refused while a run trains; edits=True: clears the editor's message
+    #: before and pushes its state to the page after.
+    INTENTS: Mapping[str, Intent] = intent_table(
+        Intent("point", _on_point, while_training=False, edits=True),
+        Intent("apply", _on_apply, while_training=False, edits=True),
+        Intent("remove", _on_remove, while_training=False, edits=True),
+        Intent("clear", _on_clear, while_training=False, edits=True),
+        Intent("setting", _on_setting, while_training=False, edits=True),
+        Intent("running-stats", _on_running_stats, while_training=False, edits=True),
+        Intent("apply-strategy", _on_apply_strategy, while_training=False, edits=True),
+        Intent("run", _on_run, while_training=False, edits=True),
+        Intent("train", _on_train, while_training=False),
+        Intent("addin", _on_addin, edits=True),
+        Intent("method", _on_method, edits=True),
+        Intent("cancel", _on_cancel, edits=True),
+        Intent("adapter", _on_adapter, edits=True),  # the editor refuses a switch while training
+        Intent("select", _on_select),
+        Intent("toggle", _on_toggle),
+        Intent("search", _on_search),
+        Intent("strategy", _on_strategy),
+        Intent("save-adapters", _on_save_adapters),
+        Intent("export-peft", _on_export_peft),
+        Intent("copy-code", _on_copy_code),
+        Intent("stop", _on_stop),
+    )
+
+    @t.default("intents")
+    def _intents_default(self) -> dict[str, list[str]]:
+        return protocol(self.INTENTS)
 
     # -- views ------------------------------------------------------------------------------------
     def _sync(self) -> None:
@@ -375,7 +429,7 @@ class Studio(anywidget.AnyWidget):
         items = self._tree.build(self._expanded, self._collapsed)
         lay = layout(items, self.layout_engine)
         self.notice = lay.notice
-        self.svg = render_svg(items, lay)
+        self.svg = styled(render_svg(items, lay))
 
     def _toggle(self, path: str) -> None:
         if path in self._tree.groups:
@@ -443,25 +497,21 @@ class Studio(anywidget.AnyWidget):
         self.preview = {"labels": point_labels(cfg), "config": str(cfg),
                         "count": len(cfg.placements), "trainable": list(cfg.trainable)}
 
-    def _export(self, kind: str) -> None:
+    def _write_files(self, kind: str, write: Callable[[Any, Path], Path], done: str) -> None:
+        """Save adapters / export PEFT into ``export_dir``; ``kind`` names it in ``exported`` and errors."""
         att = self._editor.attachment
-        if kind == "copy-code":
-            self.code = code_snippet(self._editor.config, self._editor.user_addins)
-            self.status = "Python code for this attachment: copied (also shown below)"
-            return
         if att is None:
             self.error = "nothing to export: place an add-in or apply a strategy first"
             return
         try:
-            path = save_adapters(att, self.export_dir) if kind == "save-adapters" \
-                else export_peft(att, self.export_dir)
+            path = write(att, self.export_dir)
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
-            balanced = self._editor.balanced_conv_loras() if kind == "export-peft" else []
+            balanced = self._editor.balanced_conv_loras() if write is export_peft else []
             self.error = f"{kind} failed: {exc}" if not balanced else _layout_advice(balanced)
             return
         self.error = ""
         self.exported = {**self.exported, kind: str(path)}
-        self.status = f"{'saved adapters to' if kind == 'save-adapters' else 'exported PEFT adapter to'} {path}"
+        self.status = f"{done} {path}"
 
     def _restore_run(self, n: Any) -> None:
         run = next((r for r in self._runs if r["n"] == n), None)
