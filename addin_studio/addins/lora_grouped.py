@@ -1,2 +1,3 @@
 """Old path of ``addins/lora/grouped.py`` (PEFT's grouped-conv LoRA), kept as a re-export."""
-from .lora.grouped import check_grouped, grouped_branch, grouped_shapes, is_grouped_peft, peft_dora_delta  # noqa: F401
+from .lora.grouped import (check_grouped, grouped_branch, grouped_shapes, is_grouped_peft,  # noqa: F401
+                           peft_dora_delta)

@@ -19,5 +19,6 @@ from .core import LoRA, publish_settings  # noqa: E402  (after layout: core buil
 from . import bias, dora, velora, kasa, monteclora, mica  # noqa: E402,F401  (each registers its variant)
 from .variant import VARIANTS, LoraVariant, Setting, make_variant, register_variant  # noqa: E402
 
-__all__ = ["LoRA", "LoraVariant", "Setting", "VARIANTS", "WEIGHT_METHOD", "check_lora_target", "default_param",
-           "hook_problem", "is_hf_conv1d", "lora_shape", "make_variant", "publish_settings", "register_variant"]
+__all__ = ["LoRA", "LoraVariant", "Setting", "VARIANTS", "WEIGHT_METHOD", "check_lora_target",
+           "default_param", "hook_problem", "is_hf_conv1d", "lora_shape", "make_variant", "publish_settings",
+           "register_variant"]

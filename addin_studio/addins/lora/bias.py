@@ -36,7 +36,8 @@ class BiasVariant(LoraVariant):
         return f"LoRA bias=true cannot be combined with {other.label()} (PEFT has one variant per layer)"
 
     def add_parameters(self, lora: LoRA, module: nn.Module, weight: torch.Tensor, w: int) -> None:
-        if lora.is_embedding or lora.param != default_param(module) or isinstance(module, nn.MultiheadAttention):
+        if lora.is_embedding or lora.param != default_param(module) or \
+                isinstance(module, nn.MultiheadAttention):
             raise ValueError(f"LoRA bias=true adds to a layer's output: not on {type(module).__name__} "
                              f"(param={lora.param}); PEFT has no lora_bias there")
         channels = weight.shape[1] if lora.transposed else weight.shape[0]

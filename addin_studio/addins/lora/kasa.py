@@ -60,8 +60,10 @@ class KasaVariant(PeftOrderVariant):
 
     switch = Setting("kasa", False, "bool", "KaSA, ``lora/kasa.py``: drops the weight's r smallest singular "
                                             "components at attach, a trained diagonal between B and A")
-    settings = (Setting("kasa_beta", 1e-4, "float", "weight of the diagonal's L2 term in kasa_loss, default 1e-4"),
-                Setting("kasa_gamma", 1e-3, "float", "weight of the orthogonality term in kasa_loss, default 1e-3"))
+    settings = (Setting("kasa_beta", 1e-4, "float",
+                        "weight of the diagonal's L2 term in kasa_loss, default 1e-4"),
+                Setting("kasa_gamma", 1e-3, "float",
+                        "weight of the orthogonality term in kasa_loss, default 1e-3"))
     flag_attribute = True
     attributes = ("kasa_beta", "kasa_gamma")
     peft_off = {"kasa_config": None}
@@ -102,7 +104,8 @@ class KasaVariant(PeftOrderVariant):
         return kasa_loss(lora.lora_A, lora.lora_B, lora.lora_diag, self.kasa_beta, self.kasa_gamma)
 
     def peft_fields(self) -> dict[str, Any]:
-        return {**super().peft_fields(), "kasa_config": (("beta", self.kasa_beta), ("gamma", self.kasa_gamma))}
+        kasa = (("beta", self.kasa_beta), ("gamma", self.kasa_gamma))
+        return {**super().peft_fields(), "kasa_config": kasa}
 
     @classmethod
     def settings_from_peft(cls, config: Mapping[str, Any], source: str) -> dict[str, Any]:

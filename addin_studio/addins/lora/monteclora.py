@@ -160,7 +160,8 @@ class MonteCLoRASampler(nn.Module):
 
 # our MonteCLoRA settings -> PEFT's MontecloraConfig fields (and their JSON types)
 _PEFT_FIELDS = {"num_samples": ("monteclora_samples", int), "use_entropy": ("monteclora_entropy", bool),
-                "dirichlet_prior": ("monteclora_prior", NUMBER), "sample_scaler": ("monteclora_scaler", NUMBER),
+                "dirichlet_prior": ("monteclora_prior", NUMBER),
+                "sample_scaler": ("monteclora_scaler", NUMBER),
                 "kl_loss_weight": ("monteclora_kl", NUMBER), "buffer_size": ("monteclora_buffer", int)}
 # the sampler's attributes -> PEFT's MontecloraConfig fields
 _SAMPLER_FIELDS = {"samples": "num_samples", "entropy": "use_entropy", "prior": "dirichlet_prior",
@@ -174,15 +175,17 @@ class MonteCLoRAVariant(PeftOrderVariant):
     switch = Setting("monteclora", False, "bool",
                      "MonteCLoRA, ``lora/monteclora.py``: a sampled mixture of noisy copies of A in training")
     settings = (Setting("monteclora_samples", 8, "int", "noisy copies mixed, default 8"),
-                Setting("monteclora_prior", 0.1, "float", "Dirichlet prior of the mixture weights, default 0.1"),
+                Setting("monteclora_prior", 0.1, "float",
+                        "Dirichlet prior of the mixture weights, default 0.1"),
                 Setting("monteclora_scaler", 1e-4, "float", "scale of the noise, default 1e-4"),
-                Setting("monteclora_kl", 1e-5, "float", "weight of the KL term in monteclora_loss, default 1e-5"),
+                Setting("monteclora_kl", 1e-5, "float",
+                        "weight of the KL term in monteclora_loss, default 1e-5"),
                 Setting("monteclora_entropy", False, "bool", "add the mixture weights' entropy term"),
                 Setting("monteclora_buffer", 150, "int", "noise samples drawn at a time, default 150"))
     flag_attribute = True
     peft_off = {"monteclora_config": None}
-    peft_tensor_names = {f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
-                         for n in ("std_prior", "expert_weights_prior", "gaussian_var_prior", "expert_weights")}
+    peft_tensor_names = {f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}" for n in
+                         ("std_prior", "expert_weights_prior", "gaussian_var_prior", "expert_weights")}
 
     def __init__(self, rslora: bool = False, init: str = "kaiming", monteclora_samples: int = 8,
                  monteclora_prior: float = 0.1, monteclora_scaler: float = 1e-4, monteclora_kl: float = 1e-5,

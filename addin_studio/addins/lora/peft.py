@@ -122,7 +122,8 @@ class LoraPeft(PeftMapping):
                     e.addin.lora_A.reshape(r, e.module.in_channels, *e.module.kernel_size)
                 # [out, r] ([out, r/groups] on a grouped conv) with PEFT's 1x1 kernel dims
                 tensors[f"{path}.lora_B.weight"] = e.addin.lora_B.reshape(*e.addin.lora_B.shape, *ones)
-            tensors.update({f"{path}.{suffix}": t for suffix, t in e.addin.variant.peft_tensors(e.addin).items()})
+            extra = e.addin.variant.peft_tensors(e.addin)  # the variant's own (lora_B.bias, lora_diag, ...)
+            tensors.update({f"{path}.{suffix}": t for suffix, t in extra.items()})
             for flag, value in _variant(e.addin).items():
                 variants.setdefault(flag, set()).add(value)
             fan_in_fan_out |= kind == "conv1d"

@@ -207,7 +207,8 @@ class LoraVariant:
     # --- PEFT --------------------------------------------------------------------------------------
     def peft_fields(self) -> dict[str, Any]:
         """This LoRA's ``LoraConfig`` fields that PEFT holds once per adapter (hashable values)."""
-        fields = {"use_rslora": self.rslora, "init_lora_weights": True if self.init == "kaiming" else self.init}
+        init = True if self.init == "kaiming" else self.init
+        fields = {"use_rslora": self.rslora, "init_lora_weights": init}
         for cls in VARIANTS:
             fields.update(cls.peft_off)
         return fields

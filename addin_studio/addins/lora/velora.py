@@ -120,7 +120,8 @@ def check_linear_like(lora: LoRA, module: nn.Module, param: str | None, flag: st
 class VeloraVariant(PeftOrderVariant):
     """Plain LoRA whose ``A`` gets its gradient from a compressed input in training."""
 
-    switch = Setting("velora", False, "bool", "VeLoRA, ``lora/velora.py``: A's gradient from a compressed input")
+    switch = Setting("velora", False, "bool",
+                     "VeLoRA, ``lora/velora.py``: A's gradient from a compressed input")
     settings = (Setting("velora_groups", 64, "int", "sub-tokens each input is cut into, default 64"),
                 Setting("velora_init", "batch_average", "str",
                         "the projection: batch_average, batch_average_once or random"),
@@ -147,12 +148,14 @@ class VeloraVariant(PeftOrderVariant):
         lora.register_buffer("lora_velora_embed", v)
 
     def weight_method_problem(self, lora: LoRA) -> str | None:
-        return "velora=true acts on the LoRA branch in training, which adapt_weight does not have: use adapt_output"
+        return ("velora=true acts on the LoRA branch in training, which adapt_weight does not have: use "
+                "adapt_output")
 
     def project(self, lora: LoRA, x: torch.Tensor) -> torch.Tensor:
         if not (lora.training and torch.is_grad_enabled()):
             return F.linear(x, lora.lora_A)
-        if self.velora_init != "random" and not (self.velora_init == "batch_average_once" and self.velora_ready):
+        once_done = self.velora_init == "batch_average_once" and self.velora_ready
+        if self.velora_init != "random" and not once_done:
             v = batch_projection(x, self.velora_groups)
             lora.lora_velora_embed.copy_(v.to(lora.lora_velora_embed.dtype))
             self.velora_ready = True
@@ -160,8 +163,9 @@ class VeloraVariant(PeftOrderVariant):
                                       self.velora_scale)
 
     def peft_fields(self) -> dict[str, Any]:
-        return {**super().peft_fields(), "velora_config": (
-            ("init_type", self.velora_init), ("num_groups", self.velora_groups), ("scale", self.velora_scale))}
+        velora = (("init_type", self.velora_init), ("num_groups", self.velora_groups),
+                  ("scale", self.velora_scale))
+        return {**super().peft_fields(), "velora_config": velora}
 
     @classmethod
     def settings_from_peft(cls, config: Mapping[str, Any], source: str) -> dict[str, Any]:
