@@ -33,7 +33,7 @@ from .inits import INITS
 from .layout import (CONVS, HOOK_METHOD, WEIGHT_METHOD, check_lora_target, default_param, hook_problem,
                      matrix_layout)
 from .peft import LoraPeft
-from .variant import LISTENERS, LoraVariant, make_variant, variant_settings
+from .variant import LISTENERS, LoraVariant, exposed_names, make_variant, variant_settings
 
 
 @register_addin
@@ -124,17 +124,6 @@ class LoRA(AddinBase):
         self.variant.check_target(self, module, param)
         self.variant.init_factors(self, weight, h, w)
         self.variant.add_parameters(self, module, weight, w)
-
-    def __getattr__(self, name: str) -> Any:
-        """Parameters and submodules (``nn.Module``), then the variant's settings (``lora.dora``)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            variant = self.__dict__.get("variant")
-            exposed = variant.exposed() if variant is not None else {}
-            if name not in exposed:
-                raise
-            return exposed[name]
 
     @property
     def moves_base(self) -> bool:
@@ -298,8 +287,21 @@ def publish_settings(cls: type = LoRA) -> None:
     extra = [inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default,
                                annotation=s.annotation) for s in variant_settings()]
     init.__signature__ = inspect.Signature(core + extra)
+    for name in exposed_names():  # lora.dora, lora.init, lora.kasa_beta, ... as before the variants split
+        if name not in cls.__dict__:
+            setattr(cls, name, _setting_reader(name))
     init.__doc__ = "Variant settings (one variant per LoRA; see ``addins/lora/variant.py``):\n\n" + \
         "\n".join(f"    {s.name}: {s.help}" for s in variant_settings())
+
+
+def _setting_reader(name: str) -> property:
+    def read(self: LoRA) -> Any:
+        exposed = self.variant.exposed()
+        if name not in exposed:
+            raise AttributeError(f"this LoRA's variant ({type(self.variant).__name__}) has no setting '{name}'")
+        return exposed[name]
+
+    return property(read, doc=f"The variant's ``{name}`` setting (read-only).")
 
 
 LISTENERS.append(publish_settings)

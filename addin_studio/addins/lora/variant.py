@@ -66,6 +66,14 @@ def variant_settings() -> list[Setting]:
     return out
 
 
+def exposed_names() -> list[str]:
+    """Every name ``lora.<name>`` may read from a variant (:meth:`LoraVariant.exposed`)."""
+    names = ["rslora", "init"]
+    for cls in VARIANTS:
+        names += ([cls.switch.name] if cls.flag_attribute and cls.switch else []) + list(cls.attributes)
+    return names
+
+
 class LoraVariant:
     """Plain LoRA: ``out + scaling * B(A(dropout(x)))``, the weight ``W + scaling * B @ A``.
 
