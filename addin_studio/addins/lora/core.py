@@ -298,7 +298,8 @@ def _setting_reader(name: str) -> property:
     def read(self: LoRA) -> Any:
         exposed = self.variant.exposed()
         if name not in exposed:
-            raise AttributeError(f"this LoRA's variant ({type(self.variant).__name__}) has no setting '{name}'")
+            raise AttributeError(f"this LoRA's variant ({type(self.variant).__name__}) has no setting "
+                                 f"'{name}'")
         return exposed[name]
 
     return property(read, doc=f"The variant's ``{name}`` setting (read-only).")
