@@ -1,12 +1,12 @@
 """Big-model start: build on the ``meta`` device, trace and attach there, then load the real weights.
 
-A model built on ``meta`` has shapes but no storage, so tracing it and attaching a config cost no
-memory. :func:`materialize` then gives every base parameter the tensor read from safetensors file(s),
-one tensor at a time, read straight into its own memory (no memory map, no empty copy), so peak memory stays near one copy of the
-weights, and re-attaches the config: the add-ins are built again by their own factories on the real
+A model built on ``meta`` has shapes but no storage, so tracing it and attaching a config cost no memory.
+:func:`materialize` then gives every base parameter the tensor read from safetensors file(s), one tensor at a
+time, read straight into its own memory (no memory map, no empty copy), so peak memory stays near one copy of
+the weights, and re-attaches the config: the add-ins are built again by their own factories on the real
 layers, exactly as a normal :func:`~addin_studio.attach` builds them (LoRA ``B`` zeros, ``A``
-Kaiming-uniform). Add-ins built on ``meta`` have no values to keep, so re-building them is the only
-correct initialisation. See docs/scaling.md.
+Kaiming-uniform). Add-ins built on ``meta`` have no values to keep, so re-building them is the only correct
+initialisation. See docs/scaling.md.
 """
 from __future__ import annotations
 

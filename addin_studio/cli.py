@@ -372,8 +372,8 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
     print(studio.trainable_table(model).splitlines()[-1])
     try:
         trainer = Trainer(model, train, val, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                          scheduler=args.scheduler, max_steps=args.max_steps, amp=args.amp, device=args.device,
-                          seed=args.seed, progress=not args.no_progress, attachment=att,
+                          scheduler=args.scheduler, max_steps=args.max_steps, amp=args.amp,
+                          device=args.device, seed=args.seed, progress=not args.no_progress, attachment=att,
                           checkpoint_dir=(out / "checkpoints") if out else None, strategy=args.strategy)
     except ValueError as exc:
         parser.error(str(exc))
@@ -392,7 +392,8 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
             save_adapters(att, adapters)
         files = [adapters, plot_loss(history, out / "loss.png")]
         files.append(write_report(out / "report.html", title=f"Addin Studio: {title}", config=att.config,
-                                  graph=att.graph, loss_png=files[1], parameters=studio.trainable_table(model),
+                                  graph=att.graph, loss_png=files[1],
+                                  parameters=studio.trainable_table(model),
                                   results={"Acc@1 (%)": result["acc1"], "Acc@5 (%)": result["acc5"],
                                            "Loss": result["loss"]}))
         for f in files:

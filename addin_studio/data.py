@@ -126,7 +126,8 @@ def digits_loaders(classes: Sequence[int] | None = None, *, batch_size: int = 64
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    x, y = load_digits(classes, image_size=image_size, channels=channels, transform=transform, relabel=relabel)
+    x, y = load_digits(classes, image_size=image_size, channels=channels, transform=transform,
+                       relabel=relabel)
     train, val = loaders_from_dataset(TensorDataset(x, y), val_fraction=val_fraction, batch_size=batch_size,
                                       seed=seed, labels=y)
     assert val is not None

@@ -83,7 +83,8 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
         "8x8 digits; nothing is downloaded)")
     base = DigitCNN(len(BASE_CLASSES))
     b_train, b_val = digits_loaders(BASE_CLASSES, batch_size=32, seed=seed)
-    pre = Trainer(base, b_train, b_val, epochs=base_epochs, lr=3e-3, seed=seed, progress=progress, device="cpu")
+    pre = Trainer(base, b_train, b_val, epochs=base_epochs, lr=3e-3, seed=seed, progress=progress,
+                  device="cpu")
     pre.fit()
     base_acc1 = pre.test()["acc1"]
     log(f"   base model on digits 0-4: Acc@1 {base_acc1:.2f}%")
@@ -128,7 +129,8 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
     if head_only is not None:
         results["Head only (Acc@1 %)"] = head_only["acc1"]
     results.update({"Add-ins + head (Acc@1 %)": after["acc1"], "Add-ins + head (Acc@5 %)": after["acc5"],
-                    "Trainable / total parameters": f"{trainable:,} / {total:,} ({100 * trainable / total:.2f}%)",
+                    "Trainable / total parameters": f"{trainable:,} / {total:,} "
+                                                    f"({100 * trainable / total:.2f}%)",
                     "Time (s)": seconds})
     files["report"] = write_report(
         out / "report.html", title="Addin Studio demo", config=att.config, graph=att.graph,

@@ -49,7 +49,8 @@ def image_folder_classes(root: str | Path) -> list[str]:
     base = _train_root(root)
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in SPLITS)
     if len(classes) < 2:
-        raise ValueError(f"{base} needs at least two class folders (one per class), found {classes or 'none'}")
+        raise ValueError(f"{base} needs at least two class folders (one per class), found "
+                         f"{classes or 'none'}")
     return classes
 
 
@@ -77,8 +78,8 @@ def _image_folder(root: Path, transform: Callable | None, classes: list[str]) ->
 
 
 def image_folder_loaders(root: str | Path, *, train_transform: Callable | None = None,
-                         val_transform: Callable | None = None, batch_size: int = 32, val_fraction: float = 0.2,
-                         seed: int = 0, num_workers: int = 0) -> ImageFolderData:
+                         val_transform: Callable | None = None, batch_size: int = 32,
+                         val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> ImageFolderData:
     """Training and validation loaders over an image folder (layouts in the module docstring).
 
     ``train_transform``/``val_transform`` turn a PIL image into a tensor — e.g.
@@ -91,7 +92,8 @@ def image_folder_loaders(root: str | Path, *, train_transform: Callable | None =
     if (root / "val").is_dir():
         val_set: Dataset | None = _image_folder(root / "val", val_transform, classes)
     else:  # a seeded, stratified split; the held-out images get the evaluation transform
-        train_idx, val_idx = split_indices(len(train_set), val_fraction, seed, torch.tensor(train_set.targets))
+        train_idx, val_idx = split_indices(len(train_set), val_fraction, seed,
+                                           torch.tensor(train_set.targets))
         held_out = copy.copy(train_set)  # the same file list, read with the other transform
         held_out.transform = val_transform
         held_out.transforms = StandardTransform(val_transform, held_out.target_transform)

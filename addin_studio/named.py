@@ -238,8 +238,8 @@ class NamedAdapters:
         moving = [key for key, _, a in att.entries if getattr(a, "moves_base", False)]
         if moving:
             raise ValueError(f"'{moving[0]}' moves part of the base weight into the adapter "
-                             f"(init=pissa/olora or kasa=true), so it cannot be switched off and on: attach it "
-                             f"alone with studio.attach")
+                             "(init=pissa/olora or kasa=true), so it cannot be switched off and on: attach "
+                             f"it alone with studio.attach")
         return objects
 
     def _back_to(self, previous: str | None) -> None:

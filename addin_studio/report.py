@@ -48,7 +48,8 @@ def write_report(path: str | Path, *, title: str, config: Any, graph: Any = None
                        for k, v in results.items())
         body.append(f"<h2>Results</h2><table>{rows}</table>")
     if parameters:
-        body.append('<h2>Trainable parameters</h2><pre data-role="params">' + html.escape(parameters) + "</pre>")
+        body.append('<h2>Trainable parameters</h2><pre data-role="params">' + html.escape(parameters)
+                    + "</pre>")
     if loss_png is not None:
         data = base64.b64encode(Path(loss_png).read_bytes()).decode("ascii")
         body.append(f'<h2>Loss</h2><img data-role="loss-plot" alt="training loss" '

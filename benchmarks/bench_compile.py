@@ -93,7 +93,8 @@ def run(quick: bool = False) -> list[Row]:
     step(train_e, opts["eager"])  # keep the two copies in step
     train = interleave({"eager": lambda: step(train_e, opts["eager"]),
                         "compiled": lambda: step(compiled_train, opts["compiled"])}, n=n, warmup=1)
-    param_diff = max(float((a - b).detach().abs().max()) for a, b in zip(train_e.parameters(), train_c.parameters()))
+    param_diff = max(float((a - b).detach().abs().max())
+                     for a, b in zip(train_e.parameters(), train_c.parameters()))
     dynamo.reset()
 
     return [

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 
-from .common import (Row, describe, interleave, lora_config, paired_ratio, print_rows, setup_torch, train_step,
-                     vit_train_batch)
+from .common import (Row, describe, interleave, lora_config, paired_ratio, print_rows, setup_torch,
+                     train_step, vit_train_batch)
 
 SOURCE = "benchmarks/bench_headonly.py"
 

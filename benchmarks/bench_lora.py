@@ -28,7 +28,6 @@ def run(quick: bool = False) -> list[Row]:
     setup_torch()
     n = 2 if quick else 9
     plain, x, y = vit_train_batch(quick)
-    batch = x.shape[0]
 
     ours = copy.deepcopy(plain).train()
     att = studio.attach(ours, lora_config(ours))

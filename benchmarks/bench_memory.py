@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from .common import (LORA_STRING, Row, median, peak_rss_mb, peft_lora, print_rows, rss_mb, run_json_subprocess,
-                     setup_torch, vit)
+from .common import (LORA_STRING, Row, median, peak_rss_mb, peft_lora, print_rows, rss_mb,
+                     run_json_subprocess, setup_torch, vit)
 
 SOURCE = "benchmarks/bench_memory.py"
 ARMS = ("ours", "peft")
@@ -71,10 +71,12 @@ def run(quick: bool = False) -> list[Row]:
     batch = 2 if quick else 8
     what = f"vit_small, batch {batch}, {int(med['ours']['trainable']):,} trainable, fresh process per arm"
     return [
-        Row("peak RSS of a LoRA train step: ours / PEFT", med["ours"]["peak_mb"] / med["peft"]["peak_mb"], 1.00,
+        Row("peak RSS of a LoRA train step: ours / PEFT", med["ours"]["peak_mb"] / med["peft"]["peak_mb"],
+            1.00,
             detail=f"{what}; ours {med['ours']['peak_mb']:.0f} MB, PEFT {med['peft']['peak_mb']:.0f} MB "
                    f"(median of {reps})", source=SOURCE),
-        Row("RSS growth during the train step: ours / PEFT", med["ours"]["step_mb"] / med["peft"]["step_mb"], None,
+        Row("RSS growth during the train step: ours / PEFT", med["ours"]["step_mb"] / med["peft"]["step_mb"],
+            None,
             detail=f"peak minus RSS before the first step: ours {med['ours']['step_mb']:.0f} MB, "
                    f"PEFT {med['peft']['step_mb']:.0f} MB", source=SOURCE),
     ]

@@ -68,7 +68,8 @@ def run(quick: bool = False) -> list[Row]:
     times = interleave({"widget": widget, "trainer": bare}, n=n, warmup=1)
     for w in widgets:
         w.close()
-    return [Row("training from the widget / bare Trainer (Python side)", paired_ratio(times, "widget", "trainer"),
+    return [Row("training from the widget / bare Trainer (Python side)",
+                paired_ratio(times, "widget", "trainer"),
                 1.05, detail=f"tutorial MLP on digits, {epochs} epochs x {len(train)} steps; "
                              + describe(times), source=SOURCE)]
 

@@ -34,7 +34,8 @@ BENCHMARKS = ("lora", "headonly", "hooks", "memory", "trace", "scaling", "compil
 # Rows each of our benchmarks must produce (the smoke test checks that all are in the table).
 EXPECTED_ROWS = {
     "headonly": ["train step: head-only / frozen floor (info)", "train step: head-only / ours LoRA (info)"],
-    "hooks": ["eval forward: identity {inout} on every block / plain", "eval forward: unmerged LoRA ours / PEFT"],
+    "hooks": ["eval forward: identity {inout} on every block / plain",
+              "eval forward: unmerged LoRA ours / PEFT"],
     "memory": ["peak RSS of a LoRA train step: ours / PEFT", "RSS growth during the train step: ours / PEFT"],
     "trace": ["trace on meta: ViT-22B config (time)", "trace on meta: RSS growth (no weights allocated)",
               "trace vit_base: ours / torchinfo summary"],

@@ -7,7 +7,8 @@ same in both cases, so the saved add-ins must agree.
 Usage: python tests/ddp_worker.py OUT_DIR [--manual] [--fact]
 
 By default the Trainer does the distributed set-up itself (DDP, sampler epochs, rank-0 checkpoints);
-``--manual`` adds ``SamplerEpoch`` and (when distributed) wraps the model with ``distributed.wrap_model`` by hand.
+``--manual`` adds ``SamplerEpoch`` and (when distributed) wraps the model with ``distributed.wrap_model`` by
+hand.
 """
 from __future__ import annotations
 

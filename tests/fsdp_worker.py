@@ -25,7 +25,8 @@ GLOBAL_BATCH = 8
 SAMPLES = 32
 EPOCHS = 2
 CONFIG = ("(LoRA.adapt_output, r=4, alpha=8): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
-          "(Adapter.adapt_across_output, bottleneck=8): ...->(blocks[0].norm2){in1}->...->(blocks[1].mlp){out1}->...\n"
+          "(Adapter.adapt_across_output, bottleneck=8): "
+          "...->(blocks[0].norm2){in1}->...->(blocks[1].mlp){out1}->...\n"
           "trainable(head)")
 
 
@@ -34,7 +35,8 @@ def main(out: Path) -> None:
     D.init_distributed(backend="gloo")
     world = D.get_world_size()
     g = torch.Generator().manual_seed(123)
-    data = TensorDataset(torch.randn(SAMPLES, 3, 16, 16, generator=g), torch.randint(0, 4, (SAMPLES,), generator=g))
+    data = TensorDataset(torch.randn(SAMPLES, 3, 16, 16, generator=g),
+                         torch.randint(0, 4, (SAMPLES,), generator=g))
     sampler = DistributedSampler(data, num_replicas=world, rank=D.get_rank(), shuffle=True, seed=7)
     loader = DataLoader(data, batch_size=GLOBAL_BATCH // world, sampler=sampler)
 

@@ -32,7 +32,8 @@ PEFT_BUFFERS = {"lora_velora_embed": "lora_velora_embed",
                 **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
                    for n in ("gaussian_var_prior", "expert_weights")}}
 # our tensors that start random (unless the init is deterministic)
-RANDOM_INITS = ("lora_A", "lora_B", "lora_diag", "lora_monteclora.std_prior", "lora_monteclora.expert_weights_prior")
+RANDOM_INITS = ("lora_A", "lora_B", "lora_diag", "lora_monteclora.std_prior",
+                "lora_monteclora.expert_weights_prior")
 # inits that do not draw random numbers, so PEFT's and ours must agree before any copying
 DETERMINISTIC_INITS = ("pissa", "olora", "mica")
 
@@ -193,7 +194,8 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
              if getattr(a, "init", None) in DETERMINISTIC_INITS}
     for key, p in theirs.items():
         q = mine[key]
-        assert q.requires_grad == p.requires_grad, f"{key}: requires_grad {q.requires_grad}, PEFT's {p.requires_grad}"
+        assert q.requires_grad == p.requires_grad, \
+            f"{key}: requires_grad {q.requires_grad}, PEFT's {p.requires_grad}"
         if key[1] in RANDOM_INITS and key[0] not in fixed:
             continue  # random inits
         p_ours = _to_ours(key, p, q, layout)
@@ -233,8 +235,8 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
         residual = _state(model)
         att.merge()
         pm.base_model.merge_adapter()
-        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "").replace(".token_adapter", "")
-                    .replace(".modules_to_save.default", ""): v
+        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "")
+                    .replace(".token_adapter", "").replace(".modules_to_save.default", ""): v
                     for k, v in pm.state_dict().items() if "lora_" not in k and "original_module" not in k}
         for k, v in _state(model).items():
             torch.testing.assert_close(v, merged_p[k], rtol=rtol, atol=atol, msg=lambda m: f"merged {k}: {m}")

@@ -18,7 +18,8 @@ import addin_studio as studio
 timm = pytest.importorskip("timm")
 
 CONFIG = ("(LoRA.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
-          "(Adapter.adapt_across_output, bottleneck=8): ...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->...")
+          "(Adapter.adapt_across_output, bottleneck=8): "
+          "...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->...")
 
 
 def _vit():
@@ -81,7 +82,8 @@ def test_materialize_checks_everything_before_changing_anything(vit_file, tmp_pa
             studio.materialize(model, att, path, **kw)
         assert att.attached and {p.device.type for p in model.parameters()} == {"meta"}
 
-    fails({k: v for k, v in state.items() if k != "head.weight"}, "no tensor for 1 meta tensor.*'head.weight'")
+    fails({k: v for k, v in state.items() if k != "head.weight"},
+          "no tensor for 1 meta tensor.*'head.weight'")
     fails({**state, "head.weight": torch.zeros(3, 192)}, r"'head.weight' has shape \(3, 192\)")
     fails({**state, "extra": torch.zeros(1)}, "'extra' is not a meta tensor.*strict=False")
     with pytest.raises(FileNotFoundError):
@@ -106,7 +108,8 @@ def test_tied_weights_and_non_persistent_buffers(tmp_path):
         model = transformers.GPT2LMHeadModel(cfg)
     assert model.transformer.wte.weight.device.type == "meta"
     assert model.lm_head.weight is model.transformer.wte.weight
-    att = studio.attach(model, "(Adapter.adapt_output, bottleneck=4): ...->(transformer.h[0:2].mlp){inout1}->...",
+    att = studio.attach(model,
+                        "(Adapter.adapt_output, bottleneck=4): ...->(transformer.h[0:2].mlp){inout1}->...",
                         example_input={"input_ids": ids.to("meta")})
     studio.materialize(model, att, path)
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
@@ -202,8 +205,8 @@ def test_meta_start_peaks_near_one_copy_of_the_weights(tmp_path):
     del model
     runs = {}
     for how in ("meta", "eager"):
-        proc = subprocess.run([sys.executable, "-c", WORKER, str(path), how, str(small)], capture_output=True, text=True,
-                              timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        proc = subprocess.run([sys.executable, "-c", WORKER, str(path), how, str(small)], capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[how] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert runs["meta"]["sum"] == pytest.approx(runs["eager"]["sum"], rel=1e-6)  # same weights loaded

@@ -27,7 +27,8 @@ def pyproject() -> dict:
 
 def binder_lines() -> list[str]:
     text = (BINDER / "requirements.txt").read_text(encoding="utf-8")
-    return [line.split(" #")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [line.split(" #")[0].strip() for line in text.splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 def binder_requirements() -> dict[str, Requirement]:
@@ -52,7 +53,8 @@ def test_every_runtime_dependency_is_installed_on_binder() -> None:
     for dep in pyproject()["project"]["dependencies"]:
         want = Requirement(dep)
         name = canonicalize_name(want.name)
-        assert name in reqs, f"pyproject.toml needs {dep!r} but binder/requirements.txt does not install {want.name}"
+        assert name in reqs, \
+            f"pyproject.toml needs {dep!r} but binder/requirements.txt does not install {want.name}"
         have = reqs[name].specifier
         pinned = [s.version for s in have if s.operator == "=="]
         if pinned:  # a pin must satisfy pyproject's range
@@ -69,7 +71,8 @@ def test_binder_installs_nothing_pyproject_does_not_know() -> None:
     for extra in project.get("optional-dependencies", {}).values():
         known |= {canonicalize_name(Requirement(d).name) for d in extra}
     extra_on_binder = set(binder_requirements()) - known
-    assert not extra_on_binder, f"binder/requirements.txt installs {sorted(extra_on_binder)}, unknown to pyproject.toml"
+    assert not extra_on_binder, \
+        f"binder/requirements.txt installs {sorted(extra_on_binder)}, unknown to pyproject.toml"
 
 
 def test_binder_installs_the_package_itself() -> None:

@@ -23,11 +23,13 @@ def _error(capsys, argv):
     ([], "the following arguments are required"),
     (["fly"], "invalid choice: 'fly'"),
     (["train", "--config", "x"], "the following arguments are required: --model"),
-    (["train", "--model", "resnet18", "--config", "x"], "expected timm:NAME, torchvision:NAME or transformers"),
+    (["train", "--model", "resnet18", "--config", "x"],
+     "expected timm:NAME, torchvision:NAME or transformers"),
     (["train", "--model", "timm:resnet81", "--config", "x"], "unknown timm model 'resnet81'; did you mean"),
     (["train", "--model", "torchvision:resnet81", "--config", "x"], "unknown torchvision model 'resnet81'"),
     (["train", "--model", "timm:resnet18", "--config", "(Bad"], "--config is not a valid config string"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--epochs", "0"], "expected a number >= 1, got 0"),
+    (["train", "--model", "timm:resnet18", "--config", "x", "--epochs", "0"],
+     "expected a number >= 1, got 0"),
     (["train", "--model", "timm:resnet18", "--config", "x", "--lr", "abc"], "expected a number, got 'abc'"),
     (["train", "--model", "timm:resnet18", "--config", "x", "--data", "cifar"],
      "expected digits or imagefolder:DIR, got 'cifar'"),
@@ -35,7 +37,8 @@ def _error(capsys, argv):
      "--data imagefolder:/no/such: no such folder"),
     (["train", "--model", "timm:resnet18", "--config", ""], "--config places no add-in"),
     (["train", "--model", "timm:resnet18", "--config", "  \n "], "--config places no add-in"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--", "--port", "1"], "only 'lab' passes options"),
+    (["train", "--model", "timm:resnet18", "--config", "x", "--", "--port", "1"],
+     "only 'lab' passes options"),
     (["train", "--model", "timm:resnet18", "--config", "x", "--weights", "/no/such.pt"], "no such file"),
     (["eval", "--model", "timm:resnet18"], "one of the arguments --adapters --out is required"),
     (["eval", "--model", "timm:resnet18", "--adapters", "/no/such.safetensors"],
@@ -77,7 +80,8 @@ def test_lab_prints_its_command(tmp_path, capsys):
     nb.write_text("{}")
     assert main(["lab", "--notebook", str(nb), "--print-command"]) == 0
     root = ["--allow-root"] if os.geteuid() == 0 else []
-    assert capsys.readouterr().out.strip() == " ".join([sys.executable, "-m", "jupyter", "lab", str(nb)] + root)
+    lab_command = [sys.executable, "-m", "jupyter", "lab", str(nb)] + root
+    assert capsys.readouterr().out.strip() == " ".join(lab_command)
 
 
 def test_lab_runs_jupyter(monkeypatch, tmp_path):
@@ -168,8 +172,9 @@ def test_train_on_an_image_folder_from_pretrained_timm_weights(tmp_path, capsys,
     weights = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in published.state_dict().items()}, str(weights))
     code = main(["train", "--model", "timm:resnet18", "--pretrained", "--weights", str(weights),
-                 "--data", f"imagefolder:{root}", "--image-size", "32", "--batch-size", "4", "--max-steps", "2",
-                 "--no-progress", "--config", "(LoRA.adapt_output, r=2): ...->(layer4[1].conv2){inout}->..."])
+                 "--data", f"imagefolder:{root}", "--image-size", "32", "--batch-size", "4",
+                 "--max-steps", "2", "--no-progress",
+                 "--config", "(LoRA.adapt_output, r=2): ...->(layer4[1].conv2){inout}->..."])
     out = capsys.readouterr().out
     assert code == 0
     assert "Image folder" in out and "classes cat, dog, owl" in out

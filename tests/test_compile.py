@@ -1,11 +1,11 @@
 """torch.compile on attached models: same outputs and gradients as eager, no graph breaks from the engine.
 
-Findings (torch 2.14, CPU): the engine's hooks (picklable PreHook/PostHook objects running Cache/Run
-actions, ``inputs_cache`` written on the add-in module) are traced by dynamo into ONE graph with zero
-graph breaks, for in/out ("across"), inout, pre and post placements, user ``AddinBase`` add-ins, the
-built-in Identity and LoRA, on the tutorial MLP, a timm ViT and a Hugging Face BERT (tests/test_transformers.py).
-Graph breaks that remain come only from the user's own add-in code (``print``, ``.item()``,
-data-dependent Python control flow), as for any module.
+Findings (torch 2.14, CPU): the engine's hooks (picklable PreHook/PostHook objects running Cache/Run actions,
+``inputs_cache`` written on the add-in module) are traced by dynamo into ONE graph with zero graph breaks, for
+in/out ("across"), inout, pre and post placements, user ``AddinBase`` add-ins, the built-in Identity and LoRA,
+on the tutorial MLP, a timm ViT and a Hugging Face BERT (tests/test_transformers.py). Graph breaks that remain
+come only from the user's own add-in code (``print``, ``.item()``, data-dependent Python control flow), as for
+any module.
 
 Caveat: by default (``torch._dynamo.config.skip_nnmodule_hook_guards = True``) dynamo does not guard a hook
 dict that was empty when it compiled, so hooks ADDED after compiling (attach to an already compiled

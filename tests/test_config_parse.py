@@ -92,8 +92,9 @@ def test_several_entries_by_line_and_comma():
 
 
 def test_settings_and_trainable_are_part_of_the_string():
-    text = '(LoRA.adapt_output, r=8, alpha=16, dropout=0.1, bias=false, mode="a b"): ...->(qkv){inout1}->...\n' \
-           "trainable(head, blocks[0:2].norm1, *.bias)"
+    text = ('(LoRA.adapt_output, r=8, alpha=16, dropout=0.1, bias=false, mode="a b"): '
+            "...->(qkv){inout1}->...\n"
+            "trainable(head, blocks[0:2].norm1, *.bias)")
     cfg = parse(text)
     p = only(Config(cfg.placements))
     assert p.settings == {"r": 8, "alpha": 16, "dropout": 0.1, "bias": False, "mode": "a b"}

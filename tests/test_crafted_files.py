@@ -97,7 +97,8 @@ TENSOR_CASES = {
             ["'addins.LoRA_fc1.lora_B'", "non-finite"]),
     "inf base": (lambda t: {**t, "base.fc3.weight": t["base.fc3.weight"] + float("inf")},
                  ["'base.fc3.weight'", "non-finite"]),
-    "shape": (lambda t: {**t, "addins.LoRA_fc1.lora_A": torch.zeros(3, 64)}, ["'addins.LoRA_fc1.lora_A'", "shape"]),
+    "shape": (lambda t: {**t, "addins.LoRA_fc1.lora_A": torch.zeros(3, 64)},
+              ["'addins.LoRA_fc1.lora_A'", "shape"]),
     "base shape": (lambda t: {**t, "base.fc3.bias": torch.zeros(11)}, ["'base.fc3.bias'", "shape (11,)"]),
     "missing": (lambda t: {k: v for k, v in t.items() if not k.endswith("lora_B")}, ["LoRA_fc1", "expects"]),
 }
@@ -225,9 +226,11 @@ PEFT_FIELDS = {
     "alpha string": (lambda c: {**c, "lora_alpha": "16"}, ["'lora_alpha'", "finite number"]),
     "alpha infinite": (lambda c: {**c, "lora_alpha": float("inf")}, ["'lora_alpha'", "finite number"]),
     "dropout range": (lambda c: {**c, "lora_dropout": 1.5}, ["'lora_dropout'"]),
-    "modules_to_save string": (lambda c: {**c, "modules_to_save": "fc3"}, ["'modules_to_save'", "list of strings"]),
+    "modules_to_save string": (lambda c: {**c, "modules_to_save": "fc3"},
+                               ["'modules_to_save'", "list of strings"]),
     "rank_pattern list": (lambda c: {**c, "rank_pattern": []}, ["'rank_pattern'", "object"]),
-    "alpha_pattern value": (lambda c: {**c, "alpha_pattern": {"fc1": "x"}}, ["alpha_pattern", "finite number"]),
+    "alpha_pattern value": (lambda c: {**c, "alpha_pattern": {"fc1": "x"}},
+                            ["alpha_pattern", "finite number"]),
     "alpha_pattern bool": (lambda c: {**c, "alpha_pattern": {"fc1": True}}, ["alpha_pattern"]),
     "catastrophic key": (lambda c: {**c, "alpha_pattern": {"(.*.*.*.*.*.*.*.*.*.*.*.*)*x": 2}},
                          ["'alpha_pattern'", "uses '('"]),
@@ -249,7 +252,8 @@ PEFT_TENSORS = {
     "int lora_A": (lambda t: {**t, "base_model.model.fc1.lora_A.weight":
                               t["base_model.model.fc1.lora_A.weight"].long()}, ["lora_A", "torch.int64"]),
     "nan lora_B": (lambda t: {**t, "base_model.model.fc1.lora_B.weight":
-                              t["base_model.model.fc1.lora_B.weight"] * float("nan")}, ["lora_B", "non-finite"]),
+                              t["base_model.model.fc1.lora_B.weight"] * float("nan")},
+                   ["lora_B", "non-finite"]),
     "scalar lora_A": (lambda t: {**t, "base_model.model.fc1.lora_A.weight": torch.tensor(1.0)},
                       ["lora_A", "non-empty matrices"]),
     "complex saved": (lambda t: {**t, "base_model.model.fc3.modules_to_save.default.bias":

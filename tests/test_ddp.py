@@ -99,8 +99,8 @@ def _assert_same_training(out: Path) -> None:
     import addin_studio as studio
     from addin_studio.examples import MLPAddin, TutorialMLP
 
-    att = studio.load(TutorialMLP(64, 32, 10), out / "ddp" / "adapters.safetensors", addins={"MLPAddin": MLPAddin},
-                      example_input=torch.zeros(1, 64))
+    att = studio.load(TutorialMLP(64, 32, 10), out / "ddp" / "adapters.safetensors",
+                      addins={"MLPAddin": MLPAddin}, example_input=torch.zeros(1, 64))
     assert str(att.config) == meta_ddp["config"] and len(att.entries) == 2
 
 
@@ -120,8 +120,8 @@ def test_trainer_under_torchrun_trains_the_same_adapters_as_one_process(tmp_path
     _train_single_and_ddp(tmp_path)
     _assert_same_training(tmp_path)
     # the epoch loss is averaged over both ranks: the whole data set, as in one process
-    assert _history(tmp_path / "ddp")["train_loss"] == pytest.approx(_history(tmp_path / "single")["train_loss"],
-                                                                     rel=1e-6)
+    single_loss = _history(tmp_path / "single")["train_loss"]
+    assert _history(tmp_path / "ddp")["train_loss"] == pytest.approx(single_loss, rel=1e-6)
     assert (tmp_path / "ddp" / "checkpoints-rank0" / "best.safetensors").is_file()
     assert not (tmp_path / "ddp" / "checkpoints-rank1").exists()
 
@@ -251,5 +251,6 @@ def test_cli_train_under_torchrun(tmp_path):
     results = ACC_LINE.findall(proc.stdout)
     assert len(results) == 2 and results[0] == results[1]  # both ranks hold the same synchronized model
     assert proc.stdout.count("wrote ") == 3  # rank 0 only
-    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"adapters.safetensors", "loss.png", "report.html"}
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written >= {"adapters.safetensors", "loss.png", "report.html"}
     assert (tmp_path / "out" / "checkpoints" / "best.safetensors").is_file()

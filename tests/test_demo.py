@@ -27,7 +27,8 @@ def test_demo_end_to_end(tmp_path):
     assert str(studio.parse(DEMO_CONFIG)) == DEMO_CONFIG  # printed as written: canonical
     assert "\n" + DEMO_CONFIG + "\n" in text and "Trainable/total parameters:" in text
     assert f"Acc@1 {result.after['acc1']:.2f}%" in text
-    for key, name in (("adapters", "adapters.safetensors"), ("loss_plot", "loss.png"), ("report", "report.html")):
+    for key, name in (("adapters", "adapters.safetensors"), ("loss_plot", "loss.png"),
+                      ("report", "report.html")):
         assert result.files[key] == tmp_path / name and (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with safe_open(str(tmp_path / "adapters.safetensors"), "pt") as f:
@@ -72,8 +73,10 @@ def test_demo_adapter_is_the_residual_1x1_conv_bottleneck():
     torch.manual_seed(1)
     old_down = torch.nn.Conv2d(16, 8, 1)
     torch.manual_seed(1)
-    new = studio.get_addin("Adapter")(studio.PointInfo(model.conv1, "post", (4, 16, 8, 8), "conv1"), bottleneck=8)
-    assert torch.equal(new.down.weight, old_down.weight.flatten(1)) and torch.equal(new.down.bias, old_down.bias)
+    new = studio.get_addin("Adapter")(studio.PointInfo(model.conv1, "post", (4, 16, 8, 8), "conv1"),
+                                      bottleneck=8)
+    assert torch.equal(new.down.weight, old_down.weight.flatten(1))
+    assert torch.equal(new.down.bias, old_down.bias)
     att.detach()
 
 

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 import addin_studio as studio
 from addin_studio.checkpoint import collective
 
-from test_ddp import _load, _torchrun, needs_gloo, one_rank_group  # noqa: F401  (a fixture)
+# one_rank_group is a fixture: importing it makes it available to the tests here
+from test_ddp import _load, _torchrun, needs_gloo, one_rank_group  # noqa: F401
 
 pytest.importorskip("timm")
 peft = pytest.importorskip("peft")
@@ -105,7 +106,8 @@ def test_one_process_writes_and_full_tensors_copies_to_cpu(tmp_path):
         assert writes
 
 
-def test_save_trainable_names_the_models_own_parameters_under_ddp(one_rank_group, tmp_path):
+@pytest.mark.usefixtures("one_rank_group")
+def test_save_trainable_names_the_models_own_parameters_under_ddp(tmp_path):
     from addin_studio import distributed as D
     from addin_studio.train import save_trainable
 

@@ -58,7 +58,8 @@ def extract_blocks(text: str) -> list[Block]:
         i += 1
         while i < len(lines):
             close = _FENCE.match(lines[i])
-            if close and close["fence"][0] == fence[0] and len(close["fence"]) >= len(fence) and not close["info"]:
+            if (close and close["fence"][0] == fence[0] and len(close["fence"]) >= len(fence)
+                    and not close["info"]):
                 break
             body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
@@ -69,7 +70,8 @@ def extract_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def page_script(text: str, page: str, skip: dict[tuple[str, int], str] = SKIP_BLOCKS) -> tuple[str, list[Block]]:
+def page_script(text: str, page: str,
+                skip: dict[tuple[str, int], str] = SKIP_BLOCKS) -> tuple[str, list[Block]]:
     """The page's runnable blocks as one script whose line N is the page's line N, and those blocks."""
     lines = [""] * (len(text.splitlines()) + 1)
     run = [b for b in extract_blocks(text) if b.runs and (page, b.line) not in skip]
@@ -93,7 +95,8 @@ def run_page(page: Path, workdir: Path) -> None:
         pytest.skip(f"{page.name} has no python blocks to run")
     script = workdir / f"{page.name}.py"
     script.write_text(source, encoding="utf-8")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg",
+               OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     try:
         proc = subprocess.run([sys.executable, str(script)], cwd=workdir, env=env, capture_output=True,
@@ -105,7 +108,8 @@ def run_page(page: Path, workdir: Path) -> None:
         where = f"docs/{page.name}"
         if line is not None:
             block = max((b for b in blocks if b.line < line), key=lambda b: b.line, default=None)
-            where += f", line {line}" + (f" (the ```python block opened at line {block.line})" if block else "")
+            opened = f" (the ```python block opened at line {block.line})" if block else ""
+            where += f", line {line}" + opened
         pytest.fail(f"{where} failed:\n{proc.stderr[-4000:]}", pytrace=False)
 
 
@@ -141,7 +145,8 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 
     for obj in (studio.attach, studio.parse, studio.Trainer, studio.create_model):
         first = obj.__doc__.strip().splitlines()[0]
-        assert re.split(r"``|:\w+:`", first)[0].strip() in api, f"the API reference lacks {obj.__name__}'s docstring"
+        summary = re.split(r"``|:\w+:`", first)[0].strip()
+        assert summary in api, f"the API reference lacks {obj.__name__}'s docstring"
 
 
 def test_every_page_is_in_the_nav() -> None:
@@ -215,4 +220,5 @@ def test_hook_drops_the_no_run_marker() -> None:
     spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "tools" / "mkdocs_hooks.py")
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
-    assert hooks.on_page_markdown("a\n  ```python no-run\nx\n  ```\n``` text\n") == "a\n  ```python\nx\n  ```\n``` text\n"
+    assert (hooks.on_page_markdown("a\n  ```python no-run\nx\n  ```\n``` text\n")
+            == "a\n  ```python\nx\n  ```\n``` text\n")

@@ -199,7 +199,8 @@ def test_wrong_places_are_config_errors_and_leave_the_model_untouched():
         studio.attach(model, "(FacT_tk.adapt_output): ...->(blocks[0].norm1){inout1}->...", example_input=x)
     with pytest.raises(ConfigError, match="FacT_tt has no method 'adapt_input'"):
         studio.attach(model, "(FacT_tt.adapt_input): ...->{inout1}(blocks[0].mlp.fc1)->...", example_input=x)
-    with pytest.raises(ConfigError, match="dropout acts inside the FacT branch, which adapt_weight does not run"):
+    with pytest.raises(ConfigError,
+                       match="dropout acts inside the FacT branch, which adapt_weight does not run"):
         studio.attach(model, "(FacT_tt.adapt_weight): ...->(blocks[0].mlp.fc1){inout1}->...", example_input=x)
     _assert_same(model, snap)
 
@@ -345,8 +346,9 @@ def test_ddp_trains_shared_factors_as_one_process(tmp_path):
     initial, _ = _load(tmp_path / "single" / "initial.safetensors")
     single, meta = _load(tmp_path / "single" / "adapters.safetensors")
     ddp, _ = _load(tmp_path / "ddp" / "adapters.safetensors")
-    assert sorted(single) == sorted(ddp) == ["addins.FacT_tk_fc1.c", "addins.FacT_tk_fc1.p", "addins.FacT_tk_fc1.u",
-                                             "addins.FacT_tk_fc1.v", "addins.FacT_tk_fc2.p"]
+    assert sorted(single) == sorted(ddp) == ["addins.FacT_tk_fc1.c", "addins.FacT_tk_fc1.p",
+                                             "addins.FacT_tk_fc1.u", "addins.FacT_tk_fc1.v",
+                                             "addins.FacT_tk_fc2.p"]
     assert json.loads(meta["shared"]) == {f"addins.FacT_tk_fc2.{n}": f"addins.FacT_tk_fc1.{n}" for n in "uvc"}
     assert min(float((single[k] - initial[k]).abs().max()) for k in single) > 1e-3  # all of them trained
     for k in single:
@@ -375,7 +377,8 @@ def test_strategy_puts_fact_on_the_weight_of_a_qkv_its_parent_reads(name):
     with pytest.raises(ConfigError, match="never runs as a module"):  # without a trace: the output hook
         studio.attach(model, studio.strategies.fact(model, r=2), example_input=x)
     cfg = studio.strategies.fact(model, r=2, example_input=x)
-    methods = {p.target.module.rsplit(".", 1)[-1]: (p.method, p.settings.get("dropout")) for p in cfg.placements}
+    methods = {p.target.module.rsplit(".", 1)[-1]: (p.method, p.settings.get("dropout"))
+               for p in cfg.placements}
     assert methods["qkv"] == ("adapt_weight", 0.0) and methods["fc2"] == ("adapt_output", None)
     before = model.forward_features(x)  # (the random head's outputs are ~1e-3: compare features)
     with studio.attach(model, cfg, example_input=x) as att:

@@ -55,7 +55,8 @@ def test_two_rank_fsdp_trains_the_same_adapters_as_one_process(tmp_path):
     # the gathered checkpoint re-attaches to a single-process model, and merge works there
     torch.manual_seed(0)
     model = _vit()
-    att = studio.load(model, tmp_path / "fsdp" / "adapters.safetensors", example_input=torch.zeros(1, 3, 16, 16))
+    att = studio.load(model, tmp_path / "fsdp" / "adapters.safetensors",
+                      example_input=torch.zeros(1, 3, 16, 16))
     state = {f"addins.{k}": v for k, v in att.addins.state_dict().items()}
     for k, v in b.items():
         got = state[k] if k.startswith("addins.") else dict(model.named_parameters())[k[len("base."):]]
@@ -73,7 +74,8 @@ def test_cli_train_with_fsdp_under_torchrun(tmp_path):
     proc = _torchrun(
         "-m", "addin_studio.cli", "train", "--model", "timm:vit_tiny_patch16_224", "--image-size", "16",
         "--config", "(LoRA.adapt_output, r=2): ...->(blocks[0:2].attn.qkv){inout1}->...", "--max-steps", "2",
-        "--batch-size", "8", "--no-progress", "--strategy", "fsdp", "--out", str(tmp_path / "out"), timeout=300)
+        "--batch-size", "8", "--no-progress", "--strategy", "fsdp", "--out", str(tmp_path / "out"),
+        timeout=300)
     # the ranks' unbuffered prints may share a line: find each result, not each line
     results = ACC_LINE.findall(proc.stdout)
     assert len(results) == 2 and results[0] == results[1]
@@ -95,7 +97,8 @@ def test_repeated_blocks_finds_the_transformer_layers():
     assert fsdp.repeated_blocks(bert) == ["encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2))
     assert fsdp.repeated_blocks(gpt2) == ["h.0", "h.1"]
-    mixed = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+    mixed = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2),
+                          nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
     assert fsdp.repeated_blocks(mixed) == []  # children of different classes: no repeated blocks
 
 

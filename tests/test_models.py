@@ -71,8 +71,8 @@ def test_transformers_pretrained_from_a_saved_folder(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_labels=7)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=7)
     published = ViTForImageClassification(config)
     published.save_pretrained(tmp_path / "vit")
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4] * 3,

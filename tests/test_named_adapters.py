@@ -10,7 +10,8 @@ from torch import nn
 import addin_studio as studio
 
 LORA_A = "(LoRA.adapt_output, r=2): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->..."
-LORA_B = "(LoRA.adapt_output, r=3, alpha=6, rslora=true): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->..."
+LORA_B = ("(LoRA.adapt_output, r=3, alpha=6, rslora=true): "
+          "...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->...")
 
 
 class Net(nn.Module):
@@ -229,8 +230,9 @@ def test_errors_are_clear_and_leave_model_and_adapters_untouched(net, tmp_path):
     y = model(x)
     state = _state(model)
     cases = [
-        (lambda: named.set_active("lora_b"), "no adapter named 'lora_b' (adapters: lora_a, ssf, dora, fc_only); "
-                                             "did you mean 'lora_a'?"),
+        (lambda: named.set_active("lora_b"),
+         "no adapter named 'lora_b' (adapters: lora_a, ssf, dora, fc_only); "
+         "did you mean 'lora_a'?"),
         (lambda: named.remove("zzz"), "no adapter named 'zzz'"),
         (lambda: named.add("lora_a", LORA_B), "there is already an adapter named 'lora_a'"),
         (lambda: named.add("a-b", LORA_B), "an adapter name must be an identifier"),

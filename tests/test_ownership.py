@@ -9,7 +9,8 @@ from torch import nn
 
 import addin_studio as studio
 
-CFG = "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n(Adapter.adapt_output, bottleneck=3): ...->(2){inout1}->..."
+CFG = ("(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n"
+       "(Adapter.adapt_output, bottleneck=3): ...->(2){inout1}->...")
 
 
 def _seq():

@@ -35,7 +35,8 @@ def _net() -> Net:
 
 X = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(3))
 TARGETS = ["conv", "lin0"]
-BIASES = {"all": ("conv.bias", "lin0.bias", "lin1.bias", "norm.bias"), "lora_only": ("conv.bias", "lin0.bias")}
+BIASES = {"all": ("conv.bias", "lin0.bias", "lin1.bias", "norm.bias"),
+          "lora_only": ("conv.bias", "lin0.bias")}
 
 
 def _peft_dir(tmp_path, bias: str):
@@ -61,9 +62,9 @@ def test_peft_biases_load_as_trained_base_biases_and_go_back(bias, tmp_path):
     with pytest.raises(ValueError) as info:  # a file replaces base weights only when asked
         studio.from_peft(model, tmp_path / "theirs")
     assert str(info.value) == (
-        f"{tmp_path / 'theirs' / 'adapter_model.safetensors'}: the adapter was trained with bias={bias!r} and "
-        f"holds {len(BIASES[bias])} trained base bias(es) (e.g. '{sorted(BIASES[bias])[0]}') that replace the "
-        f"model's own; pass base_biases=True to from_peft to load them")
+        f"{tmp_path / 'theirs' / 'adapter_model.safetensors'}: the adapter was trained with bias={bias!r} "
+        f"and holds {len(BIASES[bias])} trained base bias(es) (e.g. '{sorted(BIASES[bias])[0]}') that "
+        f"replace the model's own; pass base_biases=True to from_peft to load them")
     assert not hasattr(model, "addins") and all(torch.equal(v, before[k]) for k, v in _state(model).items())
     att = studio.from_peft(model, tmp_path / "theirs", base_biases=True)
     assert att.config.trainable == BIASES[bias]
@@ -99,8 +100,8 @@ def _rewrite(directory, change) -> None:
      "tensor 'base_model.model.head.bias' is a bias (bias='all') of a layer this model does not have "
      "('head.bias')"),
     ("all", lambda t: t.update({"base_model.model.lin1.bias": torch.zeros(2, dtype=torch.int64)}),
-     "tensor 'base_model.model.lin1.bias' has dtype torch.int64; a floating-point tensor is needed (the model's "
-     "is torch.float32)"),
+     "tensor 'base_model.model.lin1.bias' has dtype torch.int64; a floating-point tensor is needed (the "
+     "model's is torch.float32)"),
     ("all", lambda t: t.update({"base_model.model.norm.bias": torch.full((4,), float("nan"))}),
      "tensor 'base_model.model.norm.bias' holds non-finite values (inf or nan)"),
     ("lora_only", lambda t: t.update({"base_model.model.lin0.base_layer.bias": torch.zeros(5)}),
@@ -119,14 +120,16 @@ def test_bias_field_values_are_checked(tmp_path):
     path = tmp_path / "adapter_config.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "bias": "some"}))
-    with pytest.raises(ValueError, match=r"adapter_config.json: field 'bias' must be 'none', 'all' or 'lora_only', "
-                                         r"got 'some'"):
+    with pytest.raises(ValueError,
+                       match=r"adapter_config.json: field 'bias' must be 'none', 'all' or 'lora_only', "
+                             r"got 'some'"):
         studio.from_peft(_net(), tmp_path)
     path.write_text(json.dumps({**config, "bias": 3}))
     with pytest.raises(ValueError, match=r"adapter_config.json: field 'bias' must be a str, got int 3"):
         studio.from_peft(_net(), tmp_path)
     path.write_text(json.dumps(config))  # bias="none": a stray bias tensor is no LoRA weight
     _rewrite(tmp_path, lambda t: t.update({"base_model.model.lin1.bias": torch.zeros(2)}))
-    with pytest.raises(ValueError, match="tensor 'base_model.model.lin1.bias' is neither LORA weights nor in a "
-                                         "module the config's modules_to_save lists"):
+    with pytest.raises(ValueError,
+                       match="tensor 'base_model.model.lin1.bias' is neither LORA weights nor in a "
+                             "module the config's modules_to_save lists"):
         studio.from_peft(_net(), tmp_path)

@@ -188,10 +188,13 @@ SUPPORTED = [
     ("Conv3d 2 LoRA with DoRA", "Conv3d", {"target_modules": ["conv3d", "lin0"], "use_dora": True}),
     ("Vanilla MLP 1 LoRA with lora_b bias", "MLP",
      {"target_modules": ["lin0", "lin1"], "lora_bias": True, "lora_alpha": 32}),
-    ("Conv2d 1 LoRA with lora_b bias", "Conv2d", {"target_modules": ["conv2d"], "lora_bias": True, "lora_alpha": 32}),
-    ("Conv3d 1 LoRA with lora_b bias", "Conv3d", {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32}),
+    ("Conv2d 1 LoRA with lora_b bias", "Conv2d",
+     {"target_modules": ["conv2d"], "lora_bias": True, "lora_alpha": 32}),
+    ("Conv3d 1 LoRA with lora_b bias", "Conv3d",
+     {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32}),
     ("MLP 1 using nn.Parameter LoRA", "MlpUsingParameters", {"target_parameters": ["lin0.weight"]}),
-    ("MLP 2 using nn.Parameter LoRA", "MLP", {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]}),
+    ("MLP 2 using nn.Parameter LoRA", "MLP",
+     {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]}),
     # trainable tokens (addins/trainable_tokens.py): a TrainableTokens add-in beside the LoRA
     ("Embedding + transformers Conv1D 1 LoRA trainable_tokens", "EmbConv1D",
      {"target_modules": ["conv1d"], "trainable_token_indices": {"emb": [0, 10]}}),
@@ -201,14 +204,18 @@ SUPPORTED = [
     ("Conv2d Groups LoRA with DoRA", "Conv2dGroups", {"target_modules": ["conv2d"], "use_dora": True}),
     ("Conv2d Groups2 LoRA with DoRA", "Conv2dGroups2", {"target_modules": ["conv2d"], "use_dora": True}),
     # the variants of addins/lora_kasa.py, lora_mica.py and lora_velora.py (also compared while training)
-    ("Vanilla MLP 1 LoRA with KaSA", "MLP", {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4}),
-    ("Vanilla MLP 1 LoRA with MiCA", "MLP", {"target_modules": ["lin0"], "init_lora_weights": "mica", "r": 4}),
+    ("Vanilla MLP 1 LoRA with KaSA", "MLP",
+     {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4}),
+    ("Vanilla MLP 1 LoRA with MiCA", "MLP",
+     {"target_modules": ["lin0"], "init_lora_weights": "mica", "r": 4}),
     ("Vanilla MLP 10 LoRA with VeLoRA random", "MLP",
      {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="random")}),
     ("Vanilla MLP 11 LoRA with VeLoRA batch_average", "MLP",
-     {"target_modules": ["lin0", "lin1"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")}),
+     {"target_modules": ["lin0", "lin1"],
+      "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")}),
     ("Vanilla MLP 12 LoRA with VeLoRA batch_average_once", "MLP",
-     {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")}),
+     {"target_modules": ["lin0"],
+      "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")}),
     # stochastic in training: compared there with PEFT's own pre-drawn noise (peft_compare.share_noise)
     ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
      {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)}),
@@ -236,11 +243,12 @@ def _ours(fields: dict):
         lines += [f"(LoRA.adapt_weight, r=8, alpha=8, param={p.rpartition('.')[2]}): "
                   f"...->({p.rpartition('.')[0]}){{inout1}}->..." for p in fields["target_parameters"]]
         return "\n".join(lines)
-    tokens = "".join(f'\n(TrainableTokens.adapt_weight, indices="{", ".join(map(str, v))}"): ...->({k}){{inout1}}->...'
+    tokens = "".join(f'\n(TrainableTokens.adapt_weight, indices="{", ".join(map(str, v))}"): '
+                     f'...->({k}){{inout1}}->...'
                      for k, v in fields.get("trainable_token_indices", {}).items())
     if tokens:
-        return lambda model: str(_ours({k: v for k, v in fields.items() if k != "trainable_token_indices"})(model)) \
-            + tokens
+        rest = {k: v for k, v in fields.items() if k != "trainable_token_indices"}
+        return lambda model: str(_ours(rest)(model)) + tokens
     targets = fields["target_modules"]
     kwargs = {"r": fields.get("r", 8), "alpha": fields.get("lora_alpha", 8),
               "dropout": fields.get("lora_dropout", 0.0), "trainable": fields.get("modules_to_save", ()),

@@ -44,8 +44,10 @@ def test_a_named_parameter_exports_as_target_parameters_with_the_common_rank(tmp
     with studio.attach(model, lines) as att:
         att.export_peft(tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert (config["target_modules"], config["target_parameters"], config["r"]) == (["1", "2"], ["0.weight"], 2)
+    assert (config["target_modules"], config["target_parameters"], config["r"]) == \
+        (["1", "2"], ["0.weight"], 2)
     with studio.attach(model, lines.replace("r=2, param", "r=4, param")) as att:
-        with pytest.raises(ValueError, match=r"'0': a LoRA on a named parameter goes to PEFT \(target_parameters\) "
-                                             r"with the adapter's common r=2 and alpha=2, not r=4, alpha=4"):
+        with pytest.raises(ValueError,
+                           match=r"'0': a LoRA on a named parameter goes to PEFT \(target_parameters\) "
+                                 r"with the adapter's common r=2 and alpha=2, not r=4, alpha=4"):
             att.export_peft(tmp_path / "mixed")

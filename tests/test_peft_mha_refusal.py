@@ -59,7 +59,8 @@ def _deltas(pm) -> tuple[torch.Tensor, torch.Tensor]:
     mha = pm.base_model.model.mha
     out_proj = mha.base_layer.out_proj
     d_in = (mha.lora_B["default"].weight @ mha.lora_A["default"].weight) * mha.scaling["default"]
-    d_out = (out_proj.lora_B["default"].weight @ out_proj.lora_A["default"].weight) * out_proj.scaling["default"]
+    d_out = ((out_proj.lora_B["default"].weight @ out_proj.lora_A["default"].weight)
+             * out_proj.scaling["default"])
     return d_in.detach(), d_out.detach()
 
 

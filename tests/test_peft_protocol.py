@@ -76,7 +76,9 @@ def test_a_custom_addin_exports_and_imports_through_its_own_mapping(tmp_path):
     assert torch.equal(tensors["base_model.model.0.toy_scale.weight"], torch.arange(1.0, 7.0))
 
     fresh = _net()
-    with pytest.raises(ValueError, match="only IA3, LoRA, PrefixTuning, TrainableTokens adapters can be imported; .* 'TOY_SCALE'"):
+    with pytest.raises(ValueError,
+                       match="only IA3, LoRA, PrefixTuning, TrainableTokens adapters can be imported; .* "
+                             "'TOY_SCALE'"):
         studio.from_peft(fresh, tmp_path)
     assert not hasattr(fresh, "addins")
     registry._REGISTRY["Scale"] = Scale
@@ -96,6 +98,8 @@ def test_mixing_peft_types_or_unmapped_addins_is_refused(tmp_path):
         with pytest.raises(ValueError, match="one peft_type; 'LoRA_2' is LORA, the others are TOY_SCALE"):
             att.export_peft(tmp_path)
     with studio.attach(model, "(Adapter.adapt_output): ...->(0){inout1}->...") as att:
-        with pytest.raises(ValueError, match="covers IA3, LoRA, PrefixTuning, TrainableTokens only; 'Adapter_0' is Adapter.adapt_output"):
+        with pytest.raises(ValueError,
+                           match="covers IA3, LoRA, PrefixTuning, TrainableTokens only; 'Adapter_0' is "
+                                 "Adapter.adapt_output"):
             att.export_peft(tmp_path)
     assert not list(tmp_path.iterdir())

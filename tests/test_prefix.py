@@ -172,7 +172,8 @@ def test_timm_attention_equals_a_hand_written_reference(norms, fused):
         with torch.no_grad():
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.5, 0.5)
-    att = studio.attach(vit, "(PrefixTuning.adapt_forward, num_tokens=4): ...->{inout1}(blocks[0:2].attn)->...",
+    att = studio.attach(vit,
+                        "(PrefixTuning.adapt_forward, num_tokens=4): ...->{inout1}(blocks[0:2].attn)->...",
                         example_input=x)
     assert len(att.addins) == 2
     attn = vit.blocks[0].attn
@@ -194,7 +195,8 @@ def test_timm_attention_equals_a_hand_written_reference(norms, fused):
 def test_prefix_trains_only_its_parameters_saves_loads_and_detaches_exactly(tmp_path, kind):
     if kind == "timm":
         model, x = _vit()
-        config = "(PrefixTuning.adapt_forward, num_tokens=2, projection=true): ...->{inout1}(blocks[0:2].attn)->..."
+        config = ("(PrefixTuning.adapt_forward, num_tokens=2, projection=true): "
+                  "...->{inout1}(blocks[0:2].attn)->...")
         run = model
     else:
         torch.manual_seed(0)
@@ -221,7 +223,8 @@ def test_prefix_trains_only_its_parameters_saves_loads_and_detaches_exactly(tmp_
     assert all(not torch.equal(p, added[n]) for n, p in att.addins.named_parameters())
     y1 = run(x).detach()
     pickled = pickle.loads(pickle.dumps(model))  # the forward method travels with the model
-    pickled_run = pickled if kind == "timm" else (lambda ids: pickled(input_ids=ids, attention_mask=MASK).logits)
+    pickled_run = pickled if kind == "timm" else (
+        lambda ids: pickled(input_ids=ids, attention_mask=MASK).logits)
     torch.testing.assert_close(pickled_run(x), y1, rtol=0, atol=0)
     att.save(tmp_path / "prefix.safetensors")
     att.detach()
@@ -268,8 +271,10 @@ def test_peft_import_refuses_a_model_that_does_not_fit(tmp_path):
 
 def test_timm_prefixes_have_no_peft_form(tmp_path):
     vit, x = _vit()
-    att = studio.attach(vit, "(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn)->...", example_input=x)
-    with pytest.raises(ValueError, match="PrefixTuning_blocks_0_attn' is on a Attention, which PEFT cannot hold"):
+    att = studio.attach(vit, "(PrefixTuning.adapt_forward): ...->{inout1}(blocks[0].attn)->...",
+                        example_input=x)
+    with pytest.raises(ValueError,
+                       match="PrefixTuning_blocks_0_attn' is on a Attention, which PEFT cannot hold"):
         att.export_peft(tmp_path / "out")
     att.detach()
 
@@ -374,9 +379,11 @@ def test_the_strategy_places_prefix_tuning_where_it_goes():
         assert studio.count_parameters(vit)[0] == 2 * 4 * 2 * 192 + 192 * 3 + 3
     gpt = _gpt2()
     assert str(studio.strategies.prefix_tuning(gpt, projection=True, hidden=16)) == \
-        "(PrefixTuning.adapt_forward, hidden=16, num_tokens=10, projection=true): ...->{inout1}(transformer)->..."
-    with pytest.raises(ValueError, match="Sequential has no module prefix tuning can go on: prefix tuning goes "
-                                         "on a transformers model's backbone"):
+        ("(PrefixTuning.adapt_forward, hidden=16, num_tokens=10, projection=true): "
+         "...->{inout1}(transformer)->...")
+    with pytest.raises(ValueError,
+                       match="Sequential has no module prefix tuning can go on: prefix tuning goes "
+                             "on a transformers model's backbone"):
         studio.strategies.prefix_tuning(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="below the model's root, and GPT2Model is one itself"):
         studio.strategies.prefix_tuning(gpt.transformer)
@@ -392,7 +399,8 @@ def test_gradient_checkpointing_is_refused_on_transformers_and_works_on_timm():
     model.eval()  # checkpointing is off outside training
     assert model(input_ids=TOKENS).logits.shape == (2, 5, 50)
     vit, x = _vit()
-    att = studio.attach(vit, "(PrefixTuning.adapt_forward, num_tokens=3): ...->{inout1}(blocks[0:2].attn)->...",
+    att = studio.attach(vit,
+                        "(PrefixTuning.adapt_forward, num_tokens=3): ...->{inout1}(blocks[0:2].attn)->...",
                         example_input=x)
     vit.train()
     vit(x).sum().backward()
@@ -405,8 +413,8 @@ def test_gradient_checkpointing_is_refused_on_transformers_and_works_on_timm():
 
 
 def test_peft_classifier_heads_come_as_modules_to_save_both_ways(tmp_path):
-    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=64, num_labels=3,
-                                     pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=64,
+                                     num_labels=3, pad_token_id=0, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     ours = transformers.GPT2ForSequenceClassification(config).eval()
     theirs = copy.deepcopy(ours)
@@ -429,5 +437,6 @@ def test_peft_classifier_heads_come_as_modules_to_save_both_ways(tmp_path):
     att.detach()
     fresh = copy.deepcopy(ours)
     back = from_peft(fresh, tmp_path / "ours", modules_to_save=True)
-    assert torch.equal(back.addins["PrefixTuning_transformer"].prefix.embedding.weight, written["prompt_embeddings"])
+    assert torch.equal(back.addins["PrefixTuning_transformer"].prefix.embedding.weight,
+                       written["prompt_embeddings"])
     assert torch.equal(fresh.score.weight, written["base_model.score.weight"])

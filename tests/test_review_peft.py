@@ -115,7 +115,8 @@ def test_saved_embedding_weight_that_differs_from_the_model_is_refused(tmp_path)
 
 def test_orthogonal_init_loads(tmp_path):
     # "orthogonal" initialises lora_A/B only (the base weights stay), so the file's tensors are the adapter
-    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, init_lora_weights="orthogonal"),
+    directory = _save(tiny,
+                      peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, init_lora_weights="orthogonal"),
                       tmp_path / "a")
     _round_trip(tiny, directory, tmp_path)
 
@@ -216,7 +217,8 @@ def test_export_of_a_target_parameter_whose_name_is_a_suffix_of_another_is_refus
     model = nested()
     model.fc, model.sub.fc = Matmul(), Matmul()
     att = studio.attach(model, "(LoRA.adapt_weight, r=2, param=weight): ...->(fc){inout1}->...")
-    with pytest.raises(ValueError, match=r"target_parameters \['fc.weight'\] would adapt 'sub.fc.weight' too"):
+    with pytest.raises(ValueError,
+                       match=r"target_parameters \['fc.weight'\] would adapt 'sub.fc.weight' too"):
         att.export_peft(tmp_path)
     assert not (tmp_path / WEIGHTS).exists()
 
@@ -230,7 +232,8 @@ def gpt2() -> nn.Module:
 
 def test_modules_to_save_names_a_nested_module_by_its_last_name(tmp_path):
     # PEFT's modules_to_save entries are suffixes: "embed_tokens" is Llama's "model.embed_tokens"
-    directory = _save(llama, peft.LoraConfig(target_modules=["q_proj"], r=4, modules_to_save=["embed_tokens"]),
+    directory = _save(llama,
+                      peft.LoraConfig(target_modules=["q_proj"], r=4, modules_to_save=["embed_tokens"]),
                       tmp_path / "a")
     want = _peft_out(llama, directory)
     _refused(llama, directory, "'embed_tokens'", "modules_to_save=True")
@@ -283,7 +286,8 @@ def test_bias_all_with_modules_to_save_loads(tmp_path):
 
 
 def test_prefix_tuning_fields_peft_fills_in_or_ignores(tmp_path):
-    directory = _save(llama, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), tmp_path / "a")
+    directory = _save(llama, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+                      tmp_path / "a")
     want = _peft_out(llama, directory)
     _edit_config(directory, num_transformer_submodules=None)  # PEFT fills in 1 for a decoder
     assert torch.equal(_peft_out(llama, directory), want)
@@ -298,7 +302,8 @@ def test_prefix_tuning_fields_peft_fills_in_or_ignores(tmp_path):
 @pytest.mark.parametrize("indices, needle", [([1, 1], "list token 1 twice"),
                                              ("1, 3", "must be a list of token numbers, got str")])
 def test_trainable_token_indices_peft_cannot_mean(tmp_path, indices, needle):
-    directory = _save(llama, peft.TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=[1, 3]),
+    directory = _save(llama,
+                      peft.TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=[1, 3]),
                       tmp_path / "a")
     _round_trip(llama, directory, tmp_path)
     _edit_config(directory, token_indices=indices)
@@ -319,7 +324,8 @@ def test_export_of_some_but_not_all_adapted_biases_is_refused_by_name(tmp_path):
     with studio.attach(model, lines + "\ntrainable(0.bias, 1.bias, 2.bias)") as att:
         att.export_peft(tmp_path / "all")  # every bias: bias="all"
     assert json.loads((tmp_path / "all" / CONFIG).read_text())["bias"] == "all"
-    with studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\ntrainable(0.bias, 2.bias)") as att:
+    with studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n"
+                              "trainable(0.bias, 2.bias)") as att:
         with pytest.raises(ValueError, match=r"the kept-trainable '2.bias' is neither"):
             att.export_peft(tmp_path / "mixed")
     assert not (tmp_path / "some").exists() and not (tmp_path / "mixed").exists()

@@ -2,7 +2,6 @@
 the best epoch's record and file agree, no orphaned temporary files, one fit per model at a time."""
 from __future__ import annotations
 
-import os
 import signal
 import threading
 

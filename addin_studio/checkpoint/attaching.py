@@ -1,4 +1,5 @@
-"""Re-attach from a file: attach, fill the add-ins and kept-trainable weights, or leave the model untouched."""
+"""Re-attach from a file: attach, fill the add-ins and kept-trainable weights, or leave the model
+untouched."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping

@@ -28,7 +28,8 @@ def base_params(model: nn.Module, skip: str | None = None) -> list[tuple[str, nn
 
 
 def root_class(model: nn.Module) -> str:
-    """The model's class name; FSDP2's ``fully_shard`` subclasses it as ``FSDP<Name>``, which is the same model."""
+    """The model's class name; FSDP2's ``fully_shard`` subclasses it as ``FSDP<Name>``, which is the same
+    model."""
     cls = type(model)
     if any(b.__name__ == "FSDPModule" for b in cls.__bases__):
         cls = next(b for b in cls.__bases__ if b.__name__ != "FSDPModule")

@@ -52,14 +52,16 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
         if own is None:
             raise ValueError(f"PEFT export covers {_covered()} only; '{key}' is {type(addin).__name__}."
                              f"{p.method}, which has no PEFT form")
-        groups.setdefault(own.peft_type, (own, []))[1].append(PeftEntry(key, p, addin, modules[p.target.module]))
+        entry = PeftEntry(key, p, addin, modules[p.target.module])
+        groups.setdefault(own.peft_type, (own, []))[1].append(entry)
     if not groups:
         raise ValueError("nothing to export: the attachment has no add-ins")
     mapping, entries = _host(groups)
     _check_peft_wraps(att, entries)
     weights, fields = mapping.export(entries)
     for guest, guest_entries in (g for t, g in groups.items() if t != mapping.peft_type):
-        more, more_fields = guest.export_joined(guest_entries, mapping.peft_type)  # type: ignore[attr-defined]
+        joined = guest.export_joined  # type: ignore[attr-defined]
+        more, more_fields = joined(guest_entries, mapping.peft_type)
         weights.update(more)
         fields.update(more_fields)
     lead = mapping.lead
@@ -96,7 +98,8 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
     if bias != "none":
         fields["bias"] = bias
     config = {"peft_type": mapping.peft_type, "task_type": mapping.task_type(att.model),
-              "base_model_name_or_path": None, "revision": None, "inference_mode": True, **fields, "modules_to_save": to_save or None}
+              "base_model_name_or_path": None, "revision": None, "inference_mode": True, **fields,
+              "modules_to_save": to_save or None}
     directory = Path(directory)
     tensors = full_tensors(tensors)  # whole CPU tensors; FSDP2 shards are all-gathered (every rank)
     with one_writer(att.model, directory) as writes:  # rank 0 of a process group writes
@@ -107,17 +110,18 @@ def export_peft(att: Attachment, directory: str | Path) -> None:
 
 def _check_peft_wraps(att: Attachment, entries: list[PeftEntry]) -> None:
     """Layers PEFT's LoRA cannot reproduce. Conv subclasses with their own forward (timm's Conv2dSame,
-    ScaledStdConv2d: ours adapts their weight). And PEFT applies a LoRA only when its wrapped layer is called (``target_parameters`` too): a layer
-    the traced forward never calls — its parent reads its weight (BEiT's, EVA-02's, Swin's ``qkv``), so
-    ours adapts it with ``adapt_weight`` — would compute without its update under PEFT. ValueError."""
+    ScaledStdConv2d: ours adapts their weight). And PEFT applies a LoRA only when its wrapped layer is called
+    (``target_parameters`` too): a layer the traced forward never calls — its parent reads its weight (BEiT's,
+    EVA-02's, Swin's ``qkv``), so ours adapts it with ``adapt_weight`` — would compute without its update
+    under PEFT. ValueError."""
     for e in entries:
         path = e.placement.target.module
         base = next((c for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(e.module, c)), None)
         if base is not None and type(e.module).forward is not base.forward:
-            raise ValueError(f"'{path}' is a {type(e.module).__name__}, a {base.__name__} with a forward of its "
-                             f"own (e.g. dynamic padding or standardized weights); PEFT's LoRA wraps it as a "
-                             f"plain {base.__name__}, so a PEFT adapter would not compute what this one does. "
-                             f"Keep this adapter in Addin Studio's format (att.save / studio.load)")
+            raise ValueError(f"'{path}' is a {type(e.module).__name__}, a {base.__name__} with a forward of "
+                             "its own (e.g. dynamic padding or standardized weights); PEFT's LoRA wraps it "
+                             f"as a plain {base.__name__}, so a PEFT adapter would not compute what this one "
+                             f"does. Keep this adapter in Addin Studio's format (att.save / studio.load)")
         if not att.graph.traced:
             continue
         if e.placement.method == "adapt_weight" and path in att.graph and att.graph[path].order is None \
@@ -128,7 +132,8 @@ def _check_peft_wraps(att: Attachment, entries: list[PeftEntry]) -> None:
                              f"Addin Studio's format (att.save / studio.load)")
 
 
-def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module]) -> None:
+def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor],
+                   modules: Mapping[str, nn.Module]) -> None:
     """PEFT reads a list ``target_modules`` / ``target_parameters`` as name suffixes (``["fc"]`` adapts
     ``sub.fc`` too). A module list that reaches other base modules becomes a regex PEFT matches against
     whole names; a parameter list has no such form, so that is a ValueError."""
@@ -171,18 +176,19 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     The ``peft_type`` picks the add-in whose PEFT form reads it (LORA: ``addins/lora_peft.py``, with its
     variants). PEFT ``modules_to_save`` replace base weights, so they load only
     when asked: ``modules_to_save=True`` loads those the config lists, a list of module names loads
-    exactly those (each must be listed in the config); the default refuses an adapter that has any.
-    Loaded ones stay trainable. The trained base biases of a ``bias="all"`` / ``"lora_only"`` adapter
+    exactly those (each must be listed in the config); the default refuses an adapter that has any. Loaded
+    ones stay trainable. The trained base biases of a ``bias="all"`` / ``"lora_only"`` adapter
     (``checkpoint/peft_bias.py``) replace base weights too: they load (and stay trainable) with
-    ``base_biases=True``; the default refuses such an adapter, naming a bias. Tensors must be floating point and finite
-    (``allow_nonfinite=True`` lifts the last rule). Every malformed config field is a ValueError naming the file and the field;
-    the model is untouched on any error.
+    ``base_biases=True``; the default refuses such an adapter, naming a bias. Tensors must be floating point
+    and finite (``allow_nonfinite=True`` lifts the last rule). Every malformed config field is a ValueError
+    naming the file and the field; the model is untouched on any error.
     """
     directory = Path(directory)
     config_path = directory / PEFT_CONFIG
     source = str(config_path)
     if not config_path.is_file():
-        named = sorted(p.parent.name for p in directory.glob(f"*/{PEFT_CONFIG}")) if directory.is_dir() else []
+        named = (sorted(p.parent.name for p in directory.glob(f"*/{PEFT_CONFIG}")) if directory.is_dir()
+                 else [])
         hint = f"; PEFT saves a named adapter in a folder of its name: {', '.join(named)}" if named else ""
         raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}{hint}")
     try:
@@ -199,8 +205,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     allowed = _allowed_saves(modules_to_save, listed, source)
     weights_path = directory / PEFT_WEIGHTS
     if not weights_path.is_file() and (directory / "adapter_model.bin").is_file():
-        raise ValueError(f"{directory} holds adapter_model.bin (a pickle), not {PEFT_WEIGHTS}; from_peft reads "
-                         f"safetensors only: save the adapter again with PEFT's save_pretrained("
+        raise ValueError(f"{directory} holds adapter_model.bin (a pickle), not {PEFT_WEIGHTS}; from_peft "
+                         f"reads safetensors only: save the adapter again with PEFT's save_pretrained("
                          f"safe_serialization=True)")
     bias = bias_mode(config, source)
     tensors, _ = files.read(weights_path)
@@ -317,9 +323,9 @@ def _saved_statistics(saved: dict[str, torch.Tensor], model: nn.Module, source: 
         if leaf in STAT_BUFFERS and has_running_stats(modules[owner]):
             stats[name] = t
         elif not torch.equal(t.to(buffers[name].dtype), buffers[name]):
-            raise ValueError(f"{source}: the adapter saves buffer '{name}' (modules_to_save) with other values "
-                             f"than the model's; from_peft loads running statistics of normalization layers "
-                             f"only")
+            raise ValueError(f"{source}: the adapter saves buffer '{name}' (modules_to_save) with other "
+                             "values than the model's; from_peft loads running statistics of normalization "
+                             f"layers only")
     return stats
 
 
@@ -342,9 +348,11 @@ def _same_base(name: str, t: torch.Tensor, model: nn.Module, params: dict[str, n
     targeted ``embed_tokens`` / ``lm_head``. False for other names; ValueError when loading it would
     change the base weight."""
     p = params.get(name)
-    layers = [getattr(model, get, lambda: None)() for get in ("get_input_embeddings", "get_output_embeddings")]
+    getters = ("get_input_embeddings", "get_output_embeddings")
+    layers = [getattr(model, get, lambda: None)() for get in getters]
     owner = name.rpartition(".")[0]
-    if p is None or not any(owner and layer is model.get_submodule(owner) for layer in layers if layer is not None):
+    if p is None or not any(owner and layer is model.get_submodule(owner)
+                            for layer in layers if layer is not None):
         return False
     if tuple(t.shape) == tuple(p.shape) and t.is_floating_point() == p.is_floating_point() and \
             torch.equal(t.to(device=p.device, dtype=p.dtype), p.detach()):
@@ -377,9 +385,10 @@ def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str)
 
 _FIELDS = {  # adapter_config.json fields we read, and their JSON types (None is always accepted)
     "peft_type": "str", "r": "int", "lora_alpha": "number", "lora_dropout": "number", "bias": "str",
-    "use_dora": "bool", "use_rslora": "bool", "lora_bias": "bool", "fan_in_fan_out": "bool", "modules_to_save": "list[str]",
-    "rank_pattern": "object", "alpha_pattern": "object", "target_modules": "str or list[str]",
-    "exclude_modules": "str or list[str]", "target_parameters": "list[str]",
+    "use_dora": "bool", "use_rslora": "bool", "lora_bias": "bool", "fan_in_fan_out": "bool",
+    "modules_to_save": "list[str]", "rank_pattern": "object", "alpha_pattern": "object",
+    "target_modules": "str or list[str]", "exclude_modules": "str or list[str]",
+    "target_parameters": "list[str]",
 }
 
 

@@ -1,4 +1,5 @@
-"""PEFT's ``bias`` field (``"none"``, ``"all"``, ``"lora_only"``): trained base biases in an adapter directory.
+"""PEFT's ``bias`` field (``"none"``, ``"all"``, ``"lora_only"``): trained base biases in an adapter
+directory.
 
 With ``bias="all"`` PEFT trains and saves every bias of the model, with ``"lora_only"`` the biases of the
 layers it adapts (saved as ``<layer>.base_layer.bias``). We load them as kept-trainable base biases (the
@@ -46,12 +47,12 @@ def read_biases(found: Mapping[str, torch.Tensor], mode: str, adapted: Iterable[
         name = base_name(peft_name)
         key = lead + peft_name
         if name not in params:
-            raise ValueError(f"{weights_path}: tensor '{key}' is a bias (bias={mode!r}) of a layer this model "
-                             f"does not have ('{name}')")
+            raise ValueError(f"{weights_path}: tensor '{key}' is a bias (bias={mode!r}) of a layer this "
+                             f"model does not have ('{name}')")
         layer = name.rpartition(".")[0]
         if mode != "all" and layer not in adapted:
-            raise ValueError(f"{weights_path}: tensor '{key}' is the bias of '{layer}', which the adapter does "
-                             f"not adapt; bias={mode!r} holds only the adapted layers' biases")
+            raise ValueError(f"{weights_path}: tensor '{key}' is the bias of '{layer}', which the adapter "
+                             f"does not adapt; bias={mode!r} holds only the adapted layers' biases")
         if name in out:
             raise ValueError(f"{weights_path}: the bias '{name}' is saved twice")
         check_tensor(t, params[name], key, weights_path, allow_nonfinite)
@@ -76,9 +77,9 @@ def export_biases(keep: set[str], adapted: Iterable[str], base: Mapping[str, tor
     elif loose == every:
         mode = "all"
     elif loose < of_adapted:
-        raise ValueError(f"PEFT's bias='lora_only' trains the bias of every adapted layer; the kept-trainable "
-                         f"biases leave out '{sorted(of_adapted - loose)[0]}' (keep all of them trainable, or "
-                         f"none)")
+        raise ValueError("PEFT's bias='lora_only' trains the bias of every adapted layer; the "
+                         f"kept-trainable biases leave out '{sorted(of_adapted - loose)[0]}' (keep all of "
+                         f"them trainable, or none)")
     else:
         sample = sorted(loose - every or loose - of_adapted)[0]
         raise ValueError(f"PEFT keeps base weights trainable as whole modules (modules_to_save) or as biases "

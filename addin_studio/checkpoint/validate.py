@@ -20,8 +20,8 @@ def json_field(meta: Mapping[str, str], field: str, source: str) -> Any:
 
 
 def expect(value: Any, kind: str, source: str, field: str) -> Any:
-    """Check a JSON value's type; ``kind`` is one of str, int, number, bool, list[str], str or list[str], object,
-    shape (a list of non-negative ints). Returns the value."""
+    """Check a JSON value's type; ``kind`` is one of str, int, number, bool, list[str], str or list[str],
+    object, shape (a list of non-negative ints). Returns the value."""
     ok = {
         "str": lambda v: isinstance(v, str),
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),

@@ -11,5 +11,5 @@ from .prefix import prefix_tuning
 from .ready import bitfit, full, head_only, lora, lora_all, lora_all_strategy
 
 __all__ = ["Claim", "ModuleCap", "ModuleInfo", "ParamCap", "ParamInfo", "Strategy", "bitfit", "fact", "full",
-           "head_only", "layernorm", "lora", "lora_all", "lora_all_strategy", "partial_k", "place", "placement",
-           "prefix_tuning"]
+           "head_only", "layernorm", "lora", "lora_all", "lora_all_strategy", "partial_k", "place",
+           "placement", "prefix_tuning"]

@@ -45,8 +45,9 @@ def fact(model: nn.Module, r: int = 8, kind: str = "tt", scale: float = 1.0, dro
     matches = _target_check(targets)
     paths = _by_role(path for path, m in model.named_modules() if isinstance(m, nn.Linear) and matches(path))
     if not paths:
-        raise ValueError(f"strategies.fact: targets {list(targets) if not isinstance(targets, str) else targets!r} "
-                         f"match no nn.Linear layer of {type(model).__name__}")
+        raise ValueError("strategies.fact: targets "
+                         f"{list(targets) if not isinstance(targets, str) else targets!r} match no nn.Linear "
+                         f"layer of {type(model).__name__}")
     settings: dict = {"r": r}
     if scale != 1.0:
         settings["scale"] = scale

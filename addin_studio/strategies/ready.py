@@ -107,7 +107,8 @@ def _target_check(targets: str | Sequence[str]):
         return lambda path: regex.fullmatch(path) is not None
     names = list(targets)
     if not names or not all(isinstance(t, str) and t for t in names):
-        raise ValueError(f"targets must be a regex string or a non-empty list of module names, got {targets!r}")
+        raise ValueError("targets must be a regex string or a non-empty list of module names, got "
+                         f"{targets!r}")
     return lambda path: any(path == t or path.endswith("." + t) for t in names)
 
 
@@ -124,9 +125,9 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
     trainable (e.g. ``["head"]``). A target that matches no such layer is a ValueError naming it.
 
     ``rank_pattern`` / ``alpha_pattern`` (PEFT's names and matching: the first key ``k`` matching
-    ``(.*\.)?(k)$``; the key subset of ``addins/peft_patterns.py``) give some layers another rank / alpha. Further keyword
-    arguments are LoRA settings for every layer: ``rslora=True``, ``dora=True``, ``bias=True``,
-    ``init="pissa"`` ...
+    ``(.*\.)?(k)$``; the key subset of ``addins/peft_patterns.py``) give some layers another rank / alpha.
+    Further keyword arguments are LoRA settings for every layer: ``rslora=True``, ``dora=True``,
+    ``bias=True``, ``init="pissa"`` ...
     """
     matches = _target_check(targets)
     base = {**_lora_settings(r, alpha, dropout), **variant}

@@ -35,7 +35,8 @@ def build_optimizer(spec: str | torch.optim.Optimizer | Callable[[list], torch.o
     if isinstance(spec, str):
         name = spec.lower()
         if name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=0.01 if weight_decay is None else weight_decay)
+            return torch.optim.AdamW(params, lr=lr,
+                                     weight_decay=0.01 if weight_decay is None else weight_decay)
         if name == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay or 0.0)
         if name == "sgd":
@@ -45,9 +46,11 @@ def build_optimizer(spec: str | torch.optim.Optimizer | Callable[[list], torch.o
     if callable(spec):
         opt = spec(params)
         if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"the optimizer factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+            raise TypeError(f"the optimizer factory returned {type(opt).__name__}, not a "
+                            "torch.optim.Optimizer")
         return opt
-    raise TypeError(f"optimizer must be a name, a torch.optim.Optimizer or a callable, got {type(spec).__name__}")
+    raise TypeError("optimizer must be a name, a torch.optim.Optimizer or a callable, got "
+                    f"{type(spec).__name__}")
 
 
 def build_scheduler(spec: Any, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,

@@ -79,7 +79,8 @@ def _resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | 
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
         return torch.bfloat16
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16}
     if amp not in names:
         raise ValueError(f"unknown amp {amp!r}; use False, True, 'bf16' or 'fp16'")
     dtype = names[amp]
@@ -111,9 +112,10 @@ class Trainer:
                  epochs: int = 1, lr: float = 1e-3, optimizer: Any = "adamw", scheduler: Any = "cosine",
                  callbacks: Sequence[Any] = (), *, weight_decay: float | None = None, momentum: float = 0.9,
                  warmup_steps: int = 0, step_size: int | None = None, gamma: float = 0.1,
-                 grad_clip: float | None = None, amp: bool | str = False, device: str | torch.device | None = None,
-                 seed: int | None = None, loss_fn: Callable | None = None, max_steps: int | None = None,
-                 attachment: Any = None, checkpoint_dir: str | Path | None = None, progress: bool = True,
+                 grad_clip: float | None = None, amp: bool | str = False,
+                 device: str | torch.device | None = None, seed: int | None = None,
+                 loss_fn: Callable | None = None, max_steps: int | None = None, attachment: Any = None,
+                 checkpoint_dir: str | Path | None = None, progress: bool = True,
                  strategy: str = "ddp") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -139,7 +141,8 @@ class Trainer:
         self.strategy = strategy
         self._sharded = self.distributed and strategy == "fsdp"
         if self._sharded and checkpoint_dir is not None and attachment is None:
-            raise ValueError("strategy='fsdp' writes adapter-only checkpoints: pass attachment= with checkpoint_dir=")
+            raise ValueError("strategy='fsdp' writes adapter-only checkpoints: pass attachment= with "
+                             "checkpoint_dir=")
         if device is None and self.distributed:
             device = dist_utils.device_for_rank()
         self.device = torch.device(device) if device is not None else torch.device(
@@ -263,8 +266,9 @@ class Trainer:
     def _forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, float32 loss, targets) of one batch, on the trainer's device."""
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            length = ' of length %d' % len(batch) if isinstance(batch, (tuple, list)) else ''
             raise TypeError("expected batches of (inputs, targets); got "
-                            f"{type(batch).__name__}{' of length %d' % len(batch) if isinstance(batch, (tuple, list)) else ''}")
+                            f"{type(batch).__name__}{length}")
         inputs, targets = batch
         if isinstance(inputs, list):  # a DataLoader collates a tuple of inputs into a list
             inputs = tuple(inputs)
