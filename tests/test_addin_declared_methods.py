@@ -75,7 +75,8 @@ def _hooks(model: nn.Module) -> int:
                for m in model.modules())
 
 
-@pytest.mark.parametrize("traced", [False, True], ids=["no_example", "example_input"])
+@pytest.mark.parametrize("traced", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["no_example", "example_input"])
 def test_every_attribute_name_is_refused_or_runs(traced):
     torch.manual_seed(0)
     model = Toy()

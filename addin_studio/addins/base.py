@@ -225,6 +225,14 @@ def is_hook_method(factory: Any, name: str) -> bool:
     return offers is None or name in offers
 
 
+def withheld(factory: Any, name: str) -> bool:
+    """Whether ``name`` is a hook method by name and form that the class's ``offers`` leaves out (an
+    inherited default it does not offer, e.g. ``VPT.adapt_output``): to a string, a method it has not."""
+    cls = factory if isinstance(factory, type) else type(factory)
+    offers = getattr(cls, "offers", None)
+    return offers is not None and name not in offers and _hook_like(cls, name)
+
+
 def signature_fits(method: Callable, side: str) -> bool:
     """Whether a bound method can be called at a point of ``side`` (pre: 2 args, post: 3).
 

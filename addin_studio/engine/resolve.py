@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..addins.base import (PointInfo, is_across_method, is_forward_method, is_hook_method, is_weight_method,
-                           methods_for, signature_fits)
+                           methods_for, signature_fits, withheld)
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
 from ..graph import ModuleGraph
@@ -428,6 +428,9 @@ def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
                         f"define a method taking {want}")
     valid = methods_for(addin, side)
     hint = f"methods that can run at a {side} point: {', '.join(valid) or 'none'}"
+    if withheld(addin, p.method):  # inherited, not offered (AddinBase's defaults on most built-ins)
+        raise loc.error(f"{p.addin} has no method '{p.method}' (it offers {', '.join(type(addin).offers)})",
+                        p, p.method, hint=hint)
     if p.method.startswith("_") or hasattr(nn.Module, p.method) or \
             getattr(addin, p.method, None) is not None:
         raise loc.error(f"{p.addin}.{p.method} is not a hook method: a string may name only the "
