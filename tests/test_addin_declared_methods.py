@@ -36,10 +36,12 @@ class Toy(nn.Module):
 TARGET = {"TrainableTokens": "emb", "PrefixTuning": "attn", "Convpass": "attn", "VPT": "fc1"}
 NEEDS_EXAMPLE = {"Convpass", "VPT"}  # sized from the traced token sequence
 SETTINGS = {"TrainableTokens": ', indices="0, 3"', "Convpass": ", bottleneck=4", "Adapter": ", bottleneck=4",
-            "AdaptFormer": ", bottleneck=4", "LoRA": ", r=2", "FacT_tt": ", r=2, dropout=0", "FacT_tk": ", r=2, dropout=0",
+            "AdaptFormer": ", bottleneck=4", "LoRA": ", r=2", "FacT_tt": ", r=2, dropout=0",
+            "FacT_tk": ", r=2, dropout=0",
             "VPT": ", num_tokens=2"}
 FORMS = {"post": "...->({t}){{inout1}}->...", "pre": "...->{{inout1}}({t})->...",
-         "across": "...->{{in1}}({t}){{out1}}->...", "across_pre": "...->{{in1}}({a})->...->{{out1}}({b})->..."}
+         "across": "...->{{in1}}({t}){{out1}}->...",
+         "across_pre": "...->{{in1}}({a})->...->{{out1}}({b})->..."}
 
 
 def _string(name: str, method: str, form: str) -> str:
@@ -125,3 +127,87 @@ def test_across_method_at_an_inout_point_is_refused_at_attach():
         assert caret_line.index("^") == 2 + text.index("adapt_across_output")
         assert _hooks(model) == 0
     assert torch.equal(model(IDS), reference)
+
+
+def test_offers_declares_the_methods_a_string_may_name():
+    from addin_studio.examples import MLPAddin
+
+    both = ["adapt_across_input", "adapt_across_output", "adapt_input", "adapt_output"]
+    assert MLPAddin.offers is None  # the tutorial's add-in, unchanged: all four of its methods
+    assert sorted(methods_for(MLPAddin, "pre") + methods_for(MLPAddin, "post")) == both
+    vpt = studio.get_addin("VPT")
+    assert vpt.offers == ("adapt_input",) and callable(vpt.adapt_output)  # inherited, not offered
+    assert methods_for(vpt, "post") == [] and methods_for(vpt, "pre") == ["adapt_input"]
+
+    class Narrow(AddinBase):
+        offers = ("adapt_output",)
+
+    assert methods_for(Narrow, "post") == ["adapt_output"] and methods_for(Narrow, "pre") == []
+
+    class Wider(Narrow):  # a subclass's own hook methods join what its parent offers
+        @studio.hook_method
+        def gate_output(self, module, inputs, outputs):
+            return outputs
+
+    assert Wider.offers == ("adapt_output", "gate_output")
+    assert methods_for(Wider, "post") == ["adapt_output", "gate_output"]
+
+
+@pytest.mark.parametrize("offers, words", [
+    (("adapt_outptu",), "offers names 'adapt_outptu', which is not a hook method of Bad"),
+    (("forward",), "offers names 'forward', which is not a hook method of Bad"),
+    (("_helper",), "offers names '_helper', which is not a hook method of Bad"),
+    ("adapt_output", "Bad.offers must be a tuple of method names, not 'adapt_output'"),
+])
+def test_offers_naming_no_hook_method_is_a_type_error_when_the_class_is_defined(offers, words):
+    with pytest.raises(TypeError) as err:
+        type("Bad", (AddinBase,), {"offers": offers, "_helper": lambda self, m, i, o: o})
+    assert words in str(err.value)
+
+
+def test_a_method_not_offered_reads_as_no_method_with_the_offered_ones():
+    model = Toy()
+    text = "(SSF.adapt_across_output): ...->{in1}(fc2){out1}->..."
+    with pytest.raises(studio.ConfigError) as err:
+        studio.attach(model, text)
+    assert err.value.message == ("SSF has no method 'adapt_across_output' "
+                                 "(it offers adapt_output, adapt_input)")
+    assert err.value.position == text.index("adapt_across_output")
+    assert _hooks(model) == 0
+
+
+class Bypass(AddinBase):
+    """A user add-in with an across method of its own name."""
+
+    def __init__(self, point):
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(()))
+
+    @studio.hook_method(across=True)
+    def bypass_output(self, module, inputs, outputs):
+        return outputs + self.g * self.inputs_cache
+
+
+def test_hook_method_across_goes_at_an_out_point_only():
+    model = Toy()
+    x = torch.randn(2, 8)
+    net = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    h = net[0](x)
+    expected = net[1](h) + h
+    with studio.attach(net, "(Bypass.bypass_output): ...->{in1}(1){out1}->...", addins={"Bypass": Bypass}):
+        assert torch.allclose(net(x), expected)
+    text = "(Bypass.bypass_output): ...->(1){inout1}->..."
+    with pytest.raises(studio.ConfigError) as err:
+        studio.attach(net, text, addins={"Bypass": Bypass})
+    assert "bypass_output reads the feature stored at an {in} point" in err.value.message
+    assert err.value.hint == ("use {in1}...{out1} to read one point's feature at another, or adapt_output "
+                              "at this {inout} point")  # AddinBase's, offered: Bypass declares no offers
+    assert not net[1]._forward_hooks and _hooks(model) == 0
+    text = "(Adapter.adapt_output): ...->{in1}(fc2){out1}->..."
+    with pytest.raises(studio.ConfigError) as err:
+        studio.attach(model, text)
+    assert err.value.message == ("(Adapter.adapt_output) from fc2:pre to fc2:post would drop the feature of "
+                                 "fc2:pre: adapt_output does not read across (only adapt_across_* and "
+                                 "@hook_method(across=True) methods do)")
+    assert err.value.hint == "use one of: adapt_across_output"
+    assert _hooks(model) == 0

@@ -36,7 +36,8 @@ def _covered() -> str:
 
 
 def export_peft(att: Attachment, directory: str | Path) -> None:
-    """Alias of ``att.export_peft(directory)``, kept for existing code: call :meth:`Attachment.export_peft`."""
+    """Alias of ``att.export_peft(directory)``, kept for existing code: call
+    :meth:`Attachment.export_peft`."""
     att.export_peft(directory)
 
 
