@@ -364,7 +364,7 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
          title: str) -> int:
     import addin_studio as studio
     from .distributed import init_distributed, is_main_process
-    from .train import Trainer, save_adapters
+    from .train import Trainer
 
     init_distributed()  # joins the process group when launched by torchrun; no-op otherwise
     model = att.model
@@ -381,15 +381,11 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
     result = trainer.test()
     _print_result(result)
     adapters = out / "adapters.safetensors" if out is not None else None
-    if adapters is not None and trainer.strategy == "fsdp" and trainer.distributed:
-        from .fsdp import save_adapters as save_sharded
-
-        save_sharded(att, adapters)  # gathers the shards: every rank takes part, rank 0 writes
+    if adapters is not None:  # every rank calls: rank 0 writes (an FSDP2 model's shards are gathered first)
+        att.save(adapters)
     if out is not None and is_main_process():  # under torchrun, rank 0 writes the files
         from .report import plot_loss, write_report
 
-        if not (trainer.strategy == "fsdp" and trainer.distributed):
-            save_adapters(att, adapters)
         files = [adapters, plot_loss(history, out / "loss.png")]
         files.append(write_report(out / "report.html", title=f"Addin Studio: {title}", config=att.config,
                                   graph=att.graph, loss_png=files[1],

@@ -72,7 +72,7 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
     import addin_studio as studio
     from .data import digits_loaders
     from .report import plot_loss, write_report
-    from .train import Trainer, save_adapters
+    from .train import Trainer
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -121,7 +121,8 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
     log(f"   after adapting:  Acc@1 {after['acc1']:.2f}%  Acc@5 {after['acc5']:.2f}%  "
         f"(best epoch {trainer.best_epoch}: {trainer.best_metric:.2f}%)")
 
-    files = {"adapters": save_adapters(att, out / "adapters.safetensors"),
+    att.save(out / "adapters.safetensors")
+    files = {"adapters": out / "adapters.safetensors",
              "loss_plot": plot_loss(history, out / "loss.png", title="Add-ins + head on all ten digits")}
     seconds = time.perf_counter() - start
     results = {"Base model, digits 0-4 (Acc@1 %)": base_acc1,

@@ -67,6 +67,9 @@ class Adapter(Bottleneck):
     ``bottleneck`` (width, default 64), ``act`` (relu, gelu, silu, tanh).
     """
 
+    # the across pair is AddinBase's: x + branch(the {in} feature)
+    offers = ("adapt_output", "adapt_input", "adapt_across_output", "adapt_across_input")
+
     def adapt_input(self, module: nn.Module, inputs: tuple) -> torch.Tensor:
         x = inputs[0]
         return x + self._branch(x, self.channel_first, self.channel_first)

@@ -21,8 +21,7 @@ class AdaptFormer(Bottleneck):
     ``up`` starts at zero, so the model is unchanged at attach.
     """
 
-    adapt_input = None  # type: ignore[assignment]
-    adapt_output = None  # type: ignore[assignment]
+    offers = ("adapt_across_output", "adapt_across_input")  # the methods a string may name
 
     def __init__(self, point: PointInfo, source_point: PointInfo | None = None, bottleneck: int = 64,
                  scale: float = 0.1, act: str = "relu") -> None:

@@ -47,10 +47,36 @@ class AddinBase(nn.Module):
     - ``adapt_across_input`` / ``adapt_across_output``: the same, at an ``{out}`` point, adding
       ``forward(self.inputs_cache)`` — the feature stored at the matching ``{in}`` point.
 
+    ``offers`` (class attribute) declares the methods a config string may name: a tuple of method
+    names, or ``None`` (the default, the tutorial's pattern) for every hook method the class has, these
+    four included. A built-in that offers only ``adapt_output`` says ``offers = ("adapt_output",)``;
+    the others stay plain inherited methods that no string can reach. Each name must be a hook method
+    of the class (checked when the class is defined); a subclass that defines new hook methods of its
+    own adds them to what its parent offers.
+
     ``peft`` (class attribute): the add-in's Hugging Face PEFT form (a ``PeftMapping``), or ``None``.
     """
 
     peft: ClassVar["PeftMapping | None"] = None
+    offers: ClassVar[tuple[str, ...] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        offers = cls.__dict__.get("offers")
+        if offers is None:
+            inherited = getattr(cls, "offers", None)
+            own = [n for n in cls.__dict__ if _hook_like(cls, n)]
+            if inherited is not None and own:  # a subclass's own hook methods join its parent's
+                cls.offers = tuple(dict.fromkeys([*inherited, *own]))
+            return
+        if isinstance(offers, str) or not all(isinstance(n, str) for n in offers):
+            raise TypeError(f"{cls.__name__}.offers must be a tuple of method names, not {offers!r}")
+        cls.offers = tuple(offers)
+        for name in cls.offers:
+            if not _hook_like(cls, name):
+                raise TypeError(f"{cls.__name__}.offers names {name!r}, which is not a hook method of "
+                                f"{cls.__name__} (a public method named adapt_* or declared with "
+                                f"@hook_method, @weight_method or @forward_method)")
 
     def __init__(self) -> None:
         super().__init__()
@@ -126,10 +152,12 @@ def is_forward_method(method: Any) -> bool:
 
 
 _HOOK_FLAG = "__addin_hook_method__"
+_ACROSS_FLAG = "__addin_across_method__"
 HOOK_PREFIX = "adapt_"
+ACROSS_PREFIX = "adapt_across_"
 
 
-def hook_method(fn: Callable) -> Callable:
+def hook_method(fn: Callable | None = None, *, across: bool = False) -> Any:
     """Declare a method whose name does not start with ``adapt_`` as a hook method.
 
     Only hook methods may be named in a config string: the ``adapt_*`` family and methods decorated
@@ -138,26 +166,40 @@ def hook_method(fn: Callable) -> Callable:
         class Gate(AddinBase):
             @hook_method
             def gate_output(self, module, inputs, outputs): ...
+
+            @hook_method(across=True)       # reads self.inputs_cache, the feature of an {in} point
+            def gate_across_output(self, module, inputs, outputs): ...
+
+    ``across=True`` declares a method that reads the ``{in}`` feature, as ``adapt_across_*`` do: it
+    may be written only at the ``{out}`` of an ``{in}...{out}`` pair (see :func:`is_across_method`).
     """
-    if not callable(fn):
-        raise TypeError(f"@hook_method decorates a method, not {type(fn).__name__}")
-    setattr(fn, _HOOK_FLAG, True)
-    return fn
+
+    def mark(f: Callable) -> Callable:
+        if not callable(f):
+            raise TypeError(f"@hook_method decorates a method, not {type(f).__name__}")
+        setattr(f, _HOOK_FLAG, True)
+        if across:
+            setattr(f, _ACROSS_FLAG, True)
+        return f
+
+    return mark(fn) if fn is not None else mark
 
 
-def is_hook_method(factory: Any, name: str) -> bool:
-    """Whether ``name`` is a hook method of an add-in class (or instance) that a string may name.
+def is_across_method(method: Any, name: str | None = None) -> bool:
+    """Whether a hook method reads the feature stored at an ``{in}`` point (``self.inputs_cache``):
+    named ``adapt_across_*`` or declared with ``@hook_method(across=True)``. Such a method runs at the
+    ``{out}`` of an ``{in}...{out}`` pair only; every other hook method at an ``{inout}`` point only."""
+    name = name if name is not None else getattr(method, "__name__", "")
+    return name.startswith(ACROSS_PREFIX) or bool(getattr(method, _ACROSS_FLAG, False))
 
-    The rule: a public identifier that is not an ``nn.Module`` attribute, defined as a plain function
-    on the class (not ``None``, not a property, not an instance attribute or submodule), and either
-    named ``adapt_*`` or declared with :func:`hook_method`, :func:`weight_method` or
-    :func:`forward_method`.
-    """
+
+def _hook_like(cls: type, name: str) -> bool:
+    """The naming rule alone: a public, non-``nn.Module`` name of a plain function on ``cls`` that is
+    named ``adapt_*`` or declared a hook, weight or forward method (``offers`` not consulted)."""
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         return False
     if hasattr(nn.Module, name):  # checked now: libraries add methods (transformers' smart_apply)
         return False
-    cls = factory if isinstance(factory, type) else type(factory)
     try:
         attr = inspect.getattr_static(cls, name)
     except AttributeError:
@@ -166,6 +208,29 @@ def is_hook_method(factory: Any, name: str) -> bool:
         return False
     return (name.startswith(HOOK_PREFIX) or bool(getattr(attr, _HOOK_FLAG, False))
             or is_weight_method(attr) or is_forward_method(attr))
+
+
+def is_hook_method(factory: Any, name: str) -> bool:
+    """Whether ``name`` is a hook method of an add-in class (or instance) that a string may name.
+
+    The rule: a public identifier that is not an ``nn.Module`` attribute, defined as a plain function
+    on the class (not ``None``, not a property, not an instance attribute or submodule), either named
+    ``adapt_*`` or declared with :func:`hook_method`, :func:`weight_method` or :func:`forward_method`,
+    and, where the class declares ``offers`` (see :class:`AddinBase`), one of the names it offers.
+    """
+    cls = factory if isinstance(factory, type) else type(factory)
+    if not _hook_like(cls, name):
+        return False
+    offers = getattr(cls, "offers", None)
+    return offers is None or name in offers
+
+
+def withheld(factory: Any, name: str) -> bool:
+    """Whether ``name`` is a hook method by name and form that the class's ``offers`` leaves out (an
+    inherited default it does not offer, e.g. ``VPT.adapt_output``): to a string, a method it has not."""
+    cls = factory if isinstance(factory, type) else type(factory)
+    offers = getattr(cls, "offers", None)
+    return offers is not None and name not in offers and _hook_like(cls, name)
 
 
 def signature_fits(method: Callable, side: str) -> bool:

@@ -37,8 +37,7 @@ class Convpass(AddinBase):
     attach; ``down`` and the convolution start Xavier-uniform, as in the paper.
     """
 
-    adapt_input = None  # type: ignore[assignment]
-    adapt_output = None  # type: ignore[assignment]
+    offers = ("adapt_across_output", "adapt_across_input")  # the methods a string may name
 
     def __init__(self, point: PointInfo, source_point: PointInfo | None = None, bottleneck: int = 8,
                  scale: float = 1.0, prefix: int = 1) -> None:

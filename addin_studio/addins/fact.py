@@ -60,9 +60,7 @@ class FacT(AddinBase):
     """
 
     kind: ClassVar[str] = ""
-    adapt_input = None  # type: ignore[assignment]
-    adapt_across_input = None  # type: ignore[assignment]
-    adapt_across_output = None  # type: ignore[assignment]
+    offers = ("adapt_output", "adapt_weight")  # the methods a string may name
 
     def __init__(self, point: PointInfo, shared: dict[Any, Any] | None = None, r: int = 8,
                  scale: float = 1.0, dropout: float = 0.1, width: int | None = None) -> None:

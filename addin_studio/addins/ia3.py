@@ -26,8 +26,7 @@ class IA3(AddinBase):
     and values only. ``merge(module)`` folds the vector into a Linear layer's weight (and bias).
     """
 
-    adapt_across_input = None  # type: ignore[assignment]
-    adapt_across_output = None  # type: ignore[assignment]
+    offers = ("adapt_output", "adapt_input")  # the methods a string may name
     peft = IA3Peft()  # its Hugging Face PEFT form (addins/ia3_peft.py)
 
     def __init__(self, point: PointInfo, skip: int = 0) -> None:

@@ -11,6 +11,8 @@ from .registry import register_addin
 class Identity(AddinBase):
     """Returns its input unchanged; ``adapt_across_*`` add nothing."""
 
+    offers = ("adapt_output", "adapt_input", "adapt_across_output", "adapt_across_input")
+
     def forward(self, x: Any) -> Any:
         return x
 

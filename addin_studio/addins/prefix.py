@@ -110,10 +110,7 @@ class PrefixTuning(AddinBase):
     """
 
     peft = PrefixPeft()  # its Hugging Face PEFT form (addins/prefix_peft.py)
-    adapt_input = None  # type: ignore[assignment]
-    adapt_output = None  # type: ignore[assignment]
-    adapt_across_input = None  # type: ignore[assignment]
-    adapt_across_output = None  # type: ignore[assignment]
+    offers = ("adapt_forward",)  # the methods a string may name
 
     def __init__(self, point: PointInfo, num_tokens: int = 10, projection: bool = False,
                  hidden: int | None = None) -> None:

@@ -19,8 +19,7 @@ class SSF(AddinBase):
     ``merge(module)`` folds it into a Linear/Conv layer it follows when that layer has a bias.
     """
 
-    adapt_across_input = None  # type: ignore[assignment]
-    adapt_across_output = None  # type: ignore[assignment]
+    offers = ("adapt_output", "adapt_input")  # the methods a string may name
 
     def __init__(self, point: PointInfo) -> None:
         super().__init__()

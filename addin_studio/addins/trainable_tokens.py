@@ -93,10 +93,7 @@ class TrainableTokens(AddinBase):
     method on a tied parameter. Parameter: ``rows`` ``[len(indices), dim]``.
     """
 
-    adapt_input = None  # type: ignore[assignment]
-    adapt_output = None  # type: ignore[assignment]
-    adapt_across_input = None  # type: ignore[assignment]
-    adapt_across_output = None  # type: ignore[assignment]
+    offers = ("adapt_weight",)  # the methods a string may name
 
     def __init__(self, point: PointInfo, indices: Any) -> None:
         super().__init__()

@@ -31,9 +31,7 @@ class VPT(AddinBase):
     an average over all tokens would include the prompts.
     """
 
-    adapt_output = None  # type: ignore[assignment]
-    adapt_across_input = None  # type: ignore[assignment]
-    adapt_across_output = None  # type: ignore[assignment]
+    offers = ("adapt_input",)  # the methods a string may name
 
     def __init__(self, point: PointInfo, num_tokens: int = 10, prefix: int = 1) -> None:
         super().__init__()

@@ -36,7 +36,13 @@ def _placement_json(p: Placement) -> dict[str, Any]:
 
 
 def save_attachment(att: Attachment, path: str | Path) -> None:
-    """Write the add-in weights and kept-trainable base weights of ``att`` to ``path`` (safetensors).
+    """Alias of ``att.save(path)``, kept for existing code: call :meth:`Attachment.save`."""
+    att.save(path)
+
+
+def _write_attachment(att: Attachment, path: str | Path) -> None:
+    """The writer behind :meth:`Attachment.save` (registered with the engine by this package): the
+    add-in weights and kept-trainable base weights of ``att`` to ``path`` (safetensors).
 
     Under torchrun, rank 0 writes; on an FSDP2-sharded model it is a collective (every rank calls it,
     the shards are gathered, the file exists on return): see :mod:`addin_studio.checkpoint.collective`."""

@@ -36,7 +36,14 @@ def _covered() -> str:
 
 
 def export_peft(att: Attachment, directory: str | Path) -> None:
-    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` that ``peft.PeftModel`` loads.
+    """Alias of ``att.export_peft(directory)``, kept for existing code: call
+    :meth:`Attachment.export_peft`."""
+    att.export_peft(directory)
+
+
+def _write_peft(att: Attachment, directory: str | Path) -> None:
+    """The writer behind :meth:`Attachment.export_peft` (registered with the engine by this package):
+    ``adapter_model.safetensors`` + ``adapter_config.json`` that ``peft.PeftModel`` loads.
 
     Every add-in must have a PEFT form of one ``peft_type`` (e.g. LoRA: ``addins/lora_peft.py``);
     kept-trainable base weights are exported as PEFT ``modules_to_save`` when they cover whole modules.

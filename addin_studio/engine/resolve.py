@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..addins.base import (PointInfo, is_forward_method, is_hook_method, is_weight_method, methods_for,
-                           signature_fits)
+from ..addins.base import (PointInfo, is_across_method, is_forward_method, is_hook_method, is_weight_method,
+                           methods_for, signature_fits, withheld)
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
 from ..graph import ModuleGraph
@@ -299,7 +299,7 @@ def _reader(path: str, graph: ModuleGraph) -> str | None:
 
 def weight_methods(addin: nn.Module) -> list[str]:
     """The weight methods an add-in offers (for hints)."""
-    return sorted(n for n in dir(type(addin)) if not n.startswith("_")
+    return sorted(n for n in dir(type(addin)) if is_hook_method(addin, n)
                   and is_weight_method(getattr(type(addin), n, None)))
 
 
@@ -409,6 +409,7 @@ def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
     if is_hook_method(addin, p.method):
         fn = getattr(addin, p.method)
         if signature_fits(fn, side):
+            _check_kind(addin, p, fn, loc)
             return
         valid = methods_for(addin, side)
         want = "(module, inputs)" if side == "pre" else "(module, inputs, outputs)"
@@ -419,9 +420,31 @@ def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
                         f"define a method taking {want}")
     valid = methods_for(addin, side)
     hint = f"methods that can run at a {side} point: {', '.join(valid) or 'none'}"
+    if withheld(addin, p.method):  # inherited, not offered (AddinBase's defaults on most built-ins)
+        raise loc.error(f"{p.addin} has no method '{p.method}' (it offers {', '.join(type(addin).offers)})",
+                        p, p.method, hint=hint)
     if p.method.startswith("_") or hasattr(nn.Module, p.method) or \
             getattr(addin, p.method, None) is not None:
         raise loc.error(f"{p.addin}.{p.method} is not a hook method: a string may name only the "
                         f"add-in's adapt_* methods and those declared with @hook_method", p, p.method,
                         hint=hint)
     raise loc.error(f"{p.addin} has no method '{p.method}'", p, p.method, hint=hint)
+
+
+def _check_kind(addin: nn.Module, p: Placement, fn: Callable, loc: _Locator) -> None:
+    """An across method (it reads the ``{in}`` feature) runs at the ``{out}`` of an ``{in}...{out}``
+    pair; every other method at an ``{inout}`` point, where nothing is stored to read across."""
+    across = is_across_method(fn, p.method)
+    if across == (p.kind == "across"):
+        return
+    side = p.target.side
+    others = [m for m in methods_for(addin, side) if is_across_method(getattr(addin, m), m) != across]
+    if across:
+        raise loc.error(f"{_describe(p)} breaks the forward pass: {p.method} reads the feature stored at "
+                        f"an {{in}} point, and {p.target} is an {{inout}} point, which stores none", p,
+                        p.method, hint=f"use {{in1}}...{{out1}} to read one point's feature at another"
+                        + (f", or {' / '.join(others)} at this {{inout}} point" if others else ""))
+    raise loc.error(f"{_describe(p)} would drop the feature of {p.source}: {p.method} does not read "
+                    f"across (only adapt_across_* and @hook_method(across=True) methods do)", p, p.method,
+                    hint=(f"use one of: {', '.join(others)}" if others else
+                          f"{p.addin} reads no feature across: place it at an {{inout}} point"))

@@ -13,15 +13,10 @@ from ..distributed import unwrap_model
 
 
 def save_adapters(attachment: Any, path: str | Path) -> Path:
-    """Save an Attachment's add-in (and kept-trainable) weights with ``attachment.save`` — adapter-only
-    safetensors with the config string in the metadata, which ``studio.load`` re-attaches — and return
-    the path.
-
-    Under torchrun rank 0 writes the file; on an FSDP2-sharded model the shards are gathered, so every
-    rank must call it (see :mod:`addin_studio.checkpoint.collective`)."""
-    path = Path(path)
+    """Alias of ``attachment.save(path)`` that returns ``Path(path)``, kept for existing code: call
+    :meth:`Attachment.save` (adapter-only safetensors that ``studio.load`` re-attaches)."""
     attachment.save(path)
-    return path
+    return Path(path)
 
 
 def save_trainable(model: nn.Module, path: str | Path) -> Path:

@@ -22,7 +22,7 @@ from ..checkpoint.collective import writes_here
 from ..inputs import call_model, to_device
 
 from .callbacks import ProgressBar
-from .checkpointing import save_adapters, save_trainable
+from .checkpointing import save_trainable
 from .metrics import AverageMeter, topk_correct
 from .optim import build_optimizer, build_scheduler, trainable_parameters
 
@@ -446,7 +446,7 @@ class Trainer:
         staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             if self.attachment is not None:  # FSDP: every rank gathers the add-ins; rank 0 writes
-                save_adapters(self.attachment, staged)
+                self.attachment.save(staged)
                 written = writes_here()
             else:
                 save_trainable(self.model, staged)

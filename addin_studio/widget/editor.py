@@ -417,11 +417,14 @@ class Editor:
 
     def _method_for(self, src: Point, dst: Point) -> str:
         """The method the completed placement writes: the chosen one when it fits, else its twin at
-        the clicked side (an {inout} has no cached feature, so ``adapt_across_x`` -> ``adapt_x``)."""
+        the clicked side (an {inout} has no cached feature, so ``adapt_across_x`` -> ``adapt_x``; an
+        {in}...{out} pair needs a method that reads it, so ``adapt_x`` -> ``adapt_across_x``)."""
         valid = self.methods(dst.side)
         m = self.method
         if src == dst and "across" in m:
             m = m.replace("_across", "")
+        elif src != dst and m.startswith("adapt_") and "across" not in m:
+            m = m.replace("adapt_", "adapt_across_", 1)
         if m in valid:
             return m
         twin = _swap_side(m)
