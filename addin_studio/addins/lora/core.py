@@ -67,10 +67,9 @@ class LoRA(AddinBase):
     ``lora.init``, ``lora.kasa_beta``, ... gives the variant's settings, as before the variants split.
     """
 
-    # LoRA rewrites the layer's output from its input; the generic ZhiJian methods make no sense here.
-    adapt_input = None  # type: ignore[assignment]
-    adapt_across_input = None  # type: ignore[assignment]
-    adapt_across_output = None  # type: ignore[assignment]
+    # LoRA rewrites the layer's output from its input (or its weight); the generic ZhiJian methods make
+    # no sense here, so it does not offer them
+    offers = ("adapt_output", "adapt_weight")
     peft = LoraPeft()  # its Hugging Face PEFT form (addins/lora/peft.py)
     #: the values a text setting takes (the Studio's settings form offers them as a list)
     setting_choices = {"init": INITS, "layout": ("balanced", "peft")}
