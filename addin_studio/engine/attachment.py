@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import torch
 from torch import nn
@@ -114,12 +114,12 @@ class Attachment:
                     continue
                 for point in {(p.source.module, p.source.side), (p.target.module, p.target.side)}:
                     expected.setdefault(point, []).append(_label(p))
-                action = RunAction(r.addin, p.method, p.kind == "across", _label(p))
+                run = RunAction(r.addin, p.method, p.kind == "across", _label(p))
                 if p.kind == "across":
                     self._hook(modules, p.source.module, p.source.side).actions.append(
-                        CacheAction(r.addin, action))
-                self._hook(modules, p.target.module, p.target.side).actions.append(action)
-                self._run_actions[r.key] = ((p.target.module, p.target.side), action)
+                        CacheAction(r.addin, run))
+                self._hook(modules, p.target.module, p.target.side).actions.append(run)
+                self._run_actions[r.key] = ((p.target.module, p.target.side), run)
             if expected and not self.graph.traced:
                 self._first_check = FirstForwardCheck(expected, self.graph.root_class)
                 self._first_check.install(self.model, modules)
@@ -138,7 +138,7 @@ class Attachment:
                                       if p is not None}
                 _push_stack(module, self._moved[r.key], (id(self), "move:" + r.key))
                 with torch.no_grad():
-                    r.addin.move_base(module)
+                    r.addin.move_base(module)  # type: ignore[operator]  # an add-in method (moves_base)
 
     def _hold_norms(self, modules: Mapping[str, nn.Module]) -> None:
         """Freeze the running statistics of the frozen normalization layers; snapshot the others'."""
@@ -175,10 +175,14 @@ class Attachment:
     def _hook(self, modules: Mapping[str, nn.Module], path: str, side: str) -> PreHook | PostHook:
         key = (path, side)
         if key not in self._hooks:
-            hook = PreHook() if side == "pre" else PostHook()
             module = modules[path]
-            handle = (module.register_forward_pre_hook(hook) if side == "pre"
-                      else module.register_forward_hook(hook))
+            hook: PreHook | PostHook
+            if side == "pre":
+                hook = PreHook()
+                handle = module.register_forward_pre_hook(hook)
+            else:
+                hook = PostHook()
+                handle = module.register_forward_hook(hook)
             self._hooks[key] = hook
             self._handles[key] = handle
         return self._hooks[key]
@@ -198,7 +202,7 @@ class Attachment:
             modules = dict(self.model.named_modules())
             for r in self._resolved:
                 action = self._weight_actions.pop(r.key, None)
-                if action is not None:
+                if action is not None and r.weight_param is not None:
                     remove_weight_action(modules[r.placement.target.module], r.weight_param, action)
         if self._forward_actions:
             modules = dict(self.model.named_modules())
@@ -223,11 +227,9 @@ class Attachment:
         if self._child_name is not None and self._child_name in self.model._modules:
             del self.model._modules[self._child_name]
         self._child_name = None
-        for addin in self.addins.values():
-            if hasattr(addin, "inputs_cache"):
-                addin.inputs_cache = None
-        for _, action in self._run_actions.values():
-            action.last = None
+        _clear_caches(self)
+        for _, run in self._run_actions.values():
+            run.last = None
         self.attached = False
 
     def detach(self) -> None:
@@ -338,9 +340,9 @@ class Attachment:
                         remove_weight_action(module, r.weight_param, action)
                         stored.copy_(merged)
                     else:
-                        r.addin.merge(module)
-                        point, action = self._run_actions[r.key]
-                        self._hooks[point].actions.remove(action)
+                        r.addin.merge(module)  # type: ignore[operator]  # add-ins that define merge()
+                        point, run = self._run_actions[r.key]
+                        self._hooks[point].actions.remove(run)
                         self._refresh(point)
                     self._check_merged(r, path, module, read_before)
         except BaseException:
@@ -354,10 +356,11 @@ class Attachment:
         same after the merge: folding an update under a method that does not commute with it (e.g.
         TrainableTokens' rows, DoRA's norm) would change the outputs. Raises ValueError."""
         for n, before in read_before.items():
-            expected = before
+            expected: torch.Tensor | None = before
             if r.weight_param is None:  # a hook's update now sits in the stored weight, under the methods
                 additive = getattr(r.addin, "merge_adds", False)  # merge() adds what the hook added
-                expected = before + (module._parameters[n] - self._merged[r.key][n]) if additive else None
+                stored = cast(torch.Tensor, module._parameters[n])
+                expected = before + (stored - self._merged[r.key][n]) if additive else None
             after = getattr(module, n)
             if expected is None:
                 why = ", and this add-in's merge is not a plain addition to the weight,"
@@ -368,7 +371,7 @@ class Attachment:
                 if float((after - expected).abs().max()) <= tol:
                     continue
                 why = " and does not commute with this update,"
-            labels = ", ".join(a.label for a in weight_actions(module, n))
+            labels = ", ".join(getattr(a, "label", "?") for a in weight_actions(module, n))
             full = f"{path}.{n}" if path else n
             raise ValueError(f"cannot merge {r.key} into '{full}': its weight is also read through "
                              f"{labels}, which stays attached{why} so merging would change the outputs. "
@@ -416,7 +419,7 @@ class Attachment:
         _pop_stack(module, snapshot, (id(self), r.key))
         with torch.no_grad():
             for n, t in snapshot.items():
-                module._parameters[n].copy_(t)
+                cast(torch.Tensor, module._parameters[n]).copy_(t)
         for n, original in self._untied.pop(r.key, {}).items():
             module._parameters[n] = original
         if r.weight_param is not None:  # (a merge that failed part-way may not have removed it yet)
@@ -627,4 +630,4 @@ def _prove(att: Attachment, example_input: Any, forward_kwargs: dict) -> None:
 def _clear_caches(att: Attachment) -> None:
     for addin in att.addins.values():
         if hasattr(addin, "inputs_cache"):
-            addin.inputs_cache = None
+            setattr(addin, "inputs_cache", None)  # nn.Module typing forbids a None attribute

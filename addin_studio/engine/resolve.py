@@ -115,7 +115,7 @@ def _factory_params(factory: Callable) -> tuple[set[str], bool, list[str]]:
 
 
 def _factory_signature(factory: Callable) -> list[inspect.Parameter] | None:
-    target = factory.__init__ if isinstance(factory, type) else factory
+    target = getattr(factory, "__init__") if isinstance(factory, type) else factory
     try:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
@@ -152,7 +152,7 @@ def _allowed_types(param: inspect.Parameter) -> tuple[type, ...] | None:
     return None
 
 
-def _type_error(key: str, value: Any, types: tuple[type, ...]) -> str | None:
+def _type_error(key: str, value: Any, types: tuple[type, ...] | None) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"setting '{key}' must be a finite number, got {value!r}"
     if types is None:
@@ -421,7 +421,8 @@ def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
     valid = methods_for(addin, side)
     hint = f"methods that can run at a {side} point: {', '.join(valid) or 'none'}"
     if withheld(addin, p.method):  # inherited, not offered (AddinBase's defaults on most built-ins)
-        raise loc.error(f"{p.addin} has no method '{p.method}' (it offers {', '.join(type(addin).offers)})",
+        offered = getattr(type(addin), "offers", ())
+        raise loc.error(f"{p.addin} has no method '{p.method}' (it offers {', '.join(offered)})",
                         p, p.method, hint=hint)
     if p.method.startswith("_") or hasattr(nn.Module, p.method) or \
             getattr(addin, p.method, None) is not None:
