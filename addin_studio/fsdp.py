@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 __all__ = ["repeated_blocks", "shard_model", "is_sharded", "gathered", "save_adapters"]
@@ -71,7 +70,8 @@ def shard_model(model: nn.Module, *, attachment: Any = None, blocks: list[str] |
         raise ValueError("the model has no parameters with requires_grad=True: nothing to train "
                          "(did you attach any add-in?)")
     if attachment is not None and getattr(attachment, "merged", False):
-        raise RuntimeError("unmerge() the attachment before sharding: a merged LoRA lives in the base weights")
+        raise RuntimeError("unmerge() the attachment before sharding: a merged LoRA lives in the base "
+                           "weights")
     model.to(torch.device(device) if device is not None else D.device_for_rank())
     modules = dict(model.named_modules())
     for path in (repeated_blocks(model) if blocks is None else blocks):
@@ -100,7 +100,8 @@ def gathered(attachment: Any) -> Iterator[None]:
         if isinstance(module, FSDPModule):
             module.reshard()  # e.g. the root stays unsharded after a no_grad forward: back to DTensor shards
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
-    targets = _owned(attachment.addins) + [(m, n, p) for m, n, p in _owned(attachment.model) if p.requires_grad]
+    targets = _owned(attachment.addins) + [(m, n, p) for m, n, p in _owned(attachment.model)
+                                           if p.requires_grad]
     seen: set[int] = set()
     try:
         for module, name, p in targets:

@@ -3,7 +3,6 @@ pass. Gradients must equal the non-checkpointed run, for ``{inout}`` LoRA and ``
 Adapters, inside one block and across blocks, with ``use_reentrant`` False and True."""
 from __future__ import annotations
 
-import copy
 import pickle
 import warnings
 

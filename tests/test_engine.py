@@ -10,7 +10,7 @@ from torch import nn
 
 import addin_studio as studio
 from addin_studio import AddinBase, ConfigError, attach, count_parameters
-from addin_studio.examples import MLPAddin, TutorialMLP
+from addin_studio.examples import MLPAddin
 
 ADDINS = {"MLPAddin": MLPAddin}
 relu = torch.relu

@@ -32,8 +32,10 @@ class Bottleneck(AddinBase):
         out_features, self.channel_first = feature_layout(point, name)
         in_features, self.in_channel_first = feature_layout(source_point or point, name)
         if source_point is not None and source_point.shape is not None and \
-                _without(source_point.shape, self.in_channel_first) != _without(point.shape, self.channel_first):
-            raise ValueError(f"{name} adds a branch of the feature at {source_point.path}:{source_point.side} "
+                _without(source_point.shape, self.in_channel_first) != \
+                _without(point.shape, self.channel_first):
+            raise ValueError(f"{name} adds a branch of the feature at "
+                             f"{source_point.path}:{source_point.side} "
                              f"{tuple(source_point.shape)} to the one at {point.path}:{point.side} "
                              f"{tuple(point.shape)}: apart from the channels their shapes must match")
         positive_int(bottleneck, "bottleneck", name)

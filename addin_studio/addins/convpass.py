@@ -15,7 +15,8 @@ from .registry import register_addin
 def _tokens(point: PointInfo | None, what: str) -> tuple[int, int]:
     """``(tokens, dim)`` of a ``[batch, tokens, dim]`` feature."""
     if point is None or point.shape is None:
-        raise ValueError(f"Convpass needs the token sequence's shape at {what}: pass example_input= to attach()")
+        raise ValueError(f"Convpass needs the token sequence's shape at {what}: "
+                         f"pass example_input= to attach()")
     if len(point.shape) != 3:
         raise ValueError(f"Convpass works on token sequences [batch, tokens, dim]; the feature at "
                          f"{point.path}:{point.side} has shape {tuple(point.shape)}")
@@ -54,7 +55,8 @@ class Convpass(AddinBase):
                              f"{tokens}: both points need the same tokens")
         side = math.isqrt(tokens - prefix) if tokens > prefix else 0
         if side * side != tokens - prefix or side == 0:
-            raise ValueError(f"Convpass lays the {tokens - prefix} patch tokens (of {tokens}, prefix {prefix}) "
+            raise ValueError(f"Convpass lays the {tokens - prefix} patch tokens "
+                             f"(of {tokens}, prefix {prefix}) "
                              f"out as a square grid, which they do not fill; set prefix= to the number of "
                              f"class/register tokens")
         self.grid, self.prefix, self.scale = side, prefix, float(scale)

@@ -28,7 +28,8 @@ from .registry import register_addin
 KINDS = ("tt", "tk")
 
 
-def shared_factors(kind: str, width: int, r: int, like: torch.Tensor | None = None) -> dict[str, nn.Parameter]:
+def shared_factors(kind: str, width: int, r: int,
+                   like: torch.Tensor | None = None) -> dict[str, nn.Parameter]:
     """New factors for one group of FacT placements: ``u`` (``r x d``, ``nn.Linear``'s default init),
     ``v`` (``d x r``, zeros: every placement starts as an identity) and, for FacT-TK, the core tensor
     ``c`` (``r x r x r``, Xavier-uniform); on the device and in the dtype of ``like`` (a layer's weight)."""
@@ -78,7 +79,8 @@ class FacT(AddinBase):
         d = min(fan_in, fan_out) if width is None else positive_int(width, "width", name)
         if fan_in % d or fan_out % d:
             raise ValueError(f"{name} shares factors of width {d} across layers, but '{point.path}' "
-                             f"(Linear {fan_in} -> {fan_out}) is not made of {d}x{d} slabs: set width= to one "
+                             f"(Linear {fan_in} -> {fan_out}) is not made of {d}x{d} slabs: "
+                             f"set width= to one "
                              f"that divides both")
         self.width, self.r, self.slabs_in, self.slabs_out = d, r, fan_in // d, fan_out // d
         self.group_key = ("FacT", self.kind, d, r)

@@ -48,7 +48,8 @@ class IA3Peft(PeftMapping):
         stretched = next(((f, t) for f in feedforward for t in others if t.endswith("." + f)), None)
         if stretched:
             raise ValueError(f"PEFT reads feedforward_modules as name endings, so '{stretched[0]}' would "
-                             f"also make '{stretched[1]}' (rescaled after the layer here) a feedforward module")
+                             f"also make '{stretched[1]}' (rescaled after the layer here) a feedforward "
+                             f"module")
         return tensors, {"target_modules": targets, "feedforward_modules": sorted(feedforward),
                          "exclude_modules": None, "fan_in_fan_out": False, "init_ia3_weights": True}
 

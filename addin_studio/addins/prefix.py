@@ -119,7 +119,8 @@ class PrefixTuning(AddinBase):
         if hidden is not None:
             positive_int(hidden, "hidden", "PrefixTuning")
             if projection is not True:
-                raise ValueError(f"PrefixTuning hidden={hidden} is the width of the projection's hidden layer; "
+                raise ValueError(f"PrefixTuning hidden={hidden} is the width of the projection's hidden "
+                                 f"layer; "
                                  f"it needs projection=true (without a projection there is no hidden layer)")
         module = point.module
         where = f"'{point.path}' ({type(module).__name__})" if point.path else type(module).__name__

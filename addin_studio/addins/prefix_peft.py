@@ -64,8 +64,10 @@ class PrefixPeft(PeftMapping):
         if TENSOR not in tensors:
             raise ValueError(f"{source} holds no {TENSOR}")
         if not isinstance(config.get("task_type"), str):
-            raise ValueError(f"{source}: field 'task_type' is {config.get('task_type')!r}; PEFT adds the prefixes "
-                             f"only in the model class of a task type (CAUSAL_LM, SEQ_CLS, FEATURE_EXTRACTION, ...), "
+            raise ValueError(f"{source}: field 'task_type' is {config.get('task_type')!r}; "
+                             f"PEFT adds the prefixes "
+                             f"only in the model class of a task type "
+                             f"(CAUSAL_LM, SEQ_CLS, FEATURE_EXTRACTION, ...), "
                              f"without one its PeftModel runs the base model alone")
         n = _whole(config.get("num_virtual_tokens"), "num_virtual_tokens", source)
         layers = _whole(config.get("num_layers"), "num_layers", source)

@@ -86,11 +86,11 @@ class TrainableTokens(AddinBase):
         (TrainableTokens.adapt_weight, indices="0, 10"): ...->(emb){inout1}->...
         (TrainableTokens.adapt_weight, indices="32000:32008"): ...->(transformer.wte){inout1}->...
 
-    ``indices`` (token numbers and end-exclusive ranges, comma-separated: ``"0, 10, 32000:32008"``). Works on
-    any layer with a 2-D ``weight`` whose rows are tokens (``nn.Embedding``; an untied ``lm_head`` Linear). The
-    adapted rows are what *this* layer reads: with tied input/output embeddings the other layer keeps
-    reading the stored weight, and ``merge()`` refuses (or ``merge(untie=True)``), as for any weight
-    method on a tied parameter. Parameter: ``rows`` ``[len(indices), dim]``.
+    ``indices`` (token numbers and end-exclusive ranges, comma-separated: ``"0, 10, 32000:32008"``).
+    Works on any layer with a 2-D ``weight`` whose rows are tokens (``nn.Embedding``; an untied
+    ``lm_head`` Linear). The adapted rows are what *this* layer reads: with tied input/output
+    embeddings the other layer keeps reading the stored weight, and ``merge()`` refuses (or
+    ``merge(untie=True)``), as for any weight method on a tied parameter. Parameter: ``rows`` ``[len(indices), dim]``.
     """
 
     offers = ("adapt_weight",)  # the methods a string may name

@@ -123,8 +123,8 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
     checks only the modules the add-ins and kept-trainable weights touch). A file loads only what it
     owns: the tensors of the add-ins its config places and the base parameters its config keeps
     trainable, and the running statistics of the normalization layers whose statistics its config
-    updates (restored at detach) — any other tensor is refused by name; tensors must be floating point and finite
-    (``allow_nonfinite=True`` lifts the last rule). On any error the model is left untouched:
+    updates (restored at detach) — any other tensor is refused by name; tensors must be floating
+    point and finite (``allow_nonfinite=True`` lifts the last rule). On any error the model is left untouched:
     ValueError naming the file and the field for a damaged or foreign file, ConfigError for a bad
     config string in it.
     """
@@ -214,10 +214,11 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
             check_tensor(t, own_stats[name], f"stats.{name}", source, allow_nonfinite)
         missing_stats = sorted(set(own_stats) - set(stats_tensors))
         if stats_tensors and missing_stats:
-            raise ValueError(f"{source}: the file holds running statistics but not 'stats.{missing_stats[0]}', "
-                             f"which its config updates")
+            raise ValueError(f"{source}: the file holds running statistics but not "
+                             f"'stats.{missing_stats[0]}', which its config updates")
         if missing_stats:  # a file written before statistics were saved: the model's own stay
-            warnings.warn(f"{source} holds no running statistics for {', '.join(sorted({n.rpartition('.')[0] for n in missing_stats}))} "
+            layers = ", ".join(sorted({n.rpartition(".")[0] for n in missing_stats}))
+            warnings.warn(f"{source} holds no running statistics for {layers} "
                           f"(a file from an older Addin Studio): those layers keep this model's statistics, "
                           f"so outputs may differ from the trained model's", stacklevel=3)
         for key, _, addin in att.entries:  # everything is checked: now load

@@ -143,7 +143,8 @@ class Attachment:
     def _hold_norms(self, modules: Mapping[str, nn.Module]) -> None:
         """Freeze the running statistics of the frozen normalization layers; snapshot the others'."""
         for path in self.updating_norms:
-            self._stats_snapshot[path] = {n: t.detach().clone() for n, t in stat_buffers(modules[path]).items()}
+            buffers = stat_buffers(modules[path])
+            self._stats_snapshot[path] = {n: t.detach().clone() for n, t in buffers.items()}
             own_stats(modules[path], self)
         for path in self._frozen_norms:
             hold_stats(modules[path], self)
@@ -282,8 +283,8 @@ class Attachment:
         self._require_attached("merge")
         if _is_sharded(self.model):
             raise RuntimeError("cannot merge an FSDP-sharded model: its weights are DTensor shards. Save the "
-                               "adapters (addin_studio.fsdp.save_adapters), load them into an unsharded model "
-                               "with studio.load and merge there")
+                               "adapters (att.save on every rank), load them into an unsharded model with "
+                               "studio.load and merge there")
         modules = dict(self.model.named_modules())
         todo = []
         for r in self._resolved:
@@ -383,7 +384,8 @@ class Attachment:
         self._check_restorable(moves=False)
         modules = dict(self.model.named_modules())
         by_key = {r.key: r for r in self._resolved}
-        for key in reversed(list(self._merged)):  # reverse merge order: two merges into one weight undo in turn
+        # reverse merge order: two merges into one weight undo in turn
+        for key in reversed(list(self._merged)):
             self._unmerge_one(by_key[key], modules)
 
     def _check_restorable(self, moves: bool) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import weakref
 from typing import Iterable, Mapping
 
-import torch
 from torch import nn
 
 from ..params import STAT_BUFFERS, disown_stats, has_running_stats, own_stats, stat_buffers, stats_owned

@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import torch
 from torch import nn
 
 from ..addins.base import (PointInfo, is_across_method, is_forward_method, is_hook_method, is_weight_method,
@@ -443,7 +442,7 @@ def _check_kind(addin: nn.Module, p: Placement, fn: Callable, loc: _Locator) -> 
     if across:
         raise loc.error(f"{_describe(p)} breaks the forward pass: {p.method} reads the feature stored at "
                         f"an {{in}} point, and {p.target} is an {{inout}} point, which stores none", p,
-                        p.method, hint=f"use {{in1}}...{{out1}} to read one point's feature at another"
+                        p.method, hint="use {in1}...{out1} to read one point's feature at another"
                         + (f", or {' / '.join(others)} at this {{inout}} point" if others else ""))
     raise loc.error(f"{_describe(p)} would drop the feature of {p.source}: {p.method} does not read "
                     f"across (only adapt_across_* and @hook_method(across=True) methods do)", p, p.method,
