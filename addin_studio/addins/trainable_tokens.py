@@ -90,7 +90,8 @@ class TrainableTokens(AddinBase):
     Works on any layer with a 2-D ``weight`` whose rows are tokens (``nn.Embedding``; an untied
     ``lm_head`` Linear). The adapted rows are what *this* layer reads: with tied input/output
     embeddings the other layer keeps reading the stored weight, and ``merge()`` refuses (or
-    ``merge(untie=True)``), as for any weight method on a tied parameter. Parameter: ``rows`` ``[len(indices), dim]``.
+    ``merge(untie=True)``), as for any weight method on a tied parameter. Parameter: ``rows``
+    ``[len(indices), dim]``.
     """
 
     offers = ("adapt_weight",)  # the methods a string may name
