@@ -14,12 +14,14 @@ import addin_studio as studio
 timm = pytest.importorskip("timm")
 
 LORA = "(LoRA.adapt_output, r=4): ...->(blocks[0:3].attn.qkv){inout1}->..."
-IN_BLOCK = "(Adapter.adapt_across_output, bottleneck=8): ...->(blocks[1].norm2){in1}->...->(blocks[1].mlp){out1}->..."
+IN_BLOCK = ("(Adapter.adapt_across_output, bottleneck=8): "
+            "...->(blocks[1].norm2){in1}->...->(blocks[1].mlp){out1}->...")
 # {in} in block 0, {out} in block 1: recomputing block 1 does not re-run the {in} point. The LoRA on the
 # patch embedding sits upstream of {in}, so its gradient shows whether the path through the add-in's
 # input survives recomputation.
 ACROSS = ("(LoRA.adapt_output, r=2): ...->(patch_embed.proj){inout1}->...\n"
-          "(Adapter.adapt_across_output, bottleneck=8): ...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->...")
+          "(Adapter.adapt_across_output, bottleneck=8): "
+          "...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->...")
 
 
 def _vit():
@@ -119,9 +121,12 @@ def _gpt2():
 
 
 HF = {
-    "bert-lora": (_bert, "(LoRA.adapt_output, r=4): ...->(encoder.layer[0:2].attention.self.query){inout1}->..."),
-    "bert-adapter-across": (_bert, "(LoRA.adapt_output, r=2): ...->(encoder.layer[0].attention.self.value){inout1}->...\n"
-                                   "(Adapter.adapt_across_output, bottleneck=8): ...->(encoder.layer[0].attention.output)"
+    "bert-lora": (_bert, "(LoRA.adapt_output, r=4): "
+                         "...->(encoder.layer[0:2].attention.self.query){inout1}->..."),
+    "bert-adapter-across": (_bert, "(LoRA.adapt_output, r=2): "
+                                   "...->(encoder.layer[0].attention.self.value){inout1}->...\n"
+                                   "(Adapter.adapt_across_output, bottleneck=8): "
+                                   "...->(encoder.layer[0].attention.output)"
                                    "{in1}->...->(encoder.layer[1].output.dense){out1}->..."),
     "gpt2-adapter-inout": (_gpt2, "(Adapter.adapt_output, bottleneck=8): ...->(h[0:2].mlp){inout1}->..."),
     "gpt2-adapter-across": (_gpt2, "(Adapter.adapt_across_output, bottleneck=8): ...->(h[0].ln_2){in1}->...->"

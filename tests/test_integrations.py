@@ -14,7 +14,8 @@ import addin_studio as studio
 
 def test_the_core_imports_no_trainer_framework():
     code = ("import sys, addin_studio, addin_studio.engine, addin_studio.checkpoint, addin_studio.train;"
-            "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') if m in sys.modules))")
+            "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -24,7 +25,8 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # -- Hugging Face Trainer ----------------------------------------------------------------------------
-LORA_BERT = "(LoRA.adapt_output, r=4, alpha=8): ...->(bert.encoder.layer[0:2].attention.self.query){inout1}->..."
+LORA_BERT = ("(LoRA.adapt_output, r=4, alpha=8): "
+             "...->(bert.encoder.layer[0:2].attention.self.query){inout1}->...")
 
 
 def _tiny_bert():
@@ -45,7 +47,8 @@ class _Tokens(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(8, dtype=torch.long), "labels": self.labels[i]}
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(8, dtype=torch.long),
+                "labels": self.labels[i]}
 
 
 def test_hf_trainer_trains_the_adapters_and_the_callback_writes_them(tmp_path):
@@ -170,7 +173,8 @@ def test_lightning_trains_the_adapters_with_adapter_only_checkpoints(tmp_path):
     other_att = studio.attach(other, LORA_MLP, example_input=x[:2])
     resumed = _lightning_module(other, list(other_att.parameters()))
     trainer2 = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path / "resume", enable_checkpointing=False)
+                         enable_model_summary=False, default_root_dir=tmp_path / "resume",
+                         enable_checkpointing=False)
     trainer2.fit(resumed, loader, ckpt_path=str(ckpts[-1]))
     with torch.no_grad():
         torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)  # loaded, and no step left to run

@@ -94,7 +94,8 @@ def test_ia3_equals_peft_on_identical_weights_and_merges_exactly(digits_batch):
 def test_ia3_on_a_fused_qkv_scales_keys_and_values_only():
     vit, x = _vit()
     with pytest.raises(ConfigError, match="IA3 skip must be a whole number in \\[0, 576\\)"):
-        studio.attach(vit, "(IA3.adapt_output, skip=576): ...->(blocks[0].attn.qkv){inout}->...", example_input=x)
+        studio.attach(vit, "(IA3.adapt_output, skip=576): ...->(blocks[0].attn.qkv){inout}->...",
+                      example_input=x)
     att = studio.attach(vit, "(IA3.adapt_output, skip=192): ...->(blocks[0].attn.qkv){inout}->...",
                         example_input=x)
     addin = att.addins["IA3_blocks_0_attn_qkv"]
@@ -105,7 +106,8 @@ def test_ia3_on_a_fused_qkv_scales_keys_and_values_only():
         addin.ia3_l.fill_(2.0)
         out = addin.adapt_output(qkv, (h,), qkv(h))
         plain = qkv(h)
-    assert torch.equal(out[..., :192], plain[..., :192]) and torch.allclose(out[..., 192:], 2 * plain[..., 192:])
+    assert torch.equal(out[..., :192], plain[..., :192])
+    assert torch.allclose(out[..., 192:], 2 * plain[..., 192:])
     att.detach()
 
 
@@ -154,7 +156,8 @@ def test_layernorm_tuning_trains_norms_and_head_only():
                 (f"{n}.weight", f"{n}.bias")} | {"head.weight", "head.bias"}
         assert names == want
     assert all(p.requires_grad for p in vit.parameters())
-    assert str(studio.strategies.layernorm(vit, head=None)) == "trainable(blocks[0:2].norm1, blocks[0:2].norm2, norm)"
+    assert str(studio.strategies.layernorm(vit, head=None)) == \
+        "trainable(blocks[0:2].norm1, blocks[0:2].norm2, norm)"
     with pytest.raises(ValueError, match="no normalization layer"):
         studio.strategies.layernorm(KVNet())
 

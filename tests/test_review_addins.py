@@ -173,9 +173,10 @@ def test_a_hook_merge_under_another_attachments_weight_method_lands_in_the_store
 def test_weight_methods_on_a_sparse_embedding_are_refused_at_attach(config):
     model = nn.Sequential(nn.Embedding(20, 4, sparse=True))
     snap = _snapshot(model)
-    with pytest.raises(studio.ConfigError, match=r"Embedding\(sparse=True\) gives its weight a sparse gradient, "
-                                                 r"which cannot flow through a weight method; build it with "
-                                                 r"sparse=False") as info:
+    with pytest.raises(studio.ConfigError,
+                       match=r"Embedding\(sparse=True\) gives its weight a sparse gradient, "
+                             r"which cannot flow through a weight method; build it with "
+                             r"sparse=False") as info:
         studio.attach(model, config)
     assert info.value.position == config.index(".adapt_weight") + 1
     _assert_same(model, snap)
@@ -251,8 +252,9 @@ def test_loading_adapters_onto_a_meta_model_is_refused_instead_of_dropping_the_w
     with studio.init_empty_weights():
         meta = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3)).eval()
     snap = _snapshot(meta)
-    with pytest.raises(ValueError, match=r"adapters\.safetensors: the model is on the meta device \(no weights "
-                                         r"yet\), where loading copies nothing: call studio\.materialize first"):
+    with pytest.raises(ValueError, match=r"adapters\.safetensors: the model is on the meta device "
+                                         r"\(no weights yet\), where loading copies nothing: "
+                                         r"call studio\.materialize first"):
         studio.load(meta, tmp_path / "adapters.safetensors")
     assert [(n, type(m)) for n, m in meta.named_modules()] == snap["classes"]
     assert {n: p.requires_grad for n, p in meta.named_parameters()} == snap["grad"]
@@ -267,7 +269,8 @@ def test_saving_adapters_still_on_the_meta_device_is_a_clear_error(tmp_path):
     with studio.init_empty_weights():
         meta = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))
     att = studio.attach(meta, "(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...")
-    with pytest.raises(ValueError, match=r"cannot save .*a\.safetensors: tensor 'addins\.FacT_tt_0\.u' is on the "
+    with pytest.raises(ValueError, match=r"cannot save .*a\.safetensors: "
+                                         r"tensor 'addins\.FacT_tt_0\.u' is on the "
                                          r"meta device \(no values\); call studio\.materialize first"):
         att.save(tmp_path / "a.safetensors")
     assert list(tmp_path.iterdir()) == []

@@ -23,9 +23,11 @@ def _setup(seed=0):
 def test_best_epoch_is_saved_and_reloads(tmp_path):
     model, att, train, val = _setup()
     snapshots = {}
+    def snapshot(trainer, epoch, logs):
+        snapshots[epoch] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
     trainer = Trainer(model, train, val, epochs=4, lr=5e-3, progress=False, attachment=att,
-                      checkpoint_dir=tmp_path, callbacks=[LambdaCallback(on_epoch=lambda t, e, logs: snapshots.update(
-                          {e: {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}}))])
+                      checkpoint_dir=tmp_path, callbacks=[LambdaCallback(on_epoch=snapshot)])
     history = trainer.fit()
     best = trainer.best_epoch
     assert history["val_acc1"][best - 1] == max(history["val_acc1"]) == trainer.best_metric
