@@ -236,6 +236,7 @@ print("saved")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "error: Attachment.save needs the checkpoint formats: import addin_studio.checkpoint" in proc.stdout
+    assert ("error: Attachment.save needs the checkpoint formats: "
+            "import addin_studio.checkpoint") in proc.stdout
     assert proc.stdout.rstrip().endswith("saved") and (tmp_path / "b.safetensors").is_file()
     assert not (tmp_path / "a.safetensors").exists()

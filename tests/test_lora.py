@@ -1,4 +1,5 @@
-"""LoRA add-in: identity at attach, the exact update on Linear/Conv layers, merge/unmerge, training, errors."""
+"""LoRA add-in: identity at attach, the exact update on Linear/Conv layers, merge/unmerge, training,
+errors."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import addin_studio as studio
-from addin_studio.addins.lora import LoRA, lora_shape
+from addin_studio.addins.lora import lora_shape
 
 
 def _lora(path: str, **settings) -> str:

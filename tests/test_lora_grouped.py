@@ -86,10 +86,11 @@ def test_refused_settings_leave_the_model_untouched(setting, message):
 
 
 def test_reflect_padding_and_adapt_weight_are_refused():
-    with pytest.raises(studio.ConfigError, match="zero-pads its A conv; this layer has padding_mode='reflect'"):
+    with pytest.raises(studio.ConfigError,
+                       match="zero-pads its A conv; this layer has padding_mode='reflect'"):
         studio.attach(_net(padding_mode="reflect"), GROUPED)
-    with pytest.raises(studio.ConfigError, match="grouped convolution in PEFT's layout is not an update of the "
-                                                 "weight: use adapt_output"):
+    with pytest.raises(studio.ConfigError, match="grouped convolution in PEFT's layout is not an update "
+                                                 "of the weight: use adapt_output"):
         studio.attach(_net(), GROUPED.replace("adapt_output", "adapt_weight"))
 
 

@@ -237,7 +237,8 @@ def test_without_example_input_the_first_forward_reports_dead_hooks_then_costs_n
     att = studio.attach(model, "(LoRA.adapt_output, r=2): ...->(block.qkv){inout1}->...\n"
                                "(LoRA.adapt_output, r=2): ...->(block.proj){inout1}->...")
     with pytest.raises(studio.ConfigError, match=r"(?s)1 add-in placement\(s\) did nothing.*"
-                                                 r"\(LoRA.adapt_output\) at block.qkv:post: module 'block.qkv' did not"):
+                                                 r"\(LoRA.adapt_output\) at block.qkv:post: "
+                                                 r"module 'block.qkv' did not"):
         model(x)
     att.detach()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
@@ -259,7 +260,7 @@ def test_trainer_first_step_reports_the_dead_hook():
 
 
 def test_conv_subclasses_get_the_weight_method_and_the_hook_is_refused():
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.layers import Conv2dSame, ScaledStdConv2d
 
     torch.manual_seed(0)
@@ -337,7 +338,8 @@ def test_lora_on_a_named_parameter_and_on_the_embedding_by_target():
     with pytest.raises(studio.ConfigError, match="no parameter 'wpe'"):
         studio.attach(model, text)
     model.transformer.register_parameter("extra", nn.Parameter(torch.zeros(16, 16)))
-    with studio.attach(model, "(LoRA.adapt_weight, r=2, param=extra): ...->(transformer){inout1}->...") as att:
+    with studio.attach(model,
+                       "(LoRA.adapt_weight, r=2, param=extra): ...->(transformer){inout1}->...") as att:
         addin = next(iter(att.addins.values()))
         assert addin.lora_A.shape == (2, 16) and addin.lora_B.shape == (16, 2)
         with torch.no_grad():

@@ -139,7 +139,8 @@ def test_dora_weight_method_equals_output_hook():
         outs = []
         for method in ("adapt_output", "adapt_weight"):
             model = make().eval()
-            att = studio.attach(model, f"(LoRA.{method}, r=2, alpha=3, dora=true): ...->({layer}){{inout1}}->...")
+            att = studio.attach(model,
+                                f"(LoRA.{method}, r=2, alpha=3, dora=true): ...->({layer}){{inout1}}->...")
             torch.manual_seed(5)
             with torch.no_grad():
                 for _, p in sorted(att.addins.named_parameters()):
@@ -179,7 +180,8 @@ def test_lora_bias_on_a_layer_without_bias_refuses_merge_and_changes_nothing():
     ("init=svd", "LoRA init must be one of kaiming, gaussian, pissa, olora, mica, got 'svd'"),
     ("bias=true, init=pissa", "LoRA bias=true needs the default init, not init=pissa"),
     ("bias=true, dora=true", "LoRA bias=true cannot be combined with dora=true"),
-    ("r=3, init=pissa", r"LoRA init=pissa needs r <= 2 \(the smaller side of the \(2, 20\) weight\), got r=3"),
+    ("r=3, init=pissa",
+     r"LoRA init=pissa needs r <= 2 \(the smaller side of the \(2, 20\) weight\), got r=3"),
 ])
 def test_bad_variant_settings_are_clear_and_leave_the_model_untouched(settings, message):
     model = _mlp()
@@ -200,7 +202,8 @@ def test_export_refuses_mixed_variants(tmp_path):
     model = _mlp()
     att = studio.attach(model, "(LoRA.adapt_output, r=2, dora=true): ...->(lin0){inout1}->...\n"
                                "(LoRA.adapt_output, r=2): ...->(lin1){inout1}->...")
-    with pytest.raises(ValueError, match=r"PEFT has one use_dora per adapter; these LoRAs mix \[False, True\]"):
+    with pytest.raises(ValueError,
+                       match=r"PEFT has one use_dora per adapter; these LoRAs mix \[False, True\]"):
         att.export_peft(tmp_path)
 
 
@@ -217,8 +220,6 @@ def test_from_peft_refuses_what_it_cannot_read(tmp_path):
 def test_dora_with_dropout_in_training_equals_peft():
     """In training PEFT's DoRA recomputes the base output from the dropped-out input; same seed, same
     masks, same outputs and gradients."""
-    import copy
-
     base = _mlp()
     pm = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
         r=2, lora_alpha=4, lora_dropout=0.3, use_dora=True, target_modules=["lin0", "lin1"]))

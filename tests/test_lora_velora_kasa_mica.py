@@ -85,7 +85,8 @@ def test_velora_scale_multiplies_only_A_gradient():
     torch.testing.assert_close(gA3, 3 * gA1)
 
 
-@pytest.mark.parametrize("init, changes", [("batch_average", [True, True]), ("batch_average_once", [True, False]),
+@pytest.mark.parametrize("init, changes", [("batch_average", [True, True]),
+                                           ("batch_average_once", [True, False]),
                                            ("random", [False, False])])
 def test_velora_projection_updates_as_its_init_says(init, changes):
     model = _mlp()
@@ -110,8 +111,8 @@ def test_velora_projection_updates_as_its_init_says(init, changes):
 def test_kasa_truncates_the_base_adds_a_diagonal_and_detach_restores():
     model = _mlp()
     before = _state(model)
-    att = studio.attach(model, "(LoRA.adapt_output, r=4, alpha=8, kasa=true, kasa_beta=0.5, kasa_gamma=0.25): "
-                               "...->(0){inout1}->...")
+    att = studio.attach(model, "(LoRA.adapt_output, r=4, alpha=8, kasa=true, kasa_beta=0.5, "
+                               "kasa_gamma=0.25): ...->(0){inout1}->...")
     lora = _lora(att)
     W = before["0.weight"]
     S = torch.linalg.svdvals(W)
@@ -123,7 +124,8 @@ def test_kasa_truncates_the_base_adds_a_diagonal_and_detach_restores():
                                .relu() @ model[2].weight.t() + model[2].bias)
     eye = torch.eye(4)
     want = 0.5 * lora.lora_diag.square().sum() + 0.25 * (
-        torch.linalg.norm(lora.lora_B.t() @ lora.lora_B - eye) + torch.linalg.norm(lora.lora_A @ lora.lora_A.t() - eye))
+        torch.linalg.norm(lora.lora_B.t() @ lora.lora_B - eye)
+        + torch.linalg.norm(lora.lora_A @ lora.lora_A.t() - eye))
     torch.testing.assert_close(lora.kasa_loss(), want)
     lora.kasa_loss().backward()
     assert lora.lora_diag.grad is not None and lora.lora_A.grad is not None
@@ -179,7 +181,8 @@ def test_save_load_and_peft_both_ways(settings, tmp_path):
     fields = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     expected = {"velora=true, velora_groups=3, velora_init=random":
                 ("velora_config", {"init_type": "random", "num_groups": 3, "scale": 1.0}),
-                "kasa=true": ("kasa_config", {"beta": 1e-4, "gamma": 1e-3}), "init=mica": ("init_lora_weights", "mica"),
+                "kasa=true": ("kasa_config", {"beta": 1e-4, "gamma": 1e-3}),
+                "init=mica": ("init_lora_weights", "mica"),
                 "monteclora=true, monteclora_samples=3": ("monteclora_config", {
                     "buffer_size": 150, "dirichlet_prior": 0.1, "kl_loss_weight": 1e-5, "num_samples": 3,
                     "sample_scaler": 1e-4, "use_entropy": False})}
@@ -228,10 +231,11 @@ def test_variants_refused_on_layers_peft_does_not_have_them_on():
             ("velora=true", "LoRA velora=true works on nn.Linear and transformers Conv1D layers (as PEFT's "
                             "VeLoRA), not on Conv2d"),
             ("kasa=true", "LoRA kasa=true works on nn.Linear weights (as PEFT's KaSA), not on Conv2d"),
-            ("init=mica", "LoRA init=mica works on Linear, Embedding and transformers Conv1D layers (as PEFT's "
-                          "MiCA), not on Conv2d")]:
+            ("init=mica", "LoRA init=mica works on Linear, Embedding and transformers Conv1D layers "
+                          "(as PEFT's MiCA), not on Conv2d")]:
         with pytest.raises(studio.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            studio.attach(conv, f"(LoRA.adapt_output, r=2, {settings}): ...->(0){{inout1}}->...", example_input=x)
+            studio.attach(conv, f"(LoRA.adapt_output, r=2, {settings}): ...->(0){{inout1}}->...",
+                          example_input=x)
     with pytest.raises(studio.ConfigError, match="velora=true acts on the LoRA branch in training"):
         studio.attach(conv, "(LoRA.adapt_weight, r=2, velora=true): ...->(2){inout1}->...", example_input=x)
 
@@ -246,7 +250,8 @@ def test_mica_on_an_embedding_matches_the_transposed_weight():
 
 def test_from_peft_refuses_a_malformed_velora_config(tmp_path):
     model = _mlp()
-    att = studio.attach(model, "(LoRA.adapt_output, r=4, velora=true, velora_groups=2): ...->(0){inout1}->...")
+    att = studio.attach(model,
+                        "(LoRA.adapt_output, r=4, velora=true, velora_groups=2): ...->(0){inout1}->...")
     att.export_peft(tmp_path)
     att.detach()
     path = tmp_path / "adapter_config.json"
@@ -346,8 +351,8 @@ def test_named_adapters_refuse_kasa_and_keep_the_base():
     model = _mlp()
     before, want = _state(model), model(X)
     named = studio.NamedAdapters(model)
-    with pytest.raises(ValueError, match=r"moves part of the base weight into the adapter \(init=pissa/olora or "
-                                         r"kasa=true\)"):
+    with pytest.raises(ValueError, match=r"moves part of the base weight into the adapter "
+                                         r"\(init=pissa/olora or kasa=true\)"):
         named.add("k", "(LoRA.adapt_output, r=4, kasa=true): ...->(0){inout1}->...")
     assert all(torch.equal(v, before[k]) for k, v in _state(model).items())
     named.add("v", "(LoRA.adapt_output, r=4, velora=true, velora_groups=2): ...->(0){inout1}->...")
@@ -380,7 +385,8 @@ def test_variants_on_transformers_conv1d_and_embedding_equal_peft(target, fields
 
 def test_export_refuses_mixed_variants_naming_them(tmp_path):
     model = _mlp()
-    att = studio.attach(model, "(LoRA.adapt_output, r=2, velora=true, velora_groups=2): ...->(0){inout1}->...\n"
+    att = studio.attach(model, "(LoRA.adapt_output, r=2, velora=true, velora_groups=2): "
+                               "...->(0){inout1}->...\n"
                                "(LoRA.adapt_output, r=2): ...->(2){inout1}->...")
     with pytest.raises(ValueError) as info:
         att.export_peft(tmp_path)
@@ -391,8 +397,10 @@ def test_export_refuses_mixed_variants_naming_them(tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("kasa_config", [1], "field 'kasa_config' must be a JSON object, got list"),
-    ("kasa_config", {"beta": 1, "delta": 2}, "field 'kasa_config' has 'delta', which is not supported (beta, gamma)"),
-    ("monteclora_config", {"use_entropy": 1}, "field 'monteclora_config.use_entropy' must be true or false, got 1"),
+    ("kasa_config", {"beta": 1, "delta": 2},
+     "field 'kasa_config' has 'delta', which is not supported (beta, gamma)"),
+    ("monteclora_config", {"use_entropy": 1},
+     "field 'monteclora_config.use_entropy' must be true or false, got 1"),
     ("velora_config", {"scale": True}, "field 'velora_config.scale' must be a number, got True"),
     ("velora_config", {"scale": -2}, "LoRA velora_scale must be a positive number, got -2"),
 ])

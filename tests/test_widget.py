@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from addin_studio.examples import MLPAddin, TutorialMLP
+from addin_studio.examples import MLPAddin
 from addin_studio.widget import Studio
 from addin_studio.render import layout as layout_mod  # the module
 from addin_studio.widget.printout import printout
@@ -152,7 +152,8 @@ def test_remove_and_clear_restore_the_model(studio, mlp):
     flags = {n: p.requires_grad for n, p in mlp.named_parameters()}
     keys = set(mlp.state_dict())
     studio.handle({"type": "apply", "text": TUTORIAL + "\n(MLPAddin.adapt_output): ...->(fc2){inout1}->..."})
-    assert [e["text"] for e in studio.entries] == [TUTORIAL, "(MLPAddin.adapt_output): ...->(fc2){inout1}->..."]
+    assert [e["text"] for e in studio.entries] == [TUTORIAL,
+                                                   "(MLPAddin.adapt_output): ...->(fc2){inout1}->..."]
     studio.handle({"type": "remove", "index": 0})
     assert studio.config == "(MLPAddin.adapt_output): ...->(fc2){inout1}->..."
     studio.handle({"type": "remove", "index": 5})

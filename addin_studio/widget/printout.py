@@ -56,7 +56,8 @@ def _join(prefix: str, path: str, child: list[Line]) -> list[Line]:
 def _indent_first(block: list[Line]) -> list[Line]:
     """torch joins child blocks with ``"\n  "``: only a block's first line gains two spaces."""
     first = block[0]
-    return [Line("  " + first.text, first.path, first.head, first.tail, first.group, first.range, first.point)] + block[1:]
+    return [Line("  " + first.text, first.path, first.head, first.tail, first.group, first.range,
+                 first.point)] + block[1:]
 
 
 def _sub(parent: str, key: str) -> str:
@@ -117,4 +118,4 @@ def _module_list(module: nn.ModuleList, path: str, group: str | None) -> list[Li
 def printout(model: nn.Module) -> tuple[list[Line], bool]:
     """The lines of ``print(model)`` with their modules, and whether they match it exactly."""
     lines = _lines(model, "", None)
-    return lines, "\n".join(l.text for l in lines) == repr(model)
+    return lines, "\n".join(line.text for line in lines) == repr(model)

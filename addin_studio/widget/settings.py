@@ -1,9 +1,10 @@
 """The settings form of an add-in, read from its factory's signature and docstring (no Jupyter here).
 
 ``schema(factory)`` lists the settings a config string may give it (the engine passes ``point``,
-``source_point`` and ``shared`` itself); ``convert(field, text)`` turns what a user typed into the value written in
-the string, with a clear ValueError for bad input. A factory's ``setting_choices`` (``{"layout": ("balanced",
-"peft")}`` on LoRA) lists the values a text setting takes: the form offers them as a list.
+``source_point`` and ``shared`` itself); ``convert(field, text)`` turns what a user typed into the value
+written in the string, with a clear ValueError for bad input. A factory's ``setting_choices``
+(``{"layout": ("balanced", "peft")}`` on LoRA) lists the values a text setting takes: the form offers
+them as a list.
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def schema(factory: Callable) -> list[Field]:
         out.append(Field(p.name, kind, default, optional and p.default is not p.empty, _help(doc, p.name),
                          choices=listed))
     switches = {f.name for f in out if f.kind == "bool"}
-    return [replace(f, depends=f.name.split("_", 1)[0]) if "_" in f.name and f.name.split("_", 1)[0] in switches
+    return [replace(f, depends=f.name.split("_", 1)[0])
+            if "_" in f.name and f.name.split("_", 1)[0] in switches
             else f for f in out]
 
 

@@ -516,7 +516,8 @@ class Studio(anywidget.AnyWidget):
     def _restore_run(self, n: Any) -> None:
         run = next((r for r in self._runs if r["n"] == n), None)
         if run is None:
-            self._editor.error = f"no run {n!r}; runs: {', '.join(str(r['n']) for r in self._runs) or 'none yet'}"
+            self._editor.error = (f"no run {n!r}; runs: "
+                                  f"{', '.join(str(r['n']) for r in self._runs) or 'none yet'}")
             return
         if self._editor.apply(run["config"]):
             self._editor.message = f"restored the string of run {n}" + (

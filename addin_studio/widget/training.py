@@ -59,7 +59,8 @@ class UpdateNorms:
         now = self._copy()
         out = {}
         for key, _, _ in self.entries:
-            total = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(now[key], self._prev[key]))
+            total = sum(float((a.float() - b.float()).pow(2).sum())
+                        for a, b in zip(now[key], self._prev[key]))
             out[key] = math.sqrt(total) / steps
         self._prev, self._step, self.last = now, step, out
         return dict(out)

@@ -36,10 +36,12 @@ def thousand():
 vit_base = timm.create_model("vit_base_patch16_224", pretrained=False)
 '''
 CELLS = {
-    "vit_base": 't = time.perf_counter(); w = studio.Studio(vit_base, example_input=torch.zeros(1, 3, 224, 224)); '
+    "vit_base": 't = time.perf_counter(); '
+                'w = studio.Studio(vit_base, example_input=torch.zeros(1, 3, 224, 224)); '
                 'print(f"BUILD={time.perf_counter() - t:.3f}"); w',
     "thousand": 'm = thousand(); print("MODULES=" + str(len(list(m.modules())))); t = time.perf_counter(); '
-                'w = studio.Studio(m, example_input=torch.zeros(1, 8)); print(f"BUILD={time.perf_counter() - t:.3f}"); w',
+                'w = studio.Studio(m, example_input=torch.zeros(1, 8)); '
+                'print(f"BUILD={time.perf_counter() - t:.3f}"); w',
     "thousand_expanded": 't = time.perf_counter(); w = studio.Studio(m, example_input=torch.zeros(1, 8), '
                          'auto_collapse=False); print(f"BUILD={time.perf_counter() - t:.3f}"); w',
 }
@@ -77,10 +79,12 @@ def test_render_times_and_click_latency(open_notebook):
             for _ in range(5):
                 qkv.click()
                 qkv.click()
-                page.wait_for_function("() => document.querySelector('[data-role=config]').textContent.includes('qkv')")
+                page.wait_for_function("() => document.querySelector('[data-role=config]')"
+                                       ".textContent.includes('qkv')")
                 lat.append(float(root.get_attribute("data-click-latency-ms")))
                 cell.locator("[data-role=clear]").click()
-                page.wait_for_function("() => document.querySelector('[data-role=config]').textContent === ''")
+                page.wait_for_function("() => document.querySelector('[data-role=config]')"
+                                       ".textContent === ''")
             results[name]["click_to_string_ms"] = {"median": statistics.median(lat), "max": max(lat),
                                                   "all": lat}
             t1 = time.perf_counter()  # expand the 12 blocks: a round trip plus a new layout

@@ -27,7 +27,8 @@ x = torch.zeros(2, 64)
 STUDIO_MLP = ('w = studio.Studio(model, example_input=x, addins={"MLPAddin": MLPAddin}, '
               'train_loader=SlowLoader(train_loader, 0.03), val_loader=val_loader, epochs=1000, lr=3e-3)\nw')
 # 1000 epochs of >= 0.03 s per step last hours: the run ends when the test clicks Stop, never by itself
-CHECK = 'print("CFG=" + repr(w.config)); print("ERR=" + repr(w.error)); print("ATT=" + repr(w.attachment is not None))'
+CHECK = ('print("CFG=" + repr(w.config)); print("ERR=" + repr(w.error)); '
+         'print("ATT=" + repr(w.attachment is not None))')
 OTHER = 'print("OTHER", 6 * 7)'
 HISTORY = 'print("HIST", len(w.history["loss"]), w.state, w.status.split(":")[0])'
 

@@ -62,7 +62,8 @@ def _config(page) -> str:
 
 
 def _wait_config(page, test: str, timeout_ms: int = 15_000) -> None:
-    page.wait_for_function(f"() => {{ const t = document.querySelector('[data-role=config]').textContent; return {test}; }}",
+    page.wait_for_function(f"() => {{ const t = document.querySelector('[data-role=config]').textContent; "
+                           f"return {test}; }}",
                            timeout=timeout_ms)
 
 
@@ -116,7 +117,8 @@ def test_workbench(open_notebook):
     page.locator("[data-role=search]").press("Enter")
     page.wait_for_selector("svg [data-path='blocks.4.0'][data-match='true']", timeout=15_000)
     page.click("svg [data-path='blocks.4.0'] .as-shape")
-    page.wait_for_function("() => document.querySelector('[data-role=details]').textContent.startsWith('blocks[4][0] · Linear')")
+    page.wait_for_function("() => document.querySelector('[data-role=details]')"
+                           ".textContent.startsWith('blocks[4][0] · Linear')")
     lab.shot("wb-3-search", root)
 
     # training: each placement's update norm on the graph, changing; a legend; then a table
@@ -127,7 +129,8 @@ def test_workbench(open_notebook):
     lab.run(4)  # the run goes on: the norms change
     assert "RELEASED training" in lab.output(4)
     page.wait_for_function(
-        "g => { const e = document.querySelector(\"[data-point='stem:post']\"); return e.dataset.grad && e.dataset.grad !== g; }",
+        "g => { const e = document.querySelector(\"[data-point='stem:post']\"); "
+        "return e.dataset.grad && e.dataset.grad !== g; }",
         arg=g1, timeout=30_000)
     assert float(page.locator("[data-point='head:post']").get_attribute("data-grad")) > 0
     assert page.locator("[data-role=grad-legend]").is_visible()
@@ -152,9 +155,11 @@ def test_workbench(open_notebook):
 
     # export: files that studio.load and PEFT read back; code for studio.attach
     page.click("[data-role=save-adapters]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent.startsWith('saved adapters to')")
+    page.wait_for_function("() => document.querySelector('[data-role=status]')"
+                           ".textContent.startsWith('saved adapters to')")
     page.click("[data-role=export-peft]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent.startsWith('exported PEFT')")
+    page.wait_for_function("() => document.querySelector('[data-role=status]')"
+                           ".textContent.startsWith('exported PEFT')")
     page.click("[data-role=copy-code]")
     page.wait_for_selector("[data-role=code]:not(.as-hidden)")
     code = page.locator("[data-role=code]").inner_text()
@@ -253,16 +258,19 @@ def test_peft_layout_by_clicks(open_notebook):
                             "balanced layout")
     assert 'Tick "PEFT layout" in the Strategy row' in error
     page.check("[data-role=peft-layout]")                          # the control the error names
-    _wait_config(page, "t.includes('layout=peft') && !t.includes('(LoRA.adapt_output, r=3)')", 90_000)  # rebuilt
+    _wait_config(page, "t.includes('layout=peft') && !t.includes('(LoRA.adapt_output, r=3)')",
+                 90_000)  # rebuilt
     page.select_option("[data-role=addin]", "LoRA")
     assert page.locator("[data-role=settings] select[data-setting=layout]").input_value() == "peft"
     page.click("[data-role=train]")
     page.wait_for_selector("[data-role=runs] [data-run='2']", timeout=120_000)
     _wait_state(page, "idle", 120_000)
     page.click("[data-role=export-peft]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent.startsWith('exported PEFT')")
+    page.wait_for_function("() => document.querySelector('[data-role=status]')"
+                           ".textContent.startsWith('exported PEFT')")
     page.click("[data-role=save-adapters]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent.startsWith('saved')")
+    page.wait_for_function("() => document.querySelector('[data-role=status]')"
+                           ".textContent.startsWith('saved')")
     assert page.locator("[data-role=error]").inner_text() == ""
     lab.shot("wb-peft-layout", root)
     assert kernel_value(lab, 1, "PEFT") == "True"

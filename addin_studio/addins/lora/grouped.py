@@ -1,4 +1,5 @@
-"""LoRA on a grouped convolution in PEFT's layout (``layout=peft`` on ``nn.Conv1d/2d/3d`` with ``groups > 1``).
+"""LoRA on a grouped convolution in PEFT's layout (``layout=peft`` on ``nn.Conv1d/2d/3d`` with
+``groups > 1``).
 
 PEFT builds it as two convolutions: ``A`` a *dense* conv ``in_channels -> r`` with the layer's kernel,
 stride and padding (weight ``[r, in_channels, *kernel]``), then ``B`` a 1x1 conv ``r -> out_channels``
@@ -37,7 +38,8 @@ def check_grouped(module: nn.Module, r: int, init: str) -> None:
                          f"a rank divisible by the groups (PEFT's B is a grouped 1x1 conv), got r={r}")
     if init not in ("kaiming", "gaussian"):
         raise ValueError(f"LoRA init={init} needs the update as a weight, which a grouped conv LoRA in "
-                         f"PEFT's layout does not have (groups={module.groups}): use init=kaiming or gaussian")
+                         f"PEFT's layout does not have (groups={module.groups}): "
+                         f"use init=kaiming or gaussian")
     if module.padding_mode != "zeros":
         raise ValueError(f"LoRA layout=peft on a grouped convolution zero-pads its A conv; this layer has "
                          f"padding_mode={module.padding_mode!r}")

@@ -119,7 +119,8 @@ class MonteCLoRASampler(nn.Module):
         var = torch.diag(torch.clip((std @ z_wishart @ std.T).diag(), min=_EPS))
         L = torch.linalg.cholesky(var.float()).to(var.dtype)
         noise = self.scaler * torch.nan_to_num(torch.einsum("eio,op->eip", z_mvn, L), nan=_EPS)
-        weights = torch.softmax(self._dirichlet_logits(torch.exp(self.expert_weights_prior), z_dirichlet), dim=-1)
+        weights = torch.softmax(
+            self._dirichlet_logits(torch.exp(self.expert_weights_prior), z_dirichlet), dim=-1)
         self._last = (var, weights)
         with torch.no_grad():
             self.gaussian_var_prior.copy_(var)
@@ -139,7 +140,8 @@ class MonteCLoRASampler(nn.Module):
         ``monteclora_entropy``), from the last training forward's draw; zero in eval mode."""
         if not self.training:
             return self.std_prior.new_zeros(())
-        var, weights = self._last if self._last is not None else (self.gaussian_var_prior, self.expert_weights)
+        var, weights = (self._last if self._last is not None
+                        else (self.gaussian_var_prior, self.expert_weights))
         alpha2 = torch.exp(self.expert_weights_prior)
         alpha1 = torch.full((self.samples,), self.prior, device=alpha2.device)
 

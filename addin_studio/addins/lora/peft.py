@@ -140,9 +140,9 @@ class LoraPeft(PeftMapping):
         alpha = _most_common(alphas.values())
         for path in params:
             if (ranks[path], alphas[path]) != (r, alpha):
-                raise ValueError(f"'{path}': a LoRA on a named parameter goes to PEFT (target_parameters) with "
-                                 f"the adapter's common r={r} and alpha={_num(alpha)}, not r={ranks[path]}, "
-                                 f"alpha={_num(alphas[path])}")
+                raise ValueError(f"'{path}': a LoRA on a named parameter goes to PEFT "
+                                 f"(target_parameters) with the adapter's common r={r} and "
+                                 f"alpha={_num(alpha)}, not r={ranks[path]}, alpha={_num(alphas[path])}")
         modules = sorted(m for m in ranks if m not in params)
         config = {
             "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop() if dropouts else 0.0,
@@ -172,8 +172,8 @@ class LoraPeft(PeftMapping):
         if init is False or init == "orthogonal":  # initialise lora_A/B only: the file's tensors replace them
             init = True
         if not isinstance(init, (bool, str)) or init not in _INITS:
-            raise ValueError(f"{source}: init_lora_weights={init!r} is not supported (true, false, 'gaussian', "
-                             f"'orthogonal', 'pissa', 'olora' or 'mica')")
+            raise ValueError(f"{source}: init_lora_weights={init!r} is not supported "
+                             f"(true, false, 'gaussian', 'orthogonal', 'pissa', 'olora' or 'mica')")
         if "lora_alpha" in config and config["lora_alpha"] is None:
             raise ValueError(f"{source}: field 'lora_alpha' is null; PEFT needs a number")
         variant: dict[str, Any] = {"rslora": bool(config.get("use_rslora")), "init": _INITS[init]}
@@ -364,7 +364,8 @@ def _layer_index(config: Mapping[str, Any], path: str) -> int | str | None:
     return int(found.group("idx")) if found else "none"
 
 
-def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, torch.Tensor], source: str) -> None:
+def _check_targeted(config: Mapping[str, Any], path: str, pair: Mapping[str, torch.Tensor],
+                    source: str) -> None:
     """The file's LoRA for ``path`` is one PEFT would load: a module a list ``target_modules`` names (and a
     list ``exclude_modules`` does not; PEFT skips the others' tensors), of the rank ``r`` / ``rank_pattern``
     gives it (PEFT refuses other shapes). Regex-string targets are not checked."""
@@ -411,8 +412,8 @@ def _token_imports(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor
     tokens = {n: t for n, t in tensors.items() if ".token_adapter." in n}
     if not spec:
         if tokens:
-            raise ValueError(f"{source}: tensor 'base_model.model.{sorted(tokens)[0]}' holds trainable tokens, "
-                             f"which the config's trainable_token_indices does not list")
+            raise ValueError(f"{source}: tensor 'base_model.model.{sorted(tokens)[0]}' holds "
+                             f"trainable tokens, which the config's trainable_token_indices does not list")
         return []
     if not isinstance(spec, (dict, list)):
         raise ValueError(f"{source}: field 'trainable_token_indices' must be a list of token numbers or an "
@@ -447,7 +448,8 @@ def _target_parameters(config: Mapping[str, Any], pairs: Mapping[str, Any], modu
 
 
 def _pair(name: str, t: torch.Tensor, pairs: dict, source: str) -> None:
-    """File one ``lora_A`` / ``lora_B`` (weight or bias) / ``lora_magnitude_vector`` tensor under its module."""
+    """File one ``lora_A`` / ``lora_B`` (weight or bias) / ``lora_magnitude_vector`` tensor under its
+    module."""
     module, marker, rest = name.partition(f".{_MAGNITUDE}")
     if marker and rest in ("", ".weight", ".default", ".default.weight"):
         pairs.setdefault(module, {})["lora_magnitude"] = t

@@ -65,7 +65,8 @@ def normalized(v: torch.Tensor) -> torch.Tensor:
     return v / norm
 
 
-def initial_projection(in_features: int, groups: int, init: str, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def initial_projection(in_features: int, groups: int, init: str,
+                       like: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``(v, ready)`` at attach: a random unit vector (ready) or zeros to be set by the first batch."""
     dim = group_dim(in_features, groups)
     if init == "random":
