@@ -146,18 +146,30 @@ def _read(f: Any, entry: _Entry) -> torch.Tensor:
 def materialize(model: nn.Module, attachment: Attachment, weights: str | Path | Sequence[str | Path], *,
                 addins: Mapping[str, Callable] | None = None, device: str | torch.device = "cpu",
                 strict: bool = True) -> Attachment:
-    """Give a ``meta``-built, attached ``model`` its real weights and real add-ins; return the new
-    :class:`Attachment`.
+    """Give a ``meta``-built, attached ``model`` its real weights and real add-ins.
 
-    ``weights``: one safetensors file or a list of shards, keyed by the base model's ``state_dict``
-    names. Every base parameter and buffer still on ``meta`` must be found there (one name of a tied
-    weight is enough), with the same shape; it takes the file's tensor converted to its own dtype, on
-    ``device``. With ``strict=True`` a key of the files that names nothing on ``meta`` is an error too.
     Everything is checked before anything changes: on error the model and attachment are untouched.
 
-    ``attachment`` (attached on the meta model) is detached, and its config attached again with its
-    traced graph, so the add-ins are created by their factories on the real layers; pass the same
-    ``addins=`` as to :func:`attach` for your own add-in classes.
+    Args:
+        model: The model built on the ``meta`` device (or inside ``init_empty_weights()``).
+        attachment: The attachment on the meta model. It is detached, and its config attached again
+            with its traced graph, so the add-ins are created by their factories on the real layers.
+        weights: One safetensors file or a list of shards, keyed by the base model's ``state_dict``
+            names. Every base parameter and buffer still on ``meta`` must be found there (one name of a
+            tied weight is enough), with the same shape; it takes the file's tensor converted to its
+            own dtype, on ``device``.
+        addins: The same ``addins=`` as to :func:`attach`, for your own add-in classes.
+        device: Where the real weights go.
+        strict: With ``True`` a key of the files that names nothing on ``meta`` is an error too.
+
+    Returns:
+        The new :class:`Attachment`.
+
+    Raises:
+        ValueError: A meta tensor has no tensor in the files or one of another shape, a key names
+            nothing on ``meta`` (with ``strict``), a file is damaged, or the attachment belongs to
+            another model.
+        RuntimeError: The attachment has been detached.
     """
     if not attachment.attached:
         raise RuntimeError("cannot materialize: this attachment has been detached")

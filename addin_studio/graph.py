@@ -42,7 +42,19 @@ class ModuleNode:
 
 
 class ModuleGraph:
-    """The traced structure of a model. ``graph["blocks.3.attn"]`` gives a :class:`ModuleNode`."""
+    """The traced structure of a model. ``graph["blocks.3.attn"]`` gives a :class:`ModuleNode`.
+
+    Built by :func:`trace`. ``path in graph``, ``len(graph)`` and iteration (the nodes in module order)
+    work as well.
+
+    Args:
+        nodes: One :class:`ModuleNode` per submodule (not the model itself), in ``named_modules()``
+            order.
+        root_class: The class name of the model.
+        num_params: The model's parameter count.
+        trainable_params: How many of them require gradients.
+        traced: Whether a forward pass ran (shapes and call order are known).
+    """
 
     def __init__(self, nodes: list[ModuleNode], root_class: str, num_params: int,
                  trainable_params: int, traced: bool) -> None:
@@ -138,6 +150,19 @@ def trace(model: nn.Module, example_input: Any = None, **forward_kwargs: Any) ->
     forward pass runs in eval mode under ``torch.no_grad()`` with temporary hooks that record the order
     of first calls and input/output shapes; the model's training flags are restored afterwards and no
     hooks remain. Works on the ``meta`` device. Without an example input, shapes and order are ``None``.
+
+    Args:
+        model: The model to trace.
+        example_input: A tensor, a tuple of positional inputs or a dict of keyword inputs for one
+            forward pass; ``None`` records the structure only.
+        **forward_kwargs: Further keyword inputs for that forward pass (used only with
+            ``example_input``).
+
+    Returns:
+        The :class:`ModuleGraph` of the model's modules.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace() expects an nn.Module, got {type(model).__name__}")

@@ -80,11 +80,32 @@ def _image_folder(root: Path, transform: Callable | None, classes: list[str]) ->
 def image_folder_loaders(root: str | Path, *, train_transform: Callable | None = None,
                          val_transform: Callable | None = None, batch_size: int = 32,
                          val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> ImageFolderData:
-    """Training and validation loaders over an image folder (layouts in the module docstring).
+    """Training and validation loaders over an image folder.
 
-    ``train_transform``/``val_transform`` turn a PIL image into a tensor — e.g.
-    ``NamedModel.transforms(train=True)`` from :func:`addin_studio.models.create_model`, which follows the
-    model's own data configuration. Labels are class indices in ``classes`` order.
+    Layouts (the class names are the sub-folder names, sorted): ``DIR/train/<class>/*.png`` and
+    ``DIR/val/<class>/*.png`` (the given split is used); ``DIR/<class>/*.png`` plus
+    ``DIR/val/<class>/*.png`` (``val/`` is the validation split); or ``DIR/<class>/*.png`` only (a
+    seeded, class-stratified split holds out ``val_fraction``). Labels are class indices in
+    ``classes`` order.
+
+    Args:
+        root: The image folder ``DIR``.
+        train_transform: Turns a PIL image into a tensor — e.g. ``NamedModel.transforms(train=True)``
+            from :func:`addin_studio.models.create_model`, which follows the model's own data
+            configuration.
+        val_transform: The same for validation images (the held-out ones of a split too).
+        batch_size: Images per batch.
+        val_fraction: The share held out for validation when there is no ``val/`` folder, in [0, 1).
+        seed: Seeds the split and the training loader's shuffling.
+        num_workers: ``DataLoader`` worker processes.
+
+    Returns:
+        The :class:`ImageFolderData`: ``train`` and ``val`` loaders (``val`` None when nothing is held
+        out), the ``classes`` and the image counts.
+
+    Raises:
+        ValueError: The folder does not exist, has fewer than two class folders, lacks a class in
+            ``val/``, holds no images, or a setting is out of range.
     """
     root = Path(root)
     classes = image_folder_classes(root)

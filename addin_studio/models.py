@@ -75,15 +75,28 @@ def check_model_name(source: str, name: str) -> None:
 
 def create_model(spec: str, num_classes: int, *, pretrained: bool = False, weights: str | Path | None = None,
                  image_size: int | None = None) -> NamedModel:
-    """Build ``spec`` (``timm:NAME``, ``torchvision:NAME`` or ``transformers:NAME_OR_DIR``) with a
-    ``num_classes`` classifier.
+    """Build ``spec`` with a ``num_classes`` classifier.
 
-    ``pretrained=True`` loads the library's published weights (timm, torchvision: ImageNet; transformers:
-    the hub repository or a local ``save_pretrained`` folder) and replaces the classifier. ``weights`` is
-    a local file: with ``pretrained`` it goes through the library's own loading (timm's
-    ``pretrained_cfg_overlay=dict(file=...)``, which adapts the classifier and input layers); without, it
-    is a state dict (``.safetensors`` or a torch file, read with ``weights_only=True``) loaded into the
-    random model, skipping tensors whose shape does not fit (the new classifier).
+    Args:
+        spec: ``timm:NAME``, ``torchvision:NAME`` or ``transformers:NAME_OR_DIR``.
+        num_classes: The number of classes of the new classifier.
+        pretrained: With ``True`` the library's published weights are loaded (timm, torchvision:
+            ImageNet; transformers: the hub repository or a local ``save_pretrained`` folder) and the
+            classifier is replaced.
+        weights: A local file: with ``pretrained`` it goes through the library's own loading (timm's
+            ``pretrained_cfg_overlay=dict(file=...)``, which adapts the classifier and input layers);
+            without, it is a state dict (``.safetensors`` or a torch file, read with
+            ``weights_only=True``) loaded into the random model, skipping tensors whose shape does not
+            fit (the new classifier).
+        image_size: The input image size, for timm and torchvision models that take one.
+
+    Returns:
+        The :class:`NamedModel`: the model with its classifier's path, input size and transforms.
+
+    Raises:
+        ValueError: ``spec`` is not of one of the forms above.
+        ModelLoadError: The model name is unknown, the weights file is missing, or the model or its
+            weights could not be created or loaded (the message says why and what to do).
     """
     source, name = parse_model_spec(spec)
     if weights is not None and not Path(weights).is_file():

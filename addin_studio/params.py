@@ -20,7 +20,16 @@ def set_table_header(model: nn.Module, header: Callable[[], str] | None) -> None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts; a parameter shared by several modules counts once."""
+    """Count the trainable and all parameters of a model.
+
+    A parameter shared by several modules counts once.
+
+    Args:
+        model: The model to count.
+
+    Returns:
+        ``(trainable, total)`` numbers of parameter elements.
+    """
     trainable = total = 0
     for p in model.parameters():  # parameters() already de-duplicates shared tensors
         total += p.numel()
@@ -37,8 +46,15 @@ def _millions_or_thousands(counts: tuple[int, ...]) -> tuple[float, str]:
 def summary_line(model: nn.Module, exact: bool = False) -> str:
     """ZhiJian's line: ``Trainable/total parameters: 0.03M / 38.64M (0.08843%)``.
 
-    Counts are in millions, or in thousands (``3.67K / 82.39K``) for models under a million parameters;
-    ``exact=True`` writes every digit instead (``33,546 / 38,641,384``, the Studio's live line).
+    Counts are in millions, or in thousands (``3.67K / 82.39K``) for models under a million parameters.
+
+    Args:
+        model: The model to count.
+        exact: With ``True`` every digit is written instead (``33,546 / 38,641,384``, the Studio's live
+            line).
+
+    Returns:
+        The one-line summary.
     """
     trainable, total = count_parameters(model)
     if exact:
@@ -54,7 +70,15 @@ def trainable_table(model: nn.Module) -> str:
     """A table of the trainable parameters (name, module type, shape, count) and the summary line.
 
     On a model with :class:`~addin_studio.NamedAdapters`, the first line says which adapter is active
-    (``Active adapter: b (adapters: a, b*, ab)``): the trainable rows are that adapter's."""
+    (``Active adapter: b (adapters: a, b*, ab)``): the trainable rows are that adapter's. Running
+    statistics an attachment updates are listed too, as ``(statistics)`` rows.
+
+    Args:
+        model: The model to list.
+
+    Returns:
+        The table as text, ending with the :func:`summary_line`.
+    """
     owners: dict[str, str] = {}
     for mod_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):

@@ -118,15 +118,30 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
          **attach_kwargs: Any) -> Attachment:
     """Re-attach the add-ins saved in ``path`` to ``model`` and load their weights.
 
-    The file alone is enough for built-in add-ins; pass ``addins=`` for your own classes. The model
-    must match the one saved (same root class, same parameter names and shapes; ``strict=False``
-    checks only the modules the add-ins and kept-trainable weights touch). A file loads only what it
-    owns: the tensors of the add-ins its config places and the base parameters its config keeps
-    trainable, and the running statistics of the normalization layers whose statistics its config
-    updates (restored at detach) — any other tensor is refused by name; tensors must be floating
-    point and finite (``allow_nonfinite=True`` lifts the last rule). On any error the model is left untouched:
-    ValueError naming the file and the field for a damaged or foreign file, ConfigError for a bad
-    config string in it.
+    The file alone is enough for built-in add-ins. A file loads only what it owns: the tensors of the
+    add-ins its config places and the base parameters its config keeps trainable, and the running
+    statistics of the normalization layers whose statistics its config updates (restored at detach) —
+    any other tensor is refused by name; tensors must be floating point and finite. On any error the
+    model is left untouched.
+
+    Args:
+        model: The model to attach to; it must match the one saved (same root class, same parameter
+            names and shapes).
+        path: The ``.safetensors`` file written by :meth:`Attachment.save`.
+        addins: Your own add-in classes by name (``{"Name": Name}``); built-in ones need nothing.
+        example_input: An input for one traced forward pass, as for :func:`attach`.
+        strict: With ``False`` only the modules the add-ins and kept-trainable weights touch must match
+            the saved model.
+        allow_nonfinite: With ``True`` tensors may hold NaN or infinite values.
+        **attach_kwargs: Further keyword arguments for :func:`attach` (e.g. ``freeze``).
+
+    Returns:
+        The :class:`Attachment`, with the saved weights loaded.
+
+    Raises:
+        ValueError: The file is damaged or foreign (naming the file and the field), holds a tensor it
+            does not own, or the model does not match it.
+        ConfigError: The config string in the file is bad or does not fit the model.
     """
     path = Path(path)
     source = str(path)

@@ -177,18 +177,33 @@ def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftM
 def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None, *,
               modules_to_save: bool | Iterable[str] = False, base_biases: bool = False,
               allow_nonfinite: bool = False, **attach_kwargs: Any) -> Attachment:
-    """Attach the adapter a PEFT directory holds (``adapter_config.json`` +
-    ``adapter_model.safetensors``) to ``model``; returns the Attachment (merge, save, detach as usual).
+    """Attach the adapter a PEFT directory holds to ``model``.
 
-    The ``peft_type`` picks the add-in whose PEFT form reads it (LORA: ``addins/lora_peft.py``, with its
-    variants). PEFT ``modules_to_save`` replace base weights, so they load only
-    when asked: ``modules_to_save=True`` loads those the config lists, a list of module names loads
-    exactly those (each must be listed in the config); the default refuses an adapter that has any. Loaded
-    ones stay trainable. The trained base biases of a ``bias="all"`` / ``"lora_only"`` adapter
-    (``checkpoint/peft_bias.py``) replace base weights too: they load (and stay trainable) with
-    ``base_biases=True``; the default refuses such an adapter, naming a bias. Tensors must be floating point
-    and finite (``allow_nonfinite=True`` lifts the last rule). Every malformed config field is a ValueError
-    naming the file and the field; the model is untouched on any error.
+    The directory holds ``adapter_config.json`` + ``adapter_model.safetensors``. The ``peft_type``
+    picks the add-in whose PEFT form reads it (LORA: ``addins/lora_peft.py``, with its variants).
+    Tensors must be floating point and finite. The model is untouched on any error.
+
+    Args:
+        model: The base model the adapter was trained on.
+        directory: The PEFT adapter folder.
+        example_input: An input for one traced forward pass, as for :func:`attach`.
+        modules_to_save: PEFT ``modules_to_save`` replace base weights, so they load only when asked:
+            ``True`` loads those the config lists, a list of module names loads exactly those (each
+            must be listed in the config); the default refuses an adapter that has any. Loaded ones
+            stay trainable.
+        base_biases: The trained base biases of a ``bias="all"`` / ``"lora_only"`` adapter
+            (``checkpoint/peft_bias.py``) replace base weights too: they load (and stay trainable)
+            with ``True``; the default refuses such an adapter, naming a bias.
+        allow_nonfinite: With ``True`` tensors may hold NaN or infinite values.
+        **attach_kwargs: Further keyword arguments for :func:`attach` (e.g. ``freeze``).
+
+    Returns:
+        The :class:`Attachment` (merge, save, detach as usual).
+
+    Raises:
+        FileNotFoundError: The directory has no ``adapter_config.json``.
+        ValueError: A malformed config field (naming the file and the field), an unsupported
+            ``peft_type``, or an adapter the options above refuse.
     """
     directory = Path(directory)
     config_path = directory / PEFT_CONFIG

@@ -64,10 +64,23 @@ class Placement:
 
 
 class Config:
-    """A parsed config string: placements (in order), kept-trainable parameter patterns and the
-    normalization layers whose running statistics update while the add-ins train (``running_stats``).
+    """A parsed config string: placements, kept-trainable patterns and running-statistics layers.
+
+    Holds the placements (in order), kept-trainable parameter patterns and the normalization layers
+    whose running statistics update while the add-ins train (``running_stats``).
 
     Immutable; ``str(cfg)`` is the canonical string and ``parse(str(cfg)) == cfg``.
+
+    Args:
+        placements: The placements, in order.
+        trainable: Patterns of base-model parameters kept trainable (duplicates dropped, order kept).
+        text: The config string this was parsed from, if any (used for error positions).
+        trainable_spans: Offset in ``text`` of each trainable pattern (for error positions); not part
+            of equality.
+        running_stats: Module patterns of normalization layers whose running statistics update.
+
+    Raises:
+        TypeError: A placement is not a :class:`Placement`.
     """
 
     __slots__ = ("_placements", "_trainable", "_running_stats", "text", "trainable_spans")
@@ -101,11 +114,28 @@ class Config:
         return self._running_stats
 
     def add(self, placement: Placement) -> "Config":
-        """A new Config with ``placement`` appended."""
+        """A new Config with ``placement`` appended.
+
+        Args:
+            placement: The placement to add at the end.
+
+        Returns:
+            The new Config; this one is unchanged.
+        """
         return Config(self._placements + (placement,), self._trainable, running_stats=self._running_stats)
 
     def remove(self, index: int) -> "Config":
-        """A new Config without the placement at ``index``."""
+        """A new Config without the placement at ``index``.
+
+        Args:
+            index: The position of the placement to drop (negative counts from the end).
+
+        Returns:
+            The new Config; this one is unchanged.
+
+        Raises:
+            IndexError: The config has no placement at ``index``.
+        """
         if not -len(self._placements) <= index < len(self._placements):
             raise IndexError(f"no placement {index}; the config has {len(self._placements)}")
         items = list(self._placements)

@@ -69,6 +69,17 @@ def parse(text: str) -> Config:
     Accepts ZhiJian's one-line syntax (``(Addin.method): ...->{inout1}(fc2)->...``), several entries
     (one per line, or separated by ``,``/``;``), settings (``(LoRA.adapt_output, r=8): ...``) and
     kept-trainable parameters (``trainable(head, pos_embed)``).
+
+    Args:
+        text: The config string.
+
+    Returns:
+        The parsed :class:`Config`; ``str()`` of it is the canonical string.
+
+    Raises:
+        ConfigError: The string has a syntax mistake; the error gives the offset of the offending
+            character.
+        TypeError: ``text`` is not a string.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() expects a config string, got {type(text).__name__}")

@@ -48,7 +48,17 @@ _MERGE_STACKS: "weakref.WeakKeyDictionary[nn.Module, dict[str, list[tuple[int, s
 
 
 class Attachment:
-    """Add-ins attached to a model by :func:`attach`. Undo everything with :meth:`detach`."""
+    """Add-ins attached to a model by :func:`attach`. Undo everything with :meth:`detach`.
+
+    Built by :func:`attach` (or :func:`load`), not by hand. Use it as a context manager to detach on
+    exit.
+
+    Attributes:
+        model: The model the add-ins are attached to.
+        config: The parsed :class:`Config` that placed them.
+        graph: The :class:`ModuleGraph` traced from the model.
+        addins: The add-in modules by key (an ``nn.ModuleDict``).
+    """
 
     def __init__(self, model: nn.Module, config: Config, graph: ModuleGraph,
                  resolved: list[Resolved], keep: set[str], freeze: bool,
@@ -166,9 +176,14 @@ class Attachment:
             self._stats_snapshot.clear()
 
     def statistics(self) -> dict[str, torch.Tensor]:
-        """The running-statistics buffers this attachment owns (``{"<layer>.<buffer>": tensor}``): those
-        of the normalization layers whose statistics update (``running_stats(...)`` or trained
-        parameters). They are saved with the adapters and restored at :meth:`detach`."""
+        """The running-statistics buffers this attachment owns.
+
+        Those of the normalization layers whose statistics update (``running_stats(...)`` or trained
+        parameters). They are saved with the adapters and restored at :meth:`detach`.
+
+        Returns:
+            The buffers by name: ``{"<layer>.<buffer>": tensor}``.
+        """
         modules = dict(self.model.named_modules())
         return {f"{path}.{n}" if path else n: t for path in self.updating_norms
                 for n, t in stat_buffers(modules[path]).items()}
@@ -237,6 +252,10 @@ class Attachment:
         """Remove every hook and add-in, restore ``requires_grad`` flags and (if merged) weights.
 
         Afterwards the model is exactly as before :func:`attach`. Calling it twice is harmless.
+
+        Raises:
+            RuntimeError: A weight it would restore was changed since by another attachment (a merge, a
+                PiSSA/KaSA base move); detach or unmerge that attachment first.
         """
         self._undo()
 
@@ -271,14 +290,24 @@ class Attachment:
 
     # -- merge -----------------------------------------------------------------------------------
     def merge(self, untie: bool = False) -> None:
-        """Fold mergeable add-ins into their base weights: weight methods, and hook add-ins that define
-        ``merge(module)`` (e.g. LoRA). Their hooks/properties are switched off, so a merged model pays
-        nothing extra. :meth:`unmerge` restores the weights exactly.
+        """Fold mergeable add-ins into their base weights.
 
-        A weight shared with another module (tied weights, e.g. a language model's ``lm_head`` and its
-        input embedding) is refused, since merging would change the other module too; ``untie=True``
-        gives the merged module its own copy of the weight until :meth:`unmerge` / :meth:`detach`,
-        which put the shared parameter back.
+        Mergeable are weight methods, and hook add-ins that define ``merge(module)`` (e.g. LoRA). Their
+        hooks/properties are switched off, so a merged model pays nothing extra. :meth:`unmerge`
+        restores the weights exactly.
+
+        Args:
+            untie: A weight shared with another module (tied weights, e.g. a language model's
+                ``lm_head`` and its input embedding) is refused, since merging would change the other
+                module too; ``untie=True`` gives the merged module its own copy of the weight until
+                :meth:`unmerge` / :meth:`detach`, which put the shared parameter back.
+
+        Raises:
+            ValueError: A weight is tied to another module and ``untie`` is false, an add-in cannot merge
+                into its module, or another add-in that stays attached also reads the weight; nothing is
+                merged then.
+            RuntimeError: The attachment was detached, or the model is FSDP-sharded (merge an unsharded
+                copy loaded with :func:`load`).
         """
         self._require_attached("merge")
         if _is_sharded(self.model):
@@ -380,7 +409,12 @@ class Attachment:
 
     def unmerge(self) -> None:
         """Undo :meth:`merge`: restore the base weights bit for bit (and ties) and switch the add-ins
-        back on."""
+        back on.
+
+        Raises:
+            RuntimeError: A weight it would restore was changed since by another attachment (a merge, a
+                PiSSA/KaSA base move); restoring ours would undo theirs.
+        """
         self._check_restorable(moves=False)
         modules = dict(self.model.named_modules())
         by_key = {r.key: r for r in self._resolved}
@@ -452,11 +486,19 @@ class Attachment:
 
     # -- checkpoints (written by addin_studio.checkpoint, which registers itself: see register_io) --
     def save(self, path: str | Path) -> None:
-        """Save add-in (and kept-trainable) weights as safetensors, with the config in the metadata."""
+        """Save add-in (and kept-trainable) weights as safetensors, with the config in the metadata.
+
+        Args:
+            path: The ``.safetensors`` file to write; read it back with :func:`load`.
+        """
         _io("save")(self, path)
 
     def export_peft(self, directory: str | Path) -> None:
-        """Write ``adapter_model.safetensors`` + ``adapter_config.json`` for Hugging Face PEFT."""
+        """Write ``adapter_model.safetensors`` + ``adapter_config.json`` for Hugging Face PEFT.
+
+        Args:
+            directory: The folder to write the two files into.
+        """
         _io("export_peft")(self, directory)
 
 
@@ -531,14 +573,32 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     """Attach the add-ins a config describes to ``model``.
 
     Everything is validated first (module paths, add-in names, methods and their signatures, settings,
-    ``{in}``-before-``{out}`` order when ``example_input`` is given, trainable patterns); on any error a
-    :class:`ConfigError` is raised and the model is untouched. With ``freeze=True`` the base model is
-    frozen except the parameters the config keeps trainable. Use the result as a context manager or
-    call :meth:`Attachment.detach` to undo everything.
+    ``{in}``-before-``{out}`` order when ``example_input`` is given, trainable patterns); on any error
+    the model is untouched. Use the result as a context manager or call :meth:`Attachment.detach` to
+    undo everything.
 
-    ``reuse`` maps placements to add-in objects built before (e.g. ``{p: a for _, p, a in
-    old.entries}`` of a detached attachment): an equal placement (add-in, method, points, settings)
-    takes its object, trained weights and all, instead of a freshly initialised one.
+    Args:
+        model: The base model the add-ins attach to.
+        config: A :class:`Config` or a config string (parsed with :func:`parse`).
+        addins: Add-in classes (factories) by the name the config uses, e.g. ``{"Name": Name}``; a name
+            here takes precedence over the registered add-ins.
+        example_input: An input for one traced forward pass (a tensor, a tuple of positional inputs or
+            a dict of keyword inputs); with it the ``{in}``-before-``{out}`` order is checked too.
+        freeze: With ``True`` the base model is frozen except the parameters the config keeps
+            trainable.
+        graph: A :class:`ModuleGraph` traced before, to skip tracing the model again.
+        reuse: Maps placements to add-in objects built before (e.g. ``{p: a for _, p, a in
+            old.entries}`` of a detached attachment): an equal placement (add-in, method, points,
+            settings) takes its object, trained weights and all, instead of a freshly initialised one.
+        **forward_kwargs: Keyword inputs for the traced forward pass, besides ``example_input``.
+
+    Returns:
+        The :class:`Attachment` that holds the add-ins and undoes them.
+
+    Raises:
+        ConfigError: The config does not fit the model (module paths, add-in names, methods and their
+            signatures, settings, point order, trainable patterns); the model is untouched.
+        TypeError: ``model`` is not an ``nn.Module`` or ``config`` is neither a Config nor a string.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach() expects an nn.Module, got {type(model).__name__}")

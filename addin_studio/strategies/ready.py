@@ -74,7 +74,18 @@ def _lora_action(settings: dict | Callable[[str], dict], never_run: set[str],
 def lora_all_strategy(r: int = 3, alpha: float | None = None, dropout: float = 0.0,
                       train_bias: bool = False, never_run: Iterable[str] = ()) -> Strategy:
     """GIFt's ``LoRAAllStrategy``: LoRA on every Linear and Conv1d/2d/3d (and transformers Conv1D,
-    MultiheadAttention); everything else frozen. ``never_run``: paths that get ``adapt_weight``."""
+    MultiheadAttention); everything else frozen.
+
+    Args:
+        r: The LoRA rank.
+        alpha: The LoRA alpha; ``None`` means ``r`` (scale 1).
+        dropout: The LoRA dropout probability.
+        train_bias: Whether the adapted layers' biases stay trainable.
+        never_run: Paths that get ``adapt_weight`` (layers that never run as modules).
+
+    Returns:
+        The :class:`Strategy`; call it on a model to get a :class:`Config`.
+    """
     train = (lambda info: [f"{info.path}.bias"] if getattr(info.module, "bias", None) is not None
              else []) if train_bias else None
     return Strategy(name="lora_all").register_module_cap(
@@ -83,17 +94,28 @@ def lora_all_strategy(r: int = 3, alpha: float | None = None, dropout: float = 0
 
 def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: float = 0.0,
              train_bias: bool = False, example_input: Any = None, graph: ModuleGraph | None = None) -> Config:
-    """LoRA of rank ``r`` on every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of ``model`` (GIFt's LoRA-all),
-    plus transformers ``Conv1D`` (GPT-2) and ``nn.MultiheadAttention`` (torchvision's ViT).
+    """LoRA of rank ``r`` on every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of ``model`` (GIFt's LoRA-all).
 
-    ``alpha`` defaults to ``r`` (scale 1, as GIFt). All other parameters are frozen, biases too unless
-    ``train_bias``. On torchvision's resnet18 with ``r=3`` this trains 75,063 parameters.
+    Also on transformers ``Conv1D`` (GPT-2) and ``nn.MultiheadAttention`` (torchvision's ViT). All
+    other parameters are frozen. On torchvision's resnet18 with ``r=3`` this trains 75,063 parameters.
 
     Each layer gets the output hook (``adapt_output``) where it is right and ``adapt_weight`` where it
     cannot be: MultiheadAttention, conv subclasses with their own ``forward`` and — given
     ``example_input`` (or a traced ``graph``) — layers that never run as modules because their parent
     reads their weight (BEiT's, EVA-02's and torchvision Swin's ``qkv``). Without an example input
     such layers get the hook, and attach's first forward pass reports them.
+
+    Args:
+        model: The model to adapt.
+        r: The LoRA rank.
+        alpha: The LoRA alpha; defaults to ``r`` (scale 1, as GIFt).
+        dropout: The LoRA dropout probability.
+        train_bias: Whether the adapted layers' biases stay trainable (frozen by default).
+        example_input: An input for one traced forward pass, to find layers that never run as modules.
+        graph: A :class:`ModuleGraph` traced with an example input, instead of ``example_input``.
+
+    Returns:
+        The :class:`Config`; attach it with :func:`attach`.
     """
     return lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph))(model)
 
@@ -118,16 +140,32 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
          alpha_pattern: Mapping[str, float] | None = None, **variant: Any) -> Config:
     r"""LoRA on the modules PEFT's ``target_modules`` would pick.
 
-    ``targets``: a list of names matched against the end of each module path (``"qkv"`` matches
-    ``blocks.0.attn.qkv``), or one string read as a regular expression that must match a whole path.
     Linear, Conv, transformers Conv1D, nn.Embedding and nn.MultiheadAttention layers can be targets;
-    the method is chosen as in :func:`lora_all`. ``trainable``: extra parameter patterns kept
-    trainable (e.g. ``["head"]``). A target that matches no such layer is a ValueError naming it.
+    the method is chosen as in :func:`lora_all`.
 
-    ``rank_pattern`` / ``alpha_pattern`` (PEFT's names and matching: the first key ``k`` matching
-    ``(.*\.)?(k)$``; the key subset of ``addins/peft_patterns.py``) give some layers another rank / alpha.
-    Further keyword arguments are LoRA settings for every layer: ``rslora=True``, ``dora=True``,
-    ``bias=True``, ``init="pissa"`` ...
+    Args:
+        model: The model to adapt.
+        targets: A list of names matched against the end of each module path (``"qkv"`` matches
+            ``blocks.0.attn.qkv``), or one string read as a regular expression that must match a whole
+            path.
+        r: The LoRA rank.
+        alpha: The LoRA alpha (``None``: ``r``).
+        dropout: The LoRA dropout probability.
+        trainable: Extra parameter patterns kept trainable (e.g. ``["head"]``).
+        example_input: An input for one traced forward pass, as for :func:`lora_all`.
+        graph: A :class:`ModuleGraph` traced with an example input, instead of ``example_input``.
+        rank_pattern: Gives some layers another rank (PEFT's name and matching: the first key ``k``
+            matching ``(.*\.)?(k)$``; the key subset of ``addins/peft_patterns.py``).
+        alpha_pattern: Gives some layers another alpha, matched as ``rank_pattern``.
+        **variant: LoRA settings for every layer: ``rslora=True``, ``dora=True``, ``bias=True``,
+            ``init="pissa"`` ...
+
+    Returns:
+        The :class:`Config`; attach it with :func:`attach`.
+
+    Raises:
+        ValueError: A target matches no such layer (naming it), ``targets`` is not a valid regular
+            expression or an empty list, or a pattern key or value is bad.
     """
     matches = _target_check(targets)
     base = {**_lora_settings(r, alpha, dropout), **variant}

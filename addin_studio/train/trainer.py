@@ -96,16 +96,50 @@ class Trainer:
 
     Batches are ``(inputs, targets)``: ``inputs`` a tensor (or a tuple of positional inputs, or a dict
     of keyword inputs), ``targets`` class indices. ``fit()`` returns the history; ``test()`` the
-    accuracies. ``stop()`` (thread-safe) ends ``fit()`` after the current step. Callbacks get
-    ``on_fit_start(trainer)``, ``on_epoch_start(trainer, epoch)``, ``on_step(trainer, step, logs)``,
-    ``on_epoch(trainer, epoch, logs)`` and ``on_end(trainer, history)``; see docs/training.md.
+    accuracies. ``stop()`` (thread-safe) ends ``fit()`` after the current step.
 
-    With an ``attachment`` and a ``checkpoint_dir``, the add-ins of the best epoch (highest validation
-    Acc@1, or lowest training loss without a ``val_loader``) are saved to ``checkpoint_dir/best.safetensors``
-    with ``attachment.save``; without an attachment, the trainable parameters are saved there.
+    Args:
+        model: The model to train (moved to ``device``).
+        train_loader: The training batches.
+        val_loader: Validation batches, evaluated after every epoch (and picking the best epoch).
+        epochs: The number of epochs (an integer >= 1).
+        lr: The base learning rate (> 0).
+        optimizer: A name (``adam``, ``adamw``, ``sgd``), an optimizer instance, or
+            ``callable(params)``.
+        scheduler: A per-step schedule: a name (``cosine``, ``step``, ``constant``; ``None`` =
+            constant), an ``LRScheduler`` instance, or ``callable(optimizer)``. Named ones restart from
+            the base lr.
+        callbacks: Objects with any of the methods ``on_fit_start(trainer)``,
+            ``on_epoch_start(trainer, epoch)``, ``on_step(trainer, step, logs)``,
+            ``on_epoch(trainer, epoch, logs)`` and ``on_end(trainer, history)``; see docs/training.md.
+        weight_decay: ``None`` means the usual default: 0.01 for AdamW, 0 for Adam and SGD.
+        momentum: The SGD momentum.
+        warmup_steps: Steps of linear warm-up, ``(step + 1) / warmup_steps`` of the lr, whatever the
+            schedule.
+        step_size: For the ``step`` schedule: steps between decays (default ``max(1, T // 3)`` of the
+            ``T`` steps after warm-up).
+        gamma: For the ``step`` schedule: the factor of each decay.
+        grad_clip: The gradient norm to clip to (> 0), or ``None``.
+        amp: Mixed precision: ``False``, ``True`` (bf16, or fp16 on a GPU without bf16), ``"bf16"`` or
+            ``"fp16"``.
+        device: Where to train; default: CUDA if available, else CPU (under torchrun, the rank's GPU).
+        seed: Seeds ``random``, NumPy and ``torch`` at the start of each ``fit()``.
+        loss_fn: ``loss_fn(logits, targets)``; default ``nn.CrossEntropyLoss()``.
+        max_steps: Stop after this many optimizer steps; required when ``train_loader`` has no
+            ``len()``.
+        attachment: The :class:`Attachment` whose add-ins are trained. With a ``checkpoint_dir``, the
+            add-ins of the best epoch (highest validation Acc@1, or lowest training loss without a
+            ``val_loader``) are saved to ``checkpoint_dir/best.safetensors`` with ``attachment.save``;
+            without an attachment, the trainable parameters are saved there.
+        checkpoint_dir: The folder for the best epoch's checkpoint, or ``None`` for none.
+        progress: Whether to show a progress bar.
+        strategy: Under torchrun the model is wrapped in DDP (``"ddp"``) or sharded with FSDP2
+            (``"fsdp"``, see :mod:`addin_studio.fsdp`); in one process ``strategy`` changes nothing.
 
-    Under torchrun the model is wrapped in DDP (``strategy="ddp"``) or sharded with FSDP2
-    (``strategy="fsdp"``, see :mod:`addin_studio.fsdp`); in one process ``strategy`` changes nothing.
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or a callback has none of the hook methods.
+        ValueError: A setting is out of range (naming it), ``train_loader`` is empty or has no
+            ``len()`` without ``max_steps``, or the model has no trainable parameters.
     """
 
     def __init__(self, model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
@@ -334,9 +368,16 @@ class Trainer:
     def fit(self) -> dict[str, list]:
         """Train for ``epochs`` (or ``max_steps``); return the history.
 
-        History: ``loss``, ``lr`` (per step: the lr used for that step), ``train_loss``, ``epoch_time``
-        (per epoch) and, with a ``val_loader``, ``val_loss``, ``val_acc1``, ``val_acc5`` (per epoch, %).
-        Each call restarts the history, step count and named schedule; model and optimizer state carry over.
+        Each call restarts the history, step count and named schedule; model and optimizer state carry
+        over.
+
+        Returns:
+            The history: ``loss``, ``lr`` (per step: the lr used for that step), ``train_loss``,
+            ``epoch_time`` (per epoch) and, with a ``val_loader``, ``val_loss``, ``val_acc1``,
+            ``val_acc5`` (per epoch, %).
+
+        Raises:
+            RuntimeError: ``fit()`` is already running, or another Trainer is training the same model.
         """
         with _TRAINING_LOCK:
             if self.fitting:
@@ -483,7 +524,17 @@ class Trainer:
         return {"acc1": 100.0 * correct1 / n, "acc5": 100.0 * correct5 / n, "loss": loss_sum / n}
 
     def test(self, loader: Iterable | None = None) -> dict[str, float]:
-        """``{"acc1": %, "acc5": %, "loss": float}`` on ``loader`` (default: the ``val_loader``)."""
+        """Evaluate the model on ``loader``.
+
+        Args:
+            loader: The batches to evaluate; default: the ``val_loader``.
+
+        Returns:
+            ``{"acc1": %, "acc5": %, "loss": float}``.
+
+        Raises:
+            ValueError: No ``loader`` was passed and the Trainer has no ``val_loader``.
+        """
         loader = loader if loader is not None else self.val_loader
         if loader is None:
             raise ValueError("test() needs a loader: pass one, or give the Trainer a val_loader")

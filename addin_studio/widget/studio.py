@@ -84,9 +84,31 @@ class Studio(anywidget.AnyWidget):
     (the live :class:`~addin_studio.Attachment`, or None) and ``w.history`` give the results back.
     Every accepted config is attached to ``model`` at once (base frozen, add-ins trainable).
 
-    With ``adapters=NamedAdapters(model)`` the Studio shows the active named adapter: an Adapter list
-    switches it (or runs the bare model), edits change the active adapter (``NamedAdapters.update``),
-    and switching from code (``named.set_active("b")``) is shown at once.
+    Args:
+        model: The model to place add-ins on.
+        example_input: An input for one traced forward pass (shapes, call order, point checks).
+        addins: Your own add-in classes by name (``{"MLPAddin": MLPAddin}``), offered besides the
+            registered ones.
+        train_loader: Training batches; with them the Studio can train the add-ins.
+        val_loader: Validation batches for training.
+        epochs: The number of epochs a training run makes.
+        lr: The learning rate of a training run.
+        trainer_options: Further keyword arguments for the :class:`Trainer` of a training run.
+        config: A config string to start with.
+        layout_engine: How the graph is laid out: ``"auto"`` (Graphviz dot if present), ``"dot"`` or
+            ``"builtin"``.
+        auto_collapse: Whether to collapse containers of large models at first so that at most 400
+            boxes are drawn.
+        export_dir: The folder that saving adapters and exporting PEFT write into.
+        adapters: With ``NamedAdapters(model)`` the Studio shows the active named adapter: an Adapter
+            list switches it (or runs the bare model), edits change the active adapter
+            (``NamedAdapters.update``), and switching from code (``named.set_active("b")``) is shown at
+            once.
+        **kwargs: Passed on to ``anywidget.AnyWidget``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``adapters`` is not the :class:`NamedAdapters` of this same model.
     """
 
     _esm = _HERE / "studio.js"
