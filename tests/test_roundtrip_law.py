@@ -124,15 +124,7 @@ def run_roundtrip(build: Callable[[], nn.Module], make_input: Callable[[], Any])
     return result
 
 
-@pytest.fixture
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name, build, make_input", [
     pytest.param(n, b, i, id=n, marks=[pytest.mark.slow] if slow else [])
     for n, b, i, _, slow in ZOO + BN_CNNS])

@@ -203,16 +203,7 @@ def run_zoo_model(build: Callable[[], nn.Module], make_input: Callable[[], Any],
     return {"placements": len(cfg.placements), "adapt_weight": weight, "effect": effect, "diff": diff}
 
 
-@pytest.fixture
-def _one_thread():
-    """One intra-op thread: these tiny models run 5x faster than with threads fighting busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name, build, make_input, tied", [
     pytest.param(n, b, i, t, id=n, marks=[pytest.mark.slow] if slow else [])
     for n, b, i, t, slow in ZOO])

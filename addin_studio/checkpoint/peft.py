@@ -92,9 +92,7 @@ def _write_peft(att: Attachment, directory: str | Path) -> None:
             if not module_path:
                 raise ValueError("PEFT saves whole modules (modules_to_save), not the root: its running "
                                  "statistics cannot be a PEFT adapter")
-            to_save.append(module_path)
-            tensors.update({lead + name: base[name] for name in base if name.startswith(module_path + ".")
-                            and name.count(".") == module_path.count(".") + 1})
+            to_save.append(module_path)  # its tensors come with the whole state dict just below
     for module_path in to_save:  # PEFT loads a saved module's whole state dict, buffers included
         state = modules[module_path].state_dict(keep_vars=True)
         tensors.update({f"{lead}{module_path}.{n}": t for n, t in state.items()

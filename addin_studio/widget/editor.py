@@ -222,10 +222,10 @@ class Editor:
     # -- normalization statistics ----------------------------------------------------------------
     def has_norm_stats(self) -> bool:
         """Whether the model has layers with running statistics (BatchNorm and friends)."""
-        from ..engine.norm_stats import has_running_stats
+        from ..engine.attachment import addin_children
+        from ..engine.norm_stats import norm_layers
 
-        return any(has_running_stats(m) for name, m in self.model.named_modules()
-                   if not name.split(".")[0].startswith("addins"))
+        return bool(norm_layers(self.model, skip=addin_children(self.model)))
 
     def running_stats(self) -> bool:
         """Whether the config lets normalization layers update their statistics (``running_stats(...)``)."""
