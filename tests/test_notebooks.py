@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-EXPECTED = ["01_quickstart", "02_config_strings", "03_lora_vit", "04_gift_strategies", "05_custom_addins"]
+EXPECTED = ["01_quickstart", "02_config_strings", "03_lora_vit", "04_gift_strategies", "05_custom_addins",
+            "06_your_images", "07_language_model"]
 CELL_TIMEOUT_S = 300
 
 
