@@ -9,7 +9,7 @@ from torch import nn
 from ..addins.lora import WEIGHT_METHOD, hook_problem, is_hf_conv1d
 from ..addins.peft_patterns import pattern_value
 from ..config import Config
-from ..graph import ModuleGraph, trace
+from ..graph import ModuleGraph, module_aliases, trace
 from .capabilities import Claim, ModuleInfo, ParamCap, Strategy, placement
 
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -196,8 +196,12 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
         hit = {p.target.module for p in cfg.placements}
         for t in targets:
             if not any(h == t or h.endswith("." + t) for h in hit):
+                shared = [(a, c) for a, c in module_aliases(model).items() if a == t or a.endswith("." + t)]
+                also = (f"; '{shared[0][0]}' is another name of '{shared[0][1]}', a module shared by several "
+                        f"parents: targets match canonical names (the first named_modules() gives), as "
+                        f"PEFT's do") if shared else ""
                 raise ValueError(f"target {t!r} matches no Linear/Conv layer of {type(model).__name__} "
-                                 f"(nor an Embedding or MultiheadAttention)")
+                                 f"(nor an Embedding or MultiheadAttention){also}")
     return cfg.with_trainable(list(cfg.trainable) + list(trainable))
 
 
