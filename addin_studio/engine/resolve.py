@@ -118,7 +118,6 @@ def canonical_config(cfg: Config, graph: ModuleGraph) -> Config:
             raise loc.error(f"{_describe(p)} and {_describe(first)} are one placement on one module: "
                             f"'{format_path(target.module)}' is shared by several parents and both names "
                             f"reach it, so its add-in would be attached twice", p,
-                            p.target.module.rsplit(".", 1)[-1],
                             hint=f"place it once, at '{format_path(target.module)}': it runs wherever the "
                                  f"module runs")
         seen.setdefault(q, p)
