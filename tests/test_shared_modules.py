@@ -297,6 +297,11 @@ def test_widget_details_name_the_other_names():
         "every parent)")
     w.handle({"type": "select", "path": "head"})
     assert w.selected["note"] == "" and w.selected["aliases"] == []
+    with pytest.warns(SharedModuleWarning):  # a pasted string naming an alias shows the canonical name
+        w.handle({"type": "apply", "text": "(LoRA.adapt_output, r=2): ...->(deep[0][0]){inout1}->..."})
+    assert w.config == "(LoRA.adapt_output, r=2): ...->(proj){inout1}->..." and w.error == ""
+    w.handle({"type": "select", "path": "proj"})
+    assert w.selected["placements"] == ["(LoRA.adapt_output, r=2): ...->(proj){inout1}->..."]
     w.close()
 
 

@@ -60,8 +60,9 @@ def run_meta(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None
 
     # functional_call swaps every name and swaps back in the same order: a module shared by several
     # parents (one tensor slot under two names) gets its meta copy back. Put every slot back ourselves.
-    slots = [(store, name, t) for m in model.modules() for store in (m._parameters, m._buffers)
-             for name, t in store.items()]
+    slots: list[tuple[dict[str, Any], str, Any]] = [
+        (store, name, t) for m in model.modules() for store in (m._parameters, m._buffers)
+        for name, t in store.items()]
     try:
         _eval_no_grad(model, call)
     finally:
