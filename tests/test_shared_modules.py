@@ -334,3 +334,28 @@ def test_timm_coat_lite_tiny_end_to_end():
         r = run_zoo_model(build, _image,
                           False)
     assert r["placements"] == len(targets) and r["diff"] <= 1e-3 * r["effect"]
+
+
+class Embedder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.encoder = nn.Sequential(self.embed)  # the same Embedding under a second name
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.encoder(ids))
+
+
+def test_from_peft_trainable_tokens_on_a_shared_embedding_names_sharing_not_a_tie(tmp_path):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    wrapped = peft.get_peft_model(Embedder(), peft.TrainableTokensConfig(target_modules=["embed"],
+                                                                         token_indices=[1, 2]))
+    wrapped.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError) as info:
+        studio.from_peft(Embedder(), tmp_path)
+    assert "tied" not in str(info.value)
+    assert "the adapter targets 'embed', one module shared by several parents (also reachable as " \
+           "'encoder.0')" in str(info.value)
