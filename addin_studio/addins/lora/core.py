@@ -113,7 +113,8 @@ class LoRA(AddinBase):
             self.transposed = expert_transposed(module)
             self._check_experts()
         else:
-            h, w, self.transposed = matrix_layout(module, self.param, layout == "peft", named=param is not None)
+            h, w, self.transposed = matrix_layout(module, self.param, layout == "peft",
+                                                  named=param is not None)
         b_cols = r * max(self.experts, 1)
         if self.grouped:
             check_grouped(module, r, self.variant.init)

@@ -64,3 +64,14 @@ def expert_factor_problem(weight_shape: tuple[int, ...], a: torch.Tensor, b: tor
                 f"for a {tuple(weight_shape)} parameter (lora_A [E*r, in], lora_B [out, r*E] with "
                 f"E={experts})")
     return None
+
+
+def fused_expert_params(module: nn.Module) -> list[str]:
+    """The 3-D expert parameters of a mixture-of-experts module, in registration order: those whose first
+    dimension is the module's ``num_experts`` (transformers' experts modules: ``gate_up_proj``,
+    ``down_proj``, ...). Empty for any other module."""
+    experts = getattr(module, "num_experts", None)
+    if isinstance(experts, bool) or not isinstance(experts, int) or experts < 1:
+        return []
+    return [name for name, p in module.named_parameters(recurse=False)
+            if p.dim() == 3 and p.shape[0] == experts and is_expert_param(module, name)]

@@ -140,8 +140,9 @@ class LoraPeft(PeftMapping):
         if len(dropouts) > 1:
             raise ValueError(f"PEFT has one lora_dropout per adapter; these LoRAs use {sorted(dropouts)}")
         if params and any(dropouts):
-            raise ValueError(f"PEFT's LoRA on target_parameters ('{sorted(params)[0]}') refuses lora_dropout, "
-                             f"and PEFT has one per adapter; these LoRAs use dropout={max(dropouts):g}")
+            raise ValueError(f"PEFT's LoRA on target_parameters ('{sorted(params)[0]}') refuses "
+                             f"lora_dropout, and PEFT has one per adapter; these LoRAs use "
+                             f"dropout={max(dropouts):g}")
         tensors.update(_parameter_tensors(params.values()))
         for flag, values in variants.items():
             if len(values) > 1:
@@ -151,8 +152,8 @@ class LoraPeft(PeftMapping):
         alpha = _most_common(alphas.values())
         for path in params:
             if (ranks[path], alphas[path]) != (r, alpha):  # PEFT would match patterns to '<module>.<param>'
-                raise ValueError(f"'{params[path].placement.target.module}': a LoRA on a named parameter goes to PEFT "
-                                 f"(target_parameters) with the adapter's common r={r} and "
+                raise ValueError(f"'{params[path].placement.target.module}': a LoRA on a named parameter "
+                                 f"goes to PEFT (target_parameters) with the adapter's common r={r} and "
                                  f"alpha={_num(alpha)}, not r={ranks[path]}, alpha={_num(alphas[path])}")
         modules = sorted(m for m in ranks if m not in params)
         config = {
@@ -486,13 +487,14 @@ def _target_parameters(config: Mapping[str, Any], pairs: Mapping[str, Any], modu
         if not names:
             continue
         if depth >= len(names):
-            raise ValueError(f"{source}: unexpected key 'base_model.model.{key}.lora_A.weight' (target_parameters "
-                             f"adapts {len(names)} parameter(s) of '{path}': {', '.join(names)})")
+            raise ValueError(f"{source}: unexpected key 'base_model.model.{key}.lora_A.weight' "
+                             f"(target_parameters adapts {len(names)} parameter(s) of '{path}': "
+                             f"{', '.join(names)})")
         name = names[len(names) - 1 - depth]
         if module._parameters[name].dim() not in (2, 3):
             raise ValueError(f"{source}: target_parameters '{path}.{name}' has shape "
-                             f"{tuple(module._parameters[name].shape)}; LoRA adapts a matrix or a 3-D stack of "
-                             f"expert matrices")
+                             f"{tuple(module._parameters[name].shape)}; LoRA adapts a matrix or a 3-D "
+                             f"stack of expert matrices")
         found[key] = (path, name)
     return found
 
@@ -505,8 +507,9 @@ def _rank(pair: Mapping[str, torch.Tensor], module: nn.Module, param: str | None
         return rows
     experts = module._parameters[param].shape[0]
     if rows % experts or not rows:
-        raise ValueError(f"{source}: the adapter's lora_A for '{named}' has shape {tuple(pair['lora_A'].shape)}; "
-                         f"PEFT's LoRA on {experts} experts has {experts}*r rows")
+        raise ValueError(f"{source}: the adapter's lora_A for '{named}' has shape "
+                         f"{tuple(pair['lora_A'].shape)}; PEFT's LoRA on {experts} experts has "
+                         f"{experts}*r rows")
     return rows // experts
 
 
