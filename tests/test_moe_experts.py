@@ -128,6 +128,24 @@ def test_files_equal_peft_and_load_both_ways(make, tmp_path, one_thread):
     torch.testing.assert_close(back_model(IDS).logits, out, rtol=1e-6, atol=1e-6)
 
 
+def test_from_peft_refuses_expert_factors_of_the_wrong_shape(tmp_path):
+    model, att, pm = _ours_and_peft(_mixtral)
+    pm.save_pretrained(tmp_path)
+    file = tmp_path / "adapter_model.safetensors"
+    tensors = safetensors_torch.load_file(file)
+    key = "base_model.model.model.layers.1.mlp.experts.lora_A.weight"
+    tensors[key] = tensors[key][:7]
+    safetensors_torch.save_file(tensors, file)
+    with pytest.raises(ValueError, match=r"the adapter's lora_A for 'model.layers.1.mlp.experts.down_proj' "
+                                         r"has shape \(7, 64\); PEFT's LoRA on 4 experts has 4\*r rows"):
+        studio.from_peft(_mixtral(), tmp_path)
+    tensors[key] = torch.zeros(12, 64)  # r=3 where the other tensors say r=2: lora_B [32, 8] disagrees
+    safetensors_torch.save_file(tensors, file)
+    with pytest.raises(ValueError, match=r"lora_B for 'model.layers.1.mlp.experts.down_proj' has shape "
+                                         r"\(32, 8\); this model's layer needs \(32, 12\)"):
+        studio.from_peft(_mixtral(), tmp_path)
+
+
 def test_lora_all_reaches_every_expert_weight():
     model = _mixtral()
     cfg = studio.strategies.lora_all(model, r=2)

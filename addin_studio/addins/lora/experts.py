@@ -54,18 +54,6 @@ def expert_delta(lora_A: torch.Tensor, lora_B: torch.Tensor, experts: int, trans
     return torch.einsum("ore,eri->eio" if transposed else "ore,eri->eoi", B, A)
 
 
-def expert_factor_problem(weight_shape: tuple[int, ...], a: torch.Tensor, b: torch.Tensor,
-                          where: str) -> str | None:
-    """Why ``a``/``b`` (PEFT's ``lora_A``/``lora_B``) are not an expert LoRA's factors for a parameter of
-    ``weight_shape`` (stored ``[E, out, in]``, or ``[E, in, out]`` when read transposed), or None."""
-    experts = weight_shape[0]
-    if a.dim() != 2 or b.dim() != 2 or a.shape[0] % experts or a.shape[0] == 0:
-        return (f"{where}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} are not PEFT's expert factors "
-                f"for a {tuple(weight_shape)} parameter (lora_A [E*r, in], lora_B [out, r*E] with "
-                f"E={experts})")
-    return None
-
-
 def fused_expert_params(module: nn.Module) -> list[str]:
     """The 3-D expert parameters of a mixture-of-experts module, in registration order: those whose first
     dimension is the module's ``num_experts`` (transformers' experts modules: ``gate_up_proj``,
