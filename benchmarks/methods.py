@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from .common import ROOT, interleave, machine, median, paired_ratio  # noqa: E40
 
 DOC = ROOT / "docs" / "choosing.md"
 SEED = 0
-LRS = (1e-3, 1e-2)
+LRS = (1e-3, 3e-3, 1e-2)
 STEPS = {"digits": 200, "text": 20}
 BATCH = {"digits": 32, "text": 16}
 TIMING_ROUNDS = {"digits": 20, "text": 4}
@@ -539,6 +540,13 @@ def guide(per_task: dict[str, list[Result]]) -> list[str]:
         top_lr = [r for r in ok if r.lr == max(LRS)]
         lines.append(f"- The chosen lr is the grid's largest ({max(LRS):g}) for {len(top_lr)} of the "
                      f"{len(ok)} methods: with a larger one some might train faster than here.")
+        big = f"{max(LRS):g}"
+        unstable = [r for r in ok
+                    if r.losses and r.lr < max(LRS) and r.losses.get(big, 0.0) > r.losses[f"{r.lr:g}"]]
+        if unstable:
+            ends = ", ".join(f"{r.losses[big]:.2f} against {r.losses[f'{r.lr:g}']:.2f}" for r in unstable)
+            lines.append(f"- A smaller lr trained better for {_names(unstable)}: at {big} their training "
+                         f"loss ended higher ({ends}).")
         out += [f"**{task}**", ""] + lines + [""]
     if len(near_best) > 1:
         both = set.intersection(*near_best.values())
@@ -633,7 +641,23 @@ def render(per_task: dict[str, list[Result]], tasks: dict[str, Task], *, command
     lines += ["## Machine and versions", ""]
     lines += [f"- {k}: {v}" for k, v in _versions().items()]
     lines.append("")
-    return "\n".join(lines)
+    return "\n".join(_wrap(lines))
+
+
+def _wrap(lines: list[str], width: int = 110) -> list[str]:
+    """Prose and list items wrapped at ``width``; tables, headings, HTML and code blocks left as they are."""
+    out: list[str] = []
+    code = False
+    for line in lines:
+        if line.startswith("```"):
+            code = not code
+        if code or line.startswith(("|", "#", "<", "```")) or len(line) <= width:
+            out.append(line)
+            continue
+        indent = "  " if line.startswith("- ") else ""
+        out += textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                             break_on_hyphens=False)
+    return out
 
 
 # -- main --------------------------------------------------------------------------------------------------

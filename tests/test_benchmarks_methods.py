@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.methods import COLUMNS, METHOD_NAMES, METHODS, QUICK_METHODS, Result, guide, markdown_table, \
-    table_rows
+from benchmarks.methods import (COLUMNS, LRS, METHOD_NAMES, METHODS, QUICK_METHODS, Result, guide,
+                               markdown_table, table_rows)
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "| " + " | ".join(COLUMNS) + " |"
@@ -53,7 +53,7 @@ def test_table_and_guide_come_from_the_results():
     results = [Result("head-only", "baseline", "trainable(head)", trainable=10, lr=1e-2, accuracy=80.0,
                       step_ratio=1.01, memory_ratio=1.0),
                Result("LoRA", "LoRA variant", "...", trainable=100, lr=1e-3, accuracy=95.5, step_ratio=2.0,
-                      memory_ratio=3.0),
+                      memory_ratio=3.0, losses={"0.001": 0.2, "0.003": 0.3, "0.01": 0.9}),
                Result("SSF", "add-in", "...", trainable=40, lr=1e-2, accuracy=95.0, step_ratio=1.5,
                       memory_ratio=4.0),
                Result("VPT", "add-in", "", not_applicable="no tokens")]
@@ -69,6 +69,8 @@ def test_table_and_guide_come_from_the_results():
     assert ("the fewest trainable parameters: **SSF** (40, 95.0%); the cheapest step: **SSF** (1.50x "
             "head-only's step time, 95.0%); the lowest peak memory: **LoRA** (3.00x head-only's, "
             "95.5%)") in text
+    assert ("- A smaller lr trained better for **LoRA**: at 0.01 their training loss ended higher (0.90 "
+            "against 0.20).") in text
 
 
 def test_the_page_has_the_tables_the_script_emits():
@@ -99,7 +101,7 @@ def test_quick_run_writes_the_tables(tmp_path):
                            "--json", str(data)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "seed 0; lr grid 0.001, 0.01" in proc.stdout
+    assert f"seed 0; lr grid {', '.join(f'{lr:g}' for lr in LRS)};" in proc.stdout
     written = out.read_text()
     page = (ROOT / "docs" / "choosing.md").read_text(encoding="utf-8")
     quick, full = _sections(written), _sections(page)
@@ -117,5 +119,5 @@ def test_quick_run_writes_the_tables(tmp_path):
     for task, rows in results["tasks"].items():
         assert [r["method"] for r in rows] == list(QUICK_METHODS)
         head, lora = rows
-        assert head["trainable"] < lora["trainable"] and set(head["losses"]) == {"0.001", "0.01"}
+        assert head["trainable"] < lora["trainable"] and set(head["losses"]) == {f"{lr:g}" for lr in LRS}
         assert 0 <= lora["accuracy"] <= 100 and lora["step_ratio"] > 0 and lora["peak_bytes"] > 0
