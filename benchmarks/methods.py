@@ -12,7 +12,7 @@ Two tasks, each a frozen pre-trained backbone with a new head:
   with a 2-class head, on ``addin_studio.data.sentiment_sentences`` (short sentences, half of them negated).
 
 Every method trains its add-ins and the head for the same number of steps on the same batches (AdamW,
-no weight decay); its learning rate is the one of :data:`LRS` with the lower mean training loss over the
+no weight decay); its learning rate is the one of :data:`LRS` with the lowest mean training loss over the
 last fifth of the steps (the held-out accuracy plays no part in the choice). Step time and peak memory are
 ratios to a head-only model measured in the same run: step times round-robin on one fixed batch (median
 of per-round ratios), peak memory from ``torch.profiler``'s record of torch's CPU allocator.
@@ -51,6 +51,9 @@ PRETRAIN_STEPS = 300  # the digits CNN on digits 0-4, before any method sees it
 TEXT_SENTENCES, TEXT_TRAIN = 600, 400  # sentiment_sentences(600): the first 400 train, the other 200 held out
 TOLERANCE = 1.0  # accuracy points: "within 1 point of the best" in the guide
 QUICK_METHODS = ("head-only", "LoRA")
+# LoRA rows that run the same operations per step (a different scale or starting values): the spread of
+# their step-time ratios is the timing noise of a run, which the guide states.
+SAME_WORK = ("LoRA", "rsLoRA", "LoRA gaussian init", "PiSSA", "OLoRA")
 TASKS = ("digits", "text")
 # One intra-op thread by default: on a 2-core machine that others share, two OpenMP threads wait for each
 # other; measured by hand on this machine under load, a digits head-only step took 256 ms with 2 threads
@@ -399,7 +402,7 @@ def _first_line(exc: BaseException) -> str:
 
 def run_method(task: Task, method: Method, *, steps: int, batch: int, lrs: tuple[float, ...], seed: int,
                rounds: int, repeats: int, reference: Callable[[], Any], reference_peak: int) -> Result:
-    """Train ``method`` on ``task`` at every lr, keep the lower-loss one, measure it beside head-only."""
+    """Train ``method`` on ``task`` at every lr, keep the lowest-loss one, measure it beside head-only."""
     import addin_studio as studio
 
     spec = task.configs[method.name]
@@ -537,6 +540,12 @@ def guide(per_task: dict[str, list[Result]]) -> list[str]:
                          f"({fastest.step_ratio:.2f}x, {fastest.accuracy:.1f}%); the most expensive: "
                          f"**{max(methods, key=lambda r: r.step_ratio).method}** "
                          f"({max(r.step_ratio for r in methods):.2f}x).")
+        same = [r for r in ok if r.method in SAME_WORK]
+        if len(same) > 1:
+            low, high = min(r.step_ratio for r in same), max(r.step_ratio for r in same)
+            lines.append(f"- Timing noise: {_names(same)} do the same work per step (they differ only in a "
+                         f"scale or in their starting values) and measured from {low:.2f}x to {high:.2f}x; "
+                         "step-time differences smaller than that spread are not resolved by this run.")
         top_lr = [r for r in ok if r.lr == max(LRS)]
         lines.append(f"- The chosen lr is the grid's largest ({max(LRS):g}) for {len(top_lr)} of the "
                      f"{len(ok)} methods: with a larger one some might train faster than here.")
@@ -596,7 +605,7 @@ def render(per_task: dict[str, list[Result]], tasks: dict[str, Task], *, command
         "decay. "
         "Everything else in the model is frozen.",
         f"- **lr**: each method is trained once at each of {', '.join(f'{lr:g}' for lr in LRS)}; the table "
-        "gives the one with the lower mean training loss over the last fifth of the steps, and the accuracy "
+        "gives the one with the lowest mean training loss over the last fifth of the steps, and the accuracy "
         "of that run. The held-out data plays no part in the choice.",
         "- **accuracy %**: on the held-out split, in eval mode.",
         "- **trainable params**: `studio.count_parameters` (the head included; FacT's shared factors once; "

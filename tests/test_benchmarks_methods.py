@@ -73,6 +73,16 @@ def test_table_and_guide_come_from_the_results():
             "against 0.20).") in text
 
 
+def test_guide_states_the_timing_noise_from_rows_that_do_the_same_work():
+    results = [Result("head-only", "baseline", "", trainable=10, lr=1e-2, accuracy=80.0, step_ratio=1.0),
+               Result("LoRA", "LoRA variant", "", trainable=100, lr=1e-2, accuracy=95.0, step_ratio=1.5),
+               Result("rsLoRA", "LoRA variant", "", trainable=100, lr=1e-2, accuracy=94.0, step_ratio=1.2)]
+    text = "\n".join(guide({"digits": results}))
+    assert ("- Timing noise: **LoRA** and **rsLoRA** do the same work per step (they differ only in a "
+            "scale or in their starting values) and measured from 1.20x to 1.50x;") in text
+    assert "- The chosen lr is the grid's largest (0.01) for 3 of the 3 methods" in text
+
+
 def test_the_page_has_the_tables_the_script_emits():
     text = (ROOT / "docs" / "choosing.md").read_text(encoding="utf-8")
     sections = _sections(text)
