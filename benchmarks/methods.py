@@ -553,9 +553,9 @@ def guide(per_task: dict[str, list[Result]]) -> list[str]:
         unstable = [r for r in ok
                     if r.losses and r.lr < max(LRS) and r.losses.get(big, 0.0) > r.losses[f"{r.lr:g}"]]
         if unstable:
-            ends = ", ".join(f"{r.losses[big]:.2f} against {r.losses[f'{r.lr:g}']:.2f}" for r in unstable)
-            lines.append(f"- A smaller lr trained better for {_names(unstable)}: at {big} their training "
-                         f"loss ended higher ({ends}).")
+            ends = ", ".join(f"{r.losses[big]:.3f} against {r.losses[f'{r.lr:g}']:.3f}" for r in unstable)
+            lines.append(f"- A smaller lr trained better for {_names(unstable)}: at {big} the training loss "
+                         f"over the last fifth of the steps ended higher ({ends} at the lr chosen).")
         out += [f"**{task}**", ""] + lines + [""]
     if len(near_best) > 1:
         both = set.intersection(*near_best.values())

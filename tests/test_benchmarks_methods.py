@@ -69,8 +69,8 @@ def test_table_and_guide_come_from_the_results():
     assert ("the fewest trainable parameters: **SSF** (40, 95.0%); the cheapest step: **SSF** (1.50x "
             "head-only's step time, 95.0%); the lowest peak memory: **LoRA** (3.00x head-only's, "
             "95.5%)") in text
-    assert ("- A smaller lr trained better for **LoRA**: at 0.01 their training loss ended higher (0.90 "
-            "against 0.20).") in text
+    assert ("- A smaller lr trained better for **LoRA**: at 0.01 the training loss over the last fifth of "
+            "the steps ended higher (0.900 against 0.200 at the lr chosen).") in text
 
 
 def test_guide_states_the_timing_noise_from_rows_that_do_the_same_work():
