@@ -1,7 +1,11 @@
 """Canonical emission: ``str(Config)``.
 
-One entry per line. Consecutive placements that differ only by block indices that step by one are
-written as one entry with ranges (``blocks[0:12].attn.qkv``), so strategies' configs stay short.
+One entry per line. Placements with the same add-in, method and settings that repeat, step by
+step, with block indices advancing by one are written as one entry with ranges: ``blocks[0:12].attn.qkv``,
+or several labels whose ranges advance together (``(layer1[0:2].conv1){inout1}->...->(layer1[0:2].conv2)
+{inout2}``, the order ``layer1.0.conv1, layer1.0.conv2, layer1.1.conv1, ...``). Placements of one block
+that start no such run share a line (at most ``MAX_PLAIN``). The order of the placements is kept, so
+``parse(str(cfg)) == cfg``.
 """
 from __future__ import annotations
 
@@ -46,39 +50,123 @@ def format_value(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# -- runs of placements that compress into ranges ---------------------------------------------------
+# -- entries: runs of placements that compress into ranges ------------------------------------------
+#: the most placements one step of a ranged entry holds (a block's convolutions, a layer's projections)
+MAX_PERIOD = 32
+#: the most placements an entry without ranges holds (placements of one block, written on one line)
+MAX_PLAIN = 8
+
+
 def _paths(p: Placement) -> list[str]:
     return [p.source.module] if p.source.module == p.target.module else [p.source.module, p.target.module]
 
 
+def _head(p: Placement) -> tuple:
+    return (p.addin, p.method, tuple(sorted((k, repr(v)) for k, v in p.settings.items())))
+
+
 def _template(p: Placement) -> tuple:
     temps = tuple(tuple("#" if is_index(s) else s for s in split_path(path)) for path in _paths(p))
-    return (p.addin, p.method, tuple(sorted((k, repr(v)) for k, v in p.settings.items())),
-            p.source.side, p.target.side, p.source.module == p.target.module, temps)
+    return (_head(p), p.source.side, p.target.side, p.source.module == p.target.module, temps)
 
 
 def _indices(p: Placement) -> list[int]:
     return [int(s) for path in _paths(p) for s in split_path(path) if is_index(s)]
 
 
-def _runs(placements: Sequence[Placement]) -> list[tuple[Placement, int, list[int]]]:
-    """Group consecutive placements into (first, length, delta) runs."""
-    runs: list[tuple[Placement, int, list[int]]] = []
-    i = 0
-    while i < len(placements):
-        first = placements[i]
-        n, delta = 1, None
-        if i + 1 < len(placements) and _template(placements[i + 1]) == _template(first):
-            d = [b - a for a, b in zip(_indices(first), _indices(placements[i + 1]))]
-            if d and all(x in (0, 1) for x in d) and any(d):
-                delta = d
-                while (i + n < len(placements) and _template(placements[i + n]) == _template(first)
-                       and [b - a for a, b in zip(_indices(first), _indices(placements[i + n]))]
-                       == [x * n for x in delta]):
-                    n += 1
-        runs.append((first, n, delta or []))
-        i += n
-    return runs
+def _block(p: Placement) -> str:
+    """The repeated container a placement sits in: its source path up to its first index (``layer2.0``),
+    or the whole path when it has none (such placements get a line each)."""
+    segs = split_path(p.source.module)
+    for i, seg in enumerate(segs):
+        if is_index(seg):
+            return ".".join(segs[:i + 1])
+    return p.source.module
+
+
+class _Group:
+    """``count`` steps of ``width`` placements: entry ``first..first + width * count`` of the config,
+    written as one line; ``deltas[j]`` says which indices of placement ``j`` step by one (ranges)."""
+
+    def __init__(self, first: int, width: int, count: int, deltas: list[list[int]]) -> None:
+        self.first, self.width, self.count, self.deltas = first, width, count, deltas
+
+    @property
+    def end(self) -> int:
+        return self.first + self.width * self.count
+
+
+class _Planner:
+    """Splits placements into entries, deterministically and in order (``parse`` gives them back in
+    the same order): the longest run of steps first, else the placements of one block on one line."""
+
+    def __init__(self, placements: Sequence[Placement]) -> None:
+        self.items = placements
+        self.temps = [_template(p) for p in placements]
+        self.idx = [_indices(p) for p in placements]
+        self.heads = [t[0] for t in self.temps]
+
+    def _delta(self, a: int, b: int) -> list[int] | None:
+        if self.temps[a] != self.temps[b]:
+            return None
+        d = [y - x for x, y in zip(self.idx[a], self.idx[b])]
+        return d if d and all(x in (0, 1) for x in d) and any(d) else None
+
+    def _run(self, i: int, k: int) -> _Group | None:
+        """Steps of ``k`` placements from ``i`` whose indices advance by one per step (at least 2)."""
+        items = self.items
+        if i + 2 * k > len(items):
+            return None
+        deltas = []
+        for j in range(k):
+            d = self._delta(i + j, i + k + j)
+            if d is None:
+                return None
+            deltas.append(d)
+        n = 2
+        while i + (n + 1) * k <= len(items) and all(
+                self.temps[i + n * k + j] == self.temps[i + j]
+                and [y - x for x, y in zip(self.idx[i + j], self.idx[i + n * k + j])] == [x * n for x in d]
+                for j, d in enumerate(deltas)):
+            n += 1
+        return _Group(i, k, n, deltas)
+
+    def best_run(self, i: int) -> _Group | None:
+        """The run from ``i`` that covers the most placements (the fewest placements per step on a tie)."""
+        best: _Group | None = None
+        for k in range(1, MAX_PERIOD + 1):
+            if i + 2 * k > len(self.items) or self.heads[i + k - 1] != self.heads[i]:
+                break  # one entry has one header: a longer step would hold another add-in
+            run = self._run(i, k)
+            if run is not None and (best is None or run.end > best.end):
+                best = run
+        return best
+
+    def groups(self) -> list[_Group]:
+        out: list[_Group] = []
+        i, n = 0, len(self.items)
+        while i < n:
+            run = self.best_run(i)
+            if run is None:
+                j, block = i + 1, _block(self.items[i])
+                while (j < n and j - i < MAX_PLAIN and self.heads[j] == self.heads[i]
+                       and _block(self.items[j]) == block and self.best_run(j) is None):
+                    j += 1
+                run = _Group(i, j - i, 1, [[] for _ in range(j - i)])
+            out.append(run)
+            i = run.end
+        return out
+
+
+def entry_spans(placements: Sequence[Placement]) -> list[tuple[int, int]]:
+    """``(start, end)`` of the placements each line of the canonical string holds, in order."""
+    return [(g.first, g.end) for g in _Planner(placements).groups()]
+
+
+def _runs(placements: Sequence[Placement]) -> list[tuple[list[Placement], int, list[list[int]]]]:
+    """The entries: (the placements of the first step, the number of steps, their index deltas)."""
+    return [(list(placements[g.first:g.first + g.width]), g.count, g.deltas)
+            for g in _Planner(placements).groups()]
 
 
 def _fmt(path: str, starts: list[int], delta: list[int], n: int) -> str:
@@ -94,23 +182,29 @@ def _fmt(path: str, starts: list[int], delta: list[int], n: int) -> str:
     return out
 
 
-def _entry(run: tuple[Placement, int, list[int]]) -> str:
-    p, n, delta = run
+def _points(p: Placement, number: int, n: int, delta: list[int]) -> str:
+    """The chain elements of one placement, labelled ``number``."""
     starts, delta = _indices(p), list(delta)
+    src = _fmt(p.source.module, starts, delta, n)
+    if p.source == p.target:
+        return f"{{inout{number}}}({src})" if p.source.side == "pre" else f"({src}){{inout{number}}}"
+    if p.source.module == p.target.module:  # pre -> post of one module
+        return f"{{in{number}}}({src}){{out{number}}}"
+    dst = _fmt(p.target.module, starts, delta, n)
+    a = f"{{in{number}}}({src})" if p.source.side == "pre" else f"({src}){{in{number}}}"
+    b = f"{{out{number}}}({dst})" if p.target.side == "pre" else f"({dst}){{out{number}}}"
+    return f"{a}->...->{b}"
+
+
+def _entry(run: tuple[list[Placement], int, list[list[int]]]) -> str:
+    step, n, deltas = run
+    p = step[0]
     header = f"({p.addin}.{p.method}"
     for key in sorted(p.settings):
         header += f", {key}={format_value(p.settings[key])}"
     header += ")"
-    src = _fmt(p.source.module, starts, delta, n)
-    if p.source == p.target:
-        body = f"{{inout1}}({src})" if p.source.side == "pre" else f"({src}){{inout1}}"
-        return f"{header}: ...->{body}->..."
-    if p.source.module == p.target.module:  # pre -> post of one module
-        return f"{header}: ...->{{in1}}({src}){{out1}}->..."
-    dst = _fmt(p.target.module, starts, delta, n)
-    a = f"{{in1}}({src})" if p.source.side == "pre" else f"({src}){{in1}}"
-    b = f"{{out1}}({dst})" if p.target.side == "pre" else f"({dst}){{out1}}"
-    return f"{header}: ...->{a}->...->{b}->..."
+    body = "->...->".join(_points(q, j + 1, n, d) for j, (q, d) in enumerate(zip(step, deltas)))
+    return f"{header}: ...->{body}->..."
 
 
 def _compress_patterns(patterns: Sequence[str]) -> list[str]:
