@@ -120,7 +120,8 @@ class Trainer:
     of keyword inputs), ``targets`` class indices. A batch that is a dict is the keyword inputs of a
     model that computes its own loss (a Hugging Face causal LM given ``labels``): the loss is
     ``model(**batch).loss``, ``loss_fn`` is not used, and validation gives ``val_loss`` only (the best
-    epoch has the lowest). ``fit()`` returns the history; ``test()`` the accuracies. ``stop()`` (thread-safe) ends ``fit()`` after the current step.
+    epoch has the lowest). ``fit()`` returns the history; ``test()`` the accuracies. ``stop()``
+    (thread-safe) ends ``fit()`` after the current step.
 
     Args:
         model: The model to train (moved to ``device``).
