@@ -9,6 +9,7 @@ that start no such run share a line (at most ``MAX_PLAIN``). The order of the pl
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def emit(cfg: Config) -> str:
-    lines = [_entry(run) for run in _runs(cfg.placements)]
+    lines = _lines(cfg.placements)
     if cfg.trainable:
         lines.append("trainable(" + ", ".join(_compress_patterns(cfg.trainable)) + ")")
     if cfg.running_stats:
@@ -57,6 +58,11 @@ MAX_PERIOD = 32
 MAX_PLAIN = 8
 
 
+@functools.lru_cache(maxsize=4096)  # each path is split several times in a row while emitting
+def _split(path: str) -> tuple[str, ...]:
+    return tuple(split_path(path))
+
+
 def _paths(p: Placement) -> list[str]:
     return [p.source.module] if p.source.module == p.target.module else [p.source.module, p.target.module]
 
@@ -66,18 +72,18 @@ def _head(p: Placement) -> tuple:
 
 
 def _template(p: Placement) -> tuple:
-    temps = tuple(tuple("#" if is_index(s) else s for s in split_path(path)) for path in _paths(p))
+    temps = tuple(tuple("#" if is_index(s) else s for s in _split(path)) for path in _paths(p))
     return (_head(p), p.source.side, p.target.side, p.source.module == p.target.module, temps)
 
 
 def _indices(p: Placement) -> list[int]:
-    return [int(s) for path in _paths(p) for s in split_path(path) if is_index(s)]
+    return [int(s) for path in _paths(p) for s in _split(path) if is_index(s)]
 
 
 def _block(p: Placement) -> str:
     """The repeated container a placement sits in: its source path up to its first index (``layer2.0``),
     or the whole path when it has none (such placements get a line each)."""
-    segs = split_path(p.source.module)
+    segs = _split(p.source.module)
     for i, seg in enumerate(segs):
         if is_index(seg):
             return ".".join(segs[:i + 1])
@@ -102,9 +108,25 @@ class _Planner:
 
     def __init__(self, placements: Sequence[Placement]) -> None:
         self.items = placements
-        self.temps = [_template(p) for p in placements]
-        self.idx = [_indices(p) for p in placements]
+        self.temps, self.idx, self.blocks = [], [], []
+        for p in placements:  # one placement at a time: its paths are split once (cached)
+            self.temps.append(_template(p))
+            self.idx.append(_indices(p))
+            self.blocks.append(_block(p))
         self.heads = [t[0] for t in self.temps]
+        n = len(placements)
+        # the next placement with the same template (a step can only end there) and the end of the
+        # stretch with this header: each start is tried against a few candidates, not MAX_PERIOD
+        self.next_same = [n] * n
+        last: dict[tuple, int] = {}
+        self.head_end = [n] * n
+        for i in range(n - 1, -1, -1):
+            self.next_same[i] = last.get(self.temps[i], n)
+            last[self.temps[i]] = i
+            if i + 1 < n and self.heads[i + 1] == self.heads[i]:
+                self.head_end[i] = self.head_end[i + 1]
+            else:
+                self.head_end[i] = i + 1
 
     def _delta(self, a: int, b: int) -> list[int] | None:
         if self.temps[a] != self.temps[b]:
@@ -134,12 +156,12 @@ class _Planner:
     def best_run(self, i: int) -> _Group | None:
         """The run from ``i`` that covers the most placements (the fewest placements per step on a tie)."""
         best: _Group | None = None
-        for k in range(1, MAX_PERIOD + 1):
-            if i + 2 * k > len(self.items) or self.heads[i + k - 1] != self.heads[i]:
-                break  # one entry has one header: a longer step would hold another add-in
-            run = self._run(i, k)
+        j = self.next_same[i]  # a step of k placements: placement i + k repeats placement i
+        while j - i <= MAX_PERIOD and j <= self.head_end[i]:  # one entry has one header
+            run = self._run(i, j - i)
             if run is not None and (best is None or run.end > best.end):
                 best = run
+            j = self.next_same[j] if j < len(self.items) else len(self.items) + MAX_PERIOD + 1
         return best
 
     def groups(self) -> list[_Group]:
@@ -148,9 +170,9 @@ class _Planner:
         while i < n:
             run = self.best_run(i)
             if run is None:
-                j, block = i + 1, _block(self.items[i])
+                j, block = i + 1, self.blocks[i]
                 while (j < n and j - i < MAX_PLAIN and self.heads[j] == self.heads[i]
-                       and _block(self.items[j]) == block and self.best_run(j) is None):
+                       and self.blocks[j] == block and self.best_run(j) is None):
                     j += 1
                 run = _Group(i, j - i, 1, [[] for _ in range(j - i)])
             out.append(run)
@@ -163,16 +185,17 @@ def entry_spans(placements: Sequence[Placement]) -> list[tuple[int, int]]:
     return [(g.first, g.end) for g in _Planner(placements).groups()]
 
 
-def _runs(placements: Sequence[Placement]) -> list[tuple[list[Placement], int, list[list[int]]]]:
-    """The entries: (the placements of the first step, the number of steps, their index deltas)."""
-    return [(list(placements[g.first:g.first + g.width]), g.count, g.deltas)
-            for g in _Planner(placements).groups()]
+def _lines(placements: Sequence[Placement]) -> list[str]:
+    """The placement lines of the canonical string."""
+    plan = _Planner(placements)
+    return [_entry(list(placements[g.first:g.first + g.width]), g.count, g.deltas,
+                   plan.idx[g.first:g.first + g.width]) for g in plan.groups()]
 
 
 def _fmt(path: str, starts: list[int], delta: list[int], n: int) -> str:
     """Format a dotted path, turning the index positions with delta 1 into ranges."""
     out = ""
-    for seg in split_path(path):
+    for seg in _split(path):
         if is_index(seg):
             d = delta.pop(0) if delta else 0
             start = starts.pop(0)
@@ -182,9 +205,9 @@ def _fmt(path: str, starts: list[int], delta: list[int], n: int) -> str:
     return out
 
 
-def _points(p: Placement, number: int, n: int, delta: list[int]) -> str:
-    """The chain elements of one placement, labelled ``number``."""
-    starts, delta = _indices(p), list(delta)
+def _points(p: Placement, number: int, n: int, delta: list[int], starts: list[int]) -> str:
+    """The chain elements of one placement, labelled ``number`` (``starts``: its indices)."""
+    starts, delta = list(starts), list(delta)
     src = _fmt(p.source.module, starts, delta, n)
     if p.source == p.target:
         return f"{{inout{number}}}({src})" if p.source.side == "pre" else f"({src}){{inout{number}}}"
@@ -196,14 +219,14 @@ def _points(p: Placement, number: int, n: int, delta: list[int]) -> str:
     return f"{a}->...->{b}"
 
 
-def _entry(run: tuple[list[Placement], int, list[list[int]]]) -> str:
-    step, n, deltas = run
+def _entry(step: list[Placement], n: int, deltas: list[list[int]], starts: list[list[int]]) -> str:
+    """One line: the placements of the first step, the number of steps, their deltas and indices."""
     p = step[0]
     header = f"({p.addin}.{p.method}"
     for key in sorted(p.settings):
         header += f", {key}={format_value(p.settings[key])}"
     header += ")"
-    body = "->...->".join(_points(q, j + 1, n, d) for j, (q, d) in enumerate(zip(step, deltas)))
+    body = "->...->".join(_points(q, j + 1, n, d, i) for j, (q, d, i) in enumerate(zip(step, deltas, starts)))
     return f"{header}: ...->{body}->..."
 
 
