@@ -67,6 +67,16 @@ def _display_parent() -> dict | None:
     return dict(header) if header else None
 
 
+def shared_note(node: Any) -> str:
+    """The details line of a module reached under several names ('' for any other module)."""
+    if not node.aliases:
+        return ""
+    calls = f"; it ran {node.calls} times in the traced pass" if node.calls > 1 else ""
+    return (f"shared module: also reachable as {', '.join(format_path(a) for a in node.aliases)}{calls}. "
+            f"Add-ins placed here hook the module object, so they run wherever it runs (under every "
+            f"parent)")
+
+
 def _layout_advice(paths: list[str]) -> str:
     """Export PEFT's refusal of balanced-layout conv LoRAs, naming the widget's control that fixes it."""
     more = f" and {len(paths) - 1} more conv layer(s)" if len(paths) > 1 else ""
@@ -74,6 +84,19 @@ def _layout_advice(paths: list[str]) -> str:
             f"cannot hold. Tick \"PEFT layout\" in the Strategy row (the same as choosing layout = peft "
             f"in the LoRA settings): the LoRAs are rebuilt in PEFT's layout (new weights), then Train "
             f"and Export PEFT again.")
+
+
+def _entry_rows(cfg: Any) -> list[dict]:
+    """The placements list: one row per line of the canonical string, with ``group`` (its add-in,
+    method and settings: ``LoRA.adapt_output, r=4``), ``where`` (the rest of the line) and ``count``
+    (the placements it stands for); the page groups rows by ``group``."""
+    rows = []
+    for i, e in enumerate(entries(cfg)):
+        head, sep, where = e.text.partition("): ")
+        grouped = e.text.startswith("(") and bool(sep)
+        rows.append({"index": i, "text": e.text, "group": head[1:] if grouped else e.text,
+                     "where": where if grouped else "", "count": e.stop - e.start})
+    return rows
 
 
 class Studio(anywidget.AnyWidget):
@@ -418,7 +441,7 @@ class Studio(anywidget.AnyWidget):
         self.error = ed.error
         self.labels = point_labels(ed.config)
         self.links = links(ed.config)
-        self.entries = [{"index": i, "text": e.text} for i, e in enumerate(entries(ed.config))]
+        self.entries = _entry_rows(ed.config)
         self.states = ed.module_states()
         self.addin_names = ed.addin_names()
         self.addin = ed.addin
@@ -440,7 +463,7 @@ class Studio(anywidget.AnyWidget):
             self.status = ed.message
         if self.selected.get("path"):
             self.selected = {**self.selected, "placements": ed.placements_at(self.selected["path"]),
-                             "trainable": ed.module_states().get(self.selected["path"], "none")}
+                             "trainable": ed.trainable_text(self.selected["path"], self.states)}
 
     def _adapters_changed(self) -> None:
         """The named adapters changed (from code or from this widget): show the active one."""
@@ -468,12 +491,14 @@ class Studio(anywidget.AnyWidget):
             self.error = f"no module {path!r} in this model"
             return
         node = self._graph[path]
+        path = node.path  # another name of a shared module selects the module under its canonical name
         info = {"path": path, "written": format_path(path), "class": node.class_name,
                 "params": node.num_params, "placements": self._editor.placements_at(path),
-                "trainable": self._editor.module_states().get(path, "none"),
+                "trainable": self._editor.trainable_text(path),
                 "input": list(node.input_shape) if node.input_shape else None,
                 "output": list(node.output_shape) if node.output_shape else None,
-                "extra": node.extra_repr}
+                "extra": node.extra_repr, "aliases": [format_path(a) for a in node.aliases],
+                "note": shared_note(node)}
         if rng:
             info["range"] = str(rng)
         self.selected = info
