@@ -626,9 +626,10 @@ def render(per_task: dict[str, list[Result]], tasks: dict[str, Task], *, command
         "",
         "Read the numbers as this run's: two tasks, one seed, one budget. The same command gives the same "
         "accuracies again (the training is deterministic on CPU); another `--seed` (another split, "
-        "initialization and batch order) can move a row by several points, so differences of a few points "
-        "between rows are not a ranking. A method that needs more steps or another lr than this grid may do "
-        "better than it does here.",
+        "pre-training, initialization and batch order) moves rows by a few points on digits and, on text, "
+        "where 20 steps are few, some rows by more than ten (and can change the lr chosen). Differences "
+        "between rows smaller than that are not a ranking: try `--seed 1` before relying on one. A method "
+        "that needs more steps or another lr than this grid may do better than it does here.",
         "",
         "## Guide",
         "",
