@@ -121,7 +121,7 @@ def test_quick_run_writes_the_tables(tmp_path):
         table = _table(quick[task])
         assert table[0] == _table(full[task])[0] == list(COLUMNS)
         assert [r[0] for r in table[2:]] == list(QUICK_METHODS)
-        assert all(len(r) == len(COLUMNS) for r in table)
+        assert all(len(r) == len(COLUMNS) for r in table[2:])
     # the page's other headings are the ones the script writes
     headings = [ln for ln in written.splitlines() if ln.startswith("## ")]
     assert headings == [ln for ln in page.splitlines() if ln.startswith("## ")]
