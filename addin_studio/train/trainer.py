@@ -298,7 +298,14 @@ class Trainer:
         return min(total, self.max_steps) if self.max_steps is not None else total
 
     def steps_in_epoch(self, epoch: int) -> int | None:
-        """Steps epoch ``epoch`` (1-based) makes unless stopped; None when the loader has no len()."""
+        """Steps epoch ``epoch`` makes unless stopped.
+
+        Args:
+            epoch: The epoch, 1-based.
+
+        Returns:
+            The number of steps, or ``None`` when the loader has no ``len()``.
+        """
         if self._steps_per_epoch is None:
             return None
         done = (epoch - 1) * self._steps_per_epoch
@@ -545,6 +552,12 @@ class Trainer:
         """Top-1 / top-5 accuracy (%) and mean loss over ``loader``; the model's mode is restored.
 
         Dict batches (a model computing its own loss) give the mean loss alone: ``{"loss": ...}``.
+
+        Args:
+            loader: The batches to evaluate on.
+
+        Returns:
+            ``{"acc1": %, "acc5": %, "loss": float}``, or ``{"loss": float}`` for dict batches.
         """
         was_training = self.model.training
         self.model.eval()
