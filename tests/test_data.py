@@ -86,7 +86,7 @@ def test_synthetic_classification_shapes_and_balance():
 
 
 def test_sentiment_sentences_are_a_deterministic_balanced_text_task() -> None:
-    from addin_studio.data import SENTIMENT_LABELS, sentiment_sentences
+    from addin_studio.sources.data import SENTIMENT_LABELS, sentiment_sentences
 
     texts, labels = sentiment_sentences()
     assert len(texts) == 400 == len(set(texts)) and labels.dtype == torch.int64

