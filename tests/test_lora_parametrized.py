@@ -255,3 +255,14 @@ def test_wav2vec2_positional_conv_under_weight_norm_gets_a_lora():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         assert torch.equal(model(**x).logits, bare)
+
+
+def test_lora_bias_is_not_merged_into_a_parametrized_bias():
+    model = nn.Sequential(nn.Linear(4, 4))
+    parametrize.register_parametrization(model[0], "bias", _Tanh())
+    x = torch.randn(2, 4)
+    att = studio.attach(model, _config("adapt_output", ", bias=true"), example_input=x)
+    with pytest.raises(ValueError, match="cannot merge LoRA_0 into '0': LoRA bias=true cannot be merged: the "
+                                         "layer's bias is computed by a parametrization"):
+        att.merge()
+    att.detach()
