@@ -266,3 +266,27 @@ def test_lora_bias_is_not_merged_into_a_parametrized_bias():
                                          "layer's bias is computed by a parametrization"):
         att.merge()
     att.detach()
+
+
+@pytest.mark.parametrize("method", ["adapt_output", "adapt_weight"])
+def test_fact_merges_through_weight_norm_and_is_refused_on_spectral_norm(method):
+    for norm in NORMS:
+        model, x = _build(norm, "linear")
+        state = _state(model)
+        att = studio.attach(model, f"(FacT_tt.{method}, r=2, width=2, dropout=0): ...->([0]){{inout1}}->...",
+                            example_input=x)
+        with torch.no_grad():
+            for p in att.parameters():
+                p.normal_(0, 0.3)
+            unmerged = model(x)
+            if norm == "weight_norm":
+                att.merge()
+                assert (model(x) - unmerged).abs().max() <= 1e-5
+                att.unmerge()
+            else:
+                refusal = "cannot merge FacT_tt_0 into '0': 'weight' is computed by _SpectralNorm"
+                with pytest.raises(ValueError, match=refusal):
+                    att.merge()
+            assert torch.equal(model(x), unmerged)
+        att.detach()
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
