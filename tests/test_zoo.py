@@ -14,7 +14,7 @@ import os
 
 import pytest
 from torch import nn
-from zoo_check import Entry, ids, image, params, report, run_zoo_model, timm_model, tv_model
+from zoo_check import Entry, ids, image, output, params, report, run_zoo_model, timm_model, tv_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 timm = pytest.importorskip("timm")
@@ -24,7 +24,8 @@ transformers = pytest.importorskip("transformers")
 IMG = (1, 3, 64, 64)
 
 
-_timm, _tv, _ids, _img = timm_model, tv_model, ids, image
+# the short names this file (and tests/test_roundtrip_law.py, which imports them) use
+_timm, _tv, _ids, _img, _out = timm_model, tv_model, ids, image, output
 
 
 def _tv_vit() -> nn.Module:
