@@ -290,3 +290,23 @@ def test_fact_merges_through_weight_norm_and_is_refused_on_spectral_norm(method)
             assert torch.equal(model(x), unmerged)
         att.detach()
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_legacy_spectral_norm_takes_the_output_hook_and_refuses_merge():
+    torch.manual_seed(0)
+    model = nn.Sequential(torch.nn.utils.spectral_norm(nn.Linear(6, 8))).eval()
+    x = torch.randn(2, 6)
+    state = _state(model)
+    bare = model(x).detach()
+    att = studio.attach(model, _config("adapt_output"), example_input=x)
+    with torch.no_grad():
+        assert torch.equal(model(x), bare)
+        att.addins["LoRA_0"].lora_B.normal_(0, 0.3)
+        unmerged = model(x)
+    with pytest.raises(ValueError) as err:
+        att.merge()
+    assert str(err.value) == ("cannot merge LoRA_0 into '0': the legacy SpectralNorm hook computes it from "
+                              "weight_orig and has no inverse")
+    assert torch.equal(model(x), unmerged)
+    att.detach()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
