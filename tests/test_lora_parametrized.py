@@ -305,8 +305,8 @@ def test_legacy_spectral_norm_takes_the_output_hook_and_refuses_merge():
         unmerged = model(x)
     with pytest.raises(ValueError) as err:
         att.merge()
-    assert str(err.value) == ("cannot merge LoRA_0 into '0': the legacy SpectralNorm hook computes it from "
-                              "weight_orig and has no inverse")
+    assert str(err.value) == ("cannot merge LoRA_0 into '0': 'weight' is computed by the legacy SpectralNorm "
+                              "hook from weight_orig, which has no inverse to take a merged weight back")
     assert torch.equal(model(x), unmerged)
     att.detach()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

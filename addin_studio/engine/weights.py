@@ -283,7 +283,8 @@ def write_weight(module: nn.Module, name: str, value: torch.Tensor) -> None:
                 tensors[f"{name}_v"].copy_(value)
                 got = hook.compute_weight(module)
             else:
-                raise ValueError(f"{what} computes it from {', '.join(tensors)} and has no inverse")
+                raise ValueError(f"'{name}' is computed by {what} from {', '.join(tensors)}, which has no "
+                                 f"inverse to take a merged weight back")
     except (RuntimeError, NotImplementedError) as exc:  # e.g. "does not implement right_inverse"
         _restore(tensors, before)
         raise ValueError(f"'{name}' is computed by {what}, which cannot take a weight back ({exc})") from exc
