@@ -11,7 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _aliases
+
 __version__ = "0.2.0"
+
+# modules that moved into subpackages (scale/, app/, sources/) keep their old import paths
+_aliases.install()
 
 # public name -> (module, attribute or None for the module itself)
 _EXPORTS: dict[str, tuple[str, str | None]] = {
@@ -43,12 +48,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Studio": ("addin_studio.widget", "Studio"),
     "load": ("addin_studio.checkpoint", "load"),
     "from_peft": ("addin_studio.checkpoint", "from_peft"),
-    "create_model": ("addin_studio.models", "create_model"),
-    "materialize": ("addin_studio.bigmodel", "materialize"),
-    "init_empty_weights": ("addin_studio.bigmodel", "init_empty_weights"),
-    "image_folder_loaders": ("addin_studio.image_folder", "image_folder_loaders"),
+    "create_model": ("addin_studio.sources.models", "create_model"),
+    "materialize": ("addin_studio.scale.bigmodel", "materialize"),
+    "init_empty_weights": ("addin_studio.scale.bigmodel", "init_empty_weights"),
+    "image_folder_loaders": ("addin_studio.sources.image_folder", "image_folder_loaders"),
     "strategies": ("addin_studio.strategies", None),
-    "data": ("addin_studio.data", None),
+    "data": ("addin_studio.sources.data", None),
 }
 
 __all__ = sorted(_EXPORTS)
@@ -58,18 +63,19 @@ __all__ = sorted(_EXPORTS)
 _COMPANIONS = {"addin_studio.engine": "addin_studio.checkpoint"}
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load lazily
-    from . import data, strategies
+    from . import strategies
     from .addins import (AddinBase, PointInfo, available_addins, forward_method, get_addin, hook_method,
                          methods_for, register_addin, weight_method)
-    from .bigmodel import init_empty_weights, materialize
     from .checkpoint import from_peft, load
     from .config import Config, ConfigError, Placement, Point, format_path, parse
     from .engine import Attachment, attach
     from .graph import ModuleGraph, ModuleNode, trace
-    from .image_folder import image_folder_loaders
-    from .models import create_model
     from .named import NamedAdapters
     from .params import count_parameters, summary_line, trainable_table
+    from .scale.bigmodel import init_empty_weights, materialize
+    from .sources import data
+    from .sources.image_folder import image_folder_loaders
+    from .sources.models import create_model
     from .train import Trainer
     from .widget import Studio
 

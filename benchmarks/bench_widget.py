@@ -21,7 +21,7 @@ def run(quick: bool = False) -> list[Row]:
     import torch
 
     import addin_studio as studio
-    from addin_studio.data import digits_loaders
+    from addin_studio.sources.data import digits_loaders
     from addin_studio.examples import MLPAddin, TutorialMLP
     from addin_studio.widget import Studio
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import addin_studio as studio
-from addin_studio import distributed as D
+from addin_studio.scale import distributed as D
 from addin_studio.examples import MLPAddin, TutorialMLP
 
 GLOBAL_BATCH = 8

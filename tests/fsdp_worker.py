@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import addin_studio as studio
-from addin_studio import distributed as D
-from addin_studio import fsdp
+from addin_studio.scale import distributed as D
+from addin_studio.scale import fsdp
 
 GLOBAL_BATCH = 8
 SAMPLES = 32

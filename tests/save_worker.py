@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import addin_studio as studio
-from addin_studio import distributed as D
-from addin_studio import fsdp
+from addin_studio.scale import distributed as D
+from addin_studio.scale import fsdp
 from addin_studio.checkpoint import files
 
 CONFIG = ("(LoRA.adapt_output, r=4, alpha=8): ...->(blocks[0:2].attn.qkv){inout1}->...\n"

@@ -19,19 +19,17 @@ API = "addin_studio"  # the package's __init__: the public API, which the outer 
 
 # Top to bottom; a unit (subpackage or top-level module) may import only units of lower layers.
 LAYERS: list[list[str]] = [
-    ["cli"],
-    ["demo"],
+    ["app"],
     [API],
-    ["widget", "report", "integrations"],
+    ["widget", "integrations"],
     ["train", "render"],
     ["named"],
-    ["strategies", "checkpoint", "bigmodel", "fsdp"],
+    ["strategies", "checkpoint", "scale"],
     ["engine", "examples"],
-    ["graph", "addins", "params", "image_folder", "models", "distributed"],
-    ["data"],
-    ["config", "inputs"],
+    ["graph", "addins", "params", "sources"],
+    ["config", "inputs", "_aliases"],
 ]
-OUTER = {"cli", "demo", API, "widget", "report", "train", "render", "integrations"}
+OUTER = {"app", API, "widget", "train", "render", "integrations"}
 JUPYTER = ("IPython", "ipywidgets", "anywidget", "traitlets", "jupyter", "jupyterlab", "ipykernel",
            "notebook", "comm")
 
@@ -163,10 +161,23 @@ def test_no_cycle_between_subpackages():
     assert find_cycle(EDGES) is None, f"import cycle: {' -> '.join(find_cycle(EDGES) or [])}"
 
 
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """The imports ``a -> b`` whose target is not in a lower layer than their source."""
+    return sorted(f"{a} -> {b}" for a, bs in edges.items() for b in bs
+                  if a in RANK and b in RANK and RANK[b] <= RANK[a])
+
+
 def test_imports_point_down():
-    up = sorted(f"{a} -> {b}" for a, bs in EDGES.items() for b in bs
-                if a in RANK and b in RANK and RANK[b] <= RANK[a])
+    up = upward(EDGES)
     assert up == [], f"imports that do not point to a lower layer: {up}"
+
+
+def test_a_wrong_direction_import_is_caught():
+    # allowed: down the layers (app -> scale, scale -> engine); caught: the core importing the outer ring
+    # (scale -> app), a unit importing its own layer (graph -> addins), a lower layer importing a higher
+    # one (engine -> checkpoint)
+    assert upward({"app": {"scale"}, "scale": {"app", "engine"}, "graph": {"addins"},
+                   "engine": {"checkpoint"}}) == ["engine -> checkpoint", "graph -> addins", "scale -> app"]
 
 
 def test_engine_does_not_import_checkpoint_and_core_not_the_outer_ring():
@@ -202,9 +213,9 @@ def test_docs_show_the_import_graph_of_the_code():
 def test_the_scanner_sees_function_level_and_relative_imports(tmp_path):
     # the shape test is only as good as its reading of imports: check it on the two hard cases
     path = PACKAGE / "train" / "trainer.py"
-    tree = ast.parse("from .. import distributed as d\ndef f():\n    from ..engine import attach\n")
+    tree = ast.parse("from ..scale import distributed as d\ndef f():\n    from ..engine import attach\n")
     got = [t for node in ast.walk(tree) for t in _targets(node, path)]
-    assert got == ["addin_studio.distributed", "addin_studio.engine"]
+    assert got == ["addin_studio.scale", "addin_studio.engine"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 

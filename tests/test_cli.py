@@ -7,7 +7,7 @@ import sys
 import pytest
 from safetensors import safe_open
 
-from addin_studio.cli import build_parser, main
+from addin_studio.app.cli import build_parser, main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -88,7 +88,7 @@ def test_lab_runs_jupyter(monkeypatch, tmp_path):
     nb = tmp_path / "q.ipynb"
     nb.write_text("{}")
     calls = []
-    monkeypatch.setattr("addin_studio.cli.subprocess.call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr("addin_studio.app.cli.subprocess.call", lambda cmd: calls.append(cmd) or 0)
     assert main(["lab", "--notebook", str(nb)]) == 0
     root = ["--allow-root"] if os.geteuid() == 0 else []
     assert calls == [[sys.executable, "-m", "jupyter", "lab", str(nb)] + root]
@@ -113,7 +113,7 @@ def test_version_and_fast_help_without_torch():
 
     from addin_studio import __version__
 
-    code = ("import sys\nfrom addin_studio.cli import main\n"
+    code = ("import sys\nfrom addin_studio.app.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
             "try:\n    main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
             "try:\n    main(['eval', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
@@ -122,7 +122,7 @@ def test_version_and_fast_help_without_torch():
     assert run.stdout.strip().endswith("TORCH False")  # --help answers before torch is imported
     assert "(default: 64)" in run.stdout and "(default: adamw)" in run.stdout  # defaults are shown
     assert "--adapters FILE | --out DIR" in run.stdout  # eval's help
-    run = subprocess.run([sys.executable, "-m", "addin_studio.cli", "--version"], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "addin_studio.app.cli", "--version"], capture_output=True,
                          text=True, check=True)
     assert run.stdout.strip() == f"addin-studio {__version__}"
 
@@ -143,7 +143,7 @@ def test_out_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path, c
 def test_demo_says_why_it_exits_1_with_min_acc(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
-    import addin_studio.demo as demo
+    import addin_studio.app.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: SimpleNamespace(after={"acc1": 42.5}))
     assert main(["demo", "--out", str(tmp_path), "--min-acc", "90"]) == 1

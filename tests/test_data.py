@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from addin_studio.data import (digits_loaders, load_digits, loaders_from_dataset, split_indices,
+from addin_studio.sources.data import (digits_loaders, load_digits, loaders_from_dataset, split_indices,
                                synthetic_classification)
 
 

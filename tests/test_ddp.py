@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from addin_studio import AddinBase
-from addin_studio import distributed as D
+from addin_studio.scale import distributed as D
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -244,7 +244,7 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
 @needs_gloo
 def test_cli_train_under_torchrun(tmp_path):
     proc = _torchrun(
-        "-m", "addin_studio.cli", "train", "--model", "timm:resnet10t",
+        "-m", "addin_studio.app.cli", "train", "--model", "timm:resnet10t",
         "--config", "(LoRA.adapt_output, r=2): ...->(layer4[0].conv1){inout1}->...", "--max-steps", "2",
         "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "out"), timeout=180)
     # the ranks' unbuffered prints may share a line: find each result, not each line

@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 
 import addin_studio as studio
-from addin_studio.demo import DEMO_CONFIG, DigitCNN, run_demo
-from addin_studio.report import graph_svg, plot_loss, write_report
+from addin_studio.app.demo import DEMO_CONFIG, DigitCNN, run_demo
+from addin_studio.app.report import graph_svg, plot_loss, write_report
 
 
 @pytest.mark.slow  # the whole demo end to end: about a minute on 2 CPU cores

@@ -108,7 +108,7 @@ def test_one_process_writes_and_full_tensors_copies_to_cpu(tmp_path):
 
 @pytest.mark.usefixtures("one_rank_group")
 def test_save_trainable_names_the_models_own_parameters_under_ddp(tmp_path):
-    from addin_studio import distributed as D
+    from addin_studio.scale import distributed as D
     from addin_studio.train import save_trainable
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import addin_studio as studio
-from addin_studio import fsdp
+from addin_studio.scale import fsdp
 
 from test_ddp import ACC_LINE, _load, _run, _torchrun
 
@@ -72,7 +72,7 @@ def test_two_rank_fsdp_trains_the_same_adapters_as_one_process(tmp_path):
 @pytest.mark.slow  # torchrun with two gloo ranks: process start-up dominates
 def test_cli_train_with_fsdp_under_torchrun(tmp_path):
     proc = _torchrun(
-        "-m", "addin_studio.cli", "train", "--model", "timm:vit_tiny_patch16_224", "--image-size", "16",
+        "-m", "addin_studio.app.cli", "train", "--model", "timm:vit_tiny_patch16_224", "--image-size", "16",
         "--config", "(LoRA.adapt_output, r=2): ...->(blocks[0:2].attn.qkv){inout1}->...", "--max-steps", "2",
         "--batch-size", "8", "--no-progress", "--strategy", "fsdp", "--out", str(tmp_path / "out"),
         timeout=300)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from addin_studio.image_folder import image_folder_loaders
-from addin_studio.models import ModelLoadError, create_model, parse_model_spec
+from addin_studio.sources.image_folder import image_folder_loaders
+from addin_studio.sources.models import ModelLoadError, create_model, parse_model_spec
 
 
 def _same_state(a: nn.Module, b: nn.Module, skip: str) -> None:

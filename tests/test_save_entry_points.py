@@ -10,8 +10,9 @@ from safetensors import safe_open
 from torch import nn
 
 import addin_studio as studio
-from addin_studio import checkpoint, fsdp, train
+from addin_studio import checkpoint, train
 from addin_studio.engine import attachment as engine_attachment
+from addin_studio.scale import fsdp
 from addin_studio.widget import export as widget_export
 
 PACKAGE = Path(studio.__file__).parent

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from addin_studio.data import synthetic_classification
+from addin_studio.sources.data import synthetic_classification
 from addin_studio.train import Callback, LambdaCallback, Trainer
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import addin_studio as studio
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 from addin_studio.examples import MLPAddin, TutorialMLP
 from addin_studio.train import LambdaCallback, Trainer
 

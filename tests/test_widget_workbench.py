@@ -227,7 +227,7 @@ def test_details_show_the_path_as_written_and_its_placements(w):
     w.handle({"type": "select", "path": "fc1"})
     d = w.selected
     assert (d["written"], d["class"], d["input"], d["output"]) == ("fc1", "Linear", [2, 64], [2, 32])
-    assert d["params"] == 64 * 32 + 32 and d["trainable"] == "frozen"
+    assert d["params"] == 64 * 32 + 32 and d["trainable"] == "frozen base, LoRA trainable (192 params)"
     assert d["placements"] == [LORA1]
     b = Studio(Blocks(), example_input=torch.zeros(2, 8))
     b.handle({"type": "select", "path": "blocks.1.0"})
@@ -493,3 +493,51 @@ def test_the_batchnorm_statistics_box_writes_running_stats_and_survives_a_strate
     assert not mlp.has_norm_stats
     mlp.handle({"type": "running-stats", "value": True})
     assert mlp.error == "this model has no layer with running statistics (BatchNorm and friends)"
+
+
+# -- issue 25: defaults, grouped placements, trainable state with add-ins --------------------------------
+def test_the_addin_list_starts_on_the_users_addin_else_lora(mlp):
+    mine = Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin})
+    assert (mine.addin, mine.addin_names[0]) == ("MLPAddin", "MLPAddin")
+    bare = Studio(mlp, example_input=torch.zeros(2, 64))
+    assert (bare.addin, bare.method) == ("LoRA", "adapt_output")
+    assert bare.settings_form[0]["name"] == "r"
+
+
+def test_the_settings_form_follows_the_addin_of_an_applied_strategy(w):
+    w.handle({"type": "addin", "name": "Adapter"})
+    assert w.addin == "Adapter"
+    w.handle({"type": "apply-strategy", "name": "lora", "targets": "fc1, fc2"})
+    assert w.error == "" and (w.addin, w.method) == ("LoRA", "adapt_output")
+    assert [f["name"] for f in w.settings_form][:3] == ["r", "alpha", "dropout"]
+    w.handle({"type": "addin", "name": "Adapter"})
+    w.handle({"type": "apply-strategy", "name": "bitfit"})   # places no add-in: the list stays
+    assert w.error == "" and w.addin == "Adapter"
+
+
+def test_placement_rows_carry_their_group_and_count():
+    from test_widget import Blocks
+
+    b = Studio(Blocks(), example_input=torch.zeros(2, 8))
+    b.handle({"type": "apply", "text": "(LoRA.adapt_output, r=2): ...->(blocks[0:3][0]){inout1}->...\n"
+                                       "(LoRA.adapt_output): ...->(head){inout1}->..."})
+    assert b.error == ""
+    rows = b.entries
+    assert [(r["group"], r["count"]) for r in rows][-1] == ("LoRA.adapt_output", 1)
+    assert {r["group"] for r in rows[:-1]} == {"LoRA.adapt_output, r=2"}
+    assert sum(r["count"] for r in rows[:-1]) == 3
+    assert all(r["text"] == f"({r['group']}): {r['where']}" for r in rows)
+
+
+def test_details_count_an_addin_on_a_frozen_module_as_trainable(w):
+    w.handle({"type": "select", "path": "fc2"})
+    assert w.selected["trainable"] == "trainable"          # nothing attached: the plain model trains
+    w.handle({"type": "apply", "text": LORA1})
+    assert w.selected["trainable"] == "frozen"             # the selection follows every edit
+    w.handle({"type": "select", "path": "fc1"})
+    lora = lora_of(w, "fc1")
+    n = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert w.selected["trainable"] == f"frozen base, LoRA trainable ({n:,} params)"
+    table = studio_api.trainable_table(w.model)               # the rows the trainable table lists for it
+    assert sum(int(line.split("|")[4].replace(",", "")) for line in table.splitlines()
+               if line.startswith("| addins.")) == n

@@ -311,7 +311,8 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             for part, t in item.state.items():
                 want = tuple(own[part].shape) if part in own else None
                 if tuple(t.shape) != want:
-                    raise ValueError(f"the adapter's {part} for '{p.target.module}' has shape "
+                    where = p.target.module + (f".{p.settings['param']}" if "param" in p.settings else "")
+                    raise ValueError(f"the adapter's {part} for '{where}' has shape "
                                      f"{tuple(t.shape)}; this model's layer needs {want}")
         for (_, p, addin), item in zip(att.entries, imports):
             addin.load_state_dict(item.state, strict=False)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
-from ..addins.lora import WEIGHT_METHOD, hook_problem, is_hf_conv1d
+from ..addins.lora import WEIGHT_METHOD, fused_expert_params, hook_problem, is_hf_conv1d
 from ..addins.peft_patterns import pattern_value
 from ..config import Config
 from ..graph import ModuleGraph, parent_reads, trace
@@ -93,10 +93,30 @@ def _lora_action(settings: dict | Callable[[str], dict], never_run: set[str],
     return action
 
 
+def _expert_action(settings: dict | Callable[[str], dict],
+                   names: Callable[[ModuleInfo], Sequence[str]]) -> Callable[[ModuleInfo], Claim]:
+    """Place ``LoRA.adapt_weight`` with ``param=`` on each of a module's parameters ``names(info)`` (fused
+    expert weights, PEFT's ``target_parameters``): one update per expert on a 3-D one. ``settings`` may be
+    a function of ``"<module>.<param>"`` (PEFT's key for its rank/alpha patterns); no dropout (PEFT's
+    ParamWrapper refuses it: a weight update has no input to drop out)."""
+    settings_of = settings if callable(settings) else (lambda key: settings)
+
+    def action(info: ModuleInfo) -> Claim:
+        found = []
+        for name in names(info):
+            weight_settings = {k: v for k, v in settings_of(f"{info.path}.{name}").items() if k != "dropout"}
+            found.append(placement(info.path, "LoRA", WEIGHT_METHOD, param=name, **weight_settings))
+        return Claim(tuple(found))
+
+    return action
+
+
 def lora_all_strategy(r: int = 3, alpha: float | None = None, dropout: float = 0.0,
-                      train_bias: bool = False, never_run: Iterable[str] = ()) -> Strategy:
+                      train_bias: bool = False, never_run: Iterable[str] = (),
+                      experts: bool = True) -> Strategy:
     """GIFt's ``LoRAAllStrategy``: LoRA on every Linear and Conv1d/2d/3d (and transformers Conv1D,
-    MultiheadAttention); everything else frozen.
+    MultiheadAttention, and with ``experts`` the fused 3-D expert weights of mixture-of-experts modules);
+    everything else frozen.
 
     Args:
         r: The LoRA rank.
@@ -104,22 +124,32 @@ def lora_all_strategy(r: int = 3, alpha: float | None = None, dropout: float = 0
         dropout: The LoRA dropout probability.
         train_bias: Whether the adapted layers' biases stay trainable.
         never_run: Paths that get ``adapt_weight`` (layers that never run as modules).
+        experts: Whether mixture-of-experts modules' fused expert weights get LoRA (one update per expert).
 
     Returns:
         The :class:`Strategy`; call it on a model to get a :class:`Config`.
     """
     train = (lambda info: [f"{info.path}.bias"] if getattr(info.module, "bias", None) is not None
              else []) if train_bias else None
-    return Strategy(name="lora_all").register_module_cap(
-        _is_lora_layer, _lora_action(_lora_settings(r, alpha, dropout), set(never_run), train))
+    settings = _lora_settings(r, alpha, dropout)
+    strategy = Strategy(name="lora_all").register_module_cap(
+        _is_lora_layer, _lora_action(settings, set(never_run), train))
+    if experts:
+        strategy.register_module_cap(lambda info: bool(fused_expert_params(info.module)),
+                                     _expert_action(settings, lambda info: fused_expert_params(info.module)))
+    return strategy
 
 
 def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: float = 0.0,
-             train_bias: bool = False, example_input: Any = None, graph: ModuleGraph | None = None) -> Config:
+             train_bias: bool = False, example_input: Any = None, graph: ModuleGraph | None = None,
+             experts: bool = True) -> Config:
     """LoRA of rank ``r`` on every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of ``model`` (GIFt's LoRA-all).
 
-    Also on transformers ``Conv1D`` (GPT-2) and ``nn.MultiheadAttention`` (torchvision's ViT). All
-    other parameters are frozen. On torchvision's resnet18 with ``r=3`` this trains 75,063 parameters.
+    Also on transformers ``Conv1D`` (GPT-2), ``nn.MultiheadAttention`` (torchvision's ViT) and the fused
+    expert weights of mixture-of-experts modules (transformers 5's Mixtral, Qwen2-MoE, ...: the 3-D
+    parameters whose first dimension is the module's ``num_experts``), each with one update per expert
+    (``LoRA.adapt_weight`` with ``param=``, as PEFT's ``target_parameters``). All other parameters are
+    frozen. On torchvision's resnet18 with ``r=3`` this trains 75,063 parameters.
 
     Each layer gets the output hook (``adapt_output``) where it is right and ``adapt_weight`` where it
     cannot be: MultiheadAttention, conv subclasses with their own ``forward`` and — given
@@ -136,11 +166,13 @@ def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: 
         train_bias: Whether the adapted layers' biases stay trainable (frozen by default).
         example_input: An input for one traced forward pass, to find layers that never run as modules.
         graph: A :class:`ModuleGraph` traced with an example input, instead of ``example_input``.
+        experts: Whether fused expert weights get LoRA (default); ``False`` leaves them frozen.
 
     Returns:
         The :class:`Config`; attach it with :func:`attach`.
     """
-    cfg = lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph))(model)
+    cfg = lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph),
+                            experts)(model)
     warn_untraced(cfg, model, "lora_all", example_input, graph)
     return cfg
 
@@ -159,20 +191,24 @@ def _target_check(targets: str | Sequence[str]):
     return lambda path: any(path == t or path.endswith("." + t) for t in names)
 
 
-def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: float | None = 16,
+def lora(model: nn.Module, targets: str | Sequence[str] | None = None, r: int = 8, alpha: float | None = 16,
          dropout: float = 0.0, trainable: Iterable[str] = (), example_input: Any = None,
          graph: ModuleGraph | None = None, rank_pattern: Mapping[str, int] | None = None,
-         alpha_pattern: Mapping[str, float] | None = None, **variant: Any) -> Config:
-    r"""LoRA on the modules PEFT's ``target_modules`` would pick.
+         alpha_pattern: Mapping[str, float] | None = None, target_parameters: Sequence[str] | None = None,
+         **variant: Any) -> Config:
+    r"""LoRA on the modules PEFT's ``target_modules`` would pick, and on the parameters its
+    ``target_parameters`` would pick.
 
     Linear, Conv, transformers Conv1D, nn.Embedding and nn.MultiheadAttention layers can be targets;
-    the method is chosen as in :func:`lora_all`.
+    the method is chosen as in :func:`lora_all`. A target parameter gets ``LoRA.adapt_weight`` with
+    ``param=``: a 2-D one one update, a 3-D stack of experts (Mixtral's ``experts.gate_up_proj``) one
+    update per expert.
 
     Args:
         model: The model to adapt.
         targets: A list of names matched against the end of each module path (``"qkv"`` matches
             ``blocks.0.attn.qkv``), or one string read as a regular expression that must match a whole
-            path.
+            path. May be left out (or empty) when ``target_parameters`` is given.
         r: The LoRA rank.
         alpha: The LoRA alpha (``None``: ``r``).
         dropout: The LoRA dropout probability.
@@ -182,6 +218,9 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
         rank_pattern: Gives some layers another rank (PEFT's name and matching: the first key ``k``
             matching ``(.*\.)?(k)$``; the key subset of ``addins/peft_patterns.py``).
         alpha_pattern: Gives some layers another alpha, matched as ``rank_pattern``.
+        target_parameters: Parameter names matched, as PEFT does, against the end of each parameter's
+            path (``"experts.gate_up_proj"`` matches ``model.layers.0.mlp.experts.gate_up_proj``); each must
+            be 2-D or 3-D (experts). Patterns match ``<module>.<param>`` for these, as in PEFT.
         **variant: LoRA settings for every layer: ``rslora=True``, ``dora=True``, ``bias=True``,
             ``init="pissa"`` ...
 
@@ -190,9 +229,13 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
 
     Raises:
         ValueError: A target matches no such layer (naming it), ``targets`` is not a valid regular
-            expression or an empty list, or a pattern key or value is bad.
+            expression or an empty list, a target parameter matches no parameter, is not 2-D or 3-D or
+            belongs to a module ``targets`` also adapts, or a pattern key or value is bad.
     """
-    matches = _target_check(targets)
+    params = _parameter_targets(target_parameters)
+    if params and (targets is None or not isinstance(targets, str) and not list(targets)):
+        targets = None  # parameters only, as PEFT's target_modules=[] with target_parameters
+    matches = _target_check(targets) if targets is not None else (lambda path: False)
     base = {**_lora_settings(r, alpha, dropout), **variant}
 
     def settings_for(path: str) -> dict:
@@ -208,23 +251,59 @@ def lora(model: nn.Module, targets: str | Sequence[str], r: int = 8, alpha: floa
         for key, value in (patterns or {}).items():  # every key and value checked, by name
             pattern_value({key: value}, "", None, "strategies.lora", name)
 
-    strategy = Strategy(name="lora").register_module_cap(
+    def named_params(info: ModuleInfo) -> list[str]:
+        found = [n for n, _ in info.module.named_parameters(recurse=False)
+                 if any(f"{info.path}.{n}" == t or f"{info.path}.{n}".endswith("." + t) for t in params)]
+        for n in found:
+            if info.module._parameters[n].dim() not in (2, 3):
+                raise ValueError(f"target parameter '{info.path}.{n}' has shape "
+                                 f"{tuple(info.module._parameters[n].shape)}; LoRA adapts a 2-D parameter or "
+                                 f"a 3-D stack of expert matrices")
+        if found and matches(info.path) and _is_lora_layer(info, embeddings=True):
+            raise ValueError(f"'{info.path}' is both a target module and holds target parameter "
+                             f"'{info.path}.{found[0]}'; adapt it one way (PEFT refuses both too)")
+        return found
+
+    strategy = Strategy(name="lora")
+    if params:
+        strategy.register_module_cap(lambda info: bool(named_params(info)),
+                                     _expert_action(settings_for, named_params))
+    strategy.register_module_cap(
         lambda info: matches(info.path) and _is_lora_layer(info, embeddings=True),
         _lora_action(settings_for, _never_run(model, example_input, graph)))
     cfg = strategy(model)
     warn_untraced(cfg, model, "lora", example_input, graph)
+    for t in params:
+        if not any(f"{p.target.module}.{p.settings['param']}" == t or
+                   f"{p.target.module}.{p.settings['param']}".endswith("." + t)
+                   for p in cfg.placements if "param" in p.settings):
+            raise ValueError(f"target parameter {t!r} matches no parameter of {type(model).__name__} "
+                             f"(PEFT matches the end of '<module>.<param>', e.g. 'experts.gate_up_proj')")
+    if targets is None:
+        return cfg.with_trainable(list(cfg.trainable) + list(trainable))
     kinds = LORA_LAYERS + (nn.Embedding, nn.MultiheadAttention)
     if not cfg.placements:
         layers = [n for n, m in model.named_modules() if isinstance(m, kinds) or is_hf_conv1d(m)][:6]
         raise ValueError(f"targets {targets!r} match no Linear/Conv layer of {type(model).__name__} (nor "
                          f"an Embedding or MultiheadAttention; its layers include: {', '.join(layers)})")
     if not isinstance(targets, str):
-        hit = {p.target.module for p in cfg.placements}
+        hit = {p.target.module for p in cfg.placements if matches(p.target.module)}
         for t in targets:
             if not any(h == t or h.endswith("." + t) for h in hit):
                 raise ValueError(f"target {t!r} matches no Linear/Conv layer of {type(model).__name__} "
                                  f"(nor an Embedding or MultiheadAttention)")
     return cfg.with_trainable(list(cfg.trainable) + list(trainable))
+
+
+def _parameter_targets(target_parameters: Sequence[str] | None) -> list[str]:
+    """The checked ``target_parameters`` list (empty for None)."""
+    if target_parameters is None:
+        return []
+    names = [] if isinstance(target_parameters, str) else list(target_parameters)
+    if isinstance(target_parameters, str) or not all(isinstance(t, str) and t for t in names):
+        raise ValueError(f"target_parameters must be a list of parameter names (PEFT's form, e.g. "
+                         f"['experts.gate_up_proj']), got {target_parameters!r}")
+    return names
 
 
 def bitfit(model: nn.Module) -> Config:

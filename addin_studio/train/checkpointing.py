@@ -9,7 +9,7 @@ from torch import nn
 from .. import checkpoint  # noqa: F401  (registers the writer behind Attachment.save)
 from ..checkpoint.collective import full_tensors, one_writer
 from ..checkpoint.files import atomic_write
-from ..distributed import unwrap_model
+from ..scale.distributed import unwrap_model
 
 
 def save_adapters(attachment: Any, path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from .. import distributed as dist_utils
+from ..scale import distributed as dist_utils
 from ..checkpoint.collective import writes_here
 from ..inputs import call_model, to_device
 
@@ -134,7 +134,7 @@ class Trainer:
         checkpoint_dir: The folder for the best epoch's checkpoint, or ``None`` for none.
         progress: Whether to show a progress bar.
         strategy: Under torchrun the model is wrapped in DDP (``"ddp"``) or sharded with FSDP2
-            (``"fsdp"``, see :mod:`addin_studio.fsdp`); in one process ``strategy`` changes nothing.
+            (``"fsdp"``, see :mod:`addin_studio.scale.fsdp`); in one process ``strategy`` changes nothing.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or a callback has none of the hook methods.
@@ -184,7 +184,7 @@ class Trainer:
         self._own_model = model  # before any DDP wrapper: the key of the training lock
         self.model = model.to(self.device)
         if self._sharded:
-            from .. import fsdp
+            from ..scale import fsdp
 
             self.model = fsdp.shard_model(self.model, attachment=attachment, device=self.device)
         elif self.distributed:

@@ -80,8 +80,7 @@ class Editor:
         self.attachment: Attachment | None = None
         self.pending: tuple[Point, str | None] | None = None
         self.error = ""
-        names = self.addin_names()
-        self.addin = names[0] if names else ""
+        self.addin = self.default_addin()
         self.method = ""
         self.side: str | None = None
         self.settings: dict[str, dict[str, Any]] = {}   # add-in -> settings for new placements
@@ -127,6 +126,13 @@ class Editor:
     def addin_names(self) -> list[str]:
         """Add-ins passed in first, then the built-ins."""
         return list(self.user_addins) + [n for n in available_addins() if n not in self.user_addins]
+
+    def default_addin(self) -> str:
+        """The add-in the list starts on: the user's own (the first passed in), else LoRA."""
+        names = self.addin_names()
+        if self.user_addins:
+            return names[0]
+        return "LoRA" if "LoRA" in names else (names[0] if names else "")
 
     def factory(self, name: str) -> Callable:
         if name in self.user_addins:
@@ -307,12 +313,20 @@ class Editor:
         return cfg
 
     def apply_strategy(self, name: str, targets: str = "") -> bool:
+        """Replace the config with strategy ``name``'s; the add-in list (and so the settings form) then
+        shows the add-in the strategy placed."""
         try:
             cfg = self.strategy_config(name, targets)
         except (ValueError, TypeError) as exc:
             return self._fail(f"{name}: {exc}")
         self.pending = None
-        return self.commit(cfg)
+        if not self.commit(cfg):
+            return False
+        placed = [p.addin for p in cfg.placements if p.addin in self.addin_names()]
+        if placed and placed[-1] != self.addin:
+            self.addin = placed[-1]
+            self._fit_method(None)
+        return True
 
     @contextmanager
     def _bare(self) -> Iterator[None]:
@@ -561,6 +575,32 @@ class Editor:
         return out
 
     # -- views ---------------------------------------------------------------------------------
+    def trainable_text(self, path: str, states: Mapping[str, str] | None = None) -> str:
+        """What trains at module ``path``, counted as :func:`~addin_studio.trainable_table` counts:
+        its own parameters (``frozen``, ``trainable``, ``partial``) and the add-ins placed on it
+        (``frozen base, LoRA trainable (4,352 params)``)."""
+        state = (states if states is not None else self.module_states()).get(path, "none")
+        words = {"frozen": "frozen", "trainable": "trainable", "partial": "partly trainable",
+                 "none": "no parameters"}
+        names: list[str] = []
+        count = 0
+        seen: set[int] = set()
+        for _, p, addin in (self.attachment.entries if self.attachment is not None else ()):
+            if path not in (p.source.module, p.target.module):
+                continue
+            if p.addin not in names:
+                names.append(p.addin)
+            for q in addin.parameters():
+                if q.requires_grad and id(q) not in seen:
+                    seen.add(id(q))
+                    count += q.numel()
+        if not names:
+            return words[state]
+        base = "no parameters of its own" if state == "none" else f"{words[state]} base"
+        trained = f"{', '.join(names)} trainable ({count:,} params)" if count else \
+            f"{', '.join(names)} (no trainable parameters)"
+        return f"{base}, {trained}"
+
     def params_text(self) -> str:
         return summary_line(self.model, exact=True)
 

@@ -56,6 +56,7 @@ function fillSelect(sel, names, value) {
 }
 
 const heading = (text) => h("div", { class: "as-h", text });
+const FOLD_AT = 8;  // a list (string lines, placements, update norms) longer than this starts folded
 const row = (...children) => h("div", { class: "as-row" }, ...children);
 
 // -- the live loss plot ------------------------------------------------------------------------
@@ -124,8 +125,36 @@ function drawPlot(svg, data) {
   label(W - R, H - 8, `${lastStep}${data.total ? ` / ${data.total}` : ""}`, "as-plot-tick as-end");
   label(W - R + 4, T + 9, "100%", "as-plot-tick as-val");
   label(W - R + 4, H - B, "0%", "as-plot-tick as-val");
-  const last = smooth.length ? smooth[smooth.length - 1][1] : loss[loss.length - 1][1];
-  label(L + 6, T + 14, `loss ${last.toFixed(4)}` + (val.length ? ` · val acc ${val[val.length - 1][1].toFixed(1)}%` : ""), "as-plot-legend");
+  // the last step's loss, as the status line and the run item show it (the dark line is smoothed)
+  const last = loss[loss.length - 1][1];
+  svg.dataset.loss = last.toFixed(4);
+  label(L + 6, T + 14, `last step: loss ${last.toFixed(4)}` + (val.length ? ` · val acc ${val[val.length - 1][1].toFixed(1)}%` : ""), "as-plot-legend");
+}
+
+// a config string drawn as unbreakable tokens (`(layer2[1].conv2){in1}->`, `r=4, `) with a break
+// opportunity after each: a long line wraps at `->` or `, `, never inside a name; textContent stays the string
+const TOKEN_END = /(?<=->)|(?<=, )|(?<=\): )/;
+function drawTokens(el, text) {
+  const nodes = [];
+  text.split("\n").forEach((line, i) => {
+    if (i) nodes.push(document.createTextNode("\n"));
+    for (const tok of line.split(TOKEN_END)) {
+      if (!tok) continue;
+      nodes.push(h("span", { class: "as-tok", text: tok }), h("wbr"));
+    }
+  });
+  el.replaceChildren(...nodes);
+  return el;
+}
+const tokens = (tag, attrs, text) => drawTokens(h(tag, attrs), text);
+
+// a long list shown collapsed: a summary with its count that opens it (the open state survives redraws)
+function foldable(role, open) {
+  const box = h("details", { class: "as-fold", "data-role": role });
+  const summary = h("summary", { class: "as-fold-summary" });
+  box.append(summary);
+  box.open = open;
+  return { box, summary };
 }
 
 // blue (little change) -> orange (most change) for the update-norm colouring
@@ -409,15 +438,23 @@ function detailsPanel({ model }) {
   return { nodes: [details], draw };
 }
 
+// a docstring's help: ``name`` becomes <code>name</code>, never raw backticks
+function helpText(help) {
+  const el = h("span", { class: "as-fhelp" });
+  (help || "").split(/``(.+?)``/).forEach((part, i) => { if (part) el.append(i % 2 ? h("code", { text: part }) : part); });
+  return el;
+}
+
 function settingField(f) {
-  const attrs = { "data-setting": f.name, title: f.help || f.name, name: f.name };
+  const plain = (f.help || "").replace(/``(.+?)``/g, "$1");
+  const attrs = { "data-setting": f.name, title: plain || f.name, name: f.name };
   const input = f.kind === "bool" ? h("input", { ...attrs, type: "checkbox" })
     : (f.choices || []).length
       ? h("select", attrs, ...f.choices.map((c) => h("option", { value: c, text: c })))
     : h("input", { ...attrs, type: f.kind === "str" ? "text" : "number", step: f.kind === "int" ? "1" : "any",
       placeholder: f.optional ? "none" : String(f.default) });
   return h("label", { class: "as-field", "data-depends": f.depends || "" }, h("span", { class: "as-fname", text: f.name }), input,
-    h("span", { class: "as-fhelp", text: f.help || "" }));
+    helpText(f.help));
 }
 
 function settingsPanel({ model, send }) {
@@ -500,10 +537,22 @@ function configPanel(ctx) {
   const applyBtn = h("button", { "data-role": "apply", text: "Apply" });
   const clearBtn = h("button", { "data-role": "clear", text: "Clear all" });
   const errorEl = h("pre", { class: "as-error", "data-role": "error" });
+  const more = h("button", { class: "as-more as-hidden", "data-role": "config-more", title: "show every line of the string" });
+  let showAll = false;
+  function drawFold() {
+    const n = (model.get("config") || "").split("\n").length;
+    const long = n > FOLD_AT;
+    more.classList.toggle("as-hidden", !long);
+    more.textContent = showAll ? "show fewer" : `show all ${n} lines`;
+    configEl.classList.toggle("as-clip", long && !showAll);
+    configEl.dataset.lines = String(n);
+  }
+  more.addEventListener("click", () => { showAll = !showAll; drawFold(); });
   function drawConfig() {
     const text = model.get("config");
-    configEl.textContent = text;
+    drawTokens(configEl, text);
     configEl.classList.toggle("as-empty", !text);
+    drawFold();
     if (ctx.clickedAt !== null) {
       root.dataset.clickLatencyMs = (performance.now() - ctx.clickedAt).toFixed(1);
       ctx.clickedAt = null;
@@ -533,25 +582,50 @@ function configPanel(ctx) {
   watch(model, ["config", "entries"], drawConfig);
   watch(model, ["error"], drawError);
   return {
-    nodes: [h("div", { class: "as-h" }, h("span", { text: "Config string" }), copyBtn), configEl, input,
+    nodes: [h("div", { class: "as-h" }, h("span", { text: "Config string" }), h("span", {}, more, copyBtn)), configEl, input,
       row(applyBtn, clearBtn), errorEl],
     draw() { drawConfig(); drawError(); },
   };
 }
 
+// placements: one row per line of the string with a ×; past FOLD_AT rows, grouped by add-in, method and
+// settings (`LoRA.adapt_output, r=4 · 53 placements`), each group folded until opened
 function placementsPanel({ model, send }) {
-  const list = h("ul", { class: "as-list", "data-role": "placements" });
+  const head = heading("Placements");
+  const list = h("div", { class: "as-placements", "data-role": "placements" });
+  const open = new Set();
+  const item = (e, text) => h("li", { "data-index": String(e.index) }, tokens("code", {}, text),
+    h("button", { "data-role": "remove", "data-index": String(e.index), title: "remove this placement", text: "×" }));
   function draw() {
-    list.replaceChildren(...(model.get("entries") || []).map((e) =>
-      h("li", {}, h("code", { text: e.text }),
-        h("button", { "data-role": "remove", "data-index": String(e.index), title: "remove this placement", text: "×" }))));
+    const rows = model.get("entries") || [];
+    const total = rows.reduce((n, e) => n + (e.count || 1), 0);
+    const groups = new Map();
+    for (const e of rows) {
+      if (!groups.has(e.group)) groups.set(e.group, []);
+      groups.get(e.group).push(e);
+    }
+    head.textContent = rows.length ? `Placements (${total}${groups.size > 1 ? ` in ${groups.size} groups` : ""})` : "Placements";
+    list.dataset.count = String(total);
+    if (rows.length <= FOLD_AT) {
+      list.replaceChildren(h("ul", { class: "as-list" }, ...rows.map((e) => item(e, e.text))));
+      return;
+    }
+    list.replaceChildren(...[...groups].map(([key, es]) => {
+      const n = es.reduce((k, e) => k + (e.count || 1), 0);
+      const box = h("details", { class: "as-group", "data-group-key": key, "data-count": String(n) });
+      box.open = open.has(key);
+      box.ontoggle = () => { if (box.open) open.add(key); else open.delete(key); };
+      box.append(h("summary", {}, tokens("code", {}, `${key}`), h("span", { class: "as-count", text: ` · ${n} placement${n === 1 ? "" : "s"}${es.length !== n ? ` in ${es.length} lines` : ""}` })),
+        h("ul", { class: "as-list" }, ...es.map((e) => item(e, e.where || e.text))));
+      return box;
+    }));
   }
   list.addEventListener("click", (e) => {
     const b = e.target.closest("[data-role=remove]");
     if (b) send.remove({ index: +b.dataset.index });
   });
   watch(model, ["config", "entries"], draw);
-  return { nodes: [heading("Placements"), list], draw };
+  return { nodes: [head, list], draw };
 }
 
 // -- training: train/stop, status, live plot, update norms; the finished runs ------------------------
@@ -561,7 +635,11 @@ function trainingPanel({ model, send, root }) {
   const status = h("div", { class: "as-status", "data-role": "status" });
   const plot = s("svg", { class: "as-plot", "data-role": "loss-plot", width: "380", height: "170" });
   const legend = h("div", { class: "as-legend as-hidden", "data-role": "grad-legend" });
-  const gradTable = h("table", { class: "as-gradtable as-hidden", "data-role": "grad-table" });
+  const gradTable = h("table", { class: "as-gradtable", "data-role": "grad-table" });
+  // the update-norm table (one row per add-in) lives in the scrolling part, folded past FOLD_AT rows
+  const gradBox = h("details", { class: "as-fold as-hidden", "data-role": "grad-fold" });
+  const gradSummary = h("summary", { class: "as-h" });
+  gradBox.append(gradSummary, gradTable);
   function drawTraining() {
     const st = model.get("state");
     root.dataset.state = st;
@@ -580,7 +658,10 @@ function trainingPanel({ model, send, root }) {
         h("span", { class: "as-ramp" }), h("span", { text: hi.toExponential(2) }));
     }
     const rows = model.get("grad_table") || [];
-    gradTable.classList.toggle("as-hidden", !rows.length);
+    gradBox.classList.toggle("as-hidden", !rows.length);
+    if (rows.length && gradBox.dataset.rows !== String(rows.length)) gradBox.open = rows.length <= FOLD_AT;
+    gradBox.dataset.rows = String(rows.length);
+    gradSummary.textContent = `Update norms of the last run (${rows.length} add-in${rows.length === 1 ? "" : "s"})`;
     gradTable.replaceChildren(h("tr", {}, h("th", { text: "add-in" }), h("th", { text: "placement" }), h("th", { text: "update norm / step" })),
       ...rows.map((r) => h("tr", { "data-key": r.key }, h("td", { text: r.key }), h("td", { text: r.placement }), h("td", { text: r.norm.toExponential(3) }))));
   }
@@ -589,9 +670,18 @@ function trainingPanel({ model, send, root }) {
   watch(model, ["state", "status", "plot", "can_train"], drawTraining);
   watch(model, ["grads", "grad_table"], drawGrads);
   return {
-    nodes: [heading("Training"), row(trainBtn, stopBtn), status, plot, legend, gradTable],
+    actions: [row(trainBtn, stopBtn, status), plot, legend],   // always in view, above the lists
+    nodes: [gradBox],
     draw() { drawTraining(); drawGrads(); },
   };
+}
+
+// a run's string: its first two lines and how many more (all of it in the tooltip; clicking restores it)
+function runString(text) {
+  const lines = text.split("\n");
+  const el = tokens("code", { title: text }, lines.slice(0, 2).join("\n"));
+  if (lines.length > 2) el.append(h("span", { class: "as-muted", text: `\n… ${lines.length - 2} more line(s)` }));
+  return el;
 }
 
 function runsPanel({ model, send }) {
@@ -604,8 +694,8 @@ function runsPanel({ model, send }) {
       const acc5 = m.val_acc5 ? ` · Acc@5 ${m.val_acc5[m.val_acc5.length - 1].toFixed(2)}%` : "";
       return h("li", { "data-run": String(r.n), title: "click to restore this run's config string" },
         h("b", { text: `run ${r.n}` }),
-        h("span", { text: ` · ${m.steps} steps · loss ${m.loss === null ? "?" : m.loss}${acc}${acc5} · ${r.trainable.toLocaleString()} trainable` }),
-        h("code", { text: r.config }));
+        h("span", { text: ` · ${m.steps} steps · last step loss ${m.loss === null ? "?" : m.loss.toFixed(4)}${acc}${acc5} · ${r.trainable.toLocaleString()} trainable` }),
+        runString(r.config));
     }));
     if (!runs.length) runsEl.append(h("li", { class: "as-muted", text: "finished runs appear here (the plot overlays the last 3)" }));
   }
@@ -640,7 +730,7 @@ function exportPanel({ model, send }) {
     wantCopy = false;
     try { await navigator.clipboard.writeText(model.get("code")); } catch (_) { /* shown below the buttons anyway */ }
   });
-  return { nodes: [heading("Export"), row(saveBtn, peftBtn, codeBtn), codeEl], draw };
+  return { actions: [row(saveBtn, peftBtn, codeBtn)], nodes: [codeEl], draw };
 }
 
 // -- the widget -------------------------------------------------------------------------------------
@@ -649,11 +739,18 @@ function render({ model, el }) {
   const root = h("div", { class: "as-root", "data-role": "studio", "data-state": model.get("state"), tabindex: "0" });
   const ctx = { model, send: senders(model), root, clickedAt: null };
   const canvas = graphCanvas(ctx);
-  const side = [detailsPanel, settingsPanel, strategyPanel, configPanel, placementsPanel, trainingPanel,
-    runsPanel, exportPanel].map((panel) => panel(ctx));
+  // the side panel: the actions (Train/Stop, status, plot, export buttons and code) on top, always in view;
+  // below them the rest scrolls on its own (details, string, placements, strategy, settings, norms, runs)
+  const training = trainingPanel(ctx), exporting = exportPanel(ctx), runs = runsPanel(ctx);
+  const listed = [detailsPanel, configPanel, placementsPanel, strategyPanel, settingsPanel].map((p) => p(ctx));
+  const side = [training, exporting, ...listed, runs];
   const panels = [headerPanel(ctx), toolbar(ctx, canvas), canvas, ...side];
+  const actions = h("div", { class: "as-actions", "data-role": "actions" },
+    ...training.actions, ...exporting.actions, ...exporting.nodes);
+  const body = h("div", { class: "as-side-body", "data-role": "side-body" },
+    ...listed.flatMap((p) => p.nodes), ...training.nodes, ...runs.nodes);
   root.append(...panels[0].nodes, ...panels[1].nodes,
-    h("div", { class: "as-main" }, ...canvas.nodes, h("div", { class: "as-side" }, ...side.flatMap((p) => p.nodes))));
+    h("div", { class: "as-main" }, ...canvas.nodes, h("div", { class: "as-side" }, actions, body)));
   el.append(root);
   root.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && model.get("pending")) { e.preventDefault(); e.stopPropagation(); ctx.send.cancel(); }

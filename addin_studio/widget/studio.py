@@ -76,6 +76,19 @@ def _layout_advice(paths: list[str]) -> str:
             f"and Export PEFT again.")
 
 
+def _entry_rows(cfg: Any) -> list[dict]:
+    """The placements list: one row per line of the canonical string, with ``group`` (its add-in,
+    method and settings: ``LoRA.adapt_output, r=4``), ``where`` (the rest of the line) and ``count``
+    (the placements it stands for); the page groups rows by ``group``."""
+    rows = []
+    for i, e in enumerate(entries(cfg)):
+        head, sep, where = e.text.partition("): ")
+        grouped = e.text.startswith("(") and bool(sep)
+        rows.append({"index": i, "text": e.text, "group": head[1:] if grouped else e.text,
+                     "where": where if grouped else "", "count": e.stop - e.start})
+    return rows
+
+
 class Studio(anywidget.AnyWidget):
     """Place add-ins on a model by clicking its graph; the config string updates live.
 
@@ -418,7 +431,7 @@ class Studio(anywidget.AnyWidget):
         self.error = ed.error
         self.labels = point_labels(ed.config)
         self.links = links(ed.config)
-        self.entries = [{"index": i, "text": e.text} for i, e in enumerate(entries(ed.config))]
+        self.entries = _entry_rows(ed.config)
         self.states = ed.module_states()
         self.addin_names = ed.addin_names()
         self.addin = ed.addin
@@ -440,7 +453,7 @@ class Studio(anywidget.AnyWidget):
             self.status = ed.message
         if self.selected.get("path"):
             self.selected = {**self.selected, "placements": ed.placements_at(self.selected["path"]),
-                             "trainable": ed.module_states().get(self.selected["path"], "none")}
+                             "trainable": ed.trainable_text(self.selected["path"], self.states)}
 
     def _adapters_changed(self) -> None:
         """The named adapters changed (from code or from this widget): show the active one."""
@@ -470,7 +483,7 @@ class Studio(anywidget.AnyWidget):
         node = self._graph[path]
         info = {"path": path, "written": format_path(path), "class": node.class_name,
                 "params": node.num_params, "placements": self._editor.placements_at(path),
-                "trainable": self._editor.module_states().get(path, "none"),
+                "trainable": self._editor.trainable_text(path),
                 "input": list(node.input_shape) if node.input_shape else None,
                 "output": list(node.output_shape) if node.output_shape else None,
                 "extra": node.extra_repr}

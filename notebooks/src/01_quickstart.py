@@ -14,7 +14,7 @@ import asyncio
 import torch
 
 import addin_studio as studio
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 from addin_studio.examples import MLPAddin, TutorialMLP
 
 torch.manual_seed(0)

@@ -16,7 +16,7 @@ from torch import nn
 from IPython.display import SVG, display
 
 import addin_studio as studio
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 from addin_studio.render import chain, graph_svg
 
 torch.manual_seed(0)

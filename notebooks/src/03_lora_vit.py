@@ -23,7 +23,7 @@ import timm
 import torch
 
 import addin_studio as studio
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 
 torch.manual_seed(0)
 vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8)

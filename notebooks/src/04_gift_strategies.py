@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 import addin_studio as studio
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 from addin_studio.strategies import Strategy, place
 
 torch.manual_seed(0)

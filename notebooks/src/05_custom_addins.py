@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import addin_studio as studio
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 
 torch.manual_seed(0)
 

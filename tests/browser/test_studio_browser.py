@@ -17,7 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 import addin_studio as studio
 from addin_studio.examples import TutorialMLP, MLPAddin
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 ''' + SLOW_LOADER + '''
 torch.manual_seed(0)
 train_loader, val_loader = digits_loaders(batch_size=16)

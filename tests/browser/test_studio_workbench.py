@@ -17,7 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 from torch import nn
 import addin_studio as studio
-from addin_studio.data import digits_loaders
+from addin_studio.sources.data import digits_loaders
 
 class Net(nn.Module):
     def __init__(self):

@@ -9,7 +9,9 @@ Two ways to place it, both written in the string at the layer's output point ``(
   read — a layer whose parent reads its weight directly (``F.linear(x, qkv.weight)`` in BEiT, EVA-02,
   torchvision's Swin), a conv subclass with its own ``forward`` (timm's ``Conv2dSame``,
   ``ScaledStdConv2d``), ``nn.MultiheadAttention`` (``in_proj_weight``, and its ``out_proj``), or any
-  named 2-D parameter (``param=``). Merged equals unmerged by construction.
+  named 2-D parameter (``param=``), or a 3-D stack of expert matrices (``param=`` on a mixture-of-experts
+  module's fused weights: one update per expert, as PEFT's ``target_parameters``; ``experts.py``).
+  Merged equals unmerged by construction.
 
 ``B`` is zeros and ``A`` Kaiming-uniform (``nn.Embedding``: ``A`` zeros and ``B`` ~ N(0, 1), as PEFT
 starts it), so the layer is unchanged at attach. ``layout.py`` holds where LoRA applies (layer kinds, the
@@ -29,6 +31,7 @@ from torch import nn
 from ...engine.weights import is_computed, peek_weight, write_weight
 from ..base import AddinBase, PointInfo, weight_method
 from ..registry import register_addin
+from .experts import EXPERT_INITS, expert_delta, expert_dims, expert_transposed, is_expert_param
 from .grouped import check_grouped, grouped_branch, grouped_shapes, is_grouped_peft
 from .inits import INITS
 from .layout import (CONVS, HOOK_METHOD, WEIGHT_METHOD, check_lora_target, default_param, hook_problem,
@@ -104,8 +107,16 @@ class LoRA(AddinBase):
         self.layout = layout
         # PEFT's grouped conv LoRA (lora/grouped.py): a dense A conv and a grouped 1x1 B conv
         self.grouped = is_grouped_peft(module, layout, self.param)
-        h, w, self.transposed = matrix_layout(module, self.param, layout == "peft", named=param is not None)
-        b_cols = r
+        #: experts in a 3-D expert parameter (``experts.py``), else 0
+        self.experts = 0
+        if param is not None and is_expert_param(module, self.param):
+            self.experts, h, w = expert_dims(module, module._parameters[self.param])
+            self.transposed = expert_transposed(module)
+            self._check_experts()
+        else:
+            h, w, self.transposed = matrix_layout(module, self.param, layout == "peft",
+                                                  named=param is not None)
+        b_cols = r * max(self.experts, 1)
         if self.grouped:
             check_grouped(module, r, self.variant.init)
             (_, w), (h, b_cols) = grouped_shapes(module, r)
@@ -126,11 +137,22 @@ class LoRA(AddinBase):
         self.is_embedding = isinstance(module, nn.Embedding) and self.param == "weight"
         self.hook_problem = hook_problem(module) if self.param == default_param(module) else \
             f"param={self.param!r} is adapted on the weight"
-        self.lora_A = nn.Parameter(torch.empty(r, w, dtype=weight.dtype, device=weight.device))
+        self.lora_A = nn.Parameter(torch.empty(r * max(self.experts, 1), w, dtype=weight.dtype,
+                                               device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(h, b_cols, dtype=weight.dtype, device=weight.device))
         self.variant.check_target(self, module, param)
         self.variant.init_factors(self, weight, h, w)
         self.variant.add_parameters(self, module, weight, w)
+
+    def _check_experts(self) -> None:
+        """Refuse what PEFT's expert LoRA (``ParamWrapper``) does not compute: variants, base-weight inits."""
+        what = f"LoRA on the expert weights '{self.param}' (one update per expert)"
+        if type(self.variant) is not LoraVariant:
+            raise ValueError(f"{what} is plain LoRA (rslora allowed), as PEFT's target_parameters; not "
+                             f"{self.variant.label()}")
+        if self.variant.init not in EXPERT_INITS:
+            raise ValueError(f"{what} starts from init={' or init='.join(EXPERT_INITS)}, not "
+                             f"init={self.variant.init}")
 
     @property
     def moves_base(self) -> bool:
@@ -153,6 +175,8 @@ class LoRA(AddinBase):
 
     def extra_repr(self) -> str:
         settings = ([] if self.param == "weight" else [f"param={self.param}"]) + self.variant.describe()
+        if self.experts:
+            settings.append(f"experts={self.experts}")
         if self.layout != "balanced":
             settings.append(f"layout={self.layout}")
         param = "".join(f", {s}" for s in settings)
@@ -185,6 +209,8 @@ class LoRA(AddinBase):
         if self.grouped:
             raise ValueError("a LoRA on a grouped convolution in PEFT's layout has no weight update "
                              "(see addins/lora/grouped.py)")
+        if self.experts:
+            return expert_delta(self.lora_A, self.lora_B, self.experts, self.transposed).mul(self.scaling)
         d = self.variant.product(self).mul(self.scaling)
         if self.transposed:
             d = d.t()

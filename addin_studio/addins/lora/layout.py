@@ -46,10 +46,11 @@ def matrix_layout(module: nn.Module, param: str, peft_conv: bool = False,
             weight = peek_weight(module, param)
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"{type(module).__name__} has no parameter '{param}' for LoRA to adapt")
-        if weight.dim() < 2:
+        if weight.dim() != 2:
             raise TypeError(f"LoRA adapts a matrix; '{param}' of {type(module).__name__} has shape "
-                            f"{tuple(weight.shape)}")
-        return weight.shape[0], math.prod(weight.shape[1:]), False
+                            f"{tuple(weight.shape)} (param= takes a 2-D parameter, or a 3-D stack of "
+                            f"expert matrices: [experts, out, in])")
+        return weight.shape[0], weight.shape[1], False
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features, False
     if is_hf_conv1d(module):

@@ -16,7 +16,7 @@ added out_proj's update twice) are refused by their ``peft_version`` (``MHA_REFU
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ MHA_REFUSAL = ("PEFT before 0.22 added the out_proj update twice (its forward an
 # the first PEFT release whose MultiheadAttention LoRA computes W + scale*B@A on in_proj and on out_proj
 MHA_PEFT_VERSION = "0.22.0"
 _OUT_PROJ = ".base_layer.out_proj"  # PEFT's name for a MultiheadAttention's out_proj, below the MHA
+_BASE_LAYER = ".base_layer"  # PEFT's name for a wrapped layer (nested ParamWrappers: one per parameter)
 _MHA_LAYERS = (nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear)
 _INITS = {True: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "mica": "mica"}
 
@@ -83,7 +84,9 @@ class LoraPeft(PeftMapping):
         dropouts = set()
         variants: dict[str, set] = {}
         fan_in_fan_out = False  # PEFT switches it per layer as it meets Linear or Conv1D layers
-        params: dict[str, str] = {}  # PEFT's target_parameters: a named 2-D parameter of another layer kind
+        # PEFT's target_parameters: a named 2-D parameter of another layer kind, or a 3-D stack of experts;
+        # {"<module>.<param>": its entry}
+        params: dict[str, PeftEntry] = {}
         mha, entries = _mha_entries(entries)
         for path, pair in mha.items():  # PEFT's MultiheadAttention LoRA: in_proj + out_proj, one r/alpha
             for e, where in zip(pair, ("", _OUT_PROJ)):
@@ -98,7 +101,9 @@ class LoraPeft(PeftMapping):
             kind = _peft_kind(e.module)
             if _parameter_target(e, kind):
                 kind = "parameter"
-                params[path] = f"{path}.{e.addin.param}"
+                path = f"{path}.{e.addin.param}"  # PEFT's key for it (rank_pattern, alpha_pattern too)
+                if path not in ranks:
+                    params[path] = e
             if kind is None:
                 raise ValueError(f"PEFT export covers LoRA on {_KINDS} and nn.MultiheadAttention; '{path}' "
                                  f"is a {type(e.module).__name__}")
@@ -114,7 +119,9 @@ class LoraPeft(PeftMapping):
                 raise ValueError(f"two LoRAs on '{path}' cannot be one PEFT adapter")
             r = e.addin.r
             ones = [1] * (e.module.weight.dim() - 2) if kind == "conv" else []
-            if kind == "embedding":
+            if kind == "parameter":
+                pass  # named below, once every parameter of its module is known (PEFT nests them)
+            elif kind == "embedding":
                 tensors[f"{path}.lora_embedding_A"] = e.addin.lora_A
                 tensors[f"{path}.lora_embedding_B"] = e.addin.lora_B
             else:
@@ -132,6 +139,11 @@ class LoraPeft(PeftMapping):
             dropouts.add(e.addin.dropout)
         if len(dropouts) > 1:
             raise ValueError(f"PEFT has one lora_dropout per adapter; these LoRAs use {sorted(dropouts)}")
+        if params and any(dropouts):
+            raise ValueError(f"PEFT's LoRA on target_parameters ('{sorted(params)[0]}') refuses "
+                             f"lora_dropout, and PEFT has one per adapter; these LoRAs use "
+                             f"dropout={max(dropouts):g}")
+        tensors.update(_parameter_tensors(params.values()))
         for flag, values in variants.items():
             if len(values) > 1:
                 raise ValueError(f"PEFT has one {flag} per adapter; these LoRAs mix "
@@ -139,16 +151,16 @@ class LoraPeft(PeftMapping):
         r = _most_common(ranks.values())
         alpha = _most_common(alphas.values())
         for path in params:
-            if (ranks[path], alphas[path]) != (r, alpha):
-                raise ValueError(f"'{path}': a LoRA on a named parameter goes to PEFT "
-                                 f"(target_parameters) with the adapter's common r={r} and "
+            if (ranks[path], alphas[path]) != (r, alpha):  # PEFT would match patterns to '<module>.<param>'
+                raise ValueError(f"'{params[path].placement.target.module}': a LoRA on a named parameter "
+                                 f"goes to PEFT (target_parameters) with the adapter's common r={r} and "
                                  f"alpha={_num(alpha)}, not r={ranks[path]}, alpha={_num(alphas[path])}")
         modules = sorted(m for m in ranks if m not in params)
         config = {
             "r": r, "lora_alpha": _num(alpha), "lora_dropout": dropouts.pop() if dropouts else 0.0,
             "bias": "none",
             "target_modules": modules or None, "exclude_modules": None,
-            "target_parameters": sorted(params.values()) or None,
+            "target_parameters": sorted(params) or None,
             "rank_pattern": {f"^{m}$": v for m, v in ranks.items() if v != r},
             "alpha_pattern": {f"^{m}$": _num(v) for m, v in alphas.items() if v != alpha},
             "fan_in_fan_out": fan_in_fan_out, "layers_to_transform": None, "layers_pattern": None,
@@ -197,6 +209,8 @@ class LoraPeft(PeftMapping):
         pairs, out_projs = _mha_imports(config, pairs, modules, source)
         params = _target_parameters(config, pairs, modules, source)
         for path in pairs:
+            if path in params:
+                continue
             owner = path.partition(".base_layer.")[0]
             if path in out_projs or isinstance(modules.get(path), nn.MultiheadAttention):
                 _check_targeted(config, out_projs.get(path, path), pairs[path], source)
@@ -207,15 +221,22 @@ class LoraPeft(PeftMapping):
             if path not in modules:
                 raise ValueError(f"the adapter has LoRA weights for module '{path}', which this "
                                  f"{type(model).__name__} does not have")
-            if _peft_kind(modules[path]) is None and path not in params:
+            if _peft_kind(modules[path]) is None:
                 raise ValueError(f"from_peft imports LoRA on {_KINDS}; the adapter's '{path}' is "
                                  f"a {type(modules[path]).__name__}")
-            if path not in params:
-                _check_targeted(config, path, pairs[path], source)
+            _check_targeted(config, path, pairs[path], source)
         order = {name: i for i, name in enumerate(modules)}
+
+        def position(key: str) -> tuple[int, int]:
+            if key not in params:
+                return order[key], 0
+            path, name = params[key]
+            return order[path], list(modules[path]._parameters).index(name)
+
         out = []
-        for path in sorted(pairs, key=order.__getitem__):
-            pair = pairs[path]
+        for key in sorted(pairs, key=position):
+            pair = pairs[key]
+            path, param = params.get(key, (key, None))
             want = set(_PARTS) | {ours for cls in VARIANTS if cls.switch and variant.get(cls.switch.name)
                                   for ours in cls.peft_tensor_names.values()}
             if set(pair) != want:
@@ -223,19 +244,21 @@ class LoraPeft(PeftMapping):
                 raise ValueError(f"the adapter's LoRA for '{path}' "
                                  + (f"lacks {sorted(missing)[0]}" if missing else
                                     f"has {sorted(extra)[0]}, which its config does not switch on"))
-            conv = _peft_kind(modules[path]) == "conv"
+            conv = _peft_kind(modules[path]) == "conv" and not param
             for part in _PARTS:  # matrices ([r, in, *k] / [out, r, 1, ...] for PEFT's conv LoRA)
                 t = pair[part]
                 if t.dim() < 2 or (t.dim() != 2 and not conv) or min(t.shape) < 1:
                     raise ValueError(f"{source}: the adapter's {part} for '{path}' has shape "
                                      f"{tuple(t.shape)}; LoRA factors are non-empty matrices")
-            alpha = pattern_value(config.get("alpha_pattern"), out_projs.get(path, path),
-                                  config.get("lora_alpha", 8), source, "alpha_pattern")
-            settings: dict[str, Any] = {"r": int(pair["lora_A"].shape[0]), "alpha": alpha}
+            named = f"{path}.{param}" if param else out_projs.get(path, path)  # PEFT's key for its patterns
+            alpha = pattern_value(config.get("alpha_pattern"), named, config.get("lora_alpha", 8), source,
+                                  "alpha_pattern")
+            settings: dict[str, Any] = {"r": _rank(pair, modules[path], param, source, named)}
+            settings["alpha"] = alpha
             if config.get("lora_dropout"):
                 settings["dropout"] = float(config["lora_dropout"])
             settings.update(variant)
-            if _peft_kind(modules[path]) == "conv":
+            if conv:
                 r = settings["r"]
                 settings["layout"] = "peft"
                 pair = {k: t.reshape(r, -1) if k == "lora_A" else t.flatten(1) if k == "lora_B" else
@@ -243,9 +266,9 @@ class LoraPeft(PeftMapping):
             elif "lora_magnitude" in pair:
                 pair["lora_magnitude"] = pair["lora_magnitude"].reshape(-1)
             point = Point(path, "post")
-            method = WEIGHT_METHOD if hook_problem(modules[path]) or path in params else "adapt_output"
-            if path in params:
-                settings["param"] = params[path]
+            method = WEIGHT_METHOD if hook_problem(modules[path]) or param else "adapt_output"
+            if param:
+                settings["param"] = param
                 settings.pop("layout", None)
             if method == WEIGHT_METHOD:
                 settings.pop("dropout", None)
@@ -399,8 +422,27 @@ def _parameter_target(e: PeftEntry, kind: str | None) -> bool:
     layer PEFT's LoRA does not wrap (not MultiheadAttention: PEFT holds those as MultiheadAttention LoRA),
     plain LoRA only."""
     return (kind is None and e.placement.method == "adapt_weight" and "param" in e.placement.settings
-            and not isinstance(e.module, _MHA_LAYERS) and len(e.addin.weight_shape) == 2
+            and not isinstance(e.module, _MHA_LAYERS) and len(e.addin.weight_shape) in (2, 3)
             and not e.addin.variant.peft_tensors(e.addin))
+
+
+def _parameter_tensors(entries: Iterable[PeftEntry]) -> dict[str, torch.Tensor]:
+    """PEFT's tensors of LoRAs on ``target_parameters``: a ``ParamWrapper`` per parameter, nested when a
+    module has several (the first in the module's registration order innermost, as PEFT wraps them), so
+    ``<module>.lora_A.weight`` is its last adapted parameter's, ``<module>.base_layer.lora_A.weight`` the one
+    before, ... Our ``lora_A`` / ``lora_B`` are PEFT's tensors as they are (``experts.py``)."""
+    by_module: dict[str, list[PeftEntry]] = {}
+    for e in entries:
+        by_module.setdefault(e.placement.target.module, []).append(e)
+    tensors = {}
+    for path, found in by_module.items():
+        order = list(found[0].module._parameters)
+        found.sort(key=lambda e: order.index(e.addin.param))
+        for k, e in enumerate(found):
+            where = path + _BASE_LAYER * (len(found) - 1 - k)
+            tensors[f"{where}.lora_A.weight"] = e.addin.lora_A
+            tensors[f"{where}.lora_B.weight"] = e.addin.lora_B
+    return tensors
 
 
 def _token_imports(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
@@ -425,26 +467,50 @@ def _token_imports(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor
 
 
 def _target_parameters(config: Mapping[str, Any], pairs: Mapping[str, Any], modules: Mapping[str, nn.Module],
-                       source: str) -> dict[str, str]:
-    """``{module path: parameter name}`` for the adapter's LoRAs on ``target_parameters`` (PEFT's
-    ``ParamWrapper``: ``lora_A [r, shape[1]]``, ``lora_B [shape[0], r]``, our ``param=`` layout)."""
+                       source: str) -> dict[str, tuple[str, str]]:
+    """``{the file's module key: (module path, parameter name)}`` for the adapter's LoRAs on
+    ``target_parameters`` (PEFT's ``ParamWrapper``: ``lora_A [r, shape[1]]``, ``lora_B [shape[0], r]`` on a
+    2-D parameter, our ``param=`` layout; ``[E*r, in]`` / ``[out, r*E]`` on a 3-D stack of experts,
+    ``experts.py``). Several parameters of one module are nested wrappers: the key ``<module>`` holds the
+    last adapted one (in the module's registration order), ``<module>.base_layer`` the one before, ..."""
     targets = config.get("target_parameters") or []
-    found: dict[str, str] = {}
-    for path in pairs:
+    found: dict[str, tuple[str, str]] = {}
+    for key in pairs:
+        path, depth = key, 0
+        while path.endswith(_BASE_LAYER):
+            path, depth = path[:-len(_BASE_LAYER)], depth + 1
         module = modules.get(path)
         if module is None:
             continue
         names = [n for n, p in module.named_parameters(recurse=False)
                  if listed_by_peft(targets, f"{path}.{n}")]
-        if len(names) > 1:
-            raise ValueError(f"{source}: target_parameters adapts {len(names)} parameters of '{path}' "
-                             f"({', '.join(names)}); one LoRA per module is supported")
-        if names:
-            if module._parameters[names[0]].dim() != 2:
-                raise ValueError(f"{source}: target_parameters '{path}.{names[0]}' is not a matrix "
-                                 f"(PEFT's expert tensors are not supported)")
-            found[path] = names[0]
+        if not names:
+            continue
+        if depth >= len(names):
+            raise ValueError(f"{source}: unexpected key 'base_model.model.{key}.lora_A.weight' "
+                             f"(target_parameters adapts {len(names)} parameter(s) of '{path}': "
+                             f"{', '.join(names)})")
+        name = names[len(names) - 1 - depth]
+        if module._parameters[name].dim() not in (2, 3):
+            raise ValueError(f"{source}: target_parameters '{path}.{name}' has shape "
+                             f"{tuple(module._parameters[name].shape)}; LoRA adapts a matrix or a 3-D "
+                             f"stack of expert matrices")
+        found[key] = (path, name)
     return found
+
+
+def _rank(pair: Mapping[str, torch.Tensor], module: nn.Module, param: str | None, source: str,
+          named: str) -> int:
+    """The rank of the file's LoRA: ``lora_A``'s rows (a stack of ``E`` experts: ``E*r`` rows)."""
+    rows = int(pair["lora_A"].shape[0]) if pair["lora_A"].dim() else 0
+    if param is None or module._parameters[param].dim() != 3:
+        return rows
+    experts = module._parameters[param].shape[0]
+    if rows % experts or not rows:
+        raise ValueError(f"{source}: the adapter's lora_A for '{named}' has shape "
+                         f"{tuple(pair['lora_A'].shape)}; PEFT's LoRA on {experts} experts has "
+                         f"{experts}*r rows")
+    return rows // experts
 
 
 def _pair(name: str, t: torch.Tensor, pairs: dict, source: str) -> None:

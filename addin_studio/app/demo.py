@@ -70,9 +70,9 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
              log: Callable[[str], Any] = print) -> DemoResult:
     """Run the demo end to end and write ``loss.png``, ``adapters.safetensors`` and ``report.html``."""
     import addin_studio as studio
-    from .data import digits_loaders
+    from ..sources.data import digits_loaders
     from .report import plot_loss, write_report
-    from .train import Trainer
+    from ..train import Trainer
 
     start = time.perf_counter()
     out = Path(out_dir)

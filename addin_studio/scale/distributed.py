@@ -142,7 +142,7 @@ def wrap_model(model: nn.Module, *, attachment: Any = None, device: torch.device
         return model
     if not is_distributed():
         raise RuntimeError("wrap_model() needs an initialized process group: launch with torchrun and call "
-                           "addin_studio.distributed.init_distributed() first")
+                           "addin_studio.scale.distributed.init_distributed() first")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no parameters with requires_grad=True: DDP has nothing to "
                          "synchronize (did you attach any add-in?)")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from .. import __version__
 
 QUICKSTART = Path("notebooks") / "01_quickstart.ipynb"
 MODEL_SOURCES = ("timm", "torchvision", "transformers")
@@ -237,7 +237,7 @@ def _check_model_and_data(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 
 def _check_model_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from .models import ModelLoadError, check_model_name
+    from ..sources.models import ModelLoadError, check_model_name
 
     try:
         check_model_name(*args.model)
@@ -251,12 +251,12 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace):
     ``torch.manual_seed(--seed)``) and the same validation split, transforms and batches."""
     import torch
 
-    from .models import ModelLoadError, create_model
+    from ..sources.models import ModelLoadError, create_model
 
     source, name = args.model
     data_kind, data_dir = args.data
     if data_kind == "imagefolder":
-        from .image_folder import image_folder_classes
+        from ..sources.image_folder import image_folder_classes
 
         try:
             classes = image_folder_classes(data_dir)
@@ -271,7 +271,7 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace):
     except ModelLoadError as exc:
         parser.error(str(exc))
     if data_kind == "imagefolder":
-        from .image_folder import image_folder_loaders
+        from ..sources.image_folder import image_folder_loaders
 
         size = None if named.fixed_size else args.image_size  # None: the model's own input size
         try:
@@ -284,7 +284,7 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace):
         print(f"Image folder {data_dir}: {data.num_train} training and {data.num_val} validation images, "
               f"classes {', '.join(data.classes)}")
         return named, data.train, data.val
-    from .data import digits_loaders
+    from ..sources.data import digits_loaders
 
     size = named.input_size[-1] if named.fixed_size else (args.image_size or 32)
     train, val = digits_loaders(batch_size=args.batch_size, image_size=size, channels=3, seed=args.seed)
@@ -312,7 +312,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if named.head is not None and not args.freeze_head:
         cfg = cfg.with_trainable(tuple(cfg.trainable) + (named.head,))
     example = next(iter(val if val is not None else train))[0][:2]
-    from .examples import MLPAddin
+    from ..examples import MLPAddin
 
     try:
         att = studio.attach(named.model, cfg, addins={"MLPAddin": MLPAddin}, example_input=example)
@@ -343,8 +343,8 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_model_name(parser, args)
     named, train, val = _build(parser, args)
     example = next(iter(val))[0][:2]
-    from .examples import MLPAddin
-    from .train import Trainer
+    from ..examples import MLPAddin
+    from ..train import Trainer
 
     try:
         att = studio.load(named.model, adapters, addins={"MLPAddin": MLPAddin}, example_input=example)
@@ -363,8 +363,8 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, val, out: Path | None,
          title: str) -> int:
     import addin_studio as studio
-    from .distributed import init_distributed, is_main_process
-    from .train import Trainer
+    from ..scale.distributed import init_distributed, is_main_process
+    from ..train import Trainer
 
     init_distributed()  # joins the process group when launched by torchrun; no-op otherwise
     model = att.model

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .engine import Attachment, attach
+from ..engine import Attachment, attach
 
 __all__ = ["init_empty_weights", "materialize"]
 

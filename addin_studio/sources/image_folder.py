@@ -91,7 +91,7 @@ def image_folder_loaders(root: str | Path, *, train_transform: Callable | None =
     Args:
         root: The image folder ``DIR``.
         train_transform: Turns a PIL image into a tensor — e.g. ``NamedModel.transforms(train=True)``
-            from :func:`addin_studio.models.create_model`, which follows the model's own data
+            from :func:`addin_studio.sources.models.create_model`, which follows the model's own data
             configuration.
         val_transform: The same for validation images (the held-out ones of a split too).
         batch_size: Images per batch.

@@ -1,4 +1,4 @@
-"""Review of the new add-ins and engine paths as an adversarial user would drive them: crafted adapter
+"""Edge cases of the add-ins and engine paths, driven as an adversarial user would: crafted adapter
 files, odd layers and dtypes, stacked and named adapters, the widget driven from Python."""
 from __future__ import annotations
 

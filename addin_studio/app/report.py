@@ -10,9 +10,9 @@ import html
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import parse
-from .render.plot import history_png
-from .render.svg import graph_svg as render_graph_svg
+from ..config import parse
+from ..render.plot import history_png
+from ..render.svg import graph_svg as render_graph_svg
 
 
 def plot_loss(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "Training") -> Path:

@@ -1,5 +1,6 @@
-"""LoRA's VeLoRA, KaSA and MiCA settings beyond PEFT's matrix rows (``tests/test_peft_matrix.py``):
-what each changes in training, their files both ways, and the errors for settings they cannot take."""
+"""LoRA's VeLoRA, KaSA, MiCA and MonteCLoRA settings beyond PEFT's matrix rows
+(``tests/test_peft_matrix.py``): what each changes in training, their files both ways, and the errors for
+settings they cannot take."""
 from __future__ import annotations
 
 import json

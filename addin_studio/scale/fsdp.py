@@ -43,7 +43,7 @@ def repeated_blocks(model: nn.Module) -> list[str]:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether some parameter of ``model`` is a DTensor shard (the model went through ``fully_shard``)."""
-    from .engine.attachment import _is_sharded
+    from ..engine.attachment import _is_sharded
 
     return _is_sharded(model)
 
@@ -65,7 +65,7 @@ def shard_model(model: nn.Module, *, attachment: Any = None, blocks: list[str] |
         return model
     if not D.is_distributed():
         raise RuntimeError("shard_model() needs an initialized process group: launch with torchrun and call "
-                           "addin_studio.distributed.init_distributed() first")
+                           "addin_studio.scale.distributed.init_distributed() first")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no parameters with requires_grad=True: nothing to train "
                          "(did you attach any add-in?)")
