@@ -109,10 +109,16 @@ ZOO_TWO: list[Entry] = [
 
 # ---- issue 26, items 2 and 3 (other branches add their entries HERE, in this list) -----------------------
 # - a module shared by several parents: timm "coat_lite_tiny" (serial_blocks1[0].cpe is one module under two
-#   names);
-# - mixture-of-experts with fused 3-D expert parameters: a tiny Mixtral and a tiny Qwen2-MoE (experts reached
-#   by lora_all with param=, one low-rank update per expert).
-SHARED_AND_EXPERTS: list[Entry] = []
+#   names) -- item 2, still to come from its branch;
+# - mixture-of-experts with fused 3-D expert parameters (item 3, merged): a tiny Mixtral and a tiny
+#   Qwen2-MoE, whose experts lora_all reaches with param= (the adapt_weight LoRAs: gate_up_proj, down_proj).
+MOE = dict(GQA, num_experts_per_tok=2)
+SHARED_AND_EXPERTS: list[Entry] = [
+    ("hf/mixtral", _hf("MixtralForCausalLM", "MixtralConfig", num_local_experts=4, **MOE), TEXT,
+     False, False),
+    ("hf/qwen2_moe", _hf("Qwen2MoeForCausalLM", "Qwen2MoeConfig", num_experts=4, moe_intermediate_size=32,
+                         shared_expert_intermediate_size=48, **MOE), TEXT, False, False),
+]
 
 
 @pytest.mark.usefixtures("one_thread")
