@@ -15,10 +15,9 @@ parametrization stays registered, and a merge writes the merged weight back thro
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, cast
-
 import inspect
 from contextlib import contextmanager
+from typing import Any, Callable, Iterator, cast
 
 import torch
 from torch import nn
