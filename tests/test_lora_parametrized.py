@@ -223,6 +223,11 @@ def test_adapters_on_a_parametrized_layer_save_load_and_export_to_peft(norm, tmp
     with torch.no_grad():
         assert torch.equal(model(x), ours)
     again.detach()
+    back = copy.deepcopy(bare)
+    imported = studio.from_peft(back, tmp_path / "peft")  # and back from PEFT's files
+    with torch.no_grad():
+        assert torch.equal(back(x), ours)
+    imported.detach()
     peft = pytest.importorskip("peft")
     theirs = peft.PeftModel.from_pretrained(bare, str(tmp_path / "peft")).eval()
     with torch.no_grad():
