@@ -15,7 +15,10 @@ from .inputs import call_model, model_device  # noqa: F401  (model_device: re-ex
 
 @dataclass
 class ModuleNode:
-    """One named submodule, as ``print(model)`` names it."""
+    """One submodule object, under its canonical name: the first ``model.named_modules()`` gives, the
+    name ``print(model)`` shows it under first. ``aliases`` are its other names (a module shared by
+    several parents, or held under two names); ``calls`` counts its calls in the traced pass, whose
+    first call gives ``order`` and the shapes."""
 
     path: str
     class_name: str
@@ -29,6 +32,8 @@ class ModuleNode:
     output_shape: tuple[int, ...] | None = None
     order: int | None = None
     extra_repr: str = ""
+    aliases: list[str] = field(default_factory=list)
+    calls: int = 0
     # positions of the first pre/post events in the traced pass (to check "{in} runs before {out}")
     pre_event: int | None = field(default=None, repr=False)
     post_event: int | None = field(default=None, repr=False)
@@ -55,22 +60,29 @@ class ModuleGraph:
         num_params: The model's parameter count.
         trainable_params: How many of them require gradients.
         traced: Whether a forward pass ran (shapes and call order are known).
+        aliases: Maps every other name of a module reached under several names (shared by several
+            parents) to its canonical name; ``graph[alias]`` gives the canonical node.
     """
 
     def __init__(self, nodes: list[ModuleNode], root_class: str, num_params: int,
-                 trainable_params: int, traced: bool) -> None:
+                 trainable_params: int, traced: bool, aliases: dict[str, str] | None = None) -> None:
         self.nodes = nodes
         self.root_class = root_class
         self.num_params = num_params
         self.trainable_params = trainable_params
         self.traced = traced
+        self.aliases: dict[str, str] = dict(aliases or {})
         self._by_path = {n.path: n for n in nodes}
 
     def __getitem__(self, path: str) -> ModuleNode:
-        return self._by_path[path]
+        return self._by_path[self.aliases.get(path, path)]
 
     def __contains__(self, path: object) -> bool:
-        return path in self._by_path
+        return path in self._by_path or path in self.aliases
+
+    def canonical(self, path: str) -> str:
+        """The canonical name of the module ``path`` names (``path`` itself unless it is an alias)."""
+        return canonical_path(path, self.aliases)
 
     def __iter__(self) -> Iterator[ModuleNode]:
         return iter(self.nodes)
@@ -132,6 +144,45 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
+def module_aliases(model: nn.Module) -> dict[str, str]:
+    """Every other name of a module object reached under several names, mapped to its canonical name.
+
+    The canonical name is the first ``model.named_modules()`` yields (depth first, in registration
+    order: the name ``print(model)`` shows first, and the prefix of its parameters in
+    ``named_parameters()`` and of PEFT's module names). A module shared by two parents (timm CoaT's
+    ``cpe1`` is also ``serial_blocks1.0.cpe``) or held under two attribute names gets one entry per
+    other name, and so does everything below it. Cycles (a module inside itself) are not followed.
+    """
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+
+    def visit(module: nn.Module, prefix: str, above: frozenset[int]) -> None:
+        for name, child in module._modules.items():
+            if child is None or id(child) in above:
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            if id(child) in first:
+                aliases[path] = first[id(child)]
+            else:
+                first[id(child)] = path
+            visit(child, path, above | {id(child)})
+
+    visit(model, "", frozenset({id(model)}))
+    return aliases
+
+
+def canonical_path(path: str, aliases: dict[str, str]) -> str:
+    """``path`` with its longest alias prefix replaced by the canonical name (``path`` if none)."""
+    if path in aliases:
+        return aliases[path]
+    head = path
+    while "." in head:
+        head = head.rsplit(".", 1)[0]
+        if head in aliases:
+            return aliases[head] + path[len(head):]
+    return path
+
+
 def _count(module: nn.Module, recurse: bool) -> tuple[int, int]:
     total = trainable = 0
     seen = set()
@@ -151,6 +202,10 @@ def trace(model: nn.Module, example_input: Any = None, **forward_kwargs: Any) ->
     forward pass runs in eval mode under ``torch.no_grad()`` with temporary hooks that record the order
     of first calls and input/output shapes; the model's training flags are restored afterwards and no
     hooks remain. Works on the ``meta`` device. Without an example input, shapes and order are ``None``.
+
+    A module reached under several names (shared by several parents) is one node, under its canonical
+    name (:func:`module_aliases`), with the other names in ``node.aliases``. A module called several
+    times keeps the order and shapes of its first call; ``node.calls`` counts them all.
 
     Args:
         model: The model to trace.
@@ -183,11 +238,14 @@ def trace(model: nn.Module, example_input: Any = None, **forward_kwargs: Any) ->
         nodes[path] = node
         if parent is not None and parent in nodes:
             nodes[parent].children.append(path)
+    aliases = module_aliases(model)
+    for alias, canonical in aliases.items():
+        nodes[canonical].aliases.append(alias)
     total, trainable = _count(model, True)
     traced = example_input is not None
     if traced:
         _record_forward(model, named, nodes, example_input, forward_kwargs)
-    return ModuleGraph(list(nodes.values()), type(model).__name__, total, trainable, traced)
+    return ModuleGraph(list(nodes.values()), type(model).__name__, total, trainable, traced, aliases)
 
 
 def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes: dict[str, ModuleNode],
@@ -198,6 +256,7 @@ def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes:
 
     def make_pre(node: ModuleNode):
         def pre(module, args, kwargs):
+            node.calls += 1
             if node.order is None:
                 node.order = counter[0]
                 counter[0] += 1

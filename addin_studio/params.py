@@ -84,8 +84,10 @@ def trainable_table(model: nn.Module) -> str:
         for p_name, _ in module.named_parameters(recurse=False):
             owners.setdefault(f"{mod_name}.{p_name}" if mod_name else p_name, type(module).__name__)
     holders: dict[int, int] = {}  # a tensor shared by several modules (FacT's factors) is one row
-    for _, p in model.named_parameters(remove_duplicate=False):
-        holders[id(p)] = holders.get(id(p), 0) + 1
+    for module in model.modules():  # a module shared by several parents holds its tensors once
+        for p in module._parameters.values():
+            if p is not None:
+                holders[id(p)] = holders.get(id(p), 0) + 1
 
     def kind(name: str, p: nn.Parameter) -> str:
         shared = holders.get(id(p), 1)

@@ -94,6 +94,7 @@ ZOO: list[Entry] = [
     ("timm/hiera_tiny", _timm("hiera_tiny_224", img_size=64), _img(*IMG), False, False),
     ("timm/mambaout_femto", _timm("mambaout_femto"), _img(*IMG), False, False),
     ("timm/inception_next_atto", _timm("inception_next_atto"), _img(*IMG), False, False),
+    ("timm/coat_lite_tiny", _timm("coat_lite_tiny", img_size=64), _img(*IMG), False, False),
     ("tv/resnet18", _tv("resnet18"), _img(*IMG), False, False),
     ("tv/mobilenet_v3_small", _tv("mobilenet_v3_small"), _img(*IMG), False, False),
     ("tv/efficientnet_b0", _tv("efficientnet_b0"), _img(*IMG), False, False),

@@ -107,9 +107,8 @@ ZOO_TWO: list[Entry] = [
                                                  **SEGMENTATION), image(1, 3, 64, 64), False, False),
 ]
 
-# ---- issue 26, items 2 and 3 (other branches add their entries HERE, in this list) -----------------------
-# - a module shared by several parents: timm "coat_lite_tiny" (serial_blocks1[0].cpe is one module under two
-#   names) -- item 2, still to come from its branch;
+# ---- issue 26, items 2 and 3: shared modules and experts (more such models go HERE, in this list) --------
+# - a module shared by several parents: timm "coat_lite_tiny" (item 2, merged) is in tests/test_zoo.py;
 # - mixture-of-experts with fused 3-D expert parameters (item 3, merged): a tiny Mixtral and a tiny
 #   Qwen2-MoE, whose experts lora_all reaches with param= (the adapt_weight LoRAs: gate_up_proj, down_proj).
 MOE = dict(GQA, num_experts_per_tok=2)

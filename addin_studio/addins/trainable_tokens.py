@@ -224,9 +224,11 @@ def read_tokens(spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], ke
     """The TrainableTokens placements for ``{module path: indices}`` and their ``rows`` (tensor
     ``<path>.<key>``). Refuses a layer whose weight is tied to another's (PEFT would adapt both)."""
     modules = dict(model.named_modules())
-    ties: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        ties.setdefault(id(p), []).append(name)
+    ties: dict[int, list[str]] = {}  # a module shared by several parents holds its weight once: no tie
+    for mod_path, module in modules.items():
+        for n, p in module._parameters.items():
+            if p is not None:
+                ties.setdefault(id(p), []).append(f"{mod_path}.{n}" if mod_path else n)
     out = []
     seen = set()
     for path, indices in spec.items():

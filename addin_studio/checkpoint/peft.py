@@ -19,6 +19,7 @@ from ..addins.peft_patterns import compile_key, listed_by_peft
 from ..config import Config, ConfigError
 from ..engine import AddinDict, Attachment
 from ..engine.freezing import match_trainable
+from ..graph import module_aliases
 from . import files
 from .attaching import attach_filled
 from .collective import full_tensors, one_writer
@@ -121,6 +122,14 @@ def _check_peft_wraps(att: Attachment, entries: list[PeftEntry]) -> None:
     under PEFT. ValueError."""
     for e in entries:
         path = e.placement.target.module
+        aliases = att.graph[path].aliases if path in att.graph else []
+        if aliases:
+            raise ValueError(f"'{path}' is one {type(e.module).__name__} shared by several parents (also "
+                             f"reachable as {', '.join(repr(a) for a in aliases)}); PEFT replaces it under "
+                             f"its first name '{path}' only and the other parents keep calling the bare "
+                             f"layer, so a PEFT adapter would not compute what this one does (it runs "
+                             f"wherever the module runs). Keep this adapter in Addin Studio's format "
+                             f"(att.save / studio.load)")
         base = next((c for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(e.module, c)), None)
         if base is not None and type(e.module).forward is not base.forward:
             raise ValueError(f"'{path}' is a {type(e.module).__name__}, a {base.__name__} with a forward of "
@@ -302,6 +311,16 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         if not torch.equal(t.to(saved[name].dtype), saved[name]):
             raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
                              f"different values ('{key}')")
+    shared = module_aliases(model)
+    for i in imports:
+        path = i.placement.target.module
+        others = [a for a, c in shared.items() if c == path]
+        if others:
+            raise ValueError(f"{config_path}: the adapter targets '{path}', one module shared by several "
+                             f"parents (also reachable as {', '.join(repr(a) for a in others)}); PEFT adapts "
+                             f"it under that name only (the other parents call the bare layer), while an "
+                             f"add-in here runs wherever the module runs, so the attached model would not "
+                             f"compute what PEFT computes")
     cfg = Config([i.placement for i in imports], sorted(saved),
                  running_stats=sorted({n.rpartition(".")[0] for n in stats}))
 

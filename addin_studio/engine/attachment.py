@@ -15,7 +15,7 @@ from .freezing import hold, release
 from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
 from .norm_stats import (disown_stats, hold_stats, norm_layers, own_stats, release_stats, split_norms,
                          stat_buffers)
-from .resolve import Resolved, resolve
+from .resolve import Resolved, canonical_config, resolve
 from .weights import (WeightAction, add_weight_action, is_computed, remove_weight_action, stored_tensors,
                       still, stored_weight, weight_actions, write_weight)
 
@@ -540,10 +540,13 @@ def _is_sharded(model: nn.Module) -> bool:
 
 
 def _shared_parameters(model: nn.Module) -> dict[int, list[str]]:
-    """``id(parameter) -> every name it has in model`` (more than one name: a tie)."""
+    """``id(parameter) -> its name in every module that holds it`` (more than one: a tie). A module
+    shared by several parents holds its parameters once: their other names are not ties."""
     names: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
+    for path, module in model.named_modules():
+        for n, param in module._parameters.items():
+            if param is not None:
+                names.setdefault(id(param), []).append(f"{path}.{n}" if path else n)
     return names
 
 
@@ -647,6 +650,7 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
                           "trainable(head) to train only the head")
     if graph is None:
         graph = trace(model, example_input, **forward_kwargs)
+    cfg = canonical_config(cfg, graph)  # a module shared by several parents: under its first name
     resolved, keep = resolve(model, cfg, graph, addins, reuse)
     att = Attachment(model, cfg, graph, resolved, keep, freeze, _norms(model, cfg, keep, graph))
     att._apply()

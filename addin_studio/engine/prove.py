@@ -58,7 +58,17 @@ def run_meta(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None
         else:
             torch.func.functional_call(model, state, args, kw, strict=True)
 
-    _eval_no_grad(model, call)
+    # functional_call swaps every name and swaps back in the same order: a module shared by several
+    # parents (one tensor slot under two names) gets its meta copy back. Put every slot back ourselves.
+    slots: list[tuple[dict[str, Any], str, Any]] = [
+        (store, name, t) for m in model.modules() for store in (m._parameters, m._buffers)
+        for name, t in store.items()]
+    try:
+        _eval_no_grad(model, call)
+    finally:
+        for store, name, t in slots:
+            if store.get(name) is not t:
+                store[name] = t
 
 
 def run_real(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None:

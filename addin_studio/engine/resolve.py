@@ -7,7 +7,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from torch import nn
@@ -16,7 +17,7 @@ from ..addins.base import (PointInfo, is_across_method, is_forward_method, is_ho
                            methods_for, signature_fits, withheld)
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
-from ..graph import ModuleGraph
+from ..graph import ModuleGraph, canonical_path
 from ..inputs import model_device
 from .forwards import check_replaceable
 from .freezing import match_trainable
@@ -66,6 +67,72 @@ def _describe(p: Placement) -> str:
     if p.kind == "inout":
         return f"({p.addin}.{p.method}) at {p.source}"
     return f"({p.addin}.{p.method}) from {p.source} to {p.target}"
+
+
+class SharedModuleWarning(UserWarning):
+    """A config names a module by one of its other names (a module shared by several parents)."""
+
+
+def canonical_config(cfg: Config, graph: ModuleGraph) -> Config:
+    """``cfg`` with every module named by an alias (another name of a module shared by several
+    parents, :attr:`ModuleGraph.aliases`) renamed to its canonical name, with a
+    :class:`SharedModuleWarning` per alias; ``cfg`` itself when it names no alias.
+
+    Placements, trainable patterns without wildcards and ``running_stats`` patterns are renamed (a
+    wildcard pattern matches canonical names only). Hooks are per module object, so a placement on a
+    shared module runs wherever the module runs, under every parent.
+
+    Raises:
+        ConfigError: Two placements are the same add-in, method, points and settings once renamed: both
+            names reach one module object, which would get the add-in twice.
+    """
+    aliases = graph.aliases
+    if not aliases:
+        return cfg
+    loc = _Locator(cfg)
+    noted: set[str] = set()
+
+    def rename(path: str, where: str) -> str:
+        canonical = canonical_path(path, aliases)
+        if canonical != path and path not in noted:
+            noted.add(path)
+            node = graph[canonical] if canonical in graph else None
+            what = f" ({node.class_name})" if node is not None else ""
+            others = [format_path(a) for a in (node.aliases if node is not None else []) if a != path]
+            also = f"; also reachable as {', '.join(repr(o) for o in others)}" if others else ""
+            warnings.warn(f"{where}: '{format_path(path)}' is '{format_path(canonical)}'{what}, one module "
+                          f"shared by several parents{also}; it is placed under its canonical name "
+                          f"'{format_path(canonical)}' (the first name named_modules() gives) and runs "
+                          f"wherever that module runs", SharedModuleWarning, stacklevel=4)
+        return canonical
+
+    placements: list[Placement] = []
+    seen: dict[Placement, Placement] = {}
+    for p in cfg.placements:
+        source = replace(p.source, module=rename(p.source.module, _describe(p)))
+        target = source if p.kind == "inout" else replace(p.target, module=rename(p.target.module,
+                                                                                  _describe(p)))
+        q = p if (source, target) == (p.source, p.target) else replace(p, source=source, target=target)
+        if q in seen and (q != p or seen[q] != q):
+            first = seen[q]
+            raise loc.error(f"{_describe(p)} and {_describe(first)} are one placement on one module: "
+                            f"'{format_path(target.module)}' is shared by several parents and both names "
+                            f"reach it, so its add-in would be attached twice", p,
+                            hint=f"place it once, at '{format_path(target.module)}': it runs wherever the "
+                                 f"module runs")
+        seen.setdefault(q, p)
+        placements.append(q)
+
+    def patterns(values: tuple[str, ...], kind: str) -> list[str]:
+        return [v if any(c in v for c in "*?[") else rename(v, f"{kind}({v})") for v in values]
+
+    trainable = patterns(cfg.trainable, "trainable")
+    running = patterns(cfg.running_stats, "running_stats")
+    if not noted:
+        return cfg
+    spans = {canonical_path(k, aliases) if not any(c in k for c in "*?[") else k: v
+             for k, v in cfg.trainable_spans.items()}
+    return Config(placements, trainable, cfg.text, trainable_spans=spans, running_stats=running)
 
 
 def check_module(path: str, modules: Mapping[str, nn.Module], graph: ModuleGraph, loc: _Locator,
@@ -193,6 +260,7 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
     """Validate ``cfg`` against ``model`` and build its add-ins; return them and the kept-trainable
     parameter names. A placement found in ``reuse`` (equal add-in, method, points and settings) takes
     that add-in object instead of a new one, once. Raises ConfigError; never changes the model."""
+    cfg = canonical_config(cfg, graph)  # attach() did it already; a direct call gets it here
     spare = dict(reuse or {})
     loc = _Locator(cfg)
     modules = dict(model.named_modules())

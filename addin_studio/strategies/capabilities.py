@@ -8,7 +8,10 @@ pair. The model's submodules are visited in ``named_modules`` order (parents bef
 - the own parameters of a module no module capability claimed go to the parameter capabilities: the
   first whose check matches decides whether the parameter stays trainable; unmatched parameters are
   frozen (the root module's own parameters are checked too);
-- ``constraint_type``: the strategy only applies to models of these types (TypeError otherwise).
+- ``constraint_type``: the strategy only applies to models of these types (TypeError otherwise);
+- a module reached under several names (shared by several parents) is visited once, under its
+  canonical name (the first ``named_modules()`` gives, see :func:`~addin_studio.graph.module_aliases`),
+  with its other names in ``info.aliases``: a strategy places one add-in per module object.
 
 Nothing is changed on the model: calling the strategy returns a ``Config`` to ``attach``, show as a
 string or draw in the graph.
@@ -22,17 +25,20 @@ from torch import nn
 
 from ..config import Config, Placement, Point
 from ..engine.freezing import pattern_matches
+from ..graph import module_aliases
 
 
 @dataclass(frozen=True)
 class ModuleInfo:
     """What a module check sees: the dotted ``path``, the last segment ``name``, the ``module``,
-    its ``parent`` (``None`` for the root) and ``class_name``."""
+    its ``parent`` (``None`` for the root), ``class_name`` and ``aliases`` (the module's other names
+    when it is shared by several parents; ``path`` is its canonical name)."""
 
     path: str
     name: str
     module: nn.Module
     parent: nn.Module | None
+    aliases: tuple[str, ...] = ()
 
     @property
     def class_name(self) -> str:
@@ -132,12 +138,17 @@ class Strategy:
         placements: list[Placement] = []
         kept: list[str] = []
         kept_by_cap: dict[int, set[str]] = {}
-        self._visit(model, ModuleInfo("", "", model, None), placements, kept, kept_by_cap)
+        others: dict[str, list[str]] = {}
+        for alias, canonical in module_aliases(model).items():
+            others.setdefault(canonical, []).append(alias)
+        self._visit(model, ModuleInfo("", "", model, None), placements, kept, kept_by_cap,
+                    ({id(model)}, others))
         all_names = [n for n, _ in model.named_parameters()]
         return Config(placements, _patterns(kept, kept_by_cap, self.param_caps, all_names))
 
     def _visit(self, module: nn.Module, info: ModuleInfo, placements: list[Placement],
-               kept: list[str], kept_by_cap: dict[int, set[str]]) -> None:
+               kept: list[str], kept_by_cap: dict[int, set[str]],
+               names: tuple[set[int], dict[str, list[str]]]) -> None:
         if info.path:  # the root is never claimed (GIFt visits children only)
             for cap in self.module_caps:
                 if cap.check(info):
@@ -157,9 +168,14 @@ class Strategy:
                         kept.append(path)
                         kept_by_cap.setdefault(i, set()).add(path)
                     break
-        for name, child in module.named_children():
+        seen, others = names
+        for name, child in module._modules.items():
+            if child is None or id(child) in seen:  # a shared module: visited under its first name
+                continue
+            seen.add(id(child))
             path = f"{info.path}.{name}" if info.path else name
-            self._visit(child, ModuleInfo(path, name, child, module), placements, kept, kept_by_cap)
+            self._visit(child, ModuleInfo(path, name, child, module, tuple(others.get(path, ()))),
+                        placements, kept, kept_by_cap, names)
 
 
 def _patterns(kept: list[str], kept_by_cap: dict[int, set[str]], caps: Sequence[ParamCap],

@@ -10,7 +10,7 @@ from torch import nn
 from ..addins.lora import WEIGHT_METHOD, fused_expert_params, hook_problem, is_hf_conv1d
 from ..addins.peft_patterns import pattern_value
 from ..config import Config
-from ..graph import ModuleGraph, parent_reads, trace
+from ..graph import ModuleGraph, module_aliases, parent_reads, trace
 from .capabilities import Claim, ModuleInfo, ParamCap, Strategy, placement
 
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -285,14 +285,25 @@ def lora(model: nn.Module, targets: str | Sequence[str] | None = None, r: int = 
     if not cfg.placements:
         layers = [n for n, m in model.named_modules() if isinstance(m, kinds) or is_hf_conv1d(m)][:6]
         raise ValueError(f"targets {targets!r} match no Linear/Conv layer of {type(model).__name__} (nor "
-                         f"an Embedding or MultiheadAttention; its layers include: {', '.join(layers)})")
+                         f"an Embedding or MultiheadAttention; its layers include: {', '.join(layers)})"
+                         + "".join(_alias_note(model, t) for t in
+                                   ([] if isinstance(targets, str) else targets))[:1000])
     if not isinstance(targets, str):
         hit = {p.target.module for p in cfg.placements if matches(p.target.module)}
         for t in targets:
             if not any(h == t or h.endswith("." + t) for h in hit):
                 raise ValueError(f"target {t!r} matches no Linear/Conv layer of {type(model).__name__} "
-                                 f"(nor an Embedding or MultiheadAttention)")
+                                 f"(nor an Embedding or MultiheadAttention){_alias_note(model, t)}")
     return cfg.with_trainable(list(cfg.trainable) + list(trainable))
+
+
+def _alias_note(model: nn.Module, target: str) -> str:
+    """Why ``target`` matched nothing when it names another name of a shared module ('' otherwise)."""
+    shared = [(a, c) for a, c in module_aliases(model).items() if a == target or a.endswith("." + target)]
+    if not shared:
+        return ""
+    return (f"; '{shared[0][0]}' is another name of '{shared[0][1]}', a module shared by several parents: "
+            f"targets match canonical names (the first named_modules() gives), as PEFT's do")
 
 
 def _parameter_targets(target_parameters: Sequence[str] | None) -> list[str]:

@@ -512,6 +512,8 @@ class Editor:
         except (ConfigError, ValueError, TypeError) as exc:
             self.attachment = self._attach(old, reuse)
             return self._fail(str(exc))
+        if self.attachment is not None:  # another name of a shared module: its canonical name
+            cfg = self.attachment.config
         self.message = self._describe_change(old, cfg, reuse)
         self.config = cfg
         self.error = ""

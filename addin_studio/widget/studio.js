@@ -432,7 +432,7 @@ function detailsPanel({ model }) {
     if (!d.path) { details.textContent = "Click a module for details, a dot (before/after a module) to place an add-in."; return; }
     const shape = (x) => (x ? `[${x.join(", ")}]` : "?");
     const places = (d.placements || []).length ? `\nplacements here:\n  ${d.placements.join("\n  ")}` : "\nno placements here";
-    details.textContent = `${d.written || d.path}${d.range ? ` [${d.range}]` : ""} · ${d.class} · in ${shape(d.input)} → out ${shape(d.output)} · ${d.params.toLocaleString()} params (${d.trainable})` + (d.extra ? `\n${d.extra}` : "") + places;
+    details.textContent = `${d.written || d.path}${d.range ? ` [${d.range}]` : ""} · ${d.class} · in ${shape(d.input)} → out ${shape(d.output)} · ${d.params.toLocaleString()} params (${d.trainable})` + (d.extra ? `\n${d.extra}` : "") + (d.note ? `\n${d.note}` : "") + places;
   }
   watch(model, ["selected"], draw);
   return { nodes: [details], draw };

@@ -67,6 +67,16 @@ def _display_parent() -> dict | None:
     return dict(header) if header else None
 
 
+def shared_note(node: Any) -> str:
+    """The details line of a module reached under several names ('' for any other module)."""
+    if not node.aliases:
+        return ""
+    calls = f"; it ran {node.calls} times in the traced pass" if node.calls > 1 else ""
+    return (f"shared module: also reachable as {', '.join(format_path(a) for a in node.aliases)}{calls}. "
+            f"Add-ins placed here hook the module object, so they run wherever it runs (under every "
+            f"parent)")
+
+
 def _layout_advice(paths: list[str]) -> str:
     """Export PEFT's refusal of balanced-layout conv LoRAs, naming the widget's control that fixes it."""
     more = f" and {len(paths) - 1} more conv layer(s)" if len(paths) > 1 else ""
@@ -481,12 +491,14 @@ class Studio(anywidget.AnyWidget):
             self.error = f"no module {path!r} in this model"
             return
         node = self._graph[path]
+        path = node.path  # another name of a shared module selects the module under its canonical name
         info = {"path": path, "written": format_path(path), "class": node.class_name,
                 "params": node.num_params, "placements": self._editor.placements_at(path),
                 "trainable": self._editor.trainable_text(path),
                 "input": list(node.input_shape) if node.input_shape else None,
                 "output": list(node.output_shape) if node.output_shape else None,
-                "extra": node.extra_repr}
+                "extra": node.extra_repr, "aliases": [format_path(a) for a in node.aliases],
+                "note": shared_note(node)}
         if rng:
             info["range"] = str(rng)
         self.selected = info
