@@ -18,7 +18,26 @@ class ModuleNode:
     """One submodule object, under its canonical name: the first ``model.named_modules()`` gives, the
     name ``print(model)`` shows it under first. ``aliases`` are its other names (a module shared by
     several parents, or held under two names); ``calls`` counts its calls in the traced pass, whose
-    first call gives ``order`` and the shapes."""
+    first call gives ``order`` and the shapes.
+
+    Attributes:
+        path: The canonical dotted name (``"blocks.3.attn"``).
+        class_name: The module's class name.
+        depth: The number of dots in ``path`` plus one (top-level children have depth 1).
+        parent: The parent's path, or ``None`` for a direct child of the model.
+        children: The paths of the direct children.
+        num_params: Parameters of the module and its submodules.
+        trainable_params: Of those, the ones with ``requires_grad``.
+        own_params: Parameters of the module itself, not of its submodules.
+        input_shape: The shape of the first tensor input of the first call, or ``None``.
+        output_shape: The shape of the first tensor output of the first call, or ``None``.
+        order: The position of the module's first call in the traced pass, or ``None``.
+        extra_repr: The module's ``extra_repr()``.
+        aliases: The module's other names.
+        calls: How many times the module ran in the traced pass.
+        pre_event: The position of the first pre-forward event in the traced pass (internal).
+        post_event: The position of the first post-forward event in the traced pass (internal).
+    """
 
     path: str
     class_name: str
@@ -81,7 +100,14 @@ class ModuleGraph:
         return path in self._by_path or path in self.aliases
 
     def canonical(self, path: str) -> str:
-        """The canonical name of the module ``path`` names (``path`` itself unless it is an alias)."""
+        """The canonical name of the module ``path`` names (``path`` itself unless it is an alias).
+
+        Args:
+            path: A dotted module path, possibly through an alias.
+
+        Returns:
+            The canonical dotted path.
+        """
         return canonical_path(path, self.aliases)
 
     def __iter__(self) -> Iterator[ModuleNode]:
@@ -103,7 +129,15 @@ class ModuleGraph:
         return [n for n in self.nodes if n.parent is None]
 
     def suggest(self, path: str, n: int = 3) -> list[str]:
-        """Closest existing paths to ``path`` (for did-you-mean messages)."""
+        """Closest existing paths to ``path`` (for did-you-mean messages).
+
+        Args:
+            path: The dotted path that was not found.
+            n: The most suggestions to return.
+
+        Returns:
+            Up to ``n`` existing paths, closest first (paths with the same last name if none is close).
+        """
         found = difflib.get_close_matches(path, self.paths, n=n, cutoff=0.6)
         if not found:
             tail = path.rsplit(".", 1)[-1]

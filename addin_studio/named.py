@@ -47,6 +47,15 @@ class NamedAdapters:
     ``delete_adapter`` are :meth:`add` / :meth:`set_active` / :meth:`disable` (or :meth:`disabled`) /
     :meth:`add_weighted_adapter` / :meth:`remove`. The live :class:`~addin_studio.Attachment` of the
     active adapter is :attr:`attachment` (its ``parameters()`` for an optimizer, ``merge()``, ...).
+
+    Args:
+        model: The base model the adapters attach to.
+        example_input: An input for one traced forward pass (checks ``{in}``-before-``{out}`` order and
+            gives add-ins their feature shapes), or ``None``.
+        **forward_kwargs: Extra keyword inputs of that forward pass.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
     """
 
     def __init__(self, model: nn.Module, example_input: Any = None, **forward_kwargs: Any) -> None:
@@ -80,7 +89,17 @@ class NamedAdapters:
         return self._att
 
     def config(self, name: str) -> Config:
-        """The config of adapter ``name``."""
+        """The config of adapter ``name``.
+
+        Args:
+            name: The adapter name.
+
+        Returns:
+            Its :class:`~addin_studio.Config`.
+
+        Raises:
+            ValueError: There is no adapter called ``name``.
+        """
         return self._get(name).config
 
     def __contains__(self, name: object) -> bool:
@@ -100,7 +119,14 @@ class NamedAdapters:
 
     def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` after every add, load, update, switch, disable and remove (the Studio
-        widget follows the adapters this way); returns a function that stops the calls."""
+        widget follows the adapters this way).
+
+        Args:
+            callback: A function of no arguments.
+
+        Returns:
+            A function that stops the calls.
+        """
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
@@ -123,7 +149,18 @@ class NamedAdapters:
             activate: bool | None = None) -> None:
         """Attach ``config`` under ``name`` (checked as :func:`~addin_studio.attach` checks it; on error
         the model and the other adapters are as they were). The first adapter added becomes active, later
-        ones do not (PEFT's ``get_peft_model`` / ``add_adapter``) unless ``activate=True``."""
+        ones do not (PEFT's ``get_peft_model`` / ``add_adapter``) unless ``activate=True``.
+
+        Args:
+            name: The new adapter's name (an identifier).
+            config: A :class:`~addin_studio.Config` or a config string.
+            addins: Add-in classes by the name the config uses (they take precedence over registered
+                add-ins).
+            activate: ``True`` makes it active, ``False`` does not; ``None`` activates only the first.
+
+        Raises:
+            ValueError: ``name`` is not an identifier or is taken.
+        """
         self._check_new_name(name)
         cfg = parse(config) if isinstance(config, str) else config
         self._add(name, lambda: attach(self.model, cfg, addins, self._example, graph=self.graph,
@@ -132,7 +169,19 @@ class NamedAdapters:
 
     def load(self, name: str, path: str | Path, addins: Mapping[str, Callable] | None = None, *,
              strict: bool = True, activate: bool | None = None) -> None:
-        """Add the adapter saved in ``path`` (by :meth:`save` or ``Attachment.save``) under ``name``."""
+        """Add the adapter saved in ``path`` (by :meth:`save` or ``Attachment.save``) under ``name``.
+
+        Args:
+            name: The new adapter's name (an identifier).
+            path: The adapter-only checkpoint.
+            addins: Add-in classes by the name the saved config uses.
+            strict: With ``False`` only the modules the add-ins and kept-trainable weights touch must
+                match the saved model (as in :func:`~addin_studio.load`).
+            activate: ``True`` makes it active, ``False`` does not; ``None`` activates only the first.
+
+        Raises:
+            ValueError: ``name`` is not an identifier or is taken.
+        """
         self._check_new_name(name)
         self._add(name, lambda: load_checkpoint(self.model, path, addins, self._example, strict=strict,
                                                 graph=self.graph, **self._forward_kwargs), addins, activate,
@@ -144,7 +193,16 @@ class NamedAdapters:
 
         Placements equal to ones it has (add-in, method, points, settings) keep their add-in objects and
         trained weights; base parameters it still keeps trainable keep their trained values. On error the
-        model and every adapter are as they were. The adapter's active state does not change."""
+        model and every adapter are as they were. The adapter's active state does not change.
+
+        Args:
+            name: The adapter to change.
+            config: The new :class:`~addin_studio.Config` or config string.
+            addins: Add-in classes by the name the config uses.
+
+        Raises:
+            ValueError: There is no adapter called ``name``.
+        """
         entry = self._get(name)
         cfg = parse(config) if isinstance(config, str) else config
         if not isinstance(cfg, Config):
@@ -165,7 +223,14 @@ class NamedAdapters:
         self._changed()
 
     def remove(self, name: str) -> None:
-        """Detach adapter ``name`` for good (if it is active, the bare model runs afterwards)."""
+        """Detach adapter ``name`` for good (if it is active, the bare model runs afterwards).
+
+        Args:
+            name: The adapter to remove.
+
+        Raises:
+            ValueError: There is no adapter called ``name``.
+        """
         self._get(name)
         if name == self._active:
             self._deactivate()
@@ -250,7 +315,14 @@ class NamedAdapters:
 
     # -- switching -------------------------------------------------------------------------------
     def set_active(self, name: str) -> None:
-        """Make adapter ``name`` the one that runs and trains (the others are detached)."""
+        """Make adapter ``name`` the one that runs and trains (the others are detached).
+
+        Args:
+            name: The adapter to activate.
+
+        Raises:
+            ValueError: There is no adapter called ``name``.
+        """
         self._get(name)
         if name != self._active:
             self._deactivate()
@@ -341,12 +413,28 @@ class NamedAdapters:
     # -- files -----------------------------------------------------------------------------------
     def save(self, name: str, path: str | Path) -> None:
         """Save adapter ``name`` as an adapter-only checkpoint (``Attachment.save``); :meth:`load` or
-        ``studio.load`` reads it."""
+        ``studio.load`` reads it.
+
+        Args:
+            name: The adapter to save.
+            path: The file to write.
+
+        Raises:
+            ValueError: There is no adapter called ``name``.
+        """
         with self._as_active(name) as att:
             att.save(path)
 
     def export_peft(self, name: str, directory: str | Path) -> None:
-        """Write adapter ``name`` as a Hugging Face PEFT adapter directory (``Attachment.export_peft``)."""
+        """Write adapter ``name`` as a Hugging Face PEFT adapter directory (``Attachment.export_peft``).
+
+        Args:
+            name: The adapter to export.
+            directory: The folder to write ``adapter_model.safetensors`` and ``adapter_config.json`` into.
+
+        Raises:
+            ValueError: There is no adapter called ``name``.
+        """
         with self._as_active(name) as att:
             att.export_peft(directory)
 
@@ -360,6 +448,15 @@ class NamedAdapters:
         adapter has ``alpha = r`` (scale 1) and the first adapter's dropout. The adapters must be plain
         LoRA (no ``dora``, no ``bias``) at the same layers with the same method, ``param`` and
         ``layout``, and keep no base parameter trainable.
+
+        Args:
+            new_name: The new adapter's name (an identifier).
+            weights: The weight of each existing adapter, by name.
+            activate: Whether the new adapter becomes active.
+
+        Raises:
+            ValueError: ``new_name`` is taken or not an identifier, an adapter is unknown, a weight is
+                not a number, or the adapters cannot be combined.
         """
         self._check_new_name(new_name)
         if not isinstance(weights, Mapping) or not weights:

@@ -84,3 +84,39 @@ def test_random_strings_only_raise_config_error(text):
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, old)
+
+
+# -- compact strings: steps of several placements whose indices advance together (issue 25) ------------
+@st.composite
+def stepped_configs(draw):
+    """Configs made of runs, ``width`` placements per step for ``steps`` steps, indices advancing by one
+    in some segments, mixed with single placements; every placement of a run has one header."""
+    out: list[Placement] = []
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            out.append(draw(placements()))
+            continue
+        head = draw(placements())
+        width, steps, start = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(0, 3))
+        tails = [draw(st.lists(segment, max_size=2)) for _ in range(width)]
+        sides = [draw(st.sampled_from(["pre", "post", "across"])) for _ in range(width)]
+        for i in range(start, start + steps):
+            for tail, side in zip(tails, sides):
+                path = ".".join(["layer", str(i)] + tail)
+                if side == "across":  # from this block's input to the next block's input
+                    src, dst = Point(path, "pre"), Point(".".join(["layer", str(i + 1)] + tail), "pre")
+                else:
+                    src = dst = Point(path, side)
+                out.append(Placement(head.addin, head.method, src, dst, head.settings))
+    return Config(out, draw(patterns))
+
+
+@pytest.mark.slow
+@given(stepped_configs())
+def test_stepped_runs_round_trip(cfg):
+    text = str(cfg)
+    again = parse(text)
+    assert again == cfg  # the same placements in the same order
+    assert str(again) == text
+    # every line holds at most MAX_PLAIN placements unless its ranges say how many steps it makes
+    assert len([line for line in text.splitlines() if line.startswith("(")]) <= len(cfg.placements)

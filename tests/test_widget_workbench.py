@@ -440,7 +440,9 @@ def test_resnet_strategy_train_export_peft_by_clicks_only(tmp_path):
                                          r"with layout=peft"):
         w.attachment.export_peft(tmp_path / "direct")      # Python keeps its own refusal
     w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "peft"})    # tick the box
-    assert w.error == "" and w.config.count("layout=peft") == 21 and "r=3" in w.config
+    placed = w.attachment.config.placements  # 21 LoRAs on 9 lines (compact string, issue 25)
+    assert w.error == "" and w.config.count("layout=peft") == 9 and "r=3" in w.config
+    assert len(placed) == 21 and all(p.settings["layout"] == "peft" for p in placed)
     assert w.status == ("re-initialised 21 (changed): LoRA at conv1:post, LoRA at layer1.0.conv1:post, "
                         "LoRA at layer1.0.conv2:post, LoRA at layer1.1.conv1:post and 17 more")
     _train_to_the_end(w)

@@ -15,8 +15,12 @@ if TYPE_CHECKING:
 class PointInfo:
     """What a factory learns about the point an add-in is placed at.
 
-    ``shape`` is the feature's shape at that point from the traced example input (the first input
-    tensor for ``pre``, the output for ``post``), or ``None`` when no example input was given.
+    Attributes:
+        module: The module the point is before or after.
+        side: ``"pre"`` (before the module) or ``"post"`` (after it).
+        shape: The feature's shape at that point from the traced example input (the first input tensor
+            for ``pre``, the output for ``post``), or ``None`` when no example input was given.
+        path: The module's dotted path in the model (``""`` when not known).
     """
 
     module: nn.Module
@@ -55,6 +59,10 @@ class AddinBase(nn.Module):
     own adds them to what its parent offers.
 
     ``peft`` (class attribute): the add-in's Hugging Face PEFT form (a ``PeftMapping``), or ``None``.
+
+    Attributes:
+        inputs_cache: The feature stored at the matching ``{in}`` point (``None`` outside a forward pass
+            of an ``{in}``...``{out}`` placement).
     """
 
     peft: ClassVar["PeftMapping | None"] = None
@@ -83,15 +91,53 @@ class AddinBase(nn.Module):
         self.inputs_cache: Any = None
 
     def adapt_input(self, module: nn.Module, inputs: tuple) -> Any:
+        """Run before ``module``: ``self(inputs[0])`` replaces its first input.
+
+        Args:
+            module: The module the add-in is placed before.
+            inputs: The module's positional inputs.
+
+        Returns:
+            The new first input.
+        """
         return self(inputs[0])
 
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: Any) -> Any:
+        """Run after ``module``: ``self(outputs)`` replaces its output.
+
+        Args:
+            module: The module the add-in is placed after.
+            inputs: The module's positional inputs.
+            outputs: The module's output.
+
+        Returns:
+            The new output.
+        """
         return self(outputs)
 
     def adapt_across_input(self, module: nn.Module, inputs: tuple) -> Any:
+        """Run before ``module`` at an ``{out}`` point: adds ``self(inputs_cache)`` to its first input.
+
+        Args:
+            module: The module the ``{out}`` point is before.
+            inputs: The module's positional inputs.
+
+        Returns:
+            ``inputs[0] + self(self.inputs_cache)``, the new first input.
+        """
         return inputs[0] + self(self.inputs_cache)
 
     def adapt_across_output(self, module: nn.Module, inputs: tuple, outputs: Any) -> Any:
+        """Run after ``module`` at an ``{out}`` point: adds ``self(inputs_cache)`` to its output.
+
+        Args:
+            module: The module the ``{out}`` point is after.
+            inputs: The module's positional inputs.
+            outputs: The module's output.
+
+        Returns:
+            ``outputs + self(self.inputs_cache)``, the new output.
+        """
         return outputs + self(self.inputs_cache)
 
     def __getstate__(self):
@@ -261,7 +307,18 @@ def signature_fits(method: Callable, side: str) -> bool:
 
 def methods_for(factory: Any, side: str) -> list[str]:
     """Names of the hook methods (see :func:`is_hook_method`) of an add-in class or instance that can
-    run at ``side``: the names a config string may write in its header at such a point."""
+    run at ``side``: the names a config string may write in its header at such a point.
+
+    Args:
+        factory: An add-in class or instance.
+        side: ``"pre"`` or ``"post"``.
+
+    Returns:
+        The method names, sorted.
+
+    Raises:
+        ValueError: ``side`` is neither ``"pre"`` nor ``"post"``.
+    """
     if side not in _ARITY:
         raise ValueError(f"side must be 'pre' or 'post', not {side!r}")
     cls = factory if isinstance(factory, type) else type(factory)

@@ -8,7 +8,18 @@ T = TypeVar("T")
 
 
 def register_addin(cls: T | None = None, *, name: str | None = None) -> Any:
-    """Register an add-in class under ``name`` (default: the class name). Usable as a decorator."""
+    """Register an add-in class under ``name`` (default: the class name). Usable as a decorator.
+
+    Args:
+        cls: The add-in class; leave it out to get a decorator (``@register_addin(name="X")``).
+        name: The name config strings use for it; defaults to the class name.
+
+    Returns:
+        ``cls`` itself, or a decorator that registers and returns its class.
+
+    Raises:
+        ValueError: The name is not a Python identifier.
+    """
 
     def deco(c: T) -> T:
         key = name or c.__name__  # type: ignore[attr-defined]
@@ -21,7 +32,17 @@ def register_addin(cls: T | None = None, *, name: str | None = None) -> Any:
 
 
 def get_addin(name: str) -> Callable[..., Any]:
-    """The registered add-in factory called ``name`` (KeyError names the known ones)."""
+    """The registered add-in factory called ``name``.
+
+    Args:
+        name: The add-in name, as written in config strings (``"LoRA"``).
+
+    Returns:
+        The registered add-in class (factory).
+
+    Raises:
+        KeyError: No add-in is registered under ``name``; the message lists the known ones.
+    """
     _load_builtins()
     try:
         return _REGISTRY[name]

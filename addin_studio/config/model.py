@@ -12,7 +12,12 @@ SIDES = ("pre", "post")
 class Point:
     """An insertion point: just before (``pre``) or just after (``post``) a module.
 
-    ``module`` is the dotted path of ``named_modules`` (``"blocks.3.attn.qkv"``).
+    Attributes:
+        module: The dotted path of ``named_modules`` (``"blocks.3.attn.qkv"``).
+        side: ``"pre"`` (the module's input) or ``"post"`` (its output).
+
+    Raises:
+        ValueError: ``side`` is neither ``"pre"`` nor ``"post"``.
     """
 
     module: str
@@ -27,7 +32,18 @@ class Point:
 
     @classmethod
     def from_str(cls, text: str) -> "Point":
-        """Inverse of ``str(point)``: ``"fc1:post"`` -> ``Point("fc1", "post")``."""
+        """Inverse of ``str(point)``: ``"fc1:post"`` -> ``Point("fc1", "post")``.
+
+        Args:
+            text: ``"<module path>:pre"`` or ``"<module path>:post"`` (config-string paths such as
+                ``blocks[3].attn`` are accepted).
+
+        Returns:
+            The point, with the module path in dotted form.
+
+        Raises:
+            ValueError: ``text`` does not end in ``:pre`` or ``:post``.
+        """
         module, sep, side = text.rpartition(":")
         if not sep or side not in SIDES:
             raise ValueError(f"expected '<module path>:pre' or '<module path>:post', got {text!r}")
@@ -42,6 +58,15 @@ class Placement:
 
     For ``{inout}`` placements ``source == target``; for ``{in}``...``{out}`` placements the feature at
     ``source`` is cached and the method runs at ``target``.
+
+    Attributes:
+        addin: The add-in name as written in the config (``"LoRA"``).
+        method: The add-in method that runs (``"adapt_output"``).
+        source: The point whose feature the add-in reads.
+        target: The point where the method runs (equal to ``source`` for ``{inout}``).
+        settings: The settings written in the config (``r=8`` -> ``{"r": 8}``).
+        span: Offsets ``(start, end)`` of the entry in the config string, for error positions; not
+            part of equality.
     """
 
     addin: str
@@ -143,11 +168,26 @@ class Config:
         return Config(items, self._trainable, running_stats=self._running_stats)
 
     def with_trainable(self, patterns: Iterable[str]) -> "Config":
-        """A new Config whose kept-trainable patterns are ``patterns``."""
+        """A new Config whose kept-trainable patterns are ``patterns``.
+
+        Args:
+            patterns: Patterns of base-model parameters to keep trainable (they replace the current ones).
+
+        Returns:
+            The new Config; this one is unchanged.
+        """
         return Config(self._placements, patterns, running_stats=self._running_stats)
 
     def with_running_stats(self, patterns: Iterable[str]) -> "Config":
-        """A new Config whose ``running_stats(...)`` patterns are ``patterns``."""
+        """A new Config whose ``running_stats(...)`` patterns are ``patterns``.
+
+        Args:
+            patterns: Module patterns of normalization layers whose running statistics update (they
+                replace the current ones).
+
+        Returns:
+            The new Config; this one is unchanged.
+        """
         return Config(self._placements, self._trainable, running_stats=patterns)
 
     def __add__(self, other: "Config") -> "Config":

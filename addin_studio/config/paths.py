@@ -19,7 +19,14 @@ def to_dotted(path: str) -> str:
 
 
 def format_path(path: str) -> str:
-    """Dotted path -> config-string spelling: ``"blocks.3.attn"`` -> ``"blocks[3].attn"``."""
+    """Dotted path -> config-string spelling: ``"blocks.3.attn"`` -> ``"blocks[3].attn"``.
+
+    Args:
+        path: A module path (dotted or already in config-string form).
+
+    Returns:
+        The path with numeric segments written as ``[i]``.
+    """
     out = ""
     for seg in split_path(path):
         if _INDEX.match(seg):

@@ -64,6 +64,18 @@ class Attachment:
     def __init__(self, model: nn.Module, config: Config, graph: ModuleGraph,
                  resolved: list[Resolved], keep: set[str], freeze: bool,
                  norms: tuple[list[str], list[str]] = ([], [])) -> None:
+        """Called by :func:`attach` and :func:`load` once everything is validated.
+
+        Args:
+            model: The model the add-ins are attached to.
+            config: The parsed config that placed them.
+            graph: The module graph traced from the model.
+            resolved: The validated placements with their add-in objects.
+            keep: Names of base parameters kept trainable.
+            freeze: Whether the base model is frozen while attached.
+            norms: Paths of the normalization layers whose running statistics are held fixed (when
+                ``freeze``), and of those whose statistics update.
+        """
         self.model = model
         self.config = config
         self.graph = graph

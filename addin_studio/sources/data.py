@@ -95,6 +95,23 @@ def loaders_from_dataset(dataset: Dataset, *, val_dataset: Dataset | None = None
     Without a ``val_dataset``, ``val_fraction`` of ``dataset`` is held out (seeded, stratified when
     ``labels`` are given); ``val_fraction=0`` gives no validation loader. Training batches are
     shuffled with a generator seeded by ``seed``.
+
+    Args:
+        dataset: A map-style dataset (with ``len()``) of ``(inputs, target)`` items.
+        val_dataset: A separate validation dataset; ``None`` holds out ``val_fraction`` of ``dataset``.
+        val_fraction: The fraction held out for validation when there is no ``val_dataset`` (``0``: none).
+        batch_size: The batch size of both loaders.
+        seed: Seeds the split and the shuffling.
+        num_workers: ``DataLoader`` worker processes.
+        labels: The targets of ``dataset``, to stratify the split by class.
+        collate_fn: The ``DataLoader`` collate function (``None``: PyTorch's default).
+
+    Returns:
+        ``(train_loader, val_loader)``; ``val_loader`` is ``None`` without validation data.
+
+    Raises:
+        ValueError: ``batch_size`` is below 1 or the dataset is empty.
+        TypeError: ``dataset`` has no ``len()`` (an ``IterableDataset``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -122,7 +139,25 @@ def digits_loaders(classes: Sequence[int] | None = None, *, batch_size: int = 64
                    relabel: bool = True) -> tuple[DataLoader, DataLoader]:
     """``(train_loader, val_loader)`` over the embedded digits: a seeded, class-stratified split.
 
-    Arguments as :func:`load_digits`; the number of classes is ``len(classes)`` (10 by default).
+    The number of classes is ``len(classes)`` (10 by default).
+
+    Args:
+        classes: Keep only these digits, in this order (``None``: all ten).
+        batch_size: The batch size of both loaders.
+        val_fraction: The fraction held out for validation, in (0, 1).
+        seed: Seeds the split and the shuffling.
+        image_size: Upsample bilinearly to this side (e.g. 32 for a ConvNet, 224 for a ViT); ``None``
+            keeps 8x8.
+        channels: 1, or 3 to repeat the grey channel.
+        transform: ``"none"``, ``"invert"``, ``"rot90"`` or ``"flip"``.
+        relabel: Whether the labels of ``classes`` become ``0..len(classes)-1`` in that order.
+
+    Returns:
+        ``(train_loader, val_loader)`` of ``(images [B, channels, S, S], labels [B])`` batches.
+
+    Raises:
+        ValueError: ``val_fraction`` is not in (0, 1), or an argument :func:`load_digits` checks is
+            wrong.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")

@@ -26,7 +26,18 @@ class ModelLoadError(ValueError):
 
 @dataclass
 class NamedModel:
-    """A model built by :func:`create_model`, with what the training data must look like."""
+    """A model built by :func:`create_model`, with what the training data must look like.
+
+    Attributes:
+        model: The model.
+        source: ``"timm"``, ``"torchvision"`` or ``"transformers"``.
+        name: The model name in that source.
+        head: The path of the classifier module (kept trainable by the CLI), ``None`` when unknown.
+        input_size: ``(channels, height, width)`` the model expects.
+        mean: The per-channel mean the inputs are normalized with.
+        std: The per-channel standard deviation the inputs are normalized with.
+        fixed_size: ``True`` when the model only accepts ``input_size`` (e.g. a transformers ViT).
+    """
 
     model: nn.Module
     source: str
@@ -39,7 +50,15 @@ class NamedModel:
     _transform_factory: Callable[[bool, int | None], Callable] | None = None
 
     def transforms(self, train: bool = False, image_size: int | None = None) -> Callable:
-        """The PIL-image -> tensor transform for this model (training adds light augmentation)."""
+        """The PIL-image -> tensor transform for this model (training adds light augmentation).
+
+        Args:
+            train: Whether to add the training augmentation.
+            image_size: The side of the square output image (``None``: the model's input size).
+
+        Returns:
+            A callable from a PIL image to a normalized tensor.
+        """
         if self._transform_factory is not None:
             return self._transform_factory(train, image_size)
         return default_transforms(image_size or self.input_size[-1], self.mean, self.std, train)

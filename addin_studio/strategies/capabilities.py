@@ -30,9 +30,15 @@ from ..graph import module_aliases
 
 @dataclass(frozen=True)
 class ModuleInfo:
-    """What a module check sees: the dotted ``path``, the last segment ``name``, the ``module``,
-    its ``parent`` (``None`` for the root), ``class_name`` and ``aliases`` (the module's other names
-    when it is shared by several parents; ``path`` is its canonical name)."""
+    """What a module check sees (its ``class_name`` property is ``type(module).__name__``).
+
+    Attributes:
+        path: The dotted path, the module's canonical name.
+        name: The last segment of ``path``.
+        module: The module.
+        parent: The parent module (``None`` for the root).
+        aliases: The module's other names when it is shared by several parents.
+    """
 
     path: str
     name: str
@@ -47,8 +53,14 @@ class ModuleInfo:
 
 @dataclass(frozen=True)
 class ParamInfo:
-    """What a parameter check sees: the owning module's info, the parameter's own ``name``
-    (``"bias"``), its full dotted ``path`` (``"fc.bias"``) and the tensor."""
+    """What a parameter check sees.
+
+    Attributes:
+        owner: The owning module's :class:`ModuleInfo`.
+        name: The parameter's own name (``"bias"``).
+        path: Its full dotted path (``"fc.bias"``).
+        param: The parameter tensor.
+    """
 
     owner: ModuleInfo
     name: str
@@ -58,7 +70,12 @@ class ParamInfo:
 
 @dataclass(frozen=True)
 class Claim:
-    """The result of a module action: placements to add and parameter names to keep trainable."""
+    """The result of a module action.
+
+    Attributes:
+        placements: Placements to add.
+        trainable: Parameter names (or patterns) to keep trainable.
+    """
 
     placements: tuple[Placement, ...] = ()
     trainable: tuple[str, ...] = ()
@@ -71,7 +88,12 @@ ParamCheck = Callable[[ParamInfo], bool]
 
 @dataclass(frozen=True)
 class ModuleCap:
-    """``check(info) -> bool`` and ``action(info) -> Claim``."""
+    """A module capability: the first one whose check matches a module claims it.
+
+    Attributes:
+        check: ``check(info) -> bool`` on a :class:`ModuleInfo`.
+        action: ``action(info) -> Claim`` for a matched module (its submodules are not visited).
+    """
 
     check: ModuleCheck
     action: ModuleAction
@@ -79,10 +101,13 @@ class ModuleCap:
 
 @dataclass(frozen=True)
 class ParamCap:
-    """``check(info) -> bool``; ``train`` says whether a matched parameter stays trainable.
+    """A parameter capability: the first one whose check matches a parameter decides it.
 
-    ``pattern`` (optional) is a trainable pattern (``"*.bias"``) written in the config instead of
-    every name when it keeps exactly the parameters this capability kept.
+    Attributes:
+        check: ``check(info) -> bool`` on a :class:`ParamInfo`.
+        train: Whether a matched parameter stays trainable.
+        pattern: A trainable pattern (``"*.bias"``) written in the config instead of every name when it
+            keeps exactly the parameters this capability kept; ``None`` for the names.
     """
 
     check: ParamCheck
@@ -92,7 +117,16 @@ class ParamCap:
 
 @dataclass
 class Strategy:
-    """A fine-tuning strategy: module and parameter capabilities, first match wins."""
+    """A fine-tuning strategy: module and parameter capabilities, first match wins.
+
+    Call it on a model to get its :class:`Config`; ``a + b`` tries ``a``'s capabilities first.
+
+    Attributes:
+        module_caps: The module capabilities, in order.
+        param_caps: The parameter capabilities, in order.
+        constraint_type: Model classes the strategy applies to (empty: any ``nn.Module``).
+        name: The name used in error messages.
+    """
 
     module_caps: list[ModuleCap] = field(default_factory=list)
     param_caps: list[ParamCap] = field(default_factory=list)
@@ -107,11 +141,30 @@ class Strategy:
         self.constraint_type = tuple(self.constraint_type)
 
     def register_module_cap(self, check: ModuleCheck, action: ModuleAction) -> "Strategy":
+        """Append a :class:`ModuleCap`.
+
+        Args:
+            check: ``check(info) -> bool`` on a :class:`ModuleInfo`.
+            action: ``action(info) -> Claim`` for a matched module.
+
+        Returns:
+            This strategy (for chaining).
+        """
         self.module_caps.append(ModuleCap(check, action))
         return self
 
     def register_param_cap(self, check: ParamCheck, train: bool = True,
                            pattern: str | None = None) -> "Strategy":
+        """Append a :class:`ParamCap`.
+
+        Args:
+            check: ``check(info) -> bool`` on a :class:`ParamInfo`.
+            train: Whether a matched parameter stays trainable.
+            pattern: The trainable pattern written instead of the names it keeps, or ``None``.
+
+        Returns:
+            This strategy (for chaining).
+        """
         self.param_caps.append(ParamCap(check, train, pattern))
         return self
 
@@ -199,14 +252,39 @@ def _patterns(kept: list[str], kept_by_cap: dict[int, set[str]], caps: Sequence[
 
 def placement(path: str, addin: str, method: str = "adapt_output", side: str = "post",
               **settings: Any) -> Placement:
-    """An ``{inout}`` placement of ``addin`` at ``path``'s ``side``."""
+    """An ``{inout}`` placement of ``addin`` at ``path``'s ``side``.
+
+    Args:
+        path: The module's dotted path.
+        addin: The add-in name.
+        method: The add-in method.
+        side: ``"pre"`` or ``"post"``.
+        **settings: The add-in settings (``r=8``).
+
+    Returns:
+        The :class:`Placement`.
+
+    Raises:
+        ValueError: ``side`` is neither ``"pre"`` nor ``"post"``.
+    """
     point = Point(path, side)  # type: ignore[arg-type]
     return Placement(addin, method, point, point, settings)
 
 
 def place(addin: str, method: str = "adapt_output", side: str = "post",
           train: Callable[[ModuleInfo], Iterable[str]] | None = None, **settings: Any) -> ModuleAction:
-    """A module action placing ``addin`` at every claimed module (plus kept names from ``train``)."""
+    """A module action placing ``addin`` at every claimed module (plus kept names from ``train``).
+
+    Args:
+        addin: The add-in name.
+        method: The add-in method.
+        side: ``"pre"`` or ``"post"``.
+        train: ``train(info)`` gives parameter names to keep trainable for a claimed module, or ``None``.
+        **settings: The add-in settings.
+
+    Returns:
+        ``action(info) -> Claim``, for a :class:`ModuleCap`.
+    """
 
     def action(info: ModuleInfo) -> Claim:
         return Claim((placement(info.path, addin, method, side, **settings),),

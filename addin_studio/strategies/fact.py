@@ -33,12 +33,28 @@ def fact(model: nn.Module, r: int = 8, kind: str = "tt", scale: float = 1.0, dro
     every block, as the paper — with their factors shared; the classifier ``head`` trains too
     (``True``: timm's ``get_classifier()`` and the usual names; a path; ``None``/``False``: none).
 
-    ``targets``: names matched against the end of each module path, or one regular expression that
-    must match a whole path (as :func:`lora`).
-
     As :func:`lora`, a layer that never runs as a module in the traced forward pass (``example_input`` or
     ``graph``; e.g. a qkv whose parent reads its weight, as in BEiT and EVA) or whose own forward changes
     its weight gets ``adapt_weight`` (with ``dropout=0``: the weight method has no branch to drop out).
+
+    Args:
+        model: The model to adapt.
+        r: The FacT rank.
+        kind: ``"tt"`` or ``"tk"``.
+        scale: The scale of the update.
+        dropout: The dropout probability inside the FacT branch.
+        targets: Names matched against the end of each module path, or one regular expression that must
+            match a whole path (as :func:`lora`).
+        head: ``True``: the classifier found as :func:`head_only` finds it trains; a path names it;
+            ``None``/``False``: none.
+        example_input: An input for one traced forward pass, as for :func:`lora`.
+        graph: A :class:`ModuleGraph` traced with an example input, instead of ``example_input``.
+
+    Returns:
+        The config.
+
+    Raises:
+        ValueError: ``kind`` is neither ``"tt"`` nor ``"tk"``, or ``targets`` match no ``nn.Linear``.
     """
     if kind not in ("tt", "tk"):
         raise ValueError(f"strategies.fact: kind must be 'tt' or 'tk', got {kind!r}")

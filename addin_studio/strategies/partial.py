@@ -43,8 +43,18 @@ def layernorm(model: nn.Module, head: bool | str | None = True) -> Config:
     """LayerNorm tuning (Zhao et al., 2023): only the normalization layers' scales and shifts train.
 
     Every LayerNorm/RMSNorm/GroupNorm/BatchNorm with parameters (also timm's and transformers' own norm
-    classes, recognised by name) is kept trainable, plus the classifier ``head`` (``True``: found as
-    :func:`head_only` finds it; a path; or ``None``/``False`` for none). Nothing is attached.
+    classes, recognised by name) is kept trainable, plus the classifier head. Nothing is attached.
+
+    Args:
+        model: The model to adapt.
+        head: ``True`` keeps the head found as :func:`head_only` finds it trainable; a path names it;
+            ``None``/``False`` keeps none.
+
+    Returns:
+        The config (no placements).
+
+    Raises:
+        ValueError: The model has no normalization layer with parameters, or ``head`` names no module.
     """
     norms = [path for path, m in model.named_modules()
              if path and _is_norm(m) and any(True for _ in m.parameters(recurse=False))]
@@ -74,10 +84,21 @@ def _blocks(model: nn.Module, blocks: str | None) -> tuple[str, int]:
 def partial_k(model: nn.Module, k: int, blocks: str | None = None, head: bool | str | None = True) -> Config:
     """Partial-k fine-tuning: the last ``k`` of the model's repeated blocks train, and the head.
 
-    ``blocks`` is the path of the block list (default: the longest ``nn.Sequential``/``ModuleList`` of
-    same-class blocks, e.g. a ViT's ``blocks``; among equally long ones the last, e.g. ResNet's
-    ``layer4``); everything after the last block that has parameters
-    (final norm, head) trains too when ``head`` is ``True``.
+    Args:
+        model: The model to adapt.
+        k: How many of the last blocks train (at least 1).
+        blocks: The path of the block list; ``None``: the longest ``nn.Sequential``/``ModuleList`` of
+            same-class blocks (e.g. a ViT's ``blocks``; among equally long ones the last, e.g.
+            ResNet's ``layer4``).
+        head: ``True``: every top-level module after the blocks that has parameters (final norm, head)
+            trains too; a path names the head; ``None``/``False``: none.
+
+    Returns:
+        The config (no placements).
+
+    Raises:
+        ValueError: ``k`` is not a positive int or exceeds the number of blocks, or ``blocks``/``head``
+            names no suitable module.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"partial_k needs k >= 1 blocks, got {k!r}")

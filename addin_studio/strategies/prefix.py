@@ -15,8 +15,21 @@ def prefix_tuning(model: nn.Module, num_tokens: int = 10, projection: bool = Fal
                   hidden: int | None = None, trainable: Iterable[str] = ()) -> Config:
     """Prefix tuning where it goes: on the transformers backbone (the shallowest module below the root
     whose forward takes a cache: one add-in for every layer), else on every timm ``Attention``.
-    ``trainable``: parameter patterns kept trainable too (e.g. ``["head"]``). A model with neither is a
-    ValueError saying where prefix tuning may go.
+
+    Args:
+        model: The model to adapt.
+        num_tokens: The number of prefix tokens.
+        projection: Whether the prefixes come from an embedding passed through a two-layer MLP
+            (PEFT's ``prefix_projection``).
+        hidden: The MLP's hidden size (``None``: the add-in's default).
+        trainable: Parameter patterns kept trainable too (e.g. ``["head"]``).
+
+    Returns:
+        The config.
+
+    Raises:
+        ValueError: The model has neither a transformers backbone below its root nor a timm
+            ``Attention``; the message says where prefix tuning may go.
     """
     settings: dict[str, Any] = {"num_tokens": num_tokens}
     if projection:

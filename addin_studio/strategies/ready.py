@@ -318,7 +318,17 @@ def _parameter_targets(target_parameters: Sequence[str] | None) -> list[str]:
 
 
 def bitfit(model: nn.Module) -> Config:
-    """BitFit: only the biases train (``trainable(*.bias)``)."""
+    """BitFit: only the biases train (``trainable(*.bias)``).
+
+    Args:
+        model: The model to adapt.
+
+    Returns:
+        The config.
+
+    Raises:
+        ValueError: The model has no bias parameters.
+    """
     strategy = Strategy(name="bitfit", param_caps=[
         ParamCap(lambda p: p.name == "bias", True, pattern="*.bias")])
     cfg = strategy(model)
@@ -346,7 +356,18 @@ def _default_head(model: nn.Module) -> str:
 
 def head_only(model: nn.Module, head: str | None = None) -> Config:
     """Only the classifier head trains (``trainable(head)``); ``head`` defaults to timm's
-    ``get_classifier()``, then ``head``/``fc``/``classifier``, then the last Linear layer."""
+    ``get_classifier()``, then ``head``/``fc``/``classifier``, then the last Linear layer.
+
+    Args:
+        model: The model to adapt.
+        head: The head's module path, or ``None`` to find it.
+
+    Returns:
+        The config.
+
+    Raises:
+        ValueError: No head is found, ``head`` names no module, or the head has no parameters.
+    """
     path = head or _default_head(model)
     modules = dict(model.named_modules())
     if path not in modules:
@@ -361,6 +382,13 @@ def head_only(model: nn.Module, head: str | None = None) -> Config:
 
 
 def full(model: nn.Module) -> Config:
-    """Full fine-tuning: every parameter trains (``trainable(*)``)."""
+    """Full fine-tuning: every parameter trains (``trainable(*)``).
+
+    Args:
+        model: The model to adapt.
+
+    Returns:
+        The config.
+    """
     strategy = Strategy(name="full", param_caps=[ParamCap(lambda p: True, True, pattern="*")])
     return strategy(model)

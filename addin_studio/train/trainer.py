@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -72,6 +72,28 @@ def _logits(output: Any) -> torch.Tensor:
                     "return a tensor, a tuple whose first item is the logits, or an object with .logits")
 
 
+def _own_loss(output: Any, batch: Mapping) -> torch.Tensor:
+    """The loss a model computed itself: ``.loss`` (Hugging Face) or ``["loss"]``."""
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"a dict batch (keys: {', '.join(map(str, batch))}) is passed to the model as "
+                        f"keyword inputs and the model must return its own loss, but its "
+                        f"{type(output).__name__} output has none; a Hugging Face model computes it when "
+                        f"the batch carries 'labels'")
+    return loss
+
+
+def _batch_size(batch: Any) -> int:
+    """The number of examples in a batch: targets' first dimension, or a dict batch's first tensor's."""
+    items = list(batch.values()) if isinstance(batch, Mapping) else [batch[1]]
+    for item in items:
+        if hasattr(item, "shape") and len(item.shape):
+            return int(item.shape[0])
+    return 1
+
+
 def _resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
     if amp in (None, False, "none", "off", "fp32"):
         return None
@@ -95,8 +117,11 @@ class Trainer:
     """Train and evaluate a classifier; only parameters with ``requires_grad`` are optimized.
 
     Batches are ``(inputs, targets)``: ``inputs`` a tensor (or a tuple of positional inputs, or a dict
-    of keyword inputs), ``targets`` class indices. ``fit()`` returns the history; ``test()`` the
-    accuracies. ``stop()`` (thread-safe) ends ``fit()`` after the current step.
+    of keyword inputs), ``targets`` class indices. A batch that is a dict is the keyword inputs of a
+    model that computes its own loss (a Hugging Face causal LM given ``labels``): the loss is
+    ``model(**batch).loss``, ``loss_fn`` is not used, and validation gives ``val_loss`` only (the best
+    epoch has the lowest). ``fit()`` returns the history; ``test()`` the accuracies. ``stop()``
+    (thread-safe) ends ``fit()`` after the current step.
 
     Args:
         model: The model to train (moved to ``device``).
@@ -247,7 +272,8 @@ class Trainer:
 
     @property
     def best_metric(self) -> float | None:
-        """Its metric: validation Acc@1, or minus the training loss without a val_loader."""
+        """Its metric: validation Acc@1, else minus the validation loss (dict batches), else minus the
+        training loss (no val_loader)."""
         return self._best[1]
 
     @property
@@ -272,7 +298,14 @@ class Trainer:
         return min(total, self.max_steps) if self.max_steps is not None else total
 
     def steps_in_epoch(self, epoch: int) -> int | None:
-        """Steps epoch ``epoch`` (1-based) makes unless stopped; None when the loader has no len()."""
+        """Steps epoch ``epoch`` makes unless stopped.
+
+        Args:
+            epoch: The epoch, 1-based.
+
+        Returns:
+            The number of steps, or ``None`` when the loader has no ``len()``.
+        """
         if self._steps_per_epoch is None:
             return None
         done = (epoch - 1) * self._steps_per_epoch
@@ -297,12 +330,21 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, float32 loss, targets) of one batch, on the trainer's device."""
+    def _forward(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(logits, float32 loss, targets) of one batch, on the trainer's device.
+
+        A dict batch is the model's keyword inputs and the model computes its own loss (a Hugging Face
+        model given ``labels``): the loss is ``model(**batch).loss`` and there are no class targets.
+        """
+        if isinstance(batch, Mapping):
+            with self._autocast():
+                output = call_model(self.model, dict(batch), self.device, non_blocking=True)
+            return None, _own_loss(output, batch).float(), None
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             length = ' of length %d' % len(batch) if isinstance(batch, (tuple, list)) else ''
-            raise TypeError("expected batches of (inputs, targets); got "
-                            f"{type(batch).__name__}{length}")
+            raise TypeError("expected batches of (inputs, targets), or a dict of keyword inputs with "
+                            f"labels for a model that computes its own loss; got {type(batch).__name__}"
+                            f"{length}")
         inputs, targets = batch
         if isinstance(inputs, list):  # a DataLoader collates a tuple of inputs into a list
             inputs = tuple(inputs)
@@ -456,7 +498,7 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
                 logs = self._train_step(batch, epoch, index)
-                meter.update(logs["loss"], int(batch[1].shape[0]) if hasattr(batch[1], "shape") else 1)
+                meter.update(logs["loss"], _batch_size(batch))
                 history["loss"].append(logs["loss"])
                 history["lr"].append(logs["lr"])
                 logs["time"] = time.perf_counter() - self.start_time
@@ -467,15 +509,17 @@ class Trainer:
             if self.val_loader is not None:
                 res = self.evaluate(self.val_loader)
                 for k in ("loss", "acc1", "acc5"):
-                    history[f"val_{k}"].append(res[k])
-                    epoch_logs[f"val_{k}"] = res[k]
+                    if k in res:  # a model computing its own loss has no accuracy
+                        history[f"val_{k}"].append(res[k])
+                        epoch_logs[f"val_{k}"] = res[k]
             epoch_logs["time"] = time.perf_counter() - t0
             history["epoch_time"].append(epoch_logs["time"])
             epoch_logs["best"] = self._track_best(epoch, epoch_logs)
             self._emit("on_epoch", epoch, epoch_logs)
 
     def _track_best(self, epoch: int, logs: dict) -> bool:
-        metric = logs["val_acc1"] if "val_acc1" in logs else -logs["train_loss"]
+        metric = (logs["val_acc1"] if "val_acc1" in logs else -logs["val_loss"] if "val_loss" in logs
+                  else -logs["train_loss"])
         if not math.isfinite(metric) or (self.best_metric is not None and metric <= self.best_metric):
             return False
         if self.checkpoint_dir is None:
@@ -505,22 +549,38 @@ class Trainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> dict[str, float]:
-        """Top-1 / top-5 accuracy (%) and mean loss over ``loader``; the model's mode is restored."""
+        """Top-1 / top-5 accuracy (%) and mean loss over ``loader``; the model's mode is restored.
+
+        Dict batches (a model computing its own loss) give the mean loss alone: ``{"loss": ...}``.
+
+        Args:
+            loader: The batches to evaluate on.
+
+        Returns:
+            ``{"acc1": %, "acc5": %, "loss": float}``, or ``{"loss": float}`` for dict batches.
+        """
         was_training = self.model.training
         self.model.eval()
         correct1 = correct5 = n = 0
         loss_sum = 0.0
+        own_loss = False
         try:
             for batch in loader:
                 logits, loss, targets = self._forward(batch)
-                c1, c5 = topk_correct(logits.float(), targets, (1, 5))
-                b = int(targets.shape[0])
-                correct1, correct5, n = correct1 + c1, correct5 + c5, n + b
+                if logits is None or targets is None:
+                    own_loss, b = True, _batch_size(batch)
+                else:
+                    c1, c5 = topk_correct(logits.float(), targets, (1, 5))
+                    b = int(targets.shape[0])
+                    correct1, correct5 = correct1 + c1, correct5 + c5
+                n += b
                 loss_sum += float(loss) * b
         finally:
             self.model.train(was_training)
         if n == 0:
             raise ValueError("the evaluation loader is empty: it yields no batches")
+        if own_loss:
+            return {"loss": loss_sum / n}
         return {"acc1": 100.0 * correct1 / n, "acc5": 100.0 * correct5 / n, "loss": loss_sum / n}
 
     def test(self, loader: Iterable | None = None) -> dict[str, float]:

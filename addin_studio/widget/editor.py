@@ -18,6 +18,7 @@ import torch.nn as nn
 from .. import checkpoint  # noqa: F401  (registers Attachment.save/export_peft for the Studio's attachments)
 from ..addins import available_addins, methods_for
 from ..config import Config, ConfigError, Placement, Point, parse
+from ..config.emit import entry_spans
 from ..engine import Attachment, attach
 from ..graph import ModuleGraph
 from ..named import NamedAdapters
@@ -48,14 +49,8 @@ def parse_group(group: str | None) -> tuple[str, int, int] | None:
 
 def entries(cfg: Config) -> list[Entry]:
     """The canonical string's placement lines, each with the placements it compresses."""
-    out, items, i = [], cfg.placements, 0
-    while i < len(items):
-        j = i + 1
-        while j < len(items) and "\n" not in str(Config(items[i:j + 1])):
-            j += 1
-        out.append(Entry(str(Config(items[i:j])), i, j))
-        i = j
-    return out
+    items = cfg.placements
+    return [Entry(str(Config(items[a:b])), a, b) for a, b in entry_spans(items)]
 
 
 def _swap_side(method: str) -> str:

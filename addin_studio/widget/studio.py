@@ -260,6 +260,7 @@ class Studio(anywidget.AnyWidget):
         self._sync()
 
     def stop(self) -> None:
+        """Ask a running training to end after its current step (nothing happens when none runs)."""
         if self._run is not None:
             self._run.stop()
 
@@ -297,7 +298,13 @@ class Studio(anywidget.AnyWidget):
 
     # -- intents: one table (widget/intents.py), shared with the page through the `intents` trait ------
     def handle(self, msg: Mapping[str, Any]) -> None:
-        """Apply one intent from the page (also the way tests drive the widget)."""
+        """Apply one intent from the page (also the way tests drive the widget).
+
+        An unknown intent, or one that cannot run while training, sets :attr:`error` instead.
+
+        Args:
+            msg: The intent, ``{"type": <intent name>, ...}`` with the intent's own fields.
+        """
         kind = msg.get("type") if isinstance(msg, Mapping) else None
         intent = self.INTENTS.get(kind) if isinstance(kind, str) else None
         if intent is None:
