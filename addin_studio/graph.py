@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import dis
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -347,14 +347,22 @@ def _self_reads(code: Any) -> set[tuple[str, str]]:
     return found
 
 
-def parent_reads(model: nn.Module, paths: Iterator[str] | list[str] | set[str]) -> dict[str, str]:
-    """Which of ``paths`` have a parameter that their parent's ``forward`` reads itself, found without
-    running the model: ``{path: "Attention.forward reads self.qkv.weight"}``.
+def parent_reads(model: nn.Module, paths: Iterable[str]) -> dict[str, str]:
+    """Which of ``paths`` have a parameter that their parent's ``forward`` reads itself.
 
-    Such a layer may never run as a module (BEiT's and EVA-02's ``qkv``: ``F.linear(x, self.qkv.weight,
-    ...)``; torchvision Swin's), so a hook on it may never run; only a traced forward pass
-    (:func:`trace` with an example input: ``node.order is None``) tells for sure. A static look at the
-    parent's bytecode, for when there is no example input.
+    Found without running the model, from the bytecode of the parent's ``forward`` (``self.<child>.
+    <parameter>``). Such a layer may never run as a module (BEiT's and EVA-02's ``qkv``: ``F.linear(x,
+    self.qkv.weight, ...)``; torchvision Swin's), so a hook on it may never run; only a traced forward
+    pass (:func:`trace` with an example input: ``node.order is None``) tells for sure. This is the look
+    for when there is no example input.
+
+    Args:
+        model: The model.
+        paths: Module paths to look at (names as ``model.named_modules()`` gives them).
+
+    Returns:
+        ``{path: "Attention.forward reads self.qkv.weight"}`` for those of ``paths`` whose parent reads
+        one of their own parameters (or parametrized tensors).
     """
     modules = dict(model.named_modules())
     found: dict[str, str] = {}

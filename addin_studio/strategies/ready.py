@@ -47,10 +47,23 @@ def _never_run(model: nn.Module, example_input: Any, graph: ModuleGraph | None) 
 
 def warn_untraced(cfg: Config, model: nn.Module, strategy: str, example_input: Any,
                   graph: ModuleGraph | None) -> None:
-    """Without a traced forward pass (no ``example_input``, no traced ``graph``), warn at once when an
-    output hook the strategy chose sits on a layer whose parent's forward reads its weight itself
+    """Warn at once, without a traced forward pass, about hooks that may never run.
+
+    When neither ``example_input`` nor a traced ``graph`` was given and an output hook the strategy chose
+    sits on a layer whose parent's forward reads its weight itself
     (:func:`~addin_studio.graph.parent_reads`): such a layer may never run as a module, attach would then
-    refuse the hook, and only a trace tells which layers need ``adapt_weight``."""
+    refuse the hook, and only a trace tells which layers need ``adapt_weight``.
+
+    Args:
+        cfg: The config the strategy built.
+        model: The model it was built for.
+        strategy: The strategy's name, for the message (``lora_all``).
+        example_input: The strategy's ``example_input`` argument.
+        graph: The strategy's ``graph`` argument.
+
+    Warns:
+        UserWarning: Naming the first such layer, how many more, and ``example_input=``.
+    """
     if example_input is not None or (graph is not None and graph.traced):
         return
     hooks = [p.target.module for p in cfg.placements if p.method == "adapt_output"]
