@@ -83,3 +83,21 @@ def test_synthetic_classification_shapes_and_balance():
     assert img.tensors[0].shape == (12, 3, 4, 4)
     a, b = synthetic_classification(10, seed=5), synthetic_classification(10, seed=5)
     assert torch.equal(a.tensors[0], b.tensors[0])
+
+
+def test_sentiment_sentences_are_a_deterministic_balanced_text_task() -> None:
+    from addin_studio.data import SENTIMENT_LABELS, sentiment_sentences
+
+    texts, labels = sentiment_sentences()
+    assert len(texts) == 400 == len(set(texts)) and labels.dtype == torch.int64
+    assert torch.bincount(labels).tolist() == [200, 200] and SENTIMENT_LABELS == ("negative", "positive")
+    again, same = sentiment_sentences(400, seed=0)
+    assert again == texts and torch.equal(same, labels)
+    other, _ = sentiment_sentences(400, seed=1)
+    assert other != texts
+    table = dict(zip(*sentiment_sentences(2800)))  # every sentence there is, with its label
+    assert table["The movie was good."] == 1 and table["The movie was not good."] == 0
+    assert table["I thought the film was not boring."] == 1 and table["The film was really dull."] == 0
+    assert sum("not " in t for t in table) == 1400
+    with pytest.raises(ValueError, match="n must be an integer from 2 to 2800, got 1"):
+        sentiment_sentences(1)

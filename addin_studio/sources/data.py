@@ -191,3 +191,45 @@ def synthetic_classification(n: int = 512, num_features: int = 16, num_classes: 
     if image_shape is not None:
         x = x.view(n, *image_shape)
     return TensorDataset(x, labels)
+
+
+# -- a small text task: short sentiment sentences -------------------------------------------------------
+SENTIMENT_LABELS = ("negative", "positive")
+_SUBJECTS = ("the movie", "the film", "this book", "the meal", "the service", "the hotel", "the concert",
+             "the game", "this phone", "the show", "the story", "the coffee", "the lecture", "the trip")
+_POSITIVE = ("good", "great", "wonderful", "excellent", "delightful", "enjoyable", "charming", "brilliant",
+             "pleasant", "superb")
+_NEGATIVE = ("bad", "terrible", "awful", "boring", "dull", "disappointing", "poor", "horrible", "mediocre",
+             "tedious")
+_TEMPLATES = ("{s} was {n}{a}.", "I thought {s} was {n}{a}.", "Honestly, {s} was {n}{a}.",
+              "{s} was {n}really {a}.", "Everyone said {s} was {n}{a}.")
+
+
+def sentiment_sentences(n: int = 400, *, seed: int = 0) -> tuple[list[str], torch.Tensor]:
+    """A small offline text task: ``n`` short sentences and their labels (0 negative, 1 positive).
+
+    Sentences come from templates ("I thought the film was not boring.") over 14 subjects, 10 positive and
+    10 negative adjectives, half of them with "not " (which flips the label), so a model must read
+    more than one word. The ``n`` sentences are distinct, drawn with a generator seeded by
+    ``seed`` (the same ``n`` and ``seed`` always give the same list), half of each label for even ``n``.
+    Used by notebook 07 and ``benchmarks.methods``; names of the labels: ``SENTIMENT_LABELS``.
+    """
+    pools: list[list[str]] = [[], []]
+    for template in _TEMPLATES:
+        for s in _SUBJECTS:
+            for positive, adjectives in ((1, _POSITIVE), (0, _NEGATIVE)):
+                for a in adjectives:
+                    for negated in (False, True):
+                        text = template.format(s=s, n="not " if negated else "", a=a)
+                        pools[positive ^ negated].append(text[0].upper() + text[1:])
+    most = 2 * min(len(p) for p in pools)
+    if not isinstance(n, int) or not 2 <= n <= most:
+        raise ValueError(f"n must be an integer from 2 to {most}, got {n!r}")
+    g = torch.Generator().manual_seed(seed)
+    counts = (n // 2, n - n // 2)
+    chosen = [(pools[label][int(i)], label) for label in (0, 1)
+              for i in torch.randperm(len(pools[label]), generator=g)[:counts[label]]]
+    order = torch.randperm(n, generator=g).tolist()
+    texts = [chosen[i][0] for i in order]
+    labels = torch.tensor([chosen[i][1] for i in order], dtype=torch.int64)
+    return texts, labels

@@ -624,6 +624,12 @@ class Studio(anywidget.AnyWidget):
         return data
 
     def _on_done(self, run: training.TrainingRun) -> None:
+        # one message to the page: a page that sees state "idle" also sees the run's final status
+        with self.hold_sync():
+            self._finish(run)
+        self._show_static_plot(run)
+
+    def _finish(self, run: training.TrainingRun) -> None:
         self._history = dict(run.history)
         data = series(run.losses, run.val_acc, run.trainer.total_steps)
         if run.losses:
@@ -632,14 +638,13 @@ class Studio(anywidget.AnyWidget):
         self.plot = self._with_runs(data)
         self.grads = run.norms.by_point(run.norms.last)
         self.grad_table = run.norms.table()
-        self.state = "idle"
         self.status = run.summary()
+        self.state = "idle"
         if run.error is not None:
             self.error = f"training failed: {run.error}"
         self._editor.error = self.error
         self._editor.message = ""
         self._sync()
-        self._show_static_plot(run)
 
     def _run_record(self, run: training.TrainingRun, data: dict) -> dict:
         """What the run history keeps: string, settings, curve and final metrics."""
