@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import dis
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -326,3 +327,62 @@ def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes:
             h.remove()
         for m, flag in training.items():
             m.training = flag
+
+
+def _self_reads(code: Any) -> set[tuple[str, str]]:
+    """``(child, attribute)`` for every ``self.<child>.<attribute>`` a function's bytecode reads (nested
+    functions and lambdas included)."""
+    found: set[tuple[str, str]] = set()
+    try:
+        instructions = list(dis.get_instructions(code))
+    except TypeError:
+        return found
+    for a, b, c in zip(instructions, instructions[1:], instructions[2:]):
+        if a.opname.startswith("LOAD_FAST") and a.argval == "self" and b.opname == "LOAD_ATTR" \
+                and c.opname == "LOAD_ATTR":
+            found.add((str(b.argval), str(c.argval)))
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            found |= _self_reads(const)
+    return found
+
+
+def parent_reads(model: nn.Module, paths: Iterable[str]) -> dict[str, str]:
+    """Which of ``paths`` have a parameter that their parent's ``forward`` reads itself.
+
+    Found without running the model, from the bytecode of the parent's ``forward`` (``self.<child>.
+    <parameter>``). Such a layer may never run as a module (BEiT's and EVA-02's ``qkv``: ``F.linear(x,
+    self.qkv.weight, ...)``; torchvision Swin's), so a hook on it may never run; only a traced forward
+    pass (:func:`trace` with an example input: ``node.order is None``) tells for sure. This is the look
+    for when there is no example input.
+
+    Args:
+        model: The model.
+        paths: Module paths to look at (names as ``model.named_modules()`` gives them).
+
+    Returns:
+        ``{path: "Attention.forward reads self.qkv.weight"}`` for those of ``paths`` whose parent reads
+        one of their own parameters (or parametrized tensors).
+    """
+    modules = dict(model.named_modules())
+    found: dict[str, str] = {}
+    reads_of: dict[type, set[tuple[str, str]]] = {}
+    for path in paths:
+        if not path or path not in modules:
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = modules.get(parent_path)
+        forward = getattr(type(parent), "forward", None)
+        code = getattr(forward, "__code__", None)
+        if parent is None or code is None:
+            continue
+        cls = type(parent)
+        if cls not in reads_of:
+            reads_of[cls] = _self_reads(code)
+        own = {n for n, _ in modules[path].named_parameters(recurse=False)}
+        own |= set(getattr(modules[path], "parametrizations", None) or ())
+        read = sorted(attr for child, attr in reads_of[cls] if child == name and attr in own)
+        if read:
+            attr = "weight" if "weight" in read else read[0]
+            found[path] = f"{cls.__name__}.forward reads self.{name}.{attr}"
+    return found

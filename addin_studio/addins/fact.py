@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.weights import is_computed, peek_weight, write_weight
 from ._sizing import positive_int
 from .base import AddinBase, PointInfo, weight_method
 from .registry import register_addin
@@ -149,6 +150,10 @@ class FacT(AddinBase):
 
     def merge(self, module: nn.Module) -> None:
         """Fold ``scale * dW`` into the layer's weight (the Attachment restores it on unmerge)."""
+        if is_computed(module, "weight"):  # parametrized: through its right_inverse, exact or refused
+            weight = peek_weight(module, "weight").clone()
+            write_weight(module, "weight", weight + self.delta_weight().to(weight.dtype))
+            return
         weight = module._parameters["weight"]  # the stored weight, not what weight methods make of it
         weight.add_(self.delta_weight().to(weight.dtype))
 

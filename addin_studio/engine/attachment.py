@@ -16,7 +16,8 @@ from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
 from .norm_stats import (disown_stats, hold_stats, norm_layers, own_stats, release_stats, split_norms,
                          stat_buffers)
 from .resolve import Resolved, canonical_config, resolve
-from .weights import WeightAction, add_weight_action, remove_weight_action, weight_actions
+from .weights import (WeightAction, add_weight_action, is_computed, remove_weight_action, stored_tensors,
+                      still, stored_weight, weight_actions, write_weight)
 
 
 class AddinDict(nn.ModuleDict):
@@ -336,7 +337,7 @@ class Attachment:
             if r.weight_param is not None:
                 names = [r.weight_param]
             elif callable(getattr(r.addin, "merge", None)):
-                names = [n for n, _ in module.named_parameters(recurse=False)]
+                names = _own_weights(module)
             else:
                 continue
             todo.append((r, path, module, names))
@@ -350,9 +351,9 @@ class Attachment:
                 raise ValueError(f"cannot merge {r.key} into '{path}': {problem}")
         ties = _shared_parameters(self.model)
         for r, path, module, names in todo:
-            for n in names:
+            for n in _holders(module, names):
                 full = f"{path}.{n}" if path else n
-                others = [q for q in ties.get(id(module._parameters[n]), ()) if q != full]
+                others = [q for q in ties.get(id(_tensor(module, n)), ()) if q != full]
                 if others and not untie:
                     raise ValueError(
                         f"cannot merge {r.key} into '{full}': it is the same parameter as "
@@ -362,38 +363,45 @@ class Attachment:
         done: list[Resolved] = []
         try:
             for r, path, module, names in todo:
-                for n in names:
-                    param = module._parameters[n]
+                holders = _holders(module, names)  # the parameters (a parametrization's originals)
+                for n in holders:
+                    param = _tensor(module, n)
                     if untie and len(ties.get(id(param), ())) > 1:
                         self._untied.setdefault(r.key, {})[n] = param
-                        module._parameters[n] = nn.Parameter(param.detach().clone(),
-                                                             requires_grad=param.requires_grad)
-                self._merged[r.key] = {n: module._parameters[n].detach().clone() for n in names}
-                _push_stack(module, names, (id(self), r.key))
+                        _set_parameter(module, n, nn.Parameter(param.detach().clone(),
+                                                               requires_grad=param.requires_grad))
+                self._merged[r.key] = {n: _tensor(module, n).detach().clone() for n in holders}
+                _push_stack(module, list(holders), (id(self), r.key))
                 done.append(r)
-                with torch.no_grad():
+                with torch.no_grad(), still(module):  # (reading a spectral_norm weight moves no buffer)
                     own = self._weight_actions.get(r.key) if r.weight_param is not None else None
                     read_before = _read_weights(module, names, own)  # where other weight methods stay on
-                    if r.weight_param is not None:
-                        action = self._weight_actions[r.key]
-                        stored = module._parameters[r.weight_param]
-                        self._positions[r.key] = weight_actions(module, r.weight_param).index(action)
-                        merged = action(module, stored)
-                        remove_weight_action(module, r.weight_param, action)
-                        stored.copy_(merged)
-                    else:
-                        r.addin.merge(module)  # type: ignore[operator]  # add-ins that define merge()
-                        point, run = self._run_actions[r.key]
-                        self._hooks[point].actions.remove(run)
-                        self._refresh(point)
-                    self._check_merged(r, path, module, read_before)
+                    stored_before = {n: stored_weight(module, n).detach().clone() for n in read_before}
+                    try:
+                        if r.weight_param is not None:
+                            action = self._weight_actions[r.key]
+                            stored = stored_weight(module, r.weight_param)
+                            self._positions[r.key] = weight_actions(module, r.weight_param).index(action)
+                            merged = action(module, stored)
+                            remove_weight_action(module, r.weight_param, action)
+                            write_weight(module, r.weight_param, merged)  # a parametrization: checked
+                        else:
+                            r.addin.merge(module)  # type: ignore[operator]  # add-ins that define merge()
+                            point, run = self._run_actions[r.key]
+                            self._hooks[point].actions.remove(run)
+                            self._refresh(point)
+                    except ValueError as exc:
+                        if not any(is_computed(module, n) for n in names):
+                            raise
+                        raise ValueError(f"cannot merge {r.key} into '{path}': {exc}") from exc
+                    self._check_merged(r, path, module, read_before, stored_before)
         except BaseException:
             for r in reversed(done):  # all or nothing: the weights and add-ins as before this call
                 self._unmerge_one(r, modules)
             raise
 
-    def _check_merged(self, r: Resolved, path: str, module: nn.Module,
-                      read_before: dict[str, torch.Tensor]) -> None:
+    def _check_merged(self, r: Resolved, path: str, module: nn.Module, read_before: dict[str, torch.Tensor],
+                      stored_before: dict[str, torch.Tensor]) -> None:
         """A weight that other weight methods still read (another attachment's, stacked) must read the
         same after the merge: folding an update under a method that does not commute with it (e.g.
         TrainableTokens' rows, DoRA's norm) would change the outputs. Raises ValueError."""
@@ -401,8 +409,8 @@ class Attachment:
             expected: torch.Tensor | None = before
             if r.weight_param is None:  # a hook's update now sits in the stored weight, under the methods
                 additive = getattr(r.addin, "merge_adds", False)  # merge() adds what the hook added
-                stored = cast(torch.Tensor, module._parameters[n])
-                expected = before + (stored - self._merged[r.key][n]) if additive else None
+                stored = stored_weight(module, n)
+                expected = before + (stored - stored_before[n]) if additive else None
             after = getattr(module, n)
             if expected is None:
                 why = ", and this add-in's merge is not a plain addition to the weight,"
@@ -467,9 +475,9 @@ class Attachment:
         _pop_stack(module, snapshot, (id(self), r.key))
         with torch.no_grad():
             for n, t in snapshot.items():
-                cast(torch.Tensor, module._parameters[n]).copy_(t)
+                _tensor(module, n).copy_(t)
         for n, original in self._untied.pop(r.key, {}).items():
-            module._parameters[n] = original
+            _set_parameter(module, n, original)
         if r.weight_param is not None:  # (a merge that failed part-way may not have removed it yet)
             if self._weight_actions[r.key] not in weight_actions(module, r.weight_param):
                 add_weight_action(module, r.weight_param, self._weight_actions[r.key],
@@ -569,6 +577,33 @@ def _pop_stack(module: nn.Module, names: Any, entry: tuple[int, str]) -> None:
             stacks[n].remove(entry)
         if not stacks.get(n, True):
             del stacks[n]
+
+
+def _own_weights(module: nn.Module) -> list[str]:
+    """The names of ``module``'s own weights: its parameters, and the tensors a parametrization (or a
+    legacy weight_norm/spectral_norm hook) computes, under the name the layer reads them by."""
+    names = [n for n, _ in module.named_parameters(recurse=False)]
+    computed = list(getattr(module, "parametrizations", {}) or {})
+    computed += [n for n in ("weight", "bias")
+                 if n not in names and n not in computed and is_computed(module, n)]
+    holders = {h for n in computed for h in stored_tensors(module, n)}
+    return [n for n in names if n not in holders] + computed
+
+
+def _holders(module: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The parameters holding the weights ``names`` (:func:`stored_tensors`), by their names in ``module``."""
+    return {k: t for n in names for k, t in stored_tensors(module, n).items()}
+
+
+def _tensor(module: nn.Module, name: str) -> nn.Parameter:
+    """``module``'s parameter ``name`` (dotted: a parametrization's ``parametrizations.weight.original``)."""
+    owner, _, leaf = name.rpartition(".")
+    return cast(nn.Parameter, (module.get_submodule(owner) if owner else module)._parameters[leaf])
+
+
+def _set_parameter(module: nn.Module, name: str, param: nn.Parameter) -> None:
+    owner, _, leaf = name.rpartition(".")
+    (module.get_submodule(owner) if owner else module)._parameters[leaf] = param
 
 
 def _read_weights(module: nn.Module, names: list[str], own: Any = None) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch import nn
@@ -9,7 +10,7 @@ from torch import nn
 from ..addins.lora import WEIGHT_METHOD, fused_expert_params, hook_problem, is_hf_conv1d
 from ..addins.peft_patterns import pattern_value
 from ..config import Config
-from ..graph import ModuleGraph, module_aliases, trace
+from ..graph import ModuleGraph, module_aliases, parent_reads, trace
 from .capabilities import Claim, ModuleInfo, ParamCap, Strategy, placement
 
 LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -42,6 +43,40 @@ def _never_run(model: nn.Module, example_input: Any, graph: ModuleGraph | None) 
     if graph is None or not graph.traced:
         return set()
     return {n.path for n in graph.nodes if n.order is None}
+
+
+def warn_untraced(cfg: Config, model: nn.Module, strategy: str, example_input: Any,
+                  graph: ModuleGraph | None) -> None:
+    """Warn at once, without a traced forward pass, about hooks that may never run.
+
+    When neither ``example_input`` nor a traced ``graph`` was given and an output hook the strategy chose
+    sits on a layer whose parent's forward reads its weight itself
+    (:func:`~addin_studio.graph.parent_reads`): such a layer may never run as a module, attach would then
+    refuse the hook, and only a trace tells which layers need ``adapt_weight``.
+
+    Args:
+        cfg: The config the strategy built.
+        model: The model it was built for.
+        strategy: The strategy's name, for the message (``lora_all``).
+        example_input: The strategy's ``example_input`` argument.
+        graph: The strategy's ``graph`` argument.
+
+    Warns:
+        UserWarning: Naming the first such layer, how many more, and ``example_input=``.
+    """
+    if example_input is not None or (graph is not None and graph.traced):
+        return
+    hooks = [p.target.module for p in cfg.placements if p.method == "adapt_output"]
+    readers = parent_reads(model, hooks)
+    if not readers:
+        return
+    first, why = next(iter(readers.items()))
+    more = f" (and {len(readers) - 1} more layer(s) like it)" if len(readers) > 1 else ""
+    warnings.warn(f"strategies.{strategy} got no example_input= (nor a traced graph=): it chose the output "
+                  f"hook for '{first}'{more}, but {why}, so that layer may never run as a module and attach "
+                  f"would refuse the hook. Pass example_input= (one input for a traced forward pass) so "
+                  f"that the strategy gives the layers that never run adapt_weight", UserWarning,
+                  stacklevel=3)
 
 
 def _lora_action(settings: dict | Callable[[str], dict], never_run: set[str],
@@ -133,7 +168,8 @@ def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: 
     cannot be: MultiheadAttention, conv subclasses with their own ``forward`` and — given
     ``example_input`` (or a traced ``graph``) — layers that never run as modules because their parent
     reads their weight (BEiT's, EVA-02's and torchvision Swin's ``qkv``). Without an example input
-    such layers get the hook, and attach's first forward pass reports them.
+    such layers get the hook, and attach's first forward pass reports them: the strategy warns at once
+    (naming ``example_input=``) where a layer's parent reads its weight in its own ``forward``.
 
     Args:
         model: The model to adapt.
@@ -148,8 +184,10 @@ def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: 
     Returns:
         The :class:`Config`; attach it with :func:`attach`.
     """
-    return lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph),
-                             experts)(model)
+    cfg = lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph),
+                            experts)(model)
+    warn_untraced(cfg, model, "lora_all", example_input, graph)
+    return cfg
 
 
 def _target_check(targets: str | Sequence[str]):
@@ -247,6 +285,7 @@ def lora(model: nn.Module, targets: str | Sequence[str] | None = None, r: int = 
         lambda info: matches(info.path) and _is_lora_layer(info, embeddings=True),
         _lora_action(settings_for, _never_run(model, example_input, graph)))
     cfg = strategy(model)
+    warn_untraced(cfg, model, "lora", example_input, graph)
     for t in params:
         if not any(f"{p.target.module}.{p.settings['param']}" == t or
                    f"{p.target.module}.{p.settings['param']}".endswith("." + t)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...engine.weights import is_computed
 from .layout import default_param
 from .variant import LoraVariant, Setting, register_variant
 
@@ -61,6 +62,9 @@ class BiasVariant(LoraVariant):
         if getattr(module, "bias", None) is None:
             return ("LoRA bias=true cannot be merged: the layer has no bias to fold it into (PEFT refuses "
                     "this merge too)")
+        if is_computed(module, "bias"):
+            return ("LoRA bias=true cannot be merged: the layer's bias is computed by a parametrization, "
+                    "not stored, so there is no bias to fold it into")
         return None
 
     def merge(self, lora: LoRA, module: nn.Module, weight: torch.Tensor) -> None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...engine.weights import is_computed, peek_weight, write_weight
 from ..base import AddinBase, PointInfo, weight_method
 from ..registry import register_addin
 from .experts import EXPERT_INITS, expert_delta, expert_dims, expert_transposed, is_expert_param
@@ -119,7 +120,14 @@ class LoRA(AddinBase):
         if self.grouped:
             check_grouped(module, r, self.variant.init)
             (_, w), (h, b_cols) = grouped_shapes(module, r)
-        weight = module._parameters[self.param]
+        # a parametrized weight: what the layer computes with (read without moving spectral_norm's buffers)
+        weight = module._parameters.get(self.param)
+        if weight is None:
+            weight = peek_weight(module, self.param)
+        if self.variant.moves_base and is_computed(module, self.param):
+            raise ValueError(f"LoRA {self.variant.describe()[-1]} moves part of the weight out of the base "
+                             f"layer, but '{point.path}.{self.param}' is computed (parametrized: "
+                             f"weight_norm, spectral_norm, ...), not stored; use init=kaiming or gaussian")
         self.weight_shape = tuple(weight.shape)
         self.r = r
         self.alpha = float(r if alpha is None else alpha)
@@ -298,7 +306,14 @@ class LoRA(AddinBase):
         problem = self.merge_problem(module)
         if problem:
             raise ValueError(problem)
-        self.variant.merge(self, module, module._parameters[self.param])
+        if not is_computed(module, self.param):
+            self.variant.merge(self, module, module._parameters[self.param])
+            return
+        # a parametrized weight: merge into its value, then write that back through the parametrization
+        # (engine/weights.write_weight: exact or refused)
+        weight = peek_weight(module, self.param).clone()
+        self.variant.merge(self, module, weight)
+        write_weight(module, self.param, weight)
 
 
 def publish_settings(cls: type = LoRA) -> None:

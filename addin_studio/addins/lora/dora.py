@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...engine.weights import stored_weight
 from .grouped import peft_dora_delta
 from .variant import LoraVariant, Setting, register_variant
 
@@ -69,7 +70,7 @@ class DoraVariant(LoraVariant):
         if dropped:
             x = F.dropout(x, lora.dropout, True)  # one mask for the branch and the base
         branch = lora.branch(x, module)
-        weight = module._parameters[lora.param]
+        weight = stored_weight(module, lora.param)  # (a parametrized one: its computed value)
         scale = self._scale(lora, weight, self._norm_delta(lora))
         if lora.is_conv:
             scale = scale.view(-1, *([1] * (outputs.dim() - 2)))

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from ...engine.weights import is_computed, peek_weight
+
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 HOOK_METHOD = "adapt_output"
 WEIGHT_METHOD = "adapt_weight"
@@ -40,6 +42,8 @@ def matrix_layout(module: nn.Module, param: str, peft_conv: bool = False,
     known = isinstance(module, (nn.Linear, nn.Embedding) + CONVS) or is_hf_conv1d(module)
     if param != "weight" or isinstance(module, nn.MultiheadAttention) or (named and not known):
         weight = getattr(module, "_parameters", {}).get(param)
+        if weight is None and is_computed(module, param):  # parametrized: the weight it computes
+            weight = peek_weight(module, param)
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"{type(module).__name__} has no parameter '{param}' for LoRA to adapt")
         if weight.dim() != 2:
@@ -54,7 +58,8 @@ def matrix_layout(module: nn.Module, param: str, peft_conv: bool = False,
     if isinstance(module, nn.Embedding):
         return module.embedding_dim, module.num_embeddings, True
     if isinstance(module, CONVS):
-        out, in_per_group, *kernel = module.weight.shape
+        out, in_per_group, *kernel = (module._parameters.get("weight") if not is_computed(module, "weight")
+                                      else peek_weight(module, "weight")).shape
         if isinstance(module, nn.Conv1d) or peft_conv:
             return out, in_per_group * math.prod(kernel), False
         return out * kernel[0], in_per_group * math.prod(kernel[1:]), False
