@@ -543,3 +543,19 @@ def test_details_count_an_addin_on_a_frozen_module_as_trainable(w):
     table = studio_api.trainable_table(w.model)               # the rows the trainable table lists for it
     assert sum(int(line.split("|")[4].replace(",", "")) for line in table.splitlines()
                if line.startswith("| addins.")) == n
+
+
+def test_a_setting_chosen_at_the_addins_own_default_reaches_the_strategy(w):
+    """LoRA's own default r is 8 and lora_all's is 3: r=8 typed in the form is what the strategy places,
+    although the string of hand-placed LoRAs leaves the default out."""
+    w.handle({"type": "addin", "name": "LoRA"})
+    w.handle({"type": "apply-strategy", "name": "lora_all"})
+    assert w.error == "" and "r=3" in w.config                 # untouched form: the strategy's own r
+    w.handle({"type": "setting", "name": "r", "value": "8"})
+    assert w.error == "" and "r=" not in w.config              # r=8 is LoRA's default: left out
+    w.handle({"type": "apply-strategy", "name": "lora_all"})
+    cfg = studio_api.parse(w.config)
+    assert w.error == "" and cfg.placements and {p.settings.get("r") for p in cfg.placements} == {8}
+    w.handle({"type": "setting", "name": "r", "value": "4"})
+    w.handle({"type": "apply-strategy", "name": "lora_all"})
+    assert w.error == "" and "r=4" in w.config

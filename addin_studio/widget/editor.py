@@ -79,6 +79,9 @@ class Editor:
         self.method = ""
         self.side: str | None = None
         self.settings: dict[str, dict[str, Any]] = {}   # add-in -> settings for new placements
+        # add-in -> fields set in the form to the add-in's own default: the string leaves them out, but a
+        # strategy with another default (lora_all's r=3 vs LoRA's r=8) must still get the chosen value
+        self.chosen_defaults: dict[str, dict[str, Any]] = {}
         self.message = ""                               # what the last edit did to trained add-ins
         self.busy: Callable[[], bool] = lambda: False   # True while a run trains: edits are refused
         self._following = named.active if named is not None else None  # the active adapter shown
@@ -213,6 +216,11 @@ class Editor:
             return new
 
         self.settings[addin] = updated(self.settings.get(addin, {}))
+        at_default = self.chosen_defaults.setdefault(addin, {})
+        if name in self.settings[addin]:
+            at_default.pop(name, None)
+        else:
+            at_default[name] = value
         if not any(p.addin == addin for p in self.config.placements):
             self.error = ""
             return True
@@ -274,7 +282,7 @@ class Editor:
             raise ValueError(f"no strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
         if self.busy():  # computing one detaches the add-ins for a moment
             raise ValueError("stop training before choosing a strategy")
-        lora = self.shown_settings("LoRA")
+        lora = {**self.chosen_defaults.get("LoRA", {}), **self.shown_settings("LoRA")}
         lora_kw = {k: lora[k] for k in ("r", "alpha", "dropout") if k in lora}
         with self._bare():
             if name == "lora_all":
@@ -295,7 +303,7 @@ class Editor:
                 cfg = strategies.partial_k(self.model, int(targets))
             elif name in ("fact_tt", "fact_tk"):  # the paper's layers, with the FacT settings form's values
                 kind = name[-2:]
-                fact = self.shown_settings(f"FacT_{kind}")
+                fact = {**self.chosen_defaults.get(f"FacT_{kind}", {}), **self.shown_settings(f"FacT_{kind}")}
                 cfg = strategies.fact(self.model, kind=kind, graph=self.graph,
                                       **{k: fact[k] for k in ("r", "scale", "dropout") if k in fact})
             else:
