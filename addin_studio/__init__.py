@@ -6,6 +6,7 @@
 Every public name is imported on first use (PEP 562), so ``import addin_studio`` — and the
 ``addin-studio --help`` command — do not import torch until something needs it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -64,8 +65,17 @@ _COMPANIONS = {"addin_studio.engine": "addin_studio.checkpoint"}
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load lazily
     from . import strategies
-    from .addins import (AddinBase, PointInfo, available_addins, forward_method, get_addin, hook_method,
-                         methods_for, register_addin, weight_method)
+    from .addins import (
+        AddinBase,
+        PointInfo,
+        available_addins,
+        forward_method,
+        get_addin,
+        hook_method,
+        methods_for,
+        register_addin,
+        weight_method,
+    )
     from .checkpoint import from_peft, load
     from .config import Config, ConfigError, Placement, Point, format_path, parse
     from .engine import Attachment, attach

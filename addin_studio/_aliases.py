@@ -6,6 +6,7 @@
 and imports the new module the first time an old name is imported. Installing it imports nothing of the
 package, so ``import addin_studio`` stays fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -73,8 +74,9 @@ class AliasFinder(importlib.abc.MetaPathFinder):
 
     package = PACKAGE
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.rpartition(".")
         if package != PACKAGE or name not in MOVED:
             return None
@@ -88,6 +90,7 @@ class AliasFinder(importlib.abc.MetaPathFinder):
 def install() -> None:
     """Put the finder first on ``sys.meta_path`` (once): an old name is answered before any path
     finder could find a stale file of that name (e.g. another checkout's)."""
-    if not any(type(f).__name__ == "AliasFinder" and getattr(f, "package", None) == PACKAGE
-               for f in sys.meta_path):
+    if not any(
+        type(f).__name__ == "AliasFinder" and getattr(f, "package", None) == PACKAGE for f in sys.meta_path
+    ):
         sys.meta_path.insert(0, AliasFinder())

@@ -3,6 +3,7 @@
 ``TutorialMLP`` has the tutorial's ``fc1``/``fc2``/``fc3`` layers (sized for 8x8 digits by default)
 and ``MLPAddin`` is the tutorial's add-in, sized from the point it is placed at.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,13 @@ class MLPAddin(AddinBase):
     ``d`` is the feature size at the point it reads (the ``{in}`` point, or the ``{inout}`` point).
     """
 
-    def __init__(self, point: PointInfo, source_point: PointInfo | None = None,
-                 reduction_dim: int = 16, output_size: int | None = None) -> None:
+    def __init__(
+        self,
+        point: PointInfo,
+        source_point: PointInfo | None = None,
+        reduction_dim: int = 16,
+        output_size: int | None = None,
+    ) -> None:
         super().__init__()
         if reduction_dim < 1:
             raise ValueError(f"reduction_dim must be at least 1, got {reduction_dim}")

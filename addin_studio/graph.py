@@ -1,4 +1,5 @@
 """Trace a model into a module graph: paths, classes, execution order, shapes, parameter counts."""
+
 from __future__ import annotations
 
 import difflib
@@ -83,8 +84,15 @@ class ModuleGraph:
             parents) to its canonical name; ``graph[alias]`` gives the canonical node.
     """
 
-    def __init__(self, nodes: list[ModuleNode], root_class: str, num_params: int,
-                 trainable_params: int, traced: bool, aliases: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        nodes: list[ModuleNode],
+        root_class: str,
+        num_params: int,
+        trainable_params: int,
+        traced: bool,
+        aliases: dict[str, str] | None = None,
+    ) -> None:
         self.nodes = nodes
         self.root_class = root_class
         self.num_params = num_params
@@ -147,17 +155,21 @@ class ModuleGraph:
     def repeated_groups(self) -> dict[str, int]:
         """Containers whose children are named ``0..n-1`` (``{"blocks": 12}``), n >= 2."""
         groups = {}
-        for node in self.nodes + [ModuleNode("", self.root_class, 0, None,
-                                             [n.path for n in self.roots()])]:
+        for node in self.nodes + [ModuleNode("", self.root_class, 0, None, [n.path for n in self.roots()])]:
             names = [c.rsplit(".", 1)[-1] for c in node.children]
-            if len(names) >= 2 and all(is_index(x) for x in names) and \
-                    sorted(int(x) for x in names) == list(range(len(names))):
+            if (
+                len(names) >= 2
+                and all(is_index(x) for x in names)
+                and sorted(int(x) for x in names) == list(range(len(names)))
+            ):
                 groups[node.path] = len(names)
         return groups
 
     def __repr__(self) -> str:
-        return (f"ModuleGraph({self.root_class}, {len(self.nodes)} modules, "
-                f"{self.num_params:,} parameters, traced={self.traced})")
+        return (
+            f"ModuleGraph({self.root_class}, {len(self.nodes)} modules, "
+            f"{self.num_params:,} parameters, traced={self.traced})"
+        )
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -213,7 +225,7 @@ def canonical_path(path: str, aliases: dict[str, str]) -> str:
     while "." in head:
         head = head.rsplit(".", 1)[0]
         if head in aliases:
-            return aliases[head] + path[len(head):]
+            return aliases[head] + path[len(head) :]
     return path
 
 
@@ -266,9 +278,16 @@ def trace(model: nn.Module, example_input: Any = None, **forward_kwargs: Any) ->
             extra = module.extra_repr()
         except Exception:  # a broken extra_repr must not break tracing
             extra = ""
-        node = ModuleNode(path, type(module).__name__, path.count(".") + 1, parent,
-                          num_params=total, trainable_params=trainable, own_params=own,
-                          extra_repr=extra)
+        node = ModuleNode(
+            path,
+            type(module).__name__,
+            path.count(".") + 1,
+            parent,
+            num_params=total,
+            trainable_params=trainable,
+            own_params=own,
+            extra_repr=extra,
+        )
         nodes[path] = node
         if parent is not None and parent in nodes:
             nodes[parent].children.append(path)
@@ -282,8 +301,13 @@ def trace(model: nn.Module, example_input: Any = None, **forward_kwargs: Any) ->
     return ModuleGraph(list(nodes.values()), type(model).__name__, total, trainable, traced, aliases)
 
 
-def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes: dict[str, ModuleNode],
-                    example_input: Any, forward_kwargs: dict) -> None:
+def _record_forward(
+    model: nn.Module,
+    named: list[tuple[str, nn.Module]],
+    nodes: dict[str, ModuleNode],
+    example_input: Any,
+    forward_kwargs: dict,
+) -> None:
     counter = [0]
     events = [0]
     handles = []
@@ -298,6 +322,7 @@ def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes:
                 events[0] += 1
                 t = _first_tensor(args) if args else _first_tensor(kwargs)
                 node.input_shape = tuple(t.shape) if t is not None else None
+
         return pre
 
     def make_post(node: ModuleNode):
@@ -307,6 +332,7 @@ def _record_forward(model: nn.Module, named: list[tuple[str, nn.Module]], nodes:
                 events[0] += 1
                 t = _first_tensor(output)
                 node.output_shape = tuple(t.shape) if t is not None else None
+
         return post
 
     seen_modules: dict[int, ModuleNode] = {}
@@ -338,8 +364,12 @@ def _self_reads(code: Any) -> set[tuple[str, str]]:
     except TypeError:
         return found
     for a, b, c in zip(instructions, instructions[1:], instructions[2:]):
-        if a.opname.startswith("LOAD_FAST") and a.argval == "self" and b.opname == "LOAD_ATTR" \
-                and c.opname == "LOAD_ATTR":
+        if (
+            a.opname.startswith("LOAD_FAST")
+            and a.argval == "self"
+            and b.opname == "LOAD_ATTR"
+            and c.opname == "LOAD_ATTR"
+        ):
             found.add((str(b.argval), str(c.argval)))
     for const in code.co_consts:
         if hasattr(const, "co_code"):

@@ -3,6 +3,7 @@
 One helper for every place that runs a model on user data (the tracer's example input, the Trainer's
 batches), so that they accept the same input forms.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,13 @@ def to_device(value: Any, device: torch.device, non_blocking: bool = False) -> A
     return value
 
 
-def call_model(model: nn.Module, inputs: Any, device: torch.device | None = None,
-               non_blocking: bool = False, **kwargs: Any) -> Any:
+def call_model(
+    model: nn.Module,
+    inputs: Any,
+    device: torch.device | None = None,
+    non_blocking: bool = False,
+    **kwargs: Any,
+) -> Any:
     """Call ``model`` with ``inputs``: a dict is keyword inputs, a tuple positional inputs, anything
     else the one input. Tensors (in ``inputs`` and ``kwargs``) move to ``device`` first — by default
     the model's own device."""

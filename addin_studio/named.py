@@ -6,6 +6,7 @@ as without it — and keeps its add-in objects, which :func:`~addin_studio.attac
 an adapter keeps trainable (``trainable(head)``) are the adapter's own too: their trained values are
 stored while it is inactive and the base values put back (PEFT's ``modules_to_save``).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -145,8 +146,14 @@ class NamedAdapters:
         return "\n".join(lines)
 
     # -- adding and removing ---------------------------------------------------------------------
-    def add(self, name: str, config: Config | str, addins: Mapping[str, Callable] | None = None, *,
-            activate: bool | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        config: Config | str,
+        addins: Mapping[str, Callable] | None = None,
+        *,
+        activate: bool | None = None,
+    ) -> None:
         """Attach ``config`` under ``name`` (checked as :func:`~addin_studio.attach` checks it; on error
         the model and the other adapters are as they were). The first adapter added becomes active, later
         ones do not (PEFT's ``get_peft_model`` / ``add_adapter``) unless ``activate=True``.
@@ -163,12 +170,24 @@ class NamedAdapters:
         """
         self._check_new_name(name)
         cfg = parse(config) if isinstance(config, str) else config
-        self._add(name, lambda: attach(self.model, cfg, addins, self._example, graph=self.graph,
-                                       **self._forward_kwargs), addins, activate, cfg)
+        self._add(
+            name,
+            lambda: attach(self.model, cfg, addins, self._example, graph=self.graph, **self._forward_kwargs),
+            addins,
+            activate,
+            cfg,
+        )
         self._changed()
 
-    def load(self, name: str, path: str | Path, addins: Mapping[str, Callable] | None = None, *,
-             strict: bool = True, activate: bool | None = None) -> None:
+    def load(
+        self,
+        name: str,
+        path: str | Path,
+        addins: Mapping[str, Callable] | None = None,
+        *,
+        strict: bool = True,
+        activate: bool | None = None,
+    ) -> None:
         """Add the adapter saved in ``path`` (by :meth:`save` or ``Attachment.save``) under ``name``.
 
         Args:
@@ -183,9 +202,21 @@ class NamedAdapters:
             ValueError: ``name`` is not an identifier or is taken.
         """
         self._check_new_name(name)
-        self._add(name, lambda: load_checkpoint(self.model, path, addins, self._example, strict=strict,
-                                                graph=self.graph, **self._forward_kwargs), addins, activate,
-                  _saved_config(path))
+        self._add(
+            name,
+            lambda: load_checkpoint(
+                self.model,
+                path,
+                addins,
+                self._example,
+                strict=strict,
+                graph=self.graph,
+                **self._forward_kwargs,
+            ),
+            addins,
+            activate,
+            _saved_config(path),
+        )
         self._changed()
 
     def update(self, name: str, config: Config | str, addins: Mapping[str, Callable] | None = None) -> None:
@@ -208,15 +239,26 @@ class NamedAdapters:
         if not isinstance(cfg, Config):
             raise TypeError(f"update expects a config string or Config, got {type(cfg).__name__}")
         if not cfg:
-            raise ValueError(f"an adapter needs at least one placement or trainable(...); to drop "
-                             f"'{name}' use remove('{name}')")
+            raise ValueError(
+                f"an adapter needs at least one placement or trainable(...); to drop "
+                f"'{name}' use remove('{name}')"
+            )
         addins = entry.addins if addins is None else addins
         att, objects, previous = self._attach_aside(
-            lambda: attach(self.model, cfg, addins, self._example, graph=self.graph, reuse=entry.objects,
-                           **self._forward_kwargs))
+            lambda: attach(
+                self.model,
+                cfg,
+                addins,
+                self._example,
+                graph=self.graph,
+                reuse=entry.objects,
+                **self._forward_kwargs,
+            )
+        )
         kept = self._kept_params(att.config)
-        self._adapters[name] = _Adapter(att.config, addins, objects,
-                                        {n: t for n, t in entry.kept.items() if n in kept})
+        self._adapters[name] = _Adapter(
+            att.config, addins, objects, {n: t for n, t in entry.kept.items() if n in kept}
+        )
         self._start(name, att)
         if previous != name:
             self._back_to(previous)
@@ -241,12 +283,20 @@ class NamedAdapters:
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"an adapter name must be an identifier (letters, digits, _), got {name!r}")
         if name in self._adapters:
-            raise ValueError(f"there is already an adapter named '{name}'; remove('{name}') it first or "
-                             f"choose another name")
+            raise ValueError(
+                f"there is already an adapter named '{name}'; remove('{name}') it first or "
+                f"choose another name"
+            )
 
-    def _add(self, name: str, attach_new: Callable[[], Attachment], addins: Mapping[str, Callable] | None,
-             activate: bool | None, cfg: Config | None, fill: Callable[[Attachment], None] | None = None,
-             ) -> None:
+    def _add(
+        self,
+        name: str,
+        attach_new: Callable[[], Attachment],
+        addins: Mapping[str, Callable] | None,
+        activate: bool | None,
+        cfg: Config | None,
+        fill: Callable[[Attachment], None] | None = None,
+    ) -> None:
         """Attach a new adapter with ``attach_new()`` (``cfg``: its config as far as known before, for the
         base values of what it keeps trainable, which a checkpoint overwrites)."""
         if activate is None:
@@ -260,8 +310,10 @@ class NamedAdapters:
 
         def check(att: Attachment) -> None:
             if set(self._kept_params(att.config)) - set(base_values):
-                raise RuntimeError("the adapter keeps base parameters trainable that its config did not "
-                                   "name before attaching")
+                raise RuntimeError(
+                    "the adapter keeps base parameters trainable that its config did not "
+                    "name before attaching"
+                )
             if fill is not None:
                 fill(att)
 
@@ -271,9 +323,11 @@ class NamedAdapters:
         if not activate:
             self._back_to(previous)
 
-    def _attach_aside(self, attach_new: Callable[[], Attachment],
-                      check: Callable[[Attachment], None] | None = None,
-                      ) -> tuple[Attachment, dict[Placement, nn.Module], str | None]:
+    def _attach_aside(
+        self,
+        attach_new: Callable[[], Attachment],
+        check: Callable[[Attachment], None] | None = None,
+    ) -> tuple[Attachment, dict[Placement, nn.Module], str | None]:
         """Detach the active adapter, then ``attach_new()`` and check it; on any error detach it,
         re-activate the adapter that was active and re-raise. Returns ``(att, objects, previous)``."""
         previous = self._active
@@ -298,13 +352,17 @@ class NamedAdapters:
         """``{placement: add-in}`` of a new attachment, refused if it cannot be switched off and on."""
         objects = {p: a for _, p, a in att.entries}
         if len(objects) != len(att.entries):
-            raise ValueError("a named adapter cannot place the same add-in twice at the same point "
-                             "with the same settings (it could not be told apart when switched)")
+            raise ValueError(
+                "a named adapter cannot place the same add-in twice at the same point "
+                "with the same settings (it could not be told apart when switched)"
+            )
         moving = [key for key, _, a in att.entries if getattr(a, "moves_base", False)]
         if moving:
-            raise ValueError(f"'{moving[0]}' moves part of the base weight into the adapter "
-                             "(init=pissa/olora or kasa=true), so it cannot be switched off and on: attach "
-                             f"it alone with studio.attach")
+            raise ValueError(
+                f"'{moving[0]}' moves part of the base weight into the adapter "
+                "(init=pissa/olora or kasa=true), so it cannot be switched off and on: attach "
+                f"it alone with studio.attach"
+            )
         return objects
 
     def _back_to(self, previous: str | None) -> None:
@@ -349,8 +407,14 @@ class NamedAdapters:
 
     def _activate(self, name: str) -> None:
         entry = self._adapters[name]
-        att = attach(self.model, entry.config, entry.addins, graph=self.graph, reuse=entry.objects,
-                     **self._forward_kwargs)
+        att = attach(
+            self.model,
+            entry.config,
+            entry.addins,
+            graph=self.graph,
+            reuse=entry.objects,
+            **self._forward_kwargs,
+        )
         if any(a is not entry.objects.get(p) for _, p, a in att.entries):
             att.detach()
             raise RuntimeError(f"adapter '{name}' did not get its own add-ins back when re-attached")
@@ -439,8 +503,9 @@ class NamedAdapters:
             att.export_peft(directory)
 
     # -- combining -------------------------------------------------------------------------------
-    def add_weighted_adapter(self, new_name: str, weights: Mapping[str, float], *,
-                             activate: bool = False) -> None:
+    def add_weighted_adapter(
+        self, new_name: str, weights: Mapping[str, float], *, activate: bool = False
+    ) -> None:
         """Add ``new_name``, a LoRA adapter whose update is ``sum_i weights[i] * delta_i`` exactly.
 
         PEFT's ``add_weighted_adapter(combination_type="cat")``: the factors are concatenated (rank =
@@ -471,9 +536,11 @@ class NamedAdapters:
         for name, layout in zip(names[1:], layouts[1:]):
             if set(layout) != set(first):
                 only = sorted(set(first) ^ set(layout), key=str)[0]
-                raise ValueError(f"'{names[0]}' and '{name}' do not adapt the same layers the same way "
-                                 f"(e.g. {only[0]} at {only[2]}): a weighted combination needs "
-                                 f"the same placements")
+                raise ValueError(
+                    f"'{names[0]}' and '{name}' do not adapt the same layers the same way "
+                    f"(e.g. {only[0]} at {only[2]}): a weighted combination needs "
+                    f"the same placements"
+                )
         placements = []
         for sig, (p, addin) in first.items():
             total = sum(layout[sig][1].r for layout in layouts)
@@ -492,8 +559,14 @@ class NamedAdapters:
                     new[p].lora_A.copy_(A)
                     new[p].lora_B.copy_(B)
 
-        self._add(new_name, lambda: attach(self.model, cfg, None, graph=self.graph, **self._forward_kwargs),
-                  None, activate, cfg, fill)
+        self._add(
+            new_name,
+            lambda: attach(self.model, cfg, None, graph=self.graph, **self._forward_kwargs),
+            None,
+            activate,
+            cfg,
+            fill,
+        )
         self._changed()
 
     def _lora_layout(self, name: str) -> dict[tuple, tuple[Placement, LoRA]]:
@@ -501,9 +574,11 @@ class NamedAdapters:
         to be linearly combinable."""
         entry = self._get(name)
         if entry.config.trainable:
-            raise ValueError(f"adapter '{name}' keeps base parameters trainable "
-                             f"(trainable({', '.join(entry.config.trainable)})): a weighted combination "
-                             f"is defined for LoRA weights only")
+            raise ValueError(
+                f"adapter '{name}' keeps base parameters trainable "
+                f"(trainable({', '.join(entry.config.trainable)})): a weighted combination "
+                f"is defined for LoRA weights only"
+            )
         out: dict[tuple, tuple[Placement, LoRA]] = {}
         for p, addin in entry.objects.items():
             where = f"'{name}' has {p.addin}.{p.method} at {p.target}"
@@ -511,11 +586,15 @@ class NamedAdapters:
                 raise ValueError(f"add_weighted_adapter combines LoRA adapters only: {where}")
             if addin.dora or hasattr(addin, "lora_bias"):
                 variant = "dora=true" if addin.dora else "bias=true"
-                raise ValueError(f"{where} with {variant}, which is not linear in its factors: it cannot "
-                                 f"be combined by weights")
+                raise ValueError(
+                    f"{where} with {variant}, which is not linear in its factors: it cannot "
+                    f"be combined by weights"
+                )
             if addin.grouped:
-                raise ValueError(f"{where} on a grouped convolution in PEFT's layout, whose rank channels "
-                                 f"are split among the groups: it cannot be combined by concatenation")
+                raise ValueError(
+                    f"{where} on a grouped convolution in PEFT's layout, whose rank channels "
+                    f"are split among the groups: it cannot be combined by concatenation"
+                )
             sig = (p.method, p.source, p.target, addin.param, addin.layout)
             if sig in out:
                 raise ValueError(f"{where} twice: a weighted combination needs one LoRA per layer")

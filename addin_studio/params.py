@@ -1,4 +1,5 @@
 """Parameter counts and a readable table of what trains."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -93,19 +94,33 @@ def trainable_table(model: nn.Module) -> str:
         shared = holders.get(id(p), 1)
         return owners.get(name, "") + (f" (shared by {shared})" if shared > 1 else "")
 
-    rows = [(name, kind(name, p), "x".join(str(s) for s in p.shape) or "scalar", f"{p.numel():,}")
-            for name, p in model.named_parameters() if p.requires_grad]
+    rows = [
+        (name, kind(name, p), "x".join(str(s) for s in p.shape) or "scalar", f"{p.numel():,}")
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    ]
     # running statistics an attachment updates and saves with the adapters (buffers, not parameters)
-    rows += [(f"{path}.{n}" if path else n, f"{type(m).__name__} (statistics)",
-              "x".join(str(s) for s in t.shape) or "scalar", f"{t.numel():,}")
-             for path, m in model.named_modules() if stats_owned(m) for n, t in stat_buffers(m).items()]
+    rows += [
+        (
+            f"{path}.{n}" if path else n,
+            f"{type(m).__name__} (statistics)",
+            "x".join(str(s) for s in t.shape) or "scalar",
+            f"{t.numel():,}",
+        )
+        for path, m in model.named_modules()
+        if stats_owned(m)
+        for n, t in stat_buffers(m).items()
+    ]
     header = ("Parameter", "Type", "Shape", "Count")
     widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(4)]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
 
     def fmt(r):
-        return "| " + " | ".join(r[i].ljust(widths[i]) if i < 3 else r[i].rjust(widths[i])
-                                 for i in range(4)) + " |"
+        return (
+            "| "
+            + " | ".join(r[i].ljust(widths[i]) if i < 3 else r[i].rjust(widths[i]) for i in range(4))
+            + " |"
+        )
 
     head = _HEADERS.get(model)
     out = [head()] if head is not None else []
@@ -121,9 +136,9 @@ STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 def has_running_stats(module: nn.Module) -> bool:
     """Whether ``module`` keeps running statistics (tensor ``running_mean`` and ``running_var`` buffers)."""
-    return isinstance(module._buffers.get("running_mean"), torch.Tensor) and \
-        isinstance(module._buffers.get("running_var"), torch.Tensor)
-
+    return isinstance(module._buffers.get("running_mean"), torch.Tensor) and isinstance(
+        module._buffers.get("running_var"), torch.Tensor
+    )
 
 
 def stat_buffers(module: nn.Module) -> dict[str, torch.Tensor]:

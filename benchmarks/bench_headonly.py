@@ -4,12 +4,22 @@ With only ``head`` trainable, autograd stops at the head and the "train step" is
 forward pass; the frozen floor (``head`` + ``pos_embed`` trainable) back-propagates through every
 frozen block, as LoRA on ``qkv`` must. vit_small_patch16_224, batch 8, AdamW, arms interleaved.
 """
+
 from __future__ import annotations
 
 import copy
 
-from .common import (Row, describe, interleave, lora_config, paired_ratio, print_rows, setup_torch,
-                     train_step, vit_train_batch)
+from .common import (
+    Row,
+    describe,
+    interleave,
+    lora_config,
+    paired_ratio,
+    print_rows,
+    setup_torch,
+    train_step,
+    vit_train_batch,
+)
 
 SOURCE = "benchmarks/bench_headonly.py"
 
@@ -31,14 +41,31 @@ def run(quick: bool = False) -> list[Row]:
     floor = _only(copy.deepcopy(plain), ("head", "pos_embed"))
     lora = copy.deepcopy(plain)
     studio.attach(lora, lora_config(lora))
-    times = interleave({"head-only": train_step(head_only, x, y), "floor": train_step(floor, x, y),
-                        "LoRA": train_step(lora, x, y)}, n=n, warmup=1)
+    times = interleave(
+        {
+            "head-only": train_step(head_only, x, y),
+            "floor": train_step(floor, x, y),
+            "LoRA": train_step(lora, x, y),
+        },
+        n=n,
+        warmup=1,
+    )
     what = f"vit_small, batch {batch}; "
     return [
-        Row("train step: head-only / frozen floor (info)", paired_ratio(times, "head-only", "floor"), None,
-            detail=what + describe({k: times[k] for k in ("head-only", "floor")}), source=SOURCE),
-        Row("train step: head-only / ours LoRA (info)", paired_ratio(times, "head-only", "LoRA"), None,
-            detail=what + describe({k: times[k] for k in ("head-only", "LoRA")}), source=SOURCE),
+        Row(
+            "train step: head-only / frozen floor (info)",
+            paired_ratio(times, "head-only", "floor"),
+            None,
+            detail=what + describe({k: times[k] for k in ("head-only", "floor")}),
+            source=SOURCE,
+        ),
+        Row(
+            "train step: head-only / ours LoRA (info)",
+            paired_ratio(times, "head-only", "LoRA"),
+            None,
+            detail=what + describe({k: times[k] for k in ("head-only", "LoRA")}),
+            source=SOURCE,
+        ),
     ]
 
 

@@ -3,12 +3,23 @@
 ``vit_small_patch16_224`` (random weights), batch 8, ``torch.inference_mode()``, 2 threads. Every arm is its
 own copy of the same weights; the arms run round-robin and each ratio is the median of the per-round ratios.
 """
+
 from __future__ import annotations
 
 import copy
 
-from .common import (Row, describe, interleave, lora_config, peft_lora, paired_ratio, print_rows,
-                     same_lora_weights, setup_torch, vit)
+from .common import (
+    Row,
+    describe,
+    interleave,
+    lora_config,
+    peft_lora,
+    paired_ratio,
+    print_rows,
+    same_lora_weights,
+    setup_torch,
+    vit,
+)
 
 SOURCE = "benchmarks/bench_hooks.py"
 IDENTITY = "(Identity.adapt_output): ...->(blocks[0:12]){inout1}->..."
@@ -38,11 +49,21 @@ def run(quick: bool = False) -> list[Row]:
         times = interleave({k: (lambda m=m: m(x)) for k, m in arms.items()}, n=n, warmup=1)
     what = f"vit_small, batch {batch}"
     return [
-        Row("eval forward: identity {inout} on every block / plain", paired_ratio(times, "identity", "plain"),
-            1.03, detail=f"{what}; " + describe({k: times[k] for k in ("identity", "plain")}), source=SOURCE),
-        Row("eval forward: unmerged LoRA ours / PEFT", paired_ratio(times, "ours-unmerged", "peft-unmerged"),
-            1.00, detail=f"{what}; r=8 on qkv; "
-            + describe({k: times[k] for k in ("ours-unmerged", "peft-unmerged")}), source=SOURCE),
+        Row(
+            "eval forward: identity {inout} on every block / plain",
+            paired_ratio(times, "identity", "plain"),
+            1.03,
+            detail=f"{what}; " + describe({k: times[k] for k in ("identity", "plain")}),
+            source=SOURCE,
+        ),
+        Row(
+            "eval forward: unmerged LoRA ours / PEFT",
+            paired_ratio(times, "ours-unmerged", "peft-unmerged"),
+            1.00,
+            detail=f"{what}; r=8 on qkv; "
+            + describe({k: times[k] for k in ("ours-unmerged", "peft-unmerged")}),
+            source=SOURCE,
+        ),
     ]
 
 

@@ -11,13 +11,25 @@ Arms, interleaved round-robin in one process (2 threads), median of N after a wa
 Targets: ours/peft <= 1.00, ours/floor <= 1.10, merged/plain <= 1.02.
 Run: ``python -m benchmarks.bench_lora [--quick]``.
 """
+
 from __future__ import annotations
 
 import copy
 import sys
 
-from .common import (Row, describe, interleave, lora_config, paired_ratio, peft_lora, print_rows,
-                     same_lora_weights, setup_torch, train_step, vit_train_batch)
+from .common import (
+    Row,
+    describe,
+    interleave,
+    lora_config,
+    paired_ratio,
+    peft_lora,
+    print_rows,
+    same_lora_weights,
+    setup_torch,
+    train_step,
+    vit_train_batch,
+)
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -38,11 +50,15 @@ def run(quick: bool = False) -> list[Row]:
     for name, p in floor.named_parameters():
         p.requires_grad_(name.startswith("head.") or name == "pos_embed")
 
-    train = interleave({
-        "ours": train_step(ours, x, y, list(att.addins.parameters())),
-        "peft": train_step(peft, x, y, [p for p in peft.parameters() if p.requires_grad]),
-        "floor": train_step(floor, x, y, [p for p in floor.parameters() if p.requires_grad]),
-    }, n=n, warmup=2)
+    train = interleave(
+        {
+            "ours": train_step(ours, x, y, list(att.addins.parameters())),
+            "peft": train_step(peft, x, y, [p for p in peft.parameters() if p.requires_grad]),
+            "floor": train_step(floor, x, y, [p for p in floor.parameters() if p.requires_grad]),
+        },
+        n=n,
+        warmup=2,
+    )
 
     merged = copy.deepcopy(plain).eval()
     merged_att = studio.attach(merged, att.config)
@@ -54,17 +70,33 @@ def run(quick: bool = False) -> list[Row]:
         def call() -> None:
             with torch.no_grad():
                 model(x)
+
         return call
 
     inference = interleave({"merged": infer(merged), "plain": infer(reference)}, n=n + 4, warmup=2)
     source = "benchmarks/bench_lora.py"
     return [
-        Row("LoRA train step / PEFT", paired_ratio(train, "ours", "peft"), 1.00,
-            detail=describe({k: train[k] for k in ("ours", "peft")}), source=source),
-        Row("LoRA train step / frozen floor", paired_ratio(train, "ours", "floor"), 1.10,
-            detail=describe({k: train[k] for k in ("ours", "floor")}), source=source),
-        Row("merged LoRA inference / plain", paired_ratio(inference, "merged", "plain"), 1.02,
-            detail=describe(inference), source=source),
+        Row(
+            "LoRA train step / PEFT",
+            paired_ratio(train, "ours", "peft"),
+            1.00,
+            detail=describe({k: train[k] for k in ("ours", "peft")}),
+            source=source,
+        ),
+        Row(
+            "LoRA train step / frozen floor",
+            paired_ratio(train, "ours", "floor"),
+            1.10,
+            detail=describe({k: train[k] for k in ("ours", "floor")}),
+            source=source,
+        ),
+        Row(
+            "merged LoRA inference / plain",
+            paired_ratio(inference, "merged", "plain"),
+            1.02,
+            detail=describe(inference),
+            source=source,
+        ),
     ]
 
 

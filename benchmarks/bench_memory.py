@@ -5,12 +5,23 @@ peak RSS (``ru_maxrss``) is its own; both arms import the same libraries (torch,
 addin_studio) and train the same parameters (the LoRA factors; the base is frozen) with AdamW. The
 arms alternate ours, PEFT, ours, PEFT... and each value is the median over its runs.
 """
+
 from __future__ import annotations
 
 import json
 
-from .common import (LORA_STRING, Row, median, peak_rss_mb, peft_lora, print_rows, rss_mb,
-                     run_json_subprocess, setup_torch, vit)
+from .common import (
+    LORA_STRING,
+    Row,
+    median,
+    peak_rss_mb,
+    peft_lora,
+    print_rows,
+    rss_mb,
+    run_json_subprocess,
+    setup_torch,
+    vit,
+)
 
 SOURCE = "benchmarks/bench_memory.py"
 ARMS = ("ours", "peft")
@@ -47,8 +58,12 @@ def measure(arm: str, quick: bool) -> dict[str, float]:
         opt.step()
         opt.zero_grad(set_to_none=True)
     peak = peak_rss_mb()
-    return {"peak_mb": peak, "before_step_mb": before, "step_mb": peak - before,
-            "trainable": sum(p.numel() for p in params)}
+    return {
+        "peak_mb": peak,
+        "before_step_mb": before,
+        "step_mb": peak - before,
+        "trainable": sum(p.numel() for p in params),
+    }
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -64,21 +79,31 @@ def run(quick: bool = False) -> list[Row]:
         outputs = [run_json_subprocess("benchmarks.bench_memory", args) for _, args in jobs]
     for (arm, _), out in zip(jobs, outputs):
         results[arm].append(out)
-    med = {arm: {k: median([r[k] for r in rs]) for k in ("peak_mb", "step_mb", "trainable")}
-           for arm, rs in results.items()}
+    med = {
+        arm: {k: median([r[k] for r in rs]) for k in ("peak_mb", "step_mb", "trainable")}
+        for arm, rs in results.items()
+    }
     if med["ours"]["trainable"] != med["peft"]["trainable"]:
         raise AssertionError(f"the arms train different parameter counts: {med}")
     batch = 2 if quick else 8
     what = f"vit_small, batch {batch}, {int(med['ours']['trainable']):,} trainable, fresh process per arm"
     return [
-        Row("peak RSS of a LoRA train step: ours / PEFT", med["ours"]["peak_mb"] / med["peft"]["peak_mb"],
+        Row(
+            "peak RSS of a LoRA train step: ours / PEFT",
+            med["ours"]["peak_mb"] / med["peft"]["peak_mb"],
             1.00,
             detail=f"{what}; ours {med['ours']['peak_mb']:.0f} MB, PEFT {med['peft']['peak_mb']:.0f} MB "
-                   f"(median of {reps})", source=SOURCE),
-        Row("RSS growth during the train step: ours / PEFT", med["ours"]["step_mb"] / med["peft"]["step_mb"],
+            f"(median of {reps})",
+            source=SOURCE,
+        ),
+        Row(
+            "RSS growth during the train step: ours / PEFT",
+            med["ours"]["step_mb"] / med["peft"]["step_mb"],
             None,
             detail=f"peak minus RSS before the first step: ours {med['ours']['step_mb']:.0f} MB, "
-                   f"PEFT {med['peft']['step_mb']:.0f} MB", source=SOURCE),
+            f"PEFT {med['peft']['step_mb']:.0f} MB",
+            source=SOURCE,
+        ),
     ]
 
 

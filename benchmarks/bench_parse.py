@@ -4,6 +4,7 @@ A string of repeated Identity entries on a three-layer MLP (every entry one plac
 one add-in per entry) is parsed and attached at 10 kB, 100 kB and 1 MB; the row is the growth exponent
 between the two largest sizes (1.0 is linear; 2.0 quadratic); attach is timed with its detach.
 """
+
 from __future__ import annotations
 
 import gc
@@ -59,9 +60,17 @@ def run(quick: bool = False) -> list[Row]:
     for what, ts in costs.items():
         exponent = growth_exponent(sizes[-2], ts[-2], sizes[-1], ts[-1])
         points = ", ".join(f"{t * 1e3:.0f} ms @ {kb} kB" for kb, t in zip(sizes, ts))
-        rows.append(Row(f"growth of {what} time with string length (exponent)", exponent, MAX_EXPONENT,
-                        "", detail=f"repeated one-placement entries: {points}", source=SOURCE,
-                        extra={"kb": list(sizes), "seconds": ts}))
+        rows.append(
+            Row(
+                f"growth of {what} time with string length (exponent)",
+                exponent,
+                MAX_EXPONENT,
+                "",
+                detail=f"repeated one-placement entries: {points}",
+                source=SOURCE,
+                extra={"kb": list(sizes), "seconds": ts},
+            )
+        )
     return rows
 
 

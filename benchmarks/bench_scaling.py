@@ -13,6 +13,7 @@ The growth model is an ``nn.Sequential`` of ``Linear(8, 8)`` layers (they run si
 by the exponent between the two largest sizes (1.0 = linear, 2.0 = quadratic) and the per-module slope
 of a least-squares line.
 """
+
 from __future__ import annotations
 
 import gc
@@ -27,8 +28,9 @@ QUICK_SIZES = (10, 100, 1_000)
 MAX_EXPONENT = 1.15  # "linear" with room for timer noise
 
 
-def _median_time(fn: Callable[[], object], n: int, collect: bool = False,
-                 clock: Callable[[], float] = time.perf_counter) -> float:
+def _median_time(
+    fn: Callable[[], object], n: int, collect: bool = False, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Median seconds of ``fn()`` over ``n`` calls after a warm-up; Python's cyclic garbage collector
     is off unless ``collect`` (a full collection scans the whole heap, torch included: its cost follows
     the heap, not the engine)."""
@@ -69,9 +71,17 @@ def hundred_placements(quick: bool) -> list[Row]:
     cpu = _median_time(cycle, reps, clock=time.process_time)
     wall = _median_time(cycle, reps)
     parse_s = _median_time(lambda: studio.parse(text), reps, clock=time.process_time)
-    return [Row("attach+detach: 100 placements on vit_small", cpu * 1e3, 50.0, "ms",
-                detail=f"CPU time, median of {reps} (wall {wall * 1e3:.1f} ms); parse {parse_s * 1e3:.1f} ms "
-                       f"of it; no example input", source=SOURCE)]
+    return [
+        Row(
+            "attach+detach: 100 placements on vit_small",
+            cpu * 1e3,
+            50.0,
+            "ms",
+            detail=f"CPU time, median of {reps} (wall {wall * 1e3:.1f} ms); parse {parse_s * 1e3:.1f} ms "
+            f"of it; no example input",
+            source=SOURCE,
+        )
+    ]
 
 
 def _chain(n: int):
@@ -115,18 +125,28 @@ def growth(quick: bool) -> list[Row]:
         costs["trace"].append(_median_time(lambda: studio.trace(model, x), reps, clock=cpu))
         costs["attach+detach"].append(_median_time(cycle, reps, clock=cpu))
         if n == sizes[-1]:
-            with_gc = {"trace": _median_time(lambda: studio.trace(model, x), reps, True, cpu),
-                       "attach+detach": _median_time(cycle, reps, True, cpu)}
+            with_gc = {
+                "trace": _median_time(lambda: studio.trace(model, x), reps, True, cpu),
+                "attach+detach": _median_time(cycle, reps, True, cpu),
+            }
     rows = []
     for what, ts in costs.items():
         exponent = growth_exponent(sizes[-2], ts[-2], sizes[-1], ts[-1])
         slope_us = _fit_slope(list(sizes), ts) * 1e6
         points = ", ".join(f"{t * 1e3:.1f} ms @ {n:,}" for n, t in zip(sizes, ts))
         label = "with a forward pass" if what == "trace" else "one placement per module"
-        rows.append(Row(f"growth of {what} time with module count (exponent)", exponent, MAX_EXPONENT,
-                        "", detail=f"{label}: {points}; slope {slope_us:.1f} us/module; with Python's GC on: "
-                                   f"{with_gc[what] * 1e3:.1f} ms @ {sizes[-1]:,}",
-                        source=SOURCE, extra={"sizes": list(sizes), "seconds": ts, "slope_us": slope_us}))
+        rows.append(
+            Row(
+                f"growth of {what} time with module count (exponent)",
+                exponent,
+                MAX_EXPONENT,
+                "",
+                detail=f"{label}: {points}; slope {slope_us:.1f} us/module; with Python's GC on: "
+                f"{with_gc[what] * 1e3:.1f} ms @ {sizes[-1]:,}",
+                source=SOURCE,
+                extra={"sizes": list(sizes), "seconds": ts, "slope_us": slope_us},
+            )
+        )
     return rows
 
 

@@ -1,11 +1,22 @@
 """studio.trace: against torchinfo's summary on vit_base, and on the meta device for a model too big
 to instantiate in RAM (a ViT-22B-sized config: 48 blocks of width 6144, about 87 GB of fp32 weights)."""
+
 from __future__ import annotations
 
 import time
 
-from .common import (Row, describe, interleave, median, paired_ratio, peak_rss_mb, print_rows, rss_mb,
-                     setup_torch, vit)
+from .common import (
+    Row,
+    describe,
+    interleave,
+    median,
+    paired_ratio,
+    peak_rss_mb,
+    print_rows,
+    rss_mb,
+    setup_torch,
+    vit,
+)
 
 SOURCE = "benchmarks/bench_trace.py"
 # ViT-22B (Dehghani et al. 2023) widths; timm's VisionTransformer with these settings.
@@ -37,14 +48,28 @@ def meta_rows(quick: bool) -> list[Row]:
     gb = n_params * 4 / 1e9
     growth = max(peak_rss_mb() - peak0, rss_mb() - rss0, 0.0)
     head = graph["head"]
-    what = (f"depth {settings['depth']}, width {settings['embed_dim']}: {n_params / 1e9:.2f} B params "
-            f"({gb:.0f} GB fp32), {len(graph)} modules, head output {head.output_shape}")
+    what = (
+        f"depth {settings['depth']}, width {settings['embed_dim']}: {n_params / 1e9:.2f} B params "
+        f"({gb:.0f} GB fp32), {len(graph)} modules, head output {head.output_shape}"
+    )
     return [
-        Row("trace on meta: ViT-22B config (time)", trace_s * 1e3, None, "ms",
-            detail=f"{what}; building it on meta took {build_s * 1e3:.0f} ms", source=SOURCE),
-        Row("trace on meta: RSS growth (no weights allocated)", growth, None, "MB",
+        Row(
+            "trace on meta: ViT-22B config (time)",
+            trace_s * 1e3,
+            None,
+            "ms",
+            detail=f"{what}; building it on meta took {build_s * 1e3:.0f} ms",
+            source=SOURCE,
+        ),
+        Row(
+            "trace on meta: RSS growth (no weights allocated)",
+            growth,
+            None,
+            "MB",
             detail=f"all {len(params)} parameters stay on meta; materialized they would need "
-                   f"{gb * 1e3:,.0f} MB", source=SOURCE),
+            f"{gb * 1e3:,.0f} MB",
+            source=SOURCE,
+        ),
     ]
 
 
@@ -61,16 +86,27 @@ def torchinfo_rows(quick: bool) -> list[Row]:
     stats = summary(model, input_data=x, verbose=0, cache_forward_pass=False)
     if graph.num_params != stats.total_params:
         raise AssertionError(f"trace counts {graph.num_params} parameters, torchinfo {stats.total_params}")
-    times = interleave({
-        "ours": lambda: studio.trace(model, x),
-        "torchinfo": lambda: summary(model, input_data=x, verbose=0, cache_forward_pass=False),
-        "bare forward": lambda: _no_grad_forward(model, x),
-    }, n=n, warmup=1)
+    times = interleave(
+        {
+            "ours": lambda: studio.trace(model, x),
+            "torchinfo": lambda: summary(model, input_data=x, verbose=0, cache_forward_pass=False),
+            "bare forward": lambda: _no_grad_forward(model, x),
+        },
+        n=n,
+        warmup=1,
+    )
     fwd = median(times["bare forward"])
     extra = {k: (median(times[k]) - fwd) * 1e3 for k in ("ours", "torchinfo")}
-    return [Row("trace vit_base: ours / torchinfo summary", paired_ratio(times, "ours", "torchinfo"), 1.0,
-                detail=f"batch 1; {describe(times)}; beyond the bare forward: ours {extra['ours']:+.0f} ms, "
-                       f"torchinfo {extra['torchinfo']:+.0f} ms", source=SOURCE)]
+    return [
+        Row(
+            "trace vit_base: ours / torchinfo summary",
+            paired_ratio(times, "ours", "torchinfo"),
+            1.0,
+            detail=f"batch 1; {describe(times)}; beyond the bare forward: ours {extra['ours']:+.0f} ms, "
+            f"torchinfo {extra['torchinfo']:+.0f} ms",
+            source=SOURCE,
+        )
+    ]
 
 
 def _no_grad_forward(model, x):

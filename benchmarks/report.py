@@ -1,4 +1,5 @@
 """Render benchmark rows as a console table and as the generated part of ``docs/benchmarks.md``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,9 @@ def _cells(row: Row) -> tuple[str, str, str, str, str]:
 def text_table(rows: list[Row], detail_width: int = 70) -> str:
     """A fixed-width table for the terminal."""
     cells = [_HEAD] + [_cells(r) for r in rows]
-    cells = [c[:4] + (c[4] if len(c[4]) <= detail_width else c[4][: detail_width - 3] + "...",)
-             for c in cells]
+    cells = [
+        c[:4] + (c[4] if len(c[4]) <= detail_width else c[4][: detail_width - 3] + "...",) for c in cells
+    ]
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
     lines = []
     for i, c in enumerate(cells):
@@ -56,8 +58,13 @@ def summary_line(rows: list[Row]) -> str:
     return text
 
 
-def generated_section(rows: list[Row], machine: Mapping[str, str], command: str, elapsed_s: float,
-                      extra_output: Mapping[str, str] | None = None) -> str:
+def generated_section(
+    rows: list[Row],
+    machine: Mapping[str, str],
+    command: str,
+    elapsed_s: float,
+    extra_output: Mapping[str, str] | None = None,
+) -> str:
     """The Markdown between the markers: machine, table, summary."""
     lines = [BEGIN, "", f"Command: `{command}` (total {elapsed_s:.0f} s).", "", "Machine:", ""]
     lines += [f"- {k}: {v}" for k, v in machine.items()]

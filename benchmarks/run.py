@@ -10,6 +10,7 @@ benchmark that fails becomes an ERROR row; the others still run. The full run re
 section of ``docs/benchmarks.md`` (between markers) and keeps the hand-written text around it; the quick
 run writes nothing unless ``--output`` is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,21 @@ BENCHMARKS = ("lora", "headonly", "hooks", "memory", "trace", "scaling", "compil
 # Rows each of our benchmarks must produce (the smoke test checks that all are in the table).
 EXPECTED_ROWS = {
     "headonly": ["train step: head-only / frozen floor (info)", "train step: head-only / ours LoRA (info)"],
-    "hooks": ["eval forward: identity {inout} on every block / plain",
-              "eval forward: unmerged LoRA ours / PEFT"],
+    "hooks": [
+        "eval forward: identity {inout} on every block / plain",
+        "eval forward: unmerged LoRA ours / PEFT",
+    ],
     "memory": ["peak RSS of a LoRA train step: ours / PEFT", "RSS growth during the train step: ours / PEFT"],
-    "trace": ["trace on meta: ViT-22B config (time)", "trace on meta: RSS growth (no weights allocated)",
-              "trace vit_base: ours / torchinfo summary"],
-    "scaling": ["attach+detach: 100 placements on vit_small",
-                "growth of trace time with module count (exponent)",
-                "growth of attach+detach time with module count (exponent)"],
+    "trace": [
+        "trace on meta: ViT-22B config (time)",
+        "trace on meta: RSS growth (no weights allocated)",
+        "trace vit_base: ours / torchinfo summary",
+    ],
+    "scaling": [
+        "attach+detach: 100 placements on vit_small",
+        "growth of trace time with module count (exponent)",
+        "growth of attach+detach time with module count (exponent)",
+    ],
     "widget": ["training from the widget / bare Trainer (Python side)"],
 }
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -99,17 +107,22 @@ def _run_script(name: str, quick: bool) -> tuple[list[Row], str | None]:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return [Row(source, None, source=source, error=f"exit {proc.returncode}: {proc.stderr[-300:]}")], None
-    return [Row(source, None, source=source, detail="ran as a script (no run(quick)); output below")], \
-        proc.stdout
+    return [
+        Row(source, None, source=source, detail="ran as a script (no run(quick)); output below")
+    ], proc.stdout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny N and inputs (a smoke test, not numbers)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"Markdown file to update (default: {DOC.relative_to(ROOT)} for a full run of "
-                             f"every benchmark; nothing for --quick or --only)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"Markdown file to update (default: {DOC.relative_to(ROOT)} for a full run of "
+        f"every benchmark; nothing for --quick or --only)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -138,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     if output is None and not args.quick and not args.only:
         output = DOC
     if output is not None:
-        command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + \
-            (f" --only {args.only}" if args.only else "")
+        command = (
+            "python -m benchmarks.run"
+            + (" --quick" if args.quick else "")
+            + (f" --only {args.only}" if args.only else "")
+        )
         write_doc(output, generated_section(rows, machine(), command, elapsed, verbatim))
         print(f"wrote {output}")
     return 1 if any(r.error for r in rows) else 0

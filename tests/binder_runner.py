@@ -6,6 +6,7 @@ Usage: python tests/binder_runner.py WORK_DIR NOTEBOOK...
 Prints where the package and the kernel come from, then one line per notebook with its time; exits 1 with
 the failing cell and its traceback when a notebook fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,16 @@ def main(work: Path, notebooks: list[Path]) -> int:
     # the kernel "python3" is this interpreter, whatever user-level kernelspecs the machine has
     spec = work / "jupyter-path" / "kernels" / "python3"
     spec.mkdir(parents=True, exist_ok=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)", "language": "python"}), encoding="utf-8")
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (ipykernel)",
+                "language": "python",
+            }
+        ),
+        encoding="utf-8",
+    )
     os.environ["JUPYTER_PATH"] = str(spec.parents[1])
 
     import nbclient
@@ -38,8 +46,9 @@ def main(work: Path, notebooks: list[Path]) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
-            nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                    resources={"metadata": {"path": str(run_dir)}}).execute()
+            nbclient.NotebookClient(
+                nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(run_dir)}}
+            ).execute()
         except nbclient.exceptions.CellExecutionError as err:
             print(f"FAILED {path.name}:\n{err}")
             return 1

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 torch.set_num_threads(2)
 
 # CI runs the property tests with thousands of examples; locally a quicker profile is the default.
-settings.register_profile("ci", max_examples=2000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("dev", max_examples=300, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
@@ -30,10 +31,17 @@ def kernel_of_this_python(tmp_path_factory):
     root = tmp_path_factory.mktemp("jupyter-path")
     spec = root / "kernels" / "python3"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": True},
-    }), encoding="utf-8")
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (ipykernel)",
+                "language": "python",
+                "metadata": {"debugger": True},
+            }
+        ),
+        encoding="utf-8",
+    )
     previous = os.environ.get("JUPYTER_PATH")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JUPYTER_PATH", os.pathsep.join([str(root)] + ([previous] if previous else [])))
@@ -117,8 +125,11 @@ def _no_leaked_global_state():
         return
     import torch._dynamo.config as dynamo_config
 
-    changed_cfg = sorted(k for k, v in before["torch._dynamo.config"].items()
-                         if after["torch._dynamo.config"].get(k, object()) != v)
+    changed_cfg = sorted(
+        k
+        for k, v in before["torch._dynamo.config"].items()
+        if after["torch._dynamo.config"].get(k, object()) != v
+    )
     torch.set_default_dtype(before["default dtype"])
     torch.set_num_threads(before["torch threads"])
     torch.set_grad_enabled(before["grad mode"])
@@ -130,13 +141,16 @@ def _no_leaked_global_state():
         del registry._REGISTRY[name]
     dynamo_config.load_config(before["torch._dynamo.config"])
     detail = f" (torch._dynamo.config: {', '.join(changed_cfg)})" if changed_cfg else ""
-    pytest.fail(f"the test leaked global state: {', '.join(leaked)}{detail}; restore it with a scoped "
-                f"mechanism", pytrace=False)
+    pytest.fail(
+        f"the test leaked global state: {', '.join(leaked)}{detail}; restore it with a scoped mechanism",
+        pytrace=False,
+    )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """pytest-randomly shuffles the tests; print its seed even under -q so an order failure reruns."""
     seed = getattr(config.option, "randomly_seed", None)
     if isinstance(seed, int):
-        terminalreporter.write_line(f"tests ran in random order, seed {seed} (rerun that order with "
-                                    f"--randomly-seed={seed})")
+        terminalreporter.write_line(
+            f"tests ran in random order, seed {seed} (rerun that order with --randomly-seed={seed})"
+        )

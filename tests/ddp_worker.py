@@ -10,6 +10,7 @@ By default the Trainer does the distributed set-up itself (DDP, sampler epochs, 
 ``--manual`` adds ``SamplerEpoch`` and (when distributed) wraps the model with ``distributed.wrap_model`` by
 hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,15 @@ from addin_studio.examples import MLPAddin, TutorialMLP
 GLOBAL_BATCH = 8
 SAMPLES = 64
 EPOCHS = 2
-CONFIG = ("(MLPAddin.adapt_across_output): ...->(fc1){in1}->...->(fc2){out1}->...\n"
-          "(MLPAddin.adapt_input): ...->{inout1}(fc3)->...")
+CONFIG = (
+    "(MLPAddin.adapt_across_output): ...->(fc1){in1}->...->(fc2){out1}->...\n"
+    "(MLPAddin.adapt_input): ...->{inout1}(fc3)->..."
+)
 # --fact: FacT-TK on fc1 (64 -> 32) and fc2 (32 -> 32), whose U, V and C are one set of shared Parameters
-FACT_CONFIG = ("(FacT_tk.adapt_output, r=4, dropout=0.0): ...->(fc1){inout1}->...\n"
-               "(FacT_tk.adapt_output, r=4, dropout=0.0): ...->(fc2){inout1}->...")
+FACT_CONFIG = (
+    "(FacT_tk.adapt_output, r=4, dropout=0.0): ...->(fc1){inout1}->...\n"
+    "(FacT_tk.adapt_output, r=4, dropout=0.0): ...->(fc2){inout1}->..."
+)
 
 
 def _save(att: studio.Attachment, path: Path) -> None:
@@ -57,18 +62,32 @@ def main(out: Path, manual: bool, config: str = CONFIG) -> None:
         out.mkdir(parents=True, exist_ok=True)
         _save(att, out / "initial.safetensors")
     trained = D.wrap_model(model, attachment=att, device="cpu") if manual and distributed else model
-    trainer = studio.Trainer(trained, loader, epochs=EPOCHS, lr=1e-2, optimizer="adamw", scheduler="cosine",
-                             device="cpu", seed=0, progress=False, attachment=att,
-                             callbacks=[D.SamplerEpoch(loader)] if manual else [],
-                             checkpoint_dir=out / f"checkpoints-rank{D.get_rank()}")
+    trainer = studio.Trainer(
+        trained,
+        loader,
+        epochs=EPOCHS,
+        lr=1e-2,
+        optimizer="adamw",
+        scheduler="cosine",
+        device="cpu",
+        seed=0,
+        progress=False,
+        attachment=att,
+        callbacks=[D.SamplerEpoch(loader)] if manual else [],
+        checkpoint_dir=out / f"checkpoints-rank{D.get_rank()}",
+    )
     history = trainer.fit()
     if D.is_main_process():
         _save(att, out / "adapters.safetensors")
-        (out / "history.json").write_text(json.dumps(
-            {"steps": len(history["loss"]), "world": world, "train_loss": history["train_loss"]}))
+        (out / "history.json").write_text(
+            json.dumps({"steps": len(history["loss"]), "world": world, "train_loss": history["train_loss"]})
+        )
     D.cleanup()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), manual="--manual" in sys.argv[2:],
-         config=FACT_CONFIG if "--fact" in sys.argv[2:] else CONFIG)
+    main(
+        Path(sys.argv[1]),
+        manual="--manual" in sys.argv[2:],
+        config=FACT_CONFIG if "--fact" in sys.argv[2:] else CONFIG,
+    )

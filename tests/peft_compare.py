@@ -9,6 +9,7 @@ outputs, gradients and buffers (VeLoRA's projection). ``grads="math"`` checks ou
 :func:`math_grads` instead of PEFT's (PEFT 0.22's ``nn.MultiheadAttention`` LoRA unmerges before backward,
 so its in_proj and input gradients are those of ``W``, not ``W + scale * B @ A``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,19 +22,33 @@ from torch.func import functional_call
 import addin_studio as studio
 
 # PEFT's adapter tensor names (without the adapter name) -> ours
-PEFT_TO_OURS = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B", "lora_B.bias": "lora_bias",
-                "lora_magnitude_vector.weight": "lora_magnitude",
-                "lora_embedding_A": "lora_A", "lora_embedding_B": "lora_B", "lora_diag": "lora_diag",
-                "trainable_tokens_delta": "rows",  # trainable tokens: the new rows themselves
-                **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
-                   for n in ("std_prior", "expert_weights_prior")}}
+PEFT_TO_OURS = {
+    "lora_A.weight": "lora_A",
+    "lora_B.weight": "lora_B",
+    "lora_B.bias": "lora_bias",
+    "lora_magnitude_vector.weight": "lora_magnitude",
+    "lora_embedding_A": "lora_A",
+    "lora_embedding_B": "lora_B",
+    "lora_diag": "lora_diag",
+    "trainable_tokens_delta": "rows",  # trainable tokens: the new rows themselves
+    **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}" for n in ("std_prior", "expert_weights_prior")},
+}
 # PEFT's adapter buffers -> ours
-PEFT_BUFFERS = {"lora_velora_embed": "lora_velora_embed",
-                **{f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
-                   for n in ("gaussian_var_prior", "expert_weights")}}
+PEFT_BUFFERS = {
+    "lora_velora_embed": "lora_velora_embed",
+    **{
+        f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
+        for n in ("gaussian_var_prior", "expert_weights")
+    },
+}
 # our tensors that start random (unless the init is deterministic)
-RANDOM_INITS = ("lora_A", "lora_B", "lora_diag", "lora_monteclora.std_prior",
-                "lora_monteclora.expert_weights_prior")
+RANDOM_INITS = (
+    "lora_A",
+    "lora_B",
+    "lora_diag",
+    "lora_monteclora.std_prior",
+    "lora_monteclora.expert_weights_prior",
+)
 # inits that do not draw random numbers, so PEFT's and ours must agree before any copying
 DETERMINISTIC_INITS = ("pissa", "olora", "mica")
 
@@ -44,8 +59,12 @@ def peft_tensors(peft_model, strict: bool = True) -> dict[tuple[str, str], torch
     for name, p in peft_model.named_parameters():
         if "lora_" not in name and "trainable_tokens_delta" not in name:
             continue
-        name = name.removeprefix("base_model.model.").replace(".default", "").replace(".base_layer", "") \
+        name = (
+            name.removeprefix("base_model.model.")
+            .replace(".default", "")
+            .replace(".base_layer", "")
             .replace(".token_adapter", "")
+        )
         for suffix, ours in PEFT_TO_OURS.items():
             if name.endswith("." + suffix):
                 found[(name[: -len(suffix) - 1], ours)] = p
@@ -92,8 +111,12 @@ def share_noise(peft_model, att) -> None:
 
 def our_buffers(att) -> dict[tuple[str, str], torch.Tensor]:
     """Our add-ins' persistent buffers (their state; not caches such as TrainableTokens' row index)."""
-    return {(placement.target.module, n): b for _, placement, addin in att.entries
-            for n, b in addin.named_buffers() if n in addin.state_dict()}
+    return {
+        (placement.target.module, n): b
+        for _, placement, addin in att.entries
+        for n, b in addin.named_buffers()
+        if n in addin.state_dict()
+    }
 
 
 def peft_mha_fixed() -> bool:
@@ -139,14 +162,19 @@ def math_grads(base: nn.Module, att, x: torch.Tensor) -> tuple[dict, torch.Tenso
 
 
 def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".addins" not in k
-            and not k.startswith("addins")}
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if ".addins" not in k and not k.startswith("addins")
+    }
 
 
 def _snapshot(model) -> tuple:
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
-            {n: p.requires_grad for n, p in model.named_parameters()},
-            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()))
+    return (
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+    )
 
 
 def from_peft_refusal(model, directory, **kwargs) -> str:
@@ -170,8 +198,20 @@ def perturb_peft(peft_model, seed: int = 1) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
-def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=True, merge=True,
-            layout=None, train_steps=0, grads="peft"):
+def compare(
+    make_model,
+    x,
+    peft_config,
+    ours,
+    *,
+    rtol=1e-5,
+    atol=1e-6,
+    perturb=True,
+    merge=True,
+    layout=None,
+    train_steps=0,
+    grads="peft",
+):
     """Build both, check equality; return ``(peft_model, our_model, attachment)``.
 
     ``ours``: a config string or a function ``model -> Config``; ``grads``: ``"peft"`` (ours equal
@@ -190,12 +230,16 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
     buffers_p, buffers_o = peft_buffers(pm), our_buffers(att)
     assert set(buffers_p) == set(buffers_o), (sorted(buffers_p), sorted(buffers_o))
     # the inits (PiSSA/OLoRA/MiCA, DoRA magnitudes) come out equal, and so do the residual base weights
-    fixed = {placement.target.module for _, placement, a in att.entries
-             if getattr(a, "init", None) in DETERMINISTIC_INITS}
+    fixed = {
+        placement.target.module
+        for _, placement, a in att.entries
+        if getattr(a, "init", None) in DETERMINISTIC_INITS
+    }
     for key, p in theirs.items():
         q = mine[key]
-        assert q.requires_grad == p.requires_grad, \
+        assert q.requires_grad == p.requires_grad, (
             f"{key}: requires_grad {q.requires_grad}, PEFT's {p.requires_grad}"
+        )
         if key[1] in RANDOM_INITS and key[0] not in fixed:
             continue  # random inits
         p_ours = _to_ours(key, p, q, layout)
@@ -221,9 +265,13 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
         if x_grad is not None:
             torch.testing.assert_close(xb.grad, x_grad, rtol=rtol * 10, atol=atol * 10)
         for key, g in expected.items():
-            torch.testing.assert_close(mine[key].grad, g, rtol=rtol * 10,
-                                       atol=atol * 10 * max(1.0, float(g.abs().max())),
-                                       msg=lambda m: f"gradient of {key} (vs the math): {m}")
+            torch.testing.assert_close(
+                mine[key].grad,
+                g,
+                rtol=rtol * 10,
+                atol=atol * 10 * max(1.0, float(g.abs().max())),
+                msg=lambda m: f"gradient of {key} (vs the math): {m}",
+            )
     else:
         if x.is_floating_point():
             torch.testing.assert_close(xb.grad, xa.grad, rtol=rtol * 10, atol=atol * 10)
@@ -235,9 +283,14 @@ def compare(make_model, x, peft_config, ours, *, rtol=1e-5, atol=1e-6, perturb=T
         residual = _state(model)
         att.merge()
         pm.base_model.merge_adapter()
-        merged_p = {k.removeprefix("base_model.model.").replace(".base_layer", "")
-                    .replace(".token_adapter", "").replace(".modules_to_save.default", ""): v
-                    for k, v in pm.state_dict().items() if "lora_" not in k and "original_module" not in k}
+        merged_p = {
+            k.removeprefix("base_model.model.")
+            .replace(".base_layer", "")
+            .replace(".token_adapter", "")
+            .replace(".modules_to_save.default", ""): v
+            for k, v in pm.state_dict().items()
+            if "lora_" not in k and "original_module" not in k
+        }
         for k, v in _state(model).items():
             torch.testing.assert_close(v, merged_p[k], rtol=rtol, atol=atol, msg=lambda m: f"merged {k}: {m}")
         pm.base_model.unmerge_adapter()
@@ -257,9 +310,13 @@ def _same_grads(theirs, mine, layout, rtol, atol, step=""):
             continue
         ref = _to_ours(key, p.grad, mine[key], layout)
         # the inputs reach 89 (PEFT's arange inputs): absolute error scales with the gradient's size
-        torch.testing.assert_close(mine[key].grad, ref, rtol=rtol * 10,
-                                   atol=atol * 10 * max(1.0, float(ref.abs().max())),
-                                   msg=lambda m: f"gradient of {key}{step}: {m}")
+        torch.testing.assert_close(
+            mine[key].grad,
+            ref,
+            rtol=rtol * 10,
+            atol=atol * 10 * max(1.0, float(ref.abs().max())),
+            msg=lambda m: f"gradient of {key}{step}: {m}",
+        )
 
 
 def _train(pm, model, x, theirs, mine, buffers_o, steps, layout, rtol, atol):

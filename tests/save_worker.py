@@ -8,6 +8,7 @@ the errors it got).
 
 Usage: torchrun --nproc_per_node 2 tests/save_worker.py OUT_DIR {fsdp,ddp}
 """
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,26 @@ from addin_studio.scale import distributed as D
 from addin_studio.scale import fsdp
 from addin_studio.checkpoint import files
 
-CONFIG = ("(LoRA.adapt_output, r=4, alpha=8): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
-          "(LoRA.adapt_output, r=2, alpha=4, layout=peft): ...->(patch_embed.proj){inout1}->...\n"
-          "trainable(head)")
+CONFIG = (
+    "(LoRA.adapt_output, r=4, alpha=8): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
+    "(LoRA.adapt_output, r=2, alpha=4, layout=peft): ...->(patch_embed.proj){inout1}->...\n"
+    "trainable(head)"
+)
 
 
 def vit() -> torch.nn.Module:
     """The base model: the same weights in every process (seeded)."""
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=2,
-                             embed_dim=32, num_heads=2, num_classes=4)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=16,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=4,
+    )
 
 
 def probe() -> torch.Tensor:
@@ -48,16 +59,33 @@ def main(out: Path, strategy: str) -> None:
     world, rank = D.get_world_size(), D.get_rank()
     g = torch.Generator().manual_seed(123)
     data = TensorDataset(torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g))
-    loader = DataLoader(data, batch_size=4,
-                        sampler=DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=7))
+    loader = DataLoader(
+        data,
+        batch_size=4,
+        sampler=DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=7),
+    )
     model = vit()
     att = studio.attach(model, CONFIG, example_input=data.tensors[0][:2])
-    trainer = studio.Trainer(model, loader, epochs=1, lr=1e-2, optimizer="adamw", device="cpu", seed=0,
-                             progress=False, attachment=att, strategy=strategy,
-                             checkpoint_dir=out / "checkpoints")
+    trainer = studio.Trainer(
+        model,
+        loader,
+        epochs=1,
+        lr=1e-2,
+        optimizer="adamw",
+        device="cpu",
+        seed=0,
+        progress=False,
+        attachment=att,
+        strategy=strategy,
+        checkpoint_dir=out / "checkpoints",
+    )
     trainer.fit()
-    info: dict = {"rank": rank, "world": world, "sharded": fsdp.is_sharded(model),
-                  "wrapper": type(trainer.model).__name__}
+    info: dict = {
+        "rank": rank,
+        "world": world,
+        "sharded": fsdp.is_sharded(model),
+        "wrapper": type(trainer.model).__name__,
+    }
 
     written: list[str] = []
     atomic_write = files.atomic_write
@@ -77,8 +105,9 @@ def main(out: Path, strategy: str) -> None:
     written.clear()
     att.export_peft(out / "peft")  # every rank
     info["export_wrote"] = list(written)
-    info["peft_exist"] = (out / "peft" / "adapter_model.safetensors").is_file() and \
-        (out / "peft" / "adapter_config.json").is_file()
+    info["peft_exist"] = (out / "peft" / "adapter_model.safetensors").is_file() and (
+        out / "peft" / "adapter_config.json"
+    ).is_file()
     written.clear()
     info["alias_returned"] = str(fsdp.save_adapters(att, out / "alias.safetensors"))
     info["alias_wrote"] = list(written)

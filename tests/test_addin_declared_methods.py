@@ -1,5 +1,6 @@
 """Every public attribute name of every built-in add-in, written as the method in a string: refused at
 attach with a ConfigError (model untouched), or attached and trained a step without error."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,13 +36,22 @@ class Toy(nn.Module):
 # where each built-in builds on Toy (a ConfigError from building would hide the method check)
 TARGET = {"TrainableTokens": "emb", "PrefixTuning": "attn", "Convpass": "attn", "VPT": "fc1"}
 NEEDS_EXAMPLE = {"Convpass", "VPT"}  # sized from the traced token sequence
-SETTINGS = {"TrainableTokens": ', indices="0, 3"', "Convpass": ", bottleneck=4", "Adapter": ", bottleneck=4",
-            "AdaptFormer": ", bottleneck=4", "LoRA": ", r=2", "FacT_tt": ", r=2, dropout=0",
-            "FacT_tk": ", r=2, dropout=0",
-            "VPT": ", num_tokens=2"}
-FORMS = {"post": "...->({t}){{inout1}}->...", "pre": "...->{{inout1}}({t})->...",
-         "across": "...->{{in1}}({t}){{out1}}->...",
-         "across_pre": "...->{{in1}}({a})->...->{{out1}}({b})->..."}
+SETTINGS = {
+    "TrainableTokens": ', indices="0, 3"',
+    "Convpass": ", bottleneck=4",
+    "Adapter": ", bottleneck=4",
+    "AdaptFormer": ", bottleneck=4",
+    "LoRA": ", r=2",
+    "FacT_tt": ", r=2, dropout=0",
+    "FacT_tk": ", r=2, dropout=0",
+    "VPT": ", num_tokens=2",
+}
+FORMS = {
+    "post": "...->({t}){{inout1}}->...",
+    "pre": "...->{{inout1}}({t})->...",
+    "across": "...->{{in1}}({t}){{out1}}->...",
+    "across_pre": "...->{{in1}}({a})->...->{{out1}}({b})->...",
+}
 
 
 def _string(name: str, method: str, form: str) -> str:
@@ -49,20 +59,32 @@ def _string(name: str, method: str, form: str) -> str:
     a, b = ("attn", "fc1") if target == "attn" else ("fc1", "fc2")  # inputs of one shape: (2, 5, 8)
     return f"({name}.{method}{SETTINGS.get(name, '')}): " + FORMS[form].format(t=target, a=a, b=b)
 
+
 # what the grammar accepts: (add-in, method, form); every other name and form is refused
 ACCEPTED = {
-    ("Adapter", "adapt_output", "post"), ("Adapter", "adapt_input", "pre"),
-    ("Adapter", "adapt_across_output", "across"), ("Adapter", "adapt_across_input", "across_pre"),
-    ("AdaptFormer", "adapt_across_output", "across"), ("AdaptFormer", "adapt_across_input", "across_pre"),
-    ("Convpass", "adapt_across_output", "across"), ("Convpass", "adapt_across_input", "across_pre"),
-    ("FacT_tk", "adapt_output", "post"), ("FacT_tk", "adapt_weight", "post"),
-    ("FacT_tt", "adapt_output", "post"), ("FacT_tt", "adapt_weight", "post"),
-    ("IA3", "adapt_output", "post"), ("IA3", "adapt_input", "pre"),
-    ("Identity", "adapt_output", "post"), ("Identity", "adapt_input", "pre"),
-    ("Identity", "adapt_across_output", "across"), ("Identity", "adapt_across_input", "across_pre"),
-    ("LoRA", "adapt_output", "post"), ("LoRA", "adapt_weight", "post"),
+    ("Adapter", "adapt_output", "post"),
+    ("Adapter", "adapt_input", "pre"),
+    ("Adapter", "adapt_across_output", "across"),
+    ("Adapter", "adapt_across_input", "across_pre"),
+    ("AdaptFormer", "adapt_across_output", "across"),
+    ("AdaptFormer", "adapt_across_input", "across_pre"),
+    ("Convpass", "adapt_across_output", "across"),
+    ("Convpass", "adapt_across_input", "across_pre"),
+    ("FacT_tk", "adapt_output", "post"),
+    ("FacT_tk", "adapt_weight", "post"),
+    ("FacT_tt", "adapt_output", "post"),
+    ("FacT_tt", "adapt_weight", "post"),
+    ("IA3", "adapt_output", "post"),
+    ("IA3", "adapt_input", "pre"),
+    ("Identity", "adapt_output", "post"),
+    ("Identity", "adapt_input", "pre"),
+    ("Identity", "adapt_across_output", "across"),
+    ("Identity", "adapt_across_input", "across_pre"),
+    ("LoRA", "adapt_output", "post"),
+    ("LoRA", "adapt_weight", "post"),
     ("PrefixTuning", "adapt_forward", "pre"),
-    ("SSF", "adapt_output", "post"), ("SSF", "adapt_input", "pre"),
+    ("SSF", "adapt_output", "post"),
+    ("SSF", "adapt_input", "pre"),
     ("TrainableTokens", "adapt_weight", "post"),
     ("VPT", "adapt_input", "pre"),
 }
@@ -73,12 +95,14 @@ def _names(cls: type) -> list[str]:
 
 
 def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + ("forward" in m.__dict__)
-               for m in model.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + ("forward" in m.__dict__) for m in model.modules()
+    )
 
 
-@pytest.mark.parametrize("traced", [False, pytest.param(True, marks=pytest.mark.slow)],
-                         ids=["no_example", "example_input"])
+@pytest.mark.parametrize(
+    "traced", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["no_example", "example_input"]
+)
 def test_every_attribute_name_is_refused_or_runs(traced):
     torch.manual_seed(0)
     model = Toy()
@@ -153,12 +177,15 @@ def test_offers_declares_the_methods_a_string_may_name():
     assert methods_for(Wider, "post") == ["adapt_output", "gate_output"]
 
 
-@pytest.mark.parametrize("offers, words", [
-    (("adapt_outptu",), "offers names 'adapt_outptu', which is not a hook method of Bad"),
-    (("forward",), "offers names 'forward', which is not a hook method of Bad"),
-    (("_helper",), "offers names '_helper', which is not a hook method of Bad"),
-    ("adapt_output", "Bad.offers must be a tuple of method names, not 'adapt_output'"),
-])
+@pytest.mark.parametrize(
+    "offers, words",
+    [
+        (("adapt_outptu",), "offers names 'adapt_outptu', which is not a hook method of Bad"),
+        (("forward",), "offers names 'forward', which is not a hook method of Bad"),
+        (("_helper",), "offers names '_helper', which is not a hook method of Bad"),
+        ("adapt_output", "Bad.offers must be a tuple of method names, not 'adapt_output'"),
+    ],
+)
 def test_offers_naming_no_hook_method_is_a_type_error_when_the_class_is_defined(offers, words):
     with pytest.raises(TypeError) as err:
         type("Bad", (AddinBase,), {"offers": offers, "_helper": lambda self, m, i, o: o})
@@ -170,8 +197,9 @@ def test_a_method_not_offered_reads_as_no_method_with_the_offered_ones():
     text = "(SSF.adapt_across_output): ...->{in1}(fc2){out1}->..."
     with pytest.raises(studio.ConfigError) as err:
         studio.attach(model, text)
-    assert err.value.message == ("SSF has no method 'adapt_across_output' "
-                                 "(it offers adapt_output, adapt_input)")
+    assert err.value.message == (
+        "SSF has no method 'adapt_across_output' (it offers adapt_output, adapt_input)"
+    )
     assert err.value.position == text.index("adapt_across_output")
     assert _hooks(model) == 0
 
@@ -200,14 +228,17 @@ def test_hook_method_across_goes_at_an_out_point_only():
     with pytest.raises(studio.ConfigError) as err:
         studio.attach(net, text, addins={"Bypass": Bypass})
     assert "bypass_output reads the feature stored at an {in} point" in err.value.message
-    assert err.value.hint == ("use {in1}...{out1} to read one point's feature at another, or adapt_output "
-                              "at this {inout} point")  # AddinBase's, offered: Bypass declares no offers
+    assert err.value.hint == (
+        "use {in1}...{out1} to read one point's feature at another, or adapt_output at this {inout} point"
+    )  # AddinBase's, offered: Bypass declares no offers
     assert not net[1]._forward_hooks and _hooks(model) == 0
     text = "(Adapter.adapt_output): ...->{in1}(fc2){out1}->..."
     with pytest.raises(studio.ConfigError) as err:
         studio.attach(model, text)
-    assert err.value.message == ("(Adapter.adapt_output) from fc2:pre to fc2:post would drop the feature of "
-                                 "fc2:pre: adapt_output does not read across (only adapt_across_* and "
-                                 "@hook_method(across=True) methods do)")
+    assert err.value.message == (
+        "(Adapter.adapt_output) from fc2:pre to fc2:post would drop the feature of "
+        "fc2:pre: adapt_output does not read across (only adapt_across_* and "
+        "@hook_method(across=True) methods do)"
+    )
     assert err.value.hint == "use one of: adapt_across_output"
     assert _hooks(model) == 0

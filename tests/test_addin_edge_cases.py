@@ -1,5 +1,6 @@
 """Edge cases of the add-ins and engine paths, driven as an adversarial user would: crafted adapter
 files, odd layers and dtypes, stacked and named adapters, the widget driven from Python."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,13 @@ import addin_studio as studio
 
 
 def _snapshot(model: nn.Module) -> dict:
-    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
-            "grad": {n: p.requires_grad for n, p in model.named_parameters()},
-            "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
-            "classes": [(n, type(m)) for n, m in model.named_modules()],
-            "attrs": {n: sorted(vars(m)) for n, m in model.named_modules()}}
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+        "classes": [(n, type(m)) for n, m in model.named_modules()],
+        "attrs": {n: sorted(vars(m)) for n, m in model.named_modules()},
+    }
 
 
 def _assert_same(model: nn.Module, snap: dict) -> None:
@@ -32,8 +35,9 @@ def _assert_same(model: nn.Module, snap: dict) -> None:
 
 def _vit(depth: int = 2) -> nn.Module:
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=depth,
-                             num_classes=3).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=depth, num_classes=3
+    ).eval()
 
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -60,9 +64,12 @@ def test_fact_file_holding_a_shared_factor_twice_without_the_shared_field_is_ref
     save_file(tensors, str(tmp_path / "twice.safetensors"), metadata=meta)
     fresh = _vit()
     snap = _snapshot(fresh)
-    with pytest.raises(ValueError, match=r"twice\.safetensors: tensor 'addins\.FacT_tt_blocks_1_attn_qkv\.u' "
-                                         r"is shared with 'addins\.FacT_tt_blocks_0_attn_qkv\.u'.*field "
-                                         r"'shared'"):
+    with pytest.raises(
+        ValueError,
+        match=r"twice\.safetensors: tensor 'addins\.FacT_tt_blocks_1_attn_qkv\.u' "
+        r"is shared with 'addins\.FacT_tt_blocks_0_attn_qkv\.u'.*field "
+        r"'shared'",
+    ):
         studio.load(fresh, tmp_path / "twice.safetensors")
     _assert_same(fresh, snap)
     # the file as saved still loads, and gives the saved model's outputs
@@ -76,8 +83,9 @@ def test_fact_file_holding_a_shared_factor_twice_without_the_shared_field_is_ref
 def test_monteclora_trains_in_half_precision(dtype):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5).to(dtype))
-    att = studio.attach(model, "(LoRA.adapt_output, r=2, monteclora=true, monteclora_samples=2): "
-                               "...->(0){inout1}->...")
+    att = studio.attach(
+        model, "(LoRA.adapt_output, r=2, monteclora=true, monteclora_samples=2): ...->(0){inout1}->..."
+    )
     lora = att.addins["LoRA_0"]
     model.train()
     y = model(torch.randn(3, 6).to(dtype))
@@ -112,9 +120,12 @@ def test_merging_an_update_under_a_weight_method_it_does_not_commute_with_is_ref
     out = model(IDS).detach()
     snap = _snapshot(model)
     # the rows TrainableTokens puts in would overwrite LoRA's update of rows 3 and 10 once folded in
-    with pytest.raises(ValueError, match=r"cannot merge LoRA_0 into '0\.weight': its weight is also read "
-                                         r"through \(TrainableTokens\.adapt_weight\) at 0:post, which stays "
-                                         r"attached and does not commute"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot merge LoRA_0 into '0\.weight': its weight is also read "
+        r"through \(TrainableTokens\.adapt_weight\) at 0:post, which stays "
+        r"attached and does not commute",
+    ):
         lora.merge()
     _assert_same(model, snap)
     assert not lora.merged and torch.equal(model(IDS), out)
@@ -128,8 +139,11 @@ def test_stacked_merges_unmerge_in_reverse_order_only_and_keep_the_weight_method
     out = model(IDS).detach()
     tokens.merge()
     lora.merge()
-    with pytest.raises(RuntimeError, match=r"cannot unmerge TrainableTokens_0: '0\.weight' has LoRA_0 merged "
-                                           r"into it \(another attachment\) since"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"cannot unmerge TrainableTokens_0: '0\.weight' has LoRA_0 merged "
+        r"into it \(another attachment\) since",
+    ):
         tokens.unmerge()
     with pytest.raises(RuntimeError, match="unmerge \\(or detach\\) that attachment first"):
         tokens.detach()
@@ -155,8 +169,11 @@ def test_a_hook_merge_under_another_attachments_weight_method_lands_in_the_store
     out = model(x).detach()
     snap = _snapshot(model)
     # IA3 scales the layer's output: folded into W it would not scale LoRA's weight-method update
-    with pytest.raises(ValueError, match=r"cannot merge IA3_0 into '0\.weight'.*\(LoRA\.adapt_weight\) at "
-                                         r"0:post.*not a plain addition to the weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot merge IA3_0 into '0\.weight'.*\(LoRA\.adapt_weight\) at "
+        r"0:post.*not a plain addition to the weight",
+    ):
         ia3.merge()
     _assert_same(model, snap)
     ia3.detach()
@@ -168,15 +185,22 @@ def test_a_hook_merge_under_another_attachments_weight_method_lands_in_the_store
     assert torch.equal(model(x), out)
 
 
-@pytest.mark.parametrize("config", ['(TrainableTokens.adapt_weight, indices="3"): ...->(0){inout1}->...',
-                                    "(LoRA.adapt_weight, r=2): ...->(0){inout1}->..."])
+@pytest.mark.parametrize(
+    "config",
+    [
+        '(TrainableTokens.adapt_weight, indices="3"): ...->(0){inout1}->...',
+        "(LoRA.adapt_weight, r=2): ...->(0){inout1}->...",
+    ],
+)
 def test_weight_methods_on_a_sparse_embedding_are_refused_at_attach(config):
     model = nn.Sequential(nn.Embedding(20, 4, sparse=True))
     snap = _snapshot(model)
-    with pytest.raises(studio.ConfigError,
-                       match=r"Embedding\(sparse=True\) gives its weight a sparse gradient, "
-                             r"which cannot flow through a weight method; build it with "
-                             r"sparse=False") as info:
+    with pytest.raises(
+        studio.ConfigError,
+        match=r"Embedding\(sparse=True\) gives its weight a sparse gradient, "
+        r"which cannot flow through a weight method; build it with "
+        r"sparse=False",
+    ) as info:
         studio.attach(model, config)
     assert info.value.position == config.index(".adapt_weight") + 1
     _assert_same(model, snap)
@@ -204,8 +228,11 @@ def test_attachments_that_move_the_base_weight_detach_last_first_and_restore_it_
     kasa = studio.attach(model, "(LoRA.adapt_output, r=2, kasa=true): ...->(0){inout1}->...")
     moved = model[0].weight.detach().clone()
     # restoring PiSSA's snapshot now would put back the part KaSA took out, then KaSA's would undo PiSSA's
-    with pytest.raises(RuntimeError, match=r"cannot detach LoRA_0: '0\.weight' had part moved out by LoRA_0 "
-                                           r"\(another attachment\) since; unmerge \(or detach\) that"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"cannot detach LoRA_0: '0\.weight' had part moved out by LoRA_0 "
+        r"\(another attachment\) since; unmerge \(or detach\) that",
+    ):
         pissa.detach()
     assert pissa.attached and torch.equal(model[0].weight, moved)
     kasa.detach()
@@ -252,9 +279,12 @@ def test_loading_adapters_onto_a_meta_model_is_refused_instead_of_dropping_the_w
     with studio.init_empty_weights():
         meta = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3)).eval()
     snap = _snapshot(meta)
-    with pytest.raises(ValueError, match=r"adapters\.safetensors: the model is on the meta device "
-                                         r"\(no weights yet\), where loading copies nothing: "
-                                         r"call studio\.materialize first"):
+    with pytest.raises(
+        ValueError,
+        match=r"adapters\.safetensors: the model is on the meta device "
+        r"\(no weights yet\), where loading copies nothing: "
+        r"call studio\.materialize first",
+    ):
         studio.load(meta, tmp_path / "adapters.safetensors")
     assert [(n, type(m)) for n, m in meta.named_modules()] == snap["classes"]
     assert {n: p.requires_grad for n, p in meta.named_parameters()} == snap["grad"]
@@ -269,9 +299,12 @@ def test_saving_adapters_still_on_the_meta_device_is_a_clear_error(tmp_path):
     with studio.init_empty_weights():
         meta = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))
     att = studio.attach(meta, "(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...")
-    with pytest.raises(ValueError, match=r"cannot save .*a\.safetensors: "
-                                         r"tensor 'addins\.FacT_tt_0\.u' is on the "
-                                         r"meta device \(no values\); call studio\.materialize first"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot save .*a\.safetensors: "
+        r"tensor 'addins\.FacT_tt_0\.u' is on the "
+        r"meta device \(no values\); call studio\.materialize first",
+    ):
         att.save(tmp_path / "a.safetensors")
     assert list(tmp_path.iterdir()) == []
 

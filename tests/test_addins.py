@@ -1,4 +1,5 @@
 """Built-in add-ins: registry, identity at attach on timm ViT and ConvNet, training, sizing errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,9 @@ X = torch.randn(2, 3, 32, 32)
 @pytest.fixture(scope="module")
 def vit():
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             num_classes=5).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=5
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +90,15 @@ def test_vpt_shallow_and_deep(vit):
     seen = []
     handle = vit.blocks[5].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
     try:
-        with studio.attach(vit, "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0])->...",
-                           example_input=X) as att:
+        with studio.attach(
+            vit, "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0])->...", example_input=X
+        ) as att:
             assert att.addins["VPT_blocks_0"].prompts.shape == (3, 192)
             out = vit(X)
             assert out.shape == (2, 5) and seen[-1] == (2, 17 + 3, 192)
-        with studio.attach(vit, "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0:12])->...",
-                           example_input=X) as att:
+        with studio.attach(
+            vit, "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0:12])->...", example_input=X
+        ) as att:
             assert studio.count_parameters(vit)[0] == 12 * 3 * 192
             vit(X).sum().backward()
             assert seen[-1] == (2, 20, 192)  # deep prompts replace, never pile up
@@ -104,8 +108,9 @@ def test_vpt_shallow_and_deep(vit):
 
 
 def test_ssf_merge_folds_into_linear(vit):
-    with studio.attach(vit, "(SSF.adapt_output): ...->(blocks[0:2].attn.qkv){inout1}->...",
-                       example_input=X) as att:
+    with studio.attach(
+        vit, "(SSF.adapt_output): ...->(blocks[0:2].attn.qkv){inout1}->...", example_input=X
+    ) as att:
         with torch.no_grad():
             for p in att.addins.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
@@ -115,13 +120,19 @@ def test_ssf_merge_folds_into_linear(vit):
         torch.testing.assert_close(vit(X), hooked, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("(AdaptFormer.adapt_across_output): ...->{in1}(layer2){out1}->...", "apart from the channels"),
-    ("(Adapter.adapt_output, bottleneck=0): ...->(layer1){inout1}->...", "bottleneck must be a positive"),
-    ("(Adapter.adapt_output, act=swish): ...->(layer1){inout1}->...", "act must be one of"),
-    ("(VPT.adapt_input): ...->{inout1}(layer1)->...", "VPT works on token sequences"),
-    ("(AdaptFormer.adapt_output): ...->(layer1){inout1}->...", "AdaptFormer has no method 'adapt_output'"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("(AdaptFormer.adapt_across_output): ...->{in1}(layer2){out1}->...", "apart from the channels"),
+        ("(Adapter.adapt_output, bottleneck=0): ...->(layer1){inout1}->...", "bottleneck must be a positive"),
+        ("(Adapter.adapt_output, act=swish): ...->(layer1){inout1}->...", "act must be one of"),
+        ("(VPT.adapt_input): ...->{inout1}(layer1)->...", "VPT works on token sequences"),
+        (
+            "(AdaptFormer.adapt_output): ...->(layer1){inout1}->...",
+            "AdaptFormer has no method 'adapt_output'",
+        ),
+    ],
+)
 def test_bad_placements(convnet, text, needle):
     state = {k: v.clone() for k, v in convnet.state_dict().items()}
     with pytest.raises(studio.ConfigError) as info:

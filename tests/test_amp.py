@@ -1,4 +1,5 @@
 """Add-ins under autocast: bf16 on the CPU (always), fp16/bf16 on CUDA (``@pytest.mark.cuda``)."""
+
 from __future__ import annotations
 
 import copy
@@ -23,12 +24,16 @@ class _Probe(nn.Module):
     def __init__(self, att: studio.Attachment) -> None:
         super().__init__()
         self.dtypes: dict[str, torch.dtype] = {}
-        self.handles = [a.fc2.register_forward_hook(self._record(k)) for k, a in att.addins.items()
-                        if isinstance(a, MLPAddin)]
+        self.handles = [
+            a.fc2.register_forward_hook(self._record(k))
+            for k, a in att.addins.items()
+            if isinstance(a, MLPAddin)
+        ]
 
     def _record(self, key: str):
         def hook(module, args, out):
             self.dtypes[key] = out.dtype
+
         return hook
 
 
@@ -66,10 +71,11 @@ def _check_autocast_training(device: str, amp: str) -> None:
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 64, generator=g)
-    y = (x[:, :10].argmax(1))  # learnable
+    y = x[:, :10].argmax(1)  # learnable
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=False)
-    trainer = studio.Trainer(model, loader, epochs=6, lr=1e-2, amp=amp, device=device, seed=0, progress=False,
-                             scheduler="constant")
+    trainer = studio.Trainer(
+        model, loader, epochs=6, lr=1e-2, amp=amp, device=device, seed=0, progress=False, scheduler="constant"
+    )
     before = copy.deepcopy(att.addins.state_dict())
     history = trainer.fit()
     losses = history["train_loss"]

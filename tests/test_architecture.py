@@ -4,6 +4,7 @@ matplotlib, and docs/architecture.md's import graph is exactly the one the code 
 
 Run ``python tests/test_architecture.py`` to print the graph block for docs/architecture.md.
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,8 +31,17 @@ LAYERS: list[list[str]] = [
     ["config", "inputs", "_aliases"],
 ]
 OUTER = {"app", API, "widget", "train", "render", "integrations"}
-JUPYTER = ("IPython", "ipywidgets", "anywidget", "traitlets", "jupyter", "jupyterlab", "ipykernel",
-           "notebook", "comm")
+JUPYTER = (
+    "IPython",
+    "ipywidgets",
+    "anywidget",
+    "traitlets",
+    "jupyter",
+    "jupyterlab",
+    "ipykernel",
+    "notebook",
+    "comm",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -61,8 +71,10 @@ def _targets(node: ast.AST, path: Path) -> list[str]:
         return [f"{base}.{node.module}"]
     # from . import x: x is a submodule when there is one, else a name of the package itself
     folder = ROOT.joinpath(*base.split("."))
-    return [f"{base}.{a.name}" if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file()
-            else base for a in node.names]
+    return [
+        f"{base}.{a.name}" if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file() else base
+        for a in node.names
+    ]
 
 
 def _lazy_targets(tree: ast.Module) -> list[str]:
@@ -72,8 +84,11 @@ def _lazy_targets(tree: ast.Module) -> list[str]:
     for node in tree.body:
         if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict):
             for const in ast.walk(node.value):
-                if isinstance(const, ast.Constant) and isinstance(const.value, str) \
-                        and const.value.startswith(API + "."):
+                if (
+                    isinstance(const, ast.Constant)
+                    and isinstance(const.value, str)
+                    and const.value.startswith(API + ".")
+                ):
                     found.append(const.value)
     return found
 
@@ -91,8 +106,9 @@ def scan() -> tuple[dict[str, set[str]], list[tuple[str, str, int, str, bool]]]:
         edges.setdefault(unit, set())
         for node in ast.walk(tree):
             for target in _targets(node, path):
-                imports.append((str(path.relative_to(ROOT)), target, node.lineno, unit,
-                                id(node) in top_level))
+                imports.append(
+                    (str(path.relative_to(ROOT)), target, node.lineno, unit, id(node) in top_level)
+                )
                 if target == API or target.startswith(API + "."):
                     if unit_of(target) != unit:
                         edges[unit].add(unit_of(target))
@@ -113,7 +129,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(u)
         for v in sorted(edges.get(u, ())):
             if state.get(v) == 1:
-                return stack[stack.index(v):] + [v]
+                return stack[stack.index(v) :] + [v]
             if v not in state:
                 found = visit(v)
                 if found:
@@ -163,8 +179,9 @@ def test_no_cycle_between_subpackages():
 
 def upward(edges: dict[str, set[str]]) -> list[str]:
     """The imports ``a -> b`` whose target is not in a lower layer than their source."""
-    return sorted(f"{a} -> {b}" for a, bs in edges.items() for b in bs
-                  if a in RANK and b in RANK and RANK[b] <= RANK[a])
+    return sorted(
+        f"{a} -> {b}" for a, bs in edges.items() for b in bs if a in RANK and b in RANK and RANK[b] <= RANK[a]
+    )
 
 
 def test_imports_point_down():
@@ -176,8 +193,9 @@ def test_a_wrong_direction_import_is_caught():
     # allowed: down the layers (app -> scale, scale -> engine); caught: the core importing the outer ring
     # (scale -> app), a unit importing its own layer (graph -> addins), a lower layer importing a higher
     # one (engine -> checkpoint)
-    assert upward({"app": {"scale"}, "scale": {"app", "engine"}, "graph": {"addins"},
-                   "engine": {"checkpoint"}}) == ["engine -> checkpoint", "graph -> addins", "scale -> app"]
+    assert upward(
+        {"app": {"scale"}, "scale": {"app", "engine"}, "graph": {"addins"}, "engine": {"checkpoint"}}
+    ) == ["engine -> checkpoint", "graph -> addins", "scale -> app"]
 
 
 def test_engine_does_not_import_checkpoint_and_core_not_the_outer_ring():
@@ -196,18 +214,25 @@ def test_nothing_but_the_widget_imports_the_widget():
 def test_core_imports_no_jupyter_and_matplotlib_only_lazily():
     core = set(RANK) - OUTER
     # outside the widget, Jupyter is only ever imported inside a function (cli's `lab` command)
-    jupyter = [(f, t, n) for f, t, n, unit, top in IMPORTS
-               if unit != "widget" and t.split(".")[0] in JUPYTER and (top or unit in core)]
+    jupyter = [
+        (f, t, n)
+        for f, t, n, unit, top in IMPORTS
+        if unit != "widget" and t.split(".")[0] in JUPYTER and (top or unit in core)
+    ]
     assert jupyter == [], f"Jupyter imports outside addin_studio/widget: {jupyter}"
-    mpl = [(f, t, n) for f, t, n, unit, top in IMPORTS
-           if t.split(".")[0] == "matplotlib" and (top or unit in core)]
+    mpl = [
+        (f, t, n)
+        for f, t, n, unit, top in IMPORTS
+        if t.split(".")[0] == "matplotlib" and (top or unit in core)
+    ]
     assert mpl == [], f"matplotlib imported at module level or in the core: {mpl}"
 
 
 def test_docs_show_the_import_graph_of_the_code():
     want = render_graph(EDGES)
     assert documented_graph() == want, (
-        "docs/architecture.md's import graph differs from the code; replace the block with:\n" + want)
+        "docs/architecture.md's import graph differs from the code; replace the block with:\n" + want
+    )
 
 
 def test_the_scanner_sees_function_level_and_relative_imports(tmp_path):
@@ -235,19 +260,21 @@ from addin_studio.engine import attach
 assert "addin_studio.checkpoint" not in sys.modules
 att = attach(nn.Sequential(nn.Linear(2, 2)), "(LoRA.adapt_output): ...->(0){{inout1}}->...")
 try:
-    att.save({str(tmp_path / 'a.safetensors')!r})
+    att.save({str(tmp_path / "a.safetensors")!r})
 except RuntimeError as exc:
     print("error:", exc)
 att.detach()
 import addin_studio as studio
 att = studio.attach(nn.Sequential(nn.Linear(2, 2)), "(LoRA.adapt_output): ...->(0){{inout1}}->...")
-att.save({str(tmp_path / 'b.safetensors')!r})
+att.save({str(tmp_path / "b.safetensors")!r})
 print("saved")
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("error: Attachment.save needs the checkpoint formats: "
-            "import addin_studio.checkpoint") in proc.stdout
+    assert (
+        "error: Attachment.save needs the checkpoint formats: import addin_studio.checkpoint"
+    ) in proc.stdout
     assert proc.stdout.rstrip().endswith("saved") and (tmp_path / "b.safetensors").is_file()
     assert not (tmp_path / "a.safetensors").exists()

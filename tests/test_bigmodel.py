@@ -1,4 +1,5 @@
 """Big-model start: build on meta, trace and attach there, materialize from safetensors."""
+
 from __future__ import annotations
 
 import copy
@@ -17,14 +18,17 @@ import addin_studio as studio
 
 timm = pytest.importorskip("timm")
 
-CONFIG = ("(LoRA.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
-          "(Adapter.adapt_across_output, bottleneck=8): "
-          "...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->...")
+CONFIG = (
+    "(LoRA.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
+    "(Adapter.adapt_across_output, bottleneck=8): "
+    "...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->..."
+)
 
 
 def _vit():
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                             num_classes=5)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5
+    )
 
 
 @pytest.fixture
@@ -61,8 +65,9 @@ def test_meta_attach_then_materialize_equals_a_normal_attach(vit_file):
         assert torch.equal(got[k], want[k]), k  # base from the file; add-ins as their factories build them
     lora = new.addins["LoRA_blocks_0_attn_qkv"]
     assert not lora.lora_B.any() and lora.lora_A.abs().sum() > 0  # B zeros, A Kaiming: an identity start
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == \
-        [n for n, p in expected.named_parameters() if p.requires_grad]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        n for n, p in expected.named_parameters() if p.requires_grad
+    ]
     x = torch.randn(2, 3, 32, 32)
     model.eval(), ref.eval()
     torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
@@ -82,8 +87,9 @@ def test_materialize_checks_everything_before_changing_anything(vit_file, tmp_pa
             studio.materialize(model, att, path, **kw)
         assert att.attached and {p.device.type for p in model.parameters()} == {"meta"}
 
-    fails({k: v for k, v in state.items() if k != "head.weight"},
-          "no tensor for 1 meta tensor.*'head.weight'")
+    fails(
+        {k: v for k, v in state.items() if k != "head.weight"}, "no tensor for 1 meta tensor.*'head.weight'"
+    )
     fails({**state, "head.weight": torch.zeros(3, 192)}, r"'head.weight' has shape \(3, 192\)")
     fails({**state, "extra": torch.zeros(1)}, "'extra' is not a meta tensor.*strict=False")
     with pytest.raises(FileNotFoundError):
@@ -108,9 +114,11 @@ def test_tied_weights_and_non_persistent_buffers(tmp_path):
         model = transformers.GPT2LMHeadModel(cfg)
     assert model.transformer.wte.weight.device.type == "meta"
     assert model.lm_head.weight is model.transformer.wte.weight
-    att = studio.attach(model,
-                        "(Adapter.adapt_output, bottleneck=4): ...->(transformer.h[0:2].mlp){inout1}->...",
-                        example_input={"input_ids": ids.to("meta")})
+    att = studio.attach(
+        model,
+        "(Adapter.adapt_output, bottleneck=4): ...->(transformer.h[0:2].mlp){inout1}->...",
+        example_input={"input_ids": ids.to("meta")},
+    )
     studio.materialize(model, att, path)
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
     model.eval(), ref.eval()
@@ -129,8 +137,11 @@ def test_meta_buffers_missing_from_the_file_are_named():
 
     with torch.device("meta"):
         model = WithBuffer()
-    att = studio.attach(model, "(LoRA.adapt_output, r=2): ...->(fc){inout1}->...",
-                        example_input=torch.zeros(1, 4, device="meta"))
+    att = studio.attach(
+        model,
+        "(LoRA.adapt_output, r=2): ...->(fc){inout1}->...",
+        example_input=torch.zeros(1, 4, device="meta"),
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -192,8 +203,10 @@ def _clear_refs_works() -> bool:
 
 
 @pytest.mark.slow  # saves 134 MB of weights and loads them in two subprocesses to measure peak memory
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _clear_refs_works(),
-                    reason="measures the peak RSS with Linux's /proc/self/clear_refs")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not _clear_refs_works(),
+    reason="measures the peak RSS with Linux's /proc/self/clear_refs",
+)
 def test_meta_start_peaks_near_one_copy_of_the_weights(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
@@ -205,8 +218,13 @@ def test_meta_start_peaks_near_one_copy_of_the_weights(tmp_path):
     del model
     runs = {}
     for how in ("meta", "eager"):
-        proc = subprocess.run([sys.executable, "-c", WORKER, str(path), how, str(small)], capture_output=True,
-                              text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        proc = subprocess.run(
+            [sys.executable, "-c", WORKER, str(path), how, str(small)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[how] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert runs["meta"]["sum"] == pytest.approx(runs["eager"]["sum"], rel=1e-6)  # same weights loaded

@@ -7,6 +7,7 @@ installed, everything a notebook imports is installed and nothing installed is u
 Binder links open the notebooks. The slow one does what repo2docker does: it builds a clean environment
 from binder/requirements.txt alone and runs every notebook in it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,8 +41,9 @@ def pyproject() -> dict:
 
 def binder_lines() -> list[str]:
     text = (BINDER / "requirements.txt").read_text(encoding="utf-8")
-    return [line.split(" #")[0].strip() for line in text.splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.split(" #")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def binder_requirements() -> dict[str, Requirement]:
@@ -66,16 +68,19 @@ def test_every_runtime_dependency_is_installed_on_binder() -> None:
     for dep in pyproject()["project"]["dependencies"]:
         want = Requirement(dep)
         name = canonicalize_name(want.name)
-        assert name in reqs, \
+        assert name in reqs, (
             f"pyproject.toml needs {dep!r} but binder/requirements.txt does not install {want.name}"
+        )
         have = reqs[name].specifier
         pinned = [s.version for s in have if s.operator == "=="]
         if pinned:  # a pin must satisfy pyproject's range
             assert want.specifier.contains(pinned[0], prereleases=True), (
-                f"binder pins {want.name}=={pinned[0]}, outside pyproject.toml's {dep!r}")
+                f"binder pins {want.name}=={pinned[0]}, outside pyproject.toml's {dep!r}"
+            )
         else:
             assert have == want.specifier, (
-                f"binder/requirements.txt has {reqs[name]}, pyproject.toml has {dep!r}: keep them the same")
+                f"binder/requirements.txt has {reqs[name]}, pyproject.toml has {dep!r}: keep them the same"
+            )
 
 
 def ci_installs() -> set[str]:
@@ -84,8 +89,11 @@ def ci_installs() -> set[str]:
     for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines():
         _, found, rest = line.partition("pip install ")
         if found and not line.lstrip().startswith("#"):
-            names |= {canonicalize_name(Requirement(word).name) for word in rest.split()
-                      if re.fullmatch(r"[A-Za-z0-9][\w.-]*(==[\w.+]+)?", word)}
+            names |= {
+                canonicalize_name(Requirement(word).name)
+                for word in rest.split()
+                if re.fullmatch(r"[A-Za-z0-9][\w.-]*(==[\w.+]+)?", word)
+            }
     return names
 
 
@@ -95,18 +103,22 @@ def test_binder_installs_nothing_pyproject_or_ci_does_not_know() -> None:
     for extra in project.get("optional-dependencies", {}).values():
         known |= {canonicalize_name(Requirement(d).name) for d in extra}
     extra_on_binder = set(binder_requirements()) - known
-    assert not extra_on_binder, \
+    assert not extra_on_binder, (
         f"binder/requirements.txt installs {sorted(extra_on_binder)}, unknown to pyproject.toml and .ci/run"
+    )
 
 
 def test_binder_versions_of_dev_packages_are_pyprojects() -> None:
-    dev = {canonicalize_name(Requirement(d).name): Requirement(d)
-           for d in pyproject()["project"]["optional-dependencies"]["dev"]}
+    dev = {
+        canonicalize_name(Requirement(d).name): Requirement(d)
+        for d in pyproject()["project"]["optional-dependencies"]["dev"]
+    }
     for name, req in binder_requirements().items():
         if name in dev:
             assert req.specifier == dev[name].specifier, (
                 f"binder/requirements.txt has {req}, pyproject.toml's dev extras {dev[name]}: "
-                f"keep them the same")
+                f"keep them the same"
+            )
 
 
 def notebook_imports() -> dict[str, set[str]]:
@@ -130,8 +142,11 @@ def notebook_imports() -> dict[str, set[str]]:
 
 def import_names(distribution: str) -> set[str]:
     """The top-level modules a distribution provides (from this environment's metadata)."""
-    names = {module for module, dists in metadata.packages_distributions().items()
-             if distribution in {canonicalize_name(d) for d in dists}}
+    names = {
+        module
+        for module, dists in metadata.packages_distributions().items()
+        if distribution in {canonicalize_name(d) for d in dists}
+    }
     return names or {distribution.replace("-", "_")}
 
 
@@ -165,8 +180,10 @@ def test_the_notebooks_find_every_module_they_import_on_binder() -> None:
             pytest.skip(f"{module} (imported by {sorted(notebooks)}) is not installed here")
         dists = {canonicalize_name(d) for d in providers[module]}
         add = " or ".join(sorted(dists))
-        assert dists & on_binder, (f"notebooks {sorted(notebooks)} import {module}, which "
-                                   f"binder/requirements.txt does not install: add {add}")
+        assert dists & on_binder, (
+            f"notebooks {sorted(notebooks)} import {module}, which "
+            f"binder/requirements.txt does not install: add {add}"
+        )
 
 
 def test_binder_installs_nothing_the_notebooks_do_not_use() -> None:
@@ -176,17 +193,22 @@ def test_binder_installs_nothing_the_notebooks_do_not_use() -> None:
         if name not in runtime | FRONT_END:
             assert import_names(name) & imported, (
                 f"binder/requirements.txt installs {name}, which no notebook imports and the package does "
-                f"not need: remove it")
+                f"not need: remove it"
+            )
 
 
 def test_binder_installs_the_package_itself() -> None:
     assert any(line in (".", "./", "-e .", "-e ./") for line in binder_lines()), (
-        "binder/requirements.txt must install the repository itself ('.' or '-e .')")
+        "binder/requirements.txt must install the repository itself ('.' or '-e .')"
+    )
 
 
 def test_torch_pins_match_readme_and_ci() -> None:
-    binder = {name: str(req.specifier).removeprefix("==") for name, req in binder_requirements().items()
-              if name in ("torch", "torchvision")}
+    binder = {
+        name: str(req.specifier).removeprefix("==")
+        for name, req in binder_requirements().items()
+        if name in ("torch", "torchvision")
+    }
     readme = pins((ROOT / "README.md").read_text(encoding="utf-8"))
     ci = pins((ROOT / ".ci" / "run").read_text(encoding="utf-8"))
     assert readme and readme.keys() == {"torch", "torchvision"}, f"README.md pins: {readme}"
@@ -195,7 +217,8 @@ def test_torch_pins_match_readme_and_ci() -> None:
 
 def test_torch_comes_from_the_cpu_wheel_index() -> None:
     assert f"--extra-index-url {CPU_INDEX}" in binder_lines(), (
-        f"binder/requirements.txt needs '--extra-index-url {CPU_INDEX}' for the CPU-only torch")
+        f"binder/requirements.txt needs '--extra-index-url {CPU_INDEX}' for the CPU-only torch"
+    )
 
 
 def test_apt_installs_graphviz() -> None:
@@ -250,9 +273,10 @@ def _reachable(url: str) -> bool:
 
 
 @pytest.mark.slow  # builds an environment from binder/requirements.txt (2-3 min), runs every notebook (4-6)
-@pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("BINDER_ENV_TEST")),
-                    reason="builds a Binder environment from PyPI (~8 min): runs in CI (CI=true) or with "
-                           "BINDER_ENV_TEST=1")
+@pytest.mark.skipif(
+    not (os.environ.get("CI") or os.environ.get("BINDER_ENV_TEST")),
+    reason="builds a Binder environment from PyPI (~8 min): runs in CI (CI=true) or with BINDER_ENV_TEST=1",
+)
 def test_every_notebook_runs_in_an_environment_built_from_binder_requirements(tmp_path: Path) -> None:
     # what repo2docker does: a clean environment, `pip install -r binder/requirements.txt` in the repo root;
     # only the PyTorch CPU index is left out where it cannot be reached (the pinned torch comes from PyPI)
@@ -265,19 +289,38 @@ def test_every_notebook_runs_in_an_environment_built_from_binder_requirements(tm
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    env.update(VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
-    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=1800)
-    assert pip.returncode == 0, f"pip install -r binder/requirements.txt failed:\n{pip.stdout[-3000:]}" \
-                                f"\n{pip.stderr[-5000:]}"
+    env.update(
+        VIRTUAL_ENV=str(venv),
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
+    pip = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert pip.returncode == 0, (
+        f"pip install -r binder/requirements.txt failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-5000:]}"
+    )
     # the notebooks run offline, as in the notebook test; one thread each on a busy machine
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               MPLBACKEND="module://matplotlib_inline.backend_inline")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+    )
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
-    run = subprocess.run([str(python), str(ROOT / "tests" / "binder_runner.py"), str(tmp_path / "work"),
-                          *map(str, notebooks)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=3600)
+    run = subprocess.run(
+        [str(python), str(ROOT / "tests" / "binder_runner.py"), str(tmp_path / "work"), *map(str, notebooks)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-4000:]
     assert f"addin_studio from {venv}" in run.stdout, run.stdout  # the installed package, not the checkout
     assert f"kernel python3: {python}" in run.stdout, run.stdout

@@ -1,4 +1,5 @@
 """Adapter-only checkpoints: what is stored, save -> load on a fresh model, clear errors, no pickle."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,12 @@ class Net(nn.Module):
         return self.head(torch.relu(self.fc1(self.conv(x).mean((2, 3)))))
 
 
-CFG = ("(LoRA.adapt_output, r=2, alpha=4): ...->(conv){inout1}->...\n"
-       "(LoRA.adapt_output, r=3): ...->(fc1){inout1}->...\n"
-       "(Adapter.adapt_output, bottleneck=4): ...->(fc1){inout1}->...\n"
-       "trainable(head)")
+CFG = (
+    "(LoRA.adapt_output, r=2, alpha=4): ...->(conv){inout1}->...\n"
+    "(LoRA.adapt_output, r=3): ...->(fc1){inout1}->...\n"
+    "(Adapter.adapt_output, bottleneck=4): ...->(fc1){inout1}->...\n"
+    "trainable(head)"
+)
 X = torch.randn(2, 3, 6, 6)
 
 
@@ -52,9 +55,14 @@ def test_file_holds_only_addin_and_kept_weights_with_config_in_metadata(tmp_path
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         meta = f.metadata()
-    assert keys == {"addins.LoRA_conv.lora_A", "addins.LoRA_conv.lora_B", "addins.LoRA_fc1.lora_A",
-                    "addins.LoRA_fc1.lora_B", "base.head.weight", "base.head.bias"} | {
-                       f"addins.Adapter_fc1.{n}" for n in att.addins["Adapter_fc1"].state_dict()}
+    assert keys == {
+        "addins.LoRA_conv.lora_A",
+        "addins.LoRA_conv.lora_B",
+        "addins.LoRA_fc1.lora_A",
+        "addins.LoRA_fc1.lora_B",
+        "base.head.weight",
+        "base.head.bias",
+    } | {f"addins.Adapter_fc1.{n}" for n in att.addins["Adapter_fc1"].state_dict()}
     assert studio.parse(meta["config"]) == att.config
     placements = json.loads(meta["placements"])
     assert placements[0]["settings"] == {"r": 2, "alpha": 4}
@@ -117,6 +125,7 @@ def test_non_strict_load_checks_only_touched_modules(tmp_path):
             super().__init__()
             self.fc1 = nn.Linear(4, 9)
             self.head = nn.Linear(9, 3)
+
     with pytest.raises(ValueError, match=r"module 'fc1' parameter 'fc1.weight' is shape \(9, 4\) here"):
         studio.load(Wider(), tmp_path / "a.safetensors", strict=False)
 

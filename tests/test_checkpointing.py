@@ -1,6 +1,7 @@
 """Activation checkpointing: hooks run again when a checkpointed block is recomputed in the backward
 pass. Gradients must equal the non-checkpointed run, for ``{inout}`` LoRA and ``{in}``...``{out}``
 Adapters, inside one block and across blocks, with ``use_reentrant`` False and True."""
+
 from __future__ import annotations
 
 import pickle
@@ -14,20 +15,32 @@ import addin_studio as studio
 timm = pytest.importorskip("timm")
 
 LORA = "(LoRA.adapt_output, r=4): ...->(blocks[0:3].attn.qkv){inout1}->..."
-IN_BLOCK = ("(Adapter.adapt_across_output, bottleneck=8): "
-            "...->(blocks[1].norm2){in1}->...->(blocks[1].mlp){out1}->...")
+IN_BLOCK = (
+    "(Adapter.adapt_across_output, bottleneck=8): "
+    "...->(blocks[1].norm2){in1}->...->(blocks[1].mlp){out1}->..."
+)
 # {in} in block 0, {out} in block 1: recomputing block 1 does not re-run the {in} point. The LoRA on the
 # patch embedding sits upstream of {in}, so its gradient shows whether the path through the add-in's
 # input survives recomputation.
-ACROSS = ("(LoRA.adapt_output, r=2): ...->(patch_embed.proj){inout1}->...\n"
-          "(Adapter.adapt_across_output, bottleneck=8): "
-          "...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->...")
+ACROSS = (
+    "(LoRA.adapt_output, r=2): ...->(patch_embed.proj){inout1}->...\n"
+    "(Adapter.adapt_across_output, bottleneck=8): "
+    "...->(blocks[0].norm1){in1}->...->(blocks[1].mlp){out1}->..."
+)
 
 
 def _vit():
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=3,
-                             num_classes=5, embed_dim=48, num_heads=2)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=3,
+        num_classes=5,
+        embed_dim=48,
+        num_heads=2,
+    )
 
 
 def _perturb(att) -> None:
@@ -77,8 +90,11 @@ def test_timm_non_reentrant_across_blocks_gives_the_same_gradients():
 
 
 def test_timm_reentrant_across_blocks_refuses_instead_of_losing_gradients():
-    with pytest.raises(RuntimeError, match=r"use_reentrant=True recomputes a block .* blocks\.1\.mlp"
-                                           r"|blocks\.1\.mlp.*use_reentrant=True"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"use_reentrant=True recomputes a block .* blocks\.1\.mlp"
+        r"|blocks\.1\.mlp.*use_reentrant=True",
+    ):
         _vit_grads(ACROSS, True, True)
 
 
@@ -87,7 +103,7 @@ def test_recomputation_keeps_the_across_input_only_until_the_next_forward():
     x = torch.randn(2, 3, 32, 32)
     att = studio.attach(model, ACROSS, example_input=x)
     model.set_grad_checkpointing(True)
-    (_, run), = [v for k, v in att._run_actions.items() if k.startswith("Adapter")]
+    ((_, run),) = [v for k, v in att._run_actions.items() if k.startswith("Adapter")]
     model(x).sum().backward()
     assert run.last is not None  # kept for a recomputation
     assert run.addin.inputs_cache is None
@@ -106,31 +122,53 @@ transformers = pytest.importorskip("transformers")
 
 
 def _bert():
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     return transformers.BertModel(cfg)
 
 
 def _gpt2():
-    cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=32,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = transformers.GPT2Config(
+        vocab_size=100,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     torch.manual_seed(0)
     return transformers.GPT2Model(cfg)
 
 
 HF = {
-    "bert-lora": (_bert, "(LoRA.adapt_output, r=4): "
-                         "...->(encoder.layer[0:2].attention.self.query){inout1}->..."),
-    "bert-adapter-across": (_bert, "(LoRA.adapt_output, r=2): "
-                                   "...->(encoder.layer[0].attention.self.value){inout1}->...\n"
-                                   "(Adapter.adapt_across_output, bottleneck=8): "
-                                   "...->(encoder.layer[0].attention.output)"
-                                   "{in1}->...->(encoder.layer[1].output.dense){out1}->..."),
+    "bert-lora": (
+        _bert,
+        "(LoRA.adapt_output, r=4): ...->(encoder.layer[0:2].attention.self.query){inout1}->...",
+    ),
+    "bert-adapter-across": (
+        _bert,
+        "(LoRA.adapt_output, r=2): "
+        "...->(encoder.layer[0].attention.self.value){inout1}->...\n"
+        "(Adapter.adapt_across_output, bottleneck=8): "
+        "...->(encoder.layer[0].attention.output)"
+        "{in1}->...->(encoder.layer[1].output.dense){out1}->...",
+    ),
     "gpt2-adapter-inout": (_gpt2, "(Adapter.adapt_output, bottleneck=8): ...->(h[0:2].mlp){inout1}->..."),
-    "gpt2-adapter-across": (_gpt2, "(Adapter.adapt_across_output, bottleneck=8): ...->(h[0].ln_2){in1}->...->"
-                                   "(h[1].mlp){out1}->..."),
+    "gpt2-adapter-across": (
+        _gpt2,
+        "(Adapter.adapt_across_output, bottleneck=8): ...->(h[0].ln_2){in1}->...->(h[1].mlp){out1}->...",
+    ),
 }
 
 

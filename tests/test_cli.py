@@ -1,4 +1,5 @@
 """The addin-studio command: argument errors, train on a small model, lab's command line."""
+
 from __future__ import annotations
 
 import os
@@ -19,51 +20,99 @@ def _error(capsys, argv):
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "the following arguments are required"),
-    (["fly"], "invalid choice: 'fly'"),
-    (["train", "--config", "x"], "the following arguments are required: --model"),
-    (["train", "--model", "resnet18", "--config", "x"],
-     "expected timm:NAME, torchvision:NAME or transformers"),
-    (["train", "--model", "timm:resnet81", "--config", "x"], "unknown timm model 'resnet81'; did you mean"),
-    (["train", "--model", "torchvision:resnet81", "--config", "x"], "unknown torchvision model 'resnet81'"),
-    (["train", "--model", "timm:resnet18", "--config", "(Bad"], "--config is not a valid config string"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--epochs", "0"],
-     "expected a number >= 1, got 0"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--lr", "abc"], "expected a number, got 'abc'"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--data", "cifar"],
-     "expected digits or imagefolder:DIR, got 'cifar'"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--data", "imagefolder:/no/such"],
-     "--data imagefolder:/no/such: no such folder"),
-    (["train", "--model", "timm:resnet18", "--config", ""], "--config places no add-in"),
-    (["train", "--model", "timm:resnet18", "--config", "  \n "], "--config places no add-in"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--", "--port", "1"],
-     "only 'lab' passes options"),
-    (["train", "--model", "timm:resnet18", "--config", "x", "--weights", "/no/such.pt"], "no such file"),
-    (["eval", "--model", "timm:resnet18"], "one of the arguments --adapters --out is required"),
-    (["eval", "--model", "timm:resnet18", "--adapters", "/no/such.safetensors"],
-     "--adapters: no such file '/no/such.safetensors'"),
-    (["eval", "--model", "timm:resnet18", "--out", "/no/such/run"],
-     "--out '/no/such/run': no adapters.safetensors there"),
-    (["eval", "--model", "timm:resnet81", "--adapters", __file__], "unknown timm model 'resnet81'"),
-    (["eval", "--model", "timm:resnet18", "--adapters", "a", "--out", "b"], "not allowed with argument"),
-    (["demo", "--epochs", "-1"], "expected a number >= 1, got -1"),
-    (["lab", "--notebook", "/no/such.ipynb"], "no notebook at /no/such.ipynb"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["train", "--config", "x"], "the following arguments are required: --model"),
+        (
+            ["train", "--model", "resnet18", "--config", "x"],
+            "expected timm:NAME, torchvision:NAME or transformers",
+        ),
+        (
+            ["train", "--model", "timm:resnet81", "--config", "x"],
+            "unknown timm model 'resnet81'; did you mean",
+        ),
+        (
+            ["train", "--model", "torchvision:resnet81", "--config", "x"],
+            "unknown torchvision model 'resnet81'",
+        ),
+        (["train", "--model", "timm:resnet18", "--config", "(Bad"], "--config is not a valid config string"),
+        (
+            ["train", "--model", "timm:resnet18", "--config", "x", "--epochs", "0"],
+            "expected a number >= 1, got 0",
+        ),
+        (
+            ["train", "--model", "timm:resnet18", "--config", "x", "--lr", "abc"],
+            "expected a number, got 'abc'",
+        ),
+        (
+            ["train", "--model", "timm:resnet18", "--config", "x", "--data", "cifar"],
+            "expected digits or imagefolder:DIR, got 'cifar'",
+        ),
+        (
+            ["train", "--model", "timm:resnet18", "--config", "x", "--data", "imagefolder:/no/such"],
+            "--data imagefolder:/no/such: no such folder",
+        ),
+        (["train", "--model", "timm:resnet18", "--config", ""], "--config places no add-in"),
+        (["train", "--model", "timm:resnet18", "--config", "  \n "], "--config places no add-in"),
+        (
+            ["train", "--model", "timm:resnet18", "--config", "x", "--", "--port", "1"],
+            "only 'lab' passes options",
+        ),
+        (["train", "--model", "timm:resnet18", "--config", "x", "--weights", "/no/such.pt"], "no such file"),
+        (["eval", "--model", "timm:resnet18"], "one of the arguments --adapters --out is required"),
+        (
+            ["eval", "--model", "timm:resnet18", "--adapters", "/no/such.safetensors"],
+            "--adapters: no such file '/no/such.safetensors'",
+        ),
+        (
+            ["eval", "--model", "timm:resnet18", "--out", "/no/such/run"],
+            "--out '/no/such/run': no adapters.safetensors there",
+        ),
+        (["eval", "--model", "timm:resnet81", "--adapters", __file__], "unknown timm model 'resnet81'"),
+        (["eval", "--model", "timm:resnet18", "--adapters", "a", "--out", "b"], "not allowed with argument"),
+        (["demo", "--epochs", "-1"], "expected a number >= 1, got -1"),
+        (["lab", "--notebook", "/no/such.ipynb"], "no notebook at /no/such.ipynb"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_mistake(capsys, argv, message):
     assert message in _error(capsys, argv)
 
 
 def test_config_that_does_not_fit_the_model(capsys):
-    err = _error(capsys, ["train", "--model", "timm:resnet18", "--no-progress",
-                          "--config", "(Adapter.adapt_output): ...->(layer9){inout1}->..."])
+    err = _error(
+        capsys,
+        [
+            "train",
+            "--model",
+            "timm:resnet18",
+            "--no-progress",
+            "--config",
+            "(Adapter.adapt_output): ...->(layer9){inout1}->...",
+        ],
+    )
     assert "--config does not fit timm:resnet18" in err and "did you mean 'layer4'?" in err
 
 
 def test_train_writes_adapters_plot_and_report(tmp_path, capsys):
-    code = main(["train", "--model", "timm:resnet18", "--image-size", "16", "--max-steps", "2",
-                 "--no-progress", "--out", str(tmp_path),
-                 "--config", "(Adapter.adapt_output, bottleneck=4): ...->(layer4){inout}->..."])
+    code = main(
+        [
+            "train",
+            "--model",
+            "timm:resnet18",
+            "--image-size",
+            "16",
+            "--max-steps",
+            "2",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+            "--config",
+            "(Adapter.adapt_output, bottleneck=4): ...->(layer4){inout}->...",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "(Adapter.adapt_output, bottleneck=4): ...->(layer4){inout1}->...\ntrainable(fc)" in out
@@ -104,8 +153,12 @@ def test_demo_command_exits_0_and_writes_its_files(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--no-progress", "--no-baseline"]) == 0
     out = capsys.readouterr().out
     assert "after adapting:  Acc@1 " in out and "head only" not in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapters.safetensors", "checkpoints", "loss.png",
-                                                          "report.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "adapters.safetensors",
+        "checkpoints",
+        "loss.png",
+        "report.html",
+    ]
 
 
 def test_version_and_fast_help_without_torch():
@@ -113,22 +166,39 @@ def test_version_and_fast_help_without_torch():
 
     from addin_studio import __version__
 
-    code = ("import sys\nfrom addin_studio.app.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "try:\n    main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "try:\n    main(['eval', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "print('TORCH', 'torch' in sys.modules)")
+    code = (
+        "import sys\nfrom addin_studio.app.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "try:\n    main(['eval', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip().endswith("TORCH False")  # --help answers before torch is imported
     assert "(default: 64)" in run.stdout and "(default: adamw)" in run.stdout  # defaults are shown
     assert "--adapters FILE | --out DIR" in run.stdout  # eval's help
-    run = subprocess.run([sys.executable, "-m", "addin_studio.app.cli", "--version"], capture_output=True,
-                         text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "addin_studio.app.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert run.stdout.strip() == f"addin-studio {__version__}"
 
 
-@pytest.mark.parametrize("command", [["demo"], ["train", "--model", "timm:resnet18", "--config",
-                                                "(Adapter.adapt_output): ...->(layer4){inout}->..."]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        [
+            "train",
+            "--model",
+            "timm:resnet18",
+            "--config",
+            "(Adapter.adapt_output): ...->(layer4){inout}->...",
+        ],
+    ],
+)
 def test_out_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path, capsys, command):
     afile = tmp_path / "report.txt"
     afile.write_text("keep me")
@@ -154,8 +224,9 @@ def test_demo_says_why_it_exits_1_with_min_acc(tmp_path, capsys, monkeypatch):
 def test_lab_passes_jupyter_options_through(tmp_path, capsys):
     nb = tmp_path / "q.ipynb"
     nb.write_text("{}")
-    assert main(["lab", "--notebook", str(nb), "--print-command", "--", "--port", "8899",
-                 "--allow-root"]) == 0
+    assert (
+        main(["lab", "--notebook", str(nb), "--print-command", "--", "--port", "8899", "--allow-root"]) == 0
+    )
     captured = capsys.readouterr()
     assert captured.out.strip() == f"{sys.executable} -m jupyter lab {nb} --port 8899 --allow-root"
     assert "running as root" not in captured.err  # the user passed --allow-root already
@@ -171,10 +242,27 @@ def test_train_on_an_image_folder_from_pretrained_timm_weights(tmp_path, capsys,
     published = timm.create_model("resnet18", pretrained=False)
     weights = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in published.state_dict().items()}, str(weights))
-    code = main(["train", "--model", "timm:resnet18", "--pretrained", "--weights", str(weights),
-                 "--data", f"imagefolder:{root}", "--image-size", "32", "--batch-size", "4",
-                 "--max-steps", "2", "--no-progress",
-                 "--config", "(LoRA.adapt_output, r=2): ...->(layer4[1].conv2){inout}->..."])
+    code = main(
+        [
+            "train",
+            "--model",
+            "timm:resnet18",
+            "--pretrained",
+            "--weights",
+            str(weights),
+            "--data",
+            f"imagefolder:{root}",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--no-progress",
+            "--config",
+            "(LoRA.adapt_output, r=2): ...->(layer4[1].conv2){inout}->...",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "Image folder" in out and "classes cat, dog, owl" in out
@@ -204,27 +292,58 @@ def test_eval_reproduces_what_train_printed_on_the_digits(tmp_path, capsys):
     # a LayerNorm model with a random (seeded) base: eval rebuilds the same base, loads the final epoch's
     # adapter file and evaluates the same validation split, so all three numbers are equal
     shared = ["--model", "timm:vit_tiny_patch16_224", "--image-size", "32", "--seed", "3"]
-    trained, evaluated = _train_then_eval(capsys, shared, [
-        "--max-steps", "3", "--config", "(LoRA.adapt_output, r=2): ...->(blocks[0].attn.qkv){inout}->..."],
-        tmp_path)
+    trained, evaluated = _train_then_eval(
+        capsys,
+        shared,
+        ["--max-steps", "3", "--config", "(LoRA.adapt_output, r=2): ...->(blocks[0].attn.qkv){inout}->..."],
+        tmp_path,
+    )
     assert evaluated == trained
 
 
-def test_eval_reproduces_what_train_printed_on_an_image_folder_with_batchnorm(tmp_path, capsys,
-                                                                              make_image_folder):
+def test_eval_reproduces_what_train_printed_on_an_image_folder_with_batchnorm(
+    tmp_path, capsys, make_image_folder
+):
     root = make_image_folder(tmp_path / "imgs", classes=("cat", "dog", "owl"), per_class=6, size=20)
-    shared = ["--model", "timm:resnet18", "--data", f"imagefolder:{root}", "--image-size", "32",
-              "--batch-size", "4"]
-    trained, evaluated = _train_then_eval(capsys, shared, [
-        "--epochs", "2", "--config", "(LoRA.adapt_output, r=2): ...->(layer4[1].conv2){inout}->..."],
-        tmp_path / "run")
+    shared = [
+        "--model",
+        "timm:resnet18",
+        "--data",
+        f"imagefolder:{root}",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+    ]
+    trained, evaluated = _train_then_eval(
+        capsys,
+        shared,
+        ["--epochs", "2", "--config", "(LoRA.adapt_output, r=2): ...->(layer4[1].conv2){inout}->..."],
+        tmp_path / "run",
+    )
     assert evaluated == trained
 
 
 def test_eval_refuses_an_adapter_file_of_another_model(tmp_path, capsys):
-    assert main(["train", "--model", "timm:resnet18", "--image-size", "16", "--max-steps", "1",
-                 "--no-progress", "--out", str(tmp_path),
-                 "--config", "(Adapter.adapt_output, bottleneck=4): ...->(layer4){inout}->..."]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "timm:resnet18",
+                "--image-size",
+                "16",
+                "--max-steps",
+                "1",
+                "--no-progress",
+                "--out",
+                str(tmp_path),
+                "--config",
+                "(Adapter.adapt_output, bottleneck=4): ...->(layer4){inout}->...",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     err = _error(capsys, ["eval", "--model", "timm:resnet34", "--image-size", "16", "--out", str(tmp_path)])
     assert f"--out: {tmp_path / 'adapters.safetensors'} does not load into timm:resnet34:" in err

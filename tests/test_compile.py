@@ -12,6 +12,7 @@ dict that was empty when it compiled, so hooks ADDED after compiling (attach to 
 model, ``unmerge()`` after ``merge()``) are missed until ``torch.compiler.reset()``. Removing hooks
 (detach, merge) is noticed. Compile after attaching, or reset after changing the attachment.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,8 +63,12 @@ def test_attached_mlp_traces_into_one_graph_without_breaks():
 def test_lora_vit_traces_into_one_graph_without_breaks():
     vit = _vit()
     x = torch.randn(2, 3, 32, 32)
-    studio.attach(vit, "(LoRA.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
-                       "(Identity.adapt_input): ...->{inout1}(head)->...", example_input=x)
+    studio.attach(
+        vit,
+        "(LoRA.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->...\n"
+        "(Identity.adapt_input): ...->{inout1}(head)->...",
+        example_input=x,
+    )
     explained = dynamo.explain(vit)(x)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
@@ -122,8 +127,9 @@ def _lora_vit():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         base = vit(x)
-    att = studio.attach(vit, "(LoRA.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->...",
-                        example_input=x)
+    att = studio.attach(
+        vit, "(LoRA.adapt_output, r=4): ...->(blocks[0:2].attn.qkv){inout1}->...", example_input=x
+    )
     with torch.no_grad():
         for name, p in att.addins.named_parameters():
             if name.endswith("lora_B"):
@@ -185,9 +191,12 @@ def _hooks_added_after_compiling() -> None:
     _close(compiled(x), base)
 
 
-@pytest.mark.xfail(strict=True, reason="torch's default skip_nnmodule_hook_guards=True: a hook dict that was "
-                   "empty when compiled is not guarded, so unmerge() re-registering the LoRA hooks is missed "
-                   "(pytorch/pytorch#117758); strict so that a fix in the engine shows up here")
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch's default skip_nnmodule_hook_guards=True: a hook dict that was "
+    "empty when compiled is not guarded, so unmerge() re-registering the LoRA hooks is missed "
+    "(pytorch/pytorch#117758); strict so that a fix in the engine shows up here",
+)
 @torch.no_grad()
 def test_unmerge_after_compiling_with_default_guards():
     vit, att, x, base, eager = _lora_vit()
@@ -208,13 +217,22 @@ def test_weight_method_compiles_into_one_graph_with_eager_outputs_and_gradients(
     if name == "beit":
         import timm
 
-        model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                                  embed_dim=32, depth=1, num_heads=2, num_classes=4).eval()
+        model = timm.create_model(
+            "beit_base_patch16_224",
+            pretrained=False,
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            num_classes=4,
+        ).eval()
     else:
         from torchvision.models.vision_transformer import VisionTransformer
 
-        model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32,
-                                  mlp_dim=64, num_classes=4).eval()
+        model = VisionTransformer(
+            image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=4
+        ).eval()
     cfg = studio.strategies.lora_all(model, r=2, example_input=x)
     assert any(p.method == "adapt_weight" for p in cfg.placements)
     att = studio.attach(model, cfg, example_input=x)

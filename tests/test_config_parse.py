@@ -1,4 +1,5 @@
 """Config strings: ZhiJian's tutorial examples, our extensions, and every mistake as a ConfigError."""
+
 import pytest
 
 from addin_studio import Config, ConfigError, Placement, Point, format_path, parse
@@ -16,16 +17,36 @@ TUTORIAL = [
     ("(MLPAddin.adapt_input): ...->{inout1}(fc2)->...", "adapt_input", ("fc2", PRE), ("fc2", PRE)),
     ("(MLPAddin.adapt_output): ...->(fc1){inout1}->...", "adapt_output", ("fc1", POST), ("fc1", POST)),
     ("(MLPAddin.adapt_input): ...->(fc2){inout1}->...", "adapt_input", ("fc2", POST), ("fc2", POST)),
-    ("(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...", "adapt_across_input",
-     ("fc1", POST), ("fc3", PRE)),
-    ("(MLPAddin.adapt_across_input): ...->{in1}(fc2)->{out1}(fc3)->...", "adapt_across_input",
-     ("fc2", PRE), ("fc3", PRE)),
-    ("(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{in2}(fc3)->...", "adapt_across_input",
-     ("fc1", POST), ("fc3", PRE)),
-    ("(MLPAddin.adapt_across_output): ...->{in1}(fc2){in2}->...", "adapt_across_output",
-     ("fc2", PRE), ("fc2", POST)),
-    ("(MLPAddin.adapt_across_output): ...->(fc1){in1}->(fc2){in2}->...", "adapt_across_output",
-     ("fc1", POST), ("fc2", POST)),
+    (
+        "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...",
+        "adapt_across_input",
+        ("fc1", POST),
+        ("fc3", PRE),
+    ),
+    (
+        "(MLPAddin.adapt_across_input): ...->{in1}(fc2)->{out1}(fc3)->...",
+        "adapt_across_input",
+        ("fc2", PRE),
+        ("fc3", PRE),
+    ),
+    (
+        "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{in2}(fc3)->...",
+        "adapt_across_input",
+        ("fc1", POST),
+        ("fc3", PRE),
+    ),
+    (
+        "(MLPAddin.adapt_across_output): ...->{in1}(fc2){in2}->...",
+        "adapt_across_output",
+        ("fc2", PRE),
+        ("fc2", POST),
+    ),
+    (
+        "(MLPAddin.adapt_across_output): ...->(fc1){in1}->(fc2){in2}->...",
+        "adapt_across_output",
+        ("fc1", POST),
+        ("fc2", POST),
+    ),
 ]
 
 
@@ -50,8 +71,10 @@ def test_canonical_form_round_trips(text):
 
 
 def test_canonical_strings_of_plain_examples_are_unchanged():
-    for text in ["(MLPAddin.adapt_input): ...->{inout1}(fc2)->...",
-                 "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."]:
+    for text in [
+        "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...",
+        "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...",
+    ]:
         assert str(parse(text)) == text
 
 
@@ -62,8 +85,9 @@ def test_whitespace_is_tolerated():
 
 
 def test_both_index_spellings_and_ranges():
-    assert parse("(A.m): ...->(blocks[3].attn.qkv){inout1}->...") == \
-        parse("(A.m): ...->(blocks.3.attn.qkv){inout1}->...")
+    assert parse("(A.m): ...->(blocks[3].attn.qkv){inout1}->...") == parse(
+        "(A.m): ...->(blocks.3.attn.qkv){inout1}->..."
+    )
     cfg = parse("(A.m): ...->(blocks[0:12].attn.qkv){inout1}->...")
     assert [p.source.module for p in cfg.placements] == [f"blocks.{i}.attn.qkv" for i in range(12)]
     assert str(cfg) == "(A.m): ...->(blocks[0:12].attn.qkv){inout1}->..."
@@ -72,7 +96,10 @@ def test_both_index_spellings_and_ranges():
 def test_several_ranges_advance_together():
     cfg = parse("(A.m): ...->(blocks[0:3]){in1}->...->{out1}(blocks[1:4].norm)->...")
     assert [(p.source.module, p.target.module) for p in cfg.placements] == [
-        ("blocks.0", "blocks.1.norm"), ("blocks.1", "blocks.2.norm"), ("blocks.2", "blocks.3.norm")]
+        ("blocks.0", "blocks.1.norm"),
+        ("blocks.1", "blocks.2.norm"),
+        ("blocks.2", "blocks.3.norm"),
+    ]
     assert parse(str(cfg)) == cfg
 
 
@@ -81,7 +108,7 @@ def test_ranges_of_different_length_are_an_error():
     with pytest.raises(ConfigError) as e:
         parse(text)
     assert "equal length" in e.value.message
-    assert text[e.value.position:].startswith("1:3")
+    assert text[e.value.position :].startswith("1:3")
 
 
 def test_several_entries_by_line_and_comma():
@@ -92,9 +119,11 @@ def test_several_entries_by_line_and_comma():
 
 
 def test_settings_and_trainable_are_part_of_the_string():
-    text = ('(LoRA.adapt_output, r=8, alpha=16, dropout=0.1, bias=false, mode="a b"): '
-            "...->(qkv){inout1}->...\n"
-            "trainable(head, blocks[0:2].norm1, *.bias)")
+    text = (
+        '(LoRA.adapt_output, r=8, alpha=16, dropout=0.1, bias=false, mode="a b"): '
+        "...->(qkv){inout1}->...\n"
+        "trainable(head, blocks[0:2].norm1, *.bias)"
+    )
     cfg = parse(text)
     p = only(Config(cfg.placements))
     assert p.settings == {"r": 8, "alpha": 16, "dropout": 0.1, "bias": False, "mode": "a b"}
@@ -156,7 +185,7 @@ BAD = [
     ("(MLPAddin.adapt_input): ...->{inout1}(fc2)->... extra", "unexpected", "extra"),
     ("(MLPAddin.adapt_input, r=): ...->{inout1}(fc2)->...", "expected a value", "): "),
     ("(MLPAddin.adapt_input, r=1, r=2): ...->{inout1}(fc2)->...", "given twice", "r=2"),
-    ("(MLPAddin.adapt_input, s=\"abc): ...", "unterminated string", "\"abc"),
+    ('(MLPAddin.adapt_input, s="abc): ...', "unterminated string", '"abc'),
     ("(MLPAddin.adapt_input): ...->...", "places no add-in", "(MLPAddin"),
     ("MLPAddin.adapt_input: ...->{inout1}(fc2)", "expected an entry", "MLPAddin"),
     ("trainable head", "expected '(' after 'trainable'", "head"),
@@ -175,7 +204,7 @@ def test_mistakes_raise_config_error_with_position(text, message, at):
     err = e.value
     assert message in err.message
     assert err.position is not None and 0 <= err.position <= len(text)
-    assert text[err.position:].startswith(at)
+    assert text[err.position :].startswith(at)
     # the rendered message shows the string with a caret under the position
     lines = str(err).splitlines()
     caret_line = next(i for i, line in enumerate(lines) if line.strip() == "^")
@@ -204,10 +233,14 @@ def test_parse_rejects_non_strings():
 
 UNNUMBERED = [
     ("(MLPAddin.adapt_input): ...->{inout}(fc2)->...", "(MLPAddin.adapt_input): ...->{inout1}(fc2)->..."),
-    ("(MLPAddin.adapt_across_input): ...->(fc1){in}->...->{out}(fc3)->...",
-     "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."),
-    ("(MLPAddin.adapt_across_input): ...->(fc1){ in }->...->{ out }(fc3)->...",
-     "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."),
+    (
+        "(MLPAddin.adapt_across_input): ...->(fc1){in}->...->{out}(fc3)->...",
+        "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...",
+    ),
+    (
+        "(MLPAddin.adapt_across_input): ...->(fc1){ in }->...->{ out }(fc3)->...",
+        "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...",
+    ),
 ]
 
 
@@ -222,8 +255,7 @@ def test_unnumbered_labels_mean_the_same_as_numbered(text, numbered):
 def test_unnumbered_inouts_each_place_one_addin_and_mix_with_numbered_pairs():
     cfg = parse("(A.m): ...->{inout}(fc1)->{in1}(fc2)->{inout}(fc3){out1}->...")
     got = [(p.source.module, p.source.side, p.target.module, p.target.side) for p in cfg.placements]
-    assert got == [("fc1", "pre", "fc1", "pre"), ("fc2", "pre", "fc3", "post"),
-                   ("fc3", "pre", "fc3", "pre")]
+    assert got == [("fc1", "pre", "fc1", "pre"), ("fc2", "pre", "fc3", "post"), ("fc3", "pre", "fc3", "pre")]
     assert parse(str(cfg)) == cfg
 
 

@@ -1,4 +1,5 @@
 """Property tests: canonical strings round-trip; random input only ever raises ConfigError."""
+
 import signal
 
 import pytest
@@ -10,9 +11,14 @@ names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True)
 segment = st.one_of(names, st.integers(0, 30).map(str))
 paths = st.lists(segment, min_size=1, max_size=4).map(".".join)
 sides = st.sampled_from(["pre", "post"])
-values = st.one_of(st.integers(-1000, 1000), st.booleans(), st.none(),
-                   st.floats(allow_nan=False, allow_infinity=False, width=32),
-                   st.text(max_size=8), names)
+values = st.one_of(
+    st.integers(-1000, 1000),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(max_size=8),
+    names,
+)
 settings = st.dictionaries(names, values, max_size=3)
 
 
@@ -48,16 +54,25 @@ def test_canonical_string_round_trips(cfg):
 @given(st.lists(placements(), min_size=2, max_size=2), st.integers(2, 14))
 def test_runs_of_blocks_compress_and_expand(pair, n):
     p = pair[0]
-    run = [Placement(p.addin, p.method, Point(f"blocks.{i}.attn", p.source.side),
-                     Point(f"blocks.{i}.attn", p.source.side), p.settings) for i in range(n)]
+    run = [
+        Placement(
+            p.addin,
+            p.method,
+            Point(f"blocks.{i}.attn", p.source.side),
+            Point(f"blocks.{i}.attn", p.source.side),
+            p.settings,
+        )
+        for i in range(n)
+    ]
     cfg = Config(run)
     assert "[0:%d]" % n in str(cfg)
     assert parse(str(cfg)) == cfg
 
 
-alphabet = st.sampled_from(list("(){}[].:,;-> \n\t=\"'*abcdefinoutr0123456789") + ["...", "->", "{in1}",
-                                                                                     "{out1}", "{inout1}",
-                                                                                     "(fc1)", "(A.m):"])
+alphabet = st.sampled_from(
+    list("(){}[].:,;-> \n\t=\"'*abcdefinoutr0123456789")
+    + ["...", "->", "{in1}", "{out1}", "{inout1}", "(fc1)", "(A.m):"]
+)
 
 
 class _Timeout(Exception):

@@ -1,5 +1,6 @@
 """Crafted checkpoint files and PEFT directories: each refusal is one clear error naming the file and
 the field or tensor, and nothing is loaded into the model."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,12 @@ CFG = "(LoRA.adapt_output, r=2, alpha=4): ...->(fc1){inout1}->...\ntrainable(fc3
 
 
 def snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            {n: p.requires_grad for n, p in model.named_parameters()},
-            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
-            [n for n, _ in model.named_modules()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+        [n for n, _ in model.named_modules()],
+    )
 
 
 def assert_untouched(model, snap):
@@ -83,22 +86,36 @@ def test_the_original_loads(saved):
 
 
 TENSOR_CASES = {
-    "extra base weight": (lambda t: {**t, "base.fc2.weight": torch.zeros(256, 256)},
-                          ["'base.fc2.weight'", "does not keep trainable"]),
-    "extra add-in key": (lambda t: {**t, "addins.LoRA_fc9.lora_A": torch.zeros(2, 64)},
-                         ["'addins.LoRA_fc9.lora_A'", "no add-in"]),
+    "extra base weight": (
+        lambda t: {**t, "base.fc2.weight": torch.zeros(256, 256)},
+        ["'base.fc2.weight'", "does not keep trainable"],
+    ),
+    "extra add-in key": (
+        lambda t: {**t, "addins.LoRA_fc9.lora_A": torch.zeros(2, 64)},
+        ["'addins.LoRA_fc9.lora_A'", "no add-in"],
+    ),
     "stray key": (lambda t: {**t, "fc1.weight": torch.zeros(256, 64)}, ["'fc1.weight'"]),
-    "int64": (lambda t: {**t, "addins.LoRA_fc1.lora_A": t["addins.LoRA_fc1.lora_A"].long()},
-              ["'addins.LoRA_fc1.lora_A'", "torch.int64", "floating"]),
+    "int64": (
+        lambda t: {**t, "addins.LoRA_fc1.lora_A": t["addins.LoRA_fc1.lora_A"].long()},
+        ["'addins.LoRA_fc1.lora_A'", "torch.int64", "floating"],
+    ),
     "bool": (lambda t: {**t, "base.fc3.bias": t["base.fc3.bias"] > 0}, ["'base.fc3.bias'", "torch.bool"]),
-    "complex": (lambda t: {**t, "addins.LoRA_fc1.lora_B": t["addins.LoRA_fc1.lora_B"].to(torch.complex64)},
-                ["'addins.LoRA_fc1.lora_B'", "complex64"]),
-    "nan": (lambda t: {**t, "addins.LoRA_fc1.lora_B": t["addins.LoRA_fc1.lora_B"] * float("nan")},
-            ["'addins.LoRA_fc1.lora_B'", "non-finite"]),
-    "inf base": (lambda t: {**t, "base.fc3.weight": t["base.fc3.weight"] + float("inf")},
-                 ["'base.fc3.weight'", "non-finite"]),
-    "shape": (lambda t: {**t, "addins.LoRA_fc1.lora_A": torch.zeros(3, 64)},
-              ["'addins.LoRA_fc1.lora_A'", "shape"]),
+    "complex": (
+        lambda t: {**t, "addins.LoRA_fc1.lora_B": t["addins.LoRA_fc1.lora_B"].to(torch.complex64)},
+        ["'addins.LoRA_fc1.lora_B'", "complex64"],
+    ),
+    "nan": (
+        lambda t: {**t, "addins.LoRA_fc1.lora_B": t["addins.LoRA_fc1.lora_B"] * float("nan")},
+        ["'addins.LoRA_fc1.lora_B'", "non-finite"],
+    ),
+    "inf base": (
+        lambda t: {**t, "base.fc3.weight": t["base.fc3.weight"] + float("inf")},
+        ["'base.fc3.weight'", "non-finite"],
+    ),
+    "shape": (
+        lambda t: {**t, "addins.LoRA_fc1.lora_A": torch.zeros(3, 64)},
+        ["'addins.LoRA_fc1.lora_A'", "shape"],
+    ),
     "base shape": (lambda t: {**t, "base.fc3.bias": torch.zeros(11)}, ["'base.fc3.bias'", "shape (11,)"]),
     "missing": (lambda t: {k: v for k, v in t.items() if not k.endswith("lora_B")}, ["LoRA_fc1", "expects"]),
 }
@@ -125,12 +142,21 @@ META_CASES = {
     "keys ints": ("keys", json.dumps([1, 2]), ["'keys'", "list of strings"]),
     "fingerprint list": ("fingerprint", json.dumps([]), ["'fingerprint'", "object"]),
     "fingerprint root": ("fingerprint", json.dumps({"root": 5, "params": []}), ["'fingerprint.root'"]),
-    "fingerprint params": ("fingerprint", json.dumps({"root": "TutorialMLP", "params": "x"}),
-                           ["'fingerprint.params'", "list"]),
-    "fingerprint item": ("fingerprint", json.dumps({"root": "TutorialMLP", "params": [[1, 2]]}),
-                         ["'fingerprint.params[0]"]),
-    "fingerprint shape": ("fingerprint", json.dumps({"root": "TutorialMLP", "params": [["fc1.weight", "x"]]}),
-                          ["'fingerprint.params[0][1]'"]),
+    "fingerprint params": (
+        "fingerprint",
+        json.dumps({"root": "TutorialMLP", "params": "x"}),
+        ["'fingerprint.params'", "list"],
+    ),
+    "fingerprint item": (
+        "fingerprint",
+        json.dumps({"root": "TutorialMLP", "params": [[1, 2]]}),
+        ["'fingerprint.params[0]"],
+    ),
+    "fingerprint shape": (
+        "fingerprint",
+        json.dumps({"root": "TutorialMLP", "params": [["fc1.weight", "x"]]}),
+        ["'fingerprint.params[0][1]'"],
+    ),
 }
 
 
@@ -142,12 +168,18 @@ def test_malformed_metadata_is_one_value_error_naming_the_field(saved, case):
     assert type(err) is ValueError
 
 
-@pytest.mark.parametrize("config, words", [
-    ("(LoRA.__init__): ...->(fc1){inout1}->...\ntrainable(fc3)", ["'config'", "not a hook method"]),
-    ("(LoRA.adapt_output, alpha=1e309): ...->(fc1){inout1}->...\ntrainable(fc3)", ["'config'", "infinite"]),
-    ("(LoRA.adapt_output, r=" + "9" * 5000 + "): ...->(fc1){inout1}->...", ["'config'", "too long"]),
-    ("(os.system): ...->(fc1){inout1}->...\ntrainable(fc3)", ["'config'", "unknown add-in 'os'"]),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ("(LoRA.__init__): ...->(fc1){inout1}->...\ntrainable(fc3)", ["'config'", "not a hook method"]),
+        (
+            "(LoRA.adapt_output, alpha=1e309): ...->(fc1){inout1}->...\ntrainable(fc3)",
+            ["'config'", "infinite"],
+        ),
+        ("(LoRA.adapt_output, r=" + "9" * 5000 + "): ...->(fc1){inout1}->...", ["'config'", "too long"]),
+        ("(os.system): ...->(fc1){inout1}->...\ntrainable(fc3)", ["'config'", "unknown add-in 'os'"]),
+    ],
+)
 def test_config_in_metadata_obeys_string_rules(saved, config, words):
     path, tensors, meta = saved
     err = refuse(craft(path, tensors, {**meta, "config": config}), words, error=studio.ConfigError)
@@ -166,8 +198,11 @@ def peft_dir(tmp_path):
     att.export_peft(tmp_path / "peft")
     att.detach()
     d = tmp_path / "peft"
-    return d, json.loads((d / "adapter_config.json").read_text()), \
-        {k: v for k, v in _read(d / "adapter_model.safetensors").items()}
+    return (
+        d,
+        json.loads((d / "adapter_config.json").read_text()),
+        {k: v for k, v in _read(d / "adapter_model.safetensors").items()},
+    )
 
 
 def _read(path):
@@ -209,8 +244,11 @@ def test_modules_to_save_loads_only_when_allowed(peft_dir):
 def test_modules_to_save_naming_a_frozen_layer_is_refused(peft_dir):
     d, config, tensors = peft_dir
     w = torch.zeros(256, 256)
-    write_peft(d, {**config, "modules_to_save": ["fc3", "fc2"]},
-               {**tensors, "base_model.model.fc2.modules_to_save.default.weight": w})
+    write_peft(
+        d,
+        {**config, "modules_to_save": ["fc3", "fc2"]},
+        {**tensors, "base_model.model.fc2.modules_to_save.default.weight": w},
+    )
     refuse_peft(d, ["overwrites base module 'fc2'"], modules_to_save=["fc3"])
 
 
@@ -226,14 +264,20 @@ PEFT_FIELDS = {
     "alpha string": (lambda c: {**c, "lora_alpha": "16"}, ["'lora_alpha'", "finite number"]),
     "alpha infinite": (lambda c: {**c, "lora_alpha": float("inf")}, ["'lora_alpha'", "finite number"]),
     "dropout range": (lambda c: {**c, "lora_dropout": 1.5}, ["'lora_dropout'"]),
-    "modules_to_save string": (lambda c: {**c, "modules_to_save": "fc3"},
-                               ["'modules_to_save'", "list of strings"]),
+    "modules_to_save string": (
+        lambda c: {**c, "modules_to_save": "fc3"},
+        ["'modules_to_save'", "list of strings"],
+    ),
     "rank_pattern list": (lambda c: {**c, "rank_pattern": []}, ["'rank_pattern'", "object"]),
-    "alpha_pattern value": (lambda c: {**c, "alpha_pattern": {"fc1": "x"}},
-                            ["alpha_pattern", "finite number"]),
+    "alpha_pattern value": (
+        lambda c: {**c, "alpha_pattern": {"fc1": "x"}},
+        ["alpha_pattern", "finite number"],
+    ),
     "alpha_pattern bool": (lambda c: {**c, "alpha_pattern": {"fc1": True}}, ["alpha_pattern"]),
-    "catastrophic key": (lambda c: {**c, "alpha_pattern": {"(.*.*.*.*.*.*.*.*.*.*.*.*)*x": 2}},
-                         ["'alpha_pattern'", "uses '('"]),
+    "catastrophic key": (
+        lambda c: {**c, "alpha_pattern": {"(.*.*.*.*.*.*.*.*.*.*.*.*)*x": 2}},
+        ["'alpha_pattern'", "uses '('"],
+    ),
     "long key": (lambda c: {**c, "rank_pattern": {"a" * 5000: 2}}, ["'rank_pattern'", "5000 characters"]),
     "peft_type int": (lambda c: {**c, "peft_type": 3}, ["'peft_type'"]),
     "use_dora string": (lambda c: {**c, "use_dora": "yes"}, ["'use_dora'"]),
@@ -249,15 +293,28 @@ def test_malformed_peft_config_fields(peft_dir, case):
 
 
 PEFT_TENSORS = {
-    "int lora_A": (lambda t: {**t, "base_model.model.fc1.lora_A.weight":
-                              t["base_model.model.fc1.lora_A.weight"].long()}, ["lora_A", "torch.int64"]),
-    "nan lora_B": (lambda t: {**t, "base_model.model.fc1.lora_B.weight":
-                              t["base_model.model.fc1.lora_B.weight"] * float("nan")},
-                   ["lora_B", "non-finite"]),
-    "scalar lora_A": (lambda t: {**t, "base_model.model.fc1.lora_A.weight": torch.tensor(1.0)},
-                      ["lora_A", "non-empty matrices"]),
-    "complex saved": (lambda t: {**t, "base_model.model.fc3.modules_to_save.default.bias":
-                                 torch.zeros(10, dtype=torch.complex64)}, ["fc3", "complex64"]),
+    "int lora_A": (
+        lambda t: {**t, "base_model.model.fc1.lora_A.weight": t["base_model.model.fc1.lora_A.weight"].long()},
+        ["lora_A", "torch.int64"],
+    ),
+    "nan lora_B": (
+        lambda t: {
+            **t,
+            "base_model.model.fc1.lora_B.weight": t["base_model.model.fc1.lora_B.weight"] * float("nan"),
+        },
+        ["lora_B", "non-finite"],
+    ),
+    "scalar lora_A": (
+        lambda t: {**t, "base_model.model.fc1.lora_A.weight": torch.tensor(1.0)},
+        ["lora_A", "non-empty matrices"],
+    ),
+    "complex saved": (
+        lambda t: {
+            **t,
+            "base_model.model.fc3.modules_to_save.default.bias": torch.zeros(10, dtype=torch.complex64),
+        },
+        ["fc3", "complex64"],
+    ),
 }
 
 

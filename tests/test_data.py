@@ -1,12 +1,18 @@
 """Embedded offline data: digits tensors and loaders, user datasets, synthetic tasks."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from addin_studio.sources.data import (digits_loaders, load_digits, loaders_from_dataset, split_indices,
-                               synthetic_classification)
+from addin_studio.sources.data import (
+    digits_loaders,
+    load_digits,
+    loaders_from_dataset,
+    split_indices,
+    synthetic_classification,
+)
 
 
 def test_digits_full_set():
@@ -36,13 +42,16 @@ def test_digits_upsampled_rgb_and_transformed():
     assert torch.allclose(inv, 1.0 - plain)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"classes": [3, 10]}, "classes must be distinct digits 0-9"),
-    ({"classes": [1, 1]}, "classes must be distinct digits 0-9"),
-    ({"channels": 2}, "channels must be 1 or 3"),
-    ({"image_size": 0}, "image_size must be a positive integer"),
-    ({"transform": "blur"}, "unknown transform 'blur'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"classes": [3, 10]}, "classes must be distinct digits 0-9"),
+        ({"classes": [1, 1]}, "classes must be distinct digits 0-9"),
+        ({"channels": 2}, "channels must be 1 or 3"),
+        ({"image_size": 0}, "image_size must be a positive integer"),
+        ({"transform": "blur"}, "unknown transform 'blur'"),
+    ],
+)
 def test_bad_digits_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_digits(**kwargs)

@@ -1,4 +1,5 @@
 """DDP on CPU (gloo, 2 processes on 127.0.0.1 via torchrun) trains the same add-ins as one process."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,21 @@ def _torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (and must then pass in full)."""
     for attempt in (1, 2):
         try:
-            return _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args], timeout)
+            return _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nproc_per_node",
+                    "2",
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    str(_free_port()),
+                    *args,
+                ],
+                timeout,
+            )
         except AssertionError as exc:
             if attempt == 2 or not any(reason in str(exc).lower() for reason in _RETRIED):
                 raise
@@ -65,8 +79,10 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 # the one real reason not to run the torchrun tests: this torch build cannot run two CPU ranks
-needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with the gloo backend is not available")
+needs_gloo = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
 
 
 def _train_single_and_ddp(out: Path, *flags: str) -> None:
@@ -99,8 +115,12 @@ def _assert_same_training(out: Path) -> None:
     import addin_studio as studio
     from addin_studio.examples import MLPAddin, TutorialMLP
 
-    att = studio.load(TutorialMLP(64, 32, 10), out / "ddp" / "adapters.safetensors",
-                      addins={"MLPAddin": MLPAddin}, example_input=torch.zeros(1, 64))
+    att = studio.load(
+        TutorialMLP(64, 32, 10),
+        out / "ddp" / "adapters.safetensors",
+        addins={"MLPAddin": MLPAddin},
+        example_input=torch.zeros(1, 64),
+    )
     assert str(att.config) == meta_ddp["config"] and len(att.entries) == 2
 
 
@@ -213,8 +233,9 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
         D.wrap_model(model.requires_grad_(False))
     model.requires_grad_(True)
     x = torch.randn(3, 4)
-    att = studio.attach(model, "(Scale.adapt_output): ...->(body){inout1}->...", addins={"Scale": _Scale},
-                        example_input=x)
+    att = studio.attach(
+        model, "(Scale.adapt_output): ...->(body){inout1}->...", addins={"Scale": _Scale}, example_input=x
+    )
     ddp = D.wrap_model(model, attachment=att)
     assert D.unwrap_model(ddp) is model and D.wrap_model(ddp) is ddp
     assert not ddp.find_unused_parameters
@@ -225,8 +246,12 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
     att.detach()
 
     with pytest.raises(studio.ConfigError, match="'spare' .* never runs as a module"):
-        studio.attach(model, "(Scale.adapt_output): ...->(spare){inout1}->...", addins={"Scale": _Scale},
-                      example_input=x)
+        studio.attach(
+            model,
+            "(Scale.adapt_output): ...->(spare){inout1}->...",
+            addins={"Scale": _Scale},
+            example_input=x,
+        )
     # without an example input nobody knows whether every add-in runs: DDP must look for unused ones
     spare = studio.attach(model, "(Scale.adapt_output): ...->(spare){inout1}->...", addins={"Scale": _Scale})
     assert D.wrap_model(model, attachment=spare).find_unused_parameters
@@ -244,9 +269,22 @@ def test_wrap_model_and_loader_in_a_process_group(one_rank_group):
 @needs_gloo
 def test_cli_train_under_torchrun(tmp_path):
     proc = _torchrun(
-        "-m", "addin_studio.app.cli", "train", "--model", "timm:resnet10t",
-        "--config", "(LoRA.adapt_output, r=2): ...->(layer4[0].conv1){inout1}->...", "--max-steps", "2",
-        "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "out"), timeout=180)
+        "-m",
+        "addin_studio.app.cli",
+        "train",
+        "--model",
+        "timm:resnet10t",
+        "--config",
+        "(LoRA.adapt_output, r=2): ...->(layer4[0].conv1){inout1}->...",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+        timeout=180,
+    )
     # the ranks' unbuffered prints may share a line: find each result, not each line
     results = ACC_LINE.findall(proc.stdout)
     assert len(results) == 2 and results[0] == results[1]  # both ranks hold the same synchronized model

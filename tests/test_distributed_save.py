@@ -2,6 +2,7 @@
 ``att.export_peft`` and the Trainer's best-epoch checkpoint, called the ordinary way on every rank of an
 FSDP2-sharded or a DDP-wrapped model, write each file once (rank 0), and every file gives back, in one
 process on a fresh base model, the outputs the distributed model computed."""
+
 from __future__ import annotations
 
 import json

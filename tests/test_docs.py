@@ -5,6 +5,7 @@ code line sits on the same line number as in the page, so a traceback's line is 
 fenced as ```python no-run (or any other language, e.g. ```text) are not run. A block that must not run
 for a reason outside the page goes in SKIP_BLOCKS with that reason.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,10 +59,14 @@ def extract_blocks(text: str) -> list[Block]:
         i += 1
         while i < len(lines):
             close = _FENCE.match(lines[i])
-            if (close and close["fence"][0] == fence[0] and len(close["fence"]) >= len(fence)
-                    and not close["info"]):
+            if (
+                close
+                and close["fence"][0] == fence[0]
+                and len(close["fence"]) >= len(fence)
+                and not close["info"]
+            ):
                 break
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
+            body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
         else:
             raise ValueError(f"line {start}: the code block opened here is never closed")
@@ -70,8 +75,9 @@ def extract_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def page_script(text: str, page: str,
-                skip: dict[tuple[str, int], str] = SKIP_BLOCKS) -> tuple[str, list[Block]]:
+def page_script(
+    text: str, page: str, skip: dict[tuple[str, int], str] = SKIP_BLOCKS
+) -> tuple[str, list[Block]]:
     """The page's runnable blocks as one script whose line N is the page's line N, and those blocks."""
     lines = [""] * (len(text.splitlines()) + 1)
     run = [b for b in extract_blocks(text) if b.runs and (page, b.line) not in skip]
@@ -95,12 +101,23 @@ def run_page(page: Path, workdir: Path) -> None:
         pytest.skip(f"{page.name} has no python blocks to run")
     script = workdir / f"{page.name}.py"
     script.write_text(source, encoding="utf-8")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg",
-               OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     try:
-        proc = subprocess.run([sys.executable, str(script)], cwd=workdir, env=env, capture_output=True,
-                              text=True, timeout=PAGE_TIMEOUT_S)
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PAGE_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"docs/{page.name}: its python blocks ran longer than {PAGE_TIMEOUT_S} s")
     if proc.returncode != 0:
@@ -128,15 +145,20 @@ def test_skipped_blocks_exist() -> None:
         assert reason.strip(), f"skip of docs/{page}:{line} needs a reason"
         blocks = extract_blocks((DOCS / page).read_text(encoding="utf-8"))
         assert any(b.line == line and b.runs for b in blocks), (
-            f"SKIP_BLOCKS names docs/{page}, line {line}, which no longer opens a ```python block")
+            f"SKIP_BLOCKS names docs/{page}, line {line}, which no longer opens a ```python block"
+        )
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs")
     # no --quiet: it hides warnings from mkdocs' strict-mode counter, and the build would pass anyway
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
-                           "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     html = (tmp_path / "site" / "getting-started" / "index.html").read_text(encoding="utf-8")
     assert "no-run" not in html  # the hook renders ```python no-run as a plain Python block
@@ -154,7 +176,8 @@ def test_every_page_is_in_the_nav() -> None:
     listed = set(re.findall(r":\s*([\w.-]+\.md)\s*$", nav, re.MULTILINE))
     assert listed == {p.name for p in PAGES}, (
         f"only in mkdocs.yml: {sorted(listed - {p.name for p in PAGES})}; "
-        f"only in docs/: {sorted({p.name for p in PAGES} - listed)}")
+        f"only in docs/: {sorted({p.name for p in PAGES} - listed)}"
+    )
 
 
 # ----------------------------------------------------------------------------- the runner itself
@@ -186,8 +209,12 @@ raise RuntimeError("boom")
 def test_extract_blocks_finds_fences_languages_and_lines() -> None:
     blocks = extract_blocks(SAMPLE)
     assert [(b.info, b.line, b.runs) for b in blocks] == [
-        ("python", 3, True), ("python", 7, True), ("python no-run", 11, False), ("text", 15, False),
-        ("python", 19, True)]
+        ("python", 3, True),
+        ("python", 7, True),
+        ("python no-run", 11, False),
+        ("text", 15, False),
+        ("python", 19, True),
+    ]
     assert blocks[1].code == ("y = x + 1",)
 
 
@@ -220,5 +247,7 @@ def test_hook_drops_the_no_run_marker() -> None:
     spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "tools" / "mkdocs_hooks.py")
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
-    assert (hooks.on_page_markdown("a\n  ```python no-run\nx\n  ```\n``` text\n")
-            == "a\n  ```python\nx\n  ```\n``` text\n")
+    assert (
+        hooks.on_page_markdown("a\n  ```python no-run\nx\n  ```\n``` text\n")
+        == "a\n  ```python\nx\n  ```\n``` text\n"
+    )

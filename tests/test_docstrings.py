@@ -4,6 +4,7 @@ mkdocs.yml sets mkdocstrings' ``docstring_style: google``; a parameter missing f
 docstring in another style) shows no row in the API reference's parameter table. The docstrings are
 parsed with griffe's Google parser, the one mkdocstrings uses.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -69,8 +70,9 @@ def gaps(path: str, obj: Any) -> Iterator[str]:
             # a class documents its constructor in its own docstring (Args, or Attributes for the
             # fields of a dataclass) or, for one not built by hand, in __init__'s
             init_doc = inspect.getdoc(own["__init__"]) if "__init__" in own else None
-            known = (documented(inspect.getdoc(obj), ("parameters", "attributes")) or set()) | \
-                (documented(init_doc) or set())
+            known = (documented(inspect.getdoc(obj), ("parameters", "attributes")) or set()) | (
+                documented(init_doc) or set()
+            )
             missing = [n for n in names if n not in known]
             if missing:
                 yield f"{path}(): not in Args/Attributes: {', '.join(missing)}"
@@ -78,8 +80,9 @@ def gaps(path: str, obj: Any) -> Iterator[str]:
             if name.startswith("_"):
                 continue
             if isinstance(member, (staticmethod, classmethod)):
-                yield from _function_gaps(f"{path}.{name}", member.__func__,
-                                          drop_first=isinstance(member, classmethod))
+                yield from _function_gaps(
+                    f"{path}.{name}", member.__func__, drop_first=isinstance(member, classmethod)
+                )
             elif inspect.isfunction(member):
                 yield from _function_gaps(f"{path}.{name}", member, drop_first=True)
     elif callable(obj):
@@ -107,10 +110,14 @@ def test_api_page_lists_the_public_api() -> None:
 
 
 def test_every_api_object_documents_its_parameters_google_style() -> None:
-    problems = [line for path in api_entries(API_PAGE.read_text(encoding="utf-8"))
-                for line in gaps(path, resolve(path))]
-    assert problems == [], "Google-style Args missing (mkdocs.yml: docstring_style google):\n" + \
-        "\n".join(problems)
+    problems = [
+        line
+        for path in api_entries(API_PAGE.read_text(encoding="utf-8"))
+        for line in gaps(path, resolve(path))
+    ]
+    assert problems == [], "Google-style Args missing (mkdocs.yml: docstring_style google):\n" + "\n".join(
+        problems
+    )
 
 
 def test_the_check_sees_a_missing_or_misnamed_parameter() -> None:
@@ -152,7 +159,10 @@ def test_the_check_sees_a_missing_or_misnamed_parameter() -> None:
     assert list(gaps("good", good)) == []
     assert list(gaps("misnamed", misnamed)) == ["misnamed: not in Args: rank"]
     assert list(gaps("other_style", other_style)) == ["other_style: not in Args: model"]
-    assert list(gaps("Thing", Thing)) == ["Thing(): not in Args/Attributes: colour",
-                                          "Thing.grow: not in Args: by"]
-    assert api_entries("::: addin_studio.config.parse\n\n:::addin_studio.x\n::: other.y\n") == \
-        ["addin_studio.config.parse"]
+    assert list(gaps("Thing", Thing)) == [
+        "Thing(): not in Args/Attributes: colour",
+        "Thing.grow: not in Args: by",
+    ]
+    assert api_entries("::: addin_studio.config.parse\n\n:::addin_studio.x\n::: other.y\n") == [
+        "addin_studio.config.parse"
+    ]

@@ -1,4 +1,5 @@
 """Hook engine: tutorial placements compute what they should, detach restores, errors change nothing."""
+
 import copy
 import io
 import pickle
@@ -48,20 +49,34 @@ def addin_of(att):
 
 # Each tutorial string with a hand-written reference computation using the attached add-in `a`.
 REFERENCES = [
-    ("(MLPAddin.adapt_input): ...->{inout1}(fc2)->...",
-     lambda m, a, x: L(m.fc3, relu(L(m.fc2, a(relu(L(m.fc1, x))))))),
-    ("(MLPAddin.adapt_output): ...->(fc1){inout1}->...",
-     lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(a(L(m.fc1, x))))))),
-    ("(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...",
-     lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x)))) + a(L(m.fc1, x)))),
-    ("(MLPAddin.adapt_across_input): ...->{in1}(fc2)->{out1}(fc3)->...",
-     lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x)))) + a(relu(L(m.fc1, x))))),
-    ("(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{in2}(fc3)->...",
-     lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x)))) + a(L(m.fc1, x)))),
-    ("(MLPAddin.adapt_across_output): ...->{in1}(fc2){in2}->...",
-     lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x))) + a(relu(L(m.fc1, x)))))),
-    ("(MLPAddin.adapt_across_output): ...->(fc1){in1}->(fc2){in2}->...",
-     lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x))) + a(L(m.fc1, x))))),
+    (
+        "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...",
+        lambda m, a, x: L(m.fc3, relu(L(m.fc2, a(relu(L(m.fc1, x)))))),
+    ),
+    (
+        "(MLPAddin.adapt_output): ...->(fc1){inout1}->...",
+        lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(a(L(m.fc1, x)))))),
+    ),
+    (
+        "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...",
+        lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x)))) + a(L(m.fc1, x))),
+    ),
+    (
+        "(MLPAddin.adapt_across_input): ...->{in1}(fc2)->{out1}(fc3)->...",
+        lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x)))) + a(relu(L(m.fc1, x)))),
+    ),
+    (
+        "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{in2}(fc3)->...",
+        lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x)))) + a(L(m.fc1, x))),
+    ),
+    (
+        "(MLPAddin.adapt_across_output): ...->{in1}(fc2){in2}->...",
+        lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x))) + a(relu(L(m.fc1, x))))),
+    ),
+    (
+        "(MLPAddin.adapt_across_output): ...->(fc1){in1}->(fc2){in2}->...",
+        lambda m, a, x: L(m.fc3, relu(L(m.fc2, relu(L(m.fc1, x))) + a(L(m.fc1, x)))),
+    ),
 ]
 
 
@@ -90,7 +105,7 @@ def test_tutorial_adapt_input_after_a_module_is_rejected_at_attach(mlp, digits_b
     with pytest.raises(ConfigError) as e:
         attach(mlp, text, ADDINS, digits_batch)
     assert "cannot run at fc2:post" in e.value.message
-    assert text[e.value.position:].startswith("adapt_input")
+    assert text[e.value.position :].startswith("adapt_input")
     assert "adapt_output" in e.value.hint
     assert_same(mlp, snap)
 
@@ -99,11 +114,11 @@ def test_attach_freezes_base_and_keeps_trainable(mlp, digits_batch):
     text = "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\ntrainable(fc3)"
     with attach(mlp, text, ADDINS, digits_batch) as att:
         trainable = {n for n, p in mlp.named_parameters() if p.requires_grad}
-        assert trainable == {"fc3.weight", "fc3.bias"} | {f"addins.{n}" for n, _ in
-                                                          att.addins.named_parameters()}
+        assert trainable == {"fc3.weight", "fc3.bias"} | {
+            f"addins.{n}" for n, _ in att.addins.named_parameters()
+        }
         n_addin = sum(p.numel() for p in att.addins.parameters())
-        assert count_parameters(mlp) == (n_addin + 10 * 32 + 10,
-                                         sum(p.numel() for p in mlp.parameters()))
+        assert count_parameters(mlp) == (n_addin + 10 * 32 + 10, sum(p.numel() for p in mlp.parameters()))
         # a training step changes only the add-in and fc3
         before = {n: p.clone() for n, p in mlp.named_parameters()}
         opt = torch.optim.SGD([p for p in mlp.parameters() if p.requires_grad], lr=0.1)
@@ -128,17 +143,33 @@ def test_detach_restores_mixed_flags_and_is_idempotent(mlp, digits_batch):
 BAD_ATTACH = [
     ("(MLPAddin.adapt_input): ...->{inout1}(fc4)->...", "no module 'fc4'", "fc4", "did you mean 'fc3'?"),
     ("(MLPAddin.adapt_input): ...->{inout1}(fc2.weight)->...", "no module 'fc2.weight'", "weight", None),
-    ("(MLPAdd.adapt_input): ...->{inout1}(fc2)->...", "unknown add-in 'MLPAdd'", "MLPAdd",
-     "did you mean 'MLPAddin'?"),
+    (
+        "(MLPAdd.adapt_input): ...->{inout1}(fc2)->...",
+        "unknown add-in 'MLPAdd'",
+        "MLPAdd",
+        "did you mean 'MLPAddin'?",
+    ),
     ("(MLPAddin.adapt_inptu): ...->{inout1}(fc2)->...", "has no method 'adapt_inptu'", "adapt_inptu", None),
     ("(MLPAddin.adapt_output): ...->{inout1}(fc2)->...", "cannot run at fc2:pre", "adapt_output", None),
     ("(MLPAddin.adapt_across_input): ...->{in1}(fc3)->{out1}(fc1)->...", "runs after {out}", "fc1", None),
-    ("(MLPAddin.adapt_input, rank=4): ...->{inout1}(fc2)->...", "does not take a setting 'rank'", "rank",
-     None),
-    ("(MLPAddin.adapt_input, reduction_dim=0): ...->{inout1}(fc2)->...", "building MLPAddin", "MLPAddin",
-     None),
-    ("(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\ntrainable(fc9)", "matches no parameter", "fc9",
-     "did you mean 'fc3'?"),
+    (
+        "(MLPAddin.adapt_input, rank=4): ...->{inout1}(fc2)->...",
+        "does not take a setting 'rank'",
+        "rank",
+        None,
+    ),
+    (
+        "(MLPAddin.adapt_input, reduction_dim=0): ...->{inout1}(fc2)->...",
+        "building MLPAddin",
+        "MLPAddin",
+        None,
+    ),
+    (
+        "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\ntrainable(fc9)",
+        "matches no parameter",
+        "fc9",
+        "did you mean 'fc3'?",
+    ),
     ("", "places no add-in and keeps nothing trainable", "", None),
     ("  \n\t ", "places no add-in and keeps nothing trainable", "  \n", None),
 ]
@@ -150,7 +181,7 @@ def test_bad_placements_raise_and_leave_model_untouched(mlp, digits_batch, text,
     with pytest.raises(ConfigError) as e:
         attach(mlp, text, ADDINS, digits_batch)
     assert message in e.value.message
-    assert text[e.value.position:].startswith(at)
+    assert text[e.value.position :].startswith(at)
     if hint:
         assert e.value.hint == hint
     assert_same(mlp, snap)
@@ -159,8 +190,13 @@ def test_bad_placements_raise_and_leave_model_untouched(mlp, digits_batch, text,
 def test_second_placement_failing_leaves_first_unapplied(mlp, digits_batch):
     snap = snapshot(mlp)
     with pytest.raises(ConfigError):
-        attach(mlp, "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\n"
-                    "(MLPAddin.adapt_input): ...->{inout1}(fc5)->...", ADDINS, digits_batch)
+        attach(
+            mlp,
+            "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\n"
+            "(MLPAddin.adapt_input): ...->{inout1}(fc5)->...",
+            ADDINS,
+            digits_batch,
+        )
     assert_same(mlp, snap)
 
 
@@ -178,8 +214,13 @@ def test_failure_while_registering_hooks_rolls_back(mlp, digits_batch, monkeypat
     original = nn.Module.register_forward_pre_hook
     monkeypatch.setattr(nn.Module, "register_forward_pre_hook", flaky)
     with pytest.raises(RuntimeError, match="boom"):
-        attach(mlp, "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\n"
-                    "(MLPAddin.adapt_input): ...->{inout1}(fc3)->...", ADDINS, digits_batch)
+        attach(
+            mlp,
+            "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\n"
+            "(MLPAddin.adapt_input): ...->{inout1}(fc3)->...",
+            ADDINS,
+            digits_batch,
+        )
     monkeypatch.undo()
     assert_same(mlp, snap)
 
@@ -196,8 +237,9 @@ def test_factory_needing_unknown_arguments_is_explained(mlp, digits_batch):
 
 
 def test_settings_reach_the_factory(mlp, digits_batch):
-    with attach(mlp, "(MLPAddin.adapt_input, reduction_dim=3): ...->{inout1}(fc2)->...", ADDINS,
-                digits_batch) as att:
+    with attach(
+        mlp, "(MLPAddin.adapt_input, reduction_dim=3): ...->{inout1}(fc2)->...", ADDINS, digits_batch
+    ) as att:
         assert addin_of(att).fc1.out_features == 3
 
 
@@ -234,16 +276,16 @@ def test_sequential_root_still_computes_the_same():
 
 
 def test_attached_model_pickles_deepcopies_and_saves(mlp, digits_batch):
-    with attach(mlp, "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...", ADDINS,
-                digits_batch):
+    with attach(
+        mlp, "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->...", ADDINS, digits_batch
+    ):
         y = mlp(digits_batch)
         clone = pickle.loads(pickle.dumps(mlp))
         assert torch.equal(clone(digits_batch), y)
         assert torch.equal(copy.deepcopy(mlp)(digits_batch), y)
         buf = io.BytesIO()
         torch.save(mlp.state_dict(), buf)
-        assert any(k.startswith("addins.") for k in torch.load(io.BytesIO(buf.getvalue()),
-                                                               weights_only=True))
+        assert any(k.startswith("addins.") for k in torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
 
 
 class ScaledLinear(AddinBase):
@@ -263,8 +305,12 @@ class ScaledLinear(AddinBase):
 def test_merge_removes_hook_and_unmerge_restores_exactly(mlp, digits_batch):
     w = mlp.fc2.weight.detach().clone()
     snap = snapshot(mlp)
-    att = attach(mlp, "(ScaledLinear.adapt_output): ...->(fc2){inout1}->...", {"ScaledLinear": ScaledLinear},
-                 digits_batch)
+    att = attach(
+        mlp,
+        "(ScaledLinear.adapt_output): ...->(fc2){inout1}->...",
+        {"ScaledLinear": ScaledLinear},
+        digits_batch,
+    )
     hooked = mlp(digits_batch)
     att.merge()
     assert att.merged and not mlp.fc2._forward_hooks
@@ -300,15 +346,18 @@ def test_config_object_and_registry_names(mlp, digits_batch):
 
 
 def test_trainable_table_lists_trainable_parameters(mlp, digits_batch):
-    with attach(mlp, "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\ntrainable(fc3.bias)", ADDINS,
-                digits_batch):
+    with attach(
+        mlp, "(MLPAddin.adapt_input): ...->{inout1}(fc2)->...\ntrainable(fc3.bias)", ADDINS, digits_batch
+    ):
         table = studio.trainable_table(mlp)
     lines = table.splitlines()
     assert any(line.startswith("| fc3.bias ") and line.rstrip().endswith("10 |") for line in lines)
     assert not any(line.startswith("| fc1.weight") for line in lines)
     trainable, total = 16 * 32 + 16 + 32 * 16 + 32 + 10, sum(p.numel() for p in mlp.parameters()) + 1072
-    assert lines[-1] == (f"Trainable/total parameters: {trainable / 1e3:.2f}K / {total / 1e3:.2f}K "
-                         f"({100 * trainable / total:.4g}%)")
+    assert lines[-1] == (
+        f"Trainable/total parameters: {trainable / 1e3:.2f}K / {total / 1e3:.2f}K "
+        f"({100 * trainable / total:.4g}%)"
+    )
 
 
 def test_summary_line_uses_millions_like_zhijian():
@@ -318,14 +367,21 @@ def test_summary_line_uses_millions_like_zhijian():
 
 
 TIMM = [
-    ("vit_tiny_patch16_224", (1, 3, 224, 224),
-     "(Identity.adapt_output): ...->(blocks[0:12].attn.qkv){inout1}->...\n"
-     "(Identity.adapt_across_output): ...->(blocks[0:11]){in1}->...->(blocks[1:12]){out1}->...", 23),
-    ("resnet18", (1, 3, 64, 64),
-     "(Identity.adapt_input): ...->{inout1}(layer1[0:2].conv1)->...\n"
-     "(Identity.adapt_output): ...->(layer4){inout1}->...", 3),
-    ("convnext_atto", (1, 3, 64, 64),
-     "(Identity.adapt_output): ...->(stages[0:4]){inout1}->...", 4),
+    (
+        "vit_tiny_patch16_224",
+        (1, 3, 224, 224),
+        "(Identity.adapt_output): ...->(blocks[0:12].attn.qkv){inout1}->...\n"
+        "(Identity.adapt_across_output): ...->(blocks[0:11]){in1}->...->(blocks[1:12]){out1}->...",
+        23,
+    ),
+    (
+        "resnet18",
+        (1, 3, 64, 64),
+        "(Identity.adapt_input): ...->{inout1}(layer1[0:2].conv1)->...\n"
+        "(Identity.adapt_output): ...->(layer4){inout1}->...",
+        3,
+    ),
+    ("convnext_atto", (1, 3, 64, 64), "(Identity.adapt_output): ...->(stages[0:4]){inout1}->...", 4),
 ]
 
 
@@ -350,8 +406,10 @@ def test_timm_vit_mlp_addin_across_blocks_trains_only_addins():
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
     x = torch.randn(2, 3, 224, 224)
-    text = "(MLPAddin.adapt_across_output): ...->{in1}(blocks[0:4])->...->(blocks[0:4].mlp){out1}->...\n" \
-           "trainable(head)"
+    text = (
+        "(MLPAddin.adapt_across_output): ...->{in1}(blocks[0:4])->...->(blocks[0:4].mlp){out1}->...\n"
+        "trainable(head)"
+    )
     with attach(model, text, ADDINS, x) as att:
         assert len(att.addins) == 4
         names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -377,7 +435,7 @@ def test_range_past_the_last_block_names_the_block_count():
     with pytest.raises(ConfigError) as e:
         attach(model, text, example_input=torch.randn(1, 3, 224, 224))
     assert "'blocks' has 12 blocks: indices 0 to 11" in e.value.message
-    assert text[e.value.position:].startswith(":13]")
+    assert text[e.value.position :].startswith(":13]")
     assert e.value.hint == "ranges are end-exclusive: [0:12] covers all of 'blocks'"
     assert_same(model, snap)
 

@@ -1,6 +1,7 @@
 """FacT (FacT-TT and FacT-TK): identity at attach, factors shared by every placement (one Parameter,
 counted and saved once), the paper's parameter count and per-slab formula, training moves only FacT,
 save -> load on a fresh model, exact detach and merge, clear errors that leave the model untouched."""
+
 from __future__ import annotations
 
 import copy
@@ -25,21 +26,25 @@ D, R, L = 192, 4, 2  # the tiny ViT's width, the rank used here, its blocks
 
 def _vit():
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=L,
-                             num_classes=3).eval(), torch.randn(2, 3, 32, 32)
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=L, num_classes=3
+    ).eval(), torch.randn(2, 3, 32, 32)
 
 
 def _config(kind: str, r: int = R, **settings) -> str:
     extra = "".join(f", {k}={v}" for k, v in settings.items())
-    return "\n".join(f"(FacT_{kind}.adapt_output, r={r}{extra}): ...->(blocks[0:{L}].{t}){{inout1}}->..."
-                     for t in TARGETS)
+    return "\n".join(
+        f"(FacT_{kind}.adapt_output, r={r}{extra}): ...->(blocks[0:{L}].{t}){{inout1}}->..." for t in TARGETS
+    )
 
 
 def _snapshot(model: nn.Module) -> dict:
-    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
-            "grad": {n: p.requires_grad for n, p in model.named_parameters()},
-            "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
-            "children": [n for n, _ in model.named_children()]}
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+        "children": [n for n, _ in model.named_children()],
+    }
 
 
 def _assert_same(model: nn.Module, snap: dict) -> None:
@@ -52,7 +57,7 @@ def _assert_same(model: nn.Module, snap: dict) -> None:
 
 def _paper_count(kind: str, d: int, r: int, layers: int) -> int:
     """The paper's counts: 2dr + 12 L r^2 (TT), 2dr + r^3 + 12 L r (TK), 12 slabs a block."""
-    return 2 * d * r + (12 * layers * r * r if kind == "tt" else r ** 3 + 12 * layers * r)
+    return 2 * d * r + (12 * layers * r * r if kind == "tt" else r**3 + 12 * layers * r)
 
 
 @pytest.mark.parametrize("kind", ["tt", "tk"])
@@ -97,12 +102,15 @@ def test_fact_identity_shared_count_train_save_load_detach(tmp_path, kind):
     first = f"addins.FacT_{kind}_blocks_0_attn_qkv"
     assert {k for k in keys if k.rsplit(".", 1)[-1] in shared} == {f"{first}.{n}" for n in shared}
     aliases = json.loads(meta["shared"])
-    assert len(aliases) == len(shared) * (len(addins) - 1) and set(aliases.values()) == \
-        {f"{first}.{n}" for n in shared}
+    assert len(aliases) == len(shared) * (len(addins) - 1) and set(aliases.values()) == {
+        f"{first}.{n}" for n in shared
+    }
     att.detach()
     kept = {"head.weight", "head.bias"}
-    _assert_same(model, {**snap, "state": {k: (model.state_dict()[k] if k in kept else v)
-                                           for k, v in snap["state"].items()}})
+    _assert_same(
+        model,
+        {**snap, "state": {k: (model.state_dict()[k] if k in kept else v) for k, v in snap["state"].items()}},
+    )
 
     loaded = studio.load(fresh, path, example_input=x)
     assert torch.equal(fresh(x), y1)
@@ -126,18 +134,18 @@ def test_fact_follows_the_papers_formula_slab_by_slab(kind):
 
     def core(addin, i, j, slabs_in):  # maps u (r) to the output slab's r: y = core @ u
         if kind == "tt":
-            return addin.s.detach()[i * R:(i + 1) * R, j * R:(j + 1) * R]
+            return addin.s.detach()[i * R : (i + 1) * R, j * R : (j + 1) * R]
         k = i * slabs_in + j
         return torch.einsum("qok,k->oq", addin.c.detach(), addin.p.detach()[:, k])
 
     h = torch.randn(5, 4 * D)  # fc2: 4 input slabs, 1 output slab
-    want = sum(V @ core(a, 0, j, 4) @ U @ h[:, j * D:(j + 1) * D].T for j in range(4)).T
+    want = sum(V @ core(a, 0, j, 4) @ U @ h[:, j * D : (j + 1) * D].T for j in range(4)).T
     torch.testing.assert_close(a(h), want, rtol=1e-5, atol=1e-5)
     t = torch.randn(5, D)  # qkv: 1 input slab, 3 output slabs q, k, v
     want = torch.cat([(V @ core(q, i, 0, 1) @ U @ t.T).T for i in range(3)], dim=-1)
     torch.testing.assert_close(q(t), want, rtol=1e-5, atol=1e-5)
     dw = q.delta_weight()
-    torch.testing.assert_close(dw[D:2 * D], V @ core(q, 1, 0, 1) @ U, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dw[D : 2 * D], V @ core(q, 1, 0, 1) @ U, rtol=1e-5, atol=1e-6)
 
     y = model(x).detach()  # merging folds exactly that increment in; unmerge restores bit for bit
     weight = model.blocks[0].attn.qkv.weight.detach().clone()
@@ -154,9 +162,11 @@ def test_fact_on_any_linear_and_adapt_weight():
     model = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 6), nn.Linear(6, 6))
     x = torch.randn(3, 6)
     y0 = model(x)
-    cfg = ("(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...\n"
-           "(FacT_tt.adapt_weight, r=2, dropout=0.0): ...->(2){inout1}->...\n"
-           "(FacT_tt.adapt_output, r=2, width=3): ...->(3){inout1}->...")
+    cfg = (
+        "(FacT_tt.adapt_output, r=2): ...->(0){inout1}->...\n"
+        "(FacT_tt.adapt_weight, r=2, dropout=0.0): ...->(2){inout1}->...\n"
+        "(FacT_tt.adapt_output, r=2, width=3): ...->(3){inout1}->..."
+    )
     att = studio.attach(model, cfg, example_input=x)
     assert torch.equal(model(x), y0)
     first, second, third = att.addins.values()
@@ -174,14 +184,20 @@ def test_fact_on_any_linear_and_adapt_weight():
     assert torch.equal(model(x), y0)
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("r=0", "FacT_tt r must be a positive integer, got 0"),
-    ("dropout=1.5", r"FacT dropout must be in \[0, 1\), got 1.5"),
-    ("width=5", "FacT_tt shares factors of width 5 across layers, but 'blocks.0.attn.qkv' "
-              r"\(Linear 192 -> 576\) is not made of 5x5 slabs: set width="),
-    ("rank=4", "FacT_tt does not take a setting 'rank' \\(it takes: dropout, r, scale, width\\)"),
-    ("shared=1", "setting 'shared' is reserved"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("r=0", "FacT_tt r must be a positive integer, got 0"),
+        ("dropout=1.5", r"FacT dropout must be in \[0, 1\), got 1.5"),
+        (
+            "width=5",
+            "FacT_tt shares factors of width 5 across layers, but 'blocks.0.attn.qkv' "
+            r"\(Linear 192 -> 576\) is not made of 5x5 slabs: set width=",
+        ),
+        ("rank=4", "FacT_tt does not take a setting 'rank' \\(it takes: dropout, r, scale, width\\)"),
+        ("shared=1", "setting 'shared' is reserved"),
+    ],
+)
 def test_bad_settings_are_config_errors_and_leave_the_model_untouched(setting, message):
     model, x = _vit()
     snap = _snapshot(model)
@@ -199,23 +215,27 @@ def test_wrong_places_are_config_errors_and_leave_the_model_untouched():
         studio.attach(model, "(FacT_tk.adapt_output): ...->(blocks[0].norm1){inout1}->...", example_input=x)
     with pytest.raises(ConfigError, match="FacT_tt has no method 'adapt_input'"):
         studio.attach(model, "(FacT_tt.adapt_input): ...->{inout1}(blocks[0].mlp.fc1)->...", example_input=x)
-    with pytest.raises(ConfigError,
-                       match="dropout acts inside the FacT branch, which adapt_weight does not run"):
+    with pytest.raises(
+        ConfigError, match="dropout acts inside the FacT branch, which adapt_weight does not run"
+    ):
         studio.attach(model, "(FacT_tt.adapt_weight): ...->(blocks[0].mlp.fc1){inout1}->...", example_input=x)
     _assert_same(model, snap)
 
 
 def test_groups_reuse_and_separate_attachments():
     model, x = _vit()
-    cfg = studio.parse("(FacT_tt.adapt_output, r=4): ...->(blocks[0].attn.qkv){inout1}->...\n"
-                       "(FacT_tt.adapt_output, r=2): ...->(blocks[0].attn.proj){inout1}->...")
+    cfg = studio.parse(
+        "(FacT_tt.adapt_output, r=4): ...->(blocks[0].attn.qkv){inout1}->...\n"
+        "(FacT_tt.adapt_output, r=2): ...->(blocks[0].attn.proj){inout1}->..."
+    )
     att = studio.attach(model, cfg, example_input=x)
     qkv, proj = att.addins.values()
     assert qkv.u is not proj.u and tuple(proj.u.shape) == (2, D)  # another rank: another group
     att.detach()
     # re-attached with one add-in reused, the new placement joins the reused add-in's factors
-    more = studio.parse(str(cfg).splitlines()[0] + "\n"
-                        "(FacT_tt.adapt_output, r=4): ...->(blocks[1].attn.qkv){inout1}->...")
+    more = studio.parse(
+        str(cfg).splitlines()[0] + "\n(FacT_tt.adapt_output, r=4): ...->(blocks[1].attn.qkv){inout1}->..."
+    )
     att = studio.attach(model, more, example_input=x, reuse={cfg.placements[0]: qkv})
     first, second = att.addins.values()
     assert first is qkv and second.u is qkv.u and second.v is qkv.v
@@ -239,12 +259,17 @@ def test_a_file_whose_shared_field_lies_is_refused(tmp_path):
     second = "addins.FacT_tk_blocks_1_attn_qkv"
     for shared, message in [
         ({f"{second}.u": "addins.nowhere.u"}, "field 'shared' maps 'addins.FacT_tk_blocks_1_attn_qkv.u'"),
-        ({f"{second}.p": f"{first}.p"}, f"says '{second}.p' is '{first}.p', but the add-ins attached from "
-                                        f"its config do not share them"),  # same shape, not shared
+        (
+            {f"{second}.p": f"{first}.p"},
+            f"says '{second}.p' is '{first}.p', but the add-ins attached from its config do not share them",
+        ),  # same shape, not shared
     ]:
         bad = tmp_path / "bad.safetensors"
-        save_file({k: t for k, t in tensors.items() if k not in shared}, str(bad), metadata={
-            **meta, "shared": json.dumps({**json.loads(meta["shared"]), **shared})})
+        save_file(
+            {k: t for k, t in tensors.items() if k not in shared},
+            str(bad),
+            metadata={**meta, "shared": json.dumps({**json.loads(meta["shared"]), **shared})},
+        )
         with pytest.raises(ValueError, match=message):
             studio.load(fresh, bad, example_input=x)
         _assert_same(fresh, snap)
@@ -346,9 +371,17 @@ def test_ddp_trains_shared_factors_as_one_process(tmp_path):
     initial, _ = _load(tmp_path / "single" / "initial.safetensors")
     single, meta = _load(tmp_path / "single" / "adapters.safetensors")
     ddp, _ = _load(tmp_path / "ddp" / "adapters.safetensors")
-    assert sorted(single) == sorted(ddp) == ["addins.FacT_tk_fc1.c", "addins.FacT_tk_fc1.p",
-                                             "addins.FacT_tk_fc1.u", "addins.FacT_tk_fc1.v",
-                                             "addins.FacT_tk_fc2.p"]
+    assert (
+        sorted(single)
+        == sorted(ddp)
+        == [
+            "addins.FacT_tk_fc1.c",
+            "addins.FacT_tk_fc1.p",
+            "addins.FacT_tk_fc1.u",
+            "addins.FacT_tk_fc1.v",
+            "addins.FacT_tk_fc2.p",
+        ]
+    )
     assert json.loads(meta["shared"]) == {f"addins.FacT_tk_fc2.{n}": f"addins.FacT_tk_fc1.{n}" for n in "uvc"}
     assert min(float((single[k] - initial[k]).abs().max()) for k in single) > 1e-3  # all of them trained
     for k in single:
@@ -377,8 +410,9 @@ def test_strategy_puts_fact_on_the_weight_of_a_qkv_its_parent_reads(name):
     with pytest.raises(ConfigError, match="never runs as a module"):  # without a trace: the output hook
         studio.attach(model, studio.strategies.fact(model, r=2), example_input=x)
     cfg = studio.strategies.fact(model, r=2, example_input=x)
-    methods = {p.target.module.rsplit(".", 1)[-1]: (p.method, p.settings.get("dropout"))
-               for p in cfg.placements}
+    methods = {
+        p.target.module.rsplit(".", 1)[-1]: (p.method, p.settings.get("dropout")) for p in cfg.placements
+    }
     assert methods["qkv"] == ("adapt_weight", 0.0) and methods["fc2"] == ("adapt_output", None)
     before = model.forward_features(x)  # (the random head's outputs are ~1e-3: compare features)
     with studio.attach(model, cfg, example_input=x) as att:

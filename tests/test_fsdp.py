@@ -1,6 +1,7 @@
 """FSDP2 (``fully_shard``) on CPU: 2 processes with gloo on 127.0.0.1 under torchrun train the same
 add-ins as one process, write one adapter-only checkpoint that loads into a single-process model, and
 refuse ``merge()`` on the sharded model."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 
 def _vit():
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=2,
-                             embed_dim=32, num_heads=2, num_classes=4)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=16,
+        patch_size=8,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        num_classes=4,
+    )
 
 
 @pytest.mark.slow  # two torchrun ranks plus a one-process run: process start-up and gloo dominate
@@ -55,11 +64,12 @@ def test_two_rank_fsdp_trains_the_same_adapters_as_one_process(tmp_path):
     # the gathered checkpoint re-attaches to a single-process model, and merge works there
     torch.manual_seed(0)
     model = _vit()
-    att = studio.load(model, tmp_path / "fsdp" / "adapters.safetensors",
-                      example_input=torch.zeros(1, 3, 16, 16))
+    att = studio.load(
+        model, tmp_path / "fsdp" / "adapters.safetensors", example_input=torch.zeros(1, 3, 16, 16)
+    )
     state = {f"addins.{k}": v for k, v in att.addins.state_dict().items()}
     for k, v in b.items():
-        got = state[k] if k.startswith("addins.") else dict(model.named_parameters())[k[len("base."):]]
+        got = state[k] if k.startswith("addins.") else dict(model.named_parameters())[k[len("base.") :]]
         assert torch.equal(got, v), k
     x = torch.randn(2, 3, 16, 16)
     model.eval()
@@ -72,10 +82,26 @@ def test_two_rank_fsdp_trains_the_same_adapters_as_one_process(tmp_path):
 @pytest.mark.slow  # torchrun with two gloo ranks: process start-up dominates
 def test_cli_train_with_fsdp_under_torchrun(tmp_path):
     proc = _torchrun(
-        "-m", "addin_studio.app.cli", "train", "--model", "timm:vit_tiny_patch16_224", "--image-size", "16",
-        "--config", "(LoRA.adapt_output, r=2): ...->(blocks[0:2].attn.qkv){inout1}->...", "--max-steps", "2",
-        "--batch-size", "8", "--no-progress", "--strategy", "fsdp", "--out", str(tmp_path / "out"),
-        timeout=300)
+        "-m",
+        "addin_studio.app.cli",
+        "train",
+        "--model",
+        "timm:vit_tiny_patch16_224",
+        "--image-size",
+        "16",
+        "--config",
+        "(LoRA.adapt_output, r=2): ...->(blocks[0:2].attn.qkv){inout1}->...",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--strategy",
+        "fsdp",
+        "--out",
+        str(tmp_path / "out"),
+        timeout=300,
+    )
     # the ranks' unbuffered prints may share a line: find each result, not each line
     results = ACC_LINE.findall(proc.stdout)
     assert len(results) == 2 and results[0] == results[1]
@@ -92,13 +118,17 @@ def test_cli_train_with_fsdp_under_torchrun(tmp_path):
 def test_repeated_blocks_finds_the_transformer_layers():
     assert fsdp.repeated_blocks(_vit()) == ["blocks.0", "blocks.1"]
     transformers = pytest.importorskip("transformers")
-    bert = transformers.BertModel(transformers.BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=3,
-                                                          num_attention_heads=2, intermediate_size=32))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=20, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32
+        )
+    )
     assert fsdp.repeated_blocks(bert) == ["encoder.layer.0", "encoder.layer.1", "encoder.layer.2"]
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2))
     assert fsdp.repeated_blocks(gpt2) == ["h.0", "h.1"]
-    mixed = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2),
-                          nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+    mixed = nn.Sequential(
+        nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Tanh())
+    )
     assert fsdp.repeated_blocks(mixed) == []  # children of different classes: no repeated blocks
 
 
@@ -115,8 +145,11 @@ def test_shard_model_and_trainer_strategy_errors():
 def test_save_adapters_without_a_process_group_writes_the_usual_file(tmp_path):
     torch.manual_seed(0)
     model = _vit()
-    att = studio.attach(model, "(LoRA.adapt_output, r=2): ...->(blocks[0].attn.qkv){inout1}->...",
-                        example_input=torch.zeros(1, 3, 16, 16))
+    att = studio.attach(
+        model,
+        "(LoRA.adapt_output, r=2): ...->(blocks[0].attn.qkv){inout1}->...",
+        example_input=torch.zeros(1, 3, 16, 16),
+    )
     assert fsdp.save_adapters(att, tmp_path / "a.safetensors") == tmp_path / "a.safetensors"
     att.save(tmp_path / "b.safetensors")
     a, meta_a = _load(tmp_path / "a.safetensors")

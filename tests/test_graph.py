@@ -1,4 +1,5 @@
 """Module graph: paths, classes, order, shapes and parameter counts from one traced forward pass."""
+
 import timm
 import torch
 from torch import nn

@@ -1,5 +1,6 @@
 """IA3, Convpass and the LayerNorm-tuning / partial-k strategies: identity at attach, training moves only
 their parameters, save/load on a fresh model, exact detach; IA3 equals PEFT on identical weights."""
+
 from __future__ import annotations
 
 import copy
@@ -28,14 +29,17 @@ class KVNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(h)))
 
 
-IA3_CONFIG = ("(IA3.adapt_output): ...->(k){inout}->...\n(IA3.adapt_output): ...->(v){inout}->...\n"
-              "(IA3.adapt_input): ...->{inout}(fc2)->...")
+IA3_CONFIG = (
+    "(IA3.adapt_output): ...->(k){inout}->...\n(IA3.adapt_output): ...->(v){inout}->...\n"
+    "(IA3.adapt_input): ...->{inout}(fc2)->..."
+)
 
 
 def _vit():
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
-                             num_classes=3).eval(), torch.randn(2, 3, 32, 32)
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=3
+    ).eval(), torch.randn(2, 3, 32, 32)
 
 
 def _state(model):
@@ -68,8 +72,10 @@ def _kvnet_and_peft_ia3():
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)
     model, x = KVNet(), torch.randn(5, 8)
-    theirs = peft.get_peft_model(copy.deepcopy(model), peft.IA3Config(
-        target_modules=["k", "v", "fc2"], feedforward_modules=["fc2"], init_ia3_weights=False))
+    theirs = peft.get_peft_model(
+        copy.deepcopy(model),
+        peft.IA3Config(target_modules=["k", "v", "fc2"], feedforward_modules=["fc2"], init_ia3_weights=False),
+    )
     return model, x, theirs
 
 
@@ -80,8 +86,9 @@ def test_ia3_equals_peft_on_identical_weights_and_merges_exactly(digits_batch):
     assert str(att.config) == IA3_CONFIG.replace("{inout}", "{inout1}")
     with torch.no_grad():
         for _, p, addin in att.entries:
-            addin.ia3_l.copy_(theirs.get_submodule(f"base_model.model.{p.target.module}").ia3_l["default"]
-                              .flatten())
+            addin.ia3_l.copy_(
+                theirs.get_submodule(f"base_model.model.{p.target.module}").ia3_l["default"].flatten()
+            )
     torch.testing.assert_close(ours_model(x), theirs(x), rtol=0, atol=1e-6)
     out = ours_model(x)
     att.merge()
@@ -94,10 +101,12 @@ def test_ia3_equals_peft_on_identical_weights_and_merges_exactly(digits_batch):
 def test_ia3_on_a_fused_qkv_scales_keys_and_values_only():
     vit, x = _vit()
     with pytest.raises(ConfigError, match="IA3 skip must be a whole number in \\[0, 576\\)"):
-        studio.attach(vit, "(IA3.adapt_output, skip=576): ...->(blocks[0].attn.qkv){inout}->...",
-                      example_input=x)
-    att = studio.attach(vit, "(IA3.adapt_output, skip=192): ...->(blocks[0].attn.qkv){inout}->...",
-                        example_input=x)
+        studio.attach(
+            vit, "(IA3.adapt_output, skip=576): ...->(blocks[0].attn.qkv){inout}->...", example_input=x
+        )
+    att = studio.attach(
+        vit, "(IA3.adapt_output, skip=192): ...->(blocks[0].attn.qkv){inout}->...", example_input=x
+    )
     addin = att.addins["IA3_blocks_0_attn_qkv"]
     assert addin.ia3_l.shape == (384,)
     qkv = vit.blocks[0].attn.qkv
@@ -111,11 +120,15 @@ def test_ia3_on_a_fused_qkv_scales_keys_and_values_only():
     att.detach()
 
 
-@pytest.mark.parametrize("config", [
-    IA3_CONFIG,
-    "(Convpass.adapt_across_output, bottleneck=4): ...->{in}(blocks[0:2].attn){out}->...\ntrainable(head)",
-    "(Convpass.adapt_across_input): ...->{in1}(blocks[0].norm2)->...->{out1}(blocks[1])->...",
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        IA3_CONFIG,
+        "(Convpass.adapt_across_output, bottleneck=4): ...->{in}(blocks[0:2].attn){out}->...\n"
+        "trainable(head)",
+        "(Convpass.adapt_across_input): ...->{in1}(blocks[0].norm2)->...->{out1}(blocks[1])->...",
+    ],
+)
 def test_new_addins_identity_train_save_load_detach(tmp_path, config):
     model, x = (KVNet(), torch.randn(3, 8)) if config == IA3_CONFIG else _vit()
     fresh = copy.deepcopy(model)  # the untrained model the file is loaded into
@@ -139,11 +152,15 @@ def test_new_addins_identity_train_save_load_detach(tmp_path, config):
 def test_convpass_places_only_where_tokens_form_a_grid():
     vit, x = _vit()
     with pytest.raises(ConfigError, match="Convpass works on token sequences"):
-        studio.attach(vit, "(Convpass.adapt_across_output): ...->{in}(patch_embed.proj){out}->...",
-                      example_input=x)
+        studio.attach(
+            vit, "(Convpass.adapt_across_output): ...->{in}(patch_embed.proj){out}->...", example_input=x
+        )
     with pytest.raises(ConfigError, match="set prefix= to the number of class/register tokens"):
-        studio.attach(vit, "(Convpass.adapt_across_output, prefix=0): ...->{in}(blocks[0].attn){out}->...",
-                      example_input=x)
+        studio.attach(
+            vit,
+            "(Convpass.adapt_across_output, prefix=0): ...->{in}(blocks[0].attn){out}->...",
+            example_input=x,
+        )
 
 
 def test_layernorm_tuning_trains_norms_and_head_only():
@@ -152,12 +169,18 @@ def test_layernorm_tuning_trains_norms_and_head_only():
     assert str(cfg) == "trainable(blocks[0:2].norm1, blocks[0:2].norm2, norm, head)"
     with studio.attach(vit, cfg, example_input=x):
         names = {n for n, p in vit.named_parameters() if p.requires_grad}
-        want = {n for n, m in vit.named_modules() if isinstance(m, nn.LayerNorm) for n in
-                (f"{n}.weight", f"{n}.bias")} | {"head.weight", "head.bias"}
+        want = {
+            n
+            for n, m in vit.named_modules()
+            if isinstance(m, nn.LayerNorm)
+            for n in (f"{n}.weight", f"{n}.bias")
+        } | {"head.weight", "head.bias"}
         assert names == want
     assert all(p.requires_grad for p in vit.parameters())
-    assert str(studio.strategies.layernorm(vit, head=None)) == \
-        "trainable(blocks[0:2].norm1, blocks[0:2].norm2, norm)"
+    assert (
+        str(studio.strategies.layernorm(vit, head=None))
+        == "trainable(blocks[0:2].norm1, blocks[0:2].norm2, norm)"
+    )
     with pytest.raises(ValueError, match="no normalization layer"):
         studio.strategies.layernorm(KVNet())
 
@@ -197,15 +220,20 @@ def test_ia3_peft_directories_both_ways(tmp_path):
     _assert_state(model, before)
     # what PEFT's IA3 cannot hold is refused by name, the model untouched
     vit, xv = _vit()
-    with studio.attach(vit, "(IA3.adapt_output, skip=192): ...->(blocks[0].attn.qkv){inout}->...",
-                       example_input=xv) as att:
+    with studio.attach(
+        vit, "(IA3.adapt_output, skip=192): ...->(blocks[0].attn.qkv){inout}->...", example_input=xv
+    ) as att:
         with pytest.raises(ValueError, match="'IA3_blocks_0_attn_qkv' is IA3.adapt_output with skip=192"):
             att.export_peft(tmp_path / "skip")
     cfg_path = tmp_path / "theirs" / "adapter_config.json"
     import json
+
     cfg = json.loads(cfg_path.read_text())
     cfg_path.write_text(json.dumps({**cfg, "feedforward_modules": ["k", "v", "fc2"]}))
-    with pytest.raises(ValueError, match=r"tensor 'k.ia3_l' has shape \(8, 1\); scaling a feedforward "
-                                         r"module's input needs \(1, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor 'k.ia3_l' has shape \(8, 1\); scaling a feedforward "
+        r"module's input needs \(1, 8\)",
+    ):
         studio.from_peft(model, tmp_path / "theirs")
     _assert_state(model, before)

@@ -1,5 +1,6 @@
 """An attached model trains inside Hugging Face ``transformers.Trainer`` and PyTorch Lightning; the
 documented callbacks write adapter-only checkpoints that re-attach to a fresh model."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,9 +14,11 @@ import addin_studio as studio
 
 
 def test_the_core_imports_no_trainer_framework():
-    code = ("import sys, addin_studio, addin_studio.engine, addin_studio.checkpoint, addin_studio.train;"
-            "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, addin_studio, addin_studio.engine, addin_studio.checkpoint, addin_studio.train;"
+        "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -25,14 +28,22 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # -- Hugging Face Trainer ----------------------------------------------------------------------------
-LORA_BERT = ("(LoRA.adapt_output, r=4, alpha=8): "
-             "...->(bert.encoder.layer[0:2].attention.self.query){inout1}->...")
+LORA_BERT = (
+    "(LoRA.adapt_output, r=4, alpha=8): ...->(bert.encoder.layer[0:2].attention.self.query){inout1}->..."
+)
 
 
 def _tiny_bert():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=16, num_labels=3)
+    cfg = transformers.BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
     torch.manual_seed(0)
     return transformers.BertForSequenceClassification(cfg)
 
@@ -47,8 +58,11 @@ class _Tokens(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(8, dtype=torch.long),
-                "labels": self.labels[i]}
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones(8, dtype=torch.long),
+            "labels": self.labels[i],
+        }
 
 
 def test_hf_trainer_trains_the_adapters_and_the_callback_writes_them(tmp_path):
@@ -63,9 +77,19 @@ def test_hf_trainer_trains_the_adapters_and_the_callback_writes_them(tmp_path):
     addins_before = _snapshot(att.addins)
     callback = SaveAdaptersCallback(att)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "hf"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-2,
-        save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=1,
-        dataloader_num_workers=0, seed=0)
+        output_dir=str(tmp_path / "hf"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_strategy="steps",
+        save_steps=2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        seed=0,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     # the Trainer optimizes exactly the add-ins: the frozen base has requires_grad=False
     trainer.train()
@@ -81,7 +105,10 @@ def test_hf_trainer_trains_the_adapters_and_the_callback_writes_them(tmp_path):
 
     out = tmp_path / "hf"
     assert [p.relative_to(out).as_posix() for p in callback.written] == [
-        "checkpoint-2/adapters.safetensors", "checkpoint-4/adapters.safetensors", "adapters.safetensors"]
+        "checkpoint-2/adapters.safetensors",
+        "checkpoint-4/adapters.safetensors",
+        "adapters.safetensors",
+    ]
     fresh = _tiny_bert()
     loaded = studio.load(fresh, out / "adapters.safetensors", example_input=example)
     model.eval(), fresh.eval()
@@ -140,8 +167,16 @@ def test_lightning_trains_the_adapters_with_adapter_only_checkpoints(tmp_path):
     module = _lightning_module(model, list(att.parameters()))
     adapters = AdapterCheckpoint(att, dirpath=tmp_path / "adapters")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[ckpt, adapters])
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[ckpt, adapters],
+    )
     trainer.fit(module, loader)
     assert trainer.global_step == 4
 
@@ -172,9 +207,16 @@ def test_lightning_trains_the_adapters_with_adapter_only_checkpoints(tmp_path):
     other.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("addins.")})
     other_att = studio.attach(other, LORA_MLP, example_input=x[:2])
     resumed = _lightning_module(other, list(other_att.parameters()))
-    trainer2 = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path / "resume",
-                         enable_checkpointing=False)
+    trainer2 = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "resume",
+        enable_checkpointing=False,
+    )
     trainer2.fit(resumed, loader, ckpt_path=str(ckpts[-1]))
     with torch.no_grad():
         torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)  # loaded, and no step left to run

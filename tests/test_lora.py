@@ -1,5 +1,6 @@
 """LoRA add-in: identity at attach, the exact update on Linear/Conv layers, merge/unmerge, training,
 errors."""
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,9 @@ class Convs(nn.Module):
         self.fc = nn.Linear(4, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.c1(x)                        # [b, 6, L]
-        y = y.view(y.shape[0], 6, 4, -1)      # [b, 6, 4, L/4]
-        y = self.dw(self.c2(y))               # [b, 8, h, w]
+        y = self.c1(x)  # [b, 6, L]
+        y = y.view(y.shape[0], 6, 4, -1)  # [b, 6, 4, L/4]
+        y = self.dw(self.c2(y))  # [b, 8, h, w]
         y = self.c3(torch.stack([y, y.flip(1)], 2))
         return self.fc(y.mean((2, 3, 4)))
 
@@ -62,8 +63,13 @@ def test_identity_at_attach_and_exact_update_on_every_layer_kind():
         h, w = lora_shape(layer)
         assert addin.lora_B.shape == (h, 2) and addin.lora_A.shape == (2, w)
         delta = (addin.lora_B @ addin.lora_A).reshape(layer.weight.shape) * 1.5
-        inp = torch.randn(2, layer.weight.shape[1] * getattr(layer, "groups", 1),
-                          *([9] * (layer.weight.dim() - 2))) if layer.weight.dim() > 2 else torch.randn(3, 4)
+        inp = (
+            torch.randn(
+                2, layer.weight.shape[1] * getattr(layer, "groups", 1), *([9] * (layer.weight.dim() - 2))
+            )
+            if layer.weight.dim() > 2
+            else torch.randn(3, 4)
+        )
         got = layer(inp)
         if isinstance(layer, nn.Linear):
             want = F.linear(inp, layer.weight + delta, layer.bias)
@@ -115,9 +121,9 @@ def test_trainable_count_is_rank_times_h_plus_w():
     for path in ("c1", "c2", "dw", "c3", "fc"):
         w = dict(model.named_modules())[path].weight
         out, in_g, *k = w.shape
-        if len(k) == 0:          # Linear
+        if len(k) == 0:  # Linear
             h, ww = out, in_g
-        elif len(k) == 1:        # Conv1d
+        elif len(k) == 1:  # Conv1d
             h, ww = out, in_g * k[0]
         else:
             h, ww = out * k[0], in_g * math.prod(k[1:])
@@ -160,8 +166,10 @@ def test_merge_folds_the_update_and_unmerge_restores_bits():
     assert not torch.equal(model.c2.weight, base_state["c2.weight"])
     att.unmerge()
     assert not att.merged
-    assert all(torch.equal(getattr(model, n.split(".")[0]).state_dict()[n.split(".", 1)[1]], v)
-               for n, v in base_state.items())
+    assert all(
+        torch.equal(getattr(model, n.split(".")[0]).state_dict()[n.split(".", 1)[1]], v)
+        for n, v in base_state.items()
+    )
     assert torch.equal(model(x), hooked)
     att.merge()
     att.detach()  # detach while merged restores the base weights too
@@ -189,8 +197,9 @@ def test_identity_at_init_on_timm_models(builder):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     if builder == "vit":
-        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                                  num_classes=5).eval()
+        model = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=5
+        ).eval()
         cfg = studio.strategies.lora(model, targets=["qkv", "fc1"], r=4)
     else:
         model = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=5).eval()
@@ -203,15 +212,21 @@ def test_identity_at_init_on_timm_models(builder):
     assert torch.equal(model(x), before)
 
 
-@pytest.mark.parametrize("text, needle", [
-    (_lora("1"), "LoRA works on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention and "
-                 "transformers Conv1D layers (or a named parameter with param=), not ReLU"),
-    ("(LoRA.adapt_input): ...->{inout1}(0)->...", "LoRA goes after its layer"),
-    (_lora("0", r=0), "rank r must be a positive integer, got 0"),
-    (_lora("0", dropout=1.5), "dropout must be a number in [0, 1)"),
-    (_lora("0", rank=2), "LoRA does not take a setting 'rank'"),
-    ("(LoRA.adapt_across_output): ...->{in1}(0)->...->(0){out1}->...", "takes no separate {in} point"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (
+            _lora("1"),
+            "LoRA works on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention and "
+            "transformers Conv1D layers (or a named parameter with param=), not ReLU",
+        ),
+        ("(LoRA.adapt_input): ...->{inout1}(0)->...", "LoRA goes after its layer"),
+        (_lora("0", r=0), "rank r must be a positive integer, got 0"),
+        (_lora("0", dropout=1.5), "dropout must be a number in [0, 1)"),
+        (_lora("0", rank=2), "LoRA does not take a setting 'rank'"),
+        ("(LoRA.adapt_across_output): ...->{in1}(0)->...->(0){out1}->...", "takes no separate {in} point"),
+    ],
+)
 def test_bad_placements_are_clear_errors_and_leave_the_model_untouched(text, needle):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -228,8 +243,10 @@ def test_bad_placements_are_clear_errors_and_leave_the_model_untouched(text, nee
 
 def test_multihead_attention_output_hooks_are_refused_and_point_at_adapt_weight():
     model = nn.Sequential(nn.MultiheadAttention(8, 2))
-    for path, needle in [("0.out_proj", "reads its weight without calling it"),
-                         ("0", "computes with in_proj_weight")]:
+    for path, needle in [
+        ("0.out_proj", "reads its weight without calling it"),
+        ("0", "computes with in_proj_weight"),
+    ]:
         with pytest.raises(studio.ConfigError) as info:
             studio.attach(model, f"(LoRA.adapt_output): ...->({path}){{inout1}}->...")
         assert needle in str(info.value) and "use adapt_weight" in str(info.value)

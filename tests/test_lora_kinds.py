@@ -4,6 +4,7 @@ named parameters, tied weights, and no silent no-ops (a hook on a module that ne
 Equality with PEFT is checked on identical weights: outputs, gradients (input and LoRA factors; with
 peft >= 0.22, whose MultiheadAttention backward is wrong, against the math instead) and merged weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -96,14 +97,21 @@ def test_every_kind_equals_peft_outputs_gradients_and_merged_weights():
     its MultiheadAttention before backward, which also skews every gradient upstream of it)."""
     base = _net()
     targets = ["emb", "c_fc", "attn", "fc"]
-    pm = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
-        r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))  # Conv1D: fan_in_fan_out
+    pm = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False),
+    )  # Conv1D: fan_in_fan_out
     pm.eval()
     ours = copy.deepcopy(base)
     cfg = studio.strategies.lora(ours, targets, r=4, alpha=8)
     methods = {p.target.module: p.method for p in cfg.placements}
-    assert methods == {"emb": "adapt_output", "c_fc": "adapt_output", "attn": "adapt_weight",
-                       "attn.out_proj": "adapt_weight", "fc": "adapt_output"}
+    assert methods == {
+        "emb": "adapt_output",
+        "c_fc": "adapt_output",
+        "attn": "adapt_weight",
+        "attn.out_proj": "adapt_weight",
+        "fc": "adapt_output",
+    }
     assert pm.base_model.model.c_fc.fan_in_fan_out and not pm.base_model.model.fc.fan_in_fan_out
     att = studio.attach(ours, cfg)
     theirs = _lora_tensors(pm)
@@ -129,9 +137,13 @@ def test_every_kind_equals_peft_outputs_gradients_and_merged_weights():
             a, b = theirs[path]
             for part, mine, peft_grad in (("lora_A", addin.lora_A, a), ("lora_B", addin.lora_B, b)):
                 g = expected[(path, part)]
-                torch.testing.assert_close(mine.grad, g, rtol=1e-4,
-                                           atol=1e-5 * max(1.0, float(g.abs().max())),
-                                           msg=lambda m: f"{path} {part}: {m}")
+                torch.testing.assert_close(
+                    mine.grad,
+                    g,
+                    rtol=1e-4,
+                    atol=1e-5 * max(1.0, float(g.abs().max())),
+                    msg=lambda m: f"{path} {part}: {m}",
+                )
                 off = max(off, float((peft_grad.grad - g).abs().max() / g.abs().max()))
             if path == "fc":  # downstream of the attention: PEFT's gradient is right there
                 torch.testing.assert_close(addin.lora_A.grad, a.grad, rtol=1e-4, atol=1e-5)
@@ -144,8 +156,13 @@ def test_every_kind_equals_peft_outputs_gradients_and_merged_weights():
             # (absolute error scaled to the gradient's size: 5e-5 on an entry of 0.24 with peft 0.21.2)
             pairs = ((addin.lora_A.grad, a.grad * twice.get(path, 1.0)), (addin.lora_B.grad, b.grad))
             for mine, ref in pairs:
-                torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(ref.abs().max())),
-                                           msg=lambda m: f"{path}: {m}")
+                torch.testing.assert_close(
+                    mine,
+                    ref,
+                    rtol=1e-4,
+                    atol=1e-5 * max(1.0, float(ref.abs().max())),
+                    msg=lambda m: f"{path}: {m}",
+                )
     with torch.no_grad():
         att.merge()
         merged_theirs = pm.merge_and_unload()
@@ -171,8 +188,11 @@ def test_output_hook_and_weight_method_agree_on_each_layer(kind):
 def test_weight_method_identity_merge_exact_and_detach_restores_everything():
     model = _net()
     state, ref = _state(model), model(IDS)
-    att = studio.attach(model, "(LoRA.adapt_weight, r=2): ...->(fc){inout1}->...\n"
-                               "(LoRA.adapt_weight, r=2): ...->(attn){inout1}->...")
+    att = studio.attach(
+        model,
+        "(LoRA.adapt_weight, r=2): ...->(fc){inout1}->...\n"
+        "(LoRA.adapt_weight, r=2): ...->(attn){inout1}->...",
+    )
     assert torch.equal(model(IDS), ref)
     assert model.state_dict().keys() == {*state, *(f"addins.{k}" for k in att.addins.state_dict())}
     with torch.no_grad():
@@ -201,8 +221,11 @@ def test_attached_weight_method_pickles_and_deep_copies():
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
-    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model),
-                  torch.load(buffer, weights_only=False)):
+    for clone in (
+        pickle.loads(pickle.dumps(model)),
+        copy.deepcopy(model),
+        torch.load(buffer, weights_only=False),
+    ):
         assert torch.equal(clone(IDS), expected)
         assert isinstance(clone.attn, nn.MultiheadAttention)
 
@@ -223,8 +246,10 @@ def test_never_called_module_is_a_config_error_naming_the_reader_and_leaves_mode
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     # the weight method is right there, and lora_all picks it given the example input
     cfg = studio.strategies.lora_all(model, r=2, example_input=x)
-    assert {p.target.module: p.method for p in cfg.placements} == {"block.qkv": "adapt_weight",
-                                                                   "block.proj": "adapt_output"}
+    assert {p.target.module: p.method for p in cfg.placements} == {
+        "block.qkv": "adapt_weight",
+        "block.proj": "adapt_output",
+    }
     assert "(LoRA.adapt_weight, r=2): ...->(block.qkv){inout1}->..." in str(cfg)
     with studio.attach(model, cfg, example_input=x) as att:
         model(x).sum().backward()
@@ -234,11 +259,17 @@ def test_never_called_module_is_a_config_error_naming_the_reader_and_leaves_mode
 def test_without_example_input_the_first_forward_reports_dead_hooks_then_costs_nothing():
     model = Outer()
     x = torch.randn(2, 6)
-    att = studio.attach(model, "(LoRA.adapt_output, r=2): ...->(block.qkv){inout1}->...\n"
-                               "(LoRA.adapt_output, r=2): ...->(block.proj){inout1}->...")
-    with pytest.raises(studio.ConfigError, match=r"(?s)1 add-in placement\(s\) did nothing.*"
-                                                 r"\(LoRA.adapt_output\) at block.qkv:post: "
-                                                 r"module 'block.qkv' did not"):
+    att = studio.attach(
+        model,
+        "(LoRA.adapt_output, r=2): ...->(block.qkv){inout1}->...\n"
+        "(LoRA.adapt_output, r=2): ...->(block.proj){inout1}->...",
+    )
+    with pytest.raises(
+        studio.ConfigError,
+        match=r"(?s)1 add-in placement\(s\) did nothing.*"
+        r"\(LoRA.adapt_output\) at block.qkv:post: "
+        r"module 'block.qkv' did not",
+    ):
         model(x)
     att.detach()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
@@ -300,9 +331,12 @@ def test_gpt2_lora_all_reaches_conv1d_and_tied_merge_is_refused_then_untied():
     state, ref = _state(model), model(ids).logits
     assert model.lm_head.weight is model.transformer.wte.weight
     cfg = studio.strategies.lora_all(model, r=2)
-    assert {p.target.module for p in cfg.placements} >= {"transformer.h.0.attn.c_attn",
-                                                         "transformer.h.0.attn.c_proj",
-                                                         "transformer.h.0.mlp.c_fc", "lm_head"}
+    assert {p.target.module for p in cfg.placements} >= {
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.0.mlp.c_fc",
+        "lm_head",
+    }
     att = studio.attach(model, cfg)
     with torch.no_grad():
         for a in att.addins.values():
@@ -310,10 +344,12 @@ def test_gpt2_lora_all_reaches_conv1d_and_tied_merge_is_refused_then_untied():
         unmerged = model(ids).logits
         with pytest.raises(ValueError) as info:
             att.merge()
-    assert "'lm_head.weight': it is the same parameter as 'transformer.wte.weight' (tied weights)" \
-        in str(info.value) and "merge(untie=True)" in str(info.value)
-    assert not att.merged and all(torch.equal(v, state[k]) for k, v in model.state_dict().items()
-                                  if not k.startswith("addins."))
+    assert "'lm_head.weight': it is the same parameter as 'transformer.wte.weight' (tied weights)" in str(
+        info.value
+    ) and "merge(untie=True)" in str(info.value)
+    assert not att.merged and all(
+        torch.equal(v, state[k]) for k, v in model.state_dict().items() if not k.startswith("addins.")
+    )
     with torch.no_grad():
         att.merge(untie=True)
         assert model.lm_head.weight is not model.transformer.wte.weight
@@ -338,8 +374,9 @@ def test_lora_on_a_named_parameter_and_on_the_embedding_by_target():
     with pytest.raises(studio.ConfigError, match="no parameter 'wpe'"):
         studio.attach(model, text)
     model.transformer.register_parameter("extra", nn.Parameter(torch.zeros(16, 16)))
-    with studio.attach(model,
-                       "(LoRA.adapt_weight, r=2, param=extra): ...->(transformer){inout1}->...") as att:
+    with studio.attach(
+        model, "(LoRA.adapt_weight, r=2, param=extra): ...->(transformer){inout1}->..."
+    ) as att:
         addin = next(iter(att.addins.values()))
         assert addin.lora_A.shape == (2, 16) and addin.lora_B.shape == (16, 2)
         with torch.no_grad():
@@ -384,8 +421,11 @@ def test_peft_export_and_import_cover_embedding_and_conv1d(tmp_path):
 
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["fan_in_fan_out"] is True
-    assert config["target_modules"] == ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc",
-                                        "transformer.wte"]
+    assert config["target_modules"] == [
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.0.mlp.c_fc",
+        "transformer.wte",
+    ]
     fresh = _gpt2()
     fresh.load_state_dict(state)
     loaded = peft.PeftModel.from_pretrained(fresh, str(tmp_path)).eval()
@@ -438,7 +478,11 @@ def test_an_embedding_lora_starts_as_peft_starts_it(init):
         lora = att.addins["LoRA_0"]
         assert not lora.lora_A.any() and abs(float(lora.lora_B.std()) - 1.0) < 0.1
         assert torch.equal(model(ids), before)
-    pm = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
-        r=4, target_modules=["0"], init_lora_weights=True if init == "kaiming" else "gaussian"))
+    pm = peft.get_peft_model(
+        copy.deepcopy(model),
+        peft.LoraConfig(
+            r=4, target_modules=["0"], init_lora_weights=True if init == "kaiming" else "gaussian"
+        ),
+    )
     a, b = _lora_tensors(pm)["0"]
     assert not a.any() and abs(float(b.std()) - 1.0) < 0.1

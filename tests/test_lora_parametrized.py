@@ -5,6 +5,7 @@ LoRA adapts the weight the layer computes with (the parametrization's value), le
 registered, merges through its ``right_inverse`` only where that gives the merged weight back (weight_norm:
 yes; spectral_norm: no, refused by name) and detaches bit for bit.
 """
+
 from __future__ import annotations
 
 import copy
@@ -80,9 +81,12 @@ def test_lora_on_a_parametrized_layer_end_to_end(norm, kind, method):
             assert str(err.value).startswith(
                 "cannot merge LoRA_0 into '0': 'weight' is computed by _SpectralNorm from "
                 "parametrizations.weight.original, and its right_inverse does not give the merged weight "
-                "back (off by ")
-            assert str(err.value).endswith("so the update cannot be folded into them exactly; keep it "
-                                           "unmerged (the parametrization stays as it was)")
+                "back (off by "
+            )
+            assert str(err.value).endswith(
+                "so the update cannot be folded into them exactly; keep it "
+                "unmerged (the parametrization stays as it was)"
+            )
             assert not att.merged
         assert torch.equal(model(x), unmerged)  # 4. unmerge (or the refusal) exact
     att.detach()
@@ -154,8 +158,10 @@ def test_merge_into_a_parametrization_without_right_inverse_is_refused():
     state = _state(model)
     with pytest.raises(ValueError) as err:
         att.merge()
-    assert str(err.value) == ("cannot merge LoRA_0 into '0': 'weight' is computed by _Tanh, which cannot "
-                              "take a weight back (parametrization _Tanh does not implement right_inverse.)")
+    assert str(err.value) == (
+        "cannot merge LoRA_0 into '0': 'weight' is computed by _Tanh, which cannot "
+        "take a weight back (parametrization _Tanh does not implement right_inverse.)"
+    )
     assert torch.equal(model(x), out) and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     att.detach()
     assert parametrize.is_parametrized(model[0], "weight")
@@ -163,8 +169,10 @@ def test_merge_into_a_parametrization_without_right_inverse_is_refused():
 
 def test_base_moving_inits_are_refused_on_a_parametrized_weight():
     model, x = _build("weight_norm", "linear")
-    with pytest.raises(studio.ConfigError, match="init=pissa moves part of the weight out of the base layer, "
-                                                 "but '0.weight' is computed"):
+    with pytest.raises(
+        studio.ConfigError,
+        match="init=pissa moves part of the weight out of the base layer, but '0.weight' is computed",
+    ):
         studio.attach(model, _config("adapt_output", ", init=pissa"), example_input=x)
     assert parametrize.is_parametrized(model[0], "weight") and not hasattr(model, "addins")
 
@@ -191,8 +199,10 @@ def test_legacy_weight_norm_output_hook_merges_and_adapt_weight_is_refused():
     x = torch.randn(2, 4, 7)
     state = _state(model)
     bare = model(x).detach()
-    with pytest.raises(studio.ConfigError, match="Conv1d.weight is recomputed before every forward by the "
-                                                 "legacy WeightNorm hook"):
+    with pytest.raises(
+        studio.ConfigError,
+        match="Conv1d.weight is recomputed before every forward by the legacy WeightNorm hook",
+    ):
         studio.attach(model, _config("adapt_weight"), example_input=x)
     att = studio.attach(model, _config("adapt_output"), example_input=x)
     with torch.no_grad():
@@ -237,10 +247,18 @@ def test_adapters_on_a_parametrized_layer_save_load_and_export_to_peft(norm, tmp
 def test_wav2vec2_positional_conv_under_weight_norm_gets_a_lora():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
-                                      conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-                                      num_conv_pos_embedding_groups=4, vocab_size=32)
+    cfg = transformers.Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=32,
+    )
     model = transformers.Wav2Vec2ForCTC(cfg).eval()
     x = {"input_values": torch.randn(1, 800, generator=torch.Generator().manual_seed(1))}
     conv = model.wav2vec2.encoder.pos_conv_embed.conv
@@ -267,8 +285,11 @@ def test_lora_bias_is_not_merged_into_a_parametrized_bias():
     parametrize.register_parametrization(model[0], "bias", _Tanh())
     x = torch.randn(2, 4)
     att = studio.attach(model, _config("adapt_output", ", bias=true"), example_input=x)
-    with pytest.raises(ValueError, match="cannot merge LoRA_0 into '0': LoRA bias=true cannot be merged: the "
-                                         "layer's bias is computed by a parametrization"):
+    with pytest.raises(
+        ValueError,
+        match="cannot merge LoRA_0 into '0': LoRA bias=true cannot be merged: the "
+        "layer's bias is computed by a parametrization",
+    ):
         att.merge()
     att.detach()
 
@@ -278,8 +299,9 @@ def test_fact_merges_through_weight_norm_and_is_refused_on_spectral_norm(method)
     for norm in NORMS:
         model, x = _build(norm, "linear")
         state = _state(model)
-        att = studio.attach(model, f"(FacT_tt.{method}, r=2, width=2, dropout=0): ...->([0]){{inout1}}->...",
-                            example_input=x)
+        att = studio.attach(
+            model, f"(FacT_tt.{method}, r=2, width=2, dropout=0): ...->([0]){{inout1}}->...", example_input=x
+        )
         with torch.no_grad():
             for p in att.parameters():
                 p.normal_(0, 0.3)
@@ -310,8 +332,10 @@ def test_legacy_spectral_norm_takes_the_output_hook_and_refuses_merge():
         unmerged = model(x)
     with pytest.raises(ValueError) as err:
         att.merge()
-    assert str(err.value) == ("cannot merge LoRA_0 into '0': 'weight' is computed by the legacy SpectralNorm "
-                              "hook from weight_orig, which has no inverse to take a merged weight back")
+    assert str(err.value) == (
+        "cannot merge LoRA_0 into '0': 'weight' is computed by the legacy SpectralNorm "
+        "hook from weight_orig, which has no inverse to take a merged weight back"
+    )
     assert torch.equal(model(x), unmerged)
     att.detach()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

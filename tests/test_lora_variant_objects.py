@@ -1,5 +1,6 @@
 """LoRA's variants as objects (``addins/lora/``): one chosen per LoRA at construction, the old settings and
 attributes unchanged, and a new variant added by one class without touching the core LoRA."""
+
 from __future__ import annotations
 
 import inspect
@@ -29,12 +30,15 @@ def _lora(settings: str = "") -> tuple[nn.Module, LoRA]:
     return model, lora
 
 
-@pytest.mark.parametrize("settings, cls, flags", [
-    ("", LoraVariant, {"dora": False, "kasa": False, "init": "kaiming", "rslora": False}),
-    ("dora=true, rslora=true", DoraVariant, {"dora": True, "kasa": False, "rslora": True}),
-    ("kasa=true, kasa_beta=0.5", KasaVariant, {"kasa": True, "kasa_beta": 0.5, "kasa_gamma": 1e-3}),
-    ("init=mica", MicaVariant, {"init": "mica", "dora": False}),
-])
+@pytest.mark.parametrize(
+    "settings, cls, flags",
+    [
+        ("", LoraVariant, {"dora": False, "kasa": False, "init": "kaiming", "rslora": False}),
+        ("dora=true, rslora=true", DoraVariant, {"dora": True, "kasa": False, "rslora": True}),
+        ("kasa=true, kasa_beta=0.5", KasaVariant, {"kasa": True, "kasa_beta": 0.5, "kasa_gamma": 1e-3}),
+        ("init=mica", MicaVariant, {"init": "mica", "dora": False}),
+    ],
+)
 def test_one_variant_object_per_lora_and_the_old_attributes(settings, cls, flags):
     _, lora = _lora(settings)
     assert type(lora.variant) is cls
@@ -45,10 +49,26 @@ def test_one_variant_object_per_lora_and_the_old_attributes(settings, cls, flags
 def test_the_public_signature_lists_core_then_every_variant_setting():
     names = list(inspect.signature(LoRA).parameters)
     assert names[:7] == ["point", "r", "alpha", "dropout", "param", "source_point", "layout"]
-    assert set(names[7:]) == {"rslora", "init", "bias", "dora", "velora", "velora_groups", "velora_init",
-                              "velora_scale", "kasa", "kasa_beta", "kasa_gamma", "monteclora",
-                              "monteclora_samples", "monteclora_prior", "monteclora_scaler", "monteclora_kl",
-                              "monteclora_entropy", "monteclora_buffer"}
+    assert set(names[7:]) == {
+        "rslora",
+        "init",
+        "bias",
+        "dora",
+        "velora",
+        "velora_groups",
+        "velora_init",
+        "velora_scale",
+        "kasa",
+        "kasa_beta",
+        "kasa_gamma",
+        "monteclora",
+        "monteclora_samples",
+        "monteclora_prior",
+        "monteclora_scaler",
+        "monteclora_kl",
+        "monteclora_entropy",
+        "monteclora_buffer",
+    }
 
 
 class _Halved(LoraVariant):

@@ -5,6 +5,7 @@ ways), and their errors.
 Tolerances: PEFT computes DoRA's LoRA weight as ``B(A(I))^T`` and we as ``B @ A``, so results agree to
 float32 rounding (rtol 1e-5, atol 1e-6; gradients 1e-4/1e-5); PiSSA/OLoRA inits to 1e-4/1e-5.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,16 @@ def test_variant_equals_peft_on_linear(settings):
     compare(_mlp, X, config, _ours(settings))
 
 
-@pytest.mark.parametrize("settings", ["rslora=true, alpha=6", "bias=true, alpha=32", "dora=true, alpha=8",
-                                      "init=pissa, alpha=4", "init=olora, alpha=8"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "rslora=true, alpha=6",
+        "bias=true, alpha=32",
+        "dora=true, alpha=8",
+        "init=pissa, alpha=4",
+        "init=olora, alpha=8",
+    ],
+)
 def test_variant_files_both_ways(settings, tmp_path):
     # ours -> PEFT
     model = _mlp()
@@ -83,16 +92,21 @@ def test_variant_files_both_ways(settings, tmp_path):
     loaded = peft.PeftModel.from_pretrained(_mlp(), str(tmp_path / "ours")).eval()
     torch.testing.assert_close(loaded(X), expected, rtol=1e-5, atol=1e-6)
     # PEFT -> ours
-    pm = peft.get_peft_model(_mlp(), peft.LoraConfig(r=2, target_modules=["lin0", "lin1"],
-                                                     **VARIANTS[settings]))
+    pm = peft.get_peft_model(
+        _mlp(), peft.LoraConfig(r=2, target_modules=["lin0", "lin1"], **VARIANTS[settings])
+    )
     perturb_peft(pm)
     pm.eval()
     want = pm(X)
     pm.save_pretrained(str(tmp_path / "theirs"))
     fresh = _mlp().eval()
     back = studio.from_peft(fresh, tmp_path / "theirs")
-    assert all(a.extra_repr().count(s.split("=")[0]) for _, _, a in back.entries
-               for s in settings.split(", ") if not s.startswith("alpha"))
+    assert all(
+        a.extra_repr().count(s.split("=")[0])
+        for _, _, a in back.entries
+        for s in settings.split(", ")
+        if not s.startswith("alpha")
+    )
     torch.testing.assert_close(fresh(X), want, rtol=1e-5, atol=1e-6)
     back.merge()
     torch.testing.assert_close(fresh(X), want, rtol=1e-4, atol=1e-5)
@@ -134,13 +148,13 @@ def _conv() -> nn.Module:
 
 
 def test_dora_weight_method_equals_output_hook():
-    for make, x, layer in ((_mlp, X, "lin0"),
-                           (_conv, torch.randn(2, 3, 6, 6), "0")):
+    for make, x, layer in ((_mlp, X, "lin0"), (_conv, torch.randn(2, 3, 6, 6), "0")):
         outs = []
         for method in ("adapt_output", "adapt_weight"):
             model = make().eval()
-            att = studio.attach(model,
-                                f"(LoRA.{method}, r=2, alpha=3, dora=true): ...->({layer}){{inout1}}->...")
+            att = studio.attach(
+                model, f"(LoRA.{method}, r=2, alpha=3, dora=true): ...->({layer}){{inout1}}->..."
+            )
             torch.manual_seed(5)
             with torch.no_grad():
                 for _, p in sorted(att.addins.named_parameters()):
@@ -167,22 +181,30 @@ def test_lora_bias_on_a_layer_without_bias_refuses_merge_and_changes_nothing():
             p.add_(0.1)
     out = model(X)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"cannot merge .* into 'lin0': LoRA bias=true cannot be merged: "
-                                         r"the layer has no bias to fold it into"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot merge .* into 'lin0': LoRA bias=true cannot be merged: "
+        r"the layer has no bias to fold it into",
+    ):
         att.merge()
     assert not att.merged
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     torch.testing.assert_close(model(X), out)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ("dora=yes", "LoRA: setting 'dora' must be bool, got str 'yes'"),
-    ("init=svd", "LoRA init must be one of kaiming, gaussian, pissa, olora, mica, got 'svd'"),
-    ("bias=true, init=pissa", "LoRA bias=true needs the default init, not init=pissa"),
-    ("bias=true, dora=true", "LoRA bias=true cannot be combined with dora=true"),
-    ("r=3, init=pissa",
-     r"LoRA init=pissa needs r <= 2 \(the smaller side of the \(2, 20\) weight\), got r=3"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ("dora=yes", "LoRA: setting 'dora' must be bool, got str 'yes'"),
+        ("init=svd", "LoRA init must be one of kaiming, gaussian, pissa, olora, mica, got 'svd'"),
+        ("bias=true, init=pissa", "LoRA bias=true needs the default init, not init=pissa"),
+        ("bias=true, dora=true", "LoRA bias=true cannot be combined with dora=true"),
+        (
+            "r=3, init=pissa",
+            r"LoRA init=pissa needs r <= 2 \(the smaller side of the \(2, 20\) weight\), got r=3",
+        ),
+    ],
+)
 def test_bad_variant_settings_are_clear_and_leave_the_model_untouched(settings, message):
     model = _mlp()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -200,16 +222,21 @@ def test_lora_bias_needs_the_output_hook():
 
 def test_export_refuses_mixed_variants(tmp_path):
     model = _mlp()
-    att = studio.attach(model, "(LoRA.adapt_output, r=2, dora=true): ...->(lin0){inout1}->...\n"
-                               "(LoRA.adapt_output, r=2): ...->(lin1){inout1}->...")
-    with pytest.raises(ValueError,
-                       match=r"PEFT has one use_dora per adapter; these LoRAs mix \[False, True\]"):
+    att = studio.attach(
+        model,
+        "(LoRA.adapt_output, r=2, dora=true): ...->(lin0){inout1}->...\n"
+        "(LoRA.adapt_output, r=2): ...->(lin1){inout1}->...",
+    )
+    with pytest.raises(
+        ValueError, match=r"PEFT has one use_dora per adapter; these LoRAs mix \[False, True\]"
+    ):
         att.export_peft(tmp_path)
 
 
 def test_from_peft_refuses_what_it_cannot_read(tmp_path):
-    pm = peft.get_peft_model(_mlp(), peft.LoraConfig(r=2, target_modules=["lin0"],
-                                                     init_lora_weights="pissa_niter_4"))
+    pm = peft.get_peft_model(
+        _mlp(), peft.LoraConfig(r=2, target_modules=["lin0"], init_lora_weights="pissa_niter_4")
+    )
     pm.save_pretrained(str(tmp_path))
     model = _mlp()
     with pytest.raises(ValueError, match="init_lora_weights='pissa_niter_4' is not supported"):
@@ -221,8 +248,10 @@ def test_dora_with_dropout_in_training_equals_peft():
     """In training PEFT's DoRA recomputes the base output from the dropped-out input; same seed, same
     masks, same outputs and gradients."""
     base = _mlp()
-    pm = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
-        r=2, lora_alpha=4, lora_dropout=0.3, use_dora=True, target_modules=["lin0", "lin1"]))
+    pm = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.3, use_dora=True, target_modules=["lin0", "lin1"]),
+    )
     perturb_peft(pm)
     model = copy.deepcopy(base)
     att = studio.attach(model, _ours("alpha=4, dropout=0.3, dora=true"))
@@ -276,20 +305,38 @@ def test_pissa_on_the_weight_method_and_a_failed_attach_leaves_the_base():
         torch.testing.assert_close(model(X), out, rtol=1e-5, atol=1e-5)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(Exception, match="LoRA rank r must be a positive integer"):
-        studio.attach(model, "(LoRA.adapt_output, r=2, init=pissa): ...->(lin0){inout1}->...\n"
-                             "(LoRA.adapt_output, r=0): ...->(lin1){inout1}->...")
+        studio.attach(
+            model,
+            "(LoRA.adapt_output, r=2, init=pissa): ...->(lin0){inout1}->...\n"
+            "(LoRA.adapt_output, r=0): ...->(lin1){inout1}->...",
+        )
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_strategies_lora_rank_and_alpha_patterns_follow_peft():
     model = _mlp()
-    cfg = studio.strategies.lora(model, ["lin0", "lin1"], r=4, alpha=8, rank_pattern={"lin1": 2},
-                                 alpha_pattern={"^lin0$": 3}, dora=True)
+    cfg = studio.strategies.lora(
+        model,
+        ["lin0", "lin1"],
+        r=4,
+        alpha=8,
+        rank_pattern={"lin1": 2},
+        alpha_pattern={"^lin0$": 3},
+        dora=True,
+    )
     assert [(p.target.module, p.settings) for p in cfg.placements] == [
-        ("lin0", {"r": 4, "alpha": 3, "dora": True}), ("lin1", {"r": 2, "alpha": 8, "dora": True})]
+        ("lin0", {"r": 4, "alpha": 3, "dora": True}),
+        ("lin1", {"r": 2, "alpha": 8, "dora": True}),
+    ]
     # the same model in PEFT: equal outputs, gradients and merged weights
-    config = peft.LoraConfig(r=4, lora_alpha=8, rank_pattern={"lin1": 2}, alpha_pattern={"^lin0$": 3},
-                             use_dora=True, target_modules=["lin0", "lin1"])
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        rank_pattern={"lin1": 2},
+        alpha_pattern={"^lin0$": 3},
+        use_dora=True,
+        target_modules=["lin0", "lin1"],
+    )
     compare(_mlp, X, config, cfg)
     with pytest.raises(ValueError, match=r"strategies.lora: field 'rank_pattern' key '\(' uses '\('"):
         studio.strategies.lora(model, ["lin0"], rank_pattern={"(": 2})
@@ -314,15 +361,27 @@ class Kinds(nn.Module):
         return self.fc(self.conv(h.unsqueeze(1)).flatten(1))
 
 
-KIND_LINES = ["(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(emb){{inout1}}->...",
-              "(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(c_fc){{inout1}}->...",
-              "(LoRA.adapt_weight, r=2, alpha=3, {s}): ...->(attn){{inout1}}->...",
-              "(LoRA.adapt_weight, r=2, alpha=3, {s}): ...->(attn.out_proj){{inout1}}->...",
-              "(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(conv){{inout1}}->..."]
+KIND_LINES = [
+    "(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(emb){{inout1}}->...",
+    "(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(c_fc){{inout1}}->...",
+    "(LoRA.adapt_weight, r=2, alpha=3, {s}): ...->(attn){{inout1}}->...",
+    "(LoRA.adapt_weight, r=2, alpha=3, {s}): ...->(attn.out_proj){{inout1}}->...",
+    "(LoRA.adapt_output, r=2, alpha=3, {s}): ...->(conv){{inout1}}->...",
+]
 
 
-@pytest.mark.parametrize("settings", ["rslora=true", "init=gaussian", "init=pissa", "init=olora", "dora=true",
-                                      "dora=true, init=pissa", "layout=peft, dora=true"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "rslora=true",
+        "init=gaussian",
+        "init=pissa",
+        "init=olora",
+        "dora=true",
+        "dora=true, init=pissa",
+        "layout=peft, dora=true",
+    ],
+)
 def test_variants_on_every_layer_kind(settings):
     """Identity at attach, a training step moves only the add-ins, merge keeps the outputs, detach
     (merged or not) restores the model bit for bit."""
@@ -349,4 +408,3 @@ def test_variants_on_every_layer_kind(settings):
     att.detach()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert type(model.attn) is nn.MultiheadAttention
-

@@ -1,5 +1,6 @@
 """Models by name (timm, torchvision, transformers), pre-trained through each library's own loading —
 tested offline with local weight files — and the user's own image folders."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,9 @@ def test_timm_pretrained_from_a_local_file_goes_through_timms_loading(tmp_path):
     named = create_model("timm:resnet18", 4, pretrained=True, weights=path)
     assert named.head == "fc" and named.model.fc.out_features == 4
     _same_state(named.model, published, "fc")
-    reference = timm.create_model("resnet18", pretrained=True, num_classes=4,
-                                  pretrained_cfg_overlay=dict(file=str(path)))
+    reference = timm.create_model(
+        "resnet18", pretrained=True, num_classes=4, pretrained_cfg_overlay=dict(file=str(path))
+    )
     _same_state(named.model, reference, "fc")
     assert named.input_size == (3, 224, 224)
     x = torch.rand(3, 40, 40)
@@ -71,12 +73,20 @@ def test_transformers_pretrained_from_a_saved_folder(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=64, num_labels=7)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=7,
+    )
     published = ViTForImageClassification(config)
     published.save_pretrained(tmp_path / "vit")
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4] * 3,
-                      image_std=[0.2] * 3).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.4] * 3, image_std=[0.2] * 3
+    ).save_pretrained(tmp_path / "vit")
     named = create_model(f"transformers:{tmp_path / 'vit'}", 3, pretrained=True)
     assert named.model.classifier.out_features == 3 and named.head == "classifier"
     _same_state(named.model, published, "classifier")
@@ -117,10 +127,11 @@ def test_image_folder_split_is_seeded_and_stratified(tmp_path, make_image_folder
     assert torch.bincount(labels).tolist() == [2, 2, 2]
     x, y = next(iter(data.train))
     assert tuple(x.shape[1:]) == (3, 12, 12) and y.dtype == torch.int64
-    small = image_folder_loaders(root, train_transform=T.Compose([T.Resize(6), to_tensor]),
-                                 val_transform=to_tensor, batch_size=8)
-    assert tuple(next(iter(small.train))[0].shape[1:]) == (3, 6, 6)   # training images: their transform
-    assert tuple(next(iter(small.val))[0].shape[1:]) == (3, 12, 12)   # held-out images: the evaluation one
+    small = image_folder_loaders(
+        root, train_transform=T.Compose([T.Resize(6), to_tensor]), val_transform=to_tensor, batch_size=8
+    )
+    assert tuple(next(iter(small.train))[0].shape[1:]) == (3, 6, 6)  # training images: their transform
+    assert tuple(next(iter(small.val))[0].shape[1:]) == (3, 12, 12)  # held-out images: the evaluation one
 
 
 def test_image_folder_uses_a_val_folder_when_present(tmp_path, make_image_folder):

@@ -1,6 +1,7 @@
 """Modules that moved into subpackages (scale/, app/, sources/) keep their old import paths: every old
 name imports, is the very module object of the new one, and ``python -m addin_studio.cli`` still runs;
 ``import addin_studio`` itself imports none of them."""
+
 from __future__ import annotations
 
 import importlib
@@ -72,14 +73,21 @@ def test_the_finder_answers_only_the_moved_names():
 
 
 def test_import_addin_studio_imports_no_moved_module_and_python_m_old_cli_runs():
-    code = ("import sys, addin_studio\n"
-            "print(sorted(m for m in sys.modules if m.startswith('addin_studio.')))\n"
-            "print('torch' in sys.modules)\n")
+    code = (
+        "import sys, addin_studio\n"
+        "print(sorted(m for m in sys.modules if m.startswith('addin_studio.')))\n"
+        "print('torch' in sys.modules)\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["['addin_studio._aliases']", "False"]
     for name in ("addin_studio.cli", "addin_studio.app.cli"):
-        run = subprocess.run([sys.executable, "-W", "error", "-m", name, "--version"], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT)
+        run = subprocess.run(
+            [sys.executable, "-W", "error", "-m", name, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         version = f"addin-studio {addin_studio.__version__}\n"
         assert (run.returncode, run.stdout, run.stderr) == (0, version, "")

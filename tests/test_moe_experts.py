@@ -1,6 +1,7 @@
 """LoRA on fused mixture-of-experts weights (transformers 5's Mixtral / Qwen2-MoE ``experts.gate_up_proj``
 ``[E, 2I, H]`` and ``experts.down_proj`` ``[E, H, I]``): one update per expert, equal to PEFT's
 ``target_parameters`` in outputs, gradients and files; reached by ``lora_all`` and ``strategies.lora``."""
+
 import copy
 import json
 
@@ -21,18 +22,33 @@ PEFT_KEYS = {"gate_up_proj": "experts.base_layer", "down_proj": "experts"}
 
 def _mixtral():
     torch.manual_seed(0)
-    cfg = transformers.MixtralConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
-                                     num_local_experts=4, num_experts_per_tok=2)
+    cfg = transformers.MixtralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
     return transformers.MixtralForCausalLM(cfg).eval()
 
 
 def _qwen2_moe():
     torch.manual_seed(0)
-    cfg = transformers.Qwen2MoeConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
-                                      moe_intermediate_size=32, shared_expert_intermediate_size=48,
-                                      num_experts=4, num_experts_per_tok=2)
+    cfg = transformers.Qwen2MoeConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
     return transformers.Qwen2MoeForCausalLM(cfg).eval()
 
 
@@ -54,8 +70,9 @@ def _ours_and_peft(make):
     with torch.no_grad():
         for lora in att.addins.values():
             lora.lora_B.copy_(torch.randn(lora.lora_B.shape, generator=g) * 0.1)
-    pm = peft.get_peft_model(base, peft.LoraConfig(r=2, lora_alpha=4, target_modules=[],
-                                                   target_parameters=EXPERT_PARAMS)).eval()
+    pm = peft.get_peft_model(
+        base, peft.LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=EXPERT_PARAMS)
+    ).eval()
     state = {}
     for key, placement, _ in att.entries:
         lora = att.addins[key]
@@ -95,12 +112,18 @@ def test_the_factors_are_peft_shapes_and_start_as_peft(make, one_thread):
     experts = next(iter(_experts(model).values()))
     E, two_i, H = experts.gate_up_proj.shape
     loras = list(att.addins.values())
-    assert (loras[0].param, tuple(loras[0].lora_A.shape), tuple(loras[0].lora_B.shape)) == \
-        ("gate_up_proj", (E * 2, H), (two_i, 2 * E))
-    assert (loras[1].param, tuple(loras[1].lora_A.shape), tuple(loras[1].lora_B.shape)) == \
-        ("down_proj", (E * 2, two_i // 2), (H, 2 * E))
+    assert (loras[0].param, tuple(loras[0].lora_A.shape), tuple(loras[0].lora_B.shape)) == (
+        "gate_up_proj",
+        (E * 2, H),
+        (two_i, 2 * E),
+    )
+    assert (loras[1].param, tuple(loras[1].lora_A.shape), tuple(loras[1].lora_B.shape)) == (
+        "down_proj",
+        (E * 2, two_i // 2),
+        (H, 2 * E),
+    )
     assert all(torch.equal(lora.lora_B, torch.zeros_like(lora.lora_B)) for lora in loras)
-    bound = 1 / H ** 0.5  # Kaiming-uniform over the input, as PEFT's nn.Linear lora_A
+    bound = 1 / H**0.5  # Kaiming-uniform over the input, as PEFT's nn.Linear lora_A
     assert 0.5 * bound < loras[0].lora_A.abs().max() <= bound
     assert torch.equal(model(IDS).logits, ref)  # identity at attach
     assert "experts=4" in repr(loras[0])
@@ -118,8 +141,9 @@ def test_files_equal_peft_and_load_both_ways(make, tmp_path, one_thread):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["target_modules"]) == (2, 4, None)
-    assert config["target_parameters"] == sorted(f"model.layers.{i}.mlp.{p}" for i in range(2)
-                                                 for p in EXPERT_PARAMS)
+    assert config["target_parameters"] == sorted(
+        f"model.layers.{i}.mlp.{p}" for i in range(2) for p in EXPERT_PARAMS
+    )
     loaded = peft.PeftModel.from_pretrained(make(), str(tmp_path / "ours")).eval()
     torch.testing.assert_close(loaded(IDS).logits, out, rtol=1e-6, atol=1e-6)
     back_model = make()
@@ -136,13 +160,19 @@ def test_from_peft_refuses_expert_factors_of_the_wrong_shape(tmp_path):
     key = "base_model.model.model.layers.1.mlp.experts.lora_A.weight"
     tensors[key] = tensors[key][:7]
     safetensors_torch.save_file(tensors, file)
-    with pytest.raises(ValueError, match=r"the adapter's lora_A for 'model.layers.1.mlp.experts.down_proj' "
-                                         r"has shape \(7, 64\); PEFT's LoRA on 4 experts has 4\*r rows"):
+    with pytest.raises(
+        ValueError,
+        match=r"the adapter's lora_A for 'model.layers.1.mlp.experts.down_proj' "
+        r"has shape \(7, 64\); PEFT's LoRA on 4 experts has 4\*r rows",
+    ):
         studio.from_peft(_mixtral(), tmp_path)
     tensors[key] = torch.zeros(12, 64)  # r=3 where the other tensors say r=2: lora_B [32, 8] disagrees
     safetensors_torch.save_file(tensors, file)
-    with pytest.raises(ValueError, match=r"lora_B for 'model.layers.1.mlp.experts.down_proj' has shape "
-                                         r"\(32, 8\); this model's layer needs \(32, 12\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"lora_B for 'model.layers.1.mlp.experts.down_proj' has shape "
+        r"\(32, 8\); this model's layer needs \(32, 12\)",
+    ):
         studio.from_peft(_mixtral(), tmp_path)
 
 
@@ -161,8 +191,11 @@ def test_lora_all_reaches_every_expert_weight():
     assert not [p for p in off.placements if "param" in p.settings]
     with studio.attach(model, cfg) as att:
         trainable, _ = studio.count_parameters(model)
-        expert_lora = sum(att.addins[k].lora_A.numel() + att.addins[k].lora_B.numel()
-                          for k in att.addins if att.addins[k].experts)
+        expert_lora = sum(
+            att.addins[k].lora_A.numel() + att.addins[k].lora_B.numel()
+            for k in att.addins
+            if att.addins[k].experts
+        )
         # per layer: gate_up (A [4*2, 32], B [128, 2*4]) + down (A [4*2, 64], B [32, 2*4])
         assert expert_lora == 2 * (8 * 32 + 128 * 8 + 8 * 64 + 32 * 8)
         assert trainable == sum(p.numel() for p in att.addins.parameters())
@@ -173,10 +206,12 @@ def test_lora_all_on_qwen2_moe_adapts_experts_and_the_shared_expert():
     cfg = studio.strategies.lora_all(model, r=2)
     targets = {(p.target.module, p.settings.get("param")) for p in cfg.placements}
     for i in range(2):
-        assert {(f"model.layers.{i}.mlp.experts", "gate_up_proj"),
-                (f"model.layers.{i}.mlp.experts", "down_proj"),
-                (f"model.layers.{i}.mlp.shared_expert.down_proj", None),
-                (f"model.layers.{i}.mlp.shared_expert_gate", None)} <= targets
+        assert {
+            (f"model.layers.{i}.mlp.experts", "gate_up_proj"),
+            (f"model.layers.{i}.mlp.experts", "down_proj"),
+            (f"model.layers.{i}.mlp.shared_expert.down_proj", None),
+            (f"model.layers.{i}.mlp.shared_expert_gate", None),
+        } <= targets
     assert studio.parse(str(cfg)) == cfg
 
 
@@ -219,7 +254,7 @@ def test_merge_adds_each_experts_own_update():
     att.merge()
     merged = model.model.layers[0].mlp.experts._parameters["down_proj"]
     for e in range(4):
-        A_e, B_e = lora.lora_A[e * 2:(e + 1) * 2], lora.lora_B[:, e::4]
+        A_e, B_e = lora.lora_A[e * 2 : (e + 1) * 2], lora.lora_B[:, e::4]
         torch.testing.assert_close(merged[e], W[e] + 2.0 * B_e @ A_e)
     att.unmerge()
     assert torch.equal(model.model.layers[0].mlp.experts._parameters["down_proj"], W)
@@ -227,14 +262,20 @@ def test_merge_adds_each_experts_own_update():
 
 def test_config_strings_round_trip():
     model = _mixtral()
-    for cfg in (studio.strategies.lora_all(model, r=2),
-                studio.strategies.lora(model, ["q_proj"], target_parameters=["experts.down_proj"], r=2,
-                                       rank_pattern={"down_proj": 4}),
-                studio.parse("(LoRA.adapt_weight, r=2, rslora=true, init=gaussian, param=gate_up_proj): "
-                             "...->(model.layers[0:2].mlp.experts){inout1}->...")):
+    for cfg in (
+        studio.strategies.lora_all(model, r=2),
+        studio.strategies.lora(
+            model, ["q_proj"], target_parameters=["experts.down_proj"], r=2, rank_pattern={"down_proj": 4}
+        ),
+        studio.parse(
+            "(LoRA.adapt_weight, r=2, rslora=true, init=gaussian, param=gate_up_proj): "
+            "...->(model.layers[0:2].mlp.experts){inout1}->..."
+        ),
+    ):
         assert studio.parse(str(cfg)) == cfg
-    cfg = studio.strategies.lora(model, ["q_proj"], target_parameters=["experts.down_proj"], r=2,
-                                 rank_pattern={"down_proj": 4})
+    cfg = studio.strategies.lora(
+        model, ["q_proj"], target_parameters=["experts.down_proj"], r=2, rank_pattern={"down_proj": 4}
+    )
     ranks = {(p.target.module, p.settings.get("param")): p.settings["r"] for p in cfg.placements}
     assert ranks[("model.layers.1.mlp.experts", "down_proj")] == 4  # PEFT's pattern key: <module>.<param>
     assert ranks[("model.layers.1.self_attn.q_proj", None)] == 2
@@ -257,21 +298,29 @@ def test_param_errors_are_config_errors_and_leave_the_model_untouched():
     model = _mixtral()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     where = "...->(model.layers[0].mlp.experts){inout1}->..."
-    with pytest.raises(studio.ConfigError,
-                       match="MixtralExperts has no parameter 'up_proj' for LoRA to adapt"):
+    with pytest.raises(
+        studio.ConfigError, match="MixtralExperts has no parameter 'up_proj' for LoRA to adapt"
+    ):
         studio.attach(model, f"(LoRA.adapt_weight, r=2, param=up_proj): {where}")
-    with pytest.raises(studio.ConfigError,
-                       match=r"LoRA adapts a matrix; 'weight' of MixtralRMSNorm has shape \(32,\)"):
+    with pytest.raises(
+        studio.ConfigError, match=r"LoRA adapts a matrix; 'weight' of MixtralRMSNorm has shape \(32,\)"
+    ):
         studio.attach(model, "(LoRA.adapt_weight, r=2, param=weight): ...->(model.norm){inout1}->...")
     model.model.layers[0].mlp.experts.register_parameter("four", nn.Parameter(torch.zeros(4, 2, 3, 5)))
-    with pytest.raises(studio.ConfigError, match=r"'four' of MixtralExperts has shape \(4, 2, 3, 5\) "
-                                                 r"\(param= takes a 2-D parameter, or a 3-D stack of "
-                                                 r"expert matrices"):
+    with pytest.raises(
+        studio.ConfigError,
+        match=r"'four' of MixtralExperts has shape \(4, 2, 3, 5\) "
+        r"\(param= takes a 2-D parameter, or a 3-D stack of "
+        r"expert matrices",
+    ):
         studio.attach(model, f"(LoRA.adapt_weight, r=2, param=four): {where}")
     del model.model.layers[0].mlp.experts.four
-    with pytest.raises(studio.ConfigError, match=r"LoRA on the expert weights 'down_proj' \(one update per "
-                                                 r"expert\) is plain LoRA \(rslora allowed\), as PEFT's "
-                                                 r"target_parameters; not dora=true"):
+    with pytest.raises(
+        studio.ConfigError,
+        match=r"LoRA on the expert weights 'down_proj' \(one update per "
+        r"expert\) is plain LoRA \(rslora allowed\), as PEFT's "
+        r"target_parameters; not dora=true",
+    ):
         studio.attach(model, f"(LoRA.adapt_weight, r=2, param=down_proj, dora=true): {where}")
     with pytest.raises(studio.ConfigError, match="starts from init=kaiming or init=gaussian, not init=pissa"):
         studio.attach(model, f"(LoRA.adapt_weight, r=2, param=down_proj, init=pissa): {where}")
@@ -284,15 +333,21 @@ def test_param_errors_are_config_errors_and_leave_the_model_untouched():
 
 def test_strategy_target_parameter_errors():
     model = _mixtral()
-    with pytest.raises(ValueError, match=r"target parameter 'experts.up_proj' matches no parameter of "
-                                         r"MixtralForCausalLM"):
+    with pytest.raises(
+        ValueError,
+        match=r"target parameter 'experts.up_proj' matches no parameter of "
+        r"MixtralForCausalLM",
+    ):
         studio.strategies.lora(model, target_parameters=["experts.up_proj"])
     with pytest.raises(ValueError, match="target_parameters must be a list of parameter names"):
         studio.strategies.lora(model, target_parameters="experts.down_proj")
     with pytest.raises(ValueError, match=r"target parameter 'model.norm.weight' has shape \(32,\)"):
         studio.strategies.lora(model, target_parameters=["norm.weight"])
-    with pytest.raises(ValueError, match="'model.layers.0.self_attn.q_proj' is both a target module and "
-                                         "holds target parameter 'model.layers.0.self_attn.q_proj.weight'"):
+    with pytest.raises(
+        ValueError,
+        match="'model.layers.0.self_attn.q_proj' is both a target module and "
+        "holds target parameter 'model.layers.0.self_attn.q_proj.weight'",
+    ):
         studio.strategies.lora(model, ["q_proj"], target_parameters=["q_proj.weight"])
 
 

@@ -1,4 +1,5 @@
 """studio.NamedAdapters: several adapters on one model — switch, disable, combine, save/load by name."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,9 @@ from torch import nn
 import addin_studio as studio
 
 LORA_A = "(LoRA.adapt_output, r=2): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->..."
-LORA_B = ("(LoRA.adapt_output, r=3, alpha=6, rslora=true): "
-          "...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->...")
+LORA_B = (
+    "(LoRA.adapt_output, r=3, alpha=6, rslora=true): ...->(conv){inout1}->(pool)->(flat)->(fc){inout2}->..."
+)
 
 
 class Net(nn.Module):
@@ -43,18 +45,22 @@ def _randomize(named: studio.NamedAdapters, name: str, seed: int) -> None:
 
 
 def _state(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            {n: p.requires_grad for n, p in model.named_parameters()},
-            [(n, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        [(n, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()],
+    )
 
 
 def _same_state(model, state):
     sd, flags, hooks = state
     now = model.state_dict()
-    return (sorted(now) == sorted(sd) and all(torch.equal(now[k], sd[k]) for k in sd)
-            and {n: p.requires_grad for n, p in model.named_parameters()} == flags
-            and [(n, len(m._forward_hooks), len(m._forward_pre_hooks))
-                 for n, m in model.named_modules()] == hooks)
+    return (
+        sorted(now) == sorted(sd)
+        and all(torch.equal(now[k], sd[k]) for k in sd)
+        and {n: p.requires_grad for n, p in model.named_parameters()} == flags
+        and [(n, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()] == hooks
+    )
 
 
 def test_switching_gives_each_adapters_own_outputs_and_disable_the_bare_model(net):
@@ -83,8 +89,9 @@ def test_switching_gives_each_adapters_own_outputs_and_disable_the_bare_model(ne
             assert torch.equal(alone_model(x), outs[name])
         # only the active adapter's parameters train; the base is frozen
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        assert trainable == {f"addins.{k}.{t}" for k, _, a in named.attachment.entries
-                             for t, _ in a.named_parameters()}
+        assert trainable == {
+            f"addins.{k}.{t}" for k, _, a in named.attachment.entries for t, _ in a.named_parameters()
+        }
     assert not torch.allclose(outs["a"], outs["b"]) and not torch.allclose(outs["a"], y0)
     named.disable()
     assert named.active is None and named.attachment is None
@@ -112,8 +119,10 @@ def test_weighted_combination_is_the_weighted_sum_of_the_deltas(net):
     named.add("b", LORA_B)
     _randomize(named, "a", 3)
     _randomize(named, "b", 4)
-    deltas = {name: {p.target.module: a.delta().detach().clone()
-                     for p, a in named._adapters[name].objects.items()} for name in ("a", "b")}
+    deltas = {
+        name: {p.target.module: a.delta().detach().clone() for p, a in named._adapters[name].objects.items()}
+        for name in ("a", "b")
+    }
     assert deltas["b"]["fc"].shape == (5, 16) and deltas["b"]["conv"].shape == (4, 3, 3, 3)
     weights = {"a": 0.7, "b": -0.3}
     named.add_weighted_adapter("ab", weights)
@@ -131,8 +140,9 @@ def test_weighted_combination_is_the_weighted_sum_of_the_deltas(net):
     named.attachment.unmerge()
     # the sources are untouched by the combination
     named.set_active("b")
-    assert all(torch.equal(a.delta(), deltas["b"][p.target.module])
-               for p, a in named._adapters["b"].objects.items())
+    assert all(
+        torch.equal(a.delta(), deltas["b"][p.target.module]) for p, a in named._adapters["b"].objects.items()
+    )
 
 
 def test_switching_keeps_trained_weights_and_each_adapters_kept_trainable_base(net):
@@ -230,21 +240,30 @@ def test_errors_are_clear_and_leave_model_and_adapters_untouched(net, tmp_path):
     y = model(x)
     state = _state(model)
     cases = [
-        (lambda: named.set_active("lora_b"),
-         "no adapter named 'lora_b' (adapters: lora_a, ssf, dora, fc_only); "
-         "did you mean 'lora_a'?"),
+        (
+            lambda: named.set_active("lora_b"),
+            "no adapter named 'lora_b' (adapters: lora_a, ssf, dora, fc_only); did you mean 'lora_a'?",
+        ),
         (lambda: named.remove("zzz"), "no adapter named 'zzz'"),
         (lambda: named.add("lora_a", LORA_B), "there is already an adapter named 'lora_a'"),
         (lambda: named.add("a-b", LORA_B), "an adapter name must be an identifier"),
         (lambda: named.add("bad", "(LoRA.adapt_output): ...->(nope){inout1}->..."), "nope"),
-        (lambda: named.add("pissa", "(LoRA.adapt_output, r=2, init=pissa): ...->(fc){inout1}->..."),
-         "moves part of the base weight into the adapter"),
-        (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "ssf": 0.5}),
-         "add_weighted_adapter combines LoRA adapters only: 'ssf' has SSF.adapt_output at fc:post"),
-        (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "dora": 0.5}),
-         "with dora=true, which is not linear in its factors"),
-        (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "fc_only": 0.5}),
-         "'lora_a' and 'fc_only' do not adapt the same layers the same way"),
+        (
+            lambda: named.add("pissa", "(LoRA.adapt_output, r=2, init=pissa): ...->(fc){inout1}->..."),
+            "moves part of the base weight into the adapter",
+        ),
+        (
+            lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "ssf": 0.5}),
+            "add_weighted_adapter combines LoRA adapters only: 'ssf' has SSF.adapt_output at fc:post",
+        ),
+        (
+            lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "dora": 0.5}),
+            "with dora=true, which is not linear in its factors",
+        ),
+        (
+            lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "fc_only": 0.5}),
+            "'lora_a' and 'fc_only' do not adapt the same layers the same way",
+        ),
         (lambda: named.add_weighted_adapter("mix", {"lora_a": 0.5, "lora_c": 0.5}), "did you mean 'lora_a'?"),
         (lambda: named.add_weighted_adapter("mix", {"lora_a": "x"}), "must be a number"),
         (lambda: named.load("junk", tmp_path / "junk.safetensors"), "junk.safetensors"),
@@ -264,14 +283,18 @@ def test_weighted_combination_on_weight_methods_and_embeddings():
     ids = torch.tensor([[1, 2, 3], [7, 8, 9]])
     base = {k: v.clone() for k, v in model.state_dict().items()}
     named = studio.NamedAdapters(model, ids)
-    line = ("(LoRA.adapt_output, r={r}): ...->(0){{inout1}}->...\n"
-            "(LoRA.adapt_weight, r={r}, alpha=3): ...->(1){{inout2}}->...")
+    line = (
+        "(LoRA.adapt_output, r={r}): ...->(0){{inout1}}->...\n"
+        "(LoRA.adapt_weight, r={r}, alpha=3): ...->(1){{inout2}}->..."
+    )
     named.add("a", line.format(r=2))
     named.add("b", line.format(r=1))
     _randomize(named, "a", 9)
     _randomize(named, "b", 10)
-    deltas = {n: {p.target.module: a.delta().detach().clone() for p, a in named._adapters[n].objects.items()}
-              for n in ("a", "b")}
+    deltas = {
+        n: {p.target.module: a.delta().detach().clone() for p, a in named._adapters[n].objects.items()}
+        for n in ("a", "b")
+    }
     named.add_weighted_adapter("ab", {"a": 2.0, "b": 0.5}, activate=True)
     assert named.active == "ab"
     named.attachment.merge()
@@ -286,8 +309,10 @@ def test_trainable_table_and_header_say_which_adapter_is_active(net):
     model, _ = net
     assert not studio.trainable_table(model).startswith("Active adapter")
     named = studio.NamedAdapters(model)
-    assert studio.trainable_table(model).splitlines()[0] == "Active adapter: none (the bare model runs) " \
-                                                            "(adapters: none yet)"
+    assert (
+        studio.trainable_table(model).splitlines()[0] == "Active adapter: none (the bare model runs) "
+        "(adapters: none yet)"
+    )
     named.add("a", LORA_A)
     named.add("b", LORA_B + "\ntrainable(head)")
     table = studio.trainable_table(model)

@@ -5,6 +5,7 @@ them (any training loop: the Trainer, a plain loop calling ``model.train()``); `
 trained norm parameters) makes the statistics follow the data instead, and then they ship: saved,
 loaded, exported to PEFT, shown in the trainable table, restored at detach.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,15 @@ def _state(model):
 
 def _train(model, att, steps=3, loop="trainer", tmp_path=None):
     if loop == "trainer":
-        trainer = studio.Trainer(model, [(X, Y)] * steps, epochs=1, lr=0.05, progress=False,
-                                 attachment=att, checkpoint_dir=tmp_path)
+        trainer = studio.Trainer(
+            model,
+            [(X, Y)] * steps,
+            epochs=1,
+            lr=0.05,
+            progress=False,
+            attachment=att,
+            checkpoint_dir=tmp_path,
+        )
         trainer.fit()
         return trainer
     opt = torch.optim.SGD(att.parameters(), lr=0.05)
@@ -115,10 +123,18 @@ def test_every_file_reproduces_the_trained_model(extra, tmp_path):
     att = studio.attach(model, LORA + extra, example_input=X)
     trainer = _train(model, att, tmp_path=tmp_path)
     trained = _eval(model)
-    moved = [n for n, v in model.state_dict().items() if n.endswith("running_mean")
-             and not torch.equal(v, state[n])]
-    assert moved == ([] if not extra else ["bn.running_mean"] if "trainable" in extra
-                     else ["bn.running_mean", "block.1.running_mean"])
+    moved = [
+        n
+        for n, v in model.state_dict().items()
+        if n.endswith("running_mean") and not torch.equal(v, state[n])
+    ]
+    assert moved == (
+        []
+        if not extra
+        else ["bn.running_mean"]
+        if "trainable" in extra
+        else ["bn.running_mean", "block.1.running_mean"]
+    )
     att.save(tmp_path / "a.safetensors")
     for path in (tmp_path / "a.safetensors", trainer.best_checkpoint):
         fresh = _net()
@@ -134,8 +150,11 @@ def test_every_file_reproduces_the_trained_model(extra, tmp_path):
     with studio.from_peft(back, tmp_path / "peft", modules_to_save=True):
         assert _max_rel(_eval(back), trained) <= 1e-5
     att.detach()
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if "running" in k
-               or "num_batches" in k)
+    assert all(
+        torch.equal(v, state[k])
+        for k, v in model.state_dict().items()
+        if "running" in k or "num_batches" in k
+    )
 
 
 def test_running_stats_is_written_in_the_string_and_shown_in_the_table():
@@ -143,9 +162,14 @@ def test_running_stats_is_written_in_the_string_and_shown_in_the_table():
     att = studio.attach(model, LORA + "running_stats(block[1], feat)")
     assert str(att.config).splitlines()[-1] == "running_stats(block[1], feat)"
     assert studio.parse(str(att.config)) == att.config
-    assert sorted(att.statistics()) == ["block.1.num_batches_tracked", "block.1.running_mean",
-                                        "block.1.running_var", "feat.num_batches_tracked",
-                                        "feat.running_mean", "feat.running_var"]
+    assert sorted(att.statistics()) == [
+        "block.1.num_batches_tracked",
+        "block.1.running_mean",
+        "block.1.running_var",
+        "feat.num_batches_tracked",
+        "feat.running_mean",
+        "feat.running_var",
+    ]
     table = studio.trainable_table(model)
     assert "| block.1.running_var " in table and "BatchNorm2d (statistics)" in table
     assert "bn.running_var" not in table
@@ -174,8 +198,9 @@ def test_a_running_stats_pattern_naming_no_norm_layer_is_an_error_and_the_model_
     with pytest.raises(studio.ConfigError) as info:
         studio.attach(model, text)
     err = info.value
-    assert "running_stats pattern 'hed' names no normalization layer with running statistics in Net" \
-        in str(err)
+    assert "running_stats pattern 'hed' names no normalization layer with running statistics in Net" in str(
+        err
+    )
     assert err.position == text.index("hed")
     assert not any(stats_frozen(m) for m in model.modules())
     assert all(p.requires_grad for p in model.parameters()) and not hasattr(model, "addins")
@@ -212,8 +237,11 @@ def test_a_file_with_statistics_of_a_frozen_layer_is_refused(tmp_path):
     save_file(tensors, tmp_path / "b.safetensors", metadata=meta)
     fresh = _net()
     state = _state(fresh)
-    with pytest.raises(ValueError, match="tensor 'stats.feat.running_mean' is the running statistics of a "
-                                         "layer whose statistics its config keeps fixed"):
+    with pytest.raises(
+        ValueError,
+        match="tensor 'stats.feat.running_mean' is the running statistics of a "
+        "layer whose statistics its config keeps fixed",
+    ):
         studio.load(fresh, tmp_path / "b.safetensors")
     assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
     assert not any(stats_frozen(m) for m in fresh.modules()) and not hasattr(fresh, "addins")
@@ -253,8 +281,16 @@ def test_lightning_loop_keeps_the_frozen_statistics_and_its_adapter_file_reprodu
             return torch.optim.SGD(params, lr=0.05)
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=3)
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(Module(), loader)
     assert trainer.global_step == 4
     for name, v in model.state_dict().items():

@@ -1,5 +1,6 @@
 """How add-ins are owned: one child module of the model (``addins``) while attached — every consequence
 (len, print, state_dict keys, .to(), parameters for optimizers) and that detach removes them all."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,10 @@ from torch import nn
 
 import addin_studio as studio
 
-CFG = ("(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n"
-       "(Adapter.adapt_output, bottleneck=3): ...->(2){inout1}->...")
+CFG = (
+    "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n"
+    "(Adapter.adapt_output, bottleneck=3): ...->(2){inout1}->..."
+)
 
 
 def _seq():
@@ -30,10 +33,15 @@ def test_attached_addins_are_one_child_and_every_consequence_shows():
     torch.testing.assert_close(model(x), before_out)
     assert "(addins): AddinDict(" in repr(model) and "(LoRA_0): LoRA(" in repr(model)
     keys = list(model.state_dict())
-    assert keys[:len(before_keys)] == before_keys
-    assert keys[len(before_keys):] == ["addins.LoRA_0.lora_A", "addins.LoRA_0.lora_B",
-                                       "addins.Adapter_2.down.weight", "addins.Adapter_2.down.bias",
-                                       "addins.Adapter_2.up.weight", "addins.Adapter_2.up.bias"]
+    assert keys[: len(before_keys)] == before_keys
+    assert keys[len(before_keys) :] == [
+        "addins.LoRA_0.lora_A",
+        "addins.LoRA_0.lora_B",
+        "addins.Adapter_2.down.weight",
+        "addins.Adapter_2.down.bias",
+        "addins.Adapter_2.up.weight",
+        "addins.Adapter_2.up.bias",
+    ]
     # what an optimizer over model.parameters() that require grad gets: exactly the add-ins'
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in att.parameters()} and len(trainable) == 6

@@ -1,4 +1,5 @@
 """PEFT interop both ways: our export loads in peft.PeftModel, PEFT's adapters load with from_peft."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ X = torch.randn(2, 3, 32, 32)
 
 def _vit(state=None):
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                              num_classes=5).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=5
+    ).eval()
     if state is not None:
         model.load_state_dict(state)
     return model
@@ -46,6 +48,7 @@ def test_export_loads_in_peft_with_equal_outputs(tmp_path):
     assert config["modules_to_save"] == ["head"]
     assert len(config["target_modules"]) == 24
     from safetensors.torch import load_file
+
     keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))
     assert "base_model.model.blocks.0.attn.qkv.lora_A.weight" in keys
     assert "base_model.model.blocks.11.mlp.fc1.lora_B.weight" in keys
@@ -56,8 +59,11 @@ def test_export_loads_in_peft_with_equal_outputs(tmp_path):
 def test_export_with_mixed_ranks_uses_rank_pattern(tmp_path):
     model = _vit()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    att = studio.attach(model, "(LoRA.adapt_output, r=2, alpha=3): ...->(blocks[0].attn.qkv){inout1}->...\n"
-                               "(LoRA.adapt_output, r=4, alpha=4): ...->(blocks[1:3].attn.qkv){inout1}->...")
+    att = studio.attach(
+        model,
+        "(LoRA.adapt_output, r=2, alpha=3): ...->(blocks[0].attn.qkv){inout1}->...\n"
+        "(LoRA.adapt_output, r=4, alpha=4): ...->(blocks[1:3].attn.qkv){inout1}->...",
+    )
     _perturb(att.addins.parameters())
     expected = model(X)
     att.export_peft(tmp_path)
@@ -76,8 +82,9 @@ def test_export_with_mixed_ranks_uses_rank_pattern(tmp_path):
 def test_peft_adapter_imports_with_equal_outputs(tmp_path):
     base = _vit()
     state = {k: v.clone() for k, v in base.state_dict().items()}
-    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["qkv", "attn.proj"],
-                             modules_to_save=["head"])
+    config = peft.LoraConfig(
+        r=8, lora_alpha=16, target_modules=["qkv", "attn.proj"], modules_to_save=["head"]
+    )
     pm = peft.get_peft_model(base, config)
     _perturb([p for n, p in pm.named_parameters() if "lora_" in n or "modules_to_save" in n])
     pm.eval()
@@ -95,47 +102,58 @@ def test_peft_adapter_imports_with_equal_outputs(tmp_path):
 def test_export_refuses_what_peft_cannot_hold(tmp_path):
     model = _vit()
     with studio.attach(model, "(LoRA.adapt_output): ...->(patch_embed.proj){inout1}->...") as att:
-        with pytest.raises(ValueError, match="'patch_embed.proj': a conv LoRA goes to PEFT in PEFT's layout: "
-                                             "attach it with layout=peft"):
+        with pytest.raises(
+            ValueError,
+            match="'patch_embed.proj': a conv LoRA goes to PEFT in PEFT's layout: attach it with layout=peft",
+        ):
             att.export_peft(tmp_path)
     with studio.attach(model, "(SSF.adapt_output): ...->(blocks[0].norm1){inout1}->...") as att:
-        with pytest.raises(ValueError,
-                           match="PEFT export covers IA3, LoRA, PrefixTuning, TrainableTokens only"):
+        with pytest.raises(
+            ValueError, match="PEFT export covers IA3, LoRA, PrefixTuning, TrainableTokens only"
+        ):
             att.export_peft(tmp_path)
-    with studio.attach(model, "(LoRA.adapt_output): ...->(head){inout1}->...\n"
-                              "trainable(blocks.0.norm1.weight)") as att:
+    with studio.attach(
+        model, "(LoRA.adapt_output): ...->(head){inout1}->...\ntrainable(blocks.0.norm1.weight)"
+    ) as att:
         with pytest.raises(ValueError, match="cover only part of 'blocks.0.norm1'"):
             att.export_peft(tmp_path)
     # biases alone are PEFT's bias field: every bias ("all") or the adapted layers' ("lora_only"), no
     # other set
-    with studio.attach(model, "(LoRA.adapt_output): ...->(head){inout1}->...\n"
-                              "trainable(blocks.0.norm1.bias)") as att:
-        with pytest.raises(ValueError, match=r"as biases \(bias='lora_only': those of the adapted layers, "
-                                             r"bias='all': every bias\); the kept-trainable "
-                                             r"'blocks.0.norm1.bias' is neither"):
+    with studio.attach(
+        model, "(LoRA.adapt_output): ...->(head){inout1}->...\ntrainable(blocks.0.norm1.bias)"
+    ) as att:
+        with pytest.raises(
+            ValueError,
+            match=r"as biases \(bias='lora_only': those of the adapted layers, "
+            r"bias='all': every bias\); the kept-trainable "
+            r"'blocks.0.norm1.bias' is neither",
+        ):
             att.export_peft(tmp_path)
 
 
 def test_from_peft_errors_leave_model_untouched(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA"}))
     model = _vit()
-    with pytest.raises(ValueError,
-                       match="only IA3, LoRA, PrefixTuning, TrainableTokens adapters can be imported; "
-                             ".* 'LOHA'"):
+    with pytest.raises(
+        ValueError, match="only IA3, LoRA, PrefixTuning, TrainableTokens adapters can be imported; .* 'LOHA'"
+    ):
         studio.from_peft(model, tmp_path)
     other = nn.Sequential(nn.Linear(4, 4))
-    pm = peft.get_peft_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
-                             peft.LoraConfig(r=2, target_modules=["1"]))
+    pm = peft.get_peft_model(
+        nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), peft.LoraConfig(r=2, target_modules=["1"])
+    )
     pm.save_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="LoRA weights for module '1', which this Sequential does not have"):
         studio.from_peft(other, tmp_path)
     assert not hasattr(other, "addins")
-    conv = peft.get_peft_model(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)),
-                               peft.LoraConfig(r=2, target_modules=["0"]))
+    conv = peft.get_peft_model(
+        nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), peft.LoraConfig(r=2, target_modules=["0"])
+    )
     conv.save_pretrained(str(tmp_path / "conv"))
     ungrouped = nn.Sequential(nn.Conv2d(4, 4, 3))  # PEFT's grouped B is [4, r/groups, 1, 1]
-    with pytest.raises(ValueError,
-                       match=r"lora_B for '0' has shape \(4, 1\); this model's layer needs \(4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"lora_B for '0' has shape \(4, 1\); this model's layer needs \(4, 2\)"
+    ):
         studio.from_peft(ungrouped, tmp_path / "conv")
     assert not hasattr(ungrouped, "addins")
     (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00" * 10)

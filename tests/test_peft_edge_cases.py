@@ -2,6 +2,7 @@
 PEFT tests do not list, and hand-edited ones. Each either loads with PEFT's outputs (and exports back to a
 directory PEFT loads with the same outputs) or is refused with one ValueError naming the file and the
 option, leaving the model untouched."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,14 @@ def tiny() -> Tiny:
 
 def llama() -> nn.Module:
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
-                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=40)
+    config = transformers.LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=40,
+    )
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -115,9 +122,11 @@ def test_saved_embedding_weight_that_differs_from_the_model_is_refused(tmp_path)
 
 def test_orthogonal_init_loads(tmp_path):
     # "orthogonal" initialises lora_A/B only (the base weights stay), so the file's tensors are the adapter
-    directory = _save(tiny,
-                      peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, init_lora_weights="orthogonal"),
-                      tmp_path / "a")
+    directory = _save(
+        tiny,
+        peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, init_lora_weights="orthogonal"),
+        tmp_path / "a",
+    )
     _round_trip(tiny, directory, tmp_path)
 
 
@@ -125,18 +134,22 @@ def test_bdlora_is_refused_by_name(tmp_path):
     from peft.tuners.lora.config import BdLoraConfig
 
     bd = BdLoraConfig(target_modules_bd_a=["lin1"], target_modules_bd_b=["lin0"], nblocks=2)
-    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, use_bdlora=bd),
-                      tmp_path / "a")
+    directory = _save(
+        tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, use_bdlora=bd), tmp_path / "a"
+    )
     _refused(tiny, directory, "use_bdlora")
 
 
-@pytest.mark.parametrize("field, value, want", [
-    ("target_parameters", [3], "a list of strings"),
-    ("target_parameters", "lin0.weight", "a list of strings"),
-    ("target_modules", 5, "a string or a list of strings"),
-    ("exclude_modules", {"a": 1}, "a string or a list of strings"),
-    ("lora_bias", "yes", "a bool"),
-])
+@pytest.mark.parametrize(
+    "field, value, want",
+    [
+        ("target_parameters", [3], "a list of strings"),
+        ("target_parameters", "lin0.weight", "a list of strings"),
+        ("target_modules", 5, "a string or a list of strings"),
+        ("exclude_modules", {"a": 1}, "a string or a list of strings"),
+        ("lora_bias", "yes", "a bool"),
+    ],
+)
 def test_target_fields_of_the_wrong_json_type_are_refused(tmp_path, field, value, want):
     directory = _save(tiny, peft.LoraConfig(target_modules=["lin0"], r=4), tmp_path / "a")
     _edit_config(directory, **{field: value})
@@ -153,8 +166,9 @@ def test_lora_tensors_for_a_module_the_config_does_not_target_are_refused(tmp_pa
 
 
 def test_tensor_rank_that_contradicts_r_or_rank_pattern_is_refused(tmp_path):
-    directory = _save(tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, rank_pattern={"lin1": 2}),
-                      tmp_path / "a")
+    directory = _save(
+        tiny, peft.LoraConfig(target_modules=["lin0", "lin1"], r=4, rank_pattern={"lin1": 2}), tmp_path / "a"
+    )
     _round_trip(tiny, directory, tmp_path)
     _edit_config(directory, rank_pattern={})
     _refused(tiny, directory, "'lin1'", "rank 2", "rank 4")
@@ -192,8 +206,11 @@ def test_export_targets_only_the_attached_module_when_its_name_is_a_suffix_of_an
         want = model(x)
     att.export_peft(tmp_path)
     pm = peft.PeftModel.from_pretrained(nested(), tmp_path).eval()
-    adapted = sorted(n.removeprefix("base_model.model.").removesuffix(".lora_A")
-                     for n, _ in pm.named_modules() if n.endswith(".lora_A"))
+    adapted = sorted(
+        n.removeprefix("base_model.model.").removesuffix(".lora_A")
+        for n, _ in pm.named_modules()
+        if n.endswith(".lora_A")
+    )
     assert adapted == ["fc"]
     assert torch.equal(pm.base_model.model.sub.fc.weight, nested().sub.fc.weight)  # PiSSA left it alone
     with torch.no_grad():
@@ -217,24 +234,28 @@ def test_export_of_a_target_parameter_whose_name_is_a_suffix_of_another_is_refus
     model = nested()
     model.fc, model.sub.fc = Matmul(), Matmul()
     att = studio.attach(model, "(LoRA.adapt_weight, r=2, param=weight): ...->(fc){inout1}->...")
-    with pytest.raises(ValueError,
-                       match=r"target_parameters \['fc.weight'\] would adapt 'sub.fc.weight' too"):
+    with pytest.raises(
+        ValueError, match=r"target_parameters \['fc.weight'\] would adapt 'sub.fc.weight' too"
+    ):
         att.export_peft(tmp_path)
     assert not (tmp_path / WEIGHTS).exists()
 
 
 def gpt2() -> nn.Module:
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
 def test_modules_to_save_names_a_nested_module_by_its_last_name(tmp_path):
     # PEFT's modules_to_save entries are suffixes: "embed_tokens" is Llama's "model.embed_tokens"
-    directory = _save(llama,
-                      peft.LoraConfig(target_modules=["q_proj"], r=4, modules_to_save=["embed_tokens"]),
-                      tmp_path / "a")
+    directory = _save(
+        llama,
+        peft.LoraConfig(target_modules=["q_proj"], r=4, modules_to_save=["embed_tokens"]),
+        tmp_path / "a",
+    )
     want = _peft_out(llama, directory)
     _refused(llama, directory, "'embed_tokens'", "modules_to_save=True")
     model = llama()
@@ -252,15 +273,22 @@ def test_lora_on_a_tied_lm_head_loads(tmp_path):
 
 
 def test_modules_to_save_on_a_tied_weight_is_refused(tmp_path):
-    directory = _save(gpt2, peft.LoraConfig(target_modules=["c_attn"], r=4, modules_to_save=["lm_head"]),
-                      tmp_path / "a")
+    directory = _save(
+        gpt2, peft.LoraConfig(target_modules=["c_attn"], r=4, modules_to_save=["lm_head"]), tmp_path / "a"
+    )
     _refused(gpt2, directory, "'lm_head.weight'", "ties to 'transformer.wte.weight'", modules_to_save=True)
 
 
 def bert() -> nn.Module:
     torch.manual_seed(0)
-    config = transformers.BertConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
-                                     num_attention_heads=2, vocab_size=40, num_labels=3)
+    config = transformers.BertConfig(
+        num_hidden_layers=1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        vocab_size=40,
+        num_labels=3,
+    )
     return transformers.BertForSequenceClassification(config).eval()
 
 
@@ -269,8 +297,9 @@ def test_bias_all_with_modules_to_save_loads(tmp_path):
     # classifier.original_module.bias) beside classifier.bias
     from safetensors.torch import load_file, save_file
 
-    config = peft.LoraConfig(target_modules=["query"], r=4, bias="all", modules_to_save=["classifier"],
-                             task_type="SEQ_CLS")
+    config = peft.LoraConfig(
+        target_modules=["query"], r=4, bias="all", modules_to_save=["classifier"], task_type="SEQ_CLS"
+    )
     directory = _save(bert, config, tmp_path / "a")
     tensors = load_file(directory / WEIGHTS)
     assert "base_model.model.classifier.original_module.bias" in tensors
@@ -286,8 +315,9 @@ def test_bias_all_with_modules_to_save_loads(tmp_path):
 
 
 def test_prefix_tuning_fields_peft_fills_in_or_ignores(tmp_path):
-    directory = _save(llama, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
-                      tmp_path / "a")
+    directory = _save(
+        llama, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), tmp_path / "a"
+    )
     want = _peft_out(llama, directory)
     _edit_config(directory, num_transformer_submodules=None)  # PEFT fills in 1 for a decoder
     assert torch.equal(_peft_out(llama, directory), want)
@@ -299,17 +329,23 @@ def test_prefix_tuning_fields_peft_fills_in_or_ignores(tmp_path):
     _refused(llama, directory, "'task_type'")
 
 
-@pytest.mark.parametrize("indices, needle", [([1, 1], "list token 1 twice"),
-                                             ("1, 3", "must be a list of token numbers, got str")])
+@pytest.mark.parametrize(
+    "indices, needle", [([1, 1], "list token 1 twice"), ("1, 3", "must be a list of token numbers, got str")]
+)
 def test_trainable_token_indices_peft_cannot_mean(tmp_path, indices, needle):
-    directory = _save(llama,
-                      peft.TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=[1, 3]),
-                      tmp_path / "a")
+    directory = _save(
+        llama,
+        peft.TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=[1, 3]),
+        tmp_path / "a",
+    )
     _round_trip(llama, directory, tmp_path)
     _edit_config(directory, token_indices=indices)
     _refused(llama, directory, "'model.embed_tokens'", needle)
-    lora = _save(llama, peft.LoraConfig(target_modules=["q_proj"], r=4, trainable_token_indices=[1, 3]),
-                 tmp_path / "lora")
+    lora = _save(
+        llama,
+        peft.LoraConfig(target_modules=["q_proj"], r=4, trainable_token_indices=[1, 3]),
+        tmp_path / "lora",
+    )
     _edit_config(lora, trainable_token_indices={"embed_tokens": indices})
     _refused(llama, lora, "'model.embed_tokens'", needle)
 
@@ -318,14 +354,18 @@ def test_export_of_some_but_not_all_adapted_biases_is_refused_by_name(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
     lines = "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n(LoRA.adapt_output, r=2): ...->(1){inout1}->..."
     with studio.attach(model, lines + "\ntrainable(0.bias)") as att:
-        with pytest.raises(ValueError, match=r"bias='lora_only' trains the bias of every adapted layer; the "
-                                             r"kept-trainable biases leave out '1.bias'"):
+        with pytest.raises(
+            ValueError,
+            match=r"bias='lora_only' trains the bias of every adapted layer; the "
+            r"kept-trainable biases leave out '1.bias'",
+        ):
             att.export_peft(tmp_path / "some")
     with studio.attach(model, lines + "\ntrainable(0.bias, 1.bias, 2.bias)") as att:
         att.export_peft(tmp_path / "all")  # every bias: bias="all"
     assert json.loads((tmp_path / "all" / CONFIG).read_text())["bias"] == "all"
-    with studio.attach(model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\n"
-                              "trainable(0.bias, 2.bias)") as att:
+    with studio.attach(
+        model, "(LoRA.adapt_output, r=2): ...->(0){inout1}->...\ntrainable(0.bias, 2.bias)"
+    ) as att:
         with pytest.raises(ValueError, match=r"the kept-trainable '2.bias' is neither"):
             att.export_peft(tmp_path / "mixed")
     assert not (tmp_path / "some").exists() and not (tmp_path / "mixed").exists()
@@ -344,8 +384,9 @@ def test_pickled_or_named_adapter_directories_are_explained(tmp_path):
 
 @pytest.mark.parametrize("pattern", [None, "layers", ["layers"]])
 def test_lora_tensors_outside_layers_to_transform_are_refused(tmp_path, pattern):
-    config = peft.LoraConfig(target_modules=["q_proj", "v_proj"], r=4, layers_to_transform=[1],
-                             layers_pattern=pattern)
+    config = peft.LoraConfig(
+        target_modules=["q_proj", "v_proj"], r=4, layers_to_transform=[1], layers_pattern=pattern
+    )
     directory = _save(llama, config, tmp_path / "a")
     _round_trip(llama, directory, tmp_path)
     _edit_config(directory, layers_to_transform=0)  # the file's layer-1 tensors: PEFT would skip them

@@ -11,6 +11,7 @@ whose gradients are compared with the math (``peft_compare.math_grads``), becaus
 backward runs after it unmerged the weights; before 0.22 (out_proj's update added twice) PEFT's files
 are refused by their ``peft_version``.
 """
+
 from __future__ import annotations
 
 import os
@@ -140,11 +141,14 @@ class MlpUsingParameters(nn.Module):
 
 
 MODELS = {
-    "MLP": MLP, "EmbConv1D": EmbConv1D,
+    "MLP": MLP,
+    "EmbConv1D": EmbConv1D,
     "Conv1d": lambda: _Conv(nn.Conv1d(1, 1, 2), "conv1d", (1, 10), 9),
     "Conv2d": lambda: _Conv(nn.Conv2d(5, 10, 3), "conv2d", (5, 3, 3), 10),
     "Conv3d": lambda: _Conv(nn.Conv3d(5, 10, 3), "conv3d", (5, 3, 3, 3), 10),
-    "Conv2dGroups": Conv2dGroups, "Conv2dGroups2": Conv2dGroups2, "MHA": Mha,
+    "Conv2dGroups": Conv2dGroups,
+    "Conv2dGroups2": Conv2dGroups2,
+    "MHA": Mha,
     "MlpUsingParameters": MlpUsingParameters,
 }
 
@@ -153,6 +157,7 @@ def _make(model_id: str):
     def make():
         torch.manual_seed(0)
         return MODELS[model_id]().eval()
+
     return make
 
 
@@ -174,8 +179,11 @@ SUPPORTED = [
     ("Embedding + transformers Conv1D 3 LoRA", "EmbConv1D", {"target_modules": ["emb", "conv1d"]}),
     ("Embedding + transformers Conv1D 1 DoRA", "EmbConv1D", {"target_modules": ["conv1d"], "use_dora": True}),
     ("Embedding + transformers Conv1D 2 DoRA", "EmbConv1D", {"target_modules": ["emb"], "use_dora": True}),
-    ("Embedding + transformers Conv1D 3 DoRA", "EmbConv1D",
-     {"target_modules": ["emb", "conv1d"], "use_dora": True}),
+    (
+        "Embedding + transformers Conv1D 3 DoRA",
+        "EmbConv1D",
+        {"target_modules": ["emb", "conv1d"], "use_dora": True},
+    ),
     ("Conv1d LoRA", "Conv1d", {"target_modules": ["conv1d"]}),
     ("Conv1d LoRA with DoRA", "Conv1d", {"target_modules": ["conv1d"], "use_dora": True}),
     ("Conv2d 1 LoRA", "Conv2d", {"target_modules": ["conv2d"]}),
@@ -186,44 +194,83 @@ SUPPORTED = [
     ("Conv3d 2 LoRA", "Conv3d", {"target_modules": ["conv3d", "lin0"]}),
     ("Conv3d 1 LoRA with DoRA", "Conv3d", {"target_modules": ["conv3d"], "use_dora": True}),
     ("Conv3d 2 LoRA with DoRA", "Conv3d", {"target_modules": ["conv3d", "lin0"], "use_dora": True}),
-    ("Vanilla MLP 1 LoRA with lora_b bias", "MLP",
-     {"target_modules": ["lin0", "lin1"], "lora_bias": True, "lora_alpha": 32}),
-    ("Conv2d 1 LoRA with lora_b bias", "Conv2d",
-     {"target_modules": ["conv2d"], "lora_bias": True, "lora_alpha": 32}),
-    ("Conv3d 1 LoRA with lora_b bias", "Conv3d",
-     {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32}),
+    (
+        "Vanilla MLP 1 LoRA with lora_b bias",
+        "MLP",
+        {"target_modules": ["lin0", "lin1"], "lora_bias": True, "lora_alpha": 32},
+    ),
+    (
+        "Conv2d 1 LoRA with lora_b bias",
+        "Conv2d",
+        {"target_modules": ["conv2d"], "lora_bias": True, "lora_alpha": 32},
+    ),
+    (
+        "Conv3d 1 LoRA with lora_b bias",
+        "Conv3d",
+        {"target_modules": ["conv3d"], "lora_bias": True, "lora_alpha": 32},
+    ),
     ("MLP 1 using nn.Parameter LoRA", "MlpUsingParameters", {"target_parameters": ["lin0.weight"]}),
-    ("MLP 2 using nn.Parameter LoRA", "MLP",
-     {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]}),
+    (
+        "MLP 2 using nn.Parameter LoRA",
+        "MLP",
+        {"target_modules": ["lin0"], "target_parameters": ["lin1.weight"]},
+    ),
     # trainable tokens (addins/trainable_tokens.py): a TrainableTokens add-in beside the LoRA
-    ("Embedding + transformers Conv1D 1 LoRA trainable_tokens", "EmbConv1D",
-     {"target_modules": ["conv1d"], "trainable_token_indices": {"emb": [0, 10]}}),
+    (
+        "Embedding + transformers Conv1D 1 LoRA trainable_tokens",
+        "EmbConv1D",
+        {"target_modules": ["conv1d"], "trainable_token_indices": {"emb": [0, 10]}},
+    ),
     # grouped convs (addins/lora_grouped.py): output hook only, neither side can merge them
     ("Conv2d Groups LoRA", "Conv2dGroups", {"target_modules": ["conv2d"]}),
     ("Conv2d Groups2 LoRA", "Conv2dGroups2", {"target_modules": ["conv2d"]}),
     ("Conv2d Groups LoRA with DoRA", "Conv2dGroups", {"target_modules": ["conv2d"], "use_dora": True}),
     ("Conv2d Groups2 LoRA with DoRA", "Conv2dGroups2", {"target_modules": ["conv2d"], "use_dora": True}),
     # the variants of addins/lora_kasa.py, lora_mica.py and lora_velora.py (also compared while training)
-    ("Vanilla MLP 1 LoRA with KaSA", "MLP",
-     {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4}),
-    ("Vanilla MLP 1 LoRA with MiCA", "MLP",
-     {"target_modules": ["lin0"], "init_lora_weights": "mica", "r": 4}),
-    ("Vanilla MLP 10 LoRA with VeLoRA random", "MLP",
-     {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="random")}),
-    ("Vanilla MLP 11 LoRA with VeLoRA batch_average", "MLP",
-     {"target_modules": ["lin0", "lin1"],
-      "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")}),
-    ("Vanilla MLP 12 LoRA with VeLoRA batch_average_once", "MLP",
-     {"target_modules": ["lin0"],
-      "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")}),
+    (
+        "Vanilla MLP 1 LoRA with KaSA",
+        "MLP",
+        {"target_modules": ["lin0"], "kasa_config": KasaConfig(), "r": 4},
+    ),
+    (
+        "Vanilla MLP 1 LoRA with MiCA",
+        "MLP",
+        {"target_modules": ["lin0"], "init_lora_weights": "mica", "r": 4},
+    ),
+    (
+        "Vanilla MLP 10 LoRA with VeLoRA random",
+        "MLP",
+        {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="random")},
+    ),
+    (
+        "Vanilla MLP 11 LoRA with VeLoRA batch_average",
+        "MLP",
+        {
+            "target_modules": ["lin0", "lin1"],
+            "velora_config": VeloraConfig(num_groups=2, init_type="batch_average"),
+        },
+    ),
+    (
+        "Vanilla MLP 12 LoRA with VeLoRA batch_average_once",
+        "MLP",
+        {
+            "target_modules": ["lin0"],
+            "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once"),
+        },
+    ),
     # stochastic in training: compared there with PEFT's own pre-drawn noise (peft_compare.share_noise)
-    ("Vanilla MLP 1 LoRA with Monteclora", "MLP",
-     {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)}),
+    (
+        "Vanilla MLP 1 LoRA with Monteclora",
+        "MLP",
+        {"target_modules": ["lin0"], "monteclora_config": MontecloraConfig(num_samples=2)},
+    ),
 ]
 from addin_studio.addins.lora_peft import MHA_REFUSAL  # noqa: E402
 
-MHA_ROWS = [("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]}),
-            ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]})]
+MHA_ROWS = [
+    ("MHA 1 LoRA", "MHA", {"target_modules": ["mha"]}),
+    ("MHA 2 LoRA", "MHA", {"target_modules": ["mha", "lin0"]}),
+]
 # rows whose gradients are compared with the math, not with PEFT (PEFT 0.22's MHA backward sees W)
 MATH_GRADS = {name for name, _, _ in MHA_ROWS}
 if peft_mha_fixed():
@@ -238,21 +285,31 @@ def _ours(fields: dict):
     """Our config for a row: strategies.lora with the row's targets and settings; a target parameter
     (PEFT's ``target_parameters``) is ``LoRA.adapt_weight`` with ``param=``."""
     if "target_parameters" in fields:
-        lines = [f"(LoRA.adapt_output, r=8, alpha=8): ...->({m}){{inout1}}->..."
-                 for m in fields.get("target_modules", [])]
-        lines += [f"(LoRA.adapt_weight, r=8, alpha=8, param={p.rpartition('.')[2]}): "
-                  f"...->({p.rpartition('.')[0]}){{inout1}}->..." for p in fields["target_parameters"]]
+        lines = [
+            f"(LoRA.adapt_output, r=8, alpha=8): ...->({m}){{inout1}}->..."
+            for m in fields.get("target_modules", [])
+        ]
+        lines += [
+            f"(LoRA.adapt_weight, r=8, alpha=8, param={p.rpartition('.')[2]}): "
+            f"...->({p.rpartition('.')[0]}){{inout1}}->..."
+            for p in fields["target_parameters"]
+        ]
         return "\n".join(lines)
-    tokens = "".join(f'\n(TrainableTokens.adapt_weight, indices="{", ".join(map(str, v))}"): '
-                     f'...->({k}){{inout1}}->...'
-                     for k, v in fields.get("trainable_token_indices", {}).items())
+    tokens = "".join(
+        f'\n(TrainableTokens.adapt_weight, indices="{", ".join(map(str, v))}"): ...->({k}){{inout1}}->...'
+        for k, v in fields.get("trainable_token_indices", {}).items()
+    )
     if tokens:
         rest = {k: v for k, v in fields.items() if k != "trainable_token_indices"}
         return lambda model: str(_ours(rest)(model)) + tokens
     targets = fields["target_modules"]
-    kwargs = {"r": fields.get("r", 8), "alpha": fields.get("lora_alpha", 8),
-              "dropout": fields.get("lora_dropout", 0.0), "trainable": fields.get("modules_to_save", ()),
-              "layout": "peft"}
+    kwargs = {
+        "r": fields.get("r", 8),
+        "alpha": fields.get("lora_alpha", 8),
+        "dropout": fields.get("lora_dropout", 0.0),
+        "trainable": fields.get("modules_to_save", ()),
+        "layout": "peft",
+    }
     for theirs, ours in (("use_dora", "dora"), ("lora_bias", "bias"), ("use_rslora", "rslora")):
         if fields.get(theirs):
             kwargs[ours] = True
@@ -270,13 +327,23 @@ def _variant_settings(fields: dict) -> dict:
         out["init"] = "mica"
     if fields.get("monteclora_config"):
         mc = fields["monteclora_config"]
-        out.update(monteclora=True, monteclora_samples=mc.num_samples, monteclora_prior=mc.dirichlet_prior,
-                   monteclora_scaler=mc.sample_scaler, monteclora_kl=mc.kl_loss_weight,
-                   monteclora_entropy=mc.use_entropy, monteclora_buffer=mc.buffer_size)
+        out.update(
+            monteclora=True,
+            monteclora_samples=mc.num_samples,
+            monteclora_prior=mc.dirichlet_prior,
+            monteclora_scaler=mc.sample_scaler,
+            monteclora_kl=mc.kl_loss_weight,
+            monteclora_entropy=mc.use_entropy,
+            monteclora_buffer=mc.buffer_size,
+        )
     if fields.get("velora_config"):
         velora = fields["velora_config"]
-        out.update(velora=True, velora_groups=velora.num_groups, velora_init=velora.init_type,
-                   velora_scale=velora.scale)
+        out.update(
+            velora=True,
+            velora_groups=velora.num_groups,
+            velora_init=velora.init_type,
+            velora_scale=velora.scale,
+        )
     return out
 
 
@@ -286,8 +353,15 @@ def test_supported_row_equals_peft(name, model_id, fields, tmp_path):
     # the variants whose training differs from plain LoRA (VeLoRA's gradients and projection updates,
     # MiCA's frozen B, KaSA's diagonal) are also compared over a few training steps
     steps = 3 if _variant_settings(fields) else 0
-    pm, _ = compare(make, X, peft.LoraConfig(**fields), _ours(fields), train_steps=steps,
-                    merge=name not in UNMERGEABLE, grads="math" if name in MATH_GRADS else "peft")
+    pm, _ = compare(
+        make,
+        X,
+        peft.LoraConfig(**fields),
+        _ours(fields),
+        train_steps=steps,
+        merge=name not in UNMERGEABLE,
+        grads="math" if name in MATH_GRADS else "peft",
+    )
     if name in UNMERGEABLE:
         _both_refuse_merge(make, fields, pm, UNMERGEABLE[name])
     if name not in FILES:
@@ -295,8 +369,9 @@ def test_supported_row_equals_peft(name, model_id, fields, tmp_path):
     pm.save_pretrained(str(tmp_path))
     model = make()
     att = studio.from_peft(model, tmp_path, modules_to_save=True)
-    assert att.config.trainable == tuple(sorted(f"{m}.{p}" for m in fields.get("modules_to_save", ())
-                                               for p in ("bias", "weight")))
+    assert att.config.trainable == tuple(
+        sorted(f"{m}.{p}" for m in fields.get("modules_to_save", ()) for p in ("bias", "weight"))
+    )
     torch.testing.assert_close(model(X), pm(X), rtol=1e-5, atol=1e-6)
 
 
@@ -317,7 +392,8 @@ def _both_refuse_merge(make, fields, pm, layer: str) -> None:
     assert str(info.value) == (
         f"cannot merge LoRA_{layer} into '{layer}': a LoRA on a grouped convolution (groups={groups}) in "
         f"PEFT's layout is not an update of the layer's weight (its A conv mixes all input channels), so it "
-        f"cannot be folded in (PEFT refuses this merge too)")
+        f"cannot be folded in (PEFT refuses this merge too)"
+    )
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert torch.equal(model(X), before)
     att.detach()
@@ -327,19 +403,45 @@ from peft.tuners.lora.config import BdLoraConfig  # noqa: E402
 
 # (name, model, LoraConfig fields, the message from_peft refuses PEFT's directory with)
 REFUSED = [
-    ("BD-LoRA A only", "MLP", {"target_modules": ["lin0", "lin1"],
-                               "use_bdlora": BdLoraConfig(target_modules_bd_a=["lin0"], match_strict=False)},
-     "use_bdlora is not supported"),
-    ("BD-LoRA B only", "MLP", {"target_modules": ["lin0", "lin1"], "use_bdlora": BdLoraConfig(
-        target_modules_bd_b=["lin1"], nblocks=2, match_strict=False)}, "use_bdlora is not supported"),
-    ("BD-LoRA both A and B", "MLP", {"target_modules": ["lin0", "lin1"], "use_bdlora": BdLoraConfig(
-        target_modules_bd_a=["lin0"], target_modules_bd_b=["lin1"], nblocks=2)},
-     "use_bdlora is not supported"),
+    (
+        "BD-LoRA A only",
+        "MLP",
+        {
+            "target_modules": ["lin0", "lin1"],
+            "use_bdlora": BdLoraConfig(target_modules_bd_a=["lin0"], match_strict=False),
+        },
+        "use_bdlora is not supported",
+    ),
+    (
+        "BD-LoRA B only",
+        "MLP",
+        {
+            "target_modules": ["lin0", "lin1"],
+            "use_bdlora": BdLoraConfig(target_modules_bd_b=["lin1"], nblocks=2, match_strict=False),
+        },
+        "use_bdlora is not supported",
+    ),
+    (
+        "BD-LoRA both A and B",
+        "MLP",
+        {
+            "target_modules": ["lin0", "lin1"],
+            "use_bdlora": BdLoraConfig(target_modules_bd_a=["lin0"], target_modules_bd_b=["lin1"], nblocks=2),
+        },
+        "use_bdlora is not supported",
+    ),
 ]
 if not peft_mha_fixed():
-    REFUSED += [(name, model_id, fields,
-                 f"from_peft does not import this nn.MultiheadAttention LoRA (the adapter's 'mha', saved by "
-                 f"PEFT {peft.__version__}): " + MHA_REFUSAL) for name, model_id, fields in MHA_ROWS]
+    REFUSED += [
+        (
+            name,
+            model_id,
+            fields,
+            f"from_peft does not import this nn.MultiheadAttention LoRA (the adapter's 'mha', saved by "
+            f"PEFT {peft.__version__}): " + MHA_REFUSAL,
+        )
+        for name, model_id, fields in MHA_ROWS
+    ]
 
 
 def test_matrix_has_every_row():

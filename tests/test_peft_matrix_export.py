@@ -1,6 +1,7 @@
 """Every supported row of PEFT's LoRA matrix goes back to PEFT: PEFT's saved adapter, loaded with
 ``from_peft`` and written again with ``export_peft``, loads in PEFT and gives PEFT's outputs (and the file
 holds the same tensors under the same names)."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,15 +40,22 @@ def test_a_named_parameter_exports_as_target_parameters_with_the_common_rank(tmp
     from test_peft_matrix import _LinearUsingParameter
 
     model = torch.nn.Sequential(_LinearUsingParameter(4, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 2))
-    lines = "(LoRA.adapt_weight, r=2, param=weight): ...->(0){inout1}->...\n" \
-            "(LoRA.adapt_output, r=2): ...->(1){inout1}->...\n(LoRA.adapt_output, r=2): ...->(2){inout1}->..."
+    lines = (
+        "(LoRA.adapt_weight, r=2, param=weight): ...->(0){inout1}->...\n"
+        "(LoRA.adapt_output, r=2): ...->(1){inout1}->...\n(LoRA.adapt_output, r=2): ...->(2){inout1}->..."
+    )
     with studio.attach(model, lines) as att:
         att.export_peft(tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert (config["target_modules"], config["target_parameters"], config["r"]) == \
-        (["1", "2"], ["0.weight"], 2)
+    assert (config["target_modules"], config["target_parameters"], config["r"]) == (
+        ["1", "2"],
+        ["0.weight"],
+        2,
+    )
     with studio.attach(model, lines.replace("r=2, param", "r=4, param")) as att:
-        with pytest.raises(ValueError,
-                           match=r"'0': a LoRA on a named parameter goes to PEFT \(target_parameters\) "
-                                 r"with the adapter's common r=2 and alpha=2, not r=4, alpha=4"):
+        with pytest.raises(
+            ValueError,
+            match=r"'0': a LoRA on a named parameter goes to PEFT \(target_parameters\) "
+            r"with the adapter's common r=2 and alpha=2, not r=4, alpha=4",
+        ):
             att.export_peft(tmp_path / "mixed")

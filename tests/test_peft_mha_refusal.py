@@ -7,6 +7,7 @@
   of ``W``. Ours equal PEFT 0.22 in outputs and merged weights and the math (``peft_compare.math_grads``)
   in gradients; ``from_peft`` / ``export_peft`` carry MHA LoRA both ways.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,9 @@ from peft_compare import from_peft_refusal, math_grads, peft_mha_fixed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 peft = pytest.importorskip("peft")
-fixed = pytest.mark.skipif(not peft_mha_fixed(),
-                           reason=f"PEFT {peft.__version__} adds out_proj's update twice")
+fixed = pytest.mark.skipif(
+    not peft_mha_fixed(), reason=f"PEFT {peft.__version__} adds out_proj's update twice"
+)
 
 
 class Attention(nn.Module):
@@ -59,8 +61,9 @@ def _deltas(pm) -> tuple[torch.Tensor, torch.Tensor]:
     mha = pm.base_model.model.mha
     out_proj = mha.base_layer.out_proj
     d_in = (mha.lora_B["default"].weight @ mha.lora_A["default"].weight) * mha.scaling["default"]
-    d_out = ((out_proj.lora_B["default"].weight @ out_proj.lora_A["default"].weight)
-             * out_proj.scaling["default"])
+    d_out = (out_proj.lora_B["default"].weight @ out_proj.lora_A["default"].weight) * out_proj.scaling[
+        "default"
+    ]
     return d_in.detach(), d_out.detach()
 
 
@@ -110,10 +113,12 @@ def test_peft_022_mha_forward_and_merge_are_right_its_gradients_are_not():
     _, att = _ours(base, pm)
     expected, x_grad = math_grads(base, att, X)
     mha = pm.base_model.model.mha
-    theirs = {("mha", "lora_A"): mha.lora_A["default"].weight,
-              ("mha", "lora_B"): mha.lora_B["default"].weight,
-              ("mha.out_proj", "lora_A"): mha.base_layer.out_proj.lora_A["default"].weight,
-              ("mha.out_proj", "lora_B"): mha.base_layer.out_proj.lora_B["default"].weight}
+    theirs = {
+        ("mha", "lora_A"): mha.lora_A["default"].weight,
+        ("mha", "lora_B"): mha.lora_B["default"].weight,
+        ("mha.out_proj", "lora_A"): mha.base_layer.out_proj.lora_A["default"].weight,
+        ("mha.out_proj", "lora_B"): mha.base_layer.out_proj.lora_B["default"].weight,
+    }
     off = {k: float((p.grad - expected[k]).abs().max()) for k, p in theirs.items()}
     off["input"] = float((x.grad - x_grad).abs().max())
     size = {**{k: float(g.abs().max()) for k, g in expected.items()}, "input": float(x_grad.abs().max())}
@@ -131,8 +136,10 @@ def test_our_mha_lora_equals_peft_022_outputs_and_merged_weights_and_the_math_in
     base = _base()
     pm = _peft_model(base)
     model, att = _ours(base, pm)
-    assert [(p.method, p.target.module) for p in att.config.placements] == \
-        [("adapt_weight", "mha"), ("adapt_weight", "mha.out_proj")]
+    assert [(p.method, p.target.module) for p in att.config.placements] == [
+        ("adapt_weight", "mha"),
+        ("adapt_weight", "mha.out_proj"),
+    ]
     x = X.clone().requires_grad_()
     out = model(x)
     torch.testing.assert_close(out, pm(X), rtol=1e-5, atol=1e-6)
@@ -141,8 +148,9 @@ def test_our_mha_lora_equals_peft_022_outputs_and_merged_weights_and_the_math_in
     torch.testing.assert_close(x.grad, x_grad, rtol=1e-5, atol=1e-6)
     for _, p, addin in att.entries:
         for part in ("lora_A", "lora_B"):
-            torch.testing.assert_close(getattr(addin, part).grad, expected[(p.target.module, part)],
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                getattr(addin, part).grad, expected[(p.target.module, part)], rtol=1e-5, atol=1e-5
+            )
     with torch.no_grad():
         att.merge()
         merged = pm.merge_and_unload().state_dict()
@@ -156,20 +164,29 @@ def test_mha_lora_goes_from_peft_and_back_to_peft(tmp_path):
     pm = _peft_model(base)
     pm.save_pretrained(str(tmp_path / "theirs"))
     theirs = load_file(str(tmp_path / "theirs" / "adapter_model.safetensors"))
-    assert sorted(theirs) == ["base_model.model.mha.base_layer.out_proj.lora_A.weight",
-                              "base_model.model.mha.base_layer.out_proj.lora_B.weight",
-                              "base_model.model.mha.lora_A.weight", "base_model.model.mha.lora_B.weight"]
+    assert sorted(theirs) == [
+        "base_model.model.mha.base_layer.out_proj.lora_A.weight",
+        "base_model.model.mha.base_layer.out_proj.lora_B.weight",
+        "base_model.model.mha.lora_A.weight",
+        "base_model.model.mha.lora_B.weight",
+    ]
     model = copy.deepcopy(base)
     att = studio.from_peft(model, tmp_path / "theirs")
-    assert str(att.config) == ("(LoRA.adapt_weight, alpha=4, r=2): ...->(mha){inout1}->...\n"
-                               "(LoRA.adapt_weight, alpha=4, r=2): ...->(mha.out_proj){inout1}->...")
+    assert str(att.config) == (
+        "(LoRA.adapt_weight, alpha=4, r=2): ...->(mha){inout1}->...\n"
+        "(LoRA.adapt_weight, alpha=4, r=2): ...->(mha.out_proj){inout1}->..."
+    )
     torch.testing.assert_close(model(X), pm(X), rtol=1e-5, atol=1e-6)
     att.export_peft(tmp_path / "ours")
     ours = load_file(str(tmp_path / "ours" / "adapter_model.safetensors"))
     assert sorted(ours) == sorted(theirs) and all(torch.equal(ours[k], t) for k, t in theirs.items())
     config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
-    assert (config["target_modules"], config["r"], config["lora_alpha"], config["peft_version"]) == \
-        (["mha"], 2, 4, "0.22.0")
+    assert (config["target_modules"], config["r"], config["lora_alpha"], config["peft_version"]) == (
+        ["mha"],
+        2,
+        4,
+        "0.22.0",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "saved with PEFT < 0.22 ... doubled" warning
         back = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "ours")).eval()
@@ -178,23 +195,33 @@ def test_mha_lora_goes_from_peft_and_back_to_peft(tmp_path):
 
 def test_export_needs_both_projections_with_one_rank(tmp_path):
     model = _base()
-    one = {"mha": "(LoRA.adapt_weight, r=2): ...->(mha){inout1}->...",
-           "mha.out_proj": "(LoRA.adapt_weight, r=2): ...->(mha.out_proj){inout1}->..."}
+    one = {
+        "mha": "(LoRA.adapt_weight, r=2): ...->(mha){inout1}->...",
+        "mha.out_proj": "(LoRA.adapt_weight, r=2): ...->(mha.out_proj){inout1}->...",
+    }
     with studio.attach(model, one["mha"]) as att, pytest.raises(ValueError) as info:
         att.export_peft(tmp_path)
-    assert str(info.value) == ("PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
-                               "'mha' has a LoRA but its out_proj 'mha.out_proj' has none: attach "
-                               "LoRA.adapt_weight on 'mha.out_proj' too (same r and alpha)")
+    assert str(info.value) == (
+        "PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
+        "'mha' has a LoRA but its out_proj 'mha.out_proj' has none: attach "
+        "LoRA.adapt_weight on 'mha.out_proj' too (same r and alpha)"
+    )
     with studio.attach(model, one["mha.out_proj"]) as att, pytest.raises(ValueError) as info:
         att.export_peft(tmp_path)
-    assert str(info.value) == ("PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
-                               "'mha.out_proj' has a LoRA but its MultiheadAttention 'mha' has none: attach "
-                               "LoRA.adapt_weight on 'mha' too (same r and alpha)")
-    with studio.attach(model, one["mha"] + "\n" + one["mha.out_proj"].replace("r=2", "r=3")) as att, \
-            pytest.raises(ValueError) as info:
+    assert str(info.value) == (
+        "PEFT's nn.MultiheadAttention LoRA adapts in_proj and out_proj together; "
+        "'mha.out_proj' has a LoRA but its MultiheadAttention 'mha' has none: attach "
+        "LoRA.adapt_weight on 'mha' too (same r and alpha)"
+    )
+    with (
+        studio.attach(model, one["mha"] + "\n" + one["mha.out_proj"].replace("r=2", "r=3")) as att,
+        pytest.raises(ValueError) as info,
+    ):
         att.export_peft(tmp_path)
-    assert str(info.value) == ("PEFT gives an nn.MultiheadAttention's in_proj and out_proj one r and alpha; "
-                               "'mha' has r=2, alpha=2, 'mha.out_proj' r=3, alpha=3")
+    assert str(info.value) == (
+        "PEFT gives an nn.MultiheadAttention's in_proj and out_proj one r and alpha; "
+        "'mha' has r=2, alpha=2, 'mha.out_proj' r=3, alpha=3"
+    )
     assert not (tmp_path / "adapter_config.json").exists()
 
 
@@ -215,14 +242,21 @@ def _saved(tmp_path, version: str | None, drop: str | None = None):
     return pm
 
 
-@pytest.mark.parametrize("version, saved", [
-    ("0.21.2", "PEFT 0.21.2"), ("0.21.0.dev0@abc", "PEFT 0.21.0.dev0@abc"),
-    (None, "a PEFT before 0.18 (its config has no peft_version)")])
+@pytest.mark.parametrize(
+    "version, saved",
+    [
+        ("0.21.2", "PEFT 0.21.2"),
+        ("0.21.0.dev0@abc", "PEFT 0.21.0.dev0@abc"),
+        (None, "a PEFT before 0.18 (its config has no peft_version)"),
+    ],
+)
 def test_a_file_saved_before_peft_022_is_refused_naming_its_version(tmp_path, version, saved):
     _saved(tmp_path, version)
     message = from_peft_refusal(_base(), tmp_path)
-    assert message == (f"{tmp_path}: from_peft does not import this nn.MultiheadAttention LoRA (the "
-                       f"adapter's 'mha', saved by {saved}): {MHA_REFUSAL}")
+    assert message == (
+        f"{tmp_path}: from_peft does not import this nn.MultiheadAttention LoRA (the "
+        f"adapter's 'mha', saved by {saved}): {MHA_REFUSAL}"
+    )
 
 
 @pytest.mark.parametrize("version", ["0.22.0", "0.22.1", "0.21.1.dev0@abc", "1.0.0"])
@@ -245,11 +279,15 @@ def test_peft_022_resaves_an_old_file_which_then_imports(tmp_path):
     torch.testing.assert_close(model(X), pm(X), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("drop, part, path", [(".out_proj.", "out_proj", "mha.base_layer.out_proj"),
-                                              ("mha.lora_", "in_proj", "mha")])
+@pytest.mark.parametrize(
+    "drop, part, path",
+    [(".out_proj.", "out_proj", "mha.base_layer.out_proj"), ("mha.lora_", "in_proj", "mha")],
+)
 def test_a_file_with_one_projection_is_refused_naming_the_missing_one(tmp_path, drop, part, path):
     _saved(tmp_path, "0.22.0", drop=drop)
     message = from_peft_refusal(_base(), tmp_path)
-    assert message == (f"{tmp_path}: the adapter's nn.MultiheadAttention LoRA for 'mha' lacks its {part} "
-                       f"tensors ('base_model.model.{path}.lora_A.weight', "
-                       f"'base_model.model.{path}.lora_B.weight'); PEFT adapts both projections")
+    assert message == (
+        f"{tmp_path}: the adapter's nn.MultiheadAttention LoRA for 'mha' lacks its {part} "
+        f"tensors ('base_model.model.{path}.lora_A.weight', "
+        f"'base_model.model.{path}.lora_B.weight'); PEFT adapts both projections"
+    )

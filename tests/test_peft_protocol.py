@@ -1,4 +1,5 @@
 """Add-ins own their PEFT form: export/from_peft dispatch on the class's ``peft`` mapping (no peft needed)."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,9 @@ def test_builtins_declare_their_peft_form():
 def test_a_custom_addin_exports_and_imports_through_its_own_mapping(tmp_path):
     x = torch.randn(5, 4)
     model = _net()
-    att = studio.attach(model, "(Scale.adapt_output): ...->(0){inout1}->...\ntrainable(2)",
-                        addins={"Scale": Scale})
+    att = studio.attach(
+        model, "(Scale.adapt_output): ...->(0){inout1}->...\ntrainable(2)", addins={"Scale": Scale}
+    )
     with torch.no_grad():
         att.addins["Scale_0"].scale.copy_(torch.arange(1.0, 7.0))
         model[2].weight.mul_(-1)
@@ -71,14 +73,18 @@ def test_a_custom_addin_exports_and_imports_through_its_own_mapping(tmp_path):
     assert config["peft_type"] == "TOY_SCALE" and config["target_modules"] == ["0"]
     assert config["modules_to_save"] == ["2"]
     tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
-    assert sorted(tensors) == ["base_model.model.0.toy_scale.weight", "base_model.model.2.bias",
-                               "base_model.model.2.weight"]
+    assert sorted(tensors) == [
+        "base_model.model.0.toy_scale.weight",
+        "base_model.model.2.bias",
+        "base_model.model.2.weight",
+    ]
     assert torch.equal(tensors["base_model.model.0.toy_scale.weight"], torch.arange(1.0, 7.0))
 
     fresh = _net()
-    with pytest.raises(ValueError,
-                       match="only IA3, LoRA, PrefixTuning, TrainableTokens adapters can be imported; .* "
-                             "'TOY_SCALE'"):
+    with pytest.raises(
+        ValueError,
+        match="only IA3, LoRA, PrefixTuning, TrainableTokens adapters can be imported; .* 'TOY_SCALE'",
+    ):
         studio.from_peft(fresh, tmp_path)
     assert not hasattr(fresh, "addins")
     registry._REGISTRY["Scale"] = Scale
@@ -93,13 +99,17 @@ def test_a_custom_addin_exports_and_imports_through_its_own_mapping(tmp_path):
 
 def test_mixing_peft_types_or_unmapped_addins_is_refused(tmp_path):
     model = _net()
-    with studio.attach(model, "(Scale.adapt_output): ...->(0){inout1}->...\n"
-                              "(LoRA.adapt_output): ...->(2){inout1}->...", addins={"Scale": Scale}) as att:
+    with studio.attach(
+        model,
+        "(Scale.adapt_output): ...->(0){inout1}->...\n(LoRA.adapt_output): ...->(2){inout1}->...",
+        addins={"Scale": Scale},
+    ) as att:
         with pytest.raises(ValueError, match="one peft_type; 'LoRA_2' is LORA, the others are TOY_SCALE"):
             att.export_peft(tmp_path)
     with studio.attach(model, "(Adapter.adapt_output): ...->(0){inout1}->...") as att:
-        with pytest.raises(ValueError,
-                           match="covers IA3, LoRA, PrefixTuning, TrainableTokens only; 'Adapter_0' is "
-                                 "Adapter.adapt_output"):
+        with pytest.raises(
+            ValueError,
+            match="covers IA3, LoRA, PrefixTuning, TrainableTokens only; 'Adapter_0' is Adapter.adapt_output",
+        ):
             att.export_peft(tmp_path)
     assert not list(tmp_path.iterdir())

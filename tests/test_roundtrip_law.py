@@ -10,6 +10,7 @@ and ``detach()`` must give back the original state_dict bit for bit (BatchNorm s
 
 Run ``python tests/test_roundtrip_law.py`` to print the table (model x path x max relative difference).
 """
+
 from __future__ import annotations
 
 import os
@@ -94,17 +95,27 @@ def run_roundtrip(build: Callable[[], nn.Module], make_input: Callable[[], Any])
     att = studio.attach(model, cfg, example_input=x)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = studio.Trainer(model, [(x, torch.zeros(2, dtype=torch.long))] * 2, epochs=1, lr=1e-2,
-                                 progress=False, attachment=att, checkpoint_dir=tmp, scheduler=None,
-                                 loss_fn=_scaled_loss)
+        trainer = studio.Trainer(
+            model,
+            [(x, torch.zeros(2, dtype=torch.long))] * 2,
+            epochs=1,
+            lr=1e-2,
+            progress=False,
+            attachment=att,
+            checkpoint_dir=tmp,
+            scheduler=None,
+            loss_fn=_scaled_loss,
+        )
         trainer.fit()
         model.eval()
         with torch.no_grad():
             trained = _out(model, x)
             assert _rel(trained, _out(_fresh(build), x)) > 1e-4, "training changed nothing"
         att.save(Path(tmp) / "adapters.safetensors")
-        for name, path in (("save/load", Path(tmp) / "adapters.safetensors"),
-                           ("best epoch", trainer.best_checkpoint)):
+        for name, path in (
+            ("save/load", Path(tmp) / "adapters.safetensors"),
+            ("best epoch", trainer.best_checkpoint),
+        ):
             fresh = _fresh(build)
             with studio.load(fresh, path), torch.no_grad():
                 result[name] = _rel(_out(fresh, x), trained)
@@ -125,9 +136,13 @@ def run_roundtrip(build: Callable[[], nn.Module], make_input: Callable[[], Any])
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("name, build, make_input", [
-    pytest.param(n, b, i, id=n, marks=[pytest.mark.slow] if slow else [])
-    for n, b, i, _, slow in ZOO + BN_CNNS])
+@pytest.mark.parametrize(
+    "name, build, make_input",
+    [
+        pytest.param(n, b, i, id=n, marks=[pytest.mark.slow] if slow else [])
+        for n, b, i, _, slow in ZOO + BN_CNNS
+    ],
+)
 def test_every_file_reproduces_the_trained_model(name, build, make_input):
     result = run_roundtrip(build, make_input)
     # PEFT expresses every config here but those it cannot compute: each refusal says why
@@ -138,8 +153,11 @@ def test_every_file_reproduces_the_trained_model(name, build, make_input):
 _NEVER_CALLED = "is never called as a module (its parent reads its weight)"
 _OWN_FORWARD = "with a forward of its own"
 REFUSED_BY_PEFT: dict[str, str] = {
-    "timm/beit": _NEVER_CALLED, "timm/eva02_tiny": _NEVER_CALLED, "tv/swin_t": _NEVER_CALLED,
-    "timm/tf_efficientnet_b0": _OWN_FORWARD, "timm/nf_regnet_b0": _OWN_FORWARD,
+    "timm/beit": _NEVER_CALLED,
+    "timm/eva02_tiny": _NEVER_CALLED,
+    "tv/swin_t": _NEVER_CALLED,
+    "timm/tf_efficientnet_b0": _OWN_FORWARD,
+    "timm/nf_regnet_b0": _OWN_FORWARD,
 }
 if _peft_version < (0, 22):  # PEFT < 0.22 adds MultiheadAttention's out_proj update twice
     REFUSED_BY_PEFT["tv/vit_small_config"] = "MultiheadAttention"
@@ -155,7 +173,10 @@ if __name__ == "__main__":
         try:
             r = run_roundtrip(build, make_input)
             peft_cell = r["PEFT"][:90] if isinstance(r["PEFT"], str) else f"{r['PEFT']:.1e}"
-            print(f"{name:28s} {r['save/load']:10.1e} {r['best epoch']:10.1e}  {peft_cell}   "
-                  f"({time.perf_counter() - start:.1f}s)", flush=True)
+            print(
+                f"{name:28s} {r['save/load']:10.1e} {r['best epoch']:10.1e}  {peft_cell}   "
+                f"({time.perf_counter() - start:.1f}s)",
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001 - report every model
             print(f"{name:28s} FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:150]}", flush=True)

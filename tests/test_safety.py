@@ -1,5 +1,6 @@
 """Strings reach only what they may: allow-listed methods, typed finite settings, limits, attach proves
 the forward pass — every refusal a ConfigError with a position, the model untouched."""
+
 import math
 
 import pytest
@@ -71,8 +72,21 @@ def test_only_hook_methods_attach(name, side):
         assert name in err.message
 
 
-@pytest.mark.parametrize("name", ["_apply", "__init__", "forward", "train", "zero_grad", "merge",
-                                  "register_forward_hook", "inputs_cache", "fc1", "_call_impl"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "_apply",
+        "__init__",
+        "forward",
+        "train",
+        "zero_grad",
+        "merge",
+        "register_forward_hook",
+        "inputs_cache",
+        "fc1",
+        "_call_impl",
+    ],
+)
 def test_private_dunder_and_module_names_are_refused(name):
     model = TutorialMLP()
     err = refused(model, f"(MLPAddin.{name}): ...->(fc1){{in1}}->...->{{out1}}(fc3)->...")
@@ -106,21 +120,25 @@ class Gate(AddinBase):
 def test_declared_hook_methods_attach_and_undeclared_do_not():
     assert studio.methods_for(Gate, "post") == ["adapt_across_output", "adapt_output", "gate_output"]
     model = TutorialMLP()
-    with attach(model, "(Gate.gate_output): ...->(fc1){inout1}->...", addins={"Gate": Gate},
-                example_input=X) as att:
+    with attach(
+        model, "(Gate.gate_output): ...->(fc1){inout1}->...", addins={"Gate": Gate}, example_input=X
+    ) as att:
         assert att.entries[0][1].method == "gate_output"
     err = refused(model, "(Gate.helper_output): ...->(fc1){inout1}->...", addins={"Gate": Gate})
     assert "not a hook method" in err.message and "@hook_method" in err.message
 
 
 # -- settings: only the factory's parameters, typed, finite ---------------------------------------
-@pytest.mark.parametrize("text, words, needle", [
-    ("(LoRA.adapt_output, r=2.5): ...->(fc1){inout1}->...", "setting 'r' must be int", "r="),
-    ("(LoRA.adapt_output, r=true): ...->(fc1){inout1}->...", "setting 'r' must be int", "r="),
-    ("(LoRA.adapt_output, alpha=abc): ...->(fc1){inout1}->...", "setting 'alpha' must be", "alpha="),
-    ("(Adapter.adapt_output, act=3): ...->(fc1){inout1}->...", "setting 'act' must be str", "act="),
-    ("(LoRA.adapt_output, rank=3): ...->(fc1){inout1}->...", "does not take a setting 'rank'", "rank"),
-])
+@pytest.mark.parametrize(
+    "text, words, needle",
+    [
+        ("(LoRA.adapt_output, r=2.5): ...->(fc1){inout1}->...", "setting 'r' must be int", "r="),
+        ("(LoRA.adapt_output, r=true): ...->(fc1){inout1}->...", "setting 'r' must be int", "r="),
+        ("(LoRA.adapt_output, alpha=abc): ...->(fc1){inout1}->...", "setting 'alpha' must be", "alpha="),
+        ("(Adapter.adapt_output, act=3): ...->(fc1){inout1}->...", "setting 'act' must be str", "act="),
+        ("(LoRA.adapt_output, rank=3): ...->(fc1){inout1}->...", "does not take a setting 'rank'", "rank"),
+    ],
+)
 def test_settings_are_typed(text, words, needle):
     err = refused(TutorialMLP(), text)
     assert words in err.message
@@ -128,21 +146,25 @@ def test_settings_are_typed(text, words, needle):
 
 
 def test_int_settings_accepted_for_floats():
-    with attach(TutorialMLP(), "(LoRA.adapt_output, alpha=16, dropout=0): ...->(fc1){inout1}->...",
-                example_input=X) as att:
+    with attach(
+        TutorialMLP(), "(LoRA.adapt_output, alpha=16, dropout=0): ...->(fc1){inout1}->...", example_input=X
+    ) as att:
         assert att.entries[0][2].alpha == 16
 
 
 # -- 5. number sizes, placements per string --------------------------------------------------------
-@pytest.mark.parametrize("text, words, needle", [
-    ("(LoRA.adapt_output, r=" + "9" * 5000 + "): ...->(fc1){inout1}->...", "too long", "9"),
-    ("(LoRA.adapt_output, alpha=1e309): ...->(fc1){inout1}->...", "infinite", "1e309"),
-    ("(LoRA.adapt_output, alpha=-1e400): ...->(fc1){inout1}->...", "infinite", "-1e400"),
-    ("(LoRA.adapt_output, r=10000000000000000): ...->(fc1){inout1}->...", "too large", "1000"),
-    ("(A.m): ...->(blocks[" + "1" * 30 + "]){inout1}->...", "too large", "111"),
-    ("(A.m): ...->(blocks[0:" + "1" * 30 + "]){inout1}->...", "too large", "111"),
-    ("(A.m): ...->(fc1){inout" + "7" * 4400 + "}->...", "too large", "{inout"),
-])
+@pytest.mark.parametrize(
+    "text, words, needle",
+    [
+        ("(LoRA.adapt_output, r=" + "9" * 5000 + "): ...->(fc1){inout1}->...", "too long", "9"),
+        ("(LoRA.adapt_output, alpha=1e309): ...->(fc1){inout1}->...", "infinite", "1e309"),
+        ("(LoRA.adapt_output, alpha=-1e400): ...->(fc1){inout1}->...", "infinite", "-1e400"),
+        ("(LoRA.adapt_output, r=10000000000000000): ...->(fc1){inout1}->...", "too large", "1000"),
+        ("(A.m): ...->(blocks[" + "1" * 30 + "]){inout1}->...", "too large", "111"),
+        ("(A.m): ...->(blocks[0:" + "1" * 30 + "]){inout1}->...", "too large", "111"),
+        ("(A.m): ...->(fc1){inout" + "7" * 4400 + "}->...", "too large", "{inout"),
+    ],
+)
 def test_numbers_are_bounded(text, words, needle):
     with pytest.raises(ConfigError) as e:
         parse(text)
@@ -230,17 +252,21 @@ def test_issue_vpt_inside_a_block_is_refused_at_attach(vit):
 
 
 def test_the_failing_placement_is_named_among_several(vit):
-    text = ("(LoRA.adapt_output, r=2): ...->(blocks[0:4].attn.qkv){inout1}->...\n"
-            "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0:4])->...\n"
-            "(VPT.adapt_input, num_tokens=2): ...->{inout1}(blocks[1].norm2)->...")
+    text = (
+        "(LoRA.adapt_output, r=2): ...->(blocks[0:4].attn.qkv){inout1}->...\n"
+        "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0:4])->...\n"
+        "(VPT.adapt_input, num_tokens=2): ...->{inout1}(blocks[1].norm2)->..."
+    )
     err = refused(vit, text, addins=None, x=IMG)
     assert "blocks.1.norm2:pre" in err.message
     assert err.position == text.index("norm2")
 
 
 def test_vpt_under_an_across_adapter_is_refused(vit):
-    text = ("(Adapter.adapt_across_output): ...->(blocks[0]){in1}->...->(blocks[2]){out1}->...\n"
-            "(VPT.adapt_input, num_tokens=4): ...->{inout1}(blocks[1])->...")
+    text = (
+        "(Adapter.adapt_across_output): ...->(blocks[0]){in1}->...->(blocks[2]){out1}->...\n"
+        "(VPT.adapt_input, num_tokens=4): ...->{inout1}(blocks[1])->..."
+    )
     err = refused(vit, text, addins=None, x=IMG)
     assert "breaks the forward pass" in err.message
 
@@ -248,8 +274,7 @@ def test_vpt_under_an_across_adapter_is_refused(vit):
 def test_good_placements_attach_and_model_output_unchanged(vit):
     with torch.no_grad():
         before = vit(IMG)
-    with attach(vit, "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0:4])->...",
-                example_input=IMG):
+    with attach(vit, "(VPT.adapt_input, num_tokens=3): ...->{inout1}(blocks[0:4])->...", example_input=IMG):
         pass
     with torch.no_grad():
         assert torch.equal(vit(IMG), before)

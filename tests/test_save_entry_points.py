@@ -1,5 +1,6 @@
 """One entry point per job: ``att.save`` and ``att.export_peft`` write adapter files; every other name
 (checkpoint, Trainer, widget, FSDP, integrations) calls them."""
+
 from __future__ import annotations
 
 import re
@@ -25,15 +26,18 @@ def _attached():
 
 
 def test_the_engine_writes_through_one_writer_per_job():
-    assert engine_attachment._IO == {"save": checkpoint.adapters._write_attachment,
-                                     "export_peft": checkpoint.peft._write_peft}
+    assert engine_attachment._IO == {
+        "save": checkpoint.adapters._write_attachment,
+        "export_peft": checkpoint.peft._write_peft,
+    }
 
 
 def test_old_names_call_att_save_and_att_export_peft(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(engine_attachment.Attachment, "save", lambda self, path: calls.append(("save", path)))
-    monkeypatch.setattr(engine_attachment.Attachment, "export_peft",
-                        lambda self, directory: calls.append(("peft", directory)))
+    monkeypatch.setattr(
+        engine_attachment.Attachment, "export_peft", lambda self, directory: calls.append(("peft", directory))
+    )
     _, att = _attached()
     checkpoint.save_attachment(att, tmp_path / "a.safetensors")
     assert train.save_adapters(att, str(tmp_path / "b.safetensors")) == tmp_path / "b.safetensors"
@@ -41,9 +45,14 @@ def test_old_names_call_att_save_and_att_export_peft(tmp_path, monkeypatch):
     assert widget_export.save_adapters(att, tmp_path / "w") == tmp_path / "w" / "adapters.safetensors"
     checkpoint.export_peft(att, tmp_path / "p")
     assert widget_export.export_peft(att, tmp_path / "w") == tmp_path / "w" / "peft"
-    assert calls == [("save", tmp_path / "a.safetensors"), ("save", str(tmp_path / "b.safetensors")),
-                     ("save", tmp_path / "c.safetensors"), ("save", tmp_path / "w" / "adapters.safetensors"),
-                     ("peft", tmp_path / "p"), ("peft", tmp_path / "w" / "peft")]
+    assert calls == [
+        ("save", tmp_path / "a.safetensors"),
+        ("save", str(tmp_path / "b.safetensors")),
+        ("save", tmp_path / "c.safetensors"),
+        ("save", tmp_path / "w" / "adapters.safetensors"),
+        ("peft", tmp_path / "p"),
+        ("peft", tmp_path / "w" / "peft"),
+    ]
 
 
 def test_the_aliases_write_the_same_file_as_att_save(tmp_path):
@@ -68,7 +77,14 @@ def test_the_aliases_write_the_same_file_as_att_save(tmp_path):
 def test_only_the_checkpoint_package_writes_adapter_files():
     """A second implementation would need safetensors' writer: only checkpoint/ and the Trainer's
     no-attachment fallback (train/checkpointing.py save_trainable) reach it."""
-    writers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                     if re.search(r"\bsave_file\(|\bfiles\.write\(|\bwrite_adapters\(", p.read_text()))
-    assert writers == ["checkpoint/adapters.py", "checkpoint/files.py", "checkpoint/peft.py",
-                       "train/checkpointing.py"]
+    writers = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if re.search(r"\bsave_file\(|\bfiles\.write\(|\bwrite_adapters\(", p.read_text())
+    )
+    assert writers == [
+        "checkpoint/adapters.py",
+        "checkpoint/files.py",
+        "checkpoint/peft.py",
+        "train/checkpointing.py",
+    ]

@@ -1,6 +1,7 @@
 """Modules shared under several names: one canonical name per module object (the first
 ``named_modules()`` gives) in the trace, the strategies, the resolver, the widget and the files; the
 other names resolve to it with a warning; an add-in on a shared module runs wherever the module runs."""
+
 from __future__ import annotations
 
 import json
@@ -105,16 +106,31 @@ def test_same_object_under_two_names_in_one_parent_and_its_subtree():
 def test_trace_has_one_node_per_module_object_with_aliases_and_all_calls_counted():
     model = _toy()
     graph = studio.trace(model, X)
-    assert graph.paths == ["proj", "blocks", "blocks.0", "blocks.0.fc", "blocks.1", "blocks.1.fc", "deep",
-                           "deep.0", "head"]
+    assert graph.paths == [
+        "proj",
+        "blocks",
+        "blocks.0",
+        "blocks.0.fc",
+        "blocks.1",
+        "blocks.1.fc",
+        "deep",
+        "deep.0",
+        "head",
+    ]
     node = graph["proj"]
     assert node.aliases == ["blocks.0.shared", "blocks.1.shared", "deep.0.0"]
     assert graph["blocks.0.shared"] is node and "deep.0.0" in graph
     assert graph.canonical("blocks.1.shared") == "proj" and graph.aliases == ALIASES
     assert node.calls == 2 and graph["blocks.0.fc"].calls == 1 and graph["deep"].calls == 0
     # order and shapes are those of the first call (inside blocks.0, after blocks.0.fc)
-    assert [n.path for n in graph.executed()] == ["blocks.0", "blocks.0.fc", "proj", "blocks.1",
-                                                  "blocks.1.fc", "head"]
+    assert [n.path for n in graph.executed()] == [
+        "blocks.0",
+        "blocks.0.fc",
+        "proj",
+        "blocks.1",
+        "blocks.1.fc",
+        "head",
+    ]
     assert node.input_shape == (4, 8) and node.output_shape == (4, 8)
     # parameters counted once in the model's total; a parent counts what it computes with
     assert graph.num_params == 3 * 72 + 27 == sum(p.numel() for p in model.parameters())
@@ -129,7 +145,8 @@ def test_lora_all_places_one_lora_per_object_under_its_canonical_name():
     seen = []
     strategy = studio.strategies.Strategy().register_module_cap(
         lambda info: isinstance(info.module, nn.Linear),
-        lambda info: seen.append((info.path, info.aliases)) or studio.strategies.Claim())
+        lambda info: seen.append((info.path, info.aliases)) or studio.strategies.Claim(),
+    )
     strategy(model)
     assert seen[0] == ("proj", ("blocks.0.shared", "blocks.1.shared", "deep.0.0"))
     assert [s[0] for s in seen] == ["proj", "blocks.0.fc", "blocks.1.fc", "head"]
@@ -176,7 +193,8 @@ def test_an_alias_in_a_config_string_is_renamed_with_a_warning():
     assert messages[0] == (
         "(LoRA.adapt_output) at blocks.1.shared:post: 'blocks[1].shared' is 'proj' (Linear), one module "
         "shared by several parents; also reachable as 'blocks[0].shared', 'deep[0][0]'; it is placed under "
-        "its canonical name 'proj' (the first name named_modules() gives) and runs wherever that module runs")
+        "its canonical name 'proj' (the first name named_modules() gives) and runs wherever that module runs"
+    )
     assert "trainable(deep.0.0.bias): 'deep[0][0].bias' is 'proj.bias'" in messages[1]
     assert str(att.config) == "(LoRA.adapt_output, r=2): ...->(proj){inout1}->...\ntrainable(proj.bias)"
     assert list(att.addins) == ["LoRA_proj"]
@@ -186,17 +204,20 @@ def test_an_alias_in_a_config_string_is_renamed_with_a_warning():
 
 def test_the_same_placement_under_two_names_is_refused():
     model = _toy()
-    text = ("(LoRA.adapt_output, r=2): ...->(proj){inout1}->...\n"
-            "(LoRA.adapt_output, r=2): ...->(deep[0][0]){inout1}->...")
+    text = (
+        "(LoRA.adapt_output, r=2): ...->(proj){inout1}->...\n"
+        "(LoRA.adapt_output, r=2): ...->(deep[0][0]){inout1}->..."
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.warns(SharedModuleWarning), pytest.raises(ConfigError) as info:
         studio.attach(model, text, example_input=X)
     assert info.value.message == (
         "(LoRA.adapt_output) at deep.0.0:post and (LoRA.adapt_output) at proj:post are one placement on one "
         "module: 'proj' is shared by several parents and both names reach it, so its add-in would be "
-        "attached twice")
+        "attached twice"
+    )
     assert info.value.hint == "place it once, at 'proj': it runs wherever the module runs"
-    assert text[info.value.position:].startswith("(LoRA.adapt_output, r=2): ...->(deep")
+    assert text[info.value.position :].startswith("(LoRA.adapt_output, r=2): ...->(deep")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "addins" not in dict(model.named_children())
     # two different add-ins on one shared module are fine (as on any module)
@@ -243,7 +264,8 @@ def test_peft_export_and_import_refuse_a_shared_module(tmp_path):
         att.export_peft(tmp_path / "ours")
     assert str(info.value).startswith(
         "'proj' is one Linear shared by several parents (also reachable as 'blocks.0.shared', "
-        "'blocks.1.shared', 'deep.0.0'); PEFT replaces it under its first name 'proj' only")
+        "'blocks.1.shared', 'deep.0.0'); PEFT replaces it under its first name 'proj' only"
+    )
     assert not os.path.exists(tmp_path / "ours")
     att.detach()
     # a layer that is not shared exports and loads in PEFT as before
@@ -256,8 +278,11 @@ def test_peft_export_and_import_refuse_a_shared_module(tmp_path):
     wrapped = peft.get_peft_model(base, peft.LoraConfig(target_modules=["proj"], r=2))
     assert base.blocks[0].shared is not base.proj
     wrapped.save_pretrained(tmp_path / "theirs")
-    with pytest.raises(ValueError, match=r"adapter_config.json: the adapter targets 'proj', one module "
-                                         r"shared by several parents \(also reachable as 'blocks.0.shared'"):
+    with pytest.raises(
+        ValueError,
+        match=r"adapter_config.json: the adapter targets 'proj', one module "
+        r"shared by several parents \(also reachable as 'blocks.0.shared'",
+    ):
         studio.from_peft(_toy(), tmp_path / "theirs")
 
 
@@ -277,11 +302,14 @@ def test_lora_targets_name_the_canonical_name_of_an_alias():
         "targets ['shared'] match no Linear/Conv layer of Toy (nor an Embedding or MultiheadAttention; its "
         "layers include: proj, blocks.0.fc, blocks.1.fc, head); 'blocks.0.shared' is another name of 'proj', "
         "a module shared by several parents: targets match canonical names (the first named_modules() "
-        "gives), as PEFT's do")
+        "gives), as PEFT's do"
+    )
     with pytest.raises(ValueError) as info:
         studio.strategies.lora(_toy(), ["head", "shared"], r=2)
-    assert str(info.value).startswith("target 'shared' matches no Linear/Conv layer of Toy (nor an Embedding "
-                                      "or MultiheadAttention); 'blocks.0.shared' is another name of 'proj'")
+    assert str(info.value).startswith(
+        "target 'shared' matches no Linear/Conv layer of Toy (nor an Embedding "
+        "or MultiheadAttention); 'blocks.0.shared' is another name of 'proj'"
+    )
 
 
 def test_widget_details_name_the_other_names():
@@ -289,12 +317,16 @@ def test_widget_details_name_the_other_names():
 
     w = Studio(_toy(), example_input=X)
     w.handle({"type": "select", "path": "blocks.1.shared"})
-    assert w.selected["path"] == "proj" and w.selected["aliases"] == ["blocks[0].shared",
-                                                                      "blocks[1].shared", "deep[0][0]"]
+    assert w.selected["path"] == "proj" and w.selected["aliases"] == [
+        "blocks[0].shared",
+        "blocks[1].shared",
+        "deep[0][0]",
+    ]
     assert w.selected["note"] == (
         "shared module: also reachable as blocks[0].shared, blocks[1].shared, deep[0][0]; it ran 2 times in "
         "the traced pass. Add-ins placed here hook the module object, so they run wherever it runs (under "
-        "every parent)")
+        "every parent)"
+    )
     w.handle({"type": "select", "path": "head"})
     assert w.selected["note"] == "" and w.selected["aliases"] == []
     with pytest.warns(SharedModuleWarning):  # a pasted string naming an alias shows the canonical name
@@ -308,8 +340,9 @@ def test_widget_details_name_the_other_names():
 @pytest.mark.usefixtures("one_thread")
 def test_conv_shared_by_two_blocks_end_to_end():
     torch.manual_seed(0)
-    r = run_zoo_model(ConvToy, lambda: torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1)),
-                      False)
+    r = run_zoo_model(
+        ConvToy, lambda: torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1)), False
+    )
     assert r["placements"] == 4 and r["adapt_weight"] == 0
 
 
@@ -331,8 +364,7 @@ def test_timm_coat_lite_tiny_end_to_end():
     assert [t for t in targets if "cpe" in t] == ["cpe1.proj", "cpe2.proj", "cpe3.proj", "cpe4.proj"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", SharedModuleWarning)
-        r = run_zoo_model(build, _image,
-                          False)
+        r = run_zoo_model(build, _image, False)
     assert r["placements"] == len(targets) and r["diff"] <= 1e-3 * r["effect"]
 
 
@@ -350,12 +382,15 @@ class Embedder(nn.Module):
 def test_from_peft_trainable_tokens_on_a_shared_embedding_names_sharing_not_a_tie(tmp_path):
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)
-    wrapped = peft.get_peft_model(Embedder(), peft.TrainableTokensConfig(target_modules=["embed"],
-                                                                         token_indices=[1, 2]))
+    wrapped = peft.get_peft_model(
+        Embedder(), peft.TrainableTokensConfig(target_modules=["embed"], token_indices=[1, 2])
+    )
     wrapped.save_pretrained(tmp_path)
     torch.manual_seed(0)
     with pytest.raises(ValueError) as info:
         studio.from_peft(Embedder(), tmp_path)
     assert "tied" not in str(info.value)
-    assert "the adapter targets 'embed', one module shared by several parents (also reachable as " \
-           "'encoder.0')" in str(info.value)
+    assert (
+        "the adapter targets 'embed', one module shared by several parents (also reachable as "
+        "'encoder.0')" in str(info.value)
+    )

@@ -1,5 +1,6 @@
 """Stacked attachments compose: each keeps its add-ins trainable, detaching in any order restores what
 was there, each saves and loads alone."""
+
 import itertools
 
 import pytest

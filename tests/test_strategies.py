@@ -1,4 +1,5 @@
 """GIFt-style strategies: capability semantics, ready-made strategies, the resnet18 figure."""
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def test_resnet18_gift_figure(capsys):
     assert studio.count_parameters(model) == (11_689_512, 11_689_512)
     cfg = studio.strategies.lora_all(model, r=3)
     assert len(cfg.placements) == 21  # 20 convs + fc
-    assert cfg.trainable == ()        # 75,063 is LoRA alone: no bias (fc's included) stays trainable
+    assert cfg.trainable == ()  # 75,063 is LoRA alone: no bias (fc's included) stays trainable
     with studio.attach(model, cfg, example_input=torch.randn(1, 3, 32, 32)):
         table = studio.trainable_table(model)
         print(table)
@@ -45,8 +46,9 @@ def test_resnet18_gift_figure(capsys):
     assert "4,608" in capsys.readouterr().out  # the table was printed
 
 
-@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "efficientnet_b0", "vit_tiny_patch16_224",
-                                  "convnext_atto"])
+@pytest.mark.parametrize(
+    "name", ["mobilenetv3_small_050", "efficientnet_b0", "vit_tiny_patch16_224", "convnext_atto"]
+)
 def test_lora_all_counts_match_shapes_on_timm_models(name):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -64,11 +66,16 @@ def test_lora_targets_suffix_and_regex():
     cfg = studio.strategies.lora(model, targets=["qkv"], r=8, alpha=16, trainable=["head"])
     assert [p.target.module for p in cfg.placements] == [f"blocks.{i}.attn.qkv" for i in range(12)]
     assert all(p.settings == {"r": 8, "alpha": 16} for p in cfg.placements)
-    assert str(cfg) == ("(LoRA.adapt_output, alpha=16, r=8): ...->(blocks[0:12].attn.qkv){inout1}->...\n"
-                        "trainable(head)")
+    assert str(cfg) == (
+        "(LoRA.adapt_output, alpha=16, r=8): ...->(blocks[0:12].attn.qkv){inout1}->...\ntrainable(head)"
+    )
     regex = studio.strategies.lora(model, targets=r"blocks\.[01]\.mlp\.fc\d", r=4)
     assert [p.target.module for p in regex.placements] == [
-        "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "blocks.1.mlp.fc1", "blocks.1.mlp.fc2"]
+        "blocks.0.mlp.fc1",
+        "blocks.0.mlp.fc2",
+        "blocks.1.mlp.fc1",
+        "blocks.1.mlp.fc2",
+    ]
     # "attn.qkv" is a suffix too; "kv" is not a whole name, so it matches nothing
     assert len(studio.strategies.lora(model, targets=["attn.qkv"]).placements) == 12
     with pytest.raises(ValueError, match="target 'kv' matches no Linear/Conv layer"):
@@ -110,23 +117,34 @@ def test_first_match_wins_and_unmatched_parameters_are_frozen():
     strategy = Strategy(
         module_caps=[
             ModuleCap(lambda i: i.path == "1", lambda i: Claim((), ("1.0.weight",))),
-            ModuleCap(lambda i: isinstance(i.module, nn.Linear),
-                      lambda i: Claim((placement(i.path, "LoRA", r=1),))),
+            ModuleCap(
+                lambda i: isinstance(i.module, nn.Linear), lambda i: Claim((placement(i.path, "LoRA", r=1),))
+            ),
         ],
-        param_caps=[ParamCap(lambda p: p.name == "weight", False),  # first match: freeze weights
-                    ParamCap(lambda p: True, True)])
+        param_caps=[
+            ParamCap(lambda p: p.name == "weight", False),  # first match: freeze weights
+            ParamCap(lambda p: True, True),
+        ],
+    )
     cfg = strategy(model)
     # "1" is claimed by the first cap, so its Linear child gets no LoRA from the second
     assert [p.target.module for p in cfg.placements] == ["0"]
     assert cfg.trainable == ("1.0.weight", "2.bias")
     with studio.attach(model, cfg):
         assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-            "1.0.weight", "2.bias", "addins.LoRA_0.lora_A", "addins.LoRA_0.lora_B"}
+            "1.0.weight",
+            "2.bias",
+            "addins.LoRA_0.lora_A",
+            "addins.LoRA_0.lora_B",
+        }
 
 
 def test_constraint_type_and_merging_strategies():
-    only_seq = Strategy(name="seq", constraint_type=nn.Sequential,
-                        param_caps=[ParamCap(lambda p: p.name == "bias", True, "*.bias")])
+    only_seq = Strategy(
+        name="seq",
+        constraint_type=nn.Sequential,
+        param_caps=[ParamCap(lambda p: p.name == "bias", True, "*.bias")],
+    )
     with pytest.raises(TypeError, match="seq applies to Sequential models, not Linear"):
         only_seq(nn.Linear(2, 2))
     both = only_seq + studio.strategies.lora_all_strategy(r=1)
@@ -139,7 +157,11 @@ def test_constraint_type_and_merging_strategies():
 def test_strategy_results_round_trip_as_strings():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.resnet18(weights=None)
-    for cfg in (studio.strategies.lora_all(model, r=3, alpha=6), studio.strategies.bitfit(model),
-                studio.strategies.head_only(model), studio.strategies.full(model),
-                studio.strategies.lora(model, ["fc", "conv1"], r=2)):
+    for cfg in (
+        studio.strategies.lora_all(model, r=3, alpha=6),
+        studio.strategies.bitfit(model),
+        studio.strategies.head_only(model),
+        studio.strategies.full(model),
+        studio.strategies.lora(model, ["fc", "conv1"], r=2),
+    ):
         assert studio.parse(str(cfg)) == cfg

@@ -2,6 +2,7 @@
 chose sits on a layer whose parent's forward reads its weight itself (BEiT/EVA-02/torchvision Swin ``qkv``):
 attach would refuse such a hook later, and only a traced forward pass tells which layers need
 ``adapt_weight``."""
+
 from __future__ import annotations
 
 import warnings
@@ -36,24 +37,30 @@ class Net(nn.Module):
         return self.head(self.attn(x))
 
 
-MESSAGE = ("strategies.{} got no example_input= (nor a traced graph=): it chose the output hook for "
-           "'attn.qkv', but Attention.forward reads self.qkv.weight, so that layer may never run as a module "
-           "and attach would refuse the hook. Pass example_input= (one input for a traced forward pass) so "
-           "that the strategy gives the layers that never run adapt_weight")
+MESSAGE = (
+    "strategies.{} got no example_input= (nor a traced graph=): it chose the output hook for "
+    "'attn.qkv', but Attention.forward reads self.qkv.weight, so that layer may never run as a module "
+    "and attach would refuse the hook. Pass example_input= (one input for a traced forward pass) so "
+    "that the strategy gives the layers that never run adapt_weight"
+)
 
 
 def test_parent_reads_finds_a_weight_read_by_the_parent_without_running_the_model():
     model = Net()
     assert parent_reads(model, ["attn.qkv", "attn.proj", "head", "attn"]) == {
-        "attn.qkv": "Attention.forward reads self.qkv.weight"}
+        "attn.qkv": "Attention.forward reads self.qkv.weight"
+    }
 
 
 @pytest.mark.parametrize("call", ["lora_all", "lora"])
 def test_strategy_without_an_input_warns_at_once_naming_example_input(call):
     model = Net()
     with pytest.warns(UserWarning) as record:
-        cfg = (studio.strategies.lora_all(model, r=3) if call == "lora_all"
-               else studio.strategies.lora(model, targets=["qkv", "proj"]))
+        cfg = (
+            studio.strategies.lora_all(model, r=3)
+            if call == "lora_all"
+            else studio.strategies.lora(model, targets=["qkv", "proj"])
+        )
     assert [str(w.message) for w in record] == [MESSAGE.format(call)]
     assert {p.target.module: p.method for p in cfg.placements}["attn.qkv"] == "adapt_output"  # unchanged
     with pytest.raises(studio.ConfigError, match="'attn.qkv' did not run"):  # what the warning forestalls
@@ -77,7 +84,10 @@ def test_strategy_with_a_trace_chooses_adapt_weight_and_does_not_warn(given):
         warnings.simplefilter("error")
         cfg = studio.strategies.lora_all(model, r=3, **kw)
     assert {p.target.module: p.method for p in cfg.placements} == {
-        "attn.qkv": "adapt_weight", "attn.proj": "adapt_output", "head": "adapt_output"}
+        "attn.qkv": "adapt_weight",
+        "attn.proj": "adapt_output",
+        "head": "adapt_output",
+    }
 
 
 def test_a_model_whose_layers_all_run_gets_no_warning():
@@ -90,9 +100,18 @@ def test_a_model_whose_layers_all_run_gets_no_warning():
 
 def test_beit_without_an_input_warns_for_its_qkv():
     timm = pytest.importorskip("timm")
-    model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=16,
-                              embed_dim=32, depth=2, num_heads=2)
-    expected = (r"output hook for 'blocks\.0\.attn\.qkv' \(and 1 more layer\(s\) like it\), but "
-                r"Attention\.forward reads self\.qkv\.weight.*example_input=")
+    model = timm.create_model(
+        "beit_base_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+    )
+    expected = (
+        r"output hook for 'blocks\.0\.attn\.qkv' \(and 1 more layer\(s\) like it\), but "
+        r"Attention\.forward reads self\.qkv\.weight.*example_input="
+    )
     with pytest.warns(UserWarning, match=expected):
         studio.strategies.lora_all(model, r=3)

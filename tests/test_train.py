@@ -1,4 +1,5 @@
 """Trainer behaviour on small synthetic tasks (CPU, a few seconds)."""
+
 from __future__ import annotations
 
 import threading
@@ -14,8 +15,10 @@ from addin_studio.train import Callback, LambdaCallback, Trainer
 
 def _loaders(n=256, classes=4, batch=32, seed=0):
     ds = synthetic_classification(n, num_features=8, num_classes=classes, seed=seed, noise=0.3)
-    return (DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0)),
-            DataLoader(ds, batch_size=64))
+    return (
+        DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0)),
+        DataLoader(ds, batch_size=64),
+    )
 
 
 def _mlp(classes=4):
@@ -36,8 +39,9 @@ def test_loss_decreases_and_accuracy_rises():
     after = trainer.test()
     assert after["acc1"] > 95 and after["acc1"] > before["acc1"] + 30
     assert after["acc5"] == 100.0  # 4 classes: the top 5 always hold the target
-    assert after == pytest.approx({"acc1": history["val_acc1"][-1], "acc5": history["val_acc5"][-1],
-                                   "loss": history["val_loss"][-1]})
+    assert after == pytest.approx(
+        {"acc1": history["val_acc1"][-1], "acc5": history["val_acc5"][-1], "loss": history["val_loss"][-1]}
+    )
 
 
 def test_seed_makes_runs_reproducible():
@@ -90,10 +94,20 @@ def test_nan_loss_raises_naming_the_step_and_keeps_parameters():
     train, _ = _loaders()
     model = _NaNAt(_mlp(), n=3)
     ended = []
-    trainer = Trainer(model, train, epochs=1, progress=False, callbacks=[LambdaCallback(
-        on_step=lambda tr, step, logs: snapshots.append({k: v.detach().clone() for k, v in
-                                                         model.state_dict().items()}),
-        on_end=lambda tr, h: ended.append(tr.error))])
+    trainer = Trainer(
+        model,
+        train,
+        epochs=1,
+        progress=False,
+        callbacks=[
+            LambdaCallback(
+                on_step=lambda tr, step, logs: snapshots.append(
+                    {k: v.detach().clone() for k, v in model.state_dict().items()}
+                ),
+                on_end=lambda tr, h: ended.append(tr.error),
+            )
+        ],
+    )
     snapshots = []
     with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 3 \(epoch 1, batch 2\)"):
         trainer.fit()
@@ -117,8 +131,14 @@ def test_stop_ends_after_the_current_step():
                 trainer.stop()
 
     epochs = []
-    trainer = Trainer(_mlp(), train, val, epochs=3, progress=False,
-                      callbacks=[StopAt(), LambdaCallback(on_epoch=lambda t, e, logs: epochs.append(e))])
+    trainer = Trainer(
+        _mlp(),
+        train,
+        val,
+        epochs=3,
+        progress=False,
+        callbacks=[StopAt(), LambdaCallback(on_epoch=lambda t, e, logs: epochs.append(e))],
+    )
     history = trainer.fit()
     assert steps == [1, 2, 3] and len(history["loss"]) == 3
     assert trainer.stopped and epochs == [] and history["val_acc1"] == []
@@ -139,8 +159,13 @@ def test_stop_from_another_thread():
     ds = synthetic_classification(4096, num_features=8, num_classes=4)
     train = DataLoader(ds, batch_size=1)
     started = threading.Event()
-    trainer = Trainer(_mlp(), train, epochs=50, progress=False,
-                      callbacks=[LambdaCallback(on_step=lambda t, s, logs: started.set())])
+    trainer = Trainer(
+        _mlp(),
+        train,
+        epochs=50,
+        progress=False,
+        callbacks=[LambdaCallback(on_step=lambda t, s, logs: started.set())],
+    )
     result = {}
     worker = threading.Thread(target=lambda: result.update(h=trainer.fit()))
     worker.start()
@@ -156,20 +181,37 @@ def test_callback_order_and_logs():
     events = []
 
     class Rec(Callback):
-        def on_fit_start(self, t): events.append("fit_start")
-        def on_epoch_start(self, t, e): events.append(f"epoch_start {e}")
+        def on_fit_start(self, t):
+            events.append("fit_start")
+
+        def on_epoch_start(self, t, e):
+            events.append(f"epoch_start {e}")
+
         def on_step(self, t, s, logs):
             events.append(f"step {s}")
             assert set(logs) >= {"loss", "lr", "grad_norm", "epoch", "batch", "step", "time"}
             assert logs["step"] == s == t.step
+
         def on_epoch(self, t, e, logs):
             events.append(f"epoch {e}")
             assert set(logs) >= {"epoch", "train_loss", "val_acc1", "val_acc5", "val_loss", "time", "best"}
-        def on_end(self, t, h): events.append("end")
+
+        def on_end(self, t, h):
+            events.append("end")
 
     Trainer(_mlp(), train, val, epochs=2, progress=False, callbacks=[Rec()]).fit()
-    assert events == ["fit_start", "epoch_start 1", "step 1", "step 2", "epoch 1",
-                      "epoch_start 2", "step 3", "step 4", "epoch 2", "end"]
+    assert events == [
+        "fit_start",
+        "epoch_start 1",
+        "step 1",
+        "step 2",
+        "epoch 1",
+        "epoch_start 2",
+        "step 3",
+        "step 4",
+        "epoch 2",
+        "end",
+    ]
 
 
 def test_max_steps_limits_the_run_and_the_schedule():
@@ -204,21 +246,25 @@ def test_optimizer_object_and_factory():
     trainer = Trainer(model, train, optimizer=opt, scheduler="constant", progress=False)
     assert trainer.optimizer is opt
     assert trainer.fit()["lr"] == [0.5, 0.5]
-    trainer = Trainer(_mlp(), train, optimizer=lambda ps: torch.optim.Adam(ps, lr=0.2), scheduler=None,
-                      progress=False)
+    trainer = Trainer(
+        _mlp(), train, optimizer=lambda ps: torch.optim.Adam(ps, lr=0.2), scheduler=None, progress=False
+    )
     assert trainer.fit()["lr"] == [0.2, 0.2]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"optimizer": "lion"}, "unknown optimizer 'lion'; choose one of adam, adamw, sgd"),
-    ({"scheduler": "linear"}, "unknown scheduler 'linear'; choose one of cosine, step, constant"),
-    ({"epochs": 0}, "epochs must be an integer >= 1"),
-    ({"lr": -1}, "lr must be > 0"),
-    ({"amp": "fp8"}, "unknown amp 'fp8'"),
-    ({"amp": "fp16", "device": "cpu"}, "amp='fp16' needs a CUDA device"),
-    ({"grad_clip": 0}, "grad_clip must be > 0"),
-    ({"callbacks": [object()]}, "has none of the methods"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"optimizer": "lion"}, "unknown optimizer 'lion'; choose one of adam, adamw, sgd"),
+        ({"scheduler": "linear"}, "unknown scheduler 'linear'; choose one of cosine, step, constant"),
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"lr": -1}, "lr must be > 0"),
+        ({"amp": "fp8"}, "unknown amp 'fp8'"),
+        ({"amp": "fp16", "device": "cpu"}, "amp='fp16' needs a CUDA device"),
+        ({"grad_clip": 0}, "grad_clip must be > 0"),
+        ({"callbacks": [object()]}, "has none of the methods"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     train, _ = _loaders(n=64)
     with pytest.raises((ValueError, TypeError), match=match):
@@ -237,8 +283,16 @@ def test_grad_clip_bounds_the_update():
     train, _ = _loaders(n=64, batch=64)
     model = _mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = Trainer(model, train, optimizer="sgd", momentum=0.0, lr=1.0, grad_clip=1e-3,
-                      scheduler="constant", progress=False)
+    trainer = Trainer(
+        model,
+        train,
+        optimizer="sgd",
+        momentum=0.0,
+        lr=1.0,
+        grad_clip=1e-3,
+        scheduler="constant",
+        progress=False,
+    )
     logs = []
     trainer.callbacks.append(LambdaCallback(on_step=lambda t, s, lg: logs.append(lg)))
     trainer.fit()
@@ -264,6 +318,7 @@ def test_batches_as_tuple_or_dict_inputs_and_hf_like_outputs():
         def forward(self, a, b=None):
             class Out:
                 pass
+
             o = Out()
             o.logits = self.fc(a + (0 if b is None else b))
             return o
@@ -296,9 +351,22 @@ def test_best_epoch_checkpoint_without_attachment(tmp_path):
     train, val = _loaders()
     model = _mlp()
     best = []
-    trainer = Trainer(model, train, val, epochs=3, lr=1e-2, progress=False, checkpoint_dir=tmp_path,
-                      callbacks=[LambdaCallback(on_epoch=lambda t, e, logs: best.append(
-                          (logs["best"], {k: v.detach().clone() for k, v in model.named_parameters()})))])
+    trainer = Trainer(
+        model,
+        train,
+        val,
+        epochs=3,
+        lr=1e-2,
+        progress=False,
+        checkpoint_dir=tmp_path,
+        callbacks=[
+            LambdaCallback(
+                on_epoch=lambda t, e, logs: best.append(
+                    (logs["best"], {k: v.detach().clone() for k, v in model.named_parameters()})
+                )
+            )
+        ],
+    )
     history = trainer.fit()
     accs = history["val_acc1"]
     assert trainer.best_epoch == 1 + max(range(3), key=lambda i: (accs[i], -i))

@@ -1,4 +1,5 @@
 """Top-k accuracy on a hand-checked batch, and the learning-rate schedules' values."""
+
 from __future__ import annotations
 
 import math
@@ -10,12 +11,14 @@ from addin_studio.train import AverageMeter, accuracy, lr_factor, topk_correct
 
 
 def test_topk_on_a_hand_checked_batch():
-    logits = torch.tensor([
-        [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],   # target 0: top-1 hit
-        [0.1, 0.2, 0.7, 0.0, 0.0, 0.0],   # target 1: 2nd highest -> top-5 hit only
-        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],   # target 0: lowest of 6 -> miss both
-        [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],   # target 4: 5th highest -> top-5 hit
-    ])
+    logits = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.0, 0.0, 0.0],  # target 0: top-1 hit
+            [0.1, 0.2, 0.7, 0.0, 0.0, 0.0],  # target 1: 2nd highest -> top-5 hit only
+            [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],  # target 0: lowest of 6 -> miss both
+            [0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # target 4: 5th highest -> top-5 hit
+        ]
+    )
     targets = torch.tensor([0, 1, 0, 4])
     assert topk_correct(logits, targets, (1, 2, 5)) == [1, 2, 3]
     assert accuracy(logits, targets) == [25.0, 75.0]
@@ -43,8 +46,8 @@ def test_average_meter_weights_by_count():
 def test_cosine_with_warmup_values():
     f = lr_factor("cosine", total_steps=12, warmup_steps=2)
     assert [f(0), f(1)] == [0.5, 1.0]
-    assert f(2) == 1.0                       # cosine starts at the top after warm-up
-    assert f(7) == pytest.approx(0.5)        # half way through the 10 cosine steps
+    assert f(2) == 1.0  # cosine starts at the top after warm-up
+    assert f(7) == pytest.approx(0.5)  # half way through the 10 cosine steps
     assert f(2 + 10) == pytest.approx(0.0, abs=1e-12)
     assert f(4) == pytest.approx((1 + math.cos(math.pi * 2 / 10)) / 2)
 
@@ -80,8 +83,18 @@ def test_trainer_records_the_schedule_it_used():
 
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
     loader = [(x, y)] * 4
-    t = Trainer(nn.Linear(3, 2), loader, epochs=2, lr=0.2, scheduler="step", step_size=3, gamma=0.5,
-                warmup_steps=1, optimizer="sgd", progress=False)
+    t = Trainer(
+        nn.Linear(3, 2),
+        loader,
+        epochs=2,
+        lr=0.2,
+        scheduler="step",
+        step_size=3,
+        gamma=0.5,
+        warmup_steps=1,
+        optimizer="sgd",
+        progress=False,
+    )
     lrs = t.fit()["lr"]
     f = lr_factor("step", 8, 1, step_size=3, gamma=0.5)
     assert lrs == pytest.approx([0.2 * f(i) for i in range(8)])

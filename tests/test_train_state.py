@@ -1,5 +1,6 @@
 """Training state stays consistent: BatchNorm buffers after a non-finite batch, the first error wins,
 the best epoch's record and file agree, no orphaned temporary files, one fit per model at a time."""
+
 from __future__ import annotations
 
 import signal
@@ -67,8 +68,9 @@ class EndRuns:
 
 def test_the_first_error_wins_over_a_callbacks_on_end():
     log = []
-    trainer = Trainer(_bn_model(), _batches(nan_at=1), callbacks=[EndFails(log), EndRuns(log)],
-                      progress=False)
+    trainer = Trainer(
+        _bn_model(), _batches(nan_at=1), callbacks=[EndFails(log), EndRuns(log)], progress=False
+    )
     with pytest.raises(FloatingPointError) as e:
         trainer.fit()
     assert log == ["fails", "runs"]  # every on_end still ran
@@ -91,8 +93,9 @@ def _stage_files(d):
 
 def test_interrupted_best_save_keeps_record_and_file_in_step(tmp_path, monkeypatch):
     val = _batches(2)
-    trainer = Trainer(_bn_model(), _batches(), val, epochs=3, lr=0.05, checkpoint_dir=tmp_path,
-                      progress=False)
+    trainer = Trainer(
+        _bn_model(), _batches(), val, epochs=3, lr=0.05, checkpoint_dir=tmp_path, progress=False
+    )
     real = trainer_module.save_trainable
     calls = []
 
@@ -105,13 +108,15 @@ def test_interrupted_best_save_keeps_record_and_file_in_step(tmp_path, monkeypat
 
     monkeypatch.setattr(trainer_module, "save_trainable", interrupted)
     # make every epoch a new best so the second save happens in epoch 2
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, loader: {"acc1": float(self.epoch),
-                                                                    "acc5": 100.0, "loss": 1.0})
+    monkeypatch.setattr(
+        Trainer, "evaluate", lambda self, loader: {"acc1": float(self.epoch), "acc5": 100.0, "loss": 1.0}
+    )
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert trainer.best_epoch == 1
     best = tmp_path / "best.safetensors"
     from safetensors.torch import load_file
+
     saved_epoch1 = load_file(str(best))
     assert set(saved_epoch1) == {n for n, p in trainer.model.named_parameters()}
     assert _stage_files(tmp_path) == []  # the staged file of epoch 2 is gone

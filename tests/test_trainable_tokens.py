@@ -1,5 +1,6 @@
 """TrainableTokens (``addins/trainable_tokens.py``): train some rows of an embedding, as PEFT's trainable
 tokens; identity at attach, one step moves only the listed rows, save/load, merge, detach, PEFT both ways."""
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,9 @@ def test_indices_strings_parse_and_print_canonically():
     assert format_indices([3, 4]) == "3, 4"
     cfg = studio.parse('(TrainableTokens.adapt_weight, indices="5:9"): ...->(emb){inout1}->...')
     assert studio.parse(str(cfg)) == cfg
-    with pytest.raises(ValueError,
-                       match=r"'4-6' is not a token number or a range 'start:end' \(in '1, 4-6'\)"):
+    with pytest.raises(
+        ValueError, match=r"'4-6' is not a token number or a range 'start:end' \(in '1, 4-6'\)"
+    ):
         parse_indices("1, 4-6")
     with pytest.raises(ValueError, match="the range '5:5' is empty"):
         parse_indices("5:5")
@@ -89,15 +91,20 @@ def test_save_and_load_on_a_fresh_model(tmp_path):
     assert torch.equal(fresh(X), model(X))
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("indices=20", "TrainableTokens index 20 is out of range: the layer has 20 rows (tokens 0 to 19)"),
-    ('indices="3, 4, 3"', "TrainableTokens index 3 is listed twice"),
-    ('indices="0:1000000000"', "TrainableTokens index 999999999 is out of range: the layer has 20 rows"),
-    ('indices="0:20, 0:20"', "TrainableTokens indices list more tokens than the layer's 20 rows: some are "
-                             "listed twice"),
-    ('indices="3 4"', "TrainableTokens indices: '3 4' is not a token number or a range 'start:end'"),
-    ("indices=1.5", "TrainableTokens indices must be a number, a list of numbers or a string like"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("indices=20", "TrainableTokens index 20 is out of range: the layer has 20 rows (tokens 0 to 19)"),
+        ('indices="3, 4, 3"', "TrainableTokens index 3 is listed twice"),
+        ('indices="0:1000000000"', "TrainableTokens index 999999999 is out of range: the layer has 20 rows"),
+        (
+            'indices="0:20, 0:20"',
+            "TrainableTokens indices list more tokens than the layer's 20 rows: some are listed twice",
+        ),
+        ('indices="3 4"', "TrainableTokens indices: '3 4' is not a token number or a range 'start:end'"),
+        ("indices=1.5", "TrainableTokens indices must be a number, a list of numbers or a string like"),
+    ],
+)
 def test_bad_indices_are_refused_and_leave_the_model_untouched(setting, message):
     model = _tiny()
     before = _state(model)
@@ -109,34 +116,43 @@ def test_bad_indices_are_refused_and_leave_the_model_untouched(setting, message)
 
 
 def test_a_layer_without_token_rows_is_refused():
-    with pytest.raises(studio.ConfigError,
-                       match="TrainableTokens needs a layer with a 2-D weight of token rows "
-                             r"\(nn.Embedding\), not ReLU"):
-        studio.attach(nn.Sequential(nn.Embedding(5, 2), nn.ReLU()),
-                      '(TrainableTokens.adapt_weight, indices=1): ...->(1){inout1}->...',
-                      example_input=torch.tensor([[1, 2]]))
+    with pytest.raises(
+        studio.ConfigError,
+        match="TrainableTokens needs a layer with a 2-D weight of token rows "
+        r"\(nn.Embedding\), not ReLU",
+    ):
+        studio.attach(
+            nn.Sequential(nn.Embedding(5, 2), nn.ReLU()),
+            "(TrainableTokens.adapt_weight, indices=1): ...->(1){inout1}->...",
+            example_input=torch.tensor([[1, 2]]),
+        )
 
 
 def _tied_lm():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=30, n_positions=8, n_embd=8, n_layer=1, n_head=2)).eval()
+    return transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=30, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    ).eval()
 
 
 def test_tied_embeddings_adapt_only_the_placed_layer_and_merge_needs_untie():
     model = _tied_lm()
     ids = torch.tensor([[1, 4, 7]])
-    att = studio.attach(model,
-                        '(TrainableTokens.adapt_weight, indices="4"): ...->(transformer.wte){inout1}->...',
-                        example_input=ids)
+    att = studio.attach(
+        model,
+        '(TrainableTokens.adapt_weight, indices="4"): ...->(transformer.wte){inout1}->...',
+        example_input=ids,
+    )
     with torch.no_grad():
         att.addins["TrainableTokens_transformer_wte"].rows.add_(1.0)
     assert not torch.equal(model.transformer.wte.weight[4], model.lm_head.weight[4])  # lm_head reads W
     out = model(ids).logits
-    with pytest.raises(ValueError,
-                       match=r"'transformer.wte.weight': it is the same parameter as 'lm_head.weight' "
-                             r"\(tied weights\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'transformer.wte.weight': it is the same parameter as 'lm_head.weight' "
+        r"\(tied weights\)",
+    ):
         att.merge()
     att.merge(untie=True)
     torch.testing.assert_close(model(ids).logits, out)
@@ -145,8 +161,9 @@ def test_tied_embeddings_adapt_only_the_placed_layer_and_merge_needs_untie():
 
 
 def test_peft_trainable_tokens_config_both_ways(tmp_path):
-    pm = peft.get_peft_model(_tiny(),
-                             peft.TrainableTokensConfig(target_modules=["emb"], token_indices=[3, 10]))
+    pm = peft.get_peft_model(
+        _tiny(), peft.TrainableTokensConfig(target_modules=["emb"], token_indices=[3, 10])
+    )
     with torch.no_grad():
         pm.base_model.model.emb.trainable_tokens_delta["default"].add_(0.5)
     pm.save_pretrained(str(tmp_path / "theirs"))
@@ -156,8 +173,11 @@ def test_peft_trainable_tokens_config_both_ways(tmp_path):
     torch.testing.assert_close(model(X), pm(X))
     att.export_peft(tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
-    assert (config["peft_type"], config["target_modules"], config["token_indices"]) == \
-        ("TRAINABLE_TOKENS", ["emb"], [3, 10])
+    assert (config["peft_type"], config["target_modules"], config["token_indices"]) == (
+        "TRAINABLE_TOKENS",
+        ["emb"],
+        [3, 10],
+    )
     back = peft.PeftModel.from_pretrained(_tiny(), str(tmp_path / "ours"))
     torch.testing.assert_close(back(X), pm(X))
 
@@ -165,11 +185,17 @@ def test_peft_trainable_tokens_config_both_ways(tmp_path):
 def test_lora_with_trainable_token_indices_as_a_list_targets_the_input_embedding(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    make = lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(  # noqa: E731
-        vocab_size=30, n_positions=8, n_embd=8, n_layer=1, n_head=2, tie_word_embeddings=False)).eval()
+
+    def make():
+        cfg = transformers.GPT2Config(
+            vocab_size=30, n_positions=8, n_embd=8, n_layer=1, n_head=2, tie_word_embeddings=False
+        )
+        return transformers.GPT2LMHeadModel(cfg).eval()
+
     base = make()
-    pm = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(target_modules=["c_attn"],
-                                                                  trainable_token_indices=[2, 5]))
+    pm = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(target_modules=["c_attn"], trainable_token_indices=[2, 5])
+    )
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if p.requires_grad:
@@ -185,32 +211,46 @@ def test_lora_with_trainable_token_indices_as_a_list_targets_the_input_embedding
 
 
 def test_from_peft_refuses_tokens_on_a_tied_embedding(tmp_path):
-    pm = peft.get_peft_model(_tied_lm(),
-                             peft.LoraConfig(target_modules=["c_attn"], trainable_token_indices=[2]))
+    pm = peft.get_peft_model(
+        _tied_lm(), peft.LoraConfig(target_modules=["c_attn"], trainable_token_indices=[2])
+    )
     pm.save_pretrained(str(tmp_path))
     assert from_peft_refusal(_tied_lm(), tmp_path).endswith(
         "trainable tokens on 'transformer.wte', whose weight is tied to 'lm_head.weight': PEFT adapts both; "
-        "from_peft imports trainable tokens on untied layers only")
+        "from_peft imports trainable tokens on untied layers only"
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c, t: c.update(trainable_token_indices={"emb": [0, 500]}),
-     "the token indices for 'emb': TrainableTokens index 500 is out of range: the layer has 100 rows "
-     "(tokens 0 to 99)"),
-    (lambda c, t: c.update(trainable_token_indices={"nowhere": [0]}),
-     "trainable tokens for module 'nowhere', which this EmbConv1D does not have"),
-    (lambda c, t: t.update(
-        {"base_model.model.lin0.token_adapter.trainable_tokens_delta": torch.zeros(1, 10)}),
-     "tensor 'base_model.model.lin0.token_adapter.trainable_tokens_delta' belongs to no layer the config's "
-     "token indices name"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c, t: c.update(trainable_token_indices={"emb": [0, 500]}),
+            "the token indices for 'emb': TrainableTokens index 500 is out of range: the layer has 100 rows "
+            "(tokens 0 to 99)",
+        ),
+        (
+            lambda c, t: c.update(trainable_token_indices={"nowhere": [0]}),
+            "trainable tokens for module 'nowhere', which this EmbConv1D does not have",
+        ),
+        (
+            lambda c, t: t.update(
+                {"base_model.model.lin0.token_adapter.trainable_tokens_delta": torch.zeros(1, 10)}
+            ),
+            "tensor 'base_model.model.lin0.token_adapter.trainable_tokens_delta' "
+            "belongs to no layer the config's "
+            "token indices name",
+        ),
+    ],
+)
 def test_bad_peft_trainable_tokens_are_refused_by_name(change, message, tmp_path):
     from safetensors.torch import load_file, save_file
     from test_peft_matrix import _make
 
     make = _make("EmbConv1D")
-    pm = peft.get_peft_model(make(), peft.LoraConfig(target_modules=["conv1d"],
-                                                     trainable_token_indices={"emb": [0, 10]}))
+    pm = peft.get_peft_model(
+        make(), peft.LoraConfig(target_modules=["conv1d"], trainable_token_indices={"emb": [0, 10]})
+    )
     pm.save_pretrained(str(tmp_path))
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     tensors = load_file(str(tmp_path / "adapter_model.safetensors"))

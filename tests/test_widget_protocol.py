@@ -1,4 +1,5 @@
 """The widget's protocol: one table of intents (Studio.INTENTS) that Python handles and the page is sent."""
+
 from __future__ import annotations
 
 import re
@@ -16,17 +17,47 @@ from addin_studio.widget.intents import BUSY, Intent, protocol, table
 JS = (Path(__file__).parents[1] / "addin_studio" / "widget" / "studio.js").read_text()
 CSS = Path(__file__).parents[1] / "addin_studio" / "widget" / "studio.css"
 
-NAMES = {"point", "select", "toggle", "addin", "method", "apply", "remove", "clear", "cancel", "train",
-         "stop", "setting", "strategy", "apply-strategy", "search", "run", "save-adapters", "export-peft",
-         "copy-code", "adapter", "running-stats"}
-EDIT_WHILE_IDLE = {"point", "apply", "remove", "clear", "setting", "running-stats", "apply-strategy", "run",
-                   "train"}
+NAMES = {
+    "point",
+    "select",
+    "toggle",
+    "addin",
+    "method",
+    "apply",
+    "remove",
+    "clear",
+    "cancel",
+    "train",
+    "stop",
+    "setting",
+    "strategy",
+    "apply-strategy",
+    "search",
+    "run",
+    "save-adapters",
+    "export-peft",
+    "copy-code",
+    "adapter",
+    "running-stats",
+}
+EDIT_WHILE_IDLE = {
+    "point",
+    "apply",
+    "remove",
+    "clear",
+    "setting",
+    "running-stats",
+    "apply-strategy",
+    "run",
+    "train",
+}
 
 
 @pytest.fixture
 def studio(mlp, tmp_path):
-    return Studio(mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin},
-                  export_dir=tmp_path / "export")
+    return Studio(
+        mlp, example_input=torch.zeros(2, 64), addins={"MLPAddin": MLPAddin}, export_dir=tmp_path / "export"
+    )
 
 
 def camel(name: str) -> str:
@@ -47,9 +78,25 @@ def test_the_page_spells_no_intent_name():
     used = set(re.findall(r"\bsend\.(\w+)\(", JS))
     assert used == {camel(n) for n in NAMES}  # every intent has a control, and no control sends another
     assert JS.count("model.send(") == 1  # the one sender factory; nothing sends {type: ...} by hand
-    for name in NAMES - {"select", "search", "addin", "method", "strategy", "apply", "clear", "train", "stop",
-                         "remove", "adapter", "running-stats", "apply-strategy", "save-adapters",
-                         "export-peft", "copy-code", "run"}:  # names that are also tags, roles or text
+    for name in NAMES - {
+        "select",
+        "search",
+        "addin",
+        "method",
+        "strategy",
+        "apply",
+        "clear",
+        "train",
+        "stop",
+        "remove",
+        "adapter",
+        "running-stats",
+        "apply-strategy",
+        "save-adapters",
+        "export-peft",
+        "copy-code",
+        "run",
+    }:  # names that are also tags, roles or text
         assert f'"{name}"' not in JS, name
 
 
@@ -84,8 +131,11 @@ def test_a_table_mistake_is_named():
     def needs(studio, path):  # a field without a default
         pass
 
-    with pytest.raises(TypeError, match=r"intent 'x': handler .*needs must take only fields with defaults "
-                                        r"after the studio, not path"):
+    with pytest.raises(
+        TypeError,
+        match=r"intent 'x': handler .*needs must take only fields with defaults "
+        r"after the studio, not path",
+    ):
         Intent("x", needs)
     ok = Intent("x", lambda studio, path="": None)
     assert ok.fields == ("path",) and ok.while_training and not ok.edits

@@ -1,5 +1,6 @@
 """The Studio as a workbench, driven from Python: edits keep trained add-ins, methods follow the
 placement, settings form and strategies, search and details, update norms, run history, export."""
+
 from __future__ import annotations
 
 import json
@@ -57,13 +58,13 @@ def test_paste_remove_and_strategy_keep_unchanged_placements(w, mlp):
     w.handle({"type": "apply", "text": LORA1 + "\n" + LORA2})
     set_b_to_ones(w)
     kept = lora_of(w, "fc1")
-    w.handle({"type": "remove", "index": 1})                                  # remove
+    w.handle({"type": "remove", "index": 1})  # remove
     assert lora_of(w, "fc1") is kept and b_is_ones(w)
-    w.handle({"type": "apply", "text": w.config + "\ntrainable(fc3)"})       # paste
+    w.handle({"type": "apply", "text": w.config + "\ntrainable(fc3)"})  # paste
     assert lora_of(w, "fc1") is kept and b_is_ones(w)
     assert mlp.fc3.weight.requires_grad and not mlp.fc2.weight.requires_grad
     w.handle({"type": "addin", "name": "LoRA"})
-    w.handle({"type": "setting", "name": "r", "value": "2"})                  # strategy: lora_all r=2
+    w.handle({"type": "setting", "name": "r", "value": "2"})  # strategy: lora_all r=2
     w.handle({"type": "apply-strategy", "name": "lora_all"})
     assert [p.target.module for p in w.attachment.config.placements] == ["fc1", "fc2", "fc3"]
     assert lora_of(w, "fc1") is kept and b_is_ones(w)
@@ -91,12 +92,16 @@ def test_edits_while_training_are_refused(mlp, monkeypatch):
     w.handle({"type": "train"})
     try:
         assert loader.paused.wait(60) and w.state == "training"
-        for msg in ({"type": "apply", "text": LORA2}, {"type": "setting", "name": "r", "value": "5"},
-                    {"type": "apply-strategy", "name": "bitfit"}, {"type": "remove", "index": 0}):
+        for msg in (
+            {"type": "apply", "text": LORA2},
+            {"type": "setting", "name": "r", "value": "5"},
+            {"type": "apply-strategy", "name": "bitfit"},
+            {"type": "remove", "index": 0},
+        ):
             w.handle(msg)
             assert w.error == "stop training before changing the config" and w.config == LORA1
         att = w.attachment
-        w.handle({"type": "strategy", "name": "lora_all"})   # a preview would detach for a moment
+        w.handle({"type": "strategy", "name": "lora_all"})  # a preview would detach for a moment
         assert w.error == "lora_all: stop training before choosing a strategy"
         assert w.attachment is att and att.attached
         assert not w._editor.apply(LORA2) and w._editor.config == studio_api.parse(LORA1)
@@ -115,7 +120,7 @@ def test_method_lists_after_each_click(w):
     w.handle({"type": "method", "name": "adapt_across_output"})
     click(w, "fc3:post")
     assert w.config == "(MLPAddin.adapt_across_output): ...->{in1}(fc2)->...->(fc3){out1}->..."
-    assert w.method == "adapt_across_output" and w.method in w.methods   # shown = written
+    assert w.method == "adapt_across_output" and w.method in w.methods  # shown = written
     w.handle({"type": "clear"})
     click(w, "fc1:post")
     w.handle({"type": "method", "name": "adapt_across_input"})
@@ -123,7 +128,7 @@ def test_method_lists_after_each_click(w):
     assert w.config == "(MLPAddin.adapt_across_input): ...->(fc1){in1}->...->{out1}(fc3)->..."
     assert w.method == "adapt_across_input"
     click(w, "fc1:post")
-    w.handle({"type": "method", "name": "adapt_input"})   # not offered after a module
+    w.handle({"type": "method", "name": "adapt_input"})  # not offered after a module
     assert "no method 'adapt_input' that can run here" in w.error
 
 
@@ -140,10 +145,10 @@ def test_settings_form_is_generated_and_two_way(w):
     assert (form["r"]["kind"], form["r"]["default"], form["r"]["help"]) == ("int", 8, "rank, default 8")
     assert form["alpha"]["optional"] and form["dropout"]["kind"] == "float"
     w.handle({"type": "apply", "text": LORA1})
-    assert {f["name"]: f["value"] for f in w.settings_form}["r"] == 2     # string -> form
-    w.handle({"type": "setting", "name": "alpha", "value": "4"})           # form -> string
+    assert {f["name"]: f["value"] for f in w.settings_form}["r"] == 2  # string -> form
+    w.handle({"type": "setting", "name": "alpha", "value": "4"})  # form -> string
     assert w.config == "(LoRA.adapt_output, alpha=4.0, r=2): ...->(fc1){inout1}->..."
-    w.handle({"type": "setting", "name": "r", "value": "8"})               # the default: left out
+    w.handle({"type": "setting", "name": "r", "value": "8"})  # the default: left out
     assert w.config == "(LoRA.adapt_output, alpha=4.0): ...->(fc1){inout1}->..."
     w.handle({"type": "setting", "name": "r", "value": "two"})
     assert w.error == "setting 'r' needs a int, got 'two'" and "r=" not in w.config
@@ -151,9 +156,9 @@ def test_settings_form_is_generated_and_two_way(w):
     assert "rank r must be a positive integer" in w.error and "r=" not in w.config
     w.handle({"type": "setting", "name": "rank", "value": "3"})
     assert w.error == f"LoRA has no setting 'rank' (it has: {', '.join(own)})"
-    w.handle({"type": "apply", "text": LORA1})                  # a pasted r=2 shows in the form ...
+    w.handle({"type": "apply", "text": LORA1})  # a pasted r=2 shows in the form ...
     click(w, "fc2:post")
-    click(w, "fc2:post")                                         # ... and new placements take it
+    click(w, "fc2:post")  # ... and new placements take it
     assert w.config == LORA1 + "\n" + LORA2
 
 
@@ -167,8 +172,15 @@ def test_schema_of_a_plain_function_with_odd_defaults():
 
     fields = {f.name: f.as_dict() for f in schema(make)}
     assert list(fields) == ["width", "act", "scale"]
-    assert fields["width"] == {"name": "width", "kind": "int", "default": 4, "optional": False,
-                               "help": "hidden width of the branch", "depends": "", "choices": []}
+    assert fields["width"] == {
+        "name": "width",
+        "kind": "int",
+        "default": 4,
+        "optional": False,
+        "help": "hidden width of the branch",
+        "depends": "",
+        "choices": [],
+    }
     assert fields["act"]["default"].startswith("<built-in method tanh")
     assert (fields["scale"]["kind"], fields["scale"]["optional"]) == ("float", True)
 
@@ -184,10 +196,11 @@ def test_convert_handles_each_kind():
 def test_strategy_preview_then_apply(w, mlp):
     w.handle({"type": "strategy", "name": "lora", "targets": "fc1, fc3"})
     assert w.preview["labels"] == {"fc1:post": "inout1", "fc3:post": "inout1"}
-    assert w.config == "" and w.attachment is None                          # previewed only
+    assert w.config == "" and w.attachment is None  # previewed only
     w.handle({"type": "apply-strategy", "name": "lora", "targets": "fc1, fc3"})
-    assert w.config == "(LoRA.adapt_output, alpha=16, r=8): ...->(fc{1,3}){inout1}->..." or \
-        [p.target.module for p in w.attachment.config.placements] == ["fc1", "fc3"]
+    assert w.config == "(LoRA.adapt_output, alpha=16, r=8): ...->(fc{1,3}){inout1}->..." or [
+        p.target.module for p in w.attachment.config.placements
+    ] == ["fc1", "fc3"]
     assert w.preview == {}
     w.handle({"type": "apply-strategy", "name": "head_only"})
     assert w.config == "trainable(fc3)" and mlp.fc3.weight.requires_grad
@@ -210,13 +223,13 @@ def test_partial_k_and_layernorm_from_the_picker():
 
 def test_search_expands_the_collapsed_group_and_marks_matches():
     w = Studio(Blocks(), example_input=torch.zeros(2, 8), addins={"MLPAddin": MLPAddin})
-    assert 'data-path="blocks.2.0"' not in w.svg                       # collapsed: blocks × 3
+    assert 'data-path="blocks.2.0"' not in w.svg  # collapsed: blocks × 3
     w.handle({"type": "search", "query": "blocks[2].0"})
     assert w.matches == ["blocks.2.0"] and w.reveal == "blocks.2.0"
-    assert 'data-path="blocks.2.0"' in w.svg                           # the group opened
-    w.handle({"type": "search", "query": "relu"})                      # class names, any case
+    assert 'data-path="blocks.2.0"' in w.svg  # the group opened
+    w.handle({"type": "search", "query": "relu"})  # class names, any case
     assert w.matches == ["blocks.0.1", "blocks.1.1", "blocks.2.1"]
-    w.handle({"type": "search", "query": "*.0"})                       # glob on paths
+    w.handle({"type": "search", "query": "*.0"})  # glob on paths
     assert w.matches == ["blocks.0", "blocks.0.0", "blocks.1.0", "blocks.2.0"]
     w.handle({"type": "search", "query": "conv"})
     assert w.matches == [] and w.error == "no module matches 'conv'"
@@ -262,7 +275,7 @@ def test_update_norms_during_training_and_two_runs_overlaid(mlp, monkeypatch):
     assert w.runs[0]["config"] == first and w.runs[1]["config"] == LORA1
     assert w.runs[0]["settings"] == {"LoRA": {"r": 2}} and w.runs[1]["metrics"]["steps"] == 40
     assert [r["n"] for r in w.plot["runs"]] == [1, 2] and len(w.plot["runs"][0]["smooth"]) == 40
-    assert w.plot["runs"][0]["val"] == []   # no val_loader: no per-epoch accuracy to overlay
+    assert w.plot["runs"][0]["val"] == []  # no val_loader: no per-epoch accuracy to overlay
     w.handle({"type": "run", "n": 1})
     assert w.config == first and w.status.startswith("restored the string of run 1")
     w.handle({"type": "run", "n": 9})
@@ -280,8 +293,10 @@ def test_export_buttons_write_what_load_and_peft_read(w, mlp, tmp_path):
     want = mlp(x)
     w.handle({"type": "save-adapters"})
     w.handle({"type": "export-peft"})
-    assert w.exported == {"save-adapters": str(tmp_path / "adapters.safetensors"),
-                          "export-peft": str(tmp_path / "peft")}
+    assert w.exported == {
+        "save-adapters": str(tmp_path / "adapters.safetensors"),
+        "export-peft": str(tmp_path / "peft"),
+    }
     assert (tmp_path / "peft" / "adapter_model.safetensors").exists()
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 2
     w.handle({"type": "clear"})
@@ -356,8 +371,14 @@ def test_adapters_must_belong_to_the_same_model(mlp):
 
 
 def test_refining_settings_depend_on_their_switch():
-    def factory(point, r: int = 4, velora: bool = False, velora_groups: int = 64, dora: bool = False,
-                layout_name: str = "x"):
+    def factory(
+        point,
+        r: int = 4,
+        velora: bool = False,
+        velora_groups: int = 64,
+        dora: bool = False,
+        layout_name: str = "x",
+    ):
         return None
 
     fields = {f.name: f for f in schema(factory)}
@@ -376,8 +397,9 @@ def _resnet():
 
 def _batches(n=3):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), generator=g))
-            for _ in range(n)]
+    return [
+        (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(n)
+    ]
 
 
 def _train_to_the_end(w):
@@ -390,8 +412,10 @@ def test_settings_form_offers_the_choices_of_a_text_setting(w):
     w.handle({"type": "addin", "name": "LoRA"})
     form = {f["name"]: f for f in w.settings_form}
     assert form["layout"]["choices"] == ["balanced", "peft"] and form["layout"]["value"] == "balanced"
-    assert form["layout"]["help"] == "of a conv's update: balanced, GIFt's, the default; or peft, PEFT's, " \
-                                     "which Export PEFT needs"
+    assert (
+        form["layout"]["help"] == "of a conv's update: balanced, GIFt's, the default; or peft, PEFT's, "
+        "which Export PEFT needs"
+    )
     assert form["init"]["choices"] == ["kaiming", "gaussian", "pissa", "olora", "mica"]
     assert form["r"]["choices"] == [] and not w.peft_layout
     w.handle({"type": "apply", "text": LORA1})
@@ -407,44 +431,59 @@ def test_settings_form_offers_the_choices_of_a_text_setting(w):
 def test_the_peft_layout_box_sets_loras_layout_whatever_addin_is_selected(w):
     w.handle({"type": "addin", "name": "MLPAddin"})
     w.handle({"type": "apply", "text": LORA1 + "\n(MLPAddin.adapt_output): ...->(fc2){inout1}->..."})
-    w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "peft"})   # the box, ticked
+    w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "peft"})  # the box, ticked
     assert w.error == "" and w.peft_layout and w.addin == "MLPAddin"
-    assert w.config == ("(LoRA.adapt_output, layout=peft, r=2): ...->(fc1){inout1}->...\n"
-                        "(MLPAddin.adapt_output): ...->(fc2){inout1}->...")
+    assert w.config == (
+        "(LoRA.adapt_output, layout=peft, r=2): ...->(fc1){inout1}->...\n"
+        "(MLPAddin.adapt_output): ...->(fc2){inout1}->..."
+    )
     w.handle({"type": "setting", "addin": "Nope", "name": "layout", "value": "peft"})
     assert w.error.startswith("no add-in 'Nope'; choose one of MLPAddin, ")
     w.handle({"type": "clear"})
-    assert w.peft_layout                                   # the choice stays for new LoRAs and strategies
+    assert w.peft_layout  # the choice stays for new LoRAs and strategies
     w.handle({"type": "strategy", "name": "lora_all"})
     assert w.preview["config"].count("layout=peft") == 3 and w.preview["count"] == 3
     w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "balanced"})  # unticked
-    assert "layout=" not in w.preview["config"] and not w.peft_layout   # the preview follows the box
+    assert "layout=" not in w.preview["config"] and not w.peft_layout  # the preview follows the box
 
 
 def test_resnet_strategy_train_export_peft_by_clicks_only(tmp_path):
     peft = pytest.importorskip("peft")
     model = _resnet()
-    w = Studio(model, example_input=torch.zeros(2, 3, 32, 32), train_loader=_batches(), epochs=1, lr=1e-2,
-               export_dir=tmp_path)
+    w = Studio(
+        model,
+        example_input=torch.zeros(2, 3, 32, 32),
+        train_loader=_batches(),
+        epochs=1,
+        lr=1e-2,
+        export_dir=tmp_path,
+    )
     w.handle({"type": "strategy", "name": "lora_all"})
     w.handle({"type": "apply-strategy", "name": "lora_all"})
     assert "(LoRA.adapt_output, r=3): ...->(conv1){inout1}->..." in w.config
     _train_to_the_end(w)
-    w.handle({"type": "export-peft"})                      # balanced conv LoRAs: refused, naming the fix
-    assert w.error == ("export-peft failed: the LoRA on 'conv1' and 16 more conv layer(s) is in the balanced "
-                       "layout, which PEFT cannot hold. Tick \"PEFT layout\" in the Strategy row (the same "
-                       "as choosing layout = peft in the LoRA settings): the LoRAs are rebuilt in PEFT's "
-                       "layout (new weights), then Train and Export PEFT again.")
+    w.handle({"type": "export-peft"})  # balanced conv LoRAs: refused, naming the fix
+    assert w.error == (
+        "export-peft failed: the LoRA on 'conv1' and 16 more conv layer(s) is in the balanced "
+        'layout, which PEFT cannot hold. Tick "PEFT layout" in the Strategy row (the same '
+        "as choosing layout = peft in the LoRA settings): the LoRAs are rebuilt in PEFT's "
+        "layout (new weights), then Train and Export PEFT again."
+    )
     assert not (tmp_path / "peft" / "adapter_model.safetensors").exists()
-    with pytest.raises(ValueError, match=r"'conv1': a conv LoRA goes to PEFT in PEFT's layout: attach it "
-                                         r"with layout=peft"):
-        w.attachment.export_peft(tmp_path / "direct")      # Python keeps its own refusal
-    w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "peft"})    # tick the box
+    with pytest.raises(
+        ValueError,
+        match=r"'conv1': a conv LoRA goes to PEFT in PEFT's layout: attach it "
+        r"with layout=peft",
+    ):
+        w.attachment.export_peft(tmp_path / "direct")  # Python keeps its own refusal
+    w.handle({"type": "setting", "addin": "LoRA", "name": "layout", "value": "peft"})  # tick the box
     placed = w.attachment.config.placements  # 21 LoRAs on 9 lines (compact string, issue 25)
     assert w.error == "" and w.config.count("layout=peft") == 9 and "r=3" in w.config
     assert len(placed) == 21 and all(p.settings["layout"] == "peft" for p in placed)
-    assert w.status == ("re-initialised 21 (changed): LoRA at conv1:post, LoRA at layer1.0.conv1:post, "
-                        "LoRA at layer1.0.conv2:post, LoRA at layer1.1.conv1:post and 17 more")
+    assert w.status == (
+        "re-initialised 21 (changed): LoRA at conv1:post, LoRA at layer1.0.conv1:post, "
+        "LoRA at layer1.0.conv2:post, LoRA at layer1.1.conv1:post and 17 more"
+    )
     _train_to_the_end(w)
     w.handle({"type": "export-peft"})
     w.handle({"type": "save-adapters"})
@@ -469,8 +508,14 @@ def test_resnet_strategy_train_export_peft_by_clicks_only(tmp_path):
 
 def test_the_batchnorm_statistics_box_writes_running_stats_and_survives_a_strategy(tmp_path):
     model = _resnet()
-    w = Studio(model, example_input=torch.zeros(2, 3, 32, 32), train_loader=_batches(), epochs=1, lr=1e-2,
-               export_dir=tmp_path)
+    w = Studio(
+        model,
+        example_input=torch.zeros(2, 3, 32, 32),
+        train_loader=_batches(),
+        epochs=1,
+        lr=1e-2,
+        export_dir=tmp_path,
+    )
     assert w.has_norm_stats and not w.running_stats
     w.handle({"type": "running-stats", "value": True})
     assert w.error == "" and w.config == "running_stats(*)" and w.running_stats
@@ -490,7 +535,7 @@ def test_the_batchnorm_statistics_box_writes_running_stats_and_survives_a_strate
         assert torch.equal(fresh(x), want)
     w.handle({"type": "running-stats", "value": False})
     assert "running_stats" not in w.config and not w.running_stats
-    assert torch.equal(model.bn1.running_mean, before)   # off again: the base's own statistics are back
+    assert torch.equal(model.bn1.running_mean, before)  # off again: the base's own statistics are back
     mlp = Studio(nn.Sequential(nn.Linear(4, 4)), example_input=torch.zeros(2, 4))
     assert not mlp.has_norm_stats
     mlp.handle({"type": "running-stats", "value": True})
@@ -513,7 +558,7 @@ def test_the_settings_form_follows_the_addin_of_an_applied_strategy(w):
     assert w.error == "" and (w.addin, w.method) == ("LoRA", "adapt_output")
     assert [f["name"] for f in w.settings_form][:3] == ["r", "alpha", "dropout"]
     w.handle({"type": "addin", "name": "Adapter"})
-    w.handle({"type": "apply-strategy", "name": "bitfit"})   # places no add-in: the list stays
+    w.handle({"type": "apply-strategy", "name": "bitfit"})  # places no add-in: the list stays
     assert w.error == "" and w.addin == "Adapter"
 
 
@@ -521,8 +566,13 @@ def test_placement_rows_carry_their_group_and_count():
     from test_widget import Blocks
 
     b = Studio(Blocks(), example_input=torch.zeros(2, 8))
-    b.handle({"type": "apply", "text": "(LoRA.adapt_output, r=2): ...->(blocks[0:3][0]){inout1}->...\n"
-                                       "(LoRA.adapt_output): ...->(head){inout1}->..."})
+    b.handle(
+        {
+            "type": "apply",
+            "text": "(LoRA.adapt_output, r=2): ...->(blocks[0:3][0]){inout1}->...\n"
+            "(LoRA.adapt_output): ...->(head){inout1}->...",
+        }
+    )
     assert b.error == ""
     rows = b.entries
     assert [(r["group"], r["count"]) for r in rows][-1] == ("LoRA.adapt_output", 1)
@@ -533,16 +583,22 @@ def test_placement_rows_carry_their_group_and_count():
 
 def test_details_count_an_addin_on_a_frozen_module_as_trainable(w):
     w.handle({"type": "select", "path": "fc2"})
-    assert w.selected["trainable"] == "trainable"          # nothing attached: the plain model trains
+    assert w.selected["trainable"] == "trainable"  # nothing attached: the plain model trains
     w.handle({"type": "apply", "text": LORA1})
-    assert w.selected["trainable"] == "frozen"             # the selection follows every edit
+    assert w.selected["trainable"] == "frozen"  # the selection follows every edit
     w.handle({"type": "select", "path": "fc1"})
     lora = lora_of(w, "fc1")
     n = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert w.selected["trainable"] == f"frozen base, LoRA trainable ({n:,} params)"
-    table = studio_api.trainable_table(w.model)               # the rows the trainable table lists for it
-    assert sum(int(line.split("|")[4].replace(",", "")) for line in table.splitlines()
-               if line.startswith("| addins.")) == n
+    table = studio_api.trainable_table(w.model)  # the rows the trainable table lists for it
+    assert (
+        sum(
+            int(line.split("|")[4].replace(",", ""))
+            for line in table.splitlines()
+            if line.startswith("| addins.")
+        )
+        == n
+    )
 
 
 def test_a_setting_chosen_at_the_addins_own_default_reaches_the_strategy(w):
@@ -550,9 +606,9 @@ def test_a_setting_chosen_at_the_addins_own_default_reaches_the_strategy(w):
     although the string of hand-placed LoRAs leaves the default out."""
     w.handle({"type": "addin", "name": "LoRA"})
     w.handle({"type": "apply-strategy", "name": "lora_all"})
-    assert w.error == "" and "r=3" in w.config                 # untouched form: the strategy's own r
+    assert w.error == "" and "r=3" in w.config  # untouched form: the strategy's own r
     w.handle({"type": "setting", "name": "r", "value": "8"})
-    assert w.error == "" and "r=" not in w.config              # r=8 is LoRA's default: left out
+    assert w.error == "" and "r=" not in w.config  # r=8 is LoRA's default: left out
     w.handle({"type": "apply-strategy", "name": "lora_all"})
     cfg = studio_api.parse(w.config)
     assert w.error == "" and cfg.placements and {p.settings.get("r") for p in cfg.placements} == {8}

@@ -8,6 +8,7 @@ more architectures.
 
 Run ``python tests/test_zoo.py`` to print each model's result and time.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,13 +32,20 @@ _timm, _tv, _ids, _img, _out = timm_model, tv_model, ids, image, output
 def _tv_vit() -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                             mlp_dim=64, num_classes=8)
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=8
+    )
 
 
 def _bert() -> nn.Module:
-    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=32)
+    cfg = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     return transformers.BertForSequenceClassification(cfg)
 
 
@@ -47,8 +55,9 @@ def _gpt2() -> nn.Module:
 
 
 def _t5() -> nn.Module:
-    cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                                decoder_start_token_id=0)
+    cfg = transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, decoder_start_token_id=0
+    )
     return transformers.T5ForConditionalGeneration(cfg)
 
 
@@ -60,8 +69,20 @@ SMALL_VIT = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2)
 ZOO: list[Entry] = [
     ("timm/vit_tiny", _timm("vit_tiny_patch16_224", img_size=64, depth=2), _img(*IMG), False, False),
     ("timm/deit_tiny", _timm("deit_tiny_patch16_224", img_size=64, depth=2), _img(*IMG), False, False),
-    ("timm/swin_tiny", _timm("swin_tiny_patch4_window7_224", img_size=64, window_size=4, embed_dim=32,
-                             depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)), _img(*IMG), False, False),
+    (
+        "timm/swin_tiny",
+        _timm(
+            "swin_tiny_patch4_window7_224",
+            img_size=64,
+            window_size=4,
+            embed_dim=32,
+            depths=(1, 1, 2, 1),
+            num_heads=(1, 2, 2, 4),
+        ),
+        _img(*IMG),
+        False,
+        False,
+    ),
     ("timm/convnext_atto", _timm("convnext_atto"), _img(*IMG), False, False),
     ("timm/efficientnet_b0", _timm("efficientnet_b0"), _img(*IMG), False, False),
     ("timm/tf_efficientnet_b0", _timm("tf_efficientnet_b0"), _img(*IMG), False, False),
@@ -71,12 +92,22 @@ ZOO: list[Entry] = [
     ("timm/maxvit_pico", _timm("maxvit_rmlp_pico_rw_256", img_size=64), _img(*IMG), False, False),
     ("timm/coatnet_nano", _timm("coatnet_nano_rw_224", img_size=64), _img(*IMG), False, False),
     ("timm/beit", _timm("beit_base_patch16_224", **SMALL_VIT), _img(*IMG), False, False),
-    ("timm/eva02_tiny", _timm("eva02_tiny_patch14_224", img_size=56, depth=2), _img(1, 3, 56, 56),
-     False, False),
+    (
+        "timm/eva02_tiny",
+        _timm("eva02_tiny_patch14_224", img_size=56, depth=2),
+        _img(1, 3, 56, 56),
+        False,
+        False,
+    ),
     ("timm/mixer_s16", _timm("mixer_s16_224", img_size=64), _img(*IMG), False, False),
     ("timm/poolformer_s12", _timm("poolformer_s12"), _img(*IMG), False, False),
-    ("timm/convit_tiny", _timm("convit_tiny", img_size=64, depth=2, local_up_to_layer=1), _img(*IMG),
-     False, False),
+    (
+        "timm/convit_tiny",
+        _timm("convit_tiny", img_size=64, depth=2, local_up_to_layer=1),
+        _img(*IMG),
+        False,
+        False,
+    ),
     ("timm/pit_ti", _timm("pit_ti_224", img_size=64), _img(*IMG), False, False),
     ("timm/cait_xxs24", _timm("cait_xxs24_224", img_size=64, depth=2), _img(*IMG), False, False),
     ("timm/xcit_nano", _timm("xcit_nano_12_p16_224", img_size=64, depth=2), _img(*IMG), False, False),

@@ -7,6 +7,7 @@ parameter -> merged == unmerged (tied weights: ``merge(untie=True)``) -> unmerge
 
 Run ``python tests/test_zoo_round_two.py [names]`` to print each model's result and time.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,17 +27,46 @@ SIZES = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_lay
 DECODER = dict(SIZES, max_position_embeddings=32)
 ENCODER = dict(SIZES, max_position_embeddings=40)  # (RoBERTa's positions start after padding_idx)
 GQA = dict(DECODER, num_key_value_heads=1)  # grouped KV heads where the architecture has them
-SEQ2SEQ_SIZES = dict(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
-OPT = dict(vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
-           max_position_embeddings=32, word_embed_proj_dim=32)
+SEQ2SEQ_SIZES = dict(
+    vocab_size=64,
+    d_model=32,
+    encoder_layers=1,
+    decoder_layers=1,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+)
+OPT = dict(
+    vocab_size=64,
+    hidden_size=32,
+    ffn_dim=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=32,
+    word_embed_proj_dim=32,
+)
 DISTILBERT = dict(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=32)
-HF_VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-              intermediate_size=64, num_labels=8)
-HF_SWIN = dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4,
-               num_labels=8)
-WHISPER = dict(SEQ2SEQ_SIZES, num_mel_bins=16, max_source_positions=16, max_target_positions=32,
-               decoder_start_token_id=1, **TOKENS)
+HF_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=8,
+)
+HF_SWIN = dict(
+    image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=8
+)
+WHISPER = dict(
+    SEQ2SEQ_SIZES,
+    num_mel_bins=16,
+    max_source_positions=16,
+    max_target_positions=32,
+    decoder_start_token_id=1,
+    **TOKENS,
+)
 SEGMENTATION = dict(weights_backbone=None, num_classes=4)
 
 
@@ -49,19 +79,41 @@ def _hf(model_class: str, config_class: str, **kw: Any) -> Callable[[], nn.Modul
 
 def _clip() -> nn.Module:
     cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, **TOKENS),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            **TOKENS,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=16,
+    )
     return transformers.CLIPModel(cfg)
 
 
 def _wav2vec2() -> nn.Module:
-    cfg = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
-                                      conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-                                      num_conv_pos_embedding_groups=4, vocab_size=32)
+    cfg = transformers.Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=32,
+    )
     return transformers.Wav2Vec2ForCTC(cfg)
 
 
@@ -80,31 +132,82 @@ ZOO_TWO: list[Entry] = [
     ("hf/phi3", _hf("Phi3ForCausalLM", "Phi3Config", **TOKENS, **DECODER), TEXT, False, False),
     ("hf/opt", _hf("OPTForCausalLM", "OPTConfig", **OPT), TEXT, True, False),
     ("hf/gpt_neox", _hf("GPTNeoXForCausalLM", "GPTNeoXConfig", **DECODER), TEXT, False, False),
-    ("hf/bloom", _hf("BloomForCausalLM", "BloomConfig", vocab_size=64, hidden_size=32, n_layer=2, n_head=2),
-     TEXT, True, False),
+    (
+        "hf/bloom",
+        _hf("BloomForCausalLM", "BloomConfig", vocab_size=64, hidden_size=32, n_layer=2, n_head=2),
+        TEXT,
+        True,
+        False,
+    ),
     ("hf/falcon", _hf("FalconForCausalLM", "FalconConfig", **SIZES), TEXT, True, False),
     ("hf/roberta", _hf("RobertaForSequenceClassification", "RobertaConfig", **ENCODER), TEXT, False, False),
-    ("hf/distilbert", _hf("DistilBertForSequenceClassification", "DistilBertConfig", **DISTILBERT), TEXT,
-     False, False),
-    ("hf/albert", _hf("AlbertForSequenceClassification", "AlbertConfig", embedding_size=16, **ENCODER), TEXT,
-     False, False),
-    ("hf/deberta_v2", _hf("DebertaV2ForSequenceClassification", "DebertaV2Config", **ENCODER), TEXT,
-     False, False),
-    ("hf/bart", _hf("BartForConditionalGeneration", "BartConfig", max_position_embeddings=32,
-                    **SEQ2SEQ_SIZES), SEQ2SEQ, True, False),
+    (
+        "hf/distilbert",
+        _hf("DistilBertForSequenceClassification", "DistilBertConfig", **DISTILBERT),
+        TEXT,
+        False,
+        False,
+    ),
+    (
+        "hf/albert",
+        _hf("AlbertForSequenceClassification", "AlbertConfig", embedding_size=16, **ENCODER),
+        TEXT,
+        False,
+        False,
+    ),
+    (
+        "hf/deberta_v2",
+        _hf("DebertaV2ForSequenceClassification", "DebertaV2Config", **ENCODER),
+        TEXT,
+        False,
+        False,
+    ),
+    (
+        "hf/bart",
+        _hf("BartForConditionalGeneration", "BartConfig", max_position_embeddings=32, **SEQ2SEQ_SIZES),
+        SEQ2SEQ,
+        True,
+        False,
+    ),
     ("hf/vit", _hf("ViTForImageClassification", "ViTConfig", **HF_VIT), PIXELS, False, False),
-    ("hf/convnext", _hf("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[8, 16, 32, 64],
-                        depths=[1, 1, 1, 1], num_labels=8), PIXELS, False, False),
+    (
+        "hf/convnext",
+        _hf(
+            "ConvNextForImageClassification",
+            "ConvNextConfig",
+            hidden_sizes=[8, 16, 32, 64],
+            depths=[1, 1, 1, 1],
+            num_labels=8,
+        ),
+        PIXELS,
+        False,
+        False,
+    ),
     ("hf/swin", _hf("SwinForImageClassification", "SwinConfig", **HF_SWIN), PIXELS, False, False),
     ("hf/clip", _clip, CLIP_IN, False, False),
     ("hf/wav2vec2", _wav2vec2, AUDIO, False, False),
-    ("hf/whisper", _hf("WhisperForConditionalGeneration", "WhisperConfig", **WHISPER), WHISPER_IN,
-     True, False),
+    (
+        "hf/whisper",
+        _hf("WhisperForConditionalGeneration", "WhisperConfig", **WHISPER),
+        WHISPER_IN,
+        True,
+        False,
+    ),
     ("tv/r3d_18", tv_model("video.r3d_18", num_classes=8), image(1, 3, 4, 32, 32), False, False),
-    ("tv/lraspp_mobilenet_v3_large", tv_model("segmentation.lraspp_mobilenet_v3_large", **SEGMENTATION),
-     image(1, 3, 64, 64), False, False),
-    ("tv/deeplabv3_mobilenet_v3_large", tv_model("segmentation.deeplabv3_mobilenet_v3_large", aux_loss=False,
-                                                 **SEGMENTATION), image(1, 3, 64, 64), False, False),
+    (
+        "tv/lraspp_mobilenet_v3_large",
+        tv_model("segmentation.lraspp_mobilenet_v3_large", **SEGMENTATION),
+        image(1, 3, 64, 64),
+        False,
+        False,
+    ),
+    (
+        "tv/deeplabv3_mobilenet_v3_large",
+        tv_model("segmentation.deeplabv3_mobilenet_v3_large", aux_loss=False, **SEGMENTATION),
+        image(1, 3, 64, 64),
+        False,
+        False,
+    ),
 ]
 
 # ---- issue 26, items 2 and 3: shared modules and experts (more such models go HERE, in this list) --------
@@ -113,10 +216,27 @@ ZOO_TWO: list[Entry] = [
 #   Qwen2-MoE, whose experts lora_all reaches with param= (the adapt_weight LoRAs: gate_up_proj, down_proj).
 MOE = dict(GQA, num_experts_per_tok=2)
 SHARED_AND_EXPERTS: list[Entry] = [
-    ("hf/mixtral", _hf("MixtralForCausalLM", "MixtralConfig", num_local_experts=4, **MOE), TEXT,
-     False, False),
-    ("hf/qwen2_moe", _hf("Qwen2MoeForCausalLM", "Qwen2MoeConfig", num_experts=4, moe_intermediate_size=32,
-                         shared_expert_intermediate_size=48, **MOE), TEXT, False, False),
+    (
+        "hf/mixtral",
+        _hf("MixtralForCausalLM", "MixtralConfig", num_local_experts=4, **MOE),
+        TEXT,
+        False,
+        False,
+    ),
+    (
+        "hf/qwen2_moe",
+        _hf(
+            "Qwen2MoeForCausalLM",
+            "Qwen2MoeConfig",
+            num_experts=4,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            **MOE,
+        ),
+        TEXT,
+        False,
+        False,
+    ),
 ]
 
 
@@ -128,9 +248,28 @@ def test_lora_all_end_to_end_round_two(name, build, make_input, tied):
 
 def test_round_two_covers_the_architectures_of_issue_26():
     names = {n for n, *_ in ZOO_TWO}
-    for arch in ("llama", "mistral", "qwen2", "gemma", "phi3", "opt", "gpt_neox", "bloom", "falcon",
-                 "roberta", "distilbert", "albert", "deberta_v2", "bart", "vit", "convnext", "swin", "clip",
-                 "wav2vec2", "whisper"):
+    for arch in (
+        "llama",
+        "mistral",
+        "qwen2",
+        "gemma",
+        "phi3",
+        "opt",
+        "gpt_neox",
+        "bloom",
+        "falcon",
+        "roberta",
+        "distilbert",
+        "albert",
+        "deberta_v2",
+        "bart",
+        "vit",
+        "convnext",
+        "swin",
+        "clip",
+        "wav2vec2",
+        "whisper",
+    ):
         assert f"hf/{arch}" in names
     assert sum(n.startswith("tv/") for n in names) >= 3
 

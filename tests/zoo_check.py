@@ -15,6 +15,7 @@
 A zoo is a list of ``(id, build, make_input, tied, slow)``; :func:`report` prints each model's result and
 time (``python tests/test_zoo.py [names]``).
 """
+
 from __future__ import annotations
 
 import time
@@ -32,6 +33,7 @@ Entry = tuple[str, Callable[[], nn.Module], Callable[[], Any], bool, bool]
 
 def timm_model(name: str, **kw: Any) -> Callable[[], nn.Module]:
     """A builder of timm's ``name`` (random weights, 8 classes)."""
+
     def build() -> nn.Module:
         import timm
 
@@ -43,6 +45,7 @@ def timm_model(name: str, **kw: Any) -> Callable[[], nn.Module]:
 def tv_model(name: str, **kw: Any) -> Callable[[], nn.Module]:
     """A builder of torchvision's ``name`` (random weights); ``video.r3d_18``, ``segmentation.fcn_resnet50``
     for the submodules' models."""
+
     def build() -> nn.Module:
         import torchvision
 
@@ -106,8 +109,11 @@ def run_zoo_model(build: Callable[[], nn.Module], make_input: Callable[[], Any],
     opt.step()
     opt.zero_grad(set_to_none=True)
     after = dict(att.addins.named_parameters())
-    dead = [key for key in att.addins if all(torch.equal(lora_before[f"{key}.{n}"], after[f"{key}.{n}"])
-                                             for n in ("lora_A", "lora_B"))]
+    dead = [
+        key
+        for key in att.addins
+        if all(torch.equal(lora_before[f"{key}.{n}"], after[f"{key}.{n}"]) for n in ("lora_A", "lora_B"))
+    ]
     assert not dead, f"LoRA add-ins that did not move: {dead}"
     base = {k: v for k, v in model.state_dict().items() if not k.startswith(att._child_name + ".")}
     assert all(torch.equal(before[k], v) for k, v in base.items()), "a base parameter moved"
@@ -142,8 +148,9 @@ def run_zoo_model(build: Callable[[], nn.Module], make_input: Callable[[], Any],
 
 def params(zoo: Sequence[Entry]) -> list:
     """``pytest.param`` per entry, id'd by name, marked slow where it says so."""
-    return [pytest.param(n, b, i, t, id=n, marks=[pytest.mark.slow] if slow else [])
-            for n, b, i, t, slow in zoo]
+    return [
+        pytest.param(n, b, i, t, id=n, marks=[pytest.mark.slow] if slow else []) for n, b, i, t, slow in zoo
+    ]
 
 
 def report(zoo: Sequence[Entry], names: Sequence[str] = ()) -> None:
@@ -156,8 +163,10 @@ def report(zoo: Sequence[Entry], names: Sequence[str] = ()) -> None:
         start = time.perf_counter()
         try:
             r = run_zoo_model(build, make_input, tied)
-            result = (f"ok  {r['placements']:3d} LoRAs ({r['adapt_weight']} adapt_weight), "
-                      f"merge diff {r['diff']:.1e} / effect {r['effect']:.1e}")
+            result = (
+                f"ok  {r['placements']:3d} LoRAs ({r['adapt_weight']} adapt_weight), "
+                f"merge diff {r['diff']:.1e} / effect {r['effect']:.1e}"
+            )
         except Exception as exc:  # report every model
             result = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
         print(f"{name:28s} {time.perf_counter() - start:5.1f}s  {result}", flush=True)

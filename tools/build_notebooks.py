@@ -8,6 +8,7 @@ a Markdown cell whose lines are comments (``# `` is stripped). Edit the source, 
 
 tests/test_notebooks.py runs ``--check`` and executes every notebook.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ def cells_from_source(text: str) -> list[nbformat.NotebookNode]:
     def flush() -> None:
         body = "\n".join(lines).strip("\n")
         if kind == "markdown":
-            md = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#")
-                           for line in body.split("\n"))
+            md = "\n".join(
+                line[2:] if line.startswith("# ") else line.lstrip("#") for line in body.split("\n")
+            )
             cells.append(nbformat.v4.new_markdown_cell(md))
         elif kind == "code" and body:
             cells.append(nbformat.v4.new_code_cell(body))

@@ -1,4 +1,5 @@
 """Shared sizing helpers for the built-in add-ins: which dimension of a feature holds its channels."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,10 @@ def feature_layout(point: PointInfo, what: str) -> tuple[int, bool]:
     if known is not None:
         return known
     if point.shape is None:
-        raise ValueError(f"{what} is sized from the feature at {point.path}:{point.side}, whose shape is "
-                         f"unknown: pass example_input= to attach()")
+        raise ValueError(
+            f"{what} is sized from the feature at {point.path}:{point.side}, whose shape is "
+            f"unknown: pass example_input= to attach()"
+        )
     features = point.features
     channel_first = len(point.shape) == 4 and features == point.shape[1]
     return int(features), channel_first

@@ -1,4 +1,5 @@
 """Adapter (Houlsby et al.): a residual bottleneck ``x + up(act(down(x)))``, ``up`` zero-initialized."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tan
 def _without(shape: tuple, channel_first: bool) -> tuple:
     """The shape without its feature dimension."""
     dim = 1 if channel_first else len(shape) - 1
-    return tuple(shape[:dim]) + tuple(shape[dim + 1:])
+    return tuple(shape[:dim]) + tuple(shape[dim + 1 :])
 
 
 class Bottleneck(AddinBase):
@@ -25,19 +26,25 @@ class Bottleneck(AddinBase):
     feature's width and starts at zero, so the branch adds nothing at attach.
     """
 
-    def __init__(self, point: PointInfo, source_point: PointInfo | None = None, bottleneck: int = 64,
-                 act: str = "relu") -> None:
+    def __init__(
+        self, point: PointInfo, source_point: PointInfo | None = None, bottleneck: int = 64, act: str = "relu"
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         out_features, self.channel_first = feature_layout(point, name)
         in_features, self.in_channel_first = feature_layout(source_point or point, name)
-        if source_point is not None and source_point.shape is not None and \
-                _without(source_point.shape, self.in_channel_first) != \
-                _without(point.shape, self.channel_first):
-            raise ValueError(f"{name} adds a branch of the feature at "
-                             f"{source_point.path}:{source_point.side} "
-                             f"{tuple(source_point.shape)} to the one at {point.path}:{point.side} "
-                             f"{tuple(point.shape)}: apart from the channels their shapes must match")
+        if (
+            source_point is not None
+            and source_point.shape is not None
+            and _without(source_point.shape, self.in_channel_first)
+            != _without(point.shape, self.channel_first)
+        ):
+            raise ValueError(
+                f"{name} adds a branch of the feature at "
+                f"{source_point.path}:{source_point.side} "
+                f"{tuple(source_point.shape)} to the one at {point.path}:{point.side} "
+                f"{tuple(point.shape)}: apart from the channels their shapes must match"
+            )
         positive_int(bottleneck, "bottleneck", name)
         if act not in ACTIVATIONS:
             raise ValueError(f"{name} act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")

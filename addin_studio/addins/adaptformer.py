@@ -1,4 +1,5 @@
 """AdaptFormer (Chen et al.): a scaled bottleneck in parallel with a module (typically a block's MLP)."""
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,14 @@ class AdaptFormer(Bottleneck):
 
     offers = ("adapt_across_output", "adapt_across_input")  # the methods a string may name
 
-    def __init__(self, point: PointInfo, source_point: PointInfo | None = None, bottleneck: int = 64,
-                 scale: float = 0.1, act: str = "relu") -> None:
+    def __init__(
+        self,
+        point: PointInfo,
+        source_point: PointInfo | None = None,
+        bottleneck: int = 64,
+        scale: float = 0.1,
+        act: str = "relu",
+    ) -> None:
         super().__init__(point, source_point, bottleneck, act)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise ValueError(f"AdaptFormer scale must be a number, got {scale!r}")

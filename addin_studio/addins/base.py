@@ -1,4 +1,5 @@
 """AddinBase (ZhiJian's add-in pattern), PointInfo and method-signature checks."""
+
 from __future__ import annotations
 
 import inspect
@@ -82,9 +83,11 @@ class AddinBase(nn.Module):
         cls.offers = tuple(offers)
         for name in cls.offers:
             if not _hook_like(cls, name):
-                raise TypeError(f"{cls.__name__}.offers names {name!r}, which is not a hook method of "
-                                f"{cls.__name__} (a public method named adapt_* or declared with "
-                                f"@hook_method, @weight_method or @forward_method)")
+                raise TypeError(
+                    f"{cls.__name__}.offers names {name!r}, which is not a hook method of "
+                    f"{cls.__name__} (a public method named adapt_* or declared with "
+                    f"@hook_method, @weight_method or @forward_method)"
+                )
 
     def __init__(self) -> None:
         super().__init__()
@@ -252,8 +255,12 @@ def _hook_like(cls: type, name: str) -> bool:
         return False
     if not inspect.isfunction(attr):
         return False
-    return (name.startswith(HOOK_PREFIX) or bool(getattr(attr, _HOOK_FLAG, False))
-            or is_weight_method(attr) or is_forward_method(attr))
+    return (
+        name.startswith(HOOK_PREFIX)
+        or bool(getattr(attr, _HOOK_FLAG, False))
+        or is_weight_method(attr)
+        or is_forward_method(attr)
+    )
 
 
 def is_hook_method(factory: Any, name: str) -> bool:
@@ -327,7 +334,8 @@ def methods_for(factory: Any, side: str) -> list[str]:
         if not is_hook_method(cls, name):
             continue
         fn = inspect.getattr_static(cls, name)
-        if signature_fits(fn.__get__(object.__new__(cls)) if isinstance(factory, type)
-                          else getattr(factory, name), side):
+        if signature_fits(
+            fn.__get__(object.__new__(cls)) if isinstance(factory, type) else getattr(factory, name), side
+        ):
             names.append(name)
     return sorted(names)

@@ -1,4 +1,5 @@
 """Convpass (Jie & Deng, 2022): a convolutional bypass that gives ViT blocks a 3x3 spatial prior."""
+
 from __future__ import annotations
 
 import math
@@ -15,11 +16,14 @@ from .registry import register_addin
 def _tokens(point: PointInfo | None, what: str) -> tuple[int, int]:
     """``(tokens, dim)`` of a ``[batch, tokens, dim]`` feature."""
     if point is None or point.shape is None:
-        raise ValueError(f"Convpass needs the token sequence's shape at {what}: "
-                         f"pass example_input= to attach()")
+        raise ValueError(
+            f"Convpass needs the token sequence's shape at {what}: pass example_input= to attach()"
+        )
     if len(point.shape) != 3:
-        raise ValueError(f"Convpass works on token sequences [batch, tokens, dim]; the feature at "
-                         f"{point.path}:{point.side} has shape {tuple(point.shape)}")
+        raise ValueError(
+            f"Convpass works on token sequences [batch, tokens, dim]; the feature at "
+            f"{point.path}:{point.side} has shape {tuple(point.shape)}"
+        )
     return int(point.shape[1]), int(point.shape[2])
 
 
@@ -40,8 +44,14 @@ class Convpass(AddinBase):
 
     offers = ("adapt_across_output", "adapt_across_input")  # the methods a string may name
 
-    def __init__(self, point: PointInfo, source_point: PointInfo | None = None, bottleneck: int = 8,
-                 scale: float = 1.0, prefix: int = 1) -> None:
+    def __init__(
+        self,
+        point: PointInfo,
+        source_point: PointInfo | None = None,
+        bottleneck: int = 8,
+        scale: float = 1.0,
+        prefix: int = 1,
+    ) -> None:
         super().__init__()
         positive_int(bottleneck, "bottleneck", "Convpass")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
@@ -51,14 +61,18 @@ class Convpass(AddinBase):
         tokens, dim_in = _tokens(source_point or point, "its {in} point")
         out_tokens, dim_out = _tokens(point, "its {out} point")
         if tokens != out_tokens:
-            raise ValueError(f"Convpass adds its branch to a sequence of {out_tokens} tokens but reads "
-                             f"{tokens}: both points need the same tokens")
+            raise ValueError(
+                f"Convpass adds its branch to a sequence of {out_tokens} tokens but reads "
+                f"{tokens}: both points need the same tokens"
+            )
         side = math.isqrt(tokens - prefix) if tokens > prefix else 0
         if side * side != tokens - prefix or side == 0:
-            raise ValueError(f"Convpass lays the {tokens - prefix} patch tokens "
-                             f"(of {tokens}, prefix {prefix}) "
-                             f"out as a square grid, which they do not fill; set prefix= to the number of "
-                             f"class/register tokens")
+            raise ValueError(
+                f"Convpass lays the {tokens - prefix} patch tokens "
+                f"(of {tokens}, prefix {prefix}) "
+                f"out as a square grid, which they do not fill; set prefix= to the number of "
+                f"class/register tokens"
+            )
         self.grid, self.prefix, self.scale = side, prefix, float(scale)
         self.down = nn.Linear(dim_in, bottleneck)
         self.conv = nn.Conv2d(bottleneck, bottleneck, 3, padding=1)
@@ -80,12 +94,12 @@ class Convpass(AddinBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         h = self._act(self.down(x))
-        patches = h[:, self.prefix:].transpose(1, 2).reshape(b, -1, self.grid, self.grid)
+        patches = h[:, self.prefix :].transpose(1, 2).reshape(b, -1, self.grid, self.grid)
         patches = self.conv(patches).flatten(2).transpose(1, 2)
         parts = [patches]
         if self.prefix:  # each prefix token as a 1x1 map: only the kernel's centre sees it
             centre = self.conv.weight[:, :, 1, 1]
-            parts.insert(0, F.linear(h[:, :self.prefix], centre, self.conv.bias))
+            parts.insert(0, F.linear(h[:, : self.prefix], centre, self.conv.bias))
         h = self._act(torch.cat(parts, dim=1))
         return self.up(h) * self.scale
 

@@ -12,6 +12,7 @@ In the engine each placement gets its own add-in; those of one ``attach`` with t
 passes, so ``U``, ``V`` (and ``C``) are one set of Parameters registered in every placement's add-in
 (tied: counted once by ``parameters()``, written once by ``att.save``).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ from .registry import register_addin
 KINDS = ("tt", "tk")
 
 
-def shared_factors(kind: str, width: int, r: int,
-                   like: torch.Tensor | None = None) -> dict[str, nn.Parameter]:
+def shared_factors(
+    kind: str, width: int, r: int, like: torch.Tensor | None = None
+) -> dict[str, nn.Parameter]:
     """New factors for one group of FacT placements: ``u`` (``r x d``, ``nn.Linear``'s default init),
     ``v`` (``d x r``, zeros: every placement starts as an identity) and, for FacT-TK, the core tensor
     ``c`` (``r x r x r``, Xavier-uniform); on the device and in the dtype of ``like`` (a layer's weight)."""
@@ -44,8 +46,13 @@ def shared_factors(kind: str, width: int, r: int,
 
 
 def _number(value: object, name: str, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < low or (high is not None and value >= high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < low
+        or (high is not None and value >= high)
+    ):
         span = f"in [{low:g}, {high:g})" if high is not None else "a finite number"
         raise ValueError(f"FacT {name} must be {span}, got {value!r}")
     return float(value)
@@ -64,8 +71,15 @@ class FacT(AddinBase):
     kind: ClassVar[str] = ""
     offers = ("adapt_output", "adapt_weight")  # the methods a string may name
 
-    def __init__(self, point: PointInfo, shared: dict[Any, Any] | None = None, r: int = 8,
-                 scale: float = 1.0, dropout: float = 0.1, width: int | None = None) -> None:
+    def __init__(
+        self,
+        point: PointInfo,
+        shared: dict[Any, Any] | None = None,
+        r: int = 8,
+        scale: float = 1.0,
+        dropout: float = 0.1,
+        width: int | None = None,
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         if self.kind not in KINDS:
@@ -79,10 +93,12 @@ class FacT(AddinBase):
         fan_in, fan_out = module.in_features, module.out_features
         d = min(fan_in, fan_out) if width is None else positive_int(width, "width", name)
         if fan_in % d or fan_out % d:
-            raise ValueError(f"{name} shares factors of width {d} across layers, but '{point.path}' "
-                             f"(Linear {fan_in} -> {fan_out}) is not made of {d}x{d} slabs: "
-                             f"set width= to one "
-                             f"that divides both")
+            raise ValueError(
+                f"{name} shares factors of width {d} across layers, but '{point.path}' "
+                f"(Linear {fan_in} -> {fan_out}) is not made of {d}x{d} slabs: "
+                f"set width= to one "
+                f"that divides both"
+            )
         self.width, self.r, self.slabs_in, self.slabs_out = d, r, fan_in // d, fan_out // d
         self.group_key = ("FacT", self.kind, d, r)
         store = shared if shared is not None else {}
@@ -107,8 +123,7 @@ class FacT(AddinBase):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return (f"width={self.width}, r={self.r}, slabs={self.slabs_out}x{self.slabs_in}, "
-                f"scale={self.scale:g}")
+        return f"width={self.width}, r={self.r}, slabs={self.slabs_out}x{self.slabs_in}, scale={self.scale:g}"
 
     def share_into(self, shared: dict[Any, Any]) -> None:
         """Offer this add-in's factors to add-ins built later in the same attach (used when it is reused)."""
@@ -143,8 +158,10 @@ class FacT(AddinBase):
 
     def check_method(self, method: str) -> None:
         if method == "adapt_weight" and isinstance(self.dropout, nn.Dropout):
-            raise ValueError("dropout acts inside the FacT branch, which adapt_weight does not run: "
-                             "use adapt_output or dropout=0")
+            raise ValueError(
+                "dropout acts inside the FacT branch, which adapt_weight does not run: "
+                "use adapt_output or dropout=0"
+            )
 
     merge_adds: ClassVar[bool] = True  # merge() adds to the weight what adapt_output adds (engine check)
 
@@ -174,8 +191,11 @@ class FacT_tt(FacT):  # noqa: N801 - ZhiJian's name, as users write it in string
     kind = "tt"
 
     def _init_core(self) -> None:
-        self.s = nn.Parameter(torch.empty(self.slabs_out * self.r, self.slabs_in * self.r,
-                                          device=self.u.device, dtype=self.u.dtype))
+        self.s = nn.Parameter(
+            torch.empty(
+                self.slabs_out * self.r, self.slabs_in * self.r, device=self.u.device, dtype=self.u.dtype
+            )
+        )
         nn.init.kaiming_uniform_(self.s, a=math.sqrt(5))
 
     def core_matrix(self) -> torch.Tensor:
@@ -197,8 +217,9 @@ class FacT_tk(FacT):  # noqa: N801 - ZhiJian's name
     kind = "tk"
 
     def _init_core(self) -> None:
-        self.p = nn.Parameter(torch.empty(self.r, self.slabs_out * self.slabs_in, device=self.u.device,
-                                          dtype=self.u.dtype))
+        self.p = nn.Parameter(
+            torch.empty(self.r, self.slabs_out * self.slabs_in, device=self.u.device, dtype=self.u.dtype)
+        )
         nn.init.xavier_uniform_(self.p)
 
     def core_matrix(self) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """(IA)³ (Liu et al., 2022): learned rescaling of keys, values and MLP activations, one vector each."""
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,10 @@ class IA3(AddinBase):
         super().__init__()
         features, self.channel_first = feature_layout(point, "IA3")
         if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < features:
-            raise ValueError(f"IA3 skip must be a whole number in [0, {features}) (the feature at "
-                             f"{point.path}:{point.side} has {features}), got {skip!r}")
+            raise ValueError(
+                f"IA3 skip must be a whole number in [0, {features}) (the feature at "
+                f"{point.path}:{point.side} has {features}), got {skip!r}"
+            )
         self.skip = skip
         self.side = point.side  # the output is rescaled after a layer, the input before one
         self.ia3_l = nn.Parameter(torch.ones(features - skip))

@@ -1,4 +1,5 @@
 """Identity: an add-in that changes nothing (for testing placements and measuring hook overhead)."""
+
 from __future__ import annotations
 
 from typing import Any

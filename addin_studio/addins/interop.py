@@ -5,6 +5,7 @@ An add-in class opts in by setting the class attribute ``peft`` to a :class:`Pef
 checkpoint code (``addin_studio.checkpoint``) dispatches on this attribute and never names an add-in,
 so a new method (DoRA, IA³, ...) brings its mapping with it instead of growing the checkpoint module.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,8 +64,14 @@ class PeftMapping:
         the tensors no mapping claims are ``modules_to_save``."""
         raise NotImplementedError
 
-    def read(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
-             addin: str, source: str) -> list[PeftImport]:
+    def read(
+        self,
+        config: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor],
+        model: nn.Module,
+        addin: str,
+        source: str,
+    ) -> list[PeftImport]:
         """The placements (add-in name ``addin``) an adapter's ``config`` and claimed ``tensors``
         describe for ``model``. Raise ``ValueError`` (mentioning ``source``) for what cannot be read."""
         raise NotImplementedError

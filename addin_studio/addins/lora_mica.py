@@ -1,2 +1,3 @@
 """Old path of ``addins/lora/mica.py`` (MiCA), kept as a re-export."""
+
 from .lora.mica import MicaVariant, mica_init  # noqa: F401

@@ -1,5 +1,6 @@
 """Old path of the PEFT sub-configs of LoRA's variants (now each variant's ``peft_fields`` /
 ``peft_tensors`` in ``addins/lora/``, helpers in ``addins/lora/peft_variants.py``), kept as a re-export."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ minutes. We accept the subset real adapters use — literal names, ``.`` (any ch
 dot), ``.*`` / ``.+`` and anchors ``^`` ``$`` — and match it with a set-of-states simulation that is
 linear in the path's length for a fixed key. Anything else is a ValueError naming the key.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ def compile_key(key: str, source: str, field: str) -> list[Token]:
     if not isinstance(key, str):
         raise ValueError(f"{source}: field '{field}' has a key of type {type(key).__name__}, not a string")
     if len(key) > MAX_KEY_CHARS:
-        raise ValueError(f"{source}: field '{field}' has a key of {len(key)} characters (at most "
-                         f"{MAX_KEY_CHARS})")
+        raise ValueError(
+            f"{source}: field '{field}' has a key of {len(key)} characters (at most {MAX_KEY_CHARS})"
+        )
     body = key[1:] if key.startswith("^") else key
     body = body[:-1] if body.endswith("$") and not body.endswith("\\$") else body
     tokens: list[Token] = []
@@ -48,8 +50,10 @@ def compile_key(key: str, source: str, field: str) -> list[Token]:
             tokens.append(("lit", ch))
             i += 1
             continue
-        raise ValueError(f"{source}: field '{field}' key {key[:60]!r} uses {ch!r}; supported in pattern "
-                         f"keys: names, '.', '\\.', '.*', '.+', '^' and '$'")
+        raise ValueError(
+            f"{source}: field '{field}' key {key[:60]!r} uses {ch!r}; supported in pattern "
+            f"keys: names, '.', '\\.', '.*', '.+', '^' and '$'"
+        )
     return tokens
 
 
@@ -93,8 +97,10 @@ def pattern_value(patterns: Any, path: str, default: Any, source: str, field: st
         raise ValueError(f"{source}: field '{field}' must be an object, got {type(patterns).__name__}")
     for key, value in patterns.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{source}: field '{field}' key {str(key)[:60]!r} has value {value!r}; a "
-                             f"finite number is needed")
+            raise ValueError(
+                f"{source}: field '{field}' key {str(key)[:60]!r} has value {value!r}; a "
+                f"finite number is needed"
+            )
         if key_matches(compile_key(key, source, field), path):
             return value
     return default

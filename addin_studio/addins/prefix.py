@@ -13,6 +13,7 @@ Two placements, one add-in (a *forward method*, see ``addins.base.forward_method
 The prefixes come from PEFT's prefix encoder: an ``embedding`` of ``num_tokens`` rows, or with
 ``projection=true`` a smaller embedding passed through a two-layer MLP (``transform``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,9 +29,11 @@ from .base import AddinBase, PointInfo, forward_method
 from .prefix_peft import PrefixPeft
 from .registry import register_addin
 
-WHERE = ("prefix tuning goes on a transformers model's backbone (the module whose forward takes a "
-         "cache, e.g. GPT-2's 'transformer', Llama's 'model', BERT's 'bert') or on a timm Attention "
-         "('blocks[0:12].attn'), written {inout1}(module)")
+WHERE = (
+    "prefix tuning goes on a transformers model's backbone (the module whose forward takes a "
+    "cache, e.g. GPT-2's 'transformer', Llama's 'model', BERT's 'bert') or on a timm Attention "
+    "('blocks[0:12].attn'), written {inout1}(module)"
+)
 
 
 class PrefixEncoder(nn.Module):
@@ -112,23 +115,27 @@ class PrefixTuning(AddinBase):
     peft = PrefixPeft()  # its Hugging Face PEFT form (addins/prefix_peft.py)
     offers = ("adapt_forward",)  # the methods a string may name
 
-    def __init__(self, point: PointInfo, num_tokens: int = 10, projection: bool = False,
-                 hidden: int | None = None) -> None:
+    def __init__(
+        self, point: PointInfo, num_tokens: int = 10, projection: bool = False, hidden: int | None = None
+    ) -> None:
         super().__init__()
         positive_int(num_tokens, "num_tokens", "PrefixTuning")
         if hidden is not None:
             positive_int(hidden, "hidden", "PrefixTuning")
             if projection is not True:
-                raise ValueError(f"PrefixTuning hidden={hidden} is the width of the projection's hidden "
-                                 f"layer; "
-                                 f"it needs projection=true (without a projection there is no hidden layer)")
+                raise ValueError(
+                    f"PrefixTuning hidden={hidden} is the width of the projection's hidden "
+                    f"layer; "
+                    f"it needs projection=true (without a projection there is no hidden layer)"
+                )
         module = point.module
         where = f"'{point.path}' ({type(module).__name__})" if point.path else type(module).__name__
         self.cache_argument = _cache_argument(module)
         if self.cache_argument is not None:
             if getattr(module.config, "is_encoder_decoder", False):
-                raise ValueError(f"prefix tuning of encoder-decoder models ({where}) is not supported; "
-                                 f"{WHERE}")
+                raise ValueError(
+                    f"prefix tuning of encoder-decoder models ({where}) is not supported; {WHERE}"
+                )
             self.kind = "transformers"
             self.layers, self.heads, self.head_dim = _hf_shape(module.config)
         elif _timm_attention(module):
@@ -143,8 +150,10 @@ class PrefixTuning(AddinBase):
         self.prefix = PrefixEncoder(num_tokens, dim, self.layers * 2 * dim, projection, hidden or dim)
 
     def extra_repr(self) -> str:
-        return (f"kind={self.kind}, num_tokens={self.num_tokens}, layers={self.layers}, heads={self.heads}, "
-                f"head_dim={self.head_dim}, projection={self.prefix.projection}")
+        return (
+            f"kind={self.kind}, num_tokens={self.num_tokens}, layers={self.layers}, heads={self.heads}, "
+            f"head_dim={self.head_dim}, projection={self.prefix.projection}"
+        )
 
     def placement_hint(self, graph: Any) -> str:
         return WHERE
@@ -167,9 +176,11 @@ class PrefixTuning(AddinBase):
         from transformers.cache_utils import DynamicCache
 
         if module.training and any(getattr(m, "gradient_checkpointing", False) for m in module.modules()):
-            raise ValueError("prefix tuning on a transformers model does not work with gradient "
-                             "checkpointing (checkpointed layers drop the cache that holds the prefixes); "
-                             "call gradient_checkpointing_disable(), as PEFT asks too")
+            raise ValueError(
+                "prefix tuning on a transformers model does not work with gradient "
+                "checkpointing (checkpointed layers drop the cache that holds the prefixes); "
+                "call gradient_checkpointing_disable(), as PEFT asks too"
+            )
         params = list(inspect.signature(forward).parameters)
         call = dict(zip(params, args))
         call.update(kwargs)
@@ -196,16 +207,23 @@ class PrefixTuning(AddinBase):
         call[self.cache_argument] = cache
         mask = call.get("attention_mask")
         if mask is not None and mask.dim() != 2:
-            raise ValueError(f"prefix tuning extends a [batch, tokens] attention_mask by its "
-                             f"{self.num_tokens} prefixes; got one of shape {tuple(mask.shape)}")
+            raise ValueError(
+                f"prefix tuning extends a [batch, tokens] attention_mask by its "
+                f"{self.num_tokens} prefixes; got one of shape {tuple(mask.shape)}"
+            )
         if mask is not None:  # PEFT's rule: the prefixes are always visible
             ones = torch.ones(batch, self.num_tokens, dtype=mask.dtype, device=mask.device)
             call["attention_mask"] = torch.cat([ones, mask], dim=1)
         return forward(**call)
 
     # -- timm --------------------------------------------------------------------------------------
-    def _timm_forward(self, module: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                      is_causal: bool = False) -> torch.Tensor:
+    def _timm_forward(
+        self,
+        module: nn.Module,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
         B, N, _ = x.shape
         H, D = self.heads, self.head_dim
         gate = module.gate(x).sigmoid() if getattr(module, "gate", None) is not None else None
@@ -216,8 +234,9 @@ class PrefixTuning(AddinBase):
         v = torch.cat([kv[1], v], dim=2)
         mask = _prefixed_mask(attn_mask, is_causal, N, self.num_tokens, q.device)
         if module.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               dropout_p=module.attn_drop.p if module.training else 0.0)
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=module.attn_drop.p if module.training else 0.0
+            )
         else:
             attn = (q * module.scale) @ k.transpose(-2, -1)
             if mask is not None:
@@ -231,17 +250,24 @@ class PrefixTuning(AddinBase):
         return module.proj_drop(module.proj(x))
 
 
-def _prefixed_mask(mask: torch.Tensor | None, is_causal: bool, n: int, prefix: int,
-                   device: torch.device) -> torch.Tensor | None:
+def _prefixed_mask(
+    mask: torch.Tensor | None, is_causal: bool, n: int, prefix: int, device: torch.device
+) -> torch.Tensor | None:
     """An attention mask over ``prefix + n`` keys: the prefixes visible to every query, the rest as
     ``mask`` / ``is_causal`` say (bool: True attends; float: added to the scores)."""
     if is_causal:
         causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        mask = causal if mask is None else (causal & mask if mask.dtype == torch.bool
-                                             else mask.masked_fill(~causal, float("-inf")))
+        mask = (
+            causal
+            if mask is None
+            else (causal & mask if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf")))
+        )
     if mask is None:
         return None
     lead = mask.shape[:-1] + (prefix,)
-    visible = (torch.ones(lead, dtype=torch.bool, device=mask.device) if mask.dtype == torch.bool
-               else torch.zeros(lead, dtype=mask.dtype, device=mask.device))
+    visible = (
+        torch.ones(lead, dtype=torch.bool, device=mask.device)
+        if mask.dtype == torch.bool
+        else torch.zeros(lead, dtype=mask.dtype, device=mask.device)
+    )
     return torch.cat([visible, mask], dim=-1)

@@ -1,4 +1,5 @@
 """The built-in add-in registry: names usable in config strings without passing ``addins=``."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, TypeVar

@@ -1,4 +1,5 @@
 """SSF (Lian et al.): scale and shift the feature at a point, ``x * gamma + beta`` per channel."""
+
 from __future__ import annotations
 
 import torch
@@ -27,10 +28,17 @@ class SSF(AddinBase):
         self.gamma = nn.Parameter(torch.ones(features))
         self.beta = nn.Parameter(torch.zeros(features))
         module = point.module
-        foldable = point.side == "post" and getattr(module, "bias", None) is not None and (
-            isinstance(module, nn.Linear) and not self.channel_first or
-            isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and self.channel_first) and \
-            module.weight.shape[0] == features
+        foldable = (
+            point.side == "post"
+            and getattr(module, "bias", None) is not None
+            and (
+                isinstance(module, nn.Linear)
+                and not self.channel_first
+                or isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+                and self.channel_first
+            )
+            and module.weight.shape[0] == features
+        )
         if not foldable:
             self.merge = None  # Attachment.merge skips add-ins without a callable merge
 

@@ -7,6 +7,7 @@ is unchanged at attach). Only ``rows`` train; the stored weight never changes, s
 ``merge()`` writes the rows into the weight (unmerge restores it bit for bit). Typical use: new tokens
 added to a vocabulary, without training the whole embedding.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,28 +39,38 @@ def parse_indices(indices: Any, rows: int | None = None) -> list[int]:
             raise ValueError(f"TrainableTokens indices must be whole numbers, got {list(indices)!r}")
         bad = [i for i in indices if rows is not None and not 0 <= i < rows]
         if bad:
-            raise ValueError(f"TrainableTokens index {bad[0]} is out of range: the layer has {rows} rows "
-                             f"(tokens 0 to {rows - 1})")
+            raise ValueError(
+                f"TrainableTokens index {bad[0]} is out of range: the layer has {rows} rows "
+                f"(tokens 0 to {rows - 1})"
+            )
         return list(indices)
     if not isinstance(indices, str):
-        raise ValueError(f"TrainableTokens indices must be a number, a list of numbers or a string like "
-                         f"\"0, 10, 32000:32004\", got {indices!r}")
+        raise ValueError(
+            f"TrainableTokens indices must be a number, a list of numbers or a string like "
+            f'"0, 10, 32000:32004", got {indices!r}'
+        )
     out: list[int] = []
     for part in indices.split(","):
         m = _RANGE.match(part)
         if not m:
-            raise ValueError(f"TrainableTokens indices: {part.strip()!r} is not a token number or a range "
-                             f"'start:end' (in {indices!r})")
+            raise ValueError(
+                f"TrainableTokens indices: {part.strip()!r} is not a token number or a range "
+                f"'start:end' (in {indices!r})"
+            )
         start = int(m.group(1))
         end = int(m.group(2)) if m.group(2) is not None else start + 1
         if end <= start:
             raise ValueError(f"TrainableTokens indices: the range {part.strip()!r} is empty")
         if rows is not None and end > rows:
-            raise ValueError(f"TrainableTokens index {end - 1} is out of range: the layer has {rows} rows "
-                             f"(tokens 0 to {rows - 1})")
+            raise ValueError(
+                f"TrainableTokens index {end - 1} is out of range: the layer has {rows} rows "
+                f"(tokens 0 to {rows - 1})"
+            )
         if rows is not None and len(out) + end - start > rows:
-            raise ValueError(f"TrainableTokens indices list more tokens than the layer's {rows} rows: some "
-                             f"are listed twice")
+            raise ValueError(
+                f"TrainableTokens indices list more tokens than the layer's {rows} rows: some "
+                f"are listed twice"
+            )
         out.extend(range(start, end))
     return out
 
@@ -74,7 +85,7 @@ def format_indices(indices: Sequence[int]) -> str:
         if j - i >= 2:
             parts.append(f"{indices[i]}:{indices[j] + 1}")
         else:
-            parts.extend(str(k) for k in indices[i:j + 1])
+            parts.extend(str(k) for k in indices[i : j + 1])
         i = j + 1
     return ", ".join(parts)
 
@@ -100,12 +111,16 @@ class TrainableTokens(AddinBase):
         super().__init__()
         module = point.module
         if point.side != "post":
-            raise ValueError(f"TrainableTokens adapts a layer's weight: write ({point.path}){{inout1}} with "
-                             f"adapt_weight, not a point before it")
+            raise ValueError(
+                f"TrainableTokens adapts a layer's weight: write ({point.path}){{inout1}} with "
+                f"adapt_weight, not a point before it"
+            )
         weight = getattr(module, "_parameters", {}).get("weight")
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise ValueError(f"TrainableTokens needs a layer with a 2-D weight of token rows (nn.Embedding), "
-                             f"not {type(module).__name__}")
+            raise ValueError(
+                f"TrainableTokens needs a layer with a 2-D weight of token rows (nn.Embedding), "
+                f"not {type(module).__name__}"
+            )
         if not weight.is_floating_point():
             raise ValueError(f"TrainableTokens needs a floating-point weight, not {weight.dtype}")
         found = parse_indices(indices, weight.shape[0])
@@ -113,14 +128,17 @@ class TrainableTokens(AddinBase):
             raise ValueError("TrainableTokens needs at least one token index")
         bad = [i for i in found if not 0 <= i < weight.shape[0]]
         if bad:
-            raise ValueError(f"TrainableTokens index {bad[0]} is out of range: the layer has "
-                             f"{weight.shape[0]} rows (tokens 0 to {weight.shape[0] - 1})")
+            raise ValueError(
+                f"TrainableTokens index {bad[0]} is out of range: the layer has "
+                f"{weight.shape[0]} rows (tokens 0 to {weight.shape[0] - 1})"
+            )
         twice = sorted({i for i in found if found.count(i) > 1})
         if twice:
             raise ValueError(f"TrainableTokens index {twice[0]} is listed twice")
         self.indices = found
-        self.register_buffer("_index", torch.tensor(found, dtype=torch.long, device=weight.device),
-                             persistent=False)
+        self.register_buffer(
+            "_index", torch.tensor(found, dtype=torch.long, device=weight.device), persistent=False
+        )
         self.rows = nn.Parameter(weight.detach()[self._index].clone())
 
     def extra_repr(self) -> str:
@@ -144,13 +162,19 @@ class TrainableTokensPeft(PeftMapping):
         tensors, indices = _export(entries, STANDALONE_KEY)
         lists = {tuple(v) for v in indices.values()}
         if len(lists) > 1:
-            raise ValueError("PEFT's TrainableTokensConfig has one token_indices list for all its layers; "
-                             "these TrainableTokens list different tokens")
-        return tensors, {"target_modules": sorted(indices), "token_indices": list(lists.pop()),
-                         "init_weights": True}
+            raise ValueError(
+                "PEFT's TrainableTokensConfig has one token_indices list for all its layers; "
+                "these TrainableTokens list different tokens"
+            )
+        return tensors, {
+            "target_modules": sorted(indices),
+            "token_indices": list(lists.pop()),
+            "init_weights": True,
+        }
 
-    def export_joined(self, entries: Sequence[PeftEntry], host: str) -> tuple[dict[str, torch.Tensor],
-                                                                             dict[str, Any]]:
+    def export_joined(
+        self, entries: Sequence[PeftEntry], host: str
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The tensors and config fields these entries add to a ``host`` (LORA) adapter."""
         tensors, indices = _export(entries, TOKEN_KEY)
         return tensors, {"trainable_token_indices": indices}
@@ -158,12 +182,20 @@ class TrainableTokensPeft(PeftMapping):
     def claims(self, name: str) -> bool:
         return name.endswith("." + STANDALONE_KEY)
 
-    def read(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: nn.Module,
-             addin: str, source: str) -> list[PeftImport]:
+    def read(
+        self,
+        config: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor],
+        model: nn.Module,
+        addin: str,
+        source: str,
+    ) -> list[PeftImport]:
         targets = config.get("target_modules")
         if isinstance(targets, str):
-            raise ValueError(f"{source}: field 'target_modules' as a pattern is not supported for trainable "
-                             f"tokens; list the embedding layers")
+            raise ValueError(
+                f"{source}: field 'target_modules' as a pattern is not supported for trainable "
+                f"tokens; list the embedding layers"
+            )
         indices = config.get("token_indices")
         if not isinstance(targets, list) or not targets:
             raise ValueError(f"{source}: field 'target_modules' must list the embedding layers")
@@ -186,8 +218,10 @@ def _export(entries: Sequence[PeftEntry], key: str) -> tuple[dict[str, torch.Ten
         if e.placement.method != "adapt_weight":
             raise ValueError(f"PEFT export covers TrainableTokens.adapt_weight; '{e.key}' is not one")
         if not isinstance(e.module, nn.Embedding):
-            raise ValueError(f"PEFT export covers trainable tokens on nn.Embedding layers; '{path}' is a "
-                             f"{type(e.module).__name__}")
+            raise ValueError(
+                f"PEFT export covers trainable tokens on nn.Embedding layers; '{path}' is a "
+                f"{type(e.module).__name__}"
+            )
         if path in indices:
             raise ValueError(f"two TrainableTokens on '{path}' cannot be one PEFT adapter")
         tensors[f"{path}.{key}"] = e.addin.rows
@@ -201,9 +235,11 @@ def _resolve(name: str, modules: Mapping[str, nn.Module], model: nn.Module, sour
         return name
     found = [p for p in modules if p.endswith("." + name)]
     if len(found) != 1:
-        raise ValueError(f"{source}: trainable tokens for module '{name}', which this "
-                         f"{type(model).__name__} " + ("does not have" if not found else
-                                                       f"has {len(found)} of ({', '.join(found)})"))
+        raise ValueError(
+            f"{source}: trainable tokens for module '{name}', which this "
+            f"{type(model).__name__} "
+            + ("does not have" if not found else f"has {len(found)} of ({', '.join(found)})")
+        )
     return found[0]
 
 
@@ -219,8 +255,14 @@ def token_layers(spec: Any, model: nn.Module, source: str) -> dict[str, Any]:
     return {path or _resolve("embed_tokens", modules, model, source): spec}
 
 
-def read_tokens(spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], key: str, model: nn.Module,
-                addin: str, source: str) -> list[PeftImport]:
+def read_tokens(
+    spec: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    key: str,
+    model: nn.Module,
+    addin: str,
+    source: str,
+) -> list[PeftImport]:
     """The TrainableTokens placements for ``{module path: indices}`` and their ``rows`` (tensor
     ``<path>.<key>``). Refuses a layer whose weight is tied to another's (PEFT would adapt both)."""
     modules = dict(model.named_modules())
@@ -235,8 +277,10 @@ def read_tokens(spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], ke
         weight = getattr(modules[path], "_parameters", {}).get("weight")
         rows = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() else None
         if not isinstance(indices, list):  # PEFT writes lists; our string form is no PEFT value
-            raise ValueError(f"{source}: the token indices for '{path}' must be a list of token numbers, got "
-                             f"{type(indices).__name__} {indices!r:.60}")
+            raise ValueError(
+                f"{source}: the token indices for '{path}' must be a list of token numbers, got "
+                f"{type(indices).__name__} {indices!r:.60}"
+            )
         try:
             found = parse_indices(indices, rows)
         except ValueError as exc:
@@ -250,15 +294,25 @@ def read_tokens(spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], ke
         seen.add(name)
         others = [n for n in ties.get(id(weight), ()) if n != f"{path}.weight"] if weight is not None else []
         if others:
-            raise ValueError(f"{source}: trainable tokens on '{path}', whose weight is tied to "
-                             f"{', '.join(repr(o) for o in others)}: PEFT adapts both; from_peft imports "
-                             f"trainable tokens on untied layers only")
+            raise ValueError(
+                f"{source}: trainable tokens on '{path}', whose weight is tied to "
+                f"{', '.join(repr(o) for o in others)}: PEFT adapts both; from_peft imports "
+                f"trainable tokens on untied layers only"
+            )
         point = Point(path, "post")
         settings = {"indices": format_indices(found)}
-        out.append(PeftImport(Placement("TrainableTokens" if key == TOKEN_KEY else addin, "adapt_weight",
-                                        point, point, settings), {"rows": tensors[name]}))
+        out.append(
+            PeftImport(
+                Placement(
+                    "TrainableTokens" if key == TOKEN_KEY else addin, "adapt_weight", point, point, settings
+                ),
+                {"rows": tensors[name]},
+            )
+        )
     extra = sorted(n for n in tensors if n not in seen and n.endswith(key))
     if extra:
-        raise ValueError(f"{source}: tensor 'base_model.model.{extra[0]}' belongs to no layer the config's "
-                         f"token indices name")
+        raise ValueError(
+            f"{source}: tensor 'base_model.model.{extra[0]}' belongs to no layer the config's "
+            f"token indices name"
+        )
     return out

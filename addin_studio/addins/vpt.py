@@ -4,6 +4,7 @@ Shallow VPT: one VPT before the first block. Deep VPT: one before every block; e
 *replaces* the prompts the previous block produced instead of adding more. Prompts go right after the
 ``prefix`` tokens (the class token), so ``x[:, 0]`` stays the class token.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ class VPT(AddinBase):
         if point.shape is None:
             raise ValueError("VPT needs the token sequence's shape: pass example_input= to attach()")
         if len(point.shape) != 3:
-            raise ValueError(f"VPT works on token sequences [batch, tokens, dim]; the feature at "
-                             f"{point.path}:{point.side} has shape {tuple(point.shape)}")
+            raise ValueError(
+                f"VPT works on token sequences [batch, tokens, dim]; the feature at "
+                f"{point.path}:{point.side} has shape {tuple(point.shape)}"
+            )
         _, self.length, dim = point.shape
         if prefix > self.length:
             raise ValueError(f"VPT prefix {prefix} is longer than the sequence ({self.length} tokens)")
@@ -60,8 +63,9 @@ class VPT(AddinBase):
             first = f"{container}.0" if container else "0"
             node = graph[first] if first in graph else None
             if node is not None and node.input_shape is not None and len(node.input_shape) == 3:
-                return (f"{rule}: {{inout1}}({container}[0]) (shallow) or "
-                        f"{{inout1}}({container}[0:{n}]) (deep)")
+                return (
+                    f"{rule}: {{inout1}}({container}[0]) (shallow) or {{inout1}}({container}[0:{n}]) (deep)"
+                )
         return rule
 
     def extra_repr(self) -> str:
@@ -70,14 +74,16 @@ class VPT(AddinBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
         if n == self.length:
-            keep = x[:, self.prefix:]
+            keep = x[:, self.prefix :]
         elif n == self.length + self.num_tokens:  # deep VPT: drop the previous block's prompts
-            keep = x[:, self.prefix + self.num_tokens:]
+            keep = x[:, self.prefix + self.num_tokens :]
         else:
-            raise RuntimeError(f"VPT expected {self.length} tokens (or {self.length + self.num_tokens} "
-                               f"with prompts), got {n}")
+            raise RuntimeError(
+                f"VPT expected {self.length} tokens (or {self.length + self.num_tokens} "
+                f"with prompts), got {n}"
+            )
         prompts = self.prompts.to(x.dtype).expand(x.shape[0], -1, -1)
-        return torch.cat([x[:, :self.prefix], prompts, keep], dim=1)
+        return torch.cat([x[:, : self.prefix], prompts, keep], dim=1)
 
     def adapt_input(self, module: nn.Module, inputs: tuple) -> torch.Tensor:
         return self(inputs[0])

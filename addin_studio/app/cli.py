@@ -4,6 +4,7 @@ Only the standard library is imported until a command runs, so ``--help`` and ``
 once. Every argument is checked before any work starts: a mistake exits with status 2 and one clear
 line (argparse's ``usage:`` and ``error:``), never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,8 @@ def _model_spec(text: str) -> tuple[str, str]:
     if not sep or source not in MODEL_SOURCES or not name:
         raise argparse.ArgumentTypeError(
             f"expected timm:NAME, torchvision:NAME or transformers:NAME_OR_DIR (e.g. timm:resnet18), "
-            f"got {text!r}")
+            f"got {text!r}"
+        )
     return source, name
 
 
@@ -79,99 +81,158 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def _add_model_and_data_options(p: argparse.ArgumentParser) -> None:
     """The options ``train`` and ``eval`` share: with equal values they build the same base model and the
     same validation split."""
-    p.add_argument("--model", required=True, type=_model_spec,
-                   metavar="timm:NAME|torchvision:NAME|transformers:NAME_OR_DIR", help="the base model")
-    p.add_argument("--pretrained", action="store_true",
-                   help="start from the library's published weights (downloaded once, then cached); "
-                        "with --weights, from that local copy through the library's loading")
-    p.add_argument("--weights", default=None, metavar="FILE",
-                   help="base weights: a .safetensors or torch state-dict file")
-    p.add_argument("--data", default="digits", type=_data_spec, metavar="digits|imagefolder:DIR",
-                   help="the embedded digits, or a folder with one sub-folder per class (a val/ split "
-                        "is used when present, otherwise --val-fraction is held out)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of an image folder "
-                                                                  "without val/")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=_model_spec,
+        metavar="timm:NAME|torchvision:NAME|transformers:NAME_OR_DIR",
+        help="the base model",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from the library's published weights (downloaded once, then cached); "
+        "with --weights, from that local copy through the library's loading",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="base weights: a .safetensors or torch state-dict file",
+    )
+    p.add_argument(
+        "--data",
+        default="digits",
+        type=_data_spec,
+        metavar="digits|imagefolder:DIR",
+        help="the embedded digits, or a folder with one sub-folder per class (a val/ split "
+        "is used when present, otherwise --val-fraction is held out)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="held-out share of an image folder without val/"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
-    p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="input size (default: 32 for digits, the model's own for an image folder)")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=None,
+        help="input size (default: 32 for digits, the model's own for an image folder)",
+    )
     p.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed (of the data split, and of the base model's random weights)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed (of the data split, and of the base model's random weights)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="addin-studio", formatter_class=_Formatter,
-        description="Customize pre-trained PyTorch models with add-ins placed by config strings.")
+        prog="addin-studio",
+        formatter_class=_Formatter,
+        description="Customize pre-trained PyTorch models with add-ins placed by config strings.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,train,eval,lab}")
     sub.required = True
 
     demo = sub.add_parser(
-        "demo", formatter_class=_Formatter,
+        "demo",
+        formatter_class=_Formatter,
         help="pre-train a small CNN, adapt it with add-ins, write a report",
         description="Offline demo on scikit-learn's bundled digits (about a minute on a CPU): pre-train a "
-                    "small CNN on digits 0-4,\nfreeze it, adapt it to all ten digits with adapters, write "
-                    "loss.png, adapters.safetensors and report.html.")
+        "small CNN on digits 0-4,\nfreeze it, adapt it to all ten digits with adapters, write "
+        "loss.png, adapters.safetensors and report.html.",
+    )
     demo.add_argument("--out", default="addin-studio-demo", metavar="DIR", help="output folder")
     demo.add_argument("--epochs", type=_positive_int, default=15, help="adaptation epochs")
     demo.add_argument("--base-epochs", type=_positive_int, default=6, help="pre-training epochs")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--no-baseline", action="store_true", help="skip the head-only comparison")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.add_argument("--min-acc", type=_percent, default=None, metavar="PERCENT",
-                      help="exit with status 1 (and say so) when the adapted Acc@1 is below this")
+    demo.add_argument(
+        "--min-acc",
+        type=_percent,
+        default=None,
+        metavar="PERCENT",
+        help="exit with status 1 (and say so) when the adapted Acc@1 is below this",
+    )
 
     train = sub.add_parser(
-        "train", formatter_class=_Formatter,
+        "train",
+        formatter_class=_Formatter,
         help="train add-ins on a timm/torchvision/transformers model with any config string",
         description="Build a model (random, --pretrained, or --weights FILE), attach --config, train on "
-                    "--data, evaluate.\nThe classifier is resized to the data's classes and trains with "
-                    "the add-ins (unless --freeze-head).\nExample:\n  addin-studio train --model "
-                    "timm:resnet18 --pretrained --data imagefolder:DIR \\\n"
-                    "    --config '(LoRA.adapt_output, r=8): ...->(layer4[1].conv2){inout}->...'")
+        "--data, evaluate.\nThe classifier is resized to the data's classes and trains with "
+        "the add-ins (unless --freeze-head).\nExample:\n  addin-studio train --model "
+        "timm:resnet18 --pretrained --data imagefolder:DIR \\\n"
+        "    --config '(LoRA.adapt_output, r=8): ...->(layer4[1].conv2){inout}->...'",
+    )
     _add_model_and_data_options(train)
-    train.add_argument("--config", required=True,
-                       help="the config string (ZhiJian syntax, one entry per line)")
+    train.add_argument(
+        "--config", required=True, help="the config string (ZhiJian syntax, one entry per line)"
+    )
     train.add_argument("--epochs", type=_positive_int, default=1, help="training epochs")
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate")
     train.add_argument("--optimizer", default="adamw", choices=["adam", "adamw", "sgd"], help="optimizer")
-    train.add_argument("--scheduler", default="cosine", choices=["cosine", "step", "constant"],
-                       help="learning-rate schedule")
+    train.add_argument(
+        "--scheduler", default="cosine", choices=["cosine", "step", "constant"], help="learning-rate schedule"
+    )
     train.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
-    train.add_argument("--freeze-head", action="store_true",
-                       help="do not keep the (new) classifier trainable")
-    train.add_argument("--out", default=None, metavar="DIR",
-                       help="write adapters, loss.png and report.html here")
+    train.add_argument(
+        "--freeze-head", action="store_true", help="do not keep the (new) classifier trainable"
+    )
+    train.add_argument(
+        "--out", default=None, metavar="DIR", help="write adapters, loss.png and report.html here"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
-                       help="under torchrun: DDP, or FSDP2 sharding of the attached model")
+    train.add_argument(
+        "--strategy",
+        default="ddp",
+        choices=["ddp", "fsdp"],
+        help="under torchrun: DDP, or FSDP2 sharding of the attached model",
+    )
 
     evaluate = sub.add_parser(
-        "eval", formatter_class=_Formatter,
+        "eval",
+        formatter_class=_Formatter,
         help="evaluate an adapter file that 'train' wrote, on the same validation split",
         description="Build the model as 'train' did (same --model, --pretrained/--weights, --seed), load "
-                    "the adapter file,\nand print Acc@1, Acc@5 and loss on the validation split 'train' "
-                    "used (same --data,\n--val-fraction, --seed, --image-size, --batch-size). For the run "
-                    "folder's adapters.safetensors\n(the final epoch) this is the line 'train' printed; "
-                    "--adapters DIR/checkpoints/best.safetensors\ngives the best epoch's validation "
-                    "numbers.\nExample:\n  addin-studio eval --model timm:resnet18 --pretrained "
-                    "--data imagefolder:DIR --out run1")
+        "the adapter file,\nand print Acc@1, Acc@5 and loss on the validation split 'train' "
+        "used (same --data,\n--val-fraction, --seed, --image-size, --batch-size). For the run "
+        "folder's adapters.safetensors\n(the final epoch) this is the line 'train' printed; "
+        "--adapters DIR/checkpoints/best.safetensors\ngives the best epoch's validation "
+        "numbers.\nExample:\n  addin-studio eval --model timm:resnet18 --pretrained "
+        "--data imagefolder:DIR --out run1",
+    )
     _add_model_and_data_options(evaluate)
     source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--adapters", default=None, metavar="FILE",
-                        help="an adapter file (att.save / 'train' --out wrote it)")
-    source.add_argument("--out", default=None, metavar="DIR",
-                        help="the folder 'train --out DIR' wrote: its adapters.safetensors")
+    source.add_argument(
+        "--adapters", default=None, metavar="FILE", help="an adapter file (att.save / 'train' --out wrote it)"
+    )
+    source.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="the folder 'train --out DIR' wrote: its adapters.safetensors",
+    )
 
     lab = sub.add_parser(
-        "lab", formatter_class=_Formatter, help="open JupyterLab on the quickstart notebook",
+        "lab",
+        formatter_class=_Formatter,
+        help="open JupyterLab on the quickstart notebook",
         description="Open JupyterLab on a notebook. Options after -- go to Jupyter unchanged, e.g.\n"
-                    "  addin-studio lab -- --port 8899 --no-browser\nAs root, --allow-root is added "
-                    "(Jupyter refuses to run as root without it).")
-    lab.add_argument("--notebook", default=None, metavar="PATH",
-                     help=f"notebook to open (default: {QUICKSTART} of the project)")
+        "  addin-studio lab -- --port 8899 --no-browser\nAs root, --allow-root is added "
+        "(Jupyter refuses to run as root without it).",
+    )
+    lab.add_argument(
+        "--notebook",
+        default=None,
+        metavar="PATH",
+        help=f"notebook to open (default: {QUICKSTART} of the project)",
+    )
     lab.add_argument("--print-command", action="store_true", help="print the command instead of running it")
     return parser
 
@@ -182,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     passthrough: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, passthrough = argv[:cut], argv[cut + 1:]
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
     if passthrough and args.command != "lab":
@@ -215,11 +276,20 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     out = _writable_dir(parser, "--out", args.out)
     from .demo import run_demo
 
-    result = run_demo(out, base_epochs=args.base_epochs, epochs=args.epochs, seed=args.seed,
-                      baseline=not args.no_baseline, progress=not args.no_progress)
+    result = run_demo(
+        out,
+        base_epochs=args.base_epochs,
+        epochs=args.epochs,
+        seed=args.seed,
+        baseline=not args.no_baseline,
+        progress=not args.no_progress,
+    )
     if args.min_acc is not None and result.after["acc1"] < args.min_acc:
-        print(f"addin-studio demo: the adapted model reached Acc@1 {result.after['acc1']:.2f}%, below "
-              f"--min-acc {args.min_acc:g}% (more --epochs usually help): exit status 1", file=sys.stderr)
+        print(
+            f"addin-studio demo: the adapted model reached Acc@1 {result.after['acc1']:.2f}%, below "
+            f"--min-acc {args.min_acc:g}% (more --epochs usually help): exit status 1",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -266,8 +336,13 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace):
         classes = [str(c) for c in range(10)]
     torch.manual_seed(args.seed)  # a random base (no --pretrained/--weights) is the same in train and eval
     try:
-        named = create_model(f"{source}:{name}", len(classes), pretrained=args.pretrained,
-                             weights=args.weights, image_size=args.image_size)
+        named = create_model(
+            f"{source}:{name}",
+            len(classes),
+            pretrained=args.pretrained,
+            weights=args.weights,
+            image_size=args.image_size,
+        )
     except ModelLoadError as exc:
         parser.error(str(exc))
     if data_kind == "imagefolder":
@@ -275,14 +350,20 @@ def _build(parser: argparse.ArgumentParser, args: argparse.Namespace):
 
         size = None if named.fixed_size else args.image_size  # None: the model's own input size
         try:
-            data = image_folder_loaders(data_dir, train_transform=named.transforms(True, size),
-                                        val_transform=named.transforms(False, size),
-                                        batch_size=args.batch_size, val_fraction=args.val_fraction,
-                                        seed=args.seed)
+            data = image_folder_loaders(
+                data_dir,
+                train_transform=named.transforms(True, size),
+                val_transform=named.transforms(False, size),
+                batch_size=args.batch_size,
+                val_fraction=args.val_fraction,
+                seed=args.seed,
+            )
         except ValueError as exc:
             parser.error(f"--data imagefolder:{data_dir}: {exc}")
-        print(f"Image folder {data_dir}: {data.num_train} training and {data.num_val} validation images, "
-              f"classes {', '.join(data.classes)}")
+        print(
+            f"Image folder {data_dir}: {data.num_train} training and {data.num_val} validation images, "
+            f"classes {', '.join(data.classes)}"
+        )
         return named, data.train, data.val
     from ..sources.data import digits_loaders
 
@@ -304,9 +385,11 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except studio.ConfigError as exc:
         parser.error(f"--config is not a valid config string:\n{exc}")
     if not cfg.placements and not cfg.trainable:
-        parser.error("--config places no add-in and keeps nothing trainable; write a placement such as "
-                     "'(LoRA.adapt_output, r=8): ...->(fc){inout}->...' (or trainable(...) to train "
-                     "base weights only)")
+        parser.error(
+            "--config places no add-in and keeps nothing trainable; write a placement such as "
+            "'(LoRA.adapt_output, r=8): ...->(fc){inout}->...' (or trainable(...) to train "
+            "base weights only)"
+        )
 
     named, train, val = _build(parser, args)
     if named.head is not None and not args.freeze_head:
@@ -335,8 +418,10 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     else:
         option, adapters = "--out", Path(args.out) / "adapters.safetensors"
         if not adapters.is_file():
-            parser.error(f"--out {args.out!r}: no adapters.safetensors there (the folder 'train --out' "
-                         f"wrote holds one; or pass --adapters FILE)")
+            parser.error(
+                f"--out {args.out!r}: no adapters.safetensors there (the folder 'train --out' "
+                f"wrote holds one; or pass --adapters FILE)"
+            )
 
     import addin_studio as studio
 
@@ -352,16 +437,18 @@ def _eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"{option}: {adapters} does not load into {source}:{name}:\n{exc}")
     print(f"Adapters {adapters}:\n{att.config}\n")
     try:
-        trainer = Trainer(att.model, val, val, device=args.device, amp=args.amp, progress=False,
-                          attachment=att)
+        trainer = Trainer(
+            att.model, val, val, device=args.device, amp=args.amp, progress=False, attachment=att
+        )
     except ValueError as exc:
         parser.error(str(exc))
     _print_result(trainer.test())
     return 0
 
 
-def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, val, out: Path | None,
-         title: str) -> int:
+def _fit(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, val, out: Path | None, title: str
+) -> int:
     import addin_studio as studio
     from ..scale.distributed import init_distributed, is_main_process
     from ..train import Trainer
@@ -371,10 +458,23 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
     print("Config string:\n" + str(att.config) + "\n")
     print(studio.trainable_table(model).splitlines()[-1])
     try:
-        trainer = Trainer(model, train, val, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                          scheduler=args.scheduler, max_steps=args.max_steps, amp=args.amp,
-                          device=args.device, seed=args.seed, progress=not args.no_progress, attachment=att,
-                          checkpoint_dir=(out / "checkpoints") if out else None, strategy=args.strategy)
+        trainer = Trainer(
+            model,
+            train,
+            val,
+            epochs=args.epochs,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            scheduler=args.scheduler,
+            max_steps=args.max_steps,
+            amp=args.amp,
+            device=args.device,
+            seed=args.seed,
+            progress=not args.no_progress,
+            attachment=att,
+            checkpoint_dir=(out / "checkpoints") if out else None,
+            strategy=args.strategy,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     history = trainer.fit()
@@ -387,11 +487,17 @@ def _fit(parser: argparse.ArgumentParser, args: argparse.Namespace, att, train, 
         from .report import plot_loss, write_report
 
         files = [adapters, plot_loss(history, out / "loss.png")]
-        files.append(write_report(out / "report.html", title=f"Addin Studio: {title}", config=att.config,
-                                  graph=att.graph, loss_png=files[1],
-                                  parameters=studio.trainable_table(model),
-                                  results={"Acc@1 (%)": result["acc1"], "Acc@5 (%)": result["acc5"],
-                                           "Loss": result["loss"]}))
+        files.append(
+            write_report(
+                out / "report.html",
+                title=f"Addin Studio: {title}",
+                config=att.config,
+                graph=att.graph,
+                loss_png=files[1],
+                parameters=studio.trainable_table(model),
+                results={"Acc@1 (%)": result["acc1"], "Acc@5 (%)": result["acc5"], "Loss": result["loss"]},
+            )
+        )
         for f in files:
             print(f"wrote {f}")
     return 0
@@ -409,8 +515,11 @@ def _lab(parser: argparse.ArgumentParser, args: argparse.Namespace, jupyter_args
         parser.error(f"no notebook at {notebook}; pass --notebook PATH")
     extra = list(jupyter_args)
     if _is_root() and "--allow-root" not in extra:
-        print("addin-studio lab: running as root, so --allow-root is passed to Jupyter (it refuses root "
-              "otherwise); prefer a normal user account where you can", file=sys.stderr)
+        print(
+            "addin-studio lab: running as root, so --allow-root is passed to Jupyter (it refuses root "
+            "otherwise); prefer a normal user account where you can",
+            file=sys.stderr,
+        )
         extra.append("--allow-root")
     command = [sys.executable, "-m", "jupyter", "lab", str(notebook), *extra]
     if args.print_command:

@@ -5,6 +5,7 @@
 3. Train only the add-ins and the head (a few % of the parameters) on all ten digits, and compare with
    training the head alone. Write the loss plot, the adapters and an HTML report.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,18 +57,25 @@ class DemoResult:
     config: str
     trainable: int
     total: int
-    base_acc1: float                    # the pre-trained model on its own task (digits 0-4)
-    before: dict                        # the new task before adapting (new random head)
-    head_only: dict | None              # the new task, training only the head
-    after: dict                         # the new task after training add-ins + head
+    base_acc1: float  # the pre-trained model on its own task (digits 0-4)
+    before: dict  # the new task before adapting (new random head)
+    head_only: dict | None  # the new task, training only the head
+    after: dict  # the new task after training add-ins + head
     history: dict
     files: dict = field(default_factory=dict)
     seconds: float = 0.0
 
 
-def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6, epochs: int = 15,
-             seed: int = 0, baseline: bool = True, progress: bool = True,
-             log: Callable[[str], Any] = print) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "addin-studio-demo",
+    *,
+    base_epochs: int = 6,
+    epochs: int = 15,
+    seed: int = 0,
+    baseline: bool = True,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> DemoResult:
     """Run the demo end to end and write ``loss.png``, ``adapters.safetensors`` and ``report.html``."""
     import addin_studio as studio
     from ..sources.data import digits_loaders
@@ -79,12 +87,15 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    log(f"1) Pre-training a small CNN on digits {', '.join(map(str, BASE_CLASSES))} (scikit-learn's bundled "
-        "8x8 digits; nothing is downloaded)")
+    log(
+        f"1) Pre-training a small CNN on digits {', '.join(map(str, BASE_CLASSES))} (scikit-learn's bundled "
+        "8x8 digits; nothing is downloaded)"
+    )
     base = DigitCNN(len(BASE_CLASSES))
     b_train, b_val = digits_loaders(BASE_CLASSES, batch_size=32, seed=seed)
-    pre = Trainer(base, b_train, b_val, epochs=base_epochs, lr=3e-3, seed=seed, progress=progress,
-                  device="cpu")
+    pre = Trainer(
+        base, b_train, b_val, epochs=base_epochs, lr=3e-3, seed=seed, progress=progress, device="cpu"
+    )
     pre.fit()
     base_acc1 = pre.test()["acc1"]
     log(f"   base model on digits 0-4: Acc@1 {base_acc1:.2f}%")
@@ -112,34 +123,72 @@ def run_demo(out_dir: str | Path = "addin-studio-demo", *, base_epochs: int = 6,
     log(config + "\n")
     table = studio.trainable_table(model)
     log(f"{table.splitlines()[-1]}  [{trainable:,} of {total:,}]")
-    trainer = Trainer(model, train, val, epochs=epochs, lr=1e-2, seed=seed, progress=progress, device="cpu",
-                      attachment=att, checkpoint_dir=out / "checkpoints")
+    trainer = Trainer(
+        model,
+        train,
+        val,
+        epochs=epochs,
+        lr=1e-2,
+        seed=seed,
+        progress=progress,
+        device="cpu",
+        attachment=att,
+        checkpoint_dir=out / "checkpoints",
+    )
     before = trainer.test()
     log(f"   before adapting: Acc@1 {before['acc1']:.2f}%  Acc@5 {before['acc5']:.2f}%")
     history = trainer.fit()
     after = trainer.test()
-    log(f"   after adapting:  Acc@1 {after['acc1']:.2f}%  Acc@5 {after['acc5']:.2f}%  "
-        f"(best epoch {trainer.best_epoch}: {trainer.best_metric:.2f}%)")
+    log(
+        f"   after adapting:  Acc@1 {after['acc1']:.2f}%  Acc@5 {after['acc5']:.2f}%  "
+        f"(best epoch {trainer.best_epoch}: {trainer.best_metric:.2f}%)"
+    )
 
     att.save(out / "adapters.safetensors")
-    files = {"adapters": out / "adapters.safetensors",
-             "loss_plot": plot_loss(history, out / "loss.png", title="Add-ins + head on all ten digits")}
+    files = {
+        "adapters": out / "adapters.safetensors",
+        "loss_plot": plot_loss(history, out / "loss.png", title="Add-ins + head on all ten digits"),
+    }
     seconds = time.perf_counter() - start
-    results = {"Base model, digits 0-4 (Acc@1 %)": base_acc1,
-               "New task before adapting (Acc@1 %)": before["acc1"]}
+    results = {
+        "Base model, digits 0-4 (Acc@1 %)": base_acc1,
+        "New task before adapting (Acc@1 %)": before["acc1"],
+    }
     if head_only is not None:
         results["Head only (Acc@1 %)"] = head_only["acc1"]
-    results.update({"Add-ins + head (Acc@1 %)": after["acc1"], "Add-ins + head (Acc@5 %)": after["acc5"],
-                    "Trainable / total parameters": f"{trainable:,} / {total:,} "
-                                                    f"({100 * trainable / total:.2f}%)",
-                    "Time (s)": seconds})
+    results.update(
+        {
+            "Add-ins + head (Acc@1 %)": after["acc1"],
+            "Add-ins + head (Acc@5 %)": after["acc5"],
+            "Trainable / total parameters": f"{trainable:,} / {total:,} ({100 * trainable / total:.2f}%)",
+            "Time (s)": seconds,
+        }
+    )
     files["report"] = write_report(
-        out / "report.html", title="Addin Studio demo", config=att.config, graph=att.graph,
-        loss_png=files["loss_plot"], results=results, parameters=table,
-        notes=[f"A small CNN pre-trained on digits 0-4 is frozen; bottleneck Adapters and a new head "
-               f"({100 * trainable / total:.1f}% of the parameters) learn all ten digits."])
+        out / "report.html",
+        title="Addin Studio demo",
+        config=att.config,
+        graph=att.graph,
+        loss_png=files["loss_plot"],
+        results=results,
+        parameters=table,
+        notes=[
+            f"A small CNN pre-trained on digits 0-4 is frozen; bottleneck Adapters and a new head "
+            f"({100 * trainable / total:.1f}% of the parameters) learn all ten digits."
+        ],
+    )
     for name, path in files.items():
         log(f"   wrote {path}")
     log(f"Done in {seconds:.1f} s.")
-    return DemoResult(config=config, trainable=trainable, total=total, base_acc1=base_acc1, before=before,
-                      head_only=head_only, after=after, history=history, files=files, seconds=seconds)
+    return DemoResult(
+        config=config,
+        trainable=trainable,
+        total=total,
+        base_acc1=base_acc1,
+        before=before,
+        head_only=head_only,
+        after=after,
+        history=history,
+        files=files,
+        seconds=seconds,
+    )

@@ -10,6 +10,7 @@
 Importing this package registers ``save``/``export_peft`` with the engine, so ``Attachment.save`` and
 ``Attachment.export_peft`` work without the engine importing this package (``addin_studio`` imports it).
 """
+
 from ..engine import register_io
 from .adapters import FORMAT, _write_attachment, load, save_attachment
 from .peft import PEFT_CONFIG, PEFT_WEIGHTS, _write_peft, export_peft, from_peft

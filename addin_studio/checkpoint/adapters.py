@@ -8,6 +8,7 @@ model); its metadata holds the config string, each placement's settings and a
 fingerprint of the model (root class, every base parameter's name and shape) so that :func:`load` can
 re-attach from the file alone and refuse a model that does not match.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,13 @@ FORMAT = "addin_studio.adapters/1"
 
 
 def _placement_json(p: Placement) -> dict[str, Any]:
-    return {"addin": p.addin, "method": p.method, "source": str(p.source), "target": str(p.target),
-            "settings": dict(p.settings)}
+    return {
+        "addin": p.addin,
+        "method": p.method,
+        "source": str(p.source),
+        "target": str(p.target),
+        "settings": dict(p.settings),
+    }
 
 
 def save_attachment(att: Attachment, path: str | Path) -> None:
@@ -62,8 +68,10 @@ def _write_attachment(att: Attachment, path: str | Path) -> None:
             tensors[f"stats.{name}"] = t
         on_meta = next((name for name, t in tensors.items() if t.is_meta), None)
         if on_meta is not None:
-            raise ValueError(f"cannot save {path}: tensor '{on_meta}' is on the meta device (no values); "
-                             f"call studio.materialize first")
+            raise ValueError(
+                f"cannot save {path}: tensor '{on_meta}' is on the meta device (no values); "
+                f"call studio.materialize first"
+            )
         meta = {
             "format": FORMAT,
             "config": str(att.config),
@@ -99,23 +107,37 @@ def _addin_tensors(att: Attachment) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, shared
 
 
-def _shared_field(meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor],
-                  source: str) -> dict[str, str]:
+def _shared_field(
+    meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor], source: str
+) -> dict[str, str]:
     """The file's ``shared`` field (key -> the key whose tensor it shares), checked."""
     if "shared" not in meta:
         return {}
     shared = expect(json_field(meta, "shared", source), "object", source, "shared")
     for alias, owner in shared.items():
-        if not isinstance(owner, str) or not owner.startswith("addins.") or owner not in tensors \
-                or alias in tensors:
-            raise ValueError(f"{source}: field 'shared' maps '{alias}' to {owner!r}; each entry must name "
-                             f"a key the file does not hold and a tensor it holds")
+        if (
+            not isinstance(owner, str)
+            or not owner.startswith("addins.")
+            or owner not in tensors
+            or alias in tensors
+        ):
+            raise ValueError(
+                f"{source}: field 'shared' maps '{alias}' to {owner!r}; each entry must name "
+                f"a key the file does not hold and a tensor it holds"
+            )
     return shared
 
 
-def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | None = None,
-         example_input: Any = None, *, strict: bool = True, allow_nonfinite: bool = False,
-         **attach_kwargs: Any) -> Attachment:
+def load(
+    model: nn.Module,
+    path: str | Path,
+    addins: Mapping[str, Callable] | None = None,
+    example_input: Any = None,
+    *,
+    strict: bool = True,
+    allow_nonfinite: bool = False,
+    **attach_kwargs: Any,
+) -> Attachment:
     """Re-attach the add-ins saved in ``path`` to ``model`` and load their weights.
 
     The file alone is enough for built-in add-ins. A file loads only what it owns: the tensors of the
@@ -147,8 +169,10 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
     source = str(path)
     tensors, meta = files.read(path)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an Addin Studio adapter checkpoint (metadata format "
-                         f"{meta.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(
+            f"{path} is not an Addin Studio adapter checkpoint (metadata format "
+            f"{meta.get('format')!r}, expected {FORMAT!r})"
+        )
     if "config" not in meta:
         raise ValueError(f"{source}: the metadata has no field 'config'")
     try:
@@ -178,15 +202,22 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
             continue
         key, _, part = rest.partition(".")
         if head != "addins" or key not in addin_tensors or not part:
-            owner = ("a base parameter its config does not keep trainable" if head == "base" else
-                     "no add-in of its config")
-            raise ValueError(f"{source}: tensor '{name}' belongs to {owner}; a checkpoint loads only its "
-                             f"add-ins' tensors and the base parameters in its trainable(...)")
+            owner = (
+                "a base parameter its config does not keep trainable"
+                if head == "base"
+                else "no add-in of its config"
+            )
+            raise ValueError(
+                f"{source}: tensor '{name}' belongs to {owner}; a checkpoint loads only its "
+                f"add-ins' tensors and the base parameters in its trainable(...)"
+            )
         addin_tensors[key][part] = t
     for name, t in base_tensors.items():
         check_tensor(t, base[name], f"base.{name}", source, allow_nonfinite)
-    on_meta = "the model is on the meta device (no weights yet), where loading copies nothing: call " \
-              "studio.materialize first, then studio.load"
+    on_meta = (
+        "the model is on the meta device (no weights yet), where loading copies nothing: call "
+        "studio.materialize first, then studio.load"
+    )
     if any(base[name].is_meta for name in base_tensors):
         raise ValueError(f"{source}: {on_meta}")
 
@@ -201,41 +232,56 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
             if missing or unexpected:
-                raise ValueError(f"{source}: add-in '{key}' expects tensors {sorted(own)}, the file has "
-                                 f"{sorted(state)}")
+                raise ValueError(
+                    f"{source}: add-in '{key}' expects tensors {sorted(own)}, the file has {sorted(state)}"
+                )
             for name, t in state.items():
                 check_tensor(t, own[name], f"addins.{key}.{name}", source, allow_nonfinite)
         # the add-ins the config builds must share exactly what the file says they share: a tensor
         # the file holds twice (no 'shared' entry) would load one value over the other
-        now = {f"addins.{key}.{n}": t for key, _, addin in att.entries
-               for n, t in addin.state_dict(keep_vars=True).items()}
+        now = {
+            f"addins.{key}.{n}": t
+            for key, _, addin in att.entries
+            for n, t in addin.state_dict(keep_vars=True).items()
+        }
         for alias, owner in shared.items():
             if now[alias] is not now[owner]:
-                raise ValueError(f"{source}: field 'shared' says '{alias}' is '{owner}', but the "
-                                 f"add-ins attached from its config do not share them")
+                raise ValueError(
+                    f"{source}: field 'shared' says '{alias}' is '{owner}', but the "
+                    f"add-ins attached from its config do not share them"
+                )
         first: dict[int, str] = {}
         for name, t in now.items():
             if id(t) in first and shared.get(name, name) != shared.get(first[id(t)], first[id(t)]):
-                raise ValueError(f"{source}: tensor '{name}' is shared with '{first[id(t)]}' by the add-ins "
-                                 f"its config attaches, but field 'shared' does not map it to that key "
-                                 f"(the file holds it twice)")
+                raise ValueError(
+                    f"{source}: tensor '{name}' is shared with '{first[id(t)]}' by the add-ins "
+                    f"its config attaches, but field 'shared' does not map it to that key "
+                    f"(the file holds it twice)"
+                )
             first.setdefault(id(t), name)
         own_stats = att.statistics()
         for name, t in stats_tensors.items():
             if name not in own_stats:
-                raise ValueError(f"{source}: tensor 'stats.{name}' is the running statistics of a layer "
-                                 f"whose statistics its config keeps fixed (not in running_stats(...) and "
-                                 f"no trained parameter); a checkpoint loads only what its config owns")
+                raise ValueError(
+                    f"{source}: tensor 'stats.{name}' is the running statistics of a layer "
+                    f"whose statistics its config keeps fixed (not in running_stats(...) and "
+                    f"no trained parameter); a checkpoint loads only what its config owns"
+                )
             check_tensor(t, own_stats[name], f"stats.{name}", source, allow_nonfinite)
         missing_stats = sorted(set(own_stats) - set(stats_tensors))
         if stats_tensors and missing_stats:
-            raise ValueError(f"{source}: the file holds running statistics but not "
-                             f"'stats.{missing_stats[0]}', which its config updates")
+            raise ValueError(
+                f"{source}: the file holds running statistics but not "
+                f"'stats.{missing_stats[0]}', which its config updates"
+            )
         if missing_stats:  # a file written before statistics were saved: the model's own stay
             layers = ", ".join(sorted({n.rpartition(".")[0] for n in missing_stats}))
-            warnings.warn(f"{source} holds no running statistics for {layers} "
-                          f"(a file from an older Addin Studio): those layers keep this model's statistics, "
-                          f"so outputs may differ from the trained model's", stacklevel=3)
+            warnings.warn(
+                f"{source} holds no running statistics for {layers} "
+                f"(a file from an older Addin Studio): those layers keep this model's statistics, "
+                f"so outputs may differ from the trained model's",
+                stacklevel=3,
+            )
         for key, _, addin in att.entries:  # everything is checked: now load
             addin.load_state_dict(addin_tensors[key], strict=True)
         with torch.no_grad():
@@ -243,13 +289,13 @@ def load(model: nn.Module, path: str | Path, addins: Mapping[str, Callable] | No
                 own_stats[name].copy_(t)
 
     try:
-        return attach_filled(model, cfg, fill, base, base_tensors, addins=addins,
-                             example_input=example_input, **attach_kwargs)
+        return attach_filled(
+            model, cfg, fill, base, base_tensors, addins=addins, example_input=example_input, **attach_kwargs
+        )
     except ConfigError as exc:
         raise _in_file(exc, source) from None
 
 
 def _in_file(exc: ConfigError, source: str) -> ConfigError:
     """The same ConfigError (a ValueError), saying that the string is the file's metadata 'config'."""
-    return ConfigError(f"{source}: metadata field 'config': {exc.message}", exc.text, exc.position,
-                       exc.hint)
+    return ConfigError(f"{source}: metadata field 'config': {exc.message}", exc.text, exc.position, exc.hint)

@@ -13,6 +13,7 @@ tensors it writes, passes them through :func:`full_tensors` and writes inside :f
   tells every rank how the write went (a broadcast that doubles as the barrier): when the call
   returns the file exists, on every rank; when rank 0 could not write, every rank raises.
 """
+
 from __future__ import annotations
 
 import contextlib

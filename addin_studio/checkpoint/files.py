@@ -1,4 +1,5 @@
 """Reading and writing safetensors files (no pickle anywhere)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,7 +50,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def _remove_stale(path: Path) -> None:
     prefix = f".{path.name}.tmp-"
     for old in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = old.name[len(prefix):]
+        pid = old.name[len(prefix) :]
         if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
             with contextlib.suppress(OSError):
                 old.unlink()
@@ -76,6 +77,7 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable safetensors file (corrupted or truncated?): "
-                         f"{exc}") from None
+        raise ValueError(
+            f"{path} is not a readable safetensors file (corrupted or truncated?): {exc}"
+        ) from None
     return tensors, meta

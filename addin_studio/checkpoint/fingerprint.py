@@ -1,4 +1,5 @@
 """A model's fingerprint (root class, every base parameter's name and shape) and the checks against it."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -38,8 +39,7 @@ def root_class(model: nn.Module) -> str:
 
 def fingerprint(model: nn.Module, skip: str | None = None) -> dict[str, Any]:
     """``{"root": class name, "params": [[name, shape], ...]}`` of the base model."""
-    return {"root": root_class(model),
-            "params": [[n, list(p.shape)] for n, p in base_params(model, skip)]}
+    return {"root": root_class(model), "params": [[n, list(p.shape)] for n, p in base_params(model, skip)]}
 
 
 def check_fingerprint(model: nn.Module, expected: Mapping[str, Any], source: str) -> None:
@@ -53,15 +53,21 @@ def check_fingerprint(model: nn.Module, expected: Mapping[str, Any], source: str
     want = {n: list(s) for n, s in expected["params"]}
     for name, shape in want.items():
         if name not in have:
-            raise ValueError(f"{source} does not fit this {root}: it has no parameter '{name}' "
-                             f"(module '{name.rpartition('.')[0]}'), which the saved model had")
+            raise ValueError(
+                f"{source} does not fit this {root}: it has no parameter '{name}' "
+                f"(module '{name.rpartition('.')[0]}'), which the saved model had"
+            )
         if have[name] != shape:
-            raise ValueError(f"{source} does not fit this {root}: parameter '{name}' has shape "
-                             f"{tuple(have[name])} here but {tuple(shape)} in the checkpoint")
+            raise ValueError(
+                f"{source} does not fit this {root}: parameter '{name}' has shape "
+                f"{tuple(have[name])} here but {tuple(shape)} in the checkpoint"
+            )
     extra = [n for n in have if n not in want]
     if extra:
-        raise ValueError(f"{source} does not fit this {root}: parameter '{extra[0]}' is not in the "
-                         f"model the checkpoint was saved from")
+        raise ValueError(
+            f"{source} does not fit this {root}: parameter '{extra[0]}' is not in the "
+            f"model the checkpoint was saved from"
+        )
 
 
 def check_touched(model: nn.Module, cfg: Config, expected: Mapping[str, Any], source: str) -> None:
@@ -73,5 +79,7 @@ def check_touched(model: nn.Module, cfg: Config, expected: Mapping[str, Any], so
         owner = name.rpartition(".")[0]
         if owner in modules and have.get(name) != shape:
             got = "missing" if name not in have else f"shape {tuple(have[name])}"
-            raise ValueError(f"{source} does not fit this model: module '{owner}' parameter "
-                             f"'{name}' is {got} here but {tuple(shape)} in the checkpoint")
+            raise ValueError(
+                f"{source} does not fit this model: module '{owner}' parameter "
+                f"'{name}' is {got} here but {tuple(shape)} in the checkpoint"
+            )

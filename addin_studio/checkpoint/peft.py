@@ -4,6 +4,7 @@ This module reads and writes the directory and handles what every PEFT type shar
 ``base_model.model.`` prefix, ``modules_to_save``); what an add-in's tensors and config fields look like
 is the add-in class's own :class:`~addin_studio.addins.interop.PeftMapping` (its ``peft`` attribute).
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,10 @@ def _write_peft(att: Attachment, directory: str | Path) -> None:
     for key, p, addin in att.entries:
         own = peft_mapping(addin)
         if own is None:
-            raise ValueError(f"PEFT export covers {_covered()} only; '{key}' is {type(addin).__name__}."
-                             f"{p.method}, which has no PEFT form")
+            raise ValueError(
+                f"PEFT export covers {_covered()} only; '{key}' is {type(addin).__name__}."
+                f"{p.method}, which has no PEFT form"
+            )
         entry = PeftEntry(key, p, addin, modules[p.target.module])
         groups.setdefault(own.peft_type, (own, []))[1].append(entry)
     if not groups:
@@ -79,33 +82,49 @@ def _write_peft(att: Attachment, directory: str | Path) -> None:
     keep, _ = match_trainable(base, att.config.trainable)
     to_save = []
     for module_path in sorted({n.rpartition(".")[0] for n in keep}):
-        own_names = [f"{module_path}.{n}" if module_path else n
-                     for n, _ in modules[module_path].named_parameters()]
+        own_names = [
+            f"{module_path}.{n}" if module_path else n for n, _ in modules[module_path].named_parameters()
+        ]
         if module_path and not set(own_names) - keep:
             to_save.append(module_path)
             for name in own_names:
                 tensors[lead + name] = base[name]
         elif any(not is_bias(n) for n in set(own_names) & keep):  # biases alone are PEFT's `bias` field
-            raise ValueError(f"PEFT saves whole modules (modules_to_save); the kept-trainable weights "
-                             f"cover only part of '{module_path or 'the root'}'")
+            raise ValueError(
+                f"PEFT saves whole modules (modules_to_save); the kept-trainable weights "
+                f"cover only part of '{module_path or 'the root'}'"
+            )
     for module_path in att.updating_norms:  # moved running statistics ship with their whole module
         if module_path not in to_save:
             if not module_path:
-                raise ValueError("PEFT saves whole modules (modules_to_save), not the root: its running "
-                                 "statistics cannot be a PEFT adapter")
+                raise ValueError(
+                    "PEFT saves whole modules (modules_to_save), not the root: its running "
+                    "statistics cannot be a PEFT adapter"
+                )
             to_save.append(module_path)  # its tensors come with the whole state dict just below
     for module_path in to_save:  # PEFT loads a saved module's whole state dict, buffers included
         state = modules[module_path].state_dict(keep_vars=True)
-        tensors.update({f"{lead}{module_path}.{n}": t for n, t in state.items()
-                        if f"{lead}{module_path}.{n}" not in tensors})
+        tensors.update(
+            {
+                f"{lead}{module_path}.{n}": t
+                for n, t in state.items()
+                if f"{lead}{module_path}.{n}" not in tensors
+            }
+        )
     to_save.sort()
     bias, biases = export_biases(keep, {e.placement.target.module for e in entries}, base, to_save)
     tensors.update({lead + name: t for name, t in biases.items()})
     if bias != "none":
         fields["bias"] = bias
-    config = {"peft_type": mapping.peft_type, "task_type": mapping.task_type(att.model),
-              "base_model_name_or_path": None, "revision": None, "inference_mode": True, **fields,
-              "modules_to_save": to_save or None}
+    config = {
+        "peft_type": mapping.peft_type,
+        "task_type": mapping.task_type(att.model),
+        "base_model_name_or_path": None,
+        "revision": None,
+        "inference_mode": True,
+        **fields,
+        "modules_to_save": to_save or None,
+    }
     directory = Path(directory)
     tensors = full_tensors(tensors)  # whole CPU tensors; FSDP2 shards are all-gathered (every rank)
     with one_writer(att.model, directory) as writes:  # rank 0 of a process group writes
@@ -124,30 +143,42 @@ def _check_peft_wraps(att: Attachment, entries: list[PeftEntry]) -> None:
         path = e.placement.target.module
         aliases = att.graph[path].aliases if path in att.graph else []
         if aliases:
-            raise ValueError(f"'{path}' is one {type(e.module).__name__} shared by several parents (also "
-                             f"reachable as {', '.join(repr(a) for a in aliases)}); PEFT replaces it under "
-                             f"its first name '{path}' only and the other parents keep calling the bare "
-                             f"layer, so a PEFT adapter would not compute what this one does (it runs "
-                             f"wherever the module runs). Keep this adapter in Addin Studio's format "
-                             f"(att.save / studio.load)")
+            raise ValueError(
+                f"'{path}' is one {type(e.module).__name__} shared by several parents (also "
+                f"reachable as {', '.join(repr(a) for a in aliases)}); PEFT replaces it under "
+                f"its first name '{path}' only and the other parents keep calling the bare "
+                f"layer, so a PEFT adapter would not compute what this one does (it runs "
+                f"wherever the module runs). Keep this adapter in Addin Studio's format "
+                f"(att.save / studio.load)"
+            )
         base = next((c for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(e.module, c)), None)
         if base is not None and type(e.module).forward is not base.forward:
-            raise ValueError(f"'{path}' is a {type(e.module).__name__}, a {base.__name__} with a forward of "
-                             "its own (e.g. dynamic padding or standardized weights); PEFT's LoRA wraps it "
-                             f"as a plain {base.__name__}, so a PEFT adapter would not compute what this one "
-                             f"does. Keep this adapter in Addin Studio's format (att.save / studio.load)")
+            raise ValueError(
+                f"'{path}' is a {type(e.module).__name__}, a {base.__name__} with a forward of "
+                "its own (e.g. dynamic padding or standardized weights); PEFT's LoRA wraps it "
+                f"as a plain {base.__name__}, so a PEFT adapter would not compute what this one "
+                f"does. Keep this adapter in Addin Studio's format (att.save / studio.load)"
+            )
         if not att.graph.traced:
             continue
-        if e.placement.method == "adapt_weight" and path in att.graph and att.graph[path].order is None \
-                and not isinstance(e.module, nn.MultiheadAttention) and not path.endswith("out_proj"):
-            raise ValueError(f"'{path}' is never called as a module (its parent reads its weight), so it is "
-                             f"adapted with adapt_weight; PEFT applies a LoRA only when its layer is called, "
-                             f"so a PEFT adapter would compute without this update. Keep this adapter in "
-                             f"Addin Studio's format (att.save / studio.load)")
+        if (
+            e.placement.method == "adapt_weight"
+            and path in att.graph
+            and att.graph[path].order is None
+            and not isinstance(e.module, nn.MultiheadAttention)
+            and not path.endswith("out_proj")
+        ):
+            raise ValueError(
+                f"'{path}' is never called as a module (its parent reads its weight), so it is "
+                f"adapted with adapt_weight; PEFT applies a LoRA only when its layer is called, "
+                f"so a PEFT adapter would compute without this update. Keep this adapter in "
+                f"Addin Studio's format (att.save / studio.load)"
+            )
 
 
-def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor],
-                   modules: Mapping[str, nn.Module]) -> None:
+def _exact_targets(
+    fields: dict[str, Any], base: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module]
+) -> None:
     """PEFT reads a list ``target_modules`` / ``target_parameters`` as name suffixes (``["fc"]`` adapts
     ``sub.fc`` too). A module list that reaches other base modules becomes a regex PEFT matches against
     whole names; a parameter list has no such form, so that is a ValueError."""
@@ -164,8 +195,10 @@ def _exact_targets(fields: dict[str, Any], base: Mapping[str, torch.Tensor],
     params = fields.get("target_parameters")
     other = reaches(params, base) if isinstance(params, list) else None
     if other:
-        raise ValueError(f"PEFT's target_parameters {params} would adapt '{other}' too (it matches name "
-                         f"suffixes); this LoRA on a named parameter cannot be a PEFT adapter")
+        raise ValueError(
+            f"PEFT's target_parameters {params} would adapt '{other}' too (it matches name "
+            f"suffixes); this LoRA on a named parameter cannot be a PEFT adapter"
+        )
 
 
 def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftMapping, list[PeftEntry]]:
@@ -176,14 +209,22 @@ def _host(groups: dict[str, tuple[PeftMapping, list[PeftEntry]]]) -> tuple[PeftM
     hosts = [t for t in groups if all(t in getattr(m, "joins", ()) for o, (m, _) in groups.items() if o != t)]
     if len(hosts) != 1:
         (first, _), (other, (_, entries)) = list(groups.items())[:2]
-        raise ValueError(f"a PEFT adapter holds one peft_type; '{entries[0].key}' is {other}, the others "
-                         f"are {first}")
+        raise ValueError(
+            f"a PEFT adapter holds one peft_type; '{entries[0].key}' is {other}, the others are {first}"
+        )
     return groups[hosts[0]]
 
 
-def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None, *,
-              modules_to_save: bool | Iterable[str] = False, base_biases: bool = False,
-              allow_nonfinite: bool = False, **attach_kwargs: Any) -> Attachment:
+def from_peft(
+    model: nn.Module,
+    directory: str | Path,
+    example_input: Any = None,
+    *,
+    modules_to_save: bool | Iterable[str] = False,
+    base_biases: bool = False,
+    allow_nonfinite: bool = False,
+    **attach_kwargs: Any,
+) -> Attachment:
     """Attach the adapter a PEFT directory holds to ``model``.
 
     The directory holds ``adapter_config.json`` + ``adapter_model.safetensors``. The ``peft_type``
@@ -216,8 +257,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     config_path = directory / PEFT_CONFIG
     source = str(config_path)
     if not config_path.is_file():
-        named = (sorted(p.parent.name for p in directory.glob(f"*/{PEFT_CONFIG}")) if directory.is_dir()
-                 else [])
+        named = (
+            sorted(p.parent.name for p in directory.glob(f"*/{PEFT_CONFIG}")) if directory.is_dir() else []
+        )
         hint = f"; PEFT saves a named adapter in a folder of its name: {', '.join(named)}" if named else ""
         raise FileNotFoundError(f"no {PEFT_CONFIG} in {directory}{hint}")
     try:
@@ -227,16 +269,20 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
     check_peft_config(config, source)
     found = peft_mappings().get(config.get("peft_type"))
     if found is None:
-        raise ValueError(f"only {_covered()} adapters can be imported; {config_path} has peft_type "
-                         f"{config.get('peft_type')!r}")
+        raise ValueError(
+            f"only {_covered()} adapters can be imported; {config_path} has peft_type "
+            f"{config.get('peft_type')!r}"
+        )
     addin_name, mapping = found
     listed = list(config.get("modules_to_save") or [])
     allowed = _allowed_saves(modules_to_save, listed, source)
     weights_path = directory / PEFT_WEIGHTS
     if not weights_path.is_file() and (directory / "adapter_model.bin").is_file():
-        raise ValueError(f"{directory} holds adapter_model.bin (a pickle), not {PEFT_WEIGHTS}; from_peft "
-                         f"reads safetensors only: save the adapter again with PEFT's save_pretrained("
-                         f"safe_serialization=True)")
+        raise ValueError(
+            f"{directory} holds adapter_model.bin (a pickle), not {PEFT_WEIGHTS}; from_peft "
+            f"reads safetensors only: save the adapter again with PEFT's save_pretrained("
+            f"safe_serialization=True)"
+        )
     bias = bias_mode(config, source)
     tensors, _ = files.read(weights_path)
     claimed: dict[str, torch.Tensor] = {}
@@ -252,12 +298,16 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
             continue
         if not key.startswith(lead):
             raise ValueError(f"{weights_path}: unexpected key '{key}'")
-        name = key[len(lead):]
+        name = key[len(lead) :]
         if mapping.claims(name):
             claimed[name] = t
             continue
-        if bias != "none" and _SAVED not in name and is_bias(name) and \
-                _listed_module(base_name(name), listed) is None:
+        if (
+            bias != "none"
+            and _SAVED not in name
+            and is_bias(name)
+            and _listed_module(base_name(name), listed) is None
+        ):
             biases[name] = t  # a trained base bias (bias="all" / "lora_only")
             continue
         name = name.replace(_SAVED, ".")
@@ -265,12 +315,16 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         if module is None and _same_base(base_name(name), t, model, every, key, str(weights_path)):
             continue  # PEFT's save_embedding_layers: a copy of the base weight, loading it changes nothing
         if module is None:
-            raise ValueError(f"{weights_path}: tensor '{key}' is neither {mapping.peft_type} weights nor "
-                             f"in a module the config's modules_to_save lists; refusing to load it")
+            raise ValueError(
+                f"{weights_path}: tensor '{key}' is neither {mapping.peft_type} weights nor "
+                f"in a module the config's modules_to_save lists; refusing to load it"
+            )
         if module not in allowed:
-            raise ValueError(f"{weights_path}: the adapter overwrites base module '{module}' "
-                             f"(modules_to_save); pass modules_to_save=True (or a list with "
-                             f"{module!r}) to from_peft to allow that")
+            raise ValueError(
+                f"{weights_path}: the adapter overwrites base module '{module}' "
+                f"(modules_to_save); pass modules_to_save=True (or a list with "
+                f"{module!r}) to from_peft to allow that"
+            )
         # bias="all" also saves the wrapper's inner biases: the untouched original (PEFT never runs it
         # while the adapter is active) and the trained copy again
         if ".original_module." in name:
@@ -282,47 +336,61 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         saved[name] = t
     for name, t in claimed.items():
         if not t.is_floating_point():
-            raise ValueError(f"{weights_path}: tensor '{_key(lead, name, mapping)}' has dtype {t.dtype}; a "
-                             f"floating-point tensor is needed")
+            raise ValueError(
+                f"{weights_path}: tensor '{_key(lead, name, mapping)}' has dtype {t.dtype}; a "
+                f"floating-point tensor is needed"
+            )
         if not allow_nonfinite and t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{weights_path}: tensor '{_key(lead, name, mapping)}' holds non-finite "
-                             f"values")
+            raise ValueError(f"{weights_path}: tensor '{_key(lead, name, mapping)}' holds non-finite values")
     imports = mapping.read(config, claimed, model, addin_name, str(directory))
     adapted = {i.placement.target.module for i in imports if i.placement.addin == addin_name}
     trained_biases = read_biases(biases, bias, adapted, params, str(weights_path), lead, allow_nonfinite)
     if trained_biases and base_biases is not True:
-        raise ValueError(f"{weights_path}: the adapter was trained with bias={bias!r} and holds "
-                         f"{len(trained_biases)} trained base bias(es) (e.g. '{sorted(trained_biases)[0]}') "
-                         f"that replace the model's own; pass base_biases=True to from_peft to load them")
+        raise ValueError(
+            f"{weights_path}: the adapter was trained with bias={bias!r} and holds "
+            f"{len(trained_biases)} trained base bias(es) (e.g. '{sorted(trained_biases)[0]}') "
+            f"that replace the model's own; pass base_biases=True to from_peft to load them"
+        )
     saved.update(trained_biases)
     stats = _saved_statistics(saved, model, str(weights_path), lead, allow_nonfinite)
     for name, t in saved.items():
         if name not in params and name in every:
             tied = next(n for n, p in params.items() if p is every[name])
-            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save), which this "
-                             f"{type(model).__name__} ties to '{tied}'; PEFT trains an untied copy, which "
-                             f"from_peft cannot load without changing '{tied}' too")
+            raise ValueError(
+                f"{weights_path}: the adapter saves '{name}' (modules_to_save), which this "
+                f"{type(model).__name__} ties to '{tied}'; PEFT trains an untied copy, which "
+                f"from_peft cannot load without changing '{tied}' too"
+            )
         if name not in params:
-            raise ValueError(f"the adapter saves '{name}' (modules_to_save), which this "
-                             f"{type(model).__name__} does not have")
+            raise ValueError(
+                f"the adapter saves '{name}' (modules_to_save), which this "
+                f"{type(model).__name__} does not have"
+            )
         check_tensor(t, params[name], lead + name, str(weights_path), allow_nonfinite)
     for name, key, t in twins:
         check_tensor(t, params[name], key, str(weights_path), allow_nonfinite)
         if not torch.equal(t.to(saved[name].dtype), saved[name]):
-            raise ValueError(f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
-                             f"different values ('{key}')")
+            raise ValueError(
+                f"{weights_path}: the adapter saves '{name}' (modules_to_save) twice, with "
+                f"different values ('{key}')"
+            )
     shared = module_aliases(model)
     for i in imports:
         path = i.placement.target.module
         others = [a for a, c in shared.items() if c == path]
         if others:
-            raise ValueError(f"{config_path}: the adapter targets '{path}', one module shared by several "
-                             f"parents (also reachable as {', '.join(repr(a) for a in others)}); PEFT adapts "
-                             f"it under that name only (the other parents call the bare layer), while an "
-                             f"add-in here runs wherever the module runs, so the attached model would not "
-                             f"compute what PEFT computes")
-    cfg = Config([i.placement for i in imports], sorted(saved),
-                 running_stats=sorted({n.rpartition(".")[0] for n in stats}))
+            raise ValueError(
+                f"{config_path}: the adapter targets '{path}', one module shared by several "
+                f"parents (also reachable as {', '.join(repr(a) for a in others)}); PEFT adapts "
+                f"it under that name only (the other parents call the bare layer), while an "
+                f"add-in here runs wherever the module runs, so the attached model would not "
+                f"compute what PEFT computes"
+            )
+    cfg = Config(
+        [i.placement for i in imports],
+        sorted(saved),
+        running_stats=sorted({n.rpartition(".")[0] for n in stats}),
+    )
 
     def fill(att: Attachment) -> None:
         for (_, p, addin), item in zip(att.entries, imports):
@@ -331,8 +399,10 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
                 want = tuple(own[part].shape) if part in own else None
                 if tuple(t.shape) != want:
                     where = p.target.module + (f".{p.settings['param']}" if "param" in p.settings else "")
-                    raise ValueError(f"the adapter's {part} for '{where}' has shape "
-                                     f"{tuple(t.shape)}; this model's layer needs {want}")
+                    raise ValueError(
+                        f"the adapter's {part} for '{where}' has shape "
+                        f"{tuple(t.shape)}; this model's layer needs {want}"
+                    )
         for (_, p, addin), item in zip(att.entries, imports):
             addin.load_state_dict(item.state, strict=False)
         own_stats = att.statistics()
@@ -346,8 +416,9 @@ def from_peft(model: nn.Module, directory: str | Path, example_input: Any = None
         raise ConfigError(f"{config_path}: {exc.message}", hint=exc.hint) from None
 
 
-def _saved_statistics(saved: dict[str, torch.Tensor], model: nn.Module, source: str, lead: str,
-                      allow_nonfinite: bool) -> dict[str, torch.Tensor]:
+def _saved_statistics(
+    saved: dict[str, torch.Tensor], model: nn.Module, source: str, lead: str, allow_nonfinite: bool
+) -> dict[str, torch.Tensor]:
     """Take the buffers out of ``saved`` (PEFT's modules_to_save hold a module's whole state dict): the
     running statistics of normalization layers are returned (they load as ``running_stats(...)``); any
     other buffer must equal the model's own (PEFT saved an unchanged copy), else ValueError."""
@@ -363,9 +434,11 @@ def _saved_statistics(saved: dict[str, torch.Tensor], model: nn.Module, source: 
         if leaf in STAT_BUFFERS and has_running_stats(modules[owner]):
             stats[name] = t
         elif not torch.equal(t.to(buffers[name].dtype), buffers[name]):
-            raise ValueError(f"{source}: the adapter saves buffer '{name}' (modules_to_save) with other "
-                             "values than the model's; from_peft loads running statistics of normalization "
-                             f"layers only")
+            raise ValueError(
+                f"{source}: the adapter saves buffer '{name}' (modules_to_save) with other "
+                "values than the model's; from_peft loads running statistics of normalization "
+                f"layers only"
+            )
     return stats
 
 
@@ -381,8 +454,9 @@ def _listed_module(name: str, listed: list[str]) -> str | None:
     return None
 
 
-def _same_base(name: str, t: torch.Tensor, model: nn.Module, params: dict[str, nn.Parameter], key: str,
-               source: str) -> bool:
+def _same_base(
+    name: str, t: torch.Tensor, model: nn.Module, params: dict[str, nn.Parameter], key: str, source: str
+) -> bool:
     """Whether file tensor ``key`` (model-relative ``name``, ``.base_layer.`` dropped) is a copy of the
     input or output embedding's parameter ``name``, as PEFT's ``save_embedding_layers`` writes it for a
     targeted ``embed_tokens`` / ``lm_head``. False for other names; ValueError when loading it would
@@ -391,16 +465,22 @@ def _same_base(name: str, t: torch.Tensor, model: nn.Module, params: dict[str, n
     getters = ("get_input_embeddings", "get_output_embeddings")
     layers = [getattr(model, get, lambda: None)() for get in getters]
     owner = name.rpartition(".")[0]
-    if p is None or not any(owner and layer is model.get_submodule(owner)
-                            for layer in layers if layer is not None):
+    if p is None or not any(
+        owner and layer is model.get_submodule(owner) for layer in layers if layer is not None
+    ):
         return False
-    if tuple(t.shape) == tuple(p.shape) and t.is_floating_point() == p.is_floating_point() and \
-            torch.equal(t.to(device=p.device, dtype=p.dtype), p.detach()):
+    if (
+        tuple(t.shape) == tuple(p.shape)
+        and t.is_floating_point() == p.is_floating_point()
+        and torch.equal(t.to(device=p.device, dtype=p.dtype), p.detach())
+    ):
         return True
-    raise ValueError(f"{source}: tensor '{key}' replaces the base weight '{name}' (shape {tuple(t.shape)}, "
-                     f"the model's {tuple(p.shape)}) with other values, as PEFT's save_embedding_layers does "
-                     f"after resizing or training an embedding; from_peft replaces base weights only for the "
-                     f"config's modules_to_save, so it refuses this adapter")
+    raise ValueError(
+        f"{source}: tensor '{key}' replaces the base weight '{name}' (shape {tuple(t.shape)}, "
+        f"the model's {tuple(p.shape)}) with other values, as PEFT's save_embedding_layers does "
+        f"after resizing or training an embedding; from_peft replaces base weights only for the "
+        f"config's modules_to_save, so it refuses this adapter"
+    )
 
 
 def _key(lead: str, name: str, mapping: PeftMapping) -> str:
@@ -418,16 +498,28 @@ def _allowed_saves(option: bool | Iterable[str], listed: list[str], source: str)
     names = list(option)
     unknown = [n for n in names if n not in listed]
     if unknown:
-        raise ValueError(f"modules_to_save={names!r}: {source} does not list {unknown[0]!r} in its "
-                         f"modules_to_save ({listed})")
+        raise ValueError(
+            f"modules_to_save={names!r}: {source} does not list {unknown[0]!r} in its "
+            f"modules_to_save ({listed})"
+        )
     return set(names)
 
 
 _FIELDS = {  # adapter_config.json fields we read, and their JSON types (None is always accepted)
-    "peft_type": "str", "r": "int", "lora_alpha": "number", "lora_dropout": "number", "bias": "str",
-    "use_dora": "bool", "use_rslora": "bool", "lora_bias": "bool", "fan_in_fan_out": "bool",
-    "modules_to_save": "list[str]", "rank_pattern": "object", "alpha_pattern": "object",
-    "target_modules": "str or list[str]", "exclude_modules": "str or list[str]",
+    "peft_type": "str",
+    "r": "int",
+    "lora_alpha": "number",
+    "lora_dropout": "number",
+    "bias": "str",
+    "use_dora": "bool",
+    "use_rslora": "bool",
+    "lora_bias": "bool",
+    "fan_in_fan_out": "bool",
+    "modules_to_save": "list[str]",
+    "rank_pattern": "object",
+    "alpha_pattern": "object",
+    "target_modules": "str or list[str]",
+    "exclude_modules": "str or list[str]",
     "target_parameters": "list[str]",
 }
 

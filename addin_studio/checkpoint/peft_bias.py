@@ -6,6 +6,7 @@ layers it adapts (saved as ``<layer>.base_layer.bias``). We load them as kept-tr
 config's ``trainable`` list), each checked like any tensor a file may write into the base (shape, floating
 dtype, finite), and write them back the same way when the kept-trainable parameters are exactly such a set.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -36,9 +37,15 @@ def base_name(name: str) -> str:
     return name.replace(_BASE_LAYER, ".")
 
 
-def read_biases(found: Mapping[str, torch.Tensor], mode: str, adapted: Iterable[str],
-                params: Mapping[str, nn.Parameter], weights_path: str, lead: str,
-                allow_nonfinite: bool) -> dict[str, torch.Tensor]:
+def read_biases(
+    found: Mapping[str, torch.Tensor],
+    mode: str,
+    adapted: Iterable[str],
+    params: Mapping[str, nn.Parameter],
+    weights_path: str,
+    lead: str,
+    allow_nonfinite: bool,
+) -> dict[str, torch.Tensor]:
     """``{our parameter name: tensor}`` for the bias tensors of a ``bias="all"`` / ``"lora_only"``
     adapter (``found``: PEFT names). ``lora_only``: each must belong to an ``adapted`` layer."""
     adapted = set(adapted)
@@ -47,12 +54,16 @@ def read_biases(found: Mapping[str, torch.Tensor], mode: str, adapted: Iterable[
         name = base_name(peft_name)
         key = lead + peft_name
         if name not in params:
-            raise ValueError(f"{weights_path}: tensor '{key}' is a bias (bias={mode!r}) of a layer this "
-                             f"model does not have ('{name}')")
+            raise ValueError(
+                f"{weights_path}: tensor '{key}' is a bias (bias={mode!r}) of a layer this "
+                f"model does not have ('{name}')"
+            )
         layer = name.rpartition(".")[0]
         if mode != "all" and layer not in adapted:
-            raise ValueError(f"{weights_path}: tensor '{key}' is the bias of '{layer}', which the adapter "
-                             f"does not adapt; bias={mode!r} holds only the adapted layers' biases")
+            raise ValueError(
+                f"{weights_path}: tensor '{key}' is the bias of '{layer}', which the adapter "
+                f"does not adapt; bias={mode!r} holds only the adapted layers' biases"
+            )
         if name in out:
             raise ValueError(f"{weights_path}: the bias '{name}' is saved twice")
         check_tensor(t, params[name], key, weights_path, allow_nonfinite)
@@ -60,8 +71,9 @@ def read_biases(found: Mapping[str, torch.Tensor], mode: str, adapted: Iterable[
     return out
 
 
-def export_biases(keep: set[str], adapted: Iterable[str], base: Mapping[str, torch.Tensor],
-                  whole: Iterable[str]) -> tuple[str, dict[str, torch.Tensor]]:
+def export_biases(
+    keep: set[str], adapted: Iterable[str], base: Mapping[str, torch.Tensor], whole: Iterable[str]
+) -> tuple[str, dict[str, torch.Tensor]]:
     """PEFT's ``bias`` value and tensors for the kept-trainable ``keep`` names that are biases of no
     ``whole`` module (those go to ``modules_to_save``): ``"none"`` when there are none, ``"lora_only"``
     when they are exactly the adapted layers' biases, ``"all"`` when every bias; else ``ValueError``."""
@@ -77,14 +89,18 @@ def export_biases(keep: set[str], adapted: Iterable[str], base: Mapping[str, tor
     elif loose == every:
         mode = "all"
     elif loose < of_adapted:
-        raise ValueError("PEFT's bias='lora_only' trains the bias of every adapted layer; the "
-                         f"kept-trainable biases leave out '{sorted(of_adapted - loose)[0]}' (keep all of "
-                         f"them trainable, or none)")
+        raise ValueError(
+            "PEFT's bias='lora_only' trains the bias of every adapted layer; the "
+            f"kept-trainable biases leave out '{sorted(of_adapted - loose)[0]}' (keep all of "
+            f"them trainable, or none)"
+        )
     else:
         sample = sorted(loose - every or loose - of_adapted)[0]
-        raise ValueError(f"PEFT keeps base weights trainable as whole modules (modules_to_save) or as biases "
-                         f"(bias='lora_only': those of the adapted layers, bias='all': every bias); the "
-                         f"kept-trainable '{sample}' is neither")
+        raise ValueError(
+            f"PEFT keeps base weights trainable as whole modules (modules_to_save) or as biases "
+            f"(bias='lora_only': those of the adapted layers, bias='all': every bias); the "
+            f"kept-trainable '{sample}' is neither"
+        )
     tensors = {}
     for n in sorted(loose):
         layer = n.rpartition(".")[0]

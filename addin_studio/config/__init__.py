@@ -1,4 +1,5 @@
 """Config-string grammar: parse, canonical emission, errors with a caret."""
+
 from .errors import ConfigError
 from .model import Config, Placement, Point
 from .parser import parse

@@ -7,6 +7,7 @@ or several labels whose ranges advance together (``(layer1[0:2].conv1){inout1}->
 that start no such run share a line (at most ``MAX_PLAIN``). The order of the placements is kept, so
 ``parse(str(cfg)) == cfg``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,9 @@ def format_value(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"setting value {value!r} is not finite: a config string holds finite "
-                             f"numbers only")
+            raise ValueError(
+                f"setting value {value!r} is not finite: a config string holds finite numbers only"
+            )
         text = repr(value)
         return text if any(c in text for c in ".eE") or "n" in text else text + ".0"
     text = str(value)
@@ -86,7 +88,7 @@ def _block(p: Placement) -> str:
     segs = _split(p.source.module)
     for i, seg in enumerate(segs):
         if is_index(seg):
-            return ".".join(segs[:i + 1])
+            return ".".join(segs[: i + 1])
     return p.source.module
 
 
@@ -147,9 +149,10 @@ class _Planner:
             deltas.append(d)
         n = 2
         while i + (n + 1) * k <= len(items) and all(
-                self.temps[i + n * k + j] == self.temps[i + j]
-                and [y - x for x, y in zip(self.idx[i + j], self.idx[i + n * k + j])] == [x * n for x in d]
-                for j, d in enumerate(deltas)):
+            self.temps[i + n * k + j] == self.temps[i + j]
+            and [y - x for x, y in zip(self.idx[i + j], self.idx[i + n * k + j])] == [x * n for x in d]
+            for j, d in enumerate(deltas)
+        ):
             n += 1
         return _Group(i, k, n, deltas)
 
@@ -171,8 +174,13 @@ class _Planner:
             run = self.best_run(i)
             if run is None:
                 j, block = i + 1, self.blocks[i]
-                while (j < n and j - i < MAX_PLAIN and self.heads[j] == self.heads[i]
-                       and self.blocks[j] == block and self.best_run(j) is None):
+                while (
+                    j < n
+                    and j - i < MAX_PLAIN
+                    and self.heads[j] == self.heads[i]
+                    and self.blocks[j] == block
+                    and self.best_run(j) is None
+                ):
                     j += 1
                 run = _Group(i, j - i, 1, [[] for _ in range(j - i)])
             out.append(run)
@@ -188,8 +196,15 @@ def entry_spans(placements: Sequence[Placement]) -> list[tuple[int, int]]:
 def _lines(placements: Sequence[Placement]) -> list[str]:
     """The placement lines of the canonical string."""
     plan = _Planner(placements)
-    return [_entry(list(placements[g.first:g.first + g.width]), g.count, g.deltas,
-                   plan.idx[g.first:g.first + g.width]) for g in plan.groups()]
+    return [
+        _entry(
+            list(placements[g.first : g.first + g.width]),
+            g.count,
+            g.deltas,
+            plan.idx[g.first : g.first + g.width],
+        )
+        for g in plan.groups()
+    ]
 
 
 def _fmt(path: str, starts: list[int], delta: list[int], n: int) -> str:
@@ -246,9 +261,9 @@ def _compress_patterns(patterns: Sequence[str]) -> list[str]:
                     delta = d
                     while i + n < len(patterns):
                         ns = split_path(patterns[i + n])
-                        if (["#" if is_index(s) else s for s in ns] != temp or
-                                [b - a for a, b in zip(idx, [int(s) for s in ns if is_index(s)])]
-                                != [x * n for x in delta]):
+                        if ["#" if is_index(s) else s for s in ns] != temp or [
+                            b - a for a, b in zip(idx, [int(s) for s in ns if is_index(s)])
+                        ] != [x * n for x in delta]:
                             break
                         n += 1
         out.append(_fmt(patterns[i], list(idx), list(delta or []), n))

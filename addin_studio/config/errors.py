@@ -1,4 +1,5 @@
 """ConfigError: every mistake in a config string or placement, with a position and a hint."""
+
 from __future__ import annotations
 
 import difflib
@@ -15,8 +16,9 @@ class ConfigError(ValueError):
         hint: a suggested fix (or ``None``).
     """
 
-    def __init__(self, message: str, text: str | None = None, position: int | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, text: str | None = None, position: int | None = None, hint: str | None = None
+    ) -> None:
         self.message = message
         self.text = text
         self.position = position

@@ -1,4 +1,5 @@
 """Immutable values a config string describes: Point, Placement, Config."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -84,8 +85,15 @@ class Placement:
         return "inout" if self.source == self.target else "across"
 
     def __hash__(self) -> int:
-        return hash((self.addin, self.method, self.source, self.target,
-                     tuple(sorted((k, repr(v)) for k, v in self.settings.items()))))
+        return hash(
+            (
+                self.addin,
+                self.method,
+                self.source,
+                self.target,
+                tuple(sorted((k, repr(v)) for k, v in self.settings.items())),
+            )
+        )
 
 
 class Config:
@@ -110,9 +118,15 @@ class Config:
 
     __slots__ = ("_placements", "_trainable", "_running_stats", "text", "trainable_spans")
 
-    def __init__(self, placements: Iterable[Placement] = (), trainable: Iterable[str] = (),
-                 text: str | None = None, *, trainable_spans: Mapping[str, int] | None = None,
-                 running_stats: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        placements: Iterable[Placement] = (),
+        trainable: Iterable[str] = (),
+        text: str | None = None,
+        *,
+        trainable_spans: Mapping[str, int] | None = None,
+        running_stats: Iterable[str] = (),
+    ) -> None:
         self._placements = tuple(placements)
         self._trainable = tuple(dict.fromkeys(trainable))  # de-duplicated, order kept
         self._running_stats = tuple(dict.fromkeys(running_stats))
@@ -193,8 +207,11 @@ class Config:
     def __add__(self, other: "Config") -> "Config":
         if not isinstance(other, Config):
             return NotImplemented
-        return Config(self._placements + other._placements, self._trainable + other._trainable,
-                      running_stats=self._running_stats + other._running_stats)
+        return Config(
+            self._placements + other._placements,
+            self._trainable + other._trainable,
+            running_stats=self._running_stats + other._running_stats,
+        )
 
     def __len__(self) -> int:
         return len(self._placements)
@@ -208,8 +225,11 @@ class Config:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
             return NotImplemented
-        return (self._placements == other._placements and self._trainable == other._trainable
-                and self._running_stats == other._running_stats)
+        return (
+            self._placements == other._placements
+            and self._trainable == other._trainable
+            and self._running_stats == other._running_stats
+        )
 
     def __hash__(self) -> int:
         return hash((self._placements, self._trainable, self._running_stats))

@@ -2,6 +2,7 @@
 
 Every mistake raises :class:`ConfigError` with the offset of the offending character.
 """
+
 from __future__ import annotations
 
 import math
@@ -97,14 +98,20 @@ class _Parser:
         """Count ``n`` more expanded items against MAX_PLACEMENTS before building them."""
         self.count += n
         if self.count > MAX_PLACEMENTS:
-            raise self.error(f"this string expands to more than {MAX_PLACEMENTS:,} placements and "
-                             f"trainable patterns (ranges are expanded); the limit is per string", pos,
-                             hint="use fewer or shorter ranges")
+            raise self.error(
+                f"this string expands to more than {MAX_PLACEMENTS:,} placements and "
+                f"trainable patterns (ranges are expanded); the limit is per string",
+                pos,
+                hint="use fewer or shorter ranges",
+            )
 
     def small_int(self, digits: str, pos: int, what: str) -> int:
         if len(digits) > MAX_INDEX_DIGITS:
-            raise self.error(f"{what} {digits[:12]}{'...' if len(digits) > 12 else ''} is too large "
-                             f"(at most {MAX_INDEX_DIGITS} digits)", pos)
+            raise self.error(
+                f"{what} {digits[:12]}{'...' if len(digits) > 12 else ''} is too large "
+                f"(at most {MAX_INDEX_DIGITS} digits)",
+                pos,
+            )
         return int(digits)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -131,7 +138,7 @@ class _Parser:
         ch = self.text[self.i]
         if ch == "\n":
             return "a line break"
-        return repr(self.text[self.i:self.i + 12].split("\n")[0])
+        return repr(self.text[self.i : self.i + 12].split("\n")[0])
 
     def match(self, pattern: re.Pattern) -> re.Match | None:
         m = pattern.match(self.text, self.i)
@@ -150,15 +157,20 @@ class _Parser:
             if self.peek("("):
                 pending.append(self.entry(start))
             elif self.text.startswith("trainable", self.i):
-                trainable.extend(self.pattern_entry("trainable", "a parameter or module name",
-                                                    "trainable(head, pos_embed)"))
+                trainable.extend(
+                    self.pattern_entry(
+                        "trainable", "a parameter or module name", "trainable(head, pos_embed)"
+                    )
+                )
             elif self.text.startswith("running_stats", self.i):
-                running_stats.extend(self.pattern_entry("running_stats", "a module name",
-                                                        "running_stats(layer4, bn1)"))
+                running_stats.extend(
+                    self.pattern_entry("running_stats", "a module name", "running_stats(layer4, bn1)")
+                )
             else:
                 raise self.error(
                     f"expected an entry such as '(Addin.method): ...->{{inout1}}(module)->...', "
-                    f"'trainable(...)' or 'running_stats(...)', found {self.describe_here()}")
+                    f"'trainable(...)' or 'running_stats(...)', found {self.describe_here()}"
+                )
             self.skip_ws()
             if self.i < len(self.text):
                 if self.text[self.i] in ",;\n":
@@ -168,28 +180,48 @@ class _Parser:
                         self.i += 1
                         self.skip_ws(newlines=True)
                 else:
-                    raise self.error(f"unexpected {self.describe_here()} after an entry",
-                                     hint="separate entries with a new line or ','")
+                    raise self.error(
+                        f"unexpected {self.describe_here()} after an entry",
+                        hint="separate entries with a new line or ','",
+                    )
         placements = [p for expand in pending for p in expand()]
-        return Config(placements, trainable, text=self.text, trainable_spans=self.trainable_spans,
-                      running_stats=running_stats)
+        return Config(
+            placements,
+            trainable,
+            text=self.text,
+            trainable_spans=self.trainable_spans,
+            running_stats=running_stats,
+        )
 
     def entry(self, start: int) -> Callable[[], list[Placement]]:
         addin, method, settings = self.header()
         self.expect(":", "':' after the header")
         labels = self.chain()
         if not labels:
-            raise self.error("this entry places no add-in: it has no {inout1} or {in1}...{out1} label",
-                             start, hint="mark a point, e.g. '...->{inout1}(fc2)->...'")
+            raise self.error(
+                "this entry places no add-in: it has no {inout1} or {in1}...{out1} label",
+                start,
+                hint="mark a point, e.g. '...->{inout1}(fc2)->...'",
+            )
         steps = self.range_length(labels)
         pairs = self.pair(labels)
         self.reserve(steps * len(pairs), start)
         span = (start, self.i)
 
         def expand() -> list[Placement]:  # run after the whole string is checked against the limits
-            return [Placement(addin, method, Point(src.path.expand(step), src.side),
-                              Point(dst.path.expand(step), dst.side), settings, span=span)
-                    for step in range(steps) for src, dst in pairs]
+            return [
+                Placement(
+                    addin,
+                    method,
+                    Point(src.path.expand(step), src.side),
+                    Point(dst.path.expand(step), dst.side),
+                    settings,
+                    span=span,
+                )
+                for step in range(steps)
+                for src, dst in pairs
+            ]
+
         return expand
 
     def header(self) -> tuple[str, str, dict[str, Any]]:
@@ -197,12 +229,16 @@ class _Parser:
         self.skip_ws()
         name = self.match(_NAME)
         if not name:
-            raise self.error(f"expected an add-in name, found {self.describe_here()}",
-                             hint="write the header as '(AddinName.method)'")
+            raise self.error(
+                f"expected an add-in name, found {self.describe_here()}",
+                hint="write the header as '(AddinName.method)'",
+            )
         self.skip_ws()
         if not self.peek("."):
-            raise self.error(f"expected '.' and a method name after add-in {name.group()!r}, found "
-                             f"{self.describe_here()}", hint=f"e.g. '({name.group()}.adapt_output)'")
+            raise self.error(
+                f"expected '.' and a method name after add-in {name.group()!r}, found {self.describe_here()}",
+                hint=f"e.g. '({name.group()}.adapt_output)'",
+            )
         self.i += 1
         self.skip_ws()
         method = self.match(_NAME)
@@ -216,8 +252,10 @@ class _Parser:
             key_pos = self.i
             key = self.match(_NAME)
             if not key:
-                raise self.error(f"expected a setting name, found {self.describe_here()}",
-                                 hint="settings look like 'r=8, alpha=16'")
+                raise self.error(
+                    f"expected a setting name, found {self.describe_here()}",
+                    hint="settings look like 'r=8, alpha=16'",
+                )
             if key.group() in settings:
                 raise self.error(f"setting {key.group()!r} is given twice", key_pos)
             self.expect("=", f"'=' after setting {key.group()!r}")
@@ -237,20 +275,25 @@ class _Parser:
         word = self.match(_NAME)
         if word:
             return {"true": True, "false": False, "none": None}.get(word.group().lower(), word.group())
-        raise self.error(f"expected a value (number, true/false, a name or a quoted string), "
-                         f"found {self.describe_here()}")
+        raise self.error(
+            f"expected a value (number, true/false, a name or a quoted string), found {self.describe_here()}"
+        )
 
     def number(self, num: re.Match) -> int | float:
         """A number setting: at most MAX_NUMBER_CHARS characters, finite, integers within MAX_INT."""
         s, pos = num.group(), num.start()
         if len(s) > MAX_NUMBER_CHARS:
-            raise self.error(f"number {s[:12]}... is too long ({len(s)} characters; at most "
-                             f"{MAX_NUMBER_CHARS})", pos)
+            raise self.error(
+                f"number {s[:12]}... is too long ({len(s)} characters; at most {MAX_NUMBER_CHARS})", pos
+            )
         if any(c in s for c in ".eE"):
             value: int | float = float(s)
             if not math.isfinite(value):
-                raise self.error(f"number {s} is too large: it is infinite as a float", pos,
-                                 hint="settings must be finite numbers")
+                raise self.error(
+                    f"number {s} is too large: it is infinite as a float",
+                    pos,
+                    hint="settings must be finite numbers",
+                )
         else:
             value = int(s)
             if abs(value) > MAX_INT:
@@ -300,15 +343,20 @@ class _Parser:
                 kind, number, pos = before[-1]
                 text = f"{{{kind}{'' if number is None else number}}}"
                 raise self.error(
-                    f"label {text} is not next to a module", pos,
+                    f"label {text} is not next to a module",
+                    pos,
                     hint=f"write '{text}(module)' for the point before a module or "
-                         f"'(module){text}' for the point after it")
-            raise self.error(f"expected '...', a label like '{{inout1}}' or a module like '(fc1)', "
-                             f"found {self.describe_here()}")
+                    f"'(module){text}' for the point after it",
+                )
+            raise self.error(
+                f"expected '...', a label like '{{inout1}}' or a module like '(fc1)', "
+                f"found {self.describe_here()}"
+            )
         path = self.module()
         after = self.labels()
-        return ([_Label(k, n, path, "pre", p) for k, n, p in before] +
-                [_Label(k, n, path, "post", p) for k, n, p in after])
+        return [_Label(k, n, path, "pre", p) for k, n, p in before] + [
+            _Label(k, n, path, "post", p) for k, n, p in after
+        ]
 
     def labels(self) -> list[tuple[str, int | None, int]]:
         found: list[tuple[str, int | None, int]] = []
@@ -319,10 +367,14 @@ class _Parser:
             pos = self.i
             m = self.match(_LABEL)
             if not m:
-                raise self.error("bad label: expected '{inoutN}', '{inN}' or '{outN}' (the number N may "
-                                 "be left out where one pair per entry makes it clear)", pos)
-            found.append((m.group(1), self.small_int(m.group(2), pos, "label number") if m.group(2)
-                          else None, pos))
+                raise self.error(
+                    "bad label: expected '{inoutN}', '{inN}' or '{outN}' (the number N may "
+                    "be left out where one pair per entry makes it clear)",
+                    pos,
+                )
+            found.append(
+                (m.group(1), self.small_int(m.group(2), pos, "label number") if m.group(2) else None, pos)
+            )
 
     def module(self) -> _Path:
         self.expect("(", "'(' before a module path")
@@ -365,8 +417,10 @@ class _Parser:
         pos = self.i
         a = self.match(_INT)
         if not a:
-            raise self.error(f"expected an index or a range 'a:b' inside [], found {self.describe_here()}",
-                             hint="e.g. blocks[3] or blocks[0:12]")
+            raise self.error(
+                f"expected an index or a range 'a:b' inside [], found {self.describe_here()}",
+                hint="e.g. blocks[3] or blocks[0:12]",
+            )
         self.skip_ws()
         if self.peek(":"):
             self.i += 1
@@ -377,8 +431,11 @@ class _Parser:
             start = self.small_int(a.group(), pos, "range start")
             stop = self.small_int(b.group(), b.start(), "range end")
             if stop <= start:
-                raise self.error(f"empty range [{start}:{stop}]: the end is exclusive and must be "
-                                 f"greater than the start", pos, hint=f"e.g. [{start}:{start + 1}]")
+                raise self.error(
+                    f"empty range [{start}:{stop}]: the end is exclusive and must be greater than the start",
+                    pos,
+                    hint=f"e.g. [{start}:{start + 1}]",
+                )
             if stop - start > MAX_RANGE:
                 raise self.error(f"range [{start}:{stop}] is too long (more than {MAX_RANGE})", pos)
             result: str | _Range = _Range(start, stop, pos)
@@ -402,13 +459,16 @@ class _Parser:
                     raise self.error(
                         f"ranges in one entry advance together and must have equal length: "
                         f"[{r.start}:{r.stop}] has {len(r)} steps but [{first.start}:{first.stop}] "
-                        f"has {length}", r.pos)
+                        f"has {length}",
+                        r.pos,
+                    )
         return length or 1
 
     def pair(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
         numbered = [lab for lab in labels if lab.number is not None]
         pairs = self.pair_numbered(numbered) + self.pair_unnumbered(
-            [lab for lab in labels if lab.number is None])
+            [lab for lab in labels if lab.number is None]
+        )
         return sorted(pairs, key=lambda pair: min(pair[0].pos, pair[1].pos))
 
     def pair_unnumbered(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
@@ -422,14 +482,20 @@ class _Parser:
             return pairs + [self.check_pair(ins[0], outs[0])]
         if len(ins) > 1 or len(outs) > 1:
             extra = sorted(ins if len(ins) > 1 else outs, key=lambda lab: lab.pos)[1]
-            raise self.error(f"more than one unnumbered {extra.text} in this entry: which {{in}} goes "
-                             f"with which {{out}} is ambiguous", extra.pos,
-                             hint="number the pairs: {in1}...{out1}, {in2}...{out2}")
+            raise self.error(
+                f"more than one unnumbered {extra.text} in this entry: which {{in}} goes "
+                f"with which {{out}} is ambiguous",
+                extra.pos,
+                hint="number the pairs: {in1}...{out1}, {in2}...{out2}",
+            )
         lone = (ins or outs)[0]
         other = "{out}" if lone.kind == "in" else "{in}"
-        raise self.error(f"label {lone.text} has no matching {other}", lone.pos,
-                         hint=f"add '{other}' where the add-in "
-                              f"{'reads its input' if other == '{in}' else 'result goes back'}")
+        raise self.error(
+            f"label {lone.text} has no matching {other}",
+            lone.pos,
+            hint=f"add '{other}' where the add-in "
+            f"{'reads its input' if other == '{in}' else 'result goes back'}",
+        )
 
     def pair_numbered(self, labels: list[_Label]) -> list[tuple[_Label, _Label]]:
         by_number: dict[int | None, list[_Label]] = {}
@@ -439,8 +505,9 @@ class _Parser:
         # ZhiJian's tutorial writes "{in1}(fc2){in2}" for in-then-out: accept exactly that shape.
         if kinds.count("in") == 2 and len(kinds) == 2 and len(by_number) == 2:
             first, second = sorted(labels, key=lambda lab: lab.pos)
-            return [self.check_pair(first, _Label("out", second.number, second.path, second.side,
-                                                  second.pos))]
+            return [
+                self.check_pair(first, _Label("out", second.number, second.path, second.side, second.pos))
+            ]
         pairs = []
         for number, labs in sorted(by_number.items(), key=lambda kv: kv[1][0].pos):
             ks = sorted(lab.kind for lab in labs)
@@ -451,26 +518,41 @@ class _Parser:
                 dst = next(lab for lab in labs if lab.kind == "out")
                 pairs.append(self.check_pair(src, dst))
             elif ks == ["in"]:
-                raise self.error(f"label {{in{number}}} has no matching {{out{number}}}", labs[0].pos,
-                                 hint=f"add '{{out{number}}}' where the add-in's result goes back")
+                raise self.error(
+                    f"label {{in{number}}} has no matching {{out{number}}}",
+                    labs[0].pos,
+                    hint=f"add '{{out{number}}}' where the add-in's result goes back",
+                )
             elif ks == ["out"]:
-                raise self.error(f"label {{out{number}}} has no matching {{in{number}}}", labs[0].pos,
-                                 hint=f"add '{{in{number}}}' where the add-in reads its input")
+                raise self.error(
+                    f"label {{out{number}}} has no matching {{in{number}}}",
+                    labs[0].pos,
+                    hint=f"add '{{in{number}}}' where the add-in reads its input",
+                )
             else:
                 dup = sorted(labs, key=lambda lab: lab.pos)[1]
-                raise self.error(f"label number {number} is used more than once "
-                                 f"({', '.join('{' + k + str(number) + '}' for k in ks)})", dup.pos,
-                                 hint="give each placement its own number")
+                raise self.error(
+                    f"label number {number} is used more than once "
+                    f"({', '.join('{' + k + str(number) + '}' for k in ks)})",
+                    dup.pos,
+                    hint="give each placement its own number",
+                )
         return pairs
 
     def check_pair(self, src: _Label, dst: _Label) -> tuple[_Label, _Label]:
         if dst.pos < src.pos:
-            raise self.error(f"{dst.text} comes before {src.text}: an add-in must "
-                             f"read its input before its result goes back", dst.pos)
+            raise self.error(
+                f"{dst.text} comes before {src.text}: an add-in must "
+                f"read its input before its result goes back",
+                dst.pos,
+            )
         if src.path.segments == dst.path.segments and src.side == dst.side:
             n = "" if src.number is None else src.number
-            raise self.error(f"{src.text} and {dst.text} are the same point",
-                             dst.pos, hint=f"use '{{inout{n}}}' for one point")
+            raise self.error(
+                f"{src.text} and {dst.text} are the same point",
+                dst.pos,
+                hint=f"use '{{inout{n}}}' for one point",
+            )
         return src, dst
 
     def pattern_entry(self, keyword: str, what: str, example: str) -> list[str]:

@@ -1,4 +1,5 @@
 """Module paths: the dotted names ``print(model)`` shows and their config-string spelling."""
+
 from __future__ import annotations
 
 import re

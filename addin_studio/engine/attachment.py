@@ -1,4 +1,5 @@
 """attach() and the Attachment object: hooks in, add-ins registered, base frozen — and all undone."""
+
 from __future__ import annotations
 
 import weakref
@@ -13,11 +14,27 @@ from ..graph import ModuleGraph, trace
 from .forwards import ForwardAction, add_forward_action, remove_forward_action
 from .freezing import hold, release
 from .hooks import CacheAction, FirstForwardCheck, PostHook, PreHook, RunAction
-from .norm_stats import (disown_stats, hold_stats, norm_layers, own_stats, release_stats, split_norms,
-                         stat_buffers)
+from .norm_stats import (
+    disown_stats,
+    hold_stats,
+    norm_layers,
+    own_stats,
+    release_stats,
+    split_norms,
+    stat_buffers,
+)
 from .resolve import Resolved, canonical_config, resolve
-from .weights import (WeightAction, add_weight_action, is_computed, remove_weight_action, stored_tensors,
-                      still, stored_weight, weight_actions, write_weight)
+from .weights import (
+    WeightAction,
+    add_weight_action,
+    is_computed,
+    remove_weight_action,
+    stored_tensors,
+    still,
+    stored_weight,
+    weight_actions,
+    write_weight,
+)
 
 
 class AddinDict(nn.ModuleDict):
@@ -44,8 +61,9 @@ def base_parameter_names(model: nn.Module) -> set[str]:
 
 # per module, per parameter: the (attachment id, add-in key) merged into it, last on top. Unmerging
 # restores a snapshot taken at merge time, which is only right for the merge on top.
-_MERGE_STACKS: "weakref.WeakKeyDictionary[nn.Module, dict[str, list[tuple[int, str]]]]" = \
+_MERGE_STACKS: "weakref.WeakKeyDictionary[nn.Module, dict[str, list[tuple[int, str]]]]" = (
     weakref.WeakKeyDictionary()
+)
 
 
 class Attachment:
@@ -61,9 +79,16 @@ class Attachment:
         addins: The add-in modules by key (an ``nn.ModuleDict``).
     """
 
-    def __init__(self, model: nn.Module, config: Config, graph: ModuleGraph,
-                 resolved: list[Resolved], keep: set[str], freeze: bool,
-                 norms: tuple[list[str], list[str]] = ([], [])) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config,
+        graph: ModuleGraph,
+        resolved: list[Resolved],
+        keep: set[str],
+        freeze: bool,
+        norms: tuple[list[str], list[str]] = ([], []),
+    ) -> None:
         """Called by :func:`attach` and :func:`load` once everything is validated.
 
         Args:
@@ -140,7 +165,8 @@ class Attachment:
                 run = RunAction(r.addin, p.method, p.kind == "across", _label(p))
                 if p.kind == "across":
                     self._hook(modules, p.source.module, p.source.side).actions.append(
-                        CacheAction(r.addin, run))
+                        CacheAction(r.addin, run)
+                    )
                 self._hook(modules, p.target.module, p.target.side).actions.append(run)
                 self._run_actions[r.key] = ((p.target.module, p.target.side), run)
             if expected and not self.graph.traced:
@@ -157,8 +183,9 @@ class Attachment:
         for r in self._resolved:
             if getattr(r.addin, "moves_base", False):
                 module = modules[r.placement.target.module]
-                self._moved[r.key] = {n: p.detach().clone() for n, p in module._parameters.items()
-                                      if p is not None}
+                self._moved[r.key] = {
+                    n: p.detach().clone() for n, p in module._parameters.items() if p is not None
+                }
                 _push_stack(module, self._moved[r.key], (id(self), "move:" + r.key))
                 with torch.no_grad():
                     r.addin.move_base(module)  # type: ignore[operator]  # an add-in method (moves_base)
@@ -198,8 +225,11 @@ class Attachment:
             The buffers by name: ``{"<layer>.<buffer>": tensor}``.
         """
         modules = dict(self.model.named_modules())
-        return {f"{path}.{n}" if path else n: t for path in self.updating_norms
-                for n, t in stat_buffers(modules[path]).items()}
+        return {
+            f"{path}.{n}" if path else n: t
+            for path in self.updating_norms
+            for n, t in stat_buffers(modules[path]).items()
+        }
 
     def _hook(self, modules: Mapping[str, nn.Module], path: str, side: str) -> PreHook | PostHook:
         key = (path, side)
@@ -324,9 +354,11 @@ class Attachment:
         """
         self._require_attached("merge")
         if _is_sharded(self.model):
-            raise RuntimeError("cannot merge an FSDP-sharded model: its weights are DTensor shards. Save the "
-                               "adapters (att.save on every rank), load them into an unsharded model with "
-                               "studio.load and merge there")
+            raise RuntimeError(
+                "cannot merge an FSDP-sharded model: its weights are DTensor shards. Save the "
+                "adapters (att.save on every rank), load them into an unsharded model with "
+                "studio.load and merge there"
+            )
         modules = dict(self.model.named_modules())
         todo = []
         for r in self._resolved:
@@ -359,7 +391,8 @@ class Attachment:
                         f"cannot merge {r.key} into '{full}': it is the same parameter as "
                         f"{', '.join(repr(o) for o in others)} (tied weights), so merging would change "
                         f"{'that' if len(others) == 1 else 'those'} too. Use merge(untie=True) to give "
-                        f"'{path}' its own copy while merged (unmerge() and detach() restore the tie).")
+                        f"'{path}' its own copy while merged (unmerge() and detach() restore the tie)."
+                    )
         done: list[Resolved] = []
         try:
             for r, path, module, names in todo:
@@ -368,8 +401,9 @@ class Attachment:
                     param = _tensor(module, n)
                     if untie and len(ties.get(id(param), ())) > 1:
                         self._untied.setdefault(r.key, {})[n] = param
-                        _set_parameter(module, n, nn.Parameter(param.detach().clone(),
-                                                               requires_grad=param.requires_grad))
+                        _set_parameter(
+                            module, n, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+                        )
                 self._merged[r.key] = {n: _tensor(module, n).detach().clone() for n in holders}
                 _push_stack(module, list(holders), (id(self), r.key))
                 done.append(r)
@@ -400,8 +434,14 @@ class Attachment:
                 self._unmerge_one(r, modules)
             raise
 
-    def _check_merged(self, r: Resolved, path: str, module: nn.Module, read_before: dict[str, torch.Tensor],
-                      stored_before: dict[str, torch.Tensor]) -> None:
+    def _check_merged(
+        self,
+        r: Resolved,
+        path: str,
+        module: nn.Module,
+        read_before: dict[str, torch.Tensor],
+        stored_before: dict[str, torch.Tensor],
+    ) -> None:
         """A weight that other weight methods still read (another attachment's, stacked) must read the
         same after the merge: folding an update under a method that does not commute with it (e.g.
         TrainableTokens' rows, DoRA's norm) would change the outputs. Raises ValueError."""
@@ -423,9 +463,11 @@ class Attachment:
                 why = " and does not commute with this update,"
             labels = ", ".join(getattr(a, "label", "?") for a in weight_actions(module, n))
             full = f"{path}.{n}" if path else n
-            raise ValueError(f"cannot merge {r.key} into '{full}': its weight is also read through "
-                             f"{labels}, which stays attached{why} so merging would change the outputs. "
-                             f"Merge or detach that one first.")
+            raise ValueError(
+                f"cannot merge {r.key} into '{full}': its weight is also read through "
+                f"{labels}, which stays attached{why} so merging would change the outputs. "
+                f"Merge or detach that one first."
+            )
 
     def unmerge(self) -> None:
         """Undo :meth:`merge`: restore the base weights bit for bit (and ties) and switch the add-ins
@@ -459,11 +501,16 @@ class Attachment:
                 if stack and stack[-1] != (id(self), tag):
                     path = r.placement.target.module
                     other = stack[-1][1]
-                    what = (f"had part moved out by {other[5:]}" if other.startswith("move:")
-                            else f"has {other} merged into it")
-                    raise RuntimeError(f"cannot {'detach' if moves else 'unmerge'} {r.key}: "
-                                       f"'{path + '.' if path else ''}{n}' {what} (another attachment) "
-                                       f"since; unmerge (or detach) that attachment first")
+                    what = (
+                        f"had part moved out by {other[5:]}"
+                        if other.startswith("move:")
+                        else f"has {other} merged into it"
+                    )
+                    raise RuntimeError(
+                        f"cannot {'detach' if moves else 'unmerge'} {r.key}: "
+                        f"'{path + '.' if path else ''}{n}' {what} (another attachment) "
+                        f"since; unmerge (or detach) that attachment first"
+                    )
                 if stack:
                     stack.pop()
 
@@ -480,8 +527,9 @@ class Attachment:
             _set_parameter(module, n, original)
         if r.weight_param is not None:  # (a merge that failed part-way may not have removed it yet)
             if self._weight_actions[r.key] not in weight_actions(module, r.weight_param):
-                add_weight_action(module, r.weight_param, self._weight_actions[r.key],
-                                  self._positions.pop(r.key, None))
+                add_weight_action(
+                    module, r.weight_param, self._weight_actions[r.key], self._positions.pop(r.key, None)
+                )
             return
         point, action = self._run_actions[r.key]
         if point in self._hooks and action not in self._hooks[point].actions:
@@ -497,8 +545,11 @@ class Attachment:
             del self._handles[point]
         elif hook.actions and handle is None:
             module = dict(self.model.named_modules())[point[0]]
-            self._handles[point] = (module.register_forward_pre_hook(hook) if point[1] == "pre"
-                                    else module.register_forward_hook(hook))
+            self._handles[point] = (
+                module.register_forward_pre_hook(hook)
+                if point[1] == "pre"
+                else module.register_forward_hook(hook)
+            )
 
     def _require_attached(self, what: str) -> None:
         if not self.attached:
@@ -537,8 +588,10 @@ def register_io(**writers: Callable[["Attachment", Any], None]) -> None:
 
 def _io(name: str) -> Callable[["Attachment", Any], None]:
     if name not in _IO:  # only when the engine was imported directly and the formats never loaded
-        raise RuntimeError(f"Attachment.{name} needs the checkpoint formats: import addin_studio.checkpoint "
-                           f"(studio.attach, studio.load and the Trainer load them for you)")
+        raise RuntimeError(
+            f"Attachment.{name} needs the checkpoint formats: import addin_studio.checkpoint "
+            f"(studio.attach, studio.load and the Trainer load them for you)"
+        )
     return _IO[name]
 
 
@@ -584,8 +637,9 @@ def _own_weights(module: nn.Module) -> list[str]:
     legacy weight_norm/spectral_norm hook) computes, under the name the layer reads them by."""
     names = [n for n, _ in module.named_parameters(recurse=False)]
     computed = list(getattr(module, "parametrizations", {}) or {})
-    computed += [n for n in ("weight", "bias")
-                 if n not in names and n not in computed and is_computed(module, n)]
+    computed += [
+        n for n in ("weight", "bias") if n not in names and n not in computed and is_computed(module, n)
+    ]
     holders = {h for n in computed for h in stored_tensors(module, n)}
     return [n for n in names if n not in holders] + computed
 
@@ -609,17 +663,28 @@ def _set_parameter(module: nn.Module, name: str, param: nn.Parameter) -> None:
 def _read_weights(module: nn.Module, names: list[str], own: Any = None) -> dict[str, torch.Tensor]:
     """The weights ``module`` computes with, for those of ``names`` that weight methods other than
     ``own`` adapt."""
-    return {n: getattr(module, n).detach().clone() for n in names
-            if any(a is not own for a in weight_actions(module, n))}
+    return {
+        n: getattr(module, n).detach().clone()
+        for n in names
+        if any(a is not own for a in weight_actions(module, n))
+    }
 
 
 def _label(p: Placement) -> str:
     return f"({p.addin}.{p.method}) at {p.target}"
 
 
-def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable] | None = None,
-           example_input: Any = None, *, freeze: bool = True, graph: ModuleGraph | None = None,
-           reuse: Mapping[Placement, nn.Module] | None = None, **forward_kwargs: Any) -> Attachment:
+def attach(
+    model: nn.Module,
+    config: Config | str,
+    addins: Mapping[str, Callable] | None = None,
+    example_input: Any = None,
+    *,
+    freeze: bool = True,
+    graph: ModuleGraph | None = None,
+    reuse: Mapping[Placement, nn.Module] | None = None,
+    **forward_kwargs: Any,
+) -> Attachment:
     """Attach the add-ins a config describes to ``model``.
 
     Everything is validated first (module paths, add-in names, methods and their signatures, settings,
@@ -656,10 +721,14 @@ def attach(model: nn.Module, config: Config | str, addins: Mapping[str, Callable
     if not isinstance(cfg, Config):
         raise TypeError(f"attach() expects a Config or a config string, got {type(config).__name__}")
     if not cfg.placements and not cfg.trainable and not cfg.running_stats:
-        raise ConfigError("this config places no add-in and keeps nothing trainable: attaching it "
-                          "would only freeze the model", cfg.text, 0 if cfg.text is not None else None,
-                          "write a placement such as '(LoRA.adapt_output): ...->(fc1){inout}->...', or "
-                          "trainable(head) to train only the head")
+        raise ConfigError(
+            "this config places no add-in and keeps nothing trainable: attaching it "
+            "would only freeze the model",
+            cfg.text,
+            0 if cfg.text is not None else None,
+            "write a placement such as '(LoRA.adapt_output): ...->(fc1){inout}->...', or "
+            "trainable(head) to train only the head",
+        )
     if graph is None:
         graph = trace(model, example_input, **forward_kwargs)
     cfg = canonical_config(cfg, graph)  # a module shared by several parents: under its first name
@@ -693,13 +762,17 @@ def _norms(model: nn.Module, cfg: Config, keep: set[str], graph: ModuleGraph) ->
             found = [i for i in (text.find(format_path(bad), keyword), text.find(bad, keyword)) if i >= 0]
             position = min(found) if keyword >= 0 and found else keyword
         layers = ", ".join(format_path(p) for p in list(norms)[:4]) + (", ..." if len(norms) > 4 else "")
-        raise ConfigError(f"running_stats pattern '{format_path(bad)}' names no normalization layer with "
-                          f"running statistics in {graph.root_class}"
-                          + (f" (its layers: {layers})" if norms else " (it has none)"),
-                          text, position if position is not None and position >= 0 else None,
-                          f"did you mean '{format_path(close[0])}'?" if close else
-                          "running_stats(...) takes BatchNorm-like layers (or modules above them), e.g. "
-                          "running_stats(layer4) or running_stats(*)")
+        raise ConfigError(
+            f"running_stats pattern '{format_path(bad)}' names no normalization layer with "
+            f"running statistics in {graph.root_class}"
+            + (f" (its layers: {layers})" if norms else " (it has none)"),
+            text,
+            position if position is not None and position >= 0 else None,
+            f"did you mean '{format_path(close[0])}'?"
+            if close
+            else "running_stats(...) takes BatchNorm-like layers (or modules above them), e.g. "
+            "running_stats(layer4) or running_stats(*)",
+        )
     return frozen, updating
 
 
@@ -724,20 +797,32 @@ def _prove(att: Attachment, example_input: Any, forward_kwargs: dict) -> None:
     finally:
         _clear_caches(att)
     addins = [r.addin for r in att._resolved]
-    index, error = first_failure(att.model, example_input, forward_kwargs, list(att._hooks.values()),
-                                 addins, run_real, list(att._forward_actions.values()))
+    index, error = first_failure(
+        att.model,
+        example_input,
+        forward_kwargs,
+        list(att._hooks.values()),
+        addins,
+        run_real,
+        list(att._forward_actions.values()),
+    )
     _clear_caches(att)
     if index is None:
-        raise RuntimeError(f"the model's forward pass fails on the example input with the add-ins "
-                           f"switched off: {type(error).__name__}: {error}") from error
+        raise RuntimeError(
+            f"the model's forward pass fails on the example input with the add-ins "
+            f"switched off: {type(error).__name__}: {error}"
+        ) from error
     r = att._resolved[index]
     p = r.placement
     hint = getattr(r.addin, "placement_hint", None)
     hint = hint(att.graph) if callable(hint) else None
     raise _Locator(att.config).error(
         f"{_describe(p)} breaks the forward pass on the example input: {type(error).__name__}: "
-        f"{str(error).splitlines()[0] if str(error) else ''}", p, p.target.module.rsplit(".", 1)[-1],
-        hint=hint or "check that the add-in's output has the shape the next module expects") from error
+        f"{str(error).splitlines()[0] if str(error) else ''}",
+        p,
+        p.target.module.rsplit(".", 1)[-1],
+        hint=hint or "check that the add-in's output has the shape the next module expects",
+    ) from error
 
 
 def _clear_caches(att: Attachment) -> None:

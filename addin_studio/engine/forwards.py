@@ -5,6 +5,7 @@ The engine sets an instance attribute ``module.forward`` (a picklable :class:`Fo
 around it. The module's class, parameters and ``state_dict`` are untouched, and removing the attribute
 (detach) gives the class's own forward back. One forward method per module at a time.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Kept-trainable patterns: match parameter names, freeze the rest, restore the flags later."""
+
 from __future__ import annotations
 
 import weakref
@@ -66,8 +67,7 @@ def hold(model: nn.Module, owner: object, keep: set[str], base: set[str]) -> Non
     """
     holds = _HOLDS.get(model)
     if holds is None:
-        holds = _HOLDS[model] = _Holds({n: p.requires_grad for n, p in model.named_parameters()
-                                        if n in base})
+        holds = _HOLDS[model] = _Holds({n: p.requires_grad for n, p in model.named_parameters() if n in base})
     holds.keeps[id(owner)] = set(keep)
     _apply_holds(model, holds, base)
 

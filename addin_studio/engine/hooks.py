@@ -11,6 +11,7 @@ the feature it consumed (``RunAction.last``) and uses it again when it runs insi
 ``last`` is dropped when the ``{in}`` point runs in the next forward pass, and by ``detach()``; a cache
 filled by a recomputed ``{in}`` is dropped when the backward pass ends.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -100,11 +101,14 @@ class RunAction:
                     f"{self.label}: activation checkpointing with use_reentrant=True recomputes a block "
                     f"that holds this {{out}} point but not its {{in}} point, and would lose the gradient "
                     f"through the add-in's input. Use use_reentrant=False (the default of transformers' "
-                    f"gradient_checkpointing_enable()), or put {{in}} and {{out}} in the same block")
+                    f"gradient_checkpointing_enable()), or put {{in}} and {{out}} in the same block"
+                )
             self.addin.inputs_cache = self.last
         if self.addin.inputs_cache is None:
-            raise RuntimeError(f"{self.label}: the {{in}} point did not run before the {{out}} point in "
-                               f"this forward pass, so the add-in has no input")
+            raise RuntimeError(
+                f"{self.label}: the {{in}} point did not run before the {{out}} point in "
+                f"this forward pass, so the add-in has no input"
+            )
 
     def _release(self) -> None:
         """Drop the cache once used (keeping it in ``last`` while training, for recomputation)."""
@@ -211,12 +215,16 @@ class FirstForwardCheck:
         if not missing:
             self.remove()
             return
-        lines = [f"  {label}: module '{format_path(path)}' did not run"
-                 for path, side in missing for label in self.expected[(path, side)]]
+        lines = [
+            f"  {label}: module '{format_path(path)}' did not run"
+            for path, side in missing
+            for label in self.expected[(path, side)]
+        ]
         raise ConfigError(
             f"{len(lines)} add-in placement(s) did nothing in this forward pass of {self.root_class}, "
             f"because their module never ran as a module:\n" + "\n".join(lines),
             hint="a layer whose weight its parent reads directly (F.linear(x, layer.weight)) never runs; "
-                 "place a weight method there instead, e.g. (LoRA.adapt_weight) — strategies.lora_all/lora "
-                 "choose it when given example_input= — and pass example_input= to attach() to have "
-                 "this checked at attach time")
+            "place a weight method there instead, e.g. (LoRA.adapt_weight) — strategies.lora_all/lora "
+            "choose it when given example_input= — and pass example_input= to attach() to have "
+            "this checked at attach time",
+        )

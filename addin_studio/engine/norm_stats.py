@@ -13,6 +13,7 @@ A layer whose parameters train (``trainable(...)``, e.g. the bitfit strategy) or
 in ``running_stats(...)`` updates its statistics as usual; those buffers then belong to the attachment:
 snapshotted at attach, saved with the adapters, restored at detach.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -23,18 +24,34 @@ from torch import nn
 from ..params import STAT_BUFFERS, disown_stats, has_running_stats, own_stats, stat_buffers, stats_owned
 from .freezing import pattern_matches
 
-__all__ = ["STAT_BUFFERS", "disown_stats", "has_running_stats", "hold_stats", "norm_layers", "own_stats",
-           "release_stats", "split_norms", "stat_buffers", "stats_frozen", "stats_owned"]
+__all__ = [
+    "STAT_BUFFERS",
+    "disown_stats",
+    "has_running_stats",
+    "hold_stats",
+    "norm_layers",
+    "own_stats",
+    "release_stats",
+    "split_norms",
+    "stat_buffers",
+    "stats_frozen",
+    "stats_owned",
+]
+
 
 def norm_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Module]:
     """``{path: module}`` of the layers of ``model`` with running statistics (outside ``skip`` prefixes)."""
     skip = tuple(f"{s}." for s in skip)
-    return {path: m for path, m in model.named_modules() if not (path + ".").startswith(skip)
-            and has_running_stats(m)}
+    return {
+        path: m
+        for path, m in model.named_modules()
+        if not (path + ".").startswith(skip) and has_running_stats(m)
+    }
 
 
-def split_norms(norms: Mapping[str, nn.Module], keep: set[str], patterns: Iterable[str]
-                ) -> tuple[list[str], list[str], list[str]]:
+def split_norms(
+    norms: Mapping[str, nn.Module], keep: set[str], patterns: Iterable[str]
+) -> tuple[list[str], list[str], list[str]]:
     """``(frozen, updating, unmatched patterns)``: a layer updates its statistics when one of its own
     parameters is kept trainable or a ``running_stats`` pattern names it (or a module above it)."""
     patterns = list(patterns)
@@ -54,8 +71,10 @@ class _Frozen:
     def __init__(self, module: nn.Module) -> None:
         self.owners: set[int] = set()
         self.was: list[bool] = []  # one entry per forward in flight (re-entrant, e.g. checkpointing)
-        self.handles = (module.register_forward_pre_hook(self.pre),
-                        module.register_forward_hook(self.post, always_call=True))
+        self.handles = (
+            module.register_forward_pre_hook(self.pre),
+            module.register_forward_hook(self.post, always_call=True),
+        )
 
     def pre(self, module: nn.Module, args: tuple) -> None:
         self.was.append(module.training)
@@ -95,4 +114,3 @@ def release_stats(module: nn.Module, owner: object) -> None:
 def stats_frozen(module: nn.Module) -> bool:
     """Whether an attachment holds ``module``'s running statistics fixed."""
     return module in _FROZEN
-

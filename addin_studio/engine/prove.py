@@ -6,6 +6,7 @@ parameter and buffer: no memory, no arithmetic); a model that cannot run on ``me
 shapes, plain tensor attributes) is run for real in eval mode under ``torch.no_grad()`` — eval mode so
 that BatchNorm statistics do not move. Nothing the proof does stays on the model.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -44,8 +45,9 @@ def run_meta(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None
     """One forward pass with every tensor on ``meta`` (raises what the forward raises)."""
     metas: dict[int, torch.Tensor] = {}  # tied tensors stay one tensor
     state = {}
-    for n, t in list(model.named_parameters(remove_duplicate=False)) + \
-            list(model.named_buffers(remove_duplicate=False)):
+    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(
+        model.named_buffers(remove_duplicate=False)
+    ):
         if id(t) not in metas:
             metas[id(t)] = torch.empty_like(t, device="meta")
         state[n] = metas[id(t)]
@@ -61,8 +63,11 @@ def run_meta(model: nn.Module, example_input: Any, forward_kwargs: dict) -> None
     # functional_call swaps every name and swaps back in the same order: a module shared by several
     # parents (one tensor slot under two names) gets its meta copy back. Put every slot back ourselves.
     slots: list[tuple[dict[str, Any], str, Any]] = [
-        (store, name, t) for m in model.modules() for store in (m._parameters, m._buffers)
-        for name, t in store.items()]
+        (store, name, t)
+        for m in model.modules()
+        for store in (m._parameters, m._buffers)
+        for name, t in store.items()
+    ]
     try:
         _eval_no_grad(model, call)
     finally:
@@ -88,8 +93,9 @@ class Switch:
     def only(self, addins: set[int]) -> None:
         """Keep the actions whose add-in's ``id`` is in ``addins`` (and any action of no add-in)."""
         for hook, actions in zip(self.hooks, self.saved):
-            hook.actions[:] = [a for a in actions
-                               if getattr(a, "addin", None) is None or id(a.addin) in addins]
+            hook.actions[:] = [
+                a for a in actions if getattr(a, "addin", None) is None or id(a.addin) in addins
+            ]
         for action in self.forwards:
             action.enabled = id(action.addin) in addins
 
@@ -100,10 +106,15 @@ class Switch:
             action.enabled = True
 
 
-def first_failure(model: nn.Module, example_input: Any, forward_kwargs: dict,
-                  hooks: Sequence[PreHook | PostHook], addins: Sequence[Any],
-                  runner: Callable[[nn.Module, Any, dict], None],
-                  forwards: Sequence[Any] = ()) -> tuple[int | None, BaseException | None]:
+def first_failure(
+    model: nn.Module,
+    example_input: Any,
+    forward_kwargs: dict,
+    hooks: Sequence[PreHook | PostHook],
+    addins: Sequence[Any],
+    runner: Callable[[nn.Module, Any, dict], None],
+    forwards: Sequence[Any] = (),
+) -> tuple[int | None, BaseException | None]:
     """The index of the first add-in (in config order) whose hooks (or forward methods, ``forwards``)
     make the forward fail, and the error — found by bisecting over prefixes of ``addins`` (log2(n)
     forward passes)."""

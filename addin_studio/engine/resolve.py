@@ -2,6 +2,7 @@
 
 Every problem is a :class:`ConfigError` pointing at the entry in the string that caused it.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -13,8 +14,16 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from ..addins.base import (PointInfo, is_across_method, is_forward_method, is_hook_method, is_weight_method,
-                           methods_for, signature_fits, withheld)
+from ..addins.base import (
+    PointInfo,
+    is_across_method,
+    is_forward_method,
+    is_hook_method,
+    is_weight_method,
+    methods_for,
+    signature_fits,
+    withheld,
+)
 from ..addins.registry import available_addins
 from ..config import Config, ConfigError, Placement, Point, format_path
 from ..graph import ModuleGraph, canonical_path
@@ -58,8 +67,9 @@ class _Locator:
                 return found
         return start if span else None
 
-    def error(self, message: str, placement: Placement | None, needle: str | None = None,
-              hint: str | None = None) -> ConfigError:
+    def error(
+        self, message: str, placement: Placement | None, needle: str | None = None, hint: str | None = None
+    ) -> ConfigError:
         return ConfigError(message, self.text, self.at(placement, needle), hint)
 
 
@@ -100,26 +110,33 @@ def canonical_config(cfg: Config, graph: ModuleGraph) -> Config:
             what = f" ({node.class_name})" if node is not None else ""
             others = [format_path(a) for a in (node.aliases if node is not None else []) if a != path]
             also = f"; also reachable as {', '.join(repr(o) for o in others)}" if others else ""
-            warnings.warn(f"{where}: '{format_path(path)}' is '{format_path(canonical)}'{what}, one module "
-                          f"shared by several parents{also}; it is placed under its canonical name "
-                          f"'{format_path(canonical)}' (the first name named_modules() gives) and runs "
-                          f"wherever that module runs", SharedModuleWarning, stacklevel=4)
+            warnings.warn(
+                f"{where}: '{format_path(path)}' is '{format_path(canonical)}'{what}, one module "
+                f"shared by several parents{also}; it is placed under its canonical name "
+                f"'{format_path(canonical)}' (the first name named_modules() gives) and runs "
+                f"wherever that module runs",
+                SharedModuleWarning,
+                stacklevel=4,
+            )
         return canonical
 
     placements: list[Placement] = []
     seen: dict[Placement, Placement] = {}
     for p in cfg.placements:
         source = replace(p.source, module=rename(p.source.module, _describe(p)))
-        target = source if p.kind == "inout" else replace(p.target, module=rename(p.target.module,
-                                                                                  _describe(p)))
+        target = (
+            source if p.kind == "inout" else replace(p.target, module=rename(p.target.module, _describe(p)))
+        )
         q = p if (source, target) == (p.source, p.target) else replace(p, source=source, target=target)
         if q in seen and (q != p or seen[q] != q):
             first = seen[q]
-            raise loc.error(f"{_describe(p)} and {_describe(first)} are one placement on one module: "
-                            f"'{format_path(target.module)}' is shared by several parents and both names "
-                            f"reach it, so its add-in would be attached twice", p,
-                            hint=f"place it once, at '{format_path(target.module)}': it runs wherever the "
-                                 f"module runs")
+            raise loc.error(
+                f"{_describe(p)} and {_describe(first)} are one placement on one module: "
+                f"'{format_path(target.module)}' is shared by several parents and both names "
+                f"reach it, so its add-in would be attached twice",
+                p,
+                hint=f"place it once, at '{format_path(target.module)}': it runs wherever the module runs",
+            )
         seen.setdefault(q, p)
         placements.append(q)
 
@@ -130,13 +147,20 @@ def canonical_config(cfg: Config, graph: ModuleGraph) -> Config:
     running = patterns(cfg.running_stats, "running_stats")
     if not noted:
         return cfg
-    spans = {canonical_path(k, aliases) if not any(c in k for c in "*?[") else k: v
-             for k, v in cfg.trainable_spans.items()}
+    spans = {
+        canonical_path(k, aliases) if not any(c in k for c in "*?[") else k: v
+        for k, v in cfg.trainable_spans.items()
+    }
     return Config(placements, trainable, cfg.text, trainable_spans=spans, running_stats=running)
 
 
-def check_module(path: str, modules: Mapping[str, nn.Module], graph: ModuleGraph, loc: _Locator,
-                 placement: Placement | None) -> nn.Module:
+def check_module(
+    path: str,
+    modules: Mapping[str, nn.Module],
+    graph: ModuleGraph,
+    loc: _Locator,
+    placement: Placement | None,
+) -> nn.Module:
     if path in modules and path != "":
         return modules[path]
     segments = path.split(".")
@@ -150,8 +174,11 @@ def check_module(path: str, modules: Mapping[str, nn.Module], graph: ModuleGraph
         prefix = candidate
     owner = f"'{format_path(prefix)}'" if prefix else "the model"
     suggestions = graph.suggest(path, n=1)
-    hint = f"did you mean {', '.join(repr(format_path(s)) for s in suggestions)}?" if suggestions else \
-        "print(model) shows the module names"
+    hint = (
+        f"did you mean {', '.join(repr(format_path(s)) for s in suggestions)}?"
+        if suggestions
+        else "print(model) shows the module names"
+    )
     children = [n.name for n in graph.nodes if n.parent == (prefix or None)]
     if bad.isdigit() and children and all(c.isdigit() for c in children):
         detail = f" ({owner} has {len(children)} blocks: indices 0 to {len(children) - 1})"
@@ -161,11 +188,23 @@ def check_module(path: str, modules: Mapping[str, nn.Module], graph: ModuleGraph
         shown = ", ".join(children[:8]) + (", ..." if len(children) > 8 else "")
         detail = f" ({owner} has no child '{bad}'; its children: {shown})" if children else ""
         needles = [bad]
-    pos = next((loc.at(placement, n) for n in needles
-                if loc.text is not None and placement is not None and placement.span is not None
-                and loc.text.find(n, *placement.span) >= 0), None)
-    raise ConfigError(f"no module '{format_path(path)}' in {graph.root_class}{detail}", loc.text,
-                      pos if pos is not None else loc.at(placement), hint)
+    pos = next(
+        (
+            loc.at(placement, n)
+            for n in needles
+            if loc.text is not None
+            and placement is not None
+            and placement.span is not None
+            and loc.text.find(n, *placement.span) >= 0
+        ),
+        None,
+    )
+    raise ConfigError(
+        f"no module '{format_path(path)}' in {graph.root_class}{detail}",
+        loc.text,
+        pos if pos is not None else loc.at(placement),
+        hint,
+    )
 
 
 def _factory_params(factory: Callable) -> tuple[set[str], bool, list[str]]:
@@ -175,8 +214,9 @@ def _factory_params(factory: Callable) -> tuple[set[str], bool, list[str]]:
         return set(), True, []
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
-    required = [p.name for p in params if p.default is p.empty and
-                p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = [
+        p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     return names, var_kw, required
 
 
@@ -192,8 +232,14 @@ def _factory_signature(factory: Callable) -> list[inspect.Parameter] | None:
     return params
 
 
-_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
-                 "None": (type(None),), "NoneType": (type(None),)}
+_SIMPLE_TYPES = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "None": (type(None),),
+    "NoneType": (type(None),),
+}
 
 
 def _allowed_types(param: inspect.Parameter) -> tuple[type, ...] | None:
@@ -204,7 +250,7 @@ def _allowed_types(param: inspect.Parameter) -> tuple[type, ...] | None:
         text = ann if isinstance(ann, str) else getattr(ann, "__name__", None) or str(ann)
         text = text.replace("typing.", "").replace(" ", "")
         if text.startswith("Optional[") and text.endswith("]"):
-            text = text[len("Optional["):-1] + "|None"
+            text = text[len("Optional[") : -1] + "|None"
         names = text.split("|")
         if all(n in _SIMPLE_TYPES for n in names):
             return tuple(t for n in names for t in _SIMPLE_TYPES[n])
@@ -254,9 +300,13 @@ def _key(placement: Placement, taken: dict[str, int]) -> str:
     return key
 
 
-def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
-            addins: Mapping[str, Callable] | None,
-            reuse: Mapping[Placement, nn.Module] | None = None) -> tuple[list[Resolved], set[str]]:
+def resolve(
+    model: nn.Module,
+    cfg: Config,
+    graph: ModuleGraph,
+    addins: Mapping[str, Callable] | None,
+    reuse: Mapping[Placement, nn.Module] | None = None,
+) -> tuple[list[Resolved], set[str]]:
     """Validate ``cfg`` against ``model`` and build its add-ins; return them and the kept-trainable
     parameter names. A placement found in ``reuse`` (equal add-in, method, points and settings) takes
     that add-in object instead of a new one, once. Raises ConfigError; never changes the model."""
@@ -267,8 +317,9 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
     user = dict(addins or {})
     for name in user:
         if not str(name).isidentifier():
-            raise ConfigError(f"add-in name {name!r} in addins= must be an identifier to be written "
-                              f"in a config string")
+            raise ConfigError(
+                f"add-in name {name!r} in addins= must be an identifier to be written in a config string"
+            )
     registry = None
     resolved: list[Resolved] = []
     taken: dict[str, int] = {}
@@ -288,9 +339,13 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
         if factory is None:
             known = sorted(set(user) | set(registry or {}))
             from ..config.errors import did_you_mean
+
             close = did_you_mean(p.addin, known)
-            hint = f"did you mean '{close[0]}'?" if close else \
-                "pass your add-in class with addins={'Name': Name}"
+            hint = (
+                f"did you mean '{close[0]}'?"
+                if close
+                else "pass your add-in class with addins={'Name': Name}"
+            )
             raise loc.error(f"unknown add-in '{p.addin}' (known: {', '.join(known)})", p, p.addin, hint)
         if p.kind == "across":
             _check_order(p, graph, loc)
@@ -318,12 +373,17 @@ def resolve(model: nn.Module, cfg: Config, graph: ModuleGraph,
     keep, unmatched = match_trainable(names, cfg.trainable)
     if unmatched:
         from ..config.errors import did_you_mean
+
         bad = unmatched[0]
         close = did_you_mean(bad, names + list(modules))
-        raise ConfigError(f"trainable pattern '{format_path(bad)}' matches no parameter of "
-                          f"{graph.root_class}", cfg.text, _trainable_position(cfg, bad),
-                          f"did you mean '{format_path(close[0])}'?" if close else
-                          "patterns are parameter names or module paths, e.g. head or *.bias")
+        raise ConfigError(
+            f"trainable pattern '{format_path(bad)}' matches no parameter of {graph.root_class}",
+            cfg.text,
+            _trainable_position(cfg, bad),
+            f"did you mean '{format_path(close[0])}'?"
+            if close
+            else "patterns are parameter names or module paths, e.g. head or *.bias",
+        )
     return resolved, keep
 
 
@@ -342,16 +402,19 @@ def _weight_param(addin: nn.Module, p: Placement, module: nn.Module, loc: _Locat
     return name
 
 
-def _check_forward(p: Placement, module: nn.Module, replaced: dict[str, Placement],
-                   loc: _Locator) -> None:
+def _check_forward(p: Placement, module: nn.Module, replaced: dict[str, Placement], loc: _Locator) -> None:
     """A module's forward can be replaced by one forward method at a time."""
     path = p.target.module
     problem = check_replaceable(module)
     if problem is None and path in replaced:
         problem = f"its forward is already replaced by {_describe(replaced[path])} in this config"
     if problem:
-        raise loc.error(f"{_describe(p)} replaces the forward of '{format_path(path)}', but {problem}",
-                        p, p.method, hint="one forward method per module: detach the other first")
+        raise loc.error(
+            f"{_describe(p)} replaces the forward of '{format_path(path)}', but {problem}",
+            p,
+            p.method,
+            hint="one forward method per module: detach the other first",
+        )
     replaced[path] = p
 
 
@@ -366,12 +429,16 @@ def _reader(path: str, graph: ModuleGraph) -> str | None:
 
 def weight_methods(addin: nn.Module) -> list[str]:
     """The weight methods an add-in offers (for hints)."""
-    return sorted(n for n in dir(type(addin)) if is_hook_method(addin, n)
-                  and is_weight_method(getattr(type(addin), n, None)))
+    return sorted(
+        n
+        for n in dir(type(addin))
+        if is_hook_method(addin, n) and is_weight_method(getattr(type(addin), n, None))
+    )
 
 
-def _check_runs(p: Placement, graph: ModuleGraph, modules: Mapping[str, nn.Module], addin: nn.Module,
-                loc: _Locator) -> None:
+def _check_runs(
+    p: Placement, graph: ModuleGraph, modules: Mapping[str, nn.Module], addin: nn.Module, loc: _Locator
+) -> None:
     """A hook on a module that never ran in the traced pass would do nothing: refuse it."""
     if not graph.traced:
         return  # the first forward pass checks it instead (FirstForwardCheck)
@@ -384,20 +451,26 @@ def _check_runs(p: Placement, graph: ModuleGraph, modules: Mapping[str, nn.Modul
         reader = _reader(point.module, graph)
         who = ""
         if reader is not None:
-            own = point.module[len(reader) + 1:]
+            own = point.module[len(reader) + 1 :]
             weight = next((f"{own}.{n}" for n, _ in module.named_parameters(recurse=False)), None)
             reads = f" and reads '{weight}' itself" if weight else ""
             who = f"; its parent '{format_path(reader)}' ({graph[reader].class_name}) runs{reads}"
         alternatives = weight_methods(addin)
         if alternatives:
-            hint = (f"adapt the weight itself: ({p.addin}.{alternatives[0]}) at ({name}){{inout1}} works "
-                    f"wherever the weight is read (strategies.lora_all/lora choose it when given "
-                    f"example_input=)")
+            hint = (
+                f"adapt the weight itself: ({p.addin}.{alternatives[0]}) at ({name}){{inout1}} works "
+                f"wherever the weight is read (strategies.lora_all/lora choose it when given "
+                f"example_input=)"
+            )
         else:
             hint = "place the add-in on a module that runs, e.g. its parent"
-        raise loc.error(f"module '{name}' ({type(module).__name__}) never runs as a module in the forward "
-                        f"pass of the example input, so {_describe(p)} would never run{who}", p,
-                        point.module.rsplit(".", 1)[-1], hint=hint)
+        raise loc.error(
+            f"module '{name}' ({type(module).__name__}) never runs as a module in the forward "
+            f"pass of the example input, so {_describe(p)} would never run{who}",
+            p,
+            point.module.rsplit(".", 1)[-1],
+            hint=hint,
+        )
 
 
 def _trainable_position(cfg: Config, pattern: str) -> int | None:
@@ -422,31 +495,51 @@ def _check_order(p: Placement, graph: ModuleGraph, loc: _Locator) -> None:
         node = graph[point.module]
         event = node.pre_event if point.side == "pre" else node.post_event
         if event is None:
-            raise loc.error(f"module '{format_path(point.module)}' does not run in the forward pass of "
-                            f"the example input, so {_describe(p)} would never run", p,
-                            point.module.rsplit(".", 1)[-1])
+            raise loc.error(
+                f"module '{format_path(point.module)}' does not run in the forward pass of "
+                f"the example input, so {_describe(p)} would never run",
+                p,
+                point.module.rsplit(".", 1)[-1],
+            )
         events.append(event)
     if events[0] >= events[1]:
-        raise loc.error(f"{{in}} at {p.source} runs after {{out}} at {p.target} in the forward pass; "
-                        f"an add-in must read its input before its result goes back", p,
-                        p.target.module.rsplit(".", 1)[-1], hint="swap the two points")
+        raise loc.error(
+            f"{{in}} at {p.source} runs after {{out}} at {p.target} in the forward pass; "
+            f"an add-in must read its input before its result goes back",
+            p,
+            p.target.module.rsplit(".", 1)[-1],
+            hint="swap the two points",
+        )
 
 
-def _build(factory: Callable, p: Placement, target_module: nn.Module, source_module: nn.Module,
-           graph: ModuleGraph, loc: _Locator, shared: dict[Any, Any] | None = None) -> nn.Module:
+def _build(
+    factory: Callable,
+    p: Placement,
+    target_module: nn.Module,
+    source_module: nn.Module,
+    graph: ModuleGraph,
+    loc: _Locator,
+    shared: dict[Any, Any] | None = None,
+) -> nn.Module:
     accepted, var_kw, required = _factory_params(factory)
     params = {q.name: q for q in _factory_signature(factory) or []}
-    offered: dict[str, Any] = {"point": _point_info(p.target, target_module, graph),
-                               "source_point": _point_info(p.source, source_module, graph),
-                               "shared": shared if shared is not None else {}}
+    offered: dict[str, Any] = {
+        "point": _point_info(p.target, target_module, graph),
+        "source_point": _point_info(p.source, source_module, graph),
+        "shared": shared if shared is not None else {},
+    }
     kwargs = {k: v for k, v in offered.items() if k in accepted}
     for key, value in p.settings.items():
         if key in offered:
             raise loc.error(f"setting '{key}' is reserved (the engine passes it)", p, key)
         if key not in accepted and not var_kw:
             takes = sorted(accepted - set(offered))
-            raise loc.error(f"{p.addin} does not take a setting '{key}'"
-                            f" (it takes: {', '.join(takes) if takes else 'no settings'})", p, key)
+            raise loc.error(
+                f"{p.addin} does not take a setting '{key}'"
+                f" (it takes: {', '.join(takes) if takes else 'no settings'})",
+                p,
+                key,
+            )
         param = params.get(key)
         problem = _type_error(key, value, _allowed_types(param) if param is not None else None)
         if problem:
@@ -454,20 +547,28 @@ def _build(factory: Callable, p: Placement, target_module: nn.Module, source_mod
         kwargs[key] = value
     missing = [r for r in required if r not in kwargs]
     if missing:
-        raise loc.error(f"{p.addin} needs {', '.join(repr(m) for m in missing)}, which the string does "
-                        f"not give", p, p.addin,
-                        hint=f"add it as a setting, e.g. ({p.addin}.{p.method}, {missing[0]}=...), or "
-                             f"let the factory take 'point' and size itself from point.shape")
+        raise loc.error(
+            f"{p.addin} needs {', '.join(repr(m) for m in missing)}, which the string does not give",
+            p,
+            p.addin,
+            hint=f"add it as a setting, e.g. ({p.addin}.{p.method}, {missing[0]}=...), or "
+            f"let the factory take 'point' and size itself from point.shape",
+        )
     try:
         addin = factory(**kwargs)
     except ConfigError:
         raise
     except Exception as exc:
-        raise loc.error(f"building {p.addin} for {_describe(p)} failed: {type(exc).__name__}: {exc}",
-                        p, p.addin) from exc
+        raise loc.error(
+            f"building {p.addin} for {_describe(p)} failed: {type(exc).__name__}: {exc}", p, p.addin
+        ) from exc
     if not isinstance(addin, nn.Module):
-        raise loc.error(f"the factory for '{p.addin}' returned {type(addin).__name__}, not an nn.Module",
-                        p, p.addin, hint="subclass addin_studio.AddinBase")
+        raise loc.error(
+            f"the factory for '{p.addin}' returned {type(addin).__name__}, not an nn.Module",
+            p,
+            p.addin,
+            hint="subclass addin_studio.AddinBase",
+        )
     return addin
 
 
@@ -481,21 +582,28 @@ def _check_method(addin: nn.Module, p: Placement, loc: _Locator) -> None:
         valid = methods_for(addin, side)
         want = "(module, inputs)" if side == "pre" else "(module, inputs, outputs)"
         where = "before" if side == "pre" else "after"
-        raise loc.error(f"{p.addin}.{p.method} cannot run at {p.target} ({where} the module): a {side} "
-                        f"point calls method{want}", p, p.method,
-                        hint=f"use one of: {', '.join(valid)}" if valid else
-                        f"define a method taking {want}")
+        raise loc.error(
+            f"{p.addin}.{p.method} cannot run at {p.target} ({where} the module): a {side} "
+            f"point calls method{want}",
+            p,
+            p.method,
+            hint=f"use one of: {', '.join(valid)}" if valid else f"define a method taking {want}",
+        )
     valid = methods_for(addin, side)
     hint = f"methods that can run at a {side} point: {', '.join(valid) or 'none'}"
     if withheld(addin, p.method):  # inherited, not offered (AddinBase's defaults on most built-ins)
         offered = getattr(type(addin), "offers", ())
-        raise loc.error(f"{p.addin} has no method '{p.method}' (it offers {', '.join(offered)})",
-                        p, p.method, hint=hint)
-    if p.method.startswith("_") or hasattr(nn.Module, p.method) or \
-            getattr(addin, p.method, None) is not None:
-        raise loc.error(f"{p.addin}.{p.method} is not a hook method: a string may name only the "
-                        f"add-in's adapt_* methods and those declared with @hook_method", p, p.method,
-                        hint=hint)
+        raise loc.error(
+            f"{p.addin} has no method '{p.method}' (it offers {', '.join(offered)})", p, p.method, hint=hint
+        )
+    if p.method.startswith("_") or hasattr(nn.Module, p.method) or getattr(addin, p.method, None) is not None:
+        raise loc.error(
+            f"{p.addin}.{p.method} is not a hook method: a string may name only the "
+            f"add-in's adapt_* methods and those declared with @hook_method",
+            p,
+            p.method,
+            hint=hint,
+        )
     raise loc.error(f"{p.addin} has no method '{p.method}'", p, p.method, hint=hint)
 
 
@@ -508,11 +616,22 @@ def _check_kind(addin: nn.Module, p: Placement, fn: Callable, loc: _Locator) -> 
     side = p.target.side
     others = [m for m in methods_for(addin, side) if is_across_method(getattr(addin, m), m) != across]
     if across:
-        raise loc.error(f"{_describe(p)} breaks the forward pass: {p.method} reads the feature stored at "
-                        f"an {{in}} point, and {p.target} is an {{inout}} point, which stores none", p,
-                        p.method, hint="use {in1}...{out1} to read one point's feature at another"
-                        + (f", or {' / '.join(others)} at this {{inout}} point" if others else ""))
-    raise loc.error(f"{_describe(p)} would drop the feature of {p.source}: {p.method} does not read "
-                    f"across (only adapt_across_* and @hook_method(across=True) methods do)", p, p.method,
-                    hint=(f"use one of: {', '.join(others)}" if others else
-                          f"{p.addin} reads no feature across: place it at an {{inout}} point"))
+        raise loc.error(
+            f"{_describe(p)} breaks the forward pass: {p.method} reads the feature stored at "
+            f"an {{in}} point, and {p.target} is an {{inout}} point, which stores none",
+            p,
+            p.method,
+            hint="use {in1}...{out1} to read one point's feature at another"
+            + (f", or {' / '.join(others)} at this {{inout}} point" if others else ""),
+        )
+    raise loc.error(
+        f"{_describe(p)} would drop the feature of {p.source}: {p.method} does not read "
+        f"across (only adapt_across_* and @hook_method(across=True) methods do)",
+        p,
+        p.method,
+        hint=(
+            f"use one of: {', '.join(others)}"
+            if others
+            else f"{p.addin} reads no feature across: place it at an {{inout}} point"
+        ),
+    )

@@ -13,6 +13,7 @@ as computed: the weight method receives what the parametrization gives (:func:`s
 parametrization stays registered, and a merge writes the merged weight back through its
 ``right_inverse`` only where that gives it back exactly (:func:`write_weight`).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -73,8 +74,13 @@ def _adapted_class(base: type, names: tuple[str, ...]) -> type:
     cls = _CLASSES.get(key)
     if cls is None:
         body: dict[str, Any] = {name: _property(name) for name in names}
-        body.update(__addin_base__=base, __addin_names__=names, __reduce_ex__=_reduce_ex,
-                    __module__=base.__module__, __qualname__=base.__qualname__)
+        body.update(
+            __addin_base__=base,
+            __addin_names__=names,
+            __reduce_ex__=_reduce_ex,
+            __module__=base.__module__,
+            __qualname__=base.__qualname__,
+        )
         cls = type(base.__name__, (base,), body)
         _CLASSES[key] = cls
     return cls
@@ -88,9 +94,11 @@ def base_class(module: nn.Module) -> type:
 def _retype(module: nn.Module) -> None:
     current = type(module)
     if "__addin_base__" not in current.__dict__ and hasattr(current, "__addin_base__"):
-        raise RuntimeError(f"'{current.__name__}' was wrapped into another class (e.g. by FSDP's "
-                           f"fully_shard) after a weight method was installed on it; wrap the model "
-                           f"before attaching, or detach before wrapping")
+        raise RuntimeError(
+            f"'{current.__name__}' was wrapped into another class (e.g. by FSDP's "
+            f"fully_shard) after a weight method was installed on it; wrap the model "
+            f"before attaching, or detach before wrapping"
+        )
     fns = module.__dict__.get(_ADAPTERS, {})
     names = tuple(sorted(n for n, actions in fns.items() if actions))
     base = base_class(module)
@@ -106,11 +114,13 @@ def check_adaptable(module: nn.Module, name: str) -> str | None:
     if parametrize.is_parametrized(module, name):
         return None  # the method wraps the parametrization's property (see stored_weight)
     if _legacy_hook(module, name) is not None:
-        return (f"{type(module).__name__}.{name} is recomputed before every forward by the legacy "
-                f"{type(_legacy_hook(module, name)).__name__} hook (torch.nn.utils.weight_norm/"
-                f"spectral_norm); use the output hook (adapt_output), or re-register it with "
-                f"torch.nn.utils.parametrizations."
-                f"{'weight_norm' if _is_weight_norm(module, name) else 'spectral_norm'}")
+        return (
+            f"{type(module).__name__}.{name} is recomputed before every forward by the legacy "
+            f"{type(_legacy_hook(module, name)).__name__} hook (torch.nn.utils.weight_norm/"
+            f"spectral_norm); use the output hook (adapt_output), or re-register it with "
+            f"torch.nn.utils.parametrizations."
+            f"{'weight_norm' if _is_weight_norm(module, name) else 'spectral_norm'}"
+        )
     if name not in module._parameters or module._parameters[name] is None:
         return f"{type(module).__name__} has no parameter '{name}'"
     own = getattr(base_class(module), name, None)
@@ -118,8 +128,10 @@ def check_adaptable(module: nn.Module, name: str) -> str | None:
         return f"{type(module).__name__}.{name} is already a property (parametrized?)"
     if getattr(module, "sparse", False) is True and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         # its backward gives the weight a sparse gradient, which no weight method can pass on
-        return (f"{type(module).__name__}(sparse=True) gives its weight a sparse gradient, which cannot flow "
-                f"through a weight method; build it with sparse=False")
+        return (
+            f"{type(module).__name__}(sparse=True) gives its weight a sparse gradient, which cannot flow "
+            f"through a weight method; build it with sparse=False"
+        )
     return None
 
 
@@ -178,7 +190,8 @@ def is_computed(module: nn.Module, name: str) -> bool:
     """Whether ``module.<name>`` is computed from other tensors (a parametrization or a legacy hook)
     rather than stored as a parameter of that name."""
     return module._parameters.get(name) is None and (
-        parametrize.is_parametrized(module, name) or _legacy_hook(module, name) is not None)
+        parametrize.is_parametrized(module, name) or _legacy_hook(module, name) is not None
+    )
 
 
 def stored_weight(module: nn.Module, name: str) -> torch.Tensor:
@@ -234,8 +247,10 @@ def stored_tensors(module: nn.Module, name: str) -> dict[str, torch.Tensor]:
         plist = _plist(module, name)
         if plist.is_tensor:
             return {f"parametrizations.{name}.original": plist.original}
-        return {f"parametrizations.{name}.original{i}": getattr(plist, f"original{i}")
-                for i in range(plist.ntensors)}
+        return {
+            f"parametrizations.{name}.original{i}": getattr(plist, f"original{i}")
+            for i in range(plist.ntensors)
+        }
     if _is_weight_norm(module, name):
         return {f"{name}_g": params[f"{name}_g"], f"{name}_v": params[f"{name}_v"]}
     hook = _legacy_hook(module, name)
@@ -282,22 +297,29 @@ def write_weight(module: nn.Module, name: str, value: torch.Tensor) -> None:
                 tensors[f"{name}_v"].copy_(value)
                 got = hook.compute_weight(module)
             else:
-                raise ValueError(f"'{name}' is computed by {what} from {', '.join(tensors)}, which has no "
-                                 f"inverse to take a merged weight back")
+                raise ValueError(
+                    f"'{name}' is computed by {what} from {', '.join(tensors)}, which has no "
+                    f"inverse to take a merged weight back"
+                )
     except (RuntimeError, NotImplementedError) as exc:  # e.g. "does not implement right_inverse"
         _restore(tensors, before)
         raise ValueError(f"'{name}' is computed by {what}, which cannot take a weight back ({exc})") from exc
     except ValueError:
         _restore(tensors, before)
         raise
-    tol = 256 * torch.finfo(value.dtype).eps * (1 + float(value.abs().max())) \
-        if value.is_floating_point() else 0.0
+    tol = (
+        256 * torch.finfo(value.dtype).eps * (1 + float(value.abs().max()))
+        if value.is_floating_point()
+        else 0.0
+    )
     off = float((got.float() - value.float()).abs().max()) if value.numel() else 0.0
     if off > tol:
         _restore(tensors, before)
-        raise ValueError(f"'{name}' is computed by {what} from {', '.join(tensors)}, and its right_inverse "
-                         f"does not give the merged weight back (off by {off:.3g}), so the update cannot be "
-                         f"folded into them exactly; keep it unmerged (the parametrization stays as it was)")
+        raise ValueError(
+            f"'{name}' is computed by {what} from {', '.join(tensors)}, and its right_inverse "
+            f"does not give the merged weight back (off by {off:.3g}), so the update cannot be "
+            f"folded into them exactly; keep it unmerged (the parametrization stays as it was)"
+        )
     if plist is None:  # legacy weight_norm: the attribute its hook sets, up to date now
         setattr(module, name, got)
 

@@ -5,6 +5,7 @@ parameters with ``requires_grad=True``, i.e. the add-ins (and what the config ke
 checkpoints hold the whole model; add :class:`SaveAdaptersCallback` to also get the small,
 re-attachable adapter file, and pass ``save_strategy="no"`` when that is all you want.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,10 @@ class SaveAdaptersCallback(TrainerCallback):
 
     def __init__(self, attachment: Any, filename: str = "adapters.safetensors") -> None:
         if not callable(getattr(attachment, "save", None)):
-            raise TypeError(f"SaveAdaptersCallback needs an Attachment (from studio.attach), got "
-                            f"{type(attachment).__name__}")
+            raise TypeError(
+                f"SaveAdaptersCallback needs an Attachment (from studio.attach), got "
+                f"{type(attachment).__name__}"
+            )
         self.attachment = attachment
         self.filename = filename
         self.written: list[Path] = []

@@ -5,6 +5,7 @@ An attached model trains inside any ``LightningModule`` (the optimizer you retur
 :class:`AdapterCheckpoint` keeps Lightning's ``.ckpt`` files small — their ``state_dict`` holds only the
 add-ins and the base parameters the config keeps trainable — and writes ``att.save`` files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,11 +37,17 @@ class AdapterCheckpoint(Callback):
       ``trainer.default_root_dir``. Re-attach with ``studio.load(model, path)``.
     """
 
-    def __init__(self, attachment: Any, dirpath: str | Path | None = None,
-                 filename: str = "adapters.safetensors", every_n_epochs: int = 1) -> None:
+    def __init__(
+        self,
+        attachment: Any,
+        dirpath: str | Path | None = None,
+        filename: str = "adapters.safetensors",
+        every_n_epochs: int = 1,
+    ) -> None:
         if not callable(getattr(attachment, "save", None)):
-            raise TypeError(f"AdapterCheckpoint needs an Attachment (from studio.attach), got "
-                            f"{type(attachment).__name__}")
+            raise TypeError(
+                f"AdapterCheckpoint needs an Attachment (from studio.attach), got {type(attachment).__name__}"
+            )
         if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
             raise ValueError(f"every_n_epochs must be an integer >= 0, got {every_n_epochs!r}")
         self.attachment = attachment

@@ -5,6 +5,7 @@ the canonical string say ``inout1`` / ``in1`` / ``out1`` (each entry numbers its
 report numbers placements (``#2 in``), and :func:`chain` writes the config's full chain with
 ``{in2}``-style labels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

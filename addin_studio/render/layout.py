@@ -3,6 +3,7 @@
 Both engines return the same :class:`Layout` (boxes in pixels, y down, and edge polylines), so the
 SVG writer does not care which one ran.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,26 +14,28 @@ from dataclasses import dataclass, field
 from .tree import Item
 
 BOX_H = 36.0
-CHAR_W = 6.6          # width of one character at the 11px font the css uses
-LABEL_H = 20.0        # room for a cluster's label
+CHAR_W = 6.6  # width of one character at the 11px font the css uses
+LABEL_H = 20.0  # room for a cluster's label
 PAD = 8.0
 GAP = 22.0
 DOT_TIMEOUT_S = 60
 
-DOT_MISSING = ("graphviz `dot` was not found, so a simple built-in layout is used "
-               "(install graphviz, e.g. `apt-get install graphviz`, for the full layout)")
+DOT_MISSING = (
+    "graphviz `dot` was not found, so a simple built-in layout is used "
+    "(install graphviz, e.g. `apt-get install graphviz`, for the full layout)"
+)
 
 
 @dataclass
 class Layout:
     boxes: dict[str, tuple[float, float, float, float]]  # item key -> x, y, w, h
-    edges: list[list[tuple[float, float]]]               # polylines (bezier control points for dot)
+    edges: list[list[tuple[float, float]]]  # polylines (bezier control points for dot)
     width: float
     height: float
-    engine: str                                          # "dot" or "builtin"
-    curved: bool = False                                 # edges are cubic bezier chains
+    engine: str  # "dot" or "builtin"
+    curved: bool = False  # edges are cubic bezier chains
     notice: str = ""
-    order: list[str] = field(default_factory=list)       # box keys in the edge chain
+    order: list[str] = field(default_factory=list)  # box keys in the edge chain
 
 
 def key(item: Item) -> str:
@@ -81,21 +84,25 @@ def _q(text: str) -> str:
 def dot_source(items: list[Item]) -> tuple[str, dict[str, Item]]:
     """The dot program and a map from dot names (n0, cluster_1, ...) to items."""
     names: dict[str, Item] = {}
-    lines = ["digraph G {", "rankdir=TB; nodesep=0.25; ranksep=0.3; newrank=true;",
-             'node [shape=box, fixedsize=true, label=""]; edge [arrowsize=0.6];']
+    lines = [
+        "digraph G {",
+        "rankdir=TB; nodesep=0.25; ranksep=0.3; newrank=true;",
+        'node [shape=box, fixedsize=true, label=""]; edge [arrowsize=0.6];',
+    ]
 
     def emit(item: Item, indent: str) -> None:
         if item.is_box:
             name = f"n{len(names)}"
             names[name] = item
-            lines.append(f"{indent}{name} [width={box_width(item) / 72:.3f}, "
-                         f"height={BOX_H / 72:.3f}];")
+            lines.append(f"{indent}{name} [width={box_width(item) / 72:.3f}, height={BOX_H / 72:.3f}];")
             return
         name = f"cluster_{len(names)}"
         names[name] = item
         width = cluster_label_width(item)
-        lines.append(f"{indent}subgraph {name} {{ label={_q(' ' * int(width / 2.75))}; fontsize=11; "
-                     f"labeljust=l; margin={PAD:.0f};")
+        lines.append(
+            f"{indent}subgraph {name} {{ label={_q(' ' * int(width / 2.75))}; fontsize=11; "
+            f"labeljust=l; margin={PAD:.0f};"
+        )
         for child in item.children:
             emit(child, indent + "  ")
         lines.append(f"{indent}}}")
@@ -124,8 +131,9 @@ def _floats(text: str) -> list[float]:
 
 def dot_layout(items: list[Item]) -> Layout:
     source, names = dot_source(items)
-    proc = subprocess.run(["dot", "-Tjson"], input=source.encode(), capture_output=True,
-                          timeout=DOT_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        ["dot", "-Tjson"], input=source.encode(), capture_output=True, timeout=DOT_TIMEOUT_S, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed: {proc.stderr.decode(errors='replace')[:500]}")
     data = json.loads(proc.stdout)
@@ -160,8 +168,15 @@ def dot_layout(items: list[Item]) -> Layout:
         if end is not None:
             poly.append((end[0] + margin, gh - end[1] + margin))
         edges.append(poly)
-    return Layout(boxes, edges, gw + 2 * margin, gh + 2 * margin, "dot", curved=True,
-                  order=[key(x) for x in chain(items)])
+    return Layout(
+        boxes,
+        edges,
+        gw + 2 * margin,
+        gh + 2 * margin,
+        "dot",
+        curved=True,
+        order=[key(x) for x in chain(items)],
+    )
 
 
 # -- pure Python fallback ------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """The loss history: one smoothing (a bias-corrected EMA) for every view, the live plot's bounded series
 and the static PNG (the Studio at the end of a run, the report). matplotlib is imported only there."""
+
 from __future__ import annotations
 
 import io
 import math
 from typing import Sequence
 
-MAX_POINTS = 400   # the page never gets more than this many points per series
-SMOOTHING = 0.9    # exponential moving average of the per-step loss
+MAX_POINTS = 400  # the page never gets more than this many points per series
+SMOOTHING = 0.9  # exponential moving average of the per-step loss
 
 
 def smooth(values: Sequence[float], beta: float = SMOOTHING) -> list[float]:
@@ -15,7 +16,7 @@ def smooth(values: Sequence[float], beta: float = SMOOTHING) -> list[float]:
     out, avg = [], 0.0
     for i, v in enumerate(values, 1):
         avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta ** i))
+        out.append(avg / (1 - beta**i))
     return out
 
 
@@ -42,9 +43,13 @@ def series(losses: Sequence[float], val_acc: Sequence[tuple[int, float]], total_
     }
 
 
-def history_png(losses: Sequence[float], val_acc: Sequence[tuple[int, float]],
-                title: str = "Addin Studio training", size: tuple[float, float] = (6.0, 2.6),
-                dpi: int = 90) -> bytes:
+def history_png(
+    losses: Sequence[float],
+    val_acc: Sequence[tuple[int, float]],
+    title: str = "Addin Studio training",
+    size: tuple[float, float] = (6.0, 2.6),
+    dpi: int = 90,
+) -> bytes:
     """A PNG of a run: loss per step and its :func:`smooth` line; val Acc@1 at its steps when given."""
     import matplotlib
 
@@ -60,8 +65,9 @@ def history_png(losses: Sequence[float], val_acc: Sequence[tuple[int, float]],
     ax.set_ylabel("loss")
     if val_acc:
         ax2 = ax.twinx()
-        ax2.plot([s for s, _ in val_acc], [a for _, a in val_acc], "o-", color="#c4622d",
-                 label="val Acc@1 (%)")
+        ax2.plot(
+            [s for s, _ in val_acc], [a for _, a in val_acc], "o-", color="#c4622d", label="val Acc@1 (%)"
+        )
         ax2.set_ylabel("val Acc@1 (%)")
         ax2.set_ylim(0, 100)
         ax2.legend(loc="upper right", fontsize=8)

@@ -5,6 +5,7 @@ is a ``<circle data-point="path:pre|post">``. Points inside a collapsed group ca
 so a click there means the whole range. The Studio page sets placement labels and states itself as
 they change; a static picture (the report, a notebook) gets them here from :class:`Marks`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,10 +45,12 @@ def _points(item: Item, x: float, y: float, w: float, h: float, out: list[str], 
             marks.centers.setdefault(point, (px, py))
             if marks.labels.get(point):
                 held = _attr("data-placement", marks.labels[point])
-        out.append(f'<circle class="as-point"{_attr("data-point", point)}{held}'
-                   f'{group} cx="{px:.1f}" cy="{py:.1f}" r="{POINT_R}"><title>'
-                   f'{escape("before" if side == "pre" else "after")} {escape(item.point_path)}'
-                   f'{" (every block)" if item.group else ""}</title></circle>')
+        out.append(
+            f'<circle class="as-point"{_attr("data-point", point)}{held}'
+            f'{group} cx="{px:.1f}" cy="{py:.1f}" r="{POINT_R}"><title>'
+            f"{escape('before' if side == 'pre' else 'after')} {escape(item.point_path)}"
+            f"{' (every block)' if item.group else ''}</title></circle>"
+        )
 
 
 def _item(item: Item, lay: Layout, out: list[str], marks: Marks | None = None) -> None:
@@ -64,21 +67,27 @@ def _item(item: Item, lay: Layout, out: list[str], marks: Marks | None = None) -
         if any(marks.labels.get(f"{item.point_path}:{side}") for side in ("pre", "post")):
             cls += " as-has-addin"
     out.append(f'<g{attrs} class="{cls}"><title>{escape(item.title)}</title>')
-    out.append(f'<rect class="as-shape" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" '
-               f'rx="{4 if item.is_box else 6}"/>')
+    out.append(
+        f'<rect class="as-shape" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" '
+        f'rx="{4 if item.is_box else 6}"/>'
+    )
     if item.is_box:
         out.append(f'<text class="as-label" x="{x + w / 2:.1f}" y="{y + 15:.1f}">{escape(item.label)}</text>')
         out.append(f'<text class="as-sub" x="{x + w / 2:.1f}" y="{y + 29:.1f}">{escape(item.sub)}</text>')
     else:
-        out.append(f'<text class="as-clabel" x="{x + 26:.1f}" y="{y + 14:.1f}">{escape(item.label)}'
-                   f'<tspan class="as-csub"> {escape(item.sub)}</tspan></text>')
+        out.append(
+            f'<text class="as-clabel" x="{x + 26:.1f}" y="{y + 14:.1f}">{escape(item.label)}'
+            f'<tspan class="as-csub"> {escape(item.sub)}</tspan></text>'
+        )
     if item.kind != "leaf":
         # a +/- toggle: clusters collapse, boxes expand, groups show every block
         sign = "+" if item.kind in ("box", "group") else "−"
         tx = x + w - 14
-        out.append(f'<g class="as-toggle"{_attr("data-toggle", item.path)}><rect x="{tx - 7:.1f}" '
-                   f'y="{y + 3:.1f}" width="14" height="14" rx="3"/><text x="{tx:.1f}" '
-                   f'y="{y + 14:.1f}">{sign}</text></g>')
+        out.append(
+            f'<g class="as-toggle"{_attr("data-toggle", item.path)}><rect x="{tx - 7:.1f}" '
+            f'y="{y + 3:.1f}" width="14" height="14" rx="3"/><text x="{tx:.1f}" '
+            f'y="{y + 14:.1f}">{sign}</text></g>'
+        )
     for child in item.children:
         _item(child, lay, out, marks)
     _points(item, x, y, w, h, out, marks)
@@ -93,7 +102,7 @@ def _edge(poly: list[tuple[float, float]], curved: bool) -> str:
         body, rest = poly[1:], []
         n = (len(body) // 3) * 3
         for i in range(0, n, 3):
-            (ax, ay), (bx, by), (cx, cy) = body[i:i + 3]
+            (ax, ay), (bx, by), (cx, cy) = body[i : i + 3]
             d += f" C{ax:.1f},{ay:.1f} {bx:.1f},{by:.1f} {cx:.1f},{cy:.1f}"
         rest = body[n:]
         for px, py in rest:
@@ -116,8 +125,10 @@ def _overlay(marks: Marks) -> tuple[list[str], float]:
         if a in marks.centers and b in marks.centers:
             (ax, ay), (bx, by) = marks.centers[a], marks.centers[b]
             bend = max(ax, bx) + 40 + abs(by - ay) * 0.08
-            out.append(f'<path d="M {ax:.1f} {ay:.1f} C {bend:.1f} {ay:.1f}, {bend:.1f} {by:.1f}, '
-                       f'{bx:.1f} {by:.1f}" class="as-link" marker-end="url(#as-arrow)"/>')
+            out.append(
+                f'<path d="M {ax:.1f} {ay:.1f} C {bend:.1f} {ay:.1f}, {bend:.1f} {by:.1f}, '
+                f'{bx:.1f} {by:.1f}" class="as-link" marker-end="url(#as-arrow)"/>'
+            )
             right = max(right, bend + 10)
     return out, right
 
@@ -132,16 +143,24 @@ def render_svg(items: list[Item], lay: Layout, marks: Marks | None = None) -> st
     overlay, right = _overlay(marks) if marks is not None else ([], 0.0)
     body.append('</g><g class="as-overlay">' + "".join(overlay) + "</g></svg>")
     width = max(lay.width, right)
-    head = [f'<svg xmlns="http://www.w3.org/2000/svg" class="as-graph" data-engine="{lay.engine}" '
-            f'width="{width:.0f}" height="{lay.height:.0f}" viewBox="0 0 {width:.1f} '
-            f'{lay.height:.1f}">',
-            '<defs><marker id="as-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" '
-            'markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>']
+    head = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="as-graph" data-engine="{lay.engine}" '
+        f'width="{width:.0f}" height="{lay.height:.0f}" viewBox="0 0 {width:.1f} '
+        f'{lay.height:.1f}">',
+        '<defs><marker id="as-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" '
+        'markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>',
+    ]
     return "".join(head + body)
 
 
-def graph_svg(graph: Any, config: Any, *, style: str = "canonical", engine: str = "auto",
-              states: Mapping[str, str] | None = None) -> str:
+def graph_svg(
+    graph: Any,
+    config: Any,
+    *,
+    style: str = "canonical",
+    engine: str = "auto",
+    states: Mapping[str, str] | None = None,
+) -> str:
     """A static picture of ``graph`` with the placements of ``config`` (a Config or string) drawn in:
     the Studio's layout and look, each marked point's ``data-placement`` in ``style`` (see
     :func:`~addin_studio.render.labels.point_labels`), across placements as links. The Studio's

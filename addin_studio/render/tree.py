@@ -5,6 +5,7 @@ Built from a :class:`~addin_studio.graph.ModuleGraph` only. A container is drawn
 ``blocks.11``) is drawn once as a *group*: the template child ``blocks.0`` with the count, and its
 insertion points stand for the whole range (they carry ``group="blocks:0:12"``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,16 +21,16 @@ MAX_VISIBLE = 400
 class Item:
     """One drawn element: ``kind`` is ``leaf``, ``box`` (collapsed container), ``cluster`` or ``group``."""
 
-    path: str                       # data-path: the module (for a group: the container)
+    path: str  # data-path: the module (for a group: the container)
     kind: str
     label: str
     sub: str
     title: str
-    point_path: str                 # module whose pre/post points this item carries
-    group: str | None = None        # collapsed group this item lies in: "blocks:0:12"
-    range: str | None = None        # "0:12" for a group
+    point_path: str  # module whose pre/post points this item carries
+    group: str | None = None  # collapsed group this item lies in: "blocks:0:12"
+    range: str | None = None  # "0:12" for a group
     order: float = float("inf")
-    state: str = "none"             # trainable | frozen | partial | none (parameters)
+    state: str = "none"  # trainable | frozen | partial | none (parameters)
     children: list["Item"] = field(default_factory=list)
 
     @property
@@ -63,9 +64,11 @@ def _shape(shape) -> str:
 
 
 def _title(node: ModuleNode, extra: str = "") -> str:
-    lines = [f"{node.path}  ({node.class_name}){extra}",
-             f"input {_shape(node.input_shape)}  ->  output {_shape(node.output_shape)}",
-             f"parameters {node.num_params:,} ({node.trainable_params:,} trainable)"]
+    lines = [
+        f"{node.path}  ({node.class_name}){extra}",
+        f"input {_shape(node.input_shape)}  ->  output {_shape(node.output_shape)}",
+        f"parameters {node.num_params:,} ({node.trainable_params:,} trainable)",
+    ]
     if node.extra_repr:
         lines.append(node.extra_repr)
     if node.order is None:
@@ -79,9 +82,11 @@ class TreeBuilder:
     def __init__(self, graph: ModuleGraph) -> None:
         self.graph = graph
         # only children that are alike (same class and size) collapse into one group
-        self.groups = {p: n for p, n in graph.repeated_groups().items()
-                       if p and len({(graph[c].class_name, graph[c].num_params)
-                                     for c in graph[p].children}) == 1}
+        self.groups = {
+            p: n
+            for p, n in graph.repeated_groups().items()
+            if p and len({(graph[c].class_name, graph[c].num_params) for c in graph[p].children}) == 1
+        }
         self._first: dict[str, float] = {}
         for node in reversed(graph.nodes):  # children come after parents in named order
             own = node.order if node.order is not None else float("inf")
@@ -111,8 +116,7 @@ class TreeBuilder:
         """Top-level items. ``expanded``: groups drawn block by block; ``collapsed``: containers as boxes."""
         return [self._item(n, expanded, collapsed, None) for n in self.children(None)]
 
-    def _item(self, node: ModuleNode, expanded: set[str], collapsed: set[str],
-              group: str | None) -> Item:
+    def _item(self, node: ModuleNode, expanded: set[str], collapsed: set[str], group: str | None) -> Item:
         order = self._first[node.path]
         common = dict(order=order, state=param_state(node), group=group)
         shape = _shape(node.output_shape) if node.output_shape is not None else ""
@@ -120,12 +124,19 @@ class TreeBuilder:
         if node.path in self.groups and node.path not in expanded and group is None:
             n = self.groups[node.path]
             template = self.graph[f"{node.path}.0"]
-            item = Item(node.path, "group", f"{node.name} × {n}", f"{template.class_name} · "
-                        f"{human(node.num_params)}", _title(node, f": {n} × {template.class_name}"
-                        " (collapsed; points stand for every block)"), template.path,
-                        range=f"0:{n}", **{**common, "group": f"{node.path}:0:{n}"})
-            item.children = [self._item(c, expanded, collapsed, f"{node.path}:0:{n}")
-                             for c in self.children(template.path)]
+            item = Item(
+                node.path,
+                "group",
+                f"{node.name} × {n}",
+                f"{template.class_name} · {human(node.num_params)}",
+                _title(node, f": {n} × {template.class_name} (collapsed; points stand for every block)"),
+                template.path,
+                range=f"0:{n}",
+                **{**common, "group": f"{node.path}:0:{n}"},
+            )
+            item.children = [
+                self._item(c, expanded, collapsed, f"{node.path}:0:{n}") for c in self.children(template.path)
+            ]
             return item
         label = f"{node.name} · {node.class_name}"
         if node.is_leaf or node.path in collapsed:

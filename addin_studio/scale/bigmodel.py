@@ -8,6 +8,7 @@ layers, exactly as a normal :func:`~addin_studio.attach` builds them (LoRA ``B``
 Kaiming-uniform). Add-ins built on ``meta`` have no values to keep, so re-building them is the only correct
 initialisation. See docs/scaling.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,9 +78,20 @@ def _meta_tensors(model: nn.Module, skip: str | None) -> tuple[dict[str, torch.T
     return names, persistent
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 @dataclass(frozen=True)
@@ -143,9 +155,15 @@ def _read(f: Any, entry: _Entry) -> torch.Tensor:
     return t
 
 
-def materialize(model: nn.Module, attachment: Attachment, weights: str | Path | Sequence[str | Path], *,
-                addins: Mapping[str, Callable] | None = None, device: str | torch.device = "cpu",
-                strict: bool = True) -> Attachment:
+def materialize(
+    model: nn.Module,
+    attachment: Attachment,
+    weights: str | Path | Sequence[str | Path],
+    *,
+    addins: Mapping[str, Callable] | None = None,
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+) -> Attachment:
     """Give a ``meta``-built, attached ``model`` its real weights and real add-ins.
 
     Everything is checked before anything changes: on error the model and attachment are untouched.
@@ -192,28 +210,36 @@ def materialize(model: nn.Module, attachment: Attachment, weights: str | Path | 
             missing.append(names[0])
             continue
         if index[key].shape != tuple(t.shape):
-            raise ValueError(f"{index[key].file}: '{key}' has shape {index[key].shape} but the model's is "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"{index[key].file}: '{key}' has shape {index[key].shape} but the model's is {tuple(t.shape)}"
+            )
         plan.append((t, key))
     if missing:
         buffers = [n for n in missing if n in persistent]
         hint = ""
         if any(not persistent[n] for n in buffers):
-            hint = (" (non-persistent buffers are never in weight files: build the model inside "
-                    "studio.init_empty_weights(), which keeps buffers real, instead of torch.device('meta'))")
-        raise ValueError(f"the weights file(s) have no tensor for {len(missing)} meta tensor(s) of the "
-                         f"model, e.g. {', '.join(repr(n) for n in missing[:3])}{hint}")
+            hint = (
+                " (non-persistent buffers are never in weight files: build the model inside "
+                "studio.init_empty_weights(), which keeps buffers real, instead of torch.device('meta'))"
+            )
+        raise ValueError(
+            f"the weights file(s) have no tensor for {len(missing)} meta tensor(s) of the "
+            f"model, e.g. {', '.join(repr(n) for n in missing[:3])}{hint}"
+        )
     if strict:
         unexpected = sorted(set(index) - set(wanted))
         if unexpected:
-            raise ValueError(f"{index[unexpected[0]].file}: '{unexpected[0]}' is not a meta tensor of the "
-                             f"model ({len(unexpected)} such key(s)); pass strict=False to ignore them")
+            raise ValueError(
+                f"{index[unexpected[0]].file}: '{unexpected[0]}' is not a meta tensor of the "
+                f"model ({len(unexpected)} such key(s)); pass strict=False to ignore them"
+            )
 
     config, graph = attachment.config, attachment.graph
     attachment.detach()  # restores requires_grad flags; the meta add-ins go away
     if sys.byteorder != "little":
-        raise RuntimeError("materialize() reads safetensors' little-endian data directly; this machine is "
-                           "big-endian")
+        raise RuntimeError(
+            "materialize() reads safetensors' little-endian data directly; this machine is big-endian"
+        )
     by_file: dict[Path, list[tuple[torch.Tensor, str]]] = {}
     for t, key in plan:
         by_file.setdefault(index[key].file, []).append((t, key))

@@ -14,6 +14,7 @@ Nothing here is home-made distribution: these are thin helpers around
 
 See docs/scaling.md.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,9 +30,21 @@ from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 __all__ = [
-    "is_distributed", "get_rank", "get_world_size", "get_local_rank", "is_main_process",
-    "launched_by_torchrun", "init_distributed", "cleanup", "device_for_rank", "wrap_model",
-    "unwrap_model", "distributed_loader", "SamplerEpoch", "all_reduce_mean", "barrier",
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "get_local_rank",
+    "is_main_process",
+    "launched_by_torchrun",
+    "init_distributed",
+    "cleanup",
+    "device_for_rank",
+    "wrap_model",
+    "unwrap_model",
+    "distributed_loader",
+    "SamplerEpoch",
+    "all_reduce_mean",
+    "barrier",
     "rank_zero_only",
 ]
 
@@ -126,8 +139,14 @@ def _needs_find_unused(model: nn.Module, attachment: Any) -> bool:
     return False
 
 
-def wrap_model(model: nn.Module, *, attachment: Any = None, device: torch.device | str | None = None,
-               find_unused_parameters: bool | None = None, **ddp_kwargs: Any) -> DistributedDataParallel:
+def wrap_model(
+    model: nn.Module,
+    *,
+    attachment: Any = None,
+    device: torch.device | str | None = None,
+    find_unused_parameters: bool | None = None,
+    **ddp_kwargs: Any,
+) -> DistributedDataParallel:
     """Wrap an (attached) model in :class:`DistributedDataParallel`.
 
     Only parameters with ``requires_grad=True`` — the add-ins and what the config keeps trainable —
@@ -141,18 +160,23 @@ def wrap_model(model: nn.Module, *, attachment: Any = None, device: torch.device
     if isinstance(model, DistributedDataParallel):
         return model
     if not is_distributed():
-        raise RuntimeError("wrap_model() needs an initialized process group: launch with torchrun and call "
-                           "addin_studio.scale.distributed.init_distributed() first")
+        raise RuntimeError(
+            "wrap_model() needs an initialized process group: launch with torchrun and call "
+            "addin_studio.scale.distributed.init_distributed() first"
+        )
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("the model has no parameters with requires_grad=True: DDP has nothing to "
-                         "synchronize (did you attach any add-in?)")
+        raise ValueError(
+            "the model has no parameters with requires_grad=True: DDP has nothing to "
+            "synchronize (did you attach any add-in?)"
+        )
     device = torch.device(device) if device is not None else device_for_rank()
     model = model.to(device)
     if find_unused_parameters is None:
         find_unused_parameters = _needs_find_unused(model, attachment)
     device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
-    return DistributedDataParallel(model, device_ids=device_ids,
-                                   find_unused_parameters=find_unused_parameters, **ddp_kwargs)
+    return DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters, **ddp_kwargs
+    )
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -167,8 +191,14 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 # -- the data ----------------------------------------------------------------------------------------
-def distributed_loader(loader: DataLoader, *, shuffle: bool | None = None, seed: int = 0,
-                       drop_last: bool = False, batch_size: int | None = None) -> DataLoader:
+def distributed_loader(
+    loader: DataLoader,
+    *,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+    batch_size: int | None = None,
+) -> DataLoader:
     """A copy of ``loader`` whose sampler is a :class:`DistributedSampler` (one shard per rank).
 
     ``shuffle`` defaults to whether ``loader`` shuffles. ``batch_size`` (per rank) defaults to the
@@ -186,13 +216,26 @@ def distributed_loader(loader: DataLoader, *, shuffle: bool | None = None, seed:
         raise ValueError("distributed_loader() needs a DataLoader with a batch_size (not a batch_sampler)")
     if shuffle is None:
         shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler = DistributedSampler(loader.dataset, num_replicas=get_world_size(), rank=get_rank(),
-                                 shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return DataLoader(loader.dataset, batch_size=batch_size or loader.batch_size, sampler=sampler,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-                      persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False)
+    sampler = DistributedSampler(
+        loader.dataset,
+        num_replicas=get_world_size(),
+        rank=get_rank(),
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=batch_size or loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False,
+    )
 
 
 class SamplerEpoch:

@@ -12,6 +12,7 @@ model themselves — a collective, so call it on every rank — and write the fi
 with ``studio.load`` into a single-process model (:mod:`addin_studio.checkpoint.collective`).
 :func:`save_adapters` is ``att.save`` plus a barrier, kept for existing code. See docs/scaling.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,14 @@ def is_sharded(model: nn.Module) -> bool:
     return _is_sharded(model)
 
 
-def shard_model(model: nn.Module, *, attachment: Any = None, blocks: list[str] | None = None,
-                device: torch.device | str | None = None, **fsdp_kwargs: Any) -> nn.Module:
+def shard_model(
+    model: nn.Module,
+    *,
+    attachment: Any = None,
+    blocks: list[str] | None = None,
+    device: torch.device | str | None = None,
+    **fsdp_kwargs: Any,
+) -> nn.Module:
     """Shard an attached model with FSDP2: ``fully_shard`` on each repeated block, then on the root.
 
     Call it after attaching (the add-ins must already be the model's child to be sharded with it) and
@@ -64,17 +71,22 @@ def shard_model(model: nn.Module, *, attachment: Any = None, blocks: list[str] |
     if isinstance(model, FSDPModule):
         return model
     if not D.is_distributed():
-        raise RuntimeError("shard_model() needs an initialized process group: launch with torchrun and call "
-                           "addin_studio.scale.distributed.init_distributed() first")
+        raise RuntimeError(
+            "shard_model() needs an initialized process group: launch with torchrun and call "
+            "addin_studio.scale.distributed.init_distributed() first"
+        )
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("the model has no parameters with requires_grad=True: nothing to train "
-                         "(did you attach any add-in?)")
+        raise ValueError(
+            "the model has no parameters with requires_grad=True: nothing to train "
+            "(did you attach any add-in?)"
+        )
     if attachment is not None and getattr(attachment, "merged", False):
-        raise RuntimeError("unmerge() the attachment before sharding: a merged LoRA lives in the base "
-                           "weights")
+        raise RuntimeError(
+            "unmerge() the attachment before sharding: a merged LoRA lives in the base weights"
+        )
     model.to(torch.device(device) if device is not None else D.device_for_rank())
     modules = dict(model.named_modules())
-    for path in (repeated_blocks(model) if blocks is None else blocks):
+    for path in repeated_blocks(model) if blocks is None else blocks:
         if path not in modules:
             raise ValueError(f"shard_model(): no module '{path}' in {type(model).__name__}")
         fully_shard(modules[path], **fsdp_kwargs)
@@ -100,8 +112,9 @@ def gathered(attachment: Any) -> Iterator[None]:
         if isinstance(module, FSDPModule):
             module.reshard()  # e.g. the root stays unsharded after a no_grad forward: back to DTensor shards
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
-    targets = _owned(attachment.addins) + [(m, n, p) for m, n, p in _owned(attachment.model)
-                                           if p.requires_grad]
+    targets = _owned(attachment.addins) + [
+        (m, n, p) for m, n, p in _owned(attachment.model) if p.requires_grad
+    ]
     seen: set[int] = set()
     try:
         for module, name, p in targets:

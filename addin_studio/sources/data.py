@@ -3,6 +3,7 @@
 Nothing here downloads anything. Digits are 1,797 grey 8x8 images of the digits 0-9 that ship inside
 scikit-learn; they can be upsampled (``image_size``) and repeated to 3 channels for ImageNet-style models.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -25,9 +26,15 @@ def _transform(images: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
 
 
-def load_digits(classes: Sequence[int] | None = None, *, image_size: int | None = None, channels: int = 1,
-                transform: str = "none", relabel: bool = True,
-                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits(
+    classes: Sequence[int] | None = None,
+    *,
+    image_size: int | None = None,
+    channels: int = 1,
+    transform: str = "none",
+    relabel: bool = True,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The digits as ``(images [N, channels, S, S] float32, labels [N] int64)``.
 
     ``classes`` keeps only those digits (in the given order); with ``relabel`` their labels become
@@ -59,15 +66,17 @@ def load_digits(classes: Sequence[int] | None = None, *, image_size: int | None 
             labels = mapping[labels]
     images = _transform(images, transform)
     if image_size is not None and image_size != images.shape[-1]:
-        images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
-                                                 align_corners=False)
+        images = torch.nn.functional.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", align_corners=False
+        )
     if channels == 3:
         images = images.repeat(1, 3, 1, 1)
     return images.contiguous(), labels
 
 
-def split_indices(n: int, val_fraction: float, seed: int = 0,
-                  labels: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
+def split_indices(
+    n: int, val_fraction: float, seed: int = 0, labels: torch.Tensor | None = None
+) -> tuple[list[int], list[int]]:
     """Deterministic train/validation index split; stratified per class when ``labels`` are given."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -86,10 +95,17 @@ def split_indices(n: int, val_fraction: float, seed: int = 0,
     return sorted(train), sorted(val)
 
 
-def loaders_from_dataset(dataset: Dataset, *, val_dataset: Dataset | None = None, val_fraction: float = 0.2,
-                         batch_size: int = 64, seed: int = 0, num_workers: int = 0,
-                         labels: torch.Tensor | None = None,
-                         collate_fn: Callable | None = None) -> tuple[DataLoader, DataLoader | None]:
+def loaders_from_dataset(
+    dataset: Dataset,
+    *,
+    val_dataset: Dataset | None = None,
+    val_fraction: float = 0.2,
+    batch_size: int = 64,
+    seed: int = 0,
+    num_workers: int = 0,
+    labels: torch.Tensor | None = None,
+    collate_fn: Callable | None = None,
+) -> tuple[DataLoader, DataLoader | None]:
     """``(train_loader, val_loader)`` for your own map-style ``Dataset`` of ``(inputs, target)`` items.
 
     Without a ``val_dataset``, ``val_fraction`` of ``dataset`` is held out (seeded, stratified when
@@ -118,8 +134,10 @@ def loaders_from_dataset(dataset: Dataset, *, val_dataset: Dataset | None = None
     try:
         n = len(dataset)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError("loaders_from_dataset needs a map-style Dataset with len(); "
-                        "wrap an IterableDataset in a DataLoader yourself") from None
+        raise TypeError(
+            "loaders_from_dataset needs a map-style Dataset with len(); "
+            "wrap an IterableDataset in a DataLoader yourself"
+        ) from None
     if n == 0:
         raise ValueError("the dataset is empty")
     train_set, val_set = dataset, val_dataset
@@ -127,16 +145,35 @@ def loaders_from_dataset(dataset: Dataset, *, val_dataset: Dataset | None = None
         tr, va = split_indices(n, val_fraction, seed, labels)
         train_set, val_set = Subset(dataset, tr), Subset(dataset, va)
     g = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers,
-                       collate_fn=collate_fn)
-    val = (DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_fn) if val_set is not None else None)
+    train = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=g,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+    )
+    val = (
+        DataLoader(
+            val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+        )
+        if val_set is not None
+        else None
+    )
     return train, val
 
 
-def digits_loaders(classes: Sequence[int] | None = None, *, batch_size: int = 64, val_fraction: float = 0.2,
-                   seed: int = 0, image_size: int | None = None, channels: int = 1, transform: str = "none",
-                   relabel: bool = True) -> tuple[DataLoader, DataLoader]:
+def digits_loaders(
+    classes: Sequence[int] | None = None,
+    *,
+    batch_size: int = 64,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: int | None = None,
+    channels: int = 1,
+    transform: str = "none",
+    relabel: bool = True,
+) -> tuple[DataLoader, DataLoader]:
     """``(train_loader, val_loader)`` over the embedded digits: a seeded, class-stratified split.
 
     The number of classes is ``len(classes)`` (10 by default).
@@ -161,16 +198,25 @@ def digits_loaders(classes: Sequence[int] | None = None, *, batch_size: int = 64
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    x, y = load_digits(classes, image_size=image_size, channels=channels, transform=transform,
-                       relabel=relabel)
-    train, val = loaders_from_dataset(TensorDataset(x, y), val_fraction=val_fraction, batch_size=batch_size,
-                                      seed=seed, labels=y)
+    x, y = load_digits(
+        classes, image_size=image_size, channels=channels, transform=transform, relabel=relabel
+    )
+    train, val = loaders_from_dataset(
+        TensorDataset(x, y), val_fraction=val_fraction, batch_size=batch_size, seed=seed, labels=y
+    )
     assert val is not None
     return train, val
 
 
-def synthetic_classification(n: int = 512, num_features: int = 16, num_classes: int = 4, *, seed: int = 0,
-                             noise: float = 0.5, image_shape: Sequence[int] | None = None) -> TensorDataset:
+def synthetic_classification(
+    n: int = 512,
+    num_features: int = 16,
+    num_classes: int = 4,
+    *,
+    seed: int = 0,
+    noise: float = 0.5,
+    image_shape: Sequence[int] | None = None,
+) -> TensorDataset:
     """A learnable synthetic task: Gaussian clusters around random class centres.
 
     Items are ``(x, label)`` with ``x`` of ``num_features`` values, or of ``image_shape`` (e.g.
@@ -195,14 +241,53 @@ def synthetic_classification(n: int = 512, num_features: int = 16, num_classes: 
 
 # -- a small text task: short sentiment sentences -------------------------------------------------------
 SENTIMENT_LABELS = ("negative", "positive")
-_SUBJECTS = ("the movie", "the film", "this book", "the meal", "the service", "the hotel", "the concert",
-             "the game", "this phone", "the show", "the story", "the coffee", "the lecture", "the trip")
-_POSITIVE = ("good", "great", "wonderful", "excellent", "delightful", "enjoyable", "charming", "brilliant",
-             "pleasant", "superb")
-_NEGATIVE = ("bad", "terrible", "awful", "boring", "dull", "disappointing", "poor", "horrible", "mediocre",
-             "tedious")
-_TEMPLATES = ("{s} was {n}{a}.", "I thought {s} was {n}{a}.", "Honestly, {s} was {n}{a}.",
-              "{s} was {n}really {a}.", "Everyone said {s} was {n}{a}.")
+_SUBJECTS = (
+    "the movie",
+    "the film",
+    "this book",
+    "the meal",
+    "the service",
+    "the hotel",
+    "the concert",
+    "the game",
+    "this phone",
+    "the show",
+    "the story",
+    "the coffee",
+    "the lecture",
+    "the trip",
+)
+_POSITIVE = (
+    "good",
+    "great",
+    "wonderful",
+    "excellent",
+    "delightful",
+    "enjoyable",
+    "charming",
+    "brilliant",
+    "pleasant",
+    "superb",
+)
+_NEGATIVE = (
+    "bad",
+    "terrible",
+    "awful",
+    "boring",
+    "dull",
+    "disappointing",
+    "poor",
+    "horrible",
+    "mediocre",
+    "tedious",
+)
+_TEMPLATES = (
+    "{s} was {n}{a}.",
+    "I thought {s} was {n}{a}.",
+    "Honestly, {s} was {n}{a}.",
+    "{s} was {n}really {a}.",
+    "Everyone said {s} was {n}{a}.",
+)
 
 
 def sentiment_sentences(n: int = 400, *, seed: int = 0) -> tuple[list[str], torch.Tensor]:
@@ -227,8 +312,11 @@ def sentiment_sentences(n: int = 400, *, seed: int = 0) -> tuple[list[str], torc
         raise ValueError(f"n must be an integer from 2 to {most}, got {n!r}")
     g = torch.Generator().manual_seed(seed)
     counts = (n // 2, n - n // 2)
-    chosen = [(pools[label][int(i)], label) for label in (0, 1)
-              for i in torch.randperm(len(pools[label]), generator=g)[:counts[label]]]
+    chosen = [
+        (pools[label][int(i)], label)
+        for label in (0, 1)
+        for i in torch.randperm(len(pools[label]), generator=g)[: counts[label]]
+    ]
     order = torch.randperm(n, generator=g).tolist()
     texts = [chosen[i][0] for i in order]
     labels = torch.tensor([chosen[i][1] for i in order], dtype=torch.int64)

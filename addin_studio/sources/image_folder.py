@@ -6,6 +6,7 @@ Layouts (the class names are the sub-folder names, sorted):
 - ``DIR/<class>/*.png`` plus ``DIR/val/<class>/*.png`` — ``val/`` is the validation split;
 - ``DIR/<class>/*.png`` only — a seeded, class-stratified split holds out ``val_fraction``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,9 @@ def image_folder_classes(root: str | Path) -> list[str]:
     base = _train_root(root)
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in SPLITS)
     if len(classes) < 2:
-        raise ValueError(f"{base} needs at least two class folders (one per class), found "
-                         f"{classes or 'none'}")
+        raise ValueError(
+            f"{base} needs at least two class folders (one per class), found {classes or 'none'}"
+        )
     return classes
 
 
@@ -65,8 +67,10 @@ class _ClassFolder(ImageFolder):
         found, _ = super().find_classes(directory)
         missing = [c for c in self._wanted if c not in found]
         if missing:
-            raise ValueError(f"{directory} has no class folder {missing[0]!r} (the training classes are "
-                             f"{', '.join(self._wanted)})")
+            raise ValueError(
+                f"{directory} has no class folder {missing[0]!r} (the training classes are "
+                f"{', '.join(self._wanted)})"
+            )
         return list(self._wanted), {c: i for i, c in enumerate(self._wanted)}
 
 
@@ -77,9 +81,16 @@ def _image_folder(root: Path, transform: Callable | None, classes: list[str]) ->
         raise ValueError(f"no images in {root}: {exc}") from None
 
 
-def image_folder_loaders(root: str | Path, *, train_transform: Callable | None = None,
-                         val_transform: Callable | None = None, batch_size: int = 32,
-                         val_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> ImageFolderData:
+def image_folder_loaders(
+    root: str | Path,
+    *,
+    train_transform: Callable | None = None,
+    val_transform: Callable | None = None,
+    batch_size: int = 32,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> ImageFolderData:
     """Training and validation loaders over an image folder.
 
     Layouts (the class names are the sub-folder names, sorted): ``DIR/train/<class>/*.png`` and
@@ -113,15 +124,22 @@ def image_folder_loaders(root: str | Path, *, train_transform: Callable | None =
     if (root / "val").is_dir():
         val_set: Dataset | None = _image_folder(root / "val", val_transform, classes)
     else:  # a seeded, stratified split; the held-out images get the evaluation transform
-        train_idx, val_idx = split_indices(len(train_set), val_fraction, seed,
-                                           torch.tensor(train_set.targets))
+        train_idx, val_idx = split_indices(
+            len(train_set), val_fraction, seed, torch.tensor(train_set.targets)
+        )
         held_out = copy.copy(train_set)  # the same file list, read with the other transform
         held_out.transform = val_transform
         held_out.transforms = StandardTransform(val_transform, held_out.target_transform)
         val_set = Subset(held_out, val_idx) if val_idx else None
         train_set = Subset(train_set, train_idx)
-    train, val = loaders_from_dataset(train_set, val_dataset=val_set, val_fraction=0, batch_size=batch_size,
-                                      seed=seed, num_workers=num_workers)
+    train, val = loaders_from_dataset(
+        train_set,
+        val_dataset=val_set,
+        val_fraction=0,
+        batch_size=batch_size,
+        seed=seed,
+        num_workers=num_workers,
+    )
     return ImageFolderData(train, val, classes, len(train_set), len(val_set) if val_set is not None else 0)
 
 

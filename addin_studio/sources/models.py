@@ -5,6 +5,7 @@ the library itself does (timm's ``create_model``, torchvision's weights enums, t
 ``from_pretrained``; each downloads once and caches), gives the model a new classifier for the task, and
 says which transforms its inputs need. Offline, a clear :class:`ModelLoadError` explains what to do.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -68,8 +69,10 @@ def parse_model_spec(text: str) -> tuple[str, str]:
     """``"timm:resnet18"`` -> ``("timm", "resnet18")``; ValueError naming the mistake otherwise."""
     source, sep, name = text.partition(":")
     if not sep or source not in SOURCES or not name:
-        raise ValueError(f"expected timm:NAME, torchvision:NAME or transformers:NAME_OR_DIR "
-                         f"(e.g. timm:resnet18), got {text!r}")
+        raise ValueError(
+            f"expected timm:NAME, torchvision:NAME or transformers:NAME_OR_DIR "
+            f"(e.g. timm:resnet18), got {text!r}"
+        )
     return source, name
 
 
@@ -92,8 +95,14 @@ def check_model_name(source: str, name: str) -> None:
         raise ModelLoadError(f"unknown {source} model {name!r}{hint}")
 
 
-def create_model(spec: str, num_classes: int, *, pretrained: bool = False, weights: str | Path | None = None,
-                 image_size: int | None = None) -> NamedModel:
+def create_model(
+    spec: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    image_size: int | None = None,
+) -> NamedModel:
     """Build ``spec`` with a ``num_classes`` classifier.
 
     Args:
@@ -138,8 +147,9 @@ def _timm(name: str, num_classes: int, pretrained: bool, weights: Any, image_siz
         kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
     try:
         try:
-            model = timm.create_model(name, pretrained=pretrained,
-                                      **({"img_size": image_size} if image_size else {}), **kwargs)
+            model = timm.create_model(
+                name, pretrained=pretrained, **({"img_size": image_size} if image_size else {}), **kwargs
+            )
         except TypeError:  # most ConvNets take any input size and no img_size argument
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as exc:  # noqa: BLE001 - timm raises many kinds when a download fails
@@ -156,20 +166,32 @@ def _timm(name: str, num_classes: int, pretrained: bool, weights: Any, image_siz
             c["crop_pct"] = 1.0
         return create_transform(**c, is_training=train)
 
-    return NamedModel(model, "timm", name, head if isinstance(head, str) else None,
-                      tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
-                      _transform_factory=transforms)
+    return NamedModel(
+        model,
+        "timm",
+        name,
+        head if isinstance(head, str) else None,
+        tuple(cfg["input_size"]),
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+        _transform_factory=transforms,
+    )
 
 
 # -- torchvision --------------------------------------------------------------------------------------
-def _torchvision(name: str, num_classes: int, pretrained: bool, weights: Any,
-                 image_size: int | None) -> NamedModel:
+def _torchvision(
+    name: str, num_classes: int, pretrained: bool, weights: Any, image_size: int | None
+) -> NamedModel:
     import torchvision
 
     if not pretrained:
         try:
-            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
-                                                 **({"image_size": image_size} if image_size else {}))
+            model = torchvision.models.get_model(
+                name,
+                weights=None,
+                num_classes=num_classes,
+                **({"image_size": image_size} if image_size else {}),
+            )
         except (TypeError, ValueError):
             model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         return NamedModel(model, "torchvision", name, _last_linear(model), (3, 224, 224))
@@ -197,22 +219,33 @@ def _torchvision(name: str, num_classes: int, pretrained: bool, weights: Any,
 
         return T.Compose([T.RandomHorizontalFlip(), preset])
 
-    return NamedModel(model, "torchvision", name, head, (3, size, size), tuple(preset.mean),
-                      tuple(preset.std), _transform_factory=transforms)
+    return NamedModel(
+        model,
+        "torchvision",
+        name,
+        head,
+        (3, size, size),
+        tuple(preset.mean),
+        tuple(preset.std),
+        _transform_factory=transforms,
+    )
 
 
 # -- transformers -------------------------------------------------------------------------------------
-def _transformers(name: str, num_classes: int, pretrained: bool, weights: Any,
-                  image_size: int | None) -> NamedModel:
+def _transformers(
+    name: str, num_classes: int, pretrained: bool, weights: Any, image_size: int | None
+) -> NamedModel:
     try:
         from transformers import AutoConfig, AutoModelForImageClassification
     except ImportError:
-        raise ModelLoadError("transformers models need the transformers package: pip install transformers") \
-            from None
+        raise ModelLoadError(
+            "transformers models need the transformers package: pip install transformers"
+        ) from None
     try:
         if pretrained:
             model = AutoModelForImageClassification.from_pretrained(
-                name, num_labels=num_classes, ignore_mismatched_sizes=True)
+                name, num_labels=num_classes, ignore_mismatched_sizes=True
+            )
         else:
             config = AutoConfig.from_pretrained(name, num_labels=num_classes)
             model = AutoModelForImageClassification.from_config(config)
@@ -230,8 +263,14 @@ def _transformers(name: str, num_classes: int, pretrained: bool, weights: Any,
         mean, std = tuple(processor.image_mean), tuple(processor.image_std)
     except Exception:  # noqa: BLE001 - no processor saved: the config's size and 0.5/0.5 normalization
         pass
-    head = next((path for path, m in model.named_modules()
-                 if isinstance(m, nn.Linear) and m.out_features == num_classes), None)
+    head = next(
+        (
+            path
+            for path, m in model.named_modules()
+            if isinstance(m, nn.Linear) and m.out_features == num_classes
+        ),
+        None,
+    )
     return NamedModel(model, "transformers", name, head, (channels, size, size), mean, std, fixed_size=True)
 
 
@@ -241,7 +280,8 @@ def _offline_error(source: str, name: str, exc: BaseException) -> ModelLoadError
         f"could not load the pre-trained weights of {source}:{name} ({type(exc).__name__}: "
         f"{str(exc).splitlines()[0] if str(exc) else ''}). Without a network connection they can only come "
         f"from the library's cache: download them once while online, or pass a local file with --weights "
-        f"(python: weights=...)")
+        f"(python: weights=...)"
+    )
 
 
 def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -271,8 +311,10 @@ def load_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[st
     fitting = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
     skipped = sorted(k for k in state if k not in fitting)
     if not fitting:
-        raise ModelLoadError(f"none of the {len(state)} tensors in {path} fit this "
-                             f"{type(model).__name__} (first: {next(iter(state), None)!r})")
+        raise ModelLoadError(
+            f"none of the {len(state)} tensors in {path} fit this "
+            f"{type(model).__name__} (first: {next(iter(state), None)!r})"
+        )
     model.load_state_dict(fitting, strict=False)
     missing = sorted(k for k in own if k not in fitting)
     return skipped, missing
@@ -295,8 +337,9 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
     return path
 
 
-def default_transforms(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                       train: bool = False) -> Callable:
+def default_transforms(
+    size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, train: bool = False
+) -> Callable:
     """Resize + centre-crop to ``size`` (random-resized crop and flip when training), tensor, normalize."""
     from torchvision import transforms as T
 
@@ -311,5 +354,13 @@ def _rgb(image: Any) -> Any:
     return image.convert("RGB") if hasattr(image, "convert") and image.mode != "RGB" else image
 
 
-__all__ = ["ModelLoadError", "NamedModel", "SOURCES", "create_model", "default_transforms", "load_weights",
-           "parse_model_spec", "replace_classifier"]
+__all__ = [
+    "ModelLoadError",
+    "NamedModel",
+    "SOURCES",
+    "create_model",
+    "default_transforms",
+    "load_weights",
+    "parse_model_spec",
+    "replace_classifier",
+]

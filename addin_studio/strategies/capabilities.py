@@ -16,6 +16,7 @@ pair. The model's submodules are visited in ``named_modules`` order (parents bef
 Nothing is changed on the model: calling the strategy returns a ``Config`` to ``attach``, show as a
 string or draw in the graph.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -153,8 +154,9 @@ class Strategy:
         self.module_caps.append(ModuleCap(check, action))
         return self
 
-    def register_param_cap(self, check: ParamCheck, train: bool = True,
-                           pattern: str | None = None) -> "Strategy":
+    def register_param_cap(
+        self, check: ParamCheck, train: bool = True, pattern: str | None = None
+    ) -> "Strategy":
         """Append a :class:`ParamCap`.
 
         Args:
@@ -178,8 +180,12 @@ class Strategy:
                 raise ValueError(f"{self.name} and {other.name} apply to disjoint model types")
         else:
             types = self.constraint_type or other.constraint_type
-        return Strategy(self.module_caps + other.module_caps, self.param_caps + other.param_caps,
-                        types, f"{self.name}+{other.name}")
+        return Strategy(
+            self.module_caps + other.module_caps,
+            self.param_caps + other.param_caps,
+            types,
+            f"{self.name}+{other.name}",
+        )
 
     def __call__(self, model: nn.Module) -> Config:
         """Visit ``model`` and return the Config this strategy gives it."""
@@ -194,21 +200,30 @@ class Strategy:
         others: dict[str, list[str]] = {}
         for alias, canonical in module_aliases(model).items():
             others.setdefault(canonical, []).append(alias)
-        self._visit(model, ModuleInfo("", "", model, None), placements, kept, kept_by_cap,
-                    ({id(model)}, others))
+        self._visit(
+            model, ModuleInfo("", "", model, None), placements, kept, kept_by_cap, ({id(model)}, others)
+        )
         all_names = [n for n, _ in model.named_parameters()]
         return Config(placements, _patterns(kept, kept_by_cap, self.param_caps, all_names))
 
-    def _visit(self, module: nn.Module, info: ModuleInfo, placements: list[Placement],
-               kept: list[str], kept_by_cap: dict[int, set[str]],
-               names: tuple[set[int], dict[str, list[str]]]) -> None:
+    def _visit(
+        self,
+        module: nn.Module,
+        info: ModuleInfo,
+        placements: list[Placement],
+        kept: list[str],
+        kept_by_cap: dict[int, set[str]],
+        names: tuple[set[int], dict[str, list[str]]],
+    ) -> None:
         if info.path:  # the root is never claimed (GIFt visits children only)
             for cap in self.module_caps:
                 if cap.check(info):
                     claim = cap.action(info)
                     if not isinstance(claim, Claim):
-                        raise TypeError(f"a module action must return a Claim, got "
-                                        f"{type(claim).__name__} for '{info.path}'")
+                        raise TypeError(
+                            f"a module action must return a Claim, got "
+                            f"{type(claim).__name__} for '{info.path}'"
+                        )
                     placements.extend(claim.placements)
                     kept.extend(claim.trainable)
                     return
@@ -227,12 +242,19 @@ class Strategy:
                 continue
             seen.add(id(child))
             path = f"{info.path}.{name}" if info.path else name
-            self._visit(child, ModuleInfo(path, name, child, module, tuple(others.get(path, ()))),
-                        placements, kept, kept_by_cap, names)
+            self._visit(
+                child,
+                ModuleInfo(path, name, child, module, tuple(others.get(path, ()))),
+                placements,
+                kept,
+                kept_by_cap,
+                names,
+            )
 
 
-def _patterns(kept: list[str], kept_by_cap: dict[int, set[str]], caps: Sequence[ParamCap],
-              all_names: Iterable[str]) -> list[str]:
+def _patterns(
+    kept: list[str], kept_by_cap: dict[int, set[str]], caps: Sequence[ParamCap], all_names: Iterable[str]
+) -> list[str]:
     """Kept names, with a capability's ``pattern`` replacing its names when it means exactly them."""
     all_names = list(all_names)
     kept_set = set(kept)
@@ -250,8 +272,9 @@ def _patterns(kept: list[str], kept_by_cap: dict[int, set[str]], caps: Sequence[
     return out
 
 
-def placement(path: str, addin: str, method: str = "adapt_output", side: str = "post",
-              **settings: Any) -> Placement:
+def placement(
+    path: str, addin: str, method: str = "adapt_output", side: str = "post", **settings: Any
+) -> Placement:
     """An ``{inout}`` placement of ``addin`` at ``path``'s ``side``.
 
     Args:
@@ -271,8 +294,13 @@ def placement(path: str, addin: str, method: str = "adapt_output", side: str = "
     return Placement(addin, method, point, point, settings)
 
 
-def place(addin: str, method: str = "adapt_output", side: str = "post",
-          train: Callable[[ModuleInfo], Iterable[str]] | None = None, **settings: Any) -> ModuleAction:
+def place(
+    addin: str,
+    method: str = "adapt_output",
+    side: str = "post",
+    train: Callable[[ModuleInfo], Iterable[str]] | None = None,
+    **settings: Any,
+) -> ModuleAction:
     """A module action placing ``addin`` at every claimed module (plus kept names from ``train``).
 
     Args:
@@ -287,7 +315,8 @@ def place(addin: str, method: str = "adapt_output", side: str = "post",
     """
 
     def action(info: ModuleInfo) -> Claim:
-        return Claim((placement(info.path, addin, method, side, **settings),),
-                     tuple(train(info)) if train else ())
+        return Claim(
+            (placement(info.path, addin, method, side, **settings),), tuple(train(info)) if train else ()
+        )
 
     return action

@@ -1,4 +1,5 @@
 """FacT as a strategy: the paper's placement (every block's qkv, proj, fc1 and fc2) in one call."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
@@ -25,9 +26,17 @@ def _by_role(paths: Iterable[str]) -> list[str]:
     return [p for group in roles.values() for p in group]
 
 
-def fact(model: nn.Module, r: int = 8, kind: str = "tt", scale: float = 1.0, dropout: float = 0.1,
-         targets: str | Sequence[str] = FACT_TARGETS, head: bool | str | None = True,
-         example_input: Any = None, graph: ModuleGraph | None = None) -> Config:
+def fact(
+    model: nn.Module,
+    r: int = 8,
+    kind: str = "tt",
+    scale: float = 1.0,
+    dropout: float = 0.1,
+    targets: str | Sequence[str] = FACT_TARGETS,
+    head: bool | str | None = True,
+    example_input: Any = None,
+    graph: ModuleGraph | None = None,
+) -> Config:
     """FacT-TT (``kind="tt"``) or FacT-TK (``"tk"``) of rank ``r`` on the ``nn.Linear`` layers named by
     ``targets`` — by default a timm ViT's attention ``qkv`` and ``proj`` and MLP ``fc1`` and ``fc2`` in
     every block, as the paper — with their factors shared; the classifier ``head`` trains too
@@ -61,9 +70,11 @@ def fact(model: nn.Module, r: int = 8, kind: str = "tt", scale: float = 1.0, dro
     matches = _target_check(targets)
     paths = _by_role(path for path, m in model.named_modules() if isinstance(m, nn.Linear) and matches(path))
     if not paths:
-        raise ValueError("strategies.fact: targets "
-                         f"{list(targets) if not isinstance(targets, str) else targets!r} match no nn.Linear "
-                         f"layer of {type(model).__name__}")
+        raise ValueError(
+            "strategies.fact: targets "
+            f"{list(targets) if not isinstance(targets, str) else targets!r} match no nn.Linear "
+            f"layer of {type(model).__name__}"
+        )
     settings: dict = {"r": r}
     if scale != 1.0:
         settings["scale"] = scale

@@ -1,4 +1,5 @@
 """Strategies that train part of the base model and attach nothing: LayerNorm tuning and partial-k."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -11,8 +12,9 @@ from .ready import _default_head
 
 # Normalization layers whose affine parameters LayerNorm tuning trains (torch's and, by class name,
 # timm's LayerNorm2d / RmsNorm and transformers' T5LayerNorm / LlamaRMSNorm, ...).
-NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm) + \
-    ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -22,6 +24,7 @@ def _is_norm(module: nn.Module) -> bool:
 
 def _ordered(paths: Iterable[str]) -> list[str]:
     """Paths sorted so that those differing only in block indices sit together (they emit as ranges)."""
+
     def key(path: str) -> tuple:
         segs = split_path(path)
         return (tuple("#" if is_index(s) else s for s in segs), tuple(int(s) for s in segs if is_index(s)))
@@ -56,8 +59,11 @@ def layernorm(model: nn.Module, head: bool | str | None = True) -> Config:
     Raises:
         ValueError: The model has no normalization layer with parameters, or ``head`` names no module.
     """
-    norms = [path for path, m in model.named_modules()
-             if path and _is_norm(m) and any(True for _ in m.parameters(recurse=False))]
+    norms = [
+        path
+        for path, m in model.named_modules()
+        if path and _is_norm(m) and any(True for _ in m.parameters(recurse=False))
+    ]
     if not norms:
         raise ValueError(f"{type(model).__name__} has no normalization layer with parameters to tune")
     return Config((), _with_head(model, _ordered(norms), head))
@@ -66,13 +72,19 @@ def layernorm(model: nn.Module, head: bool | str | None = True) -> Config:
 def _blocks(model: nn.Module, blocks: str | None) -> tuple[str, int]:
     """The path and length of the model's stack of repeated blocks (the longest, unless named)."""
     modules = dict(model.named_modules())
-    stacks = {path: len(m) for path, m in modules.items()
-              if isinstance(m, (nn.Sequential, nn.ModuleList)) and len(m) > 1 and
-              all(type(c) is type(m[0]) for c in m)}
+    stacks = {
+        path: len(m)
+        for path, m in modules.items()
+        if isinstance(m, (nn.Sequential, nn.ModuleList))
+        and len(m) > 1
+        and all(type(c) is type(m[0]) for c in m)
+    }
     if blocks is not None:
         if blocks not in stacks:
-            raise ValueError(f"{blocks!r} is not a list of repeated blocks in {type(model).__name__}"
-                             f"{' (candidates: ' + ', '.join(sorted(stacks)) + ')' if stacks else ''}")
+            raise ValueError(
+                f"{blocks!r} is not a list of repeated blocks in {type(model).__name__}"
+                f"{' (candidates: ' + ', '.join(sorted(stacks)) + ')' if stacks else ''}"
+            )
         return blocks, stacks[blocks]
     if not stacks:
         raise ValueError(f"{type(model).__name__} has no list of repeated blocks; pass blocks='<path>'")
@@ -110,7 +122,7 @@ def partial_k(model: nn.Module, k: int, blocks: str | None = None, head: bool | 
     if head is True:  # the modules after the blocks (final norm, pooling, head) that have parameters
         names = [name for name, _ in model.named_children()]
         top = path.split(".")[0]
-        after = names[names.index(top) + 1:] if top in names else []
+        after = names[names.index(top) + 1 :] if top in names else []
         trainable += [m for m in after if any(True for _ in getattr(model, m).parameters())]
         if not after:
             trainable = _with_head(model, trainable, True)

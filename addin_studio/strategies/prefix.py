@@ -1,4 +1,5 @@
 """Prefix tuning as a strategy: ``PrefixTuning`` wherever it can go in a model."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable
@@ -11,8 +12,13 @@ from .capabilities import placement
 from .partial import _ordered
 
 
-def prefix_tuning(model: nn.Module, num_tokens: int = 10, projection: bool = False,
-                  hidden: int | None = None, trainable: Iterable[str] = ()) -> Config:
+def prefix_tuning(
+    model: nn.Module,
+    num_tokens: int = 10,
+    projection: bool = False,
+    hidden: int | None = None,
+    trainable: Iterable[str] = (),
+) -> Config:
     """Prefix tuning where it goes: on the transformers backbone (the shallowest module below the root
     whose forward takes a cache: one add-in for every layer), else on every timm ``Attention``.
 
@@ -40,9 +46,11 @@ def prefix_tuning(model: nn.Module, num_tokens: int = 10, projection: bool = Fal
     backbone = next((p for p, kind in kinds.items() if kind == "transformers"), None)
     paths = [backbone] if backbone is not None else _ordered(p for p, k in kinds.items() if k == "timm")
     if not paths and place_kind(model) == "transformers":
-        raise ValueError(f"prefix tuning goes on a transformers backbone below the model's root, and "
-                         f"{type(model).__name__} is one itself: use the model with its head (e.g. "
-                         f"GPT2LMHeadModel, whose 'transformer' it goes on) or wrap it in a module")
+        raise ValueError(
+            f"prefix tuning goes on a transformers backbone below the model's root, and "
+            f"{type(model).__name__} is one itself: use the model with its head (e.g. "
+            f"GPT2LMHeadModel, whose 'transformer' it goes on) or wrap it in a module"
+        )
     if not paths:
         raise ValueError(f"{type(model).__name__} has no module prefix tuning can go on: {WHERE}")
     placements = [placement(p, "PrefixTuning", "adapt_forward", "pre", **settings) for p in paths]

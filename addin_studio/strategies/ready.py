@@ -1,4 +1,5 @@
 """Ready-made strategies: LoRA-all (GIFt), LoRA on PEFT-style target modules, BitFit, head-only, full."""
+
 from __future__ import annotations
 
 import re
@@ -29,11 +30,15 @@ def _is_lora_layer(info: ModuleInfo, embeddings: bool = False) -> bool:
     """A layer LoRA-all adapts: Linear, Conv1d/2d/3d, transformers Conv1D, MultiheadAttention (as a
     whole: its out_proj is reached through it), and with ``embeddings`` nn.Embedding."""
     m = info.module
-    if isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear) and \
-            isinstance(info.parent, nn.MultiheadAttention):
+    if isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear) and isinstance(
+        info.parent, nn.MultiheadAttention
+    ):
         return False  # claimed with its MultiheadAttention
-    return isinstance(m, LORA_LAYERS + (nn.MultiheadAttention,)) or is_hf_conv1d(m) or \
-        (embeddings and isinstance(m, nn.Embedding))
+    return (
+        isinstance(m, LORA_LAYERS + (nn.MultiheadAttention,))
+        or is_hf_conv1d(m)
+        or (embeddings and isinstance(m, nn.Embedding))
+    )
 
 
 def _never_run(model: nn.Module, example_input: Any, graph: ModuleGraph | None) -> set[str]:
@@ -45,8 +50,9 @@ def _never_run(model: nn.Module, example_input: Any, graph: ModuleGraph | None) 
     return {n.path for n in graph.nodes if n.order is None}
 
 
-def warn_untraced(cfg: Config, model: nn.Module, strategy: str, example_input: Any,
-                  graph: ModuleGraph | None) -> None:
+def warn_untraced(
+    cfg: Config, model: nn.Module, strategy: str, example_input: Any, graph: ModuleGraph | None
+) -> None:
     """Warn at once, without a traced forward pass, about hooks that may never run.
 
     When neither ``example_input`` nor a traced ``graph`` was given and an output hook the strategy chose
@@ -72,15 +78,21 @@ def warn_untraced(cfg: Config, model: nn.Module, strategy: str, example_input: A
         return
     first, why = next(iter(readers.items()))
     more = f" (and {len(readers) - 1} more layer(s) like it)" if len(readers) > 1 else ""
-    warnings.warn(f"strategies.{strategy} got no example_input= (nor a traced graph=): it chose the output "
-                  f"hook for '{first}'{more}, but {why}, so that layer may never run as a module and attach "
-                  f"would refuse the hook. Pass example_input= (one input for a traced forward pass) so "
-                  f"that the strategy gives the layers that never run adapt_weight", UserWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"strategies.{strategy} got no example_input= (nor a traced graph=): it chose the output "
+        f"hook for '{first}'{more}, but {why}, so that layer may never run as a module and attach "
+        f"would refuse the hook. Pass example_input= (one input for a traced forward pass) so "
+        f"that the strategy gives the layers that never run adapt_weight",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
-def _lora_action(settings: dict | Callable[[str], dict], never_run: set[str],
-                 train: Callable[[ModuleInfo], Iterable[str]] | None = None) -> Callable[[ModuleInfo], Claim]:
+def _lora_action(
+    settings: dict | Callable[[str], dict],
+    never_run: set[str],
+    train: Callable[[ModuleInfo], Iterable[str]] | None = None,
+) -> Callable[[ModuleInfo], Claim]:
     """Place LoRA on a layer: the output hook where it is right, else ``adapt_weight`` — on a layer that
     never runs as a module (its parent reads its weight), a layer whose own forward transforms its input
     or weight (timm's Conv2dSame, ScaledStdConv2d) and nn.MultiheadAttention (in_proj and out_proj)."""
@@ -95,8 +107,10 @@ def _lora_action(settings: dict | Callable[[str], dict], never_run: set[str],
             if m._qkv_same_embed_dim:
                 found = [placement(info.path, "LoRA", WEIGHT_METHOD, **weight_settings)]
             else:
-                found = [placement(info.path, "LoRA", WEIGHT_METHOD, param=n, **weight_settings)
-                         for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
+                found = [
+                    placement(info.path, "LoRA", WEIGHT_METHOD, param=n, **weight_settings)
+                    for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+                ]
             found.append(placement(f"{info.path}.out_proj", "LoRA", WEIGHT_METHOD, **weight_settings))
             return Claim(tuple(found), kept)
         if info.path in never_run or hook_problem(m):
@@ -106,8 +120,9 @@ def _lora_action(settings: dict | Callable[[str], dict], never_run: set[str],
     return action
 
 
-def _expert_action(settings: dict | Callable[[str], dict],
-                   names: Callable[[ModuleInfo], Sequence[str]]) -> Callable[[ModuleInfo], Claim]:
+def _expert_action(
+    settings: dict | Callable[[str], dict], names: Callable[[ModuleInfo], Sequence[str]]
+) -> Callable[[ModuleInfo], Claim]:
     """Place ``LoRA.adapt_weight`` with ``param=`` on each of a module's parameters ``names(info)`` (fused
     expert weights, PEFT's ``target_parameters``): one update per expert on a 3-D one. ``settings`` may be
     a function of ``"<module>.<param>"`` (PEFT's key for its rank/alpha patterns); no dropout (PEFT's
@@ -124,9 +139,14 @@ def _expert_action(settings: dict | Callable[[str], dict],
     return action
 
 
-def lora_all_strategy(r: int = 3, alpha: float | None = None, dropout: float = 0.0,
-                      train_bias: bool = False, never_run: Iterable[str] = (),
-                      experts: bool = True) -> Strategy:
+def lora_all_strategy(
+    r: int = 3,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    train_bias: bool = False,
+    never_run: Iterable[str] = (),
+    experts: bool = True,
+) -> Strategy:
     """GIFt's ``LoRAAllStrategy``: LoRA on every Linear and Conv1d/2d/3d (and transformers Conv1D,
     MultiheadAttention, and with ``experts`` the fused 3-D expert weights of mixture-of-experts modules);
     everything else frozen.
@@ -142,20 +162,33 @@ def lora_all_strategy(r: int = 3, alpha: float | None = None, dropout: float = 0
     Returns:
         The :class:`Strategy`; call it on a model to get a :class:`Config`.
     """
-    train = (lambda info: [f"{info.path}.bias"] if getattr(info.module, "bias", None) is not None
-             else []) if train_bias else None
+    train = (
+        (lambda info: [f"{info.path}.bias"] if getattr(info.module, "bias", None) is not None else [])
+        if train_bias
+        else None
+    )
     settings = _lora_settings(r, alpha, dropout)
     strategy = Strategy(name="lora_all").register_module_cap(
-        _is_lora_layer, _lora_action(settings, set(never_run), train))
+        _is_lora_layer, _lora_action(settings, set(never_run), train)
+    )
     if experts:
-        strategy.register_module_cap(lambda info: bool(fused_expert_params(info.module)),
-                                     _expert_action(settings, lambda info: fused_expert_params(info.module)))
+        strategy.register_module_cap(
+            lambda info: bool(fused_expert_params(info.module)),
+            _expert_action(settings, lambda info: fused_expert_params(info.module)),
+        )
     return strategy
 
 
-def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: float = 0.0,
-             train_bias: bool = False, example_input: Any = None, graph: ModuleGraph | None = None,
-             experts: bool = True) -> Config:
+def lora_all(
+    model: nn.Module,
+    r: int = 3,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    train_bias: bool = False,
+    example_input: Any = None,
+    graph: ModuleGraph | None = None,
+    experts: bool = True,
+) -> Config:
     """LoRA of rank ``r`` on every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` of ``model`` (GIFt's LoRA-all).
 
     Also on transformers ``Conv1D`` (GPT-2), ``nn.MultiheadAttention`` (torchvision's ViT) and the fused
@@ -184,8 +217,9 @@ def lora_all(model: nn.Module, r: int = 3, alpha: float | None = None, dropout: 
     Returns:
         The :class:`Config`; attach it with :func:`attach`.
     """
-    cfg = lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph),
-                            experts)(model)
+    cfg = lora_all_strategy(r, alpha, dropout, train_bias, _never_run(model, example_input, graph), experts)(
+        model
+    )
     warn_untraced(cfg, model, "lora_all", example_input, graph)
     return cfg
 
@@ -199,16 +233,26 @@ def _target_check(targets: str | Sequence[str]):
         return lambda path: regex.fullmatch(path) is not None
     names = list(targets)
     if not names or not all(isinstance(t, str) and t for t in names):
-        raise ValueError("targets must be a regex string or a non-empty list of module names, got "
-                         f"{targets!r}")
+        raise ValueError(
+            f"targets must be a regex string or a non-empty list of module names, got {targets!r}"
+        )
     return lambda path: any(path == t or path.endswith("." + t) for t in names)
 
 
-def lora(model: nn.Module, targets: str | Sequence[str] | None = None, r: int = 8, alpha: float | None = 16,
-         dropout: float = 0.0, trainable: Iterable[str] = (), example_input: Any = None,
-         graph: ModuleGraph | None = None, rank_pattern: Mapping[str, int] | None = None,
-         alpha_pattern: Mapping[str, float] | None = None, target_parameters: Sequence[str] | None = None,
-         **variant: Any) -> Config:
+def lora(
+    model: nn.Module,
+    targets: str | Sequence[str] | None = None,
+    r: int = 8,
+    alpha: float | None = 16,
+    dropout: float = 0.0,
+    trainable: Iterable[str] = (),
+    example_input: Any = None,
+    graph: ModuleGraph | None = None,
+    rank_pattern: Mapping[str, int] | None = None,
+    alpha_pattern: Mapping[str, float] | None = None,
+    target_parameters: Sequence[str] | None = None,
+    **variant: Any,
+) -> Config:
     r"""LoRA on the modules PEFT's ``target_modules`` would pick, and on the parameters its
     ``target_parameters`` would pick.
 
@@ -265,48 +309,65 @@ def lora(model: nn.Module, targets: str | Sequence[str] | None = None, r: int = 
             pattern_value({key: value}, "", None, "strategies.lora", name)
 
     def named_params(info: ModuleInfo) -> list[str]:
-        found = [n for n, _ in info.module.named_parameters(recurse=False)
-                 if any(f"{info.path}.{n}" == t or f"{info.path}.{n}".endswith("." + t) for t in params)]
+        found = [
+            n
+            for n, _ in info.module.named_parameters(recurse=False)
+            if any(f"{info.path}.{n}" == t or f"{info.path}.{n}".endswith("." + t) for t in params)
+        ]
         for n in found:
             if info.module._parameters[n].dim() not in (2, 3):
-                raise ValueError(f"target parameter '{info.path}.{n}' has shape "
-                                 f"{tuple(info.module._parameters[n].shape)}; LoRA adapts a 2-D parameter or "
-                                 f"a 3-D stack of expert matrices")
+                raise ValueError(
+                    f"target parameter '{info.path}.{n}' has shape "
+                    f"{tuple(info.module._parameters[n].shape)}; LoRA adapts a 2-D parameter or "
+                    f"a 3-D stack of expert matrices"
+                )
         if found and matches(info.path) and _is_lora_layer(info, embeddings=True):
-            raise ValueError(f"'{info.path}' is both a target module and holds target parameter "
-                             f"'{info.path}.{found[0]}'; adapt it one way (PEFT refuses both too)")
+            raise ValueError(
+                f"'{info.path}' is both a target module and holds target parameter "
+                f"'{info.path}.{found[0]}'; adapt it one way (PEFT refuses both too)"
+            )
         return found
 
     strategy = Strategy(name="lora")
     if params:
-        strategy.register_module_cap(lambda info: bool(named_params(info)),
-                                     _expert_action(settings_for, named_params))
+        strategy.register_module_cap(
+            lambda info: bool(named_params(info)), _expert_action(settings_for, named_params)
+        )
     strategy.register_module_cap(
         lambda info: matches(info.path) and _is_lora_layer(info, embeddings=True),
-        _lora_action(settings_for, _never_run(model, example_input, graph)))
+        _lora_action(settings_for, _never_run(model, example_input, graph)),
+    )
     cfg = strategy(model)
     warn_untraced(cfg, model, "lora", example_input, graph)
     for t in params:
-        if not any(f"{p.target.module}.{p.settings['param']}" == t or
-                   f"{p.target.module}.{p.settings['param']}".endswith("." + t)
-                   for p in cfg.placements if "param" in p.settings):
-            raise ValueError(f"target parameter {t!r} matches no parameter of {type(model).__name__} "
-                             f"(PEFT matches the end of '<module>.<param>', e.g. 'experts.gate_up_proj')")
+        if not any(
+            f"{p.target.module}.{p.settings['param']}" == t
+            or f"{p.target.module}.{p.settings['param']}".endswith("." + t)
+            for p in cfg.placements
+            if "param" in p.settings
+        ):
+            raise ValueError(
+                f"target parameter {t!r} matches no parameter of {type(model).__name__} "
+                f"(PEFT matches the end of '<module>.<param>', e.g. 'experts.gate_up_proj')"
+            )
     if targets is None:
         return cfg.with_trainable(list(cfg.trainable) + list(trainable))
     kinds = LORA_LAYERS + (nn.Embedding, nn.MultiheadAttention)
     if not cfg.placements:
         layers = [n for n, m in model.named_modules() if isinstance(m, kinds) or is_hf_conv1d(m)][:6]
-        raise ValueError(f"targets {targets!r} match no Linear/Conv layer of {type(model).__name__} (nor "
-                         f"an Embedding or MultiheadAttention; its layers include: {', '.join(layers)})"
-                         + "".join(_alias_note(model, t) for t in
-                                   ([] if isinstance(targets, str) else targets))[:1000])
+        raise ValueError(
+            f"targets {targets!r} match no Linear/Conv layer of {type(model).__name__} (nor "
+            f"an Embedding or MultiheadAttention; its layers include: {', '.join(layers)})"
+            + "".join(_alias_note(model, t) for t in ([] if isinstance(targets, str) else targets))[:1000]
+        )
     if not isinstance(targets, str):
         hit = {p.target.module for p in cfg.placements if matches(p.target.module)}
         for t in targets:
             if not any(h == t or h.endswith("." + t) for h in hit):
-                raise ValueError(f"target {t!r} matches no Linear/Conv layer of {type(model).__name__} "
-                                 f"(nor an Embedding or MultiheadAttention){_alias_note(model, t)}")
+                raise ValueError(
+                    f"target {t!r} matches no Linear/Conv layer of {type(model).__name__} "
+                    f"(nor an Embedding or MultiheadAttention){_alias_note(model, t)}"
+                )
     return cfg.with_trainable(list(cfg.trainable) + list(trainable))
 
 
@@ -315,8 +376,10 @@ def _alias_note(model: nn.Module, target: str) -> str:
     shared = [(a, c) for a, c in module_aliases(model).items() if a == target or a.endswith("." + target)]
     if not shared:
         return ""
-    return (f"; '{shared[0][0]}' is another name of '{shared[0][1]}', a module shared by several parents: "
-            f"targets match canonical names (the first named_modules() gives), as PEFT's do")
+    return (
+        f"; '{shared[0][0]}' is another name of '{shared[0][1]}', a module shared by several parents: "
+        f"targets match canonical names (the first named_modules() gives), as PEFT's do"
+    )
 
 
 def _parameter_targets(target_parameters: Sequence[str] | None) -> list[str]:
@@ -325,8 +388,10 @@ def _parameter_targets(target_parameters: Sequence[str] | None) -> list[str]:
         return []
     names = [] if isinstance(target_parameters, str) else list(target_parameters)
     if isinstance(target_parameters, str) or not all(isinstance(t, str) and t for t in names):
-        raise ValueError(f"target_parameters must be a list of parameter names (PEFT's form, e.g. "
-                         f"['experts.gate_up_proj']), got {target_parameters!r}")
+        raise ValueError(
+            f"target_parameters must be a list of parameter names (PEFT's form, e.g. "
+            f"['experts.gate_up_proj']), got {target_parameters!r}"
+        )
     return names
 
 
@@ -342,8 +407,9 @@ def bitfit(model: nn.Module) -> Config:
     Raises:
         ValueError: The model has no bias parameters.
     """
-    strategy = Strategy(name="bitfit", param_caps=[
-        ParamCap(lambda p: p.name == "bias", True, pattern="*.bias")])
+    strategy = Strategy(
+        name="bitfit", param_caps=[ParamCap(lambda p: p.name == "bias", True, pattern="*.bias")]
+    )
     cfg = strategy(model)
     if not cfg.trainable:
         raise ValueError(f"{type(model).__name__} has no bias parameters for BitFit to train")
@@ -386,8 +452,9 @@ def head_only(model: nn.Module, head: str | None = None) -> Config:
     if path not in modules:
         raise ValueError(f"no module {path!r} in {type(model).__name__} to use as the head")
     prefix = path + "."
-    strategy = Strategy(name="head_only", param_caps=[
-        ParamCap(lambda p: p.path.startswith(prefix), True, pattern=path)])
+    strategy = Strategy(
+        name="head_only", param_caps=[ParamCap(lambda p: p.path.startswith(prefix), True, pattern=path)]
+    )
     cfg = strategy(model)
     if not cfg.trainable:
         raise ValueError(f"head {path!r} has no parameters")

@@ -3,6 +3,7 @@
 A callback is any object with some of the methods of :class:`Callback`; missing ones are skipped.
 They all run on the thread that called ``Trainer.fit()``. See docs/training.md.
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,11 +34,21 @@ class Callback:
 class LambdaCallback(Callback):
     """A callback from plain functions: ``LambdaCallback(on_step=lambda tr, step, logs: ...)``."""
 
-    def __init__(self, on_fit_start: Callable | None = None, on_epoch_start: Callable | None = None,
-                 on_step: Callable | None = None, on_epoch: Callable | None = None,
-                 on_end: Callable | None = None) -> None:
-        for name, fn in (("on_fit_start", on_fit_start), ("on_epoch_start", on_epoch_start),
-                         ("on_step", on_step), ("on_epoch", on_epoch), ("on_end", on_end)):
+    def __init__(
+        self,
+        on_fit_start: Callable | None = None,
+        on_epoch_start: Callable | None = None,
+        on_step: Callable | None = None,
+        on_epoch: Callable | None = None,
+        on_end: Callable | None = None,
+    ) -> None:
+        for name, fn in (
+            ("on_fit_start", on_fit_start),
+            ("on_epoch_start", on_epoch_start),
+            ("on_step", on_step),
+            ("on_epoch", on_epoch),
+            ("on_end", on_end),
+        ):
             if fn is not None:
                 if not callable(fn):
                     raise TypeError(f"LambdaCallback {name} must be callable, got {type(fn).__name__}")
@@ -74,15 +85,25 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         self._close()
-        self._bar = tqdm(total=trainer.steps_in_epoch(epoch), desc=f"Epoch {epoch}/{trainer.epochs}",
-                         file=self.file, leave=self.leave, dynamic_ncols=True, unit="step")
+        self._bar = tqdm(
+            total=trainer.steps_in_epoch(epoch),
+            desc=f"Epoch {epoch}/{trainer.epochs}",
+            file=self.file,
+            leave=self.leave,
+            dynamic_ncols=True,
+            unit="step",
+        )
 
     def on_step(self, trainer: Any, step: int, logs: dict) -> None:
         if self._bar is None:
             return
         self._bar.update(1)
-        self._bar.set_postfix(mem=memory_in_use(trainer.device), loss=f"{logs['loss']:.4f}",
-                              lr=f"{logs['lr']:.2e}", refresh=False)
+        self._bar.set_postfix(
+            mem=memory_in_use(trainer.device),
+            loss=f"{logs['loss']:.4f}",
+            lr=f"{logs['lr']:.2e}",
+            refresh=False,
+        )
 
     def on_epoch(self, trainer: Any, epoch: int, logs: dict) -> None:
         if self._bar is None:

@@ -1,4 +1,5 @@
 """Saving the trained part of a model: an Attachment's add-ins, or the trainable parameters."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,6 +39,7 @@ def save_trainable(model: nn.Module, path: str | Path) -> Path:
     tensors = full_tensors(tensors)  # whole CPU tensors; FSDP2 shards are all-gathered (every rank)
     with one_writer(model, path) as writes:
         if writes:
-            atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
-                                                     metadata={"format": "trainable-parameters"}))
+            atomic_write(
+                path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "trainable-parameters"})
+            )
     return path

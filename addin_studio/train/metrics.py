@@ -1,4 +1,5 @@
 """Classification metrics: top-k accuracy and a running average."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -15,12 +16,14 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] 
     if logits.ndim != 2:
         raise ValueError(f"logits must be [batch, classes], got shape {tuple(logits.shape)}")
     if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must be [batch] class indices matching logits {tuple(logits.shape)}, "
-                         f"got shape {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must be [batch] class indices matching logits {tuple(logits.shape)}, "
+            f"got shape {tuple(targets.shape)}"
+        )
     maxk = min(max(ks), logits.shape[1])
     top = logits.topk(maxk, dim=1).indices  # [batch, maxk]
     hits = top.eq(targets.view(-1, 1))
-    return [int(hits[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
+    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[float]:

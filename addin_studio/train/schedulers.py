@@ -1,4 +1,5 @@
 """Learning-rate schedules as per-step multipliers of the base learning rate (for ``LambdaLR``)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,15 @@ from typing import Callable
 SCHEDULES = ("cosine", "step", "constant")
 
 
-def lr_factor(name: str, total_steps: int, warmup_steps: int = 0, *, step_size: int | None = None,
-              gamma: float = 0.1, min_factor: float = 0.0) -> Callable[[int], float]:
+def lr_factor(
+    name: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    *,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    min_factor: float = 0.0,
+) -> Callable[[int], float]:
     """The multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
     Warm-up: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, whatever the schedule.
@@ -20,8 +28,10 @@ def lr_factor(name: str, total_steps: int, warmup_steps: int = 0, *, step_size: 
     - ``constant``: 1.
     """
     if name not in SCHEDULES:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULES)}, "
-                         "a torch LRScheduler, or a callable(optimizer) -> scheduler")
+        raise ValueError(
+            f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULES)}, "
+            "a torch LRScheduler, or a callable(optimizer) -> scheduler"
+        )
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps:

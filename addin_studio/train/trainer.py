@@ -1,4 +1,5 @@
 """The Trainer: fit / test a classifier (a model with add-ins, or any nn.Module)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,10 @@ def _logits(output: Any) -> torch.Tensor:
         return output["logits"]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}; "
-                    "return a tensor, a tuple whose first item is the logits, or an object with .logits")
+    raise TypeError(
+        f"cannot find logits in a model output of type {type(output).__name__}; "
+        "return a tensor, a tuple whose first item is the logits, or an object with .logits"
+    )
 
 
 def _own_loss(output: Any, batch: Mapping) -> torch.Tensor:
@@ -78,10 +81,12 @@ def _own_loss(output: Any, batch: Mapping) -> torch.Tensor:
     if loss is None and isinstance(output, Mapping):
         loss = output.get("loss")
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"a dict batch (keys: {', '.join(map(str, batch))}) is passed to the model as "
-                        f"keyword inputs and the model must return its own loss, but its "
-                        f"{type(output).__name__} output has none; a Hugging Face model computes it when "
-                        f"the batch carries 'labels'")
+        raise TypeError(
+            f"a dict batch (keys: {', '.join(map(str, batch))}) is passed to the model as "
+            f"keyword inputs and the model must return its own loss, but its "
+            f"{type(output).__name__} output has none; a Hugging Face model computes it when "
+            f"the batch carries 'labels'"
+        )
     return loss
 
 
@@ -101,8 +106,12 @@ def _resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | 
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
         return torch.bfloat16
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16}
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if amp not in names:
         raise ValueError(f"unknown amp {amp!r}; use False, True, 'bf16' or 'fp16'")
     dtype = names[amp]
@@ -167,15 +176,33 @@ class Trainer:
             ``len()`` without ``max_steps``, or the model has no trainable parameters.
     """
 
-    def __init__(self, model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
-                 epochs: int = 1, lr: float = 1e-3, optimizer: Any = "adamw", scheduler: Any = "cosine",
-                 callbacks: Sequence[Any] = (), *, weight_decay: float | None = None, momentum: float = 0.9,
-                 warmup_steps: int = 0, step_size: int | None = None, gamma: float = 0.1,
-                 grad_clip: float | None = None, amp: bool | str = False,
-                 device: str | torch.device | None = None, seed: int | None = None,
-                 loss_fn: Callable | None = None, max_steps: int | None = None, attachment: Any = None,
-                 checkpoint_dir: str | Path | None = None, progress: bool = True,
-                 strategy: str = "ddp") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: Iterable,
+        val_loader: Iterable | None = None,
+        epochs: int = 1,
+        lr: float = 1e-3,
+        optimizer: Any = "adamw",
+        scheduler: Any = "cosine",
+        callbacks: Sequence[Any] = (),
+        *,
+        weight_decay: float | None = None,
+        momentum: float = 0.9,
+        warmup_steps: int = 0,
+        step_size: int | None = None,
+        gamma: float = 0.1,
+        grad_clip: float | None = None,
+        amp: bool | str = False,
+        device: str | torch.device | None = None,
+        seed: int | None = None,
+        loss_fn: Callable | None = None,
+        max_steps: int | None = None,
+        attachment: Any = None,
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        strategy: str = "ddp",
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(epochs, int) or epochs < 1:
@@ -200,12 +227,16 @@ class Trainer:
         self.strategy = strategy
         self._sharded = self.distributed and strategy == "fsdp"
         if self._sharded and checkpoint_dir is not None and attachment is None:
-            raise ValueError("strategy='fsdp' writes adapter-only checkpoints: pass attachment= with "
-                             "checkpoint_dir=")
+            raise ValueError(
+                "strategy='fsdp' writes adapter-only checkpoints: pass attachment= with checkpoint_dir="
+            )
         if device is None and self.distributed:
             device = dist_utils.device_for_rank()
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self._own_model = model  # before any DDP wrapper: the key of the training lock
         self.model = model.to(self.device)
         if self._sharded:
@@ -215,8 +246,11 @@ class Trainer:
         elif self.distributed:
             self.model = dist_utils.wrap_model(self.model, attachment=attachment, device=self.device)
         if self.distributed:
-            train_loader = dist_utils.distributed_loader(train_loader, seed=seed or 0) \
-                if isinstance(train_loader, DataLoader) else train_loader
+            train_loader = (
+                dist_utils.distributed_loader(train_loader, seed=seed or 0)
+                if isinstance(train_loader, DataLoader)
+                else train_loader
+            )
             progress = progress and dist_utils.is_main_process()
             if not self._sharded:  # FSDP gathers the add-ins on every rank; rank 0 writes
                 checkpoint_dir = checkpoint_dir if dist_utils.is_main_process() else None
@@ -245,14 +279,16 @@ class Trainer:
             raise ValueError("train_loader has no len(); pass max_steps= so the schedule knows its length")
         self.params = trainable_parameters(self.model)
         if not self.params and not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError("the model has no parameters with requires_grad=True: nothing to train "
-                             "(did the config keep anything trainable, or add any add-in?)")
+            raise ValueError(
+                "the model has no parameters with requires_grad=True: nothing to train "
+                "(did the config keep anything trainable, or add any add-in?)"
+            )
         self.optimizer = build_optimizer(optimizer, self.params, lr, weight_decay, momentum)
         self._scheduler_spec = scheduler
         self._step_size = step_size
         self._gamma = gamma
         self.scheduler = None
-        self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
         self._stop = threading.Event()
         self.history: dict[str, list] = {}
@@ -341,10 +377,12 @@ class Trainer:
                 output = call_model(self.model, dict(batch), self.device, non_blocking=True)
             return None, _own_loss(output, batch).float(), None
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            length = ' of length %d' % len(batch) if isinstance(batch, (tuple, list)) else ''
-            raise TypeError("expected batches of (inputs, targets), or a dict of keyword inputs with "
-                            f"labels for a model that computes its own loss; got {type(batch).__name__}"
-                            f"{length}")
+            length = " of length %d" % len(batch) if isinstance(batch, (tuple, list)) else ""
+            raise TypeError(
+                "expected batches of (inputs, targets), or a dict of keyword inputs with "
+                f"labels for a model that computes its own loss; got {type(batch).__name__}"
+                f"{length}"
+            )
         inputs, targets = batch
         if isinstance(inputs, list):  # a DataLoader collates a tuple of inputs into a list
             inputs = tuple(inputs)
@@ -382,8 +420,10 @@ class Trainer:
         value = float(loss.detach())
         where = f"step {step} (epoch {epoch}, batch {index})"
         if not math.isfinite(value):
-            raise FloatingPointError(f"non-finite loss ({value}) at {where}; the parameters are left as "
-                                     "they were before this step (try a lower lr, grad_clip, or amp=False)")
+            raise FloatingPointError(
+                f"non-finite loss ({value}) at {where}; the parameters are left as "
+                "they were before this step (try a lower lr, grad_clip, or amp=False)"
+            )
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -399,8 +439,10 @@ class Trainer:
         else:
             if not math.isfinite(norm):
                 self.optimizer.zero_grad(set_to_none=True)
-                raise FloatingPointError(f"non-finite gradient norm ({norm}) at {where}; the parameters are "
-                                         "left as they were before this step")
+                raise FloatingPointError(
+                    f"non-finite gradient norm ({norm}) at {where}; the parameters are "
+                    "left as they were before this step"
+                )
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -425,8 +467,9 @@ class Trainer:
             if self.fitting:
                 raise RuntimeError("fit() is already running")
             if self._own_model in _TRAINING:
-                raise RuntimeError("this model is already being trained (another Trainer's fit() is "
-                                   "running); stop it first")
+                raise RuntimeError(
+                    "this model is already being trained (another Trainer's fit() is running); stop it first"
+                )
             _TRAINING[self._own_model] = self
             self.fitting = True
         self.stopped = False
@@ -444,8 +487,14 @@ class Trainer:
                 import numpy as np
 
                 np.random.seed(self.seed)
-        self.scheduler = build_scheduler(self._scheduler_spec, self.optimizer, self.total_steps,
-                                         self.warmup_steps, self._step_size, self._gamma)
+        self.scheduler = build_scheduler(
+            self._scheduler_spec,
+            self.optimizer,
+            self.total_steps,
+            self.warmup_steps,
+            self._step_size,
+            self._gamma,
+        )
         self.start_time = time.perf_counter()
         try:
             self._emit("on_fit_start")
@@ -518,8 +567,13 @@ class Trainer:
             self._emit("on_epoch", epoch, epoch_logs)
 
     def _track_best(self, epoch: int, logs: dict) -> bool:
-        metric = (logs["val_acc1"] if "val_acc1" in logs else -logs["val_loss"] if "val_loss" in logs
-                  else -logs["train_loss"])
+        metric = (
+            logs["val_acc1"]
+            if "val_acc1" in logs
+            else -logs["val_loss"]
+            if "val_loss" in logs
+            else -logs["train_loss"]
+        )
         if not math.isfinite(metric) or (self.best_metric is not None and metric <= self.best_metric):
             return False
         if self.checkpoint_dir is None:

@@ -5,6 +5,7 @@ No Jupyter here: the widget forwards intents (a point clicked, a string applied,
 Every accepted config is attached at once (``editor.attachment``); a rejected one leaves the model,
 the config and the attachment as they were and sets ``editor.error``.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -64,8 +65,14 @@ def _swap_side(method: str) -> str:
 class Editor:
     """Editing state of one Studio: the config, a started placement, the chosen add-in and method."""
 
-    def __init__(self, model: nn.Module, graph: ModuleGraph, addins: Mapping[str, Callable] | None = None,
-                 example_input: Any = None, named: NamedAdapters | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: ModuleGraph,
+        addins: Mapping[str, Callable] | None = None,
+        example_input: Any = None,
+        named: NamedAdapters | None = None,
+    ) -> None:
         self.model = model
         self.named = named  # edits go to its active adapter (NamedAdapters.update)
         self.graph = graph
@@ -78,12 +85,12 @@ class Editor:
         self.addin = self.default_addin()
         self.method = ""
         self.side: str | None = None
-        self.settings: dict[str, dict[str, Any]] = {}   # add-in -> settings for new placements
+        self.settings: dict[str, dict[str, Any]] = {}  # add-in -> settings for new placements
         # add-in -> fields set in the form to the add-in's own default: the string leaves them out, but a
         # strategy with another default (lora_all's r=3 vs LoRA's r=8) must still get the chosen value
         self.chosen_defaults: dict[str, dict[str, Any]] = {}
-        self.message = ""                               # what the last edit did to trained add-ins
-        self.busy: Callable[[], bool] = lambda: False   # True while a run trains: edits are refused
+        self.message = ""  # what the last edit did to trained add-ins
+        self.busy: Callable[[], bool] = lambda: False  # True while a run trains: edits are refused
         self._following = named.active if named is not None else None  # the active adapter shown
         self.follow_named()
         self._fit_method(None)
@@ -97,8 +104,9 @@ class Editor:
         active = self.named.active
         if active != self._following:
             self._following = active
-            self.message = f"adapter '{active}' is active" if active else \
-                "no adapter is active: the bare model runs"
+            self.message = (
+                f"adapter '{active}' is active" if active else "no adapter is active: the bare model runs"
+            )
         self.config = self.named.config(active) if active is not None else Config()
         self.attachment = self.named.attachment
         self.pending = None
@@ -165,8 +173,9 @@ class Editor:
     def select_method(self, name: str) -> None:
         offered = self.offered_methods()
         if name not in offered:
-            raise ValueError(f"{self.addin} has no method {name!r} that can run here; "
-                             f"choose one of {', '.join(offered)}")
+            raise ValueError(
+                f"{self.addin} has no method {name!r} that can run here; choose one of {', '.join(offered)}"
+            )
         self.method = name
 
     # -- settings ------------------------------------------------------------------------------
@@ -200,8 +209,9 @@ class Editor:
             return self._fail(f"no add-in {addin!r}; choose one of {', '.join(self.addin_names())}")
         fields = {f.name: f for f in form.schema(self.factory(addin))} if addin else {}
         if name not in fields:
-            return self._fail(f"{addin or 'no add-in'} has no setting {name!r}"
-                              f" (it has: {', '.join(fields) or 'none'})")
+            return self._fail(
+                f"{addin or 'no add-in'} has no setting {name!r} (it has: {', '.join(fields) or 'none'})"
+            )
         try:
             value = form.convert(fields[name], text)
         except ValueError as exc:
@@ -224,8 +234,10 @@ class Editor:
         if not any(p.addin == addin for p in self.config.placements):
             self.error = ""
             return True
-        placements = [Placement(p.addin, p.method, p.source, p.target, updated(p.settings))
-                      if p.addin == addin else p for p in self.config.placements]
+        placements = [
+            Placement(p.addin, p.method, p.source, p.target, updated(p.settings)) if p.addin == addin else p
+            for p in self.config.placements
+        ]
         return self.commit(Config(placements, self.config.trainable, running_stats=self.config.running_stats))
 
     # -- normalization statistics ----------------------------------------------------------------
@@ -266,7 +278,8 @@ class Editor:
                 continue
             module = self.model.get_submodule(placement.target.module)
             if isinstance(module, nn.modules.conv._ConvNd) and (
-                    addin.lora_B.shape[0] != module.out_channels or module.groups != 1):
+                addin.lora_B.shape[0] != module.out_channels or module.groups != 1
+            ):
                 out.append(placement.target.module)
         return out
 
@@ -298,19 +311,32 @@ class Editor:
                 cfg = strategies.layernorm(self.model)
             elif name == "partial_k":
                 if not targets.strip().isdigit():
-                    raise ValueError(f"partial_k needs k, the number of last blocks to train, e.g. 2; "
-                                     f"got {targets.strip()!r}")
+                    raise ValueError(
+                        f"partial_k needs k, the number of last blocks to train, e.g. 2; "
+                        f"got {targets.strip()!r}"
+                    )
                 cfg = strategies.partial_k(self.model, int(targets))
             elif name in ("fact_tt", "fact_tk"):  # the paper's layers, with the FacT settings form's values
                 kind = name[-2:]
                 fact = {**self.chosen_defaults.get(f"FacT_{kind}", {}), **self.shown_settings(f"FacT_{kind}")}
-                cfg = strategies.fact(self.model, kind=kind, graph=self.graph,
-                                      **{k: fact[k] for k in ("r", "scale", "dropout") if k in fact})
+                cfg = strategies.fact(
+                    self.model,
+                    kind=kind,
+                    graph=self.graph,
+                    **{k: fact[k] for k in ("r", "scale", "dropout") if k in fact},
+                )
             else:
                 cfg = strategies.head_only(self.model)
         if name in ("lora_all", "lora") and lora.get("layout") == "peft":  # the "PEFT layout" choice
-            cfg = Config([Placement(p.addin, p.method, p.source, p.target, {**p.settings, "layout": "peft"})
-                          if p.addin == "LoRA" else p for p in cfg.placements], cfg.trainable)
+            cfg = Config(
+                [
+                    Placement(p.addin, p.method, p.source, p.target, {**p.settings, "layout": "peft"})
+                    if p.addin == "LoRA"
+                    else p
+                    for p in cfg.placements
+                ],
+                cfg.trainable,
+            )
         if self.config.running_stats and not cfg.running_stats:  # the statistics choice stays
             cfg = cfg.with_running_stats(self.config.running_stats)
         return cfg
@@ -365,8 +391,11 @@ class Editor:
         out = []
         for node in self.graph.nodes:
             path, cls = node.path.lower(), node.class_name.lower()
-            hit = (fnmatch.fnmatchcase(path, q) or fnmatch.fnmatchcase(cls, q)) if glob \
+            hit = (
+                (fnmatch.fnmatchcase(path, q) or fnmatch.fnmatchcase(cls, q))
+                if glob
                 else (q in path or q in cls)
+            )
             if hit:
                 out.append(node.path)
                 if len(out) >= limit:
@@ -405,19 +434,25 @@ class Editor:
             self.side = p.side
             offered = self.offered_methods()
             if self.method not in offered:
-                self.method = next((m for m in (f"adapt_{'input' if p.side == 'pre' else 'output'}",)
-                                    if m in offered), offered[0] if offered else "")
+                self.method = next(
+                    (m for m in (f"adapt_{'input' if p.side == 'pre' else 'output'}",) if m in offered),
+                    offered[0] if offered else "",
+                )
             self.error = ""
             return True
         (src, src_group), self.pending = self.pending, None
         if (src_group or None) != (group or None):
-            return self._fail("the two points must both lie in the same collapsed group of blocks, or "
-                              "both outside it (expand the group to connect single blocks)")
+            return self._fail(
+                "the two points must both lie in the same collapsed group of blocks, or "
+                "both outside it (expand the group to connect single blocks)"
+            )
         method = self._method_for(src, p)
         if not method:
             where = "before" if p.side == "pre" else "after"
-            return self._fail(f"{self.addin}.{self.method} cannot run {where} a module (at {p}); choose "
-                              f"one of {', '.join(self.methods(p.side)) or 'nothing: no method fits'}")
+            return self._fail(
+                f"{self.addin}.{self.method} cannot run {where} a module (at {p}); choose "
+                f"one of {', '.join(self.methods(p.side)) or 'nothing: no method fits'}"
+            )
         try:
             pairs = self._expand(src, p, group)
         except ValueError as exc:
@@ -468,7 +503,7 @@ class Editor:
         if not 0 <= entry < len(lines):
             return self._fail(f"no placement {entry}; there are {len(lines)}")
         e = lines[entry]
-        kept = self.config.placements[: e.start] + self.config.placements[e.stop:]
+        kept = self.config.placements[: e.start] + self.config.placements[e.stop :]
         return self.commit(Config(kept, self.config.trainable, running_stats=self.config.running_stats))
 
     def clear(self) -> bool:
@@ -488,7 +523,7 @@ class Editor:
             if pt.module != prefix and not pt.module.startswith(prefix + "."):
                 raise ValueError(f"{pt} is not inside {prefix}")
             base = f"{container}.{i}" if container else str(i)
-            return Point(base + pt.module[len(prefix):], pt.side)
+            return Point(base + pt.module[len(prefix) :], pt.side)
 
         return [(moved(src, i), moved(dst, i)) for i in range(start, stop)]
 
@@ -529,8 +564,10 @@ class Editor:
         assert self.named is not None
         name = self.named.active
         if name is None:
-            return self._fail("no adapter is active: choose one in the Adapter list before editing "
-                              "(or add one with NamedAdapters.add)")
+            return self._fail(
+                "no adapter is active: choose one in the Adapter list before editing "
+                "(or add one with NamedAdapters.add)"
+            )
         try:
             self.named.update(name, cfg, self.user_addins or None)
         except (ConfigError, ValueError, TypeError) as exc:
@@ -567,14 +604,20 @@ class Editor:
     def _attach(self, cfg: Config, reuse: Mapping[Placement, nn.Module] | None = None) -> Attachment | None:
         if not cfg:
             return None
-        return attach(self.model, cfg, addins=self.user_addins, example_input=self.example_input,
-                      graph=self.graph, reuse=reuse)
+        return attach(
+            self.model,
+            cfg,
+            addins=self.user_addins,
+            example_input=self.example_input,
+            graph=self.graph,
+            reuse=reuse,
+        )
 
     def placements_at(self, path: str) -> list[str]:
         """The canonical entries that place something before, after or across ``path``."""
         out = []
         for e in entries(self.config):
-            ps = self.config.placements[e.start:e.stop]
+            ps = self.config.placements[e.start : e.stop]
             if any(pt.module == path for p in ps for pt in (p.source, p.target)):
                 out.append(e.text)
         return out
@@ -585,12 +628,16 @@ class Editor:
         its own parameters (``frozen``, ``trainable``, ``partial``) and the add-ins placed on it
         (``frozen base, LoRA trainable (4,352 params)``)."""
         state = (states if states is not None else self.module_states()).get(path, "none")
-        words = {"frozen": "frozen", "trainable": "trainable", "partial": "partly trainable",
-                 "none": "no parameters"}
+        words = {
+            "frozen": "frozen",
+            "trainable": "trainable",
+            "partial": "partly trainable",
+            "none": "no parameters",
+        }
         names: list[str] = []
         count = 0
         seen: set[int] = set()
-        for _, p, addin in (self.attachment.entries if self.attachment is not None else ()):
+        for _, p, addin in self.attachment.entries if self.attachment is not None else ():
             if path not in (p.source.module, p.target.module):
                 continue
             if p.addin not in names:
@@ -602,8 +649,11 @@ class Editor:
         if not names:
             return words[state]
         base = "no parameters of its own" if state == "none" else f"{words[state]} base"
-        trained = f"{', '.join(names)} trainable ({count:,} params)" if count else \
-            f"{', '.join(names)} (no trainable parameters)"
+        trained = (
+            f"{', '.join(names)} trainable ({count:,} params)"
+            if count
+            else f"{', '.join(names)} (no trainable parameters)"
+        )
         return f"{base}, {trained}"
 
     def params_text(self) -> str:
@@ -623,5 +673,8 @@ class Editor:
                 path = path.rsplit(".", 1)[0]
                 total[path] = total.get(path, 0) + k
                 train[path] = train.get(path, 0) + trained
-        return {path: "frozen" if train[path] == 0 else ("trainable" if train[path] == n else "partial")
-                for path, n in total.items() if n and path in self.graph}
+        return {
+            path: "frozen" if train[path] == 0 else ("trainable" if train[path] == n else "partial")
+            for path, n in total.items()
+            if n and path in self.graph
+        }

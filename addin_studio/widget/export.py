@@ -1,4 +1,5 @@
 """The Studio's export buttons: adapters (safetensors), a PEFT folder, and Python code (no Jupyter)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ intent are its handler's keyword parameters: the table is the only place where n
 written. The page receives them (:func:`protocol`, the Studio's ``intents`` trait) and builds one
 sender per intent from it, so a name the table does not hold fails in the page, not silently here.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -31,8 +32,10 @@ class Intent:
         params = list(inspect.signature(self.handler).parameters.values())[1:]  # after the studio
         bad = [p.name for p in params if p.kind is not p.POSITIONAL_OR_KEYWORD or p.default is p.empty]
         if bad:
-            raise TypeError(f"intent {self.name!r}: handler {self.handler.__qualname__} must take only "
-                            f"fields with defaults after the studio, not {', '.join(bad)}")
+            raise TypeError(
+                f"intent {self.name!r}: handler {self.handler.__qualname__} must take only "
+                f"fields with defaults after the studio, not {', '.join(bad)}"
+            )
         object.__setattr__(self, "fields", tuple(p.name for p in params))
 
     def run(self, studio: Any, msg: Mapping[str, Any]) -> None:

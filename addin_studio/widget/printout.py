@@ -5,6 +5,7 @@ keeping track of paths. A module with its own ``__repr__`` keeps its text; all i
 If the re-creation does not reproduce ``repr(model)`` exactly, the lines are still returned but
 ``exact`` is False.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ import torch.nn as nn
 @dataclass
 class Line:
     text: str
-    path: str | None = None      # module this line belongs to ("" for the root)
-    head: bool = False           # first line of the module: carries its pre point
-    tail: bool = False           # last line of the module: carries its post point
-    group: str | None = None     # inside a compressed "(0-11): 12 x Block(" block: "blocks:0:12"
-    range: str | None = None     # on the "(0-11): 12 x ..." line itself: "0:12"
-    point: str | None = None     # module of the line's points when it differs from ``path``
+    path: str | None = None  # module this line belongs to ("" for the root)
+    head: bool = False  # first line of the module: carries its pre point
+    tail: bool = False  # last line of the module: carries its post point
+    group: str | None = None  # inside a compressed "(0-11): 12 x Block(" block: "blocks:0:12"
+    range: str | None = None  # on the "(0-11): 12 x ..." line itself: "0:12"
+    point: str | None = None  # module of the line's points when it differs from ``path``
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, False)}
@@ -46,18 +47,28 @@ def _lines(module: nn.Module, path: str, group: str | None) -> list[Line]:
 
 def _join(prefix: str, path: str, child: list[Line]) -> list[Line]:
     """``(key): <child repr>`` indented by two spaces (torch's ``_addindent``)."""
-    first = Line(prefix + child[0].text, child[0].path, child[0].head, child[0].tail, child[0].group,
-                 child[0].range, child[0].point)
-    rest = [Line(("  " + c.text) if c.text.strip() else "", c.path, c.head, c.tail, c.group, c.range,
-                 c.point) for c in child[1:]]
+    first = Line(
+        prefix + child[0].text,
+        child[0].path,
+        child[0].head,
+        child[0].tail,
+        child[0].group,
+        child[0].range,
+        child[0].point,
+    )
+    rest = [
+        Line(("  " + c.text) if c.text.strip() else "", c.path, c.head, c.tail, c.group, c.range, c.point)
+        for c in child[1:]
+    ]
     return [first] + rest
 
 
 def _indent_first(block: list[Line]) -> list[Line]:
     """torch joins child blocks with ``"\n  "``: only a block's first line gains two spaces."""
     first = block[0]
-    return [Line("  " + first.text, first.path, first.head, first.tail, first.group, first.range,
-                 first.point)] + block[1:]
+    return [
+        Line("  " + first.text, first.path, first.head, first.tail, first.group, first.range, first.point)
+    ] + block[1:]
 
 
 def _sub(parent: str, key: str) -> str:

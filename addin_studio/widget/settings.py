@@ -6,6 +6,7 @@ written in the string, with a clear ValueError for bad input. A factory's ``sett
 (``{"layout": ("balanced", "peft")}`` on LoRA) lists the values a text setting takes: the form offers
 them as a list.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -87,12 +88,23 @@ def schema(factory: Callable) -> list[Field]:
         kind, optional = _kind(p.annotation, default)
         listed = choices.get(p.name, ())
         listed = tuple(str(c) for c in listed) if kind == "str" and isinstance(listed, (tuple, list)) else ()
-        out.append(Field(p.name, kind, default, optional and p.default is not p.empty, _help(doc, p.name),
-                         choices=listed))
+        out.append(
+            Field(
+                p.name,
+                kind,
+                default,
+                optional and p.default is not p.empty,
+                _help(doc, p.name),
+                choices=listed,
+            )
+        )
     switches = {f.name for f in out if f.kind == "bool"}
-    return [replace(f, depends=f.name.split("_", 1)[0])
-            if "_" in f.name and f.name.split("_", 1)[0] in switches
-            else f for f in out]
+    return [
+        replace(f, depends=f.name.split("_", 1)[0])
+        if "_" in f.name and f.name.split("_", 1)[0] in switches
+        else f
+        for f in out
+    ]
 
 
 def convert(field: Field, text: Any) -> Any:

@@ -6,6 +6,7 @@ name -> handler, whether it may run while training, whether it edits the config 
 none of them. Each handler hands over to :class:`~.editor.Editor`, the training run or the export
 helpers, and the result comes back as traits.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,18 +73,22 @@ def shared_note(node: Any) -> str:
     if not node.aliases:
         return ""
     calls = f"; it ran {node.calls} times in the traced pass" if node.calls > 1 else ""
-    return (f"shared module: also reachable as {', '.join(format_path(a) for a in node.aliases)}{calls}. "
-            f"Add-ins placed here hook the module object, so they run wherever it runs (under every "
-            f"parent)")
+    return (
+        f"shared module: also reachable as {', '.join(format_path(a) for a in node.aliases)}{calls}. "
+        f"Add-ins placed here hook the module object, so they run wherever it runs (under every "
+        f"parent)"
+    )
 
 
 def _layout_advice(paths: list[str]) -> str:
     """Export PEFT's refusal of balanced-layout conv LoRAs, naming the widget's control that fixes it."""
     more = f" and {len(paths) - 1} more conv layer(s)" if len(paths) > 1 else ""
-    return (f"export-peft failed: the LoRA on '{paths[0]}'{more} is in the balanced layout, which PEFT "
-            f"cannot hold. Tick \"PEFT layout\" in the Strategy row (the same as choosing layout = peft "
-            f"in the LoRA settings): the LoRAs are rebuilt in PEFT's layout (new weights), then Train "
-            f"and Export PEFT again.")
+    return (
+        f"export-peft failed: the LoRA on '{paths[0]}'{more} is in the balanced layout, which PEFT "
+        f'cannot hold. Tick "PEFT layout" in the Strategy row (the same as choosing layout = peft '
+        f"in the LoRA settings): the LoRAs are rebuilt in PEFT's layout (new weights), then Train "
+        f"and Export PEFT again."
+    )
 
 
 def _entry_rows(cfg: Any) -> list[dict]:
@@ -94,8 +99,15 @@ def _entry_rows(cfg: Any) -> list[dict]:
     for i, e in enumerate(entries(cfg)):
         head, sep, where = e.text.partition("): ")
         grouped = e.text.startswith("(") and bool(sep)
-        rows.append({"index": i, "text": e.text, "group": head[1:] if grouped else e.text,
-                     "where": where if grouped else "", "count": e.stop - e.start})
+        rows.append(
+            {
+                "index": i,
+                "text": e.text,
+                "group": head[1:] if grouped else e.text,
+                "where": where if grouped else "",
+                "count": e.stop - e.start,
+            }
+        )
     return rows
 
 
@@ -180,18 +192,30 @@ class Studio(anywidget.AnyWidget):
     #: runs the plot overlays (the latest ones)
     OVERLAY_RUNS = 3
 
-    def __init__(self, model: nn.Module, example_input: Any = None,
-                 addins: Mapping[str, Callable] | None = None, train_loader: Iterable | None = None,
-                 val_loader: Iterable | None = None, *, epochs: int = 1, lr: float = 1e-3,
-                 trainer_options: Mapping[str, Any] | None = None, config: str = "",
-                 layout_engine: str = "auto", auto_collapse: bool = True,
-                 export_dir: str | Path = "studio_export", adapters: NamedAdapters | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: Any = None,
+        addins: Mapping[str, Callable] | None = None,
+        train_loader: Iterable | None = None,
+        val_loader: Iterable | None = None,
+        *,
+        epochs: int = 1,
+        lr: float = 1e-3,
+        trainer_options: Mapping[str, Any] | None = None,
+        config: str = "",
+        layout_engine: str = "auto",
+        auto_collapse: bool = True,
+        export_dir: str | Path = "studio_export",
+        adapters: NamedAdapters | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Studio needs a torch.nn.Module, got {type(model).__name__}")
         if adapters is not None and (not isinstance(adapters, NamedAdapters) or adapters.model is not model):
-            raise ValueError("adapters= must be the NamedAdapters of this same model "
-                             "(studio.NamedAdapters(model))")
+            raise ValueError(
+                "adapters= must be the NamedAdapters of this same model (studio.NamedAdapters(model))"
+            )
         training.stop_all()  # a re-run cell must not leave an old run training with no Stop button
         super().__init__(**kwargs)
         self._loop = _main_loop()
@@ -211,8 +235,11 @@ class Studio(anywidget.AnyWidget):
         self._collapsed = self._tree.default_collapsed() if auto_collapse else set()
         self._editor = Editor(model, self._graph, addins, example_input, named=adapters)
         self._named = adapters
-        self._unfollow = adapters.on_change(lambda: self._dispatch(self._adapters_changed)) \
-            if adapters is not None else None
+        self._unfollow = (
+            adapters.on_change(lambda: self._dispatch(self._adapters_changed))
+            if adapters is not None
+            else None
+        )
         self._editor.busy = lambda: self.state == "training"
         self.export_dir = Path(export_dir)
         self._run: training.TrainingRun | None = None
@@ -223,15 +250,18 @@ class Studio(anywidget.AnyWidget):
         self._preview_targets = ""  # the targets of the previewed strategy
         lines, exact = printout(model)
         self.lines = [line.as_dict() for line in lines]
-        self.title = f"{self._graph.root_class} · {len(self._graph)} modules · " \
-                     f"{human(self._graph.num_params)} parameters"
+        self.title = (
+            f"{self._graph.root_class} · {len(self._graph)} modules · "
+            f"{human(self._graph.num_params)} parameters"
+        )
         self._relayout()
         if config:
             self._editor.apply(config)
         self._sync()
         if not exact:
-            self.notice = (self.notice + " " if self.notice else "") + \
-                "(the printout view could not reproduce print(model) exactly)"
+            self.notice = (
+                self.notice + " " if self.notice else ""
+            ) + "(the printout view could not reproduce print(model) exactly)"
         self.on_msg(self._on_msg)
 
     # -- Python-side API ---------------------------------------------------------------------------
@@ -469,8 +499,11 @@ class Studio(anywidget.AnyWidget):
         if ed.message and self.state == "idle":
             self.status = ed.message
         if self.selected.get("path"):
-            self.selected = {**self.selected, "placements": ed.placements_at(self.selected["path"]),
-                             "trainable": ed.trainable_text(self.selected["path"], self.states)}
+            self.selected = {
+                **self.selected,
+                "placements": ed.placements_at(self.selected["path"]),
+                "trainable": ed.trainable_text(self.selected["path"], self.states),
+            }
 
     def _adapters_changed(self) -> None:
         """The named adapters changed (from code or from this widget): show the active one."""
@@ -499,13 +532,19 @@ class Studio(anywidget.AnyWidget):
             return
         node = self._graph[path]
         path = node.path  # another name of a shared module selects the module under its canonical name
-        info = {"path": path, "written": format_path(path), "class": node.class_name,
-                "params": node.num_params, "placements": self._editor.placements_at(path),
-                "trainable": self._editor.trainable_text(path),
-                "input": list(node.input_shape) if node.input_shape else None,
-                "output": list(node.output_shape) if node.output_shape else None,
-                "extra": node.extra_repr, "aliases": [format_path(a) for a in node.aliases],
-                "note": shared_note(node)}
+        info = {
+            "path": path,
+            "written": format_path(path),
+            "class": node.class_name,
+            "params": node.num_params,
+            "placements": self._editor.placements_at(path),
+            "trainable": self._editor.trainable_text(path),
+            "input": list(node.input_shape) if node.input_shape else None,
+            "output": list(node.output_shape) if node.output_shape else None,
+            "extra": node.extra_repr,
+            "aliases": [format_path(a) for a in node.aliases],
+            "note": shared_note(node),
+        }
         if rng:
             info["range"] = str(rng)
         self.selected = info
@@ -548,8 +587,12 @@ class Studio(anywidget.AnyWidget):
             self.error = f"{name}: {exc}"
             return
         self.error = ""
-        self.preview = {"labels": point_labels(cfg), "config": str(cfg),
-                        "count": len(cfg.placements), "trainable": list(cfg.trainable)}
+        self.preview = {
+            "labels": point_labels(cfg),
+            "config": str(cfg),
+            "count": len(cfg.placements),
+            "trainable": list(cfg.trainable),
+        }
 
     def _write_files(self, kind: str, write: Callable[[Any, Path], Path], done: str) -> None:
         """Save adapters / export PEFT into ``export_dir``; ``kind`` names it in ``exported`` and errors."""
@@ -570,12 +613,14 @@ class Studio(anywidget.AnyWidget):
     def _restore_run(self, n: Any) -> None:
         run = next((r for r in self._runs if r["n"] == n), None)
         if run is None:
-            self._editor.error = (f"no run {n!r}; runs: "
-                                  f"{', '.join(str(r['n']) for r in self._runs) or 'none yet'}")
+            self._editor.error = (
+                f"no run {n!r}; runs: {', '.join(str(r['n']) for r in self._runs) or 'none yet'}"
+            )
             return
         if self._editor.apply(run["config"]):
             self._editor.message = f"restored the string of run {n}" + (
-                f"; {self._editor.message}" if self._editor.message else "")
+                f"; {self._editor.message}" if self._editor.message else ""
+            )
 
     # -- training ---------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -590,12 +635,20 @@ class Studio(anywidget.AnyWidget):
         def make(callbacks: list):
             from ..train import Trainer
 
-            return Trainer(self.model, self.train_loader, self.val_loader, callbacks=callbacks,
-                           progress=False, attachment=att, **self.trainer_options)
+            return Trainer(
+                self.model,
+                self.train_loader,
+                self.val_loader,
+                callbacks=callbacks,
+                progress=False,
+                attachment=att,
+                **self.trainer_options,
+            )
 
         try:
-            run = training.TrainingRun(make, self._dispatch, self._on_update, self._on_done,
-                                       att.entries if att is not None else ())
+            run = training.TrainingRun(
+                make, self._dispatch, self._on_update, self._on_done, att.entries if att is not None else ()
+            )
         except (ValueError, TypeError, RuntimeError) as exc:
             self.error = f"cannot train: {exc}"
             return
@@ -619,8 +672,9 @@ class Studio(anywidget.AnyWidget):
 
     def _with_runs(self, data: dict) -> dict:
         """The plot's data plus the smoothed curves of the last finished runs (overlaid)."""
-        data["runs"] = [{"n": r["n"], "smooth": r["curve"], "val": r["val"]}
-                        for r in self._runs[-self.OVERLAY_RUNS:]]
+        data["runs"] = [
+            {"n": r["n"], "smooth": r["curve"], "val": r["val"]} for r in self._runs[-self.OVERLAY_RUNS :]
+        ]
         return data
 
     def _on_done(self, run: training.TrainingRun) -> None:
@@ -653,15 +707,24 @@ class Studio(anywidget.AnyWidget):
         for p in cfg.placements:
             settings.setdefault(p.addin, dict(p.settings))
         h = run.history
-        metrics = {"steps": run.trainer.step,
-                   "loss": round(run.losses[-1], 5) if math.isfinite(run.losses[-1]) else None}
+        metrics = {
+            "steps": run.trainer.step,
+            "loss": round(run.losses[-1], 5) if math.isfinite(run.losses[-1]) else None,
+        }
         for k in ("val_loss", "val_acc1", "val_acc5"):
             if h.get(k):
                 metrics[k] = [round(float(v), 4) for v in h[k]]
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        return {"n": len(self._runs) + 1, "config": str(cfg), "settings": settings,
-                "curve": data["smooth"], "val": data["val"], "metrics": metrics, "trainable": trainable,
-                "summary": run.summary()}
+        return {
+            "n": len(self._runs) + 1,
+            "config": str(cfg),
+            "settings": settings,
+            "curve": data["smooth"],
+            "val": data["val"],
+            "metrics": metrics,
+            "trainable": trainable,
+            "summary": run.summary(),
+        }
 
     @property
     def run_history(self) -> list[dict]:

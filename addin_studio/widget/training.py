@@ -4,6 +4,7 @@ Measured in JupyterLab 4.6 / ipykernel 7 (see the team notes): the click handler
 thread; ``Trainer.stop()`` sets an event checked between steps; the worker never touches traits
 or prints, it hands snapshots to ``dispatch`` (the widget schedules them on the kernel's loop).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from ..train import Trainer
 from ..train.callbacks import Callback
 from ..render.plot import series
 
-UPDATE_INTERVAL_S = 0.25      # at most 4 plot updates a second (>= 2/s while steps complete)
+UPDATE_INTERVAL_S = 0.25  # at most 4 plot updates a second (>= 2/s while steps complete)
 
 _ACTIVE: list["TrainingRun"] = []
 _LOCK = threading.Lock()
@@ -59,8 +60,9 @@ class UpdateNorms:
         now = self._copy()
         out = {}
         for key, _, _ in self.entries:
-            total = sum(float((a.float() - b.float()).pow(2).sum())
-                        for a, b in zip(now[key], self._prev[key]))
+            total = sum(
+                float((a.float() - b.float()).pow(2).sum()) for a, b in zip(now[key], self._prev[key])
+            )
             out[key] = math.sqrt(total) / steps
         self._prev, self._step, self.last = now, step, out
         return dict(out)
@@ -77,9 +79,15 @@ class UpdateNorms:
 
     def table(self) -> list[dict]:
         """One row per add-in: key, where it sits, its last sampled update norm."""
-        return [{"key": k, "placement": f"{p.addin}.{p.method} at {p.target}" + (
-            f" (from {p.source})" if p.source != p.target else ""),
-                 "norm": self.last.get(k, 0.0)} for k, p, _ in self.entries]
+        return [
+            {
+                "key": k,
+                "placement": f"{p.addin}.{p.method} at {p.target}"
+                + (f" (from {p.source})" if p.source != p.target else ""),
+                "norm": self.last.get(k, 0.0),
+            }
+            for k, p, _ in self.entries
+        ]
 
 
 class _Relay(Callback):
@@ -111,13 +119,18 @@ class TrainingRun:
     """One ``Trainer.fit()`` on a daemon thread. ``on_update(snapshot)`` and ``on_done(run)`` are
     called through ``dispatch`` (a function that runs a callable on the widget's thread)."""
 
-    def __init__(self, make_trainer: Callable[[list], Trainer], dispatch: Callable[..., None],
-                 on_update: Callable[[dict], None], on_done: Callable[["TrainingRun"], None],
-                 entries: Sequence[tuple[str, Any, torch.nn.Module]] = ()) -> None:
+    def __init__(
+        self,
+        make_trainer: Callable[[list], Trainer],
+        dispatch: Callable[..., None],
+        on_update: Callable[[dict], None],
+        on_done: Callable[["TrainingRun"], None],
+        entries: Sequence[tuple[str, Any, torch.nn.Module]] = (),
+    ) -> None:
         self.norms = UpdateNorms(entries)
         self.losses: list[float] = []
         self.val_acc: list[tuple[int, float]] = []
-        self.trainer = make_trainer([_Relay(self)])   # errors in the options raise here, in the handler
+        self.trainer = make_trainer([_Relay(self)])  # errors in the options raise here, in the handler
         self.dispatch = dispatch
         self.on_update = on_update
         self.on_done = on_done
@@ -149,8 +162,10 @@ class TrainingRun:
         loss = self.losses[-1] if self.losses else float("nan")
         norms = self.norms.sample(trainer.step)
         data["grads"] = {k: round(v, 8) for k, v in self.norms.by_point(norms).items()}
-        data["status"] = (f"training: step {trainer.step}/{trainer.total_steps} · epoch {trainer.epoch}"
-                          f"/{trainer.epochs} · loss {loss:.4f} · {trainer.step / elapsed:.1f} steps/s")
+        data["status"] = (
+            f"training: step {trainer.step}/{trainer.total_steps} · epoch {trainer.epoch}"
+            f"/{trainer.epochs} · loss {loss:.4f} · {trainer.step / elapsed:.1f} steps/s"
+        )
         return data
 
     def publish(self, trainer: Trainer) -> None:

@@ -1,5 +1,6 @@
 """What the browser tests share about notebook cells: sources run in the kernel, and reading a cell's
 output."""
+
 import re
 
 #: a loader wrapper that sleeps per batch, so a plot has several points to show; with ``hold_at=k`` its first

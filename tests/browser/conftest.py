@@ -6,6 +6,7 @@ Notebook 7 (``/notebooks/...``, served by the same server when the ``notebook`` 
 Never runs ``playwright install``: the system Chromium is used. Skips with a clear reason when
 Chromium, Playwright or JupyterLab is missing. Screenshots go to ``artifacts/browser/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,15 @@ import pytest
 CHROMIUM = os.environ.get("ADDIN_STUDIO_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "browser"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def _missing() -> str | None:
@@ -61,20 +69,42 @@ class LabServer:
         self.port = _free_port()
         self.token = secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
-                   JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"),
-                   JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"),
-                   JUPYTER_CONFIG_DIR=str(root / ".jupyter"), OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            HF_HUB_OFFLINE="1",
+            PYTHONPATH=str(ROOT),
+            JUPYTERLAB_SETTINGS_DIR=str(root / ".settings"),
+            JUPYTERLAB_WORKSPACES_DIR=str(root / ".workspaces"),
+            JUPYTER_CONFIG_DIR=str(root / ".jupyter"),
+            OMP_NUM_THREADS="1",
+        )
         news = root / ".settings" / "@jupyterlab" / "apputils-extension"
         news.mkdir(parents=True, exist_ok=True)  # no "get Jupyter news?" toast over the widget
         (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
         self.log = open(root / "jupyter.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1",
-             "--port", str(self.port), "--ServerApp.port_retries=0", f"--ServerApp.token={self.token}",
-             "--allow-root", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-            cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--no-browser",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--ServerApp.port_retries=0",
+                f"--ServerApp.token={self.token}",
+                "--allow-root",
+                f"--ServerApp.root_dir={root}",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            ],
+            cwd=root,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -148,7 +178,8 @@ class Lab:
     def wait_done(self, i: int, timeout_ms: int = 120_000) -> None:
         prompt = self.cell(i).locator(".jp-InputArea-prompt")
         self.page.wait_for_function(
-            "el => /\\[\\d+\\]/.test(el.textContent)", arg=prompt.element_handle(), timeout=timeout_ms)
+            "el => /\\[\\d+\\]/.test(el.textContent)", arg=prompt.element_handle(), timeout=timeout_ms
+        )
 
     def output(self, i: int) -> str:
         return self.cell(i).locator(".jp-OutputArea").inner_text()
@@ -213,8 +244,9 @@ def open_notebook(lab_server, browser, frontend):
         ctx.close()
     # shut kernels down so the next test starts clean
     for k in lab_server.kernels():
-        req = urllib.request.Request(f"{lab_server.base}/api/kernels/{k['id']}?token={lab_server.token}",
-                                     method="DELETE")
+        req = urllib.request.Request(
+            f"{lab_server.base}/api/kernels/{k['id']}?token={lab_server.token}", method="DELETE"
+        )
         try:
             urllib.request.urlopen(req, timeout=10)
         except OSError:

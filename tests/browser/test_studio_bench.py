@@ -1,6 +1,7 @@
 """Browser measurements: graph render time (vit_base_patch16_224, a ~1,000-module model) and
 click-to-string latency. Numbers are printed and written to artifacts/browser/bench.json; they are
 not asserted (timings are noisy), only that they were measured."""
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,14 @@ def thousand():
 vit_base = timm.create_model("vit_base_patch16_224", pretrained=False)
 '''
 CELLS = {
-    "vit_base": 't = time.perf_counter(); '
-                'w = studio.Studio(vit_base, example_input=torch.zeros(1, 3, 224, 224)); '
-                'print(f"BUILD={time.perf_counter() - t:.3f}"); w',
+    "vit_base": "t = time.perf_counter(); "
+    "w = studio.Studio(vit_base, example_input=torch.zeros(1, 3, 224, 224)); "
+    'print(f"BUILD={time.perf_counter() - t:.3f}"); w',
     "thousand": 'm = thousand(); print("MODULES=" + str(len(list(m.modules())))); t = time.perf_counter(); '
-                'w = studio.Studio(m, example_input=torch.zeros(1, 8)); '
-                'print(f"BUILD={time.perf_counter() - t:.3f}"); w',
-    "thousand_expanded": 't = time.perf_counter(); w = studio.Studio(m, example_input=torch.zeros(1, 8), '
-                         'auto_collapse=False); print(f"BUILD={time.perf_counter() - t:.3f}"); w',
+    "w = studio.Studio(m, example_input=torch.zeros(1, 8)); "
+    'print(f"BUILD={time.perf_counter() - t:.3f}"); w',
+    "thousand_expanded": "t = time.perf_counter(); w = studio.Studio(m, example_input=torch.zeros(1, 8), "
+    'auto_collapse=False); print(f"BUILD={time.perf_counter() - t:.3f}"); w',
 }
 
 
@@ -79,14 +80,19 @@ def test_render_times_and_click_latency(open_notebook):
             for _ in range(5):
                 qkv.click()
                 qkv.click()
-                page.wait_for_function("() => document.querySelector('[data-role=config]')"
-                                       ".textContent.includes('qkv')")
+                page.wait_for_function(
+                    "() => document.querySelector('[data-role=config]').textContent.includes('qkv')"
+                )
                 lat.append(float(root.get_attribute("data-click-latency-ms")))
                 cell.locator("[data-role=clear]").click()
-                page.wait_for_function("() => document.querySelector('[data-role=config]')"
-                                       ".textContent === ''")
-            results[name]["click_to_string_ms"] = {"median": statistics.median(lat), "max": max(lat),
-                                                  "all": lat}
+                page.wait_for_function(
+                    "() => document.querySelector('[data-role=config]').textContent === ''"
+                )
+            results[name]["click_to_string_ms"] = {
+                "median": statistics.median(lat),
+                "max": max(lat),
+                "all": lat,
+            }
             t1 = time.perf_counter()  # expand the 12 blocks: a round trip plus a new layout
             cell.locator("svg [data-toggle='blocks']").click()
             cell.locator("svg [data-path='blocks.11.mlp.fc2']").wait_for(timeout=60_000)

@@ -1,4 +1,5 @@
 """The Studio widget in real JupyterLab + Chromium: user steps 1-5 on the tutorial MLP and a timm ViT."""
+
 from __future__ import annotations
 
 import re
@@ -11,24 +12,32 @@ from browser_cells import SLOW_LOADER, kernel_value
 # slow: a Jupyter server, Chromium and a kernel per notebook; each test takes 20-40 s per front end
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
-SETUP_MLP = '''
+SETUP_MLP = (
+    """
 import os, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 import addin_studio as studio
 from addin_studio.examples import TutorialMLP, MLPAddin
 from addin_studio.sources.data import digits_loaders
-''' + SLOW_LOADER + '''
+"""
+    + SLOW_LOADER
+    + """
 torch.manual_seed(0)
 train_loader, val_loader = digits_loaders(batch_size=16)
 model = TutorialMLP()
 x = torch.zeros(2, 64)
-'''
-STUDIO_MLP = ('w = studio.Studio(model, example_input=x, addins={"MLPAddin": MLPAddin}, '
-              'train_loader=SlowLoader(train_loader, 0.03), val_loader=val_loader, epochs=1000, lr=3e-3)\nw')
+"""
+)
+STUDIO_MLP = (
+    'w = studio.Studio(model, example_input=x, addins={"MLPAddin": MLPAddin}, '
+    "train_loader=SlowLoader(train_loader, 0.03), val_loader=val_loader, epochs=1000, lr=3e-3)\nw"
+)
 # 1000 epochs of >= 0.03 s per step last hours: the run ends when the test clicks Stop, never by itself
-CHECK = ('print("CFG=" + repr(w.config)); print("ERR=" + repr(w.error)); '
-         'print("ATT=" + repr(w.attachment is not None))')
+CHECK = (
+    'print("CFG=" + repr(w.config)); print("ERR=" + repr(w.error)); '
+    'print("ATT=" + repr(w.attachment is not None))'
+)
 OTHER = 'print("OTHER", 6 * 7)'
 HISTORY = 'print("HIST", len(w.history["loss"]), w.state, w.status.split(":")[0])'
 
@@ -40,8 +49,11 @@ def _config(page) -> str:
 
 
 def _wait_config(page, expected: str, timeout_ms: int = 15_000) -> None:
-    page.wait_for_function("t => document.querySelector('[data-role=config]').textContent === t",
-                           arg=expected, timeout=timeout_ms)
+    page.wait_for_function(
+        "t => document.querySelector('[data-role=config]').textContent === t",
+        arg=expected,
+        timeout=timeout_ms,
+    )
 
 
 def test_mlp_steps_1_to_5(open_notebook):
@@ -76,7 +88,8 @@ def test_mlp_steps_1_to_5(open_notebook):
     assert page.locator("[data-point='fc1:post']").get_attribute("data-placement") == "in1"
     assert page.locator("[data-point='fc3:pre']").get_attribute("data-placement") == "out1"
     page.wait_for_function(  # its own trait: may arrive just after the string
-        "() => document.querySelector('[data-role=params]').textContent.includes('8,464 / 93,466')")
+        "() => document.querySelector('[data-role=params]').textContent.includes('8,464 / 93,466')"
+    )
     latency = float(root.get_attribute("data-click-latency-ms"))
 
     # one point twice -> {inout}; then remove it from the list
@@ -98,8 +111,10 @@ def test_mlp_steps_1_to_5(open_notebook):
     # the print(model) view is clickable the same way
     page.click("[data-role=view-text]")
     page.wait_for_selector("[data-role=printout]")
-    assert page.locator("[data-role=printout] [data-path='fc2']").inner_text().strip() == \
-        "(fc2): Linear(in_features=256, out_features=256, bias=True)"
+    assert (
+        page.locator("[data-role=printout] [data-path='fc2']").inner_text().strip()
+        == "(fc2): Linear(in_features=256, out_features=256, bias=True)"
+    )
     page.click("[data-role=printout] [data-point='fc2:pre']")
     page.click("[data-role=printout] [data-point='fc2:pre']")
     with_pre = TUTORIAL + "\n(MLPAddin.adapt_input): ...->{inout1}(fc2)->..."
@@ -131,17 +146,19 @@ def test_mlp_steps_1_to_5(open_notebook):
     page.click("[data-role=train]")
     page.wait_for_selector("[data-role=studio][data-state=training]", timeout=15_000)
     plot = page.locator("[data-role=loss-plot]")
-    page.wait_for_function("() => +document.querySelector('[data-role=loss-plot]').dataset.points >= 2",
-                           timeout=30_000)
+    page.wait_for_function(
+        "() => +document.querySelector('[data-role=loss-plot]').dataset.points >= 2", timeout=30_000
+    )
     first = plot.inner_html()
     n1 = int(plot.get_attribute("data-points"))
-    page.wait_for_function("n => +document.querySelector('[data-role=loss-plot]').dataset.points > n",
-                           arg=n1, timeout=30_000)
+    page.wait_for_function(
+        "n => +document.querySelector('[data-role=loss-plot]').dataset.points > n", arg=n1, timeout=30_000
+    )
     assert plot.inner_html() != first
     assert page.locator("[data-role=train]").is_disabled()
     assert not page.locator("[data-role=stop]").is_disabled()
     t0 = time.time()
-    lab.run(3, timeout_ms=30_000)          # another cell runs during training
+    lab.run(3, timeout_ms=30_000)  # another cell runs during training
     other_s = time.time() - t0
     assert "OTHER 42" in lab.output(3)
     assert root.get_attribute("data-state") == "training"
@@ -160,11 +177,13 @@ def test_mlp_steps_1_to_5(open_notebook):
     out = lab.output(4)
     m = re.search(r"HIST (\d+) idle stopped", out)
     assert m and int(m.group(1)) > 0, out
-    print(f"\nMLP: click-to-string {latency:.1f} ms, other cell during training {other_s:.2f} s, "
-          f"stop -> idle {stop_s:.2f} s")
+    print(
+        f"\nMLP: click-to-string {latency:.1f} ms, other cell during training {other_s:.2f} s, "
+        f"stop -> idle {stop_s:.2f} s"
+    )
 
 
-SETUP_VIT = '''
+SETUP_VIT = """
 import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch, timm
@@ -175,7 +194,7 @@ x = torch.zeros(1, 3, 224, 224)
 data = [(torch.randn(2, 3, 224, 224), torch.tensor([0, 1])) for _ in range(4)]
 w = studio.Studio(model, example_input=x, train_loader=data, epochs=100_000)  # ends by Stop only
 w
-'''
+"""
 VIT_CHECK = 'print("CFG=" + repr(w.config)); print("N=" + str(len(w.attachment.entries)))'
 VIT_RANGE = "(LoRA.adapt_output): ...->(blocks[0:12].attn.qkv){inout1}->..."
 
@@ -222,8 +241,9 @@ def test_vit_range_placement_and_training(open_notebook):
     # train a few steps, watch the plot, stop
     page.click("[data-role=train]")
     page.wait_for_selector("[data-role=studio][data-state=training]", timeout=30_000)
-    page.wait_for_function("() => +document.querySelector('[data-role=loss-plot]').dataset.points >= 2",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => +document.querySelector('[data-role=loss-plot]').dataset.points >= 2", timeout=60_000
+    )
     lab.run(2, timeout_ms=60_000)
     assert "OTHER 2" in lab.output(2)
     page.click("[data-role=stop]")

@@ -2,6 +2,7 @@
 group, LoRA goes onto an attention projection by clicks, Train runs on the model's own loss (dict batches
 with labels) and the plot shows the points. Render and click-to-string times go to
 artifacts/browser/bench-lm.json (measured, not asserted)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "browser"
 
-SETUP = '''
+SETUP = """
 import os, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch, transformers
@@ -26,12 +27,16 @@ model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
     vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0))
 ids = (torch.arange(16).repeat(4, 1) * 3) % 64
 batches = [{"input_ids": ids, "labels": ids} for _ in range(24)]   # labels: the model's own loss
-'''
-STUDIO = ('t = time.perf_counter(); w = studio.Studio(model, example_input={"input_ids": ids[:1]}, '
-          'train_loader=batches, epochs=1, lr=3e-2, trainer_options={"device": "cpu"}); '
-          'print(f"BUILD={time.perf_counter() - t:.3f}"); w')
-CHECK = ('print("CFG=" + repr(w.config)); h = w.history["loss"]; '
-         'print("LOSS=" + repr((len(h), round(h[0], 4), round(h[-1], 4))))')
+"""
+STUDIO = (
+    't = time.perf_counter(); w = studio.Studio(model, example_input={"input_ids": ids[:1]}, '
+    'train_loader=batches, epochs=1, lr=3e-2, trainer_options={"device": "cpu"}); '
+    'print(f"BUILD={time.perf_counter() - t:.3f}"); w'
+)
+CHECK = (
+    'print("CFG=" + repr(w.config)); h = w.history["loss"]; '
+    'print("LOSS=" + repr((len(h), round(h[0], 4), round(h[-1], 4))))'
+)
 
 
 def test_causal_lm_lora_by_clicks_and_train(open_notebook):
@@ -54,8 +59,9 @@ def test_causal_lm_lora_by_clicks_and_train(open_notebook):
     point.click()
     point.click()
     want = "(LoRA.adapt_output): ...->(transformer.h[0:2].attn.c_attn){inout1}->..."
-    page.wait_for_function(f"() => document.querySelector('[data-role=config]').textContent === {want!r}",
-                           timeout=30_000)
+    page.wait_for_function(
+        f"() => document.querySelector('[data-role=config]').textContent === {want!r}", timeout=30_000
+    )
     click_ms = float(root.get_attribute("data-click-latency-ms"))
     assert point.get_attribute("data-placement") == "inout1"
     page.click("[data-role=train]")
@@ -69,10 +75,15 @@ def test_causal_lm_lora_by_clicks_and_train(open_notebook):
     root.scroll_into_view_if_needed()
     shot = lab.shot("widget-causal-lm", root)
     out = lab.output(1)
-    results = {"frontend": lab.frontend, "cell_to_widget_s": round(wall, 3),
-               "python_build_s": float(re.search(r"BUILD=([\d.]+)", out).group(1)),
-               "browser_render_ms": float(root.get_attribute("data-initial-render-ms")),
-               "click_to_string_ms": click_ms, "loss_first_last": [first, last], "screenshot": shot.name}
+    results = {
+        "frontend": lab.frontend,
+        "cell_to_widget_s": round(wall, 3),
+        "python_build_s": float(re.search(r"BUILD=([\d.]+)", out).group(1)),
+        "browser_render_ms": float(root.get_attribute("data-initial-render-ms")),
+        "click_to_string_ms": click_ms,
+        "loss_first_last": [first, last],
+        "screenshot": shot.name,
+    }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"bench-lm-{lab.frontend}.json").write_text(json.dumps(results, indent=2))
     print("\n" + json.dumps(results, indent=2))

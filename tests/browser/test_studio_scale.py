@@ -6,6 +6,7 @@ Train/Stop, the plot and Export in view without scrolling past a list, the same 
 status line and the run item, and details that count a LoRA as trainable. Render and click-to-string
 times are printed and written to artifacts/browser/scale-<model>[-nb7].json; the JupyterLab screenshots
 go to docs/img/widget-resnet50.png and docs/img/widget-vit-b.png."""
+
 from __future__ import annotations
 
 import json
@@ -25,18 +26,18 @@ ARTIFACTS = ROOT / "artifacts" / "browser"
 DOCS_IMG = ROOT / "docs" / "img"
 FOLD_AT = 8  # studio.js: a list longer than this starts folded
 
-SETUP = '''
+SETUP = """
 import os, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch, timm
 import addin_studio as studio
 torch.manual_seed(0)
-'''
+"""
 MODELS = {
     "resnet50": ("timm.create_model('resnet50', pretrained=False, num_classes=3)", 64, 4, 2),
     "vit-b": ("timm.create_model('vit_base_patch16_224', pretrained=False, num_classes=3)", 224, 2, 1),
 }
-STUDIO = '''
+STUDIO = """
 model = {make}
 g = torch.Generator().manual_seed(1)
 batches = [(torch.randn({batch}, 3, {size}, {size}, generator=g),
@@ -46,9 +47,11 @@ w = studio.Studio(model, example_input=torch.zeros(1, 3, {size}, {size}), train_
                   lr=1e-3, export_dir="scale_export")
 print(f"BUILD={{time.perf_counter() - t:.3f}}")
 w
-'''
-CHECK = ('print("CFG=" + repr(w.config)); print("N=" + str(len(w.attachment.config.placements) '
-         'if w.attachment else 0)); print("STATUS=" + repr(w.status))')
+"""
+CHECK = (
+    'print("CFG=" + repr(w.config)); print("N=" + str(len(w.attachment.config.placements) '
+    'if w.attachment else 0)); print("STATUS=" + repr(w.status))'
+)
 
 
 def _js(page, fn: str, arg=None):
@@ -56,8 +59,10 @@ def _js(page, fn: str, arg=None):
 
 
 def _wait(page, test: str, timeout_ms: int = 60_000) -> None:
-    page.wait_for_function(f"() => {{ const t = document.querySelector('[data-role=config]').textContent; "
-                           f"return {test}; }}", timeout=timeout_ms)
+    page.wait_for_function(
+        f"() => {{ const t = document.querySelector('[data-role=config]').textContent; return {test}; }}",
+        timeout=timeout_ms,
+    )
 
 
 def _displays(page, selector: str) -> list[str]:
@@ -67,28 +72,36 @@ def _displays(page, selector: str) -> list[str]:
 def _check_settings_form(page) -> None:
     """Item 4: refinements hidden (computed display none) until their switch is on; names; help."""
     refinements = "[data-role=settings] .as-field[data-depends]:not([data-depends=''])"
-    assert _displays(page, refinements) == ["none"] * 11          # velora_*, kasa_*, monteclora_*
+    assert _displays(page, refinements) == ["none"] * 11  # velora_*, kasa_*, monteclora_*
     assert not page.locator("[data-setting=velora_groups]").is_visible()
     page.check("[data-setting=velora]")
-    page.wait_for_function("() => getComputedStyle(document.querySelector("
-                           "'[data-setting=velora_groups]').closest('.as-field')).display !== 'none'")
+    page.wait_for_function(
+        "() => getComputedStyle(document.querySelector("
+        "'[data-setting=velora_groups]').closest('.as-field')).display !== 'none'"
+    )
     assert page.locator("[data-setting=velora_groups]").is_visible()
     assert _displays(page, ".as-field[data-depends=velora]") == ["contents"] * 3
     others = ".as-field[data-depends=kasa], .as-field[data-depends=monteclora]"
     assert set(_displays(page, others)) == {"none"}
     page.uncheck("[data-setting=velora]")
-    page.wait_for_function("() => getComputedStyle(document.querySelector("
-                           "'[data-setting=velora_groups]').closest('.as-field')).display === 'none'")
+    page.wait_for_function(
+        "() => getComputedStyle(document.querySelector("
+        "'[data-setting=velora_groups]').closest('.as-field')).display === 'none'"
+    )
     # every visible name is shown whole (the column is as wide as the longest name)
-    cut = page.eval_on_selector_all("[data-role=settings] .as-fname", "els => els.filter(e => e.offsetParent)"
-                                    ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+    cut = page.eval_on_selector_all(
+        "[data-role=settings] .as-fname",
+        "els => els.filter(e => e.offsetParent)"
+        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)",
+    )
     assert cut == []
-    widths = page.eval_on_selector_all("[data-role=settings] .as-fname",
-                                       "els => els.map(e => e.getBoundingClientRect().width)")
-    assert len(set(round(x) for x in widths if x)) == 1               # one column for all names
+    widths = page.eval_on_selector_all(
+        "[data-role=settings] .as-fname", "els => els.map(e => e.getBoundingClientRect().width)"
+    )
+    assert len(set(round(x) for x in widths if x)) == 1  # one column for all names
     box = page.locator("[data-role=settings]").inner_text()
     assert "``" not in box and "param" in box
-    assert page.locator("[data-role=settings] .as-fhelp code").count() >= 3   # ``adapt_weight`` -> <code>
+    assert page.locator("[data-role=settings] .as-fhelp code").count() >= 3  # ``adapt_weight`` -> <code>
 
 
 def _check_actions_in_view(page, viewport_h: int) -> dict:
@@ -114,12 +127,13 @@ def _check_actions_in_view(page, viewport_h: int) -> dict:
 def _check_tokens(page) -> int:
     """No token of the string is drawn on two lines: a drawn line ends at `->`, `, `, `): ` or the end of
     a line of the string. Returns how many lines were wrapped (not ended by the string's own newline)."""
-    broken = page.eval_on_selector_all("[data-role=config] .as-tok",
-                                       "els => els.filter(e => e.getClientRects().length !== 1)"
-                                       ".map(e => e.textContent)")
+    broken = page.eval_on_selector_all(
+        "[data-role=config] .as-tok",
+        "els => els.filter(e => e.getClientRects().length !== 1).map(e => e.textContent)",
+    )
     assert broken == []
     cfg = page.locator("[data-role=config]")
-    assert cfg.evaluate("e => e.scrollWidth <= e.clientWidth + 1")     # nothing sticks out sideways
+    assert cfg.evaluate("e => e.scrollWidth <= e.clientWidth + 1")  # nothing sticks out sideways
     ends = cfg.evaluate("""e => { const out = []; const toks = [...e.querySelectorAll('.as-tok')];
         toks.forEach((t, i) => {
           const next = toks[i + 1];
@@ -200,7 +214,7 @@ def _session(lab, name: str) -> dict:
         assert sum(int(g) for g in groups.evaluate_all("els => els.map(e => e.dataset.count)")) == n
         first = groups.first
         assert f"· {first.get_attribute('data-count')} placements" in first.locator("summary").inner_text()
-        assert not first.locator("[data-role=remove]").first.is_visible()        # folded
+        assert not first.locator("[data-role=remove]").first.is_visible()  # folded
         cfg_el = page.locator("[data-role=config]")
         assert "as-clip" in cfg_el.get_attribute("class")
         assert cfg_el.evaluate("e => e.scrollHeight > e.clientHeight + 20")
@@ -214,7 +228,7 @@ def _session(lab, name: str) -> dict:
         assert rows == lines
     wrapped = _check_tokens(page)
     if name == "resnet50":
-        assert wrapped > 0      # long lines (layer1[0].downsample[0]) do wrap, each at a token boundary
+        assert wrapped > 0  # long lines (layer1[0].downsample[0]) do wrap, each at a token boundary
     _check_actions_in_view(page, lab.viewport_h)
 
     # item 5: train; the plot's label, the status line and the run item give the same last-step loss
@@ -233,11 +247,13 @@ def _session(lab, name: str) -> dict:
     boxes = _check_actions_in_view(page, lab.viewport_h)
 
     # item 5: details count the LoRA on a frozen module as trainable
-    module, written = ("conv1", "conv1") if name == "resnet50" else \
-        ("blocks.0.attn.qkv", "blocks[0].attn.qkv")
+    module, written = (
+        ("conv1", "conv1") if name == "resnet50" else ("blocks.0.attn.qkv", "blocks[0].attn.qkv")
+    )
     page.locator(f"svg [data-path='{module}'] .as-shape").first.click()
-    page.wait_for_function(f"() => document.querySelector('[data-role=details]').textContent"
-                           f".startsWith({written!r})")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-role=details]').textContent.startsWith({written!r})"
+    )
     details = page.locator("[data-role=details]").inner_text()
     assert "(frozen base, LoRA trainable (" in details and "(frozen)" not in details, details
 
@@ -246,8 +262,9 @@ def _session(lab, name: str) -> dict:
         page.locator("[data-role=placements] details.as-group").first.locator("summary").click()
         page.click("[data-role=config-more]")
     page.click("[data-role=save-adapters]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]').textContent"
-                           ".startsWith('saved adapters to')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=status]').textContent.startsWith('saved adapters to')"
+    )
     root.evaluate("e => e.scrollIntoView({block: 'start'})")
     lab.shot(f"scale-{name}", root)
     if lab.frontend == "lab":

@@ -1,6 +1,7 @@
 """The Studio as a workbench in real JupyterLab and Notebook 7 (Chromium): settings form, strategy
 picker, search into a collapsed group, update-norm colouring while training, two runs overlaid, and
 export buttons whose files studio.load and PEFT read back."""
+
 from __future__ import annotations
 
 
@@ -11,7 +12,8 @@ from browser_cells import SLOW_LOADER, kernel_value
 # slow: a Jupyter server, Chromium and a kernel per notebook; each test takes 20-40 s per front end
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
-SETUP = '''
+SETUP = (
+    """
 import copy, os, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
@@ -30,19 +32,24 @@ class Net(nn.Module):
         for b in self.blocks:
             x = b(x)
         return self.head(x)
-''' + SLOW_LOADER + '''
+"""
+    + SLOW_LOADER
+    + """
 torch.manual_seed(0)
 train_loader, val_loader = digits_loaders(batch_size=16)
 model = Net()
 base = copy.deepcopy(model.state_dict())
 x = torch.zeros(2, 64)
-'''
+"""
+)
 # the first run waits at its 6th batch until RELEASE runs: the page is surely seen while it trains
-STUDIO = ('w = studio.Studio(model, example_input=x, train_loader=SlowLoader(train_loader, 0.03, hold_at=5), '
-          'val_loader=val_loader, epochs=1, lr=1e-2, export_dir="wb_export")\nw')
+STUDIO = (
+    "w = studio.Studio(model, example_input=x, train_loader=SlowLoader(train_loader, 0.03, hold_at=5), "
+    'val_loader=val_loader, epochs=1, lr=1e-2, export_dir="wb_export")\nw'
+)
 CHECK = 'print("CFG=" + repr(w.config)); print("RUNS=" + repr([r["config"] for r in w.run_history]))'
 RELEASE = 'w.train_loader.release.set(); print("RELEASED", w.state)'
-READ_BACK = '''
+READ_BACK = """
 import peft
 probe = torch.randn(5, 64)
 model.eval()
@@ -54,7 +61,7 @@ other = Net(); other.load_state_dict(base)
 pm = peft.PeftModel.from_pretrained(other, "wb_export/peft").eval()
 print("PEFT=" + repr(torch.allclose(pm(probe), want, atol=1e-5)))
 model.train()
-'''
+"""
 
 
 def _config(page) -> str:
@@ -62,9 +69,10 @@ def _config(page) -> str:
 
 
 def _wait_config(page, test: str, timeout_ms: int = 15_000) -> None:
-    page.wait_for_function(f"() => {{ const t = document.querySelector('[data-role=config]').textContent; "
-                           f"return {test}; }}",
-                           timeout=timeout_ms)
+    page.wait_for_function(
+        f"() => {{ const t = document.querySelector('[data-role=config]').textContent; return {test}; }}",
+        timeout=timeout_ms,
+    )
 
 
 def _wait_state(page, state: str, timeout_ms: int) -> None:
@@ -93,7 +101,7 @@ def test_workbench(open_notebook):
     r = page.locator("[data-role=settings] [data-setting=r]")
     assert r.input_value() == "8"
     r.fill("4")
-    r.press("Tab")   # change event
+    r.press("Tab")  # change event
     _wait_config(page, "t === '(LoRA.adapt_output, r=4): ...->(head){inout1}->...'")
     lab.shot("wb-1-settings", root)
 
@@ -117,8 +125,9 @@ def test_workbench(open_notebook):
     page.locator("[data-role=search]").press("Enter")
     page.wait_for_selector("svg [data-path='blocks.4.0'][data-match='true']", timeout=15_000)
     page.click("svg [data-path='blocks.4.0'] .as-shape")
-    page.wait_for_function("() => document.querySelector('[data-role=details]')"
-                           ".textContent.startsWith('blocks[4][0] · Linear')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=details]').textContent.startsWith('blocks[4][0] · Linear')"
+    )
     lab.shot("wb-3-search", root)
 
     # training: each placement's update norm on the graph, changing; a legend; then a table
@@ -131,7 +140,9 @@ def test_workbench(open_notebook):
     page.wait_for_function(
         "g => { const e = document.querySelector(\"[data-point='stem:post']\"); "
         "return e.dataset.grad && e.dataset.grad !== g; }",
-        arg=g1, timeout=30_000)
+        arg=g1,
+        timeout=30_000,
+    )
     assert float(page.locator("[data-point='head:post']").get_attribute("data-grad")) > 0
     assert page.locator("[data-role=grad-legend]").is_visible()
     lab.shot("wb-4-grad", root)
@@ -155,11 +166,13 @@ def test_workbench(open_notebook):
 
     # export: files that studio.load and PEFT read back; code for studio.attach
     page.click("[data-role=save-adapters]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]')"
-                           ".textContent.startsWith('saved adapters to')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=status]').textContent.startsWith('saved adapters to')"
+    )
     page.click("[data-role=export-peft]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]')"
-                           ".textContent.startsWith('exported PEFT')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=status]').textContent.startsWith('exported PEFT')"
+    )
     page.click("[data-role=copy-code]")
     page.wait_for_selector("[data-role=code]:not(.as-hidden)")
     code = page.locator("[data-role=code]").inner_text()
@@ -169,13 +182,13 @@ def test_workbench(open_notebook):
     assert kernel_value(lab, 3, "PEFT") == "True"
 
 
-NAMED = '''
+NAMED = """
 named = studio.NamedAdapters(model)
 named.add("a", "(LoRA.adapt_output, r=2): ...->(head){inout1}->...")
 named.add("b", "(LoRA.adapt_output, r=4): ...->(stem){inout1}->...")
 w = studio.Studio(model, example_input=x, adapters=named)
 w
-'''
+"""
 ACTIVE = 'print("ACTIVE=" + repr(named.active))'
 
 
@@ -188,8 +201,11 @@ def test_named_adapters_picker(open_notebook):
     root = page.locator("[data-role=studio]")
     picker = page.locator("[data-role=adapter]")
     assert picker.is_visible() and root.get_attribute("data-active-adapter") == "a"
-    assert [o.strip() for o in picker.locator("option").all_inner_texts()] == \
-        ["(none: bare model)", "a (active)", "b"]
+    assert [o.strip() for o in picker.locator("option").all_inner_texts()] == [
+        "(none: bare model)",
+        "a (active)",
+        "b",
+    ]
     assert _config(page) == "(LoRA.adapt_output, r=2): ...->(head){inout1}->..."
     # the page switches the kernel's adapter
     page.select_option("[data-role=adapter]", "")
@@ -206,7 +222,7 @@ def test_named_adapters_picker(open_notebook):
     lab.shot("named-adapters", root)
 
 
-CONV = '''
+CONV = """
 import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 import copy, timm, torch
@@ -222,9 +238,9 @@ batches = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), ge
 w = studio.Studio(model, example_input=torch.zeros(2, 3, 32, 32), train_loader=batches, epochs=1, lr=1e-2,
                   export_dir="peft_layout_export")
 w
-'''
+"""
 # the files the buttons wrote reproduce the trained ResNet on a fresh copy of the base (BatchNorm and all)
-PEFT_BACK = '''
+PEFT_BACK = """
 import peft
 probe = torch.randn(2, 3, 32, 32)
 model.eval()
@@ -236,7 +252,7 @@ with torch.no_grad():
     att = studio.load(fresh, w.exported["save-adapters"])
     load_diff = float((fresh(probe) - want).abs().max() / want.abs().max())
 print("PEFT=" + repr(peft_diff <= 1e-5 and load_diff == 0.0))
-'''
+"""
 
 
 def test_peft_layout_by_clicks(open_notebook):
@@ -254,23 +270,27 @@ def test_peft_layout_by_clicks(open_notebook):
     page.click("[data-role=export-peft]")
     page.wait_for_function("() => document.querySelector('[data-role=error]').textContent.length > 0")
     error = page.locator("[data-role=error]").inner_text()
-    assert error.startswith("export-peft failed: the LoRA on 'conv1' and 16 more conv layer(s) is in the "
-                            "balanced layout")
+    assert error.startswith(
+        "export-peft failed: the LoRA on 'conv1' and 16 more conv layer(s) is in the balanced layout"
+    )
     assert 'Tick "PEFT layout" in the Strategy row' in error
-    page.check("[data-role=peft-layout]")                          # the control the error names
-    _wait_config(page, "t.includes('layout=peft') && !t.includes('(LoRA.adapt_output, r=3)')",
-                 90_000)  # rebuilt
+    page.check("[data-role=peft-layout]")  # the control the error names
+    _wait_config(
+        page, "t.includes('layout=peft') && !t.includes('(LoRA.adapt_output, r=3)')", 90_000
+    )  # rebuilt
     page.select_option("[data-role=addin]", "LoRA")
     assert page.locator("[data-role=settings] select[data-setting=layout]").input_value() == "peft"
     page.click("[data-role=train]")
     page.wait_for_selector("[data-role=runs] [data-run='2']", timeout=120_000)
     _wait_state(page, "idle", 120_000)
     page.click("[data-role=export-peft]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]')"
-                           ".textContent.startsWith('exported PEFT')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=status]').textContent.startsWith('exported PEFT')"
+    )
     page.click("[data-role=save-adapters]")
-    page.wait_for_function("() => document.querySelector('[data-role=status]')"
-                           ".textContent.startsWith('saved')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=status]').textContent.startsWith('saved')"
+    )
     assert page.locator("[data-role=error]").inner_text() == ""
     lab.shot("wb-peft-layout", root)
     assert kernel_value(lab, 1, "PEFT") == "True"

@@ -14,6 +14,7 @@
 
 The modules ``addins/lora_*.py`` are the old paths of these, kept as re-exports.
 """
+
 from __future__ import annotations
 
 from .layout import WEIGHT_METHOD, check_lora_target, default_param, hook_problem, is_hf_conv1d, lora_shape
@@ -22,6 +23,19 @@ from .experts import fused_expert_params  # noqa: E402
 from . import bias, dora, velora, kasa, monteclora, mica  # noqa: E402,F401  (each registers its variant)
 from .variant import VARIANTS, LoraVariant, Setting, make_variant, register_variant  # noqa: E402
 
-__all__ = ["LoRA", "LoraVariant", "Setting", "VARIANTS", "WEIGHT_METHOD", "check_lora_target",
-           "default_param", "fused_expert_params", "hook_problem", "is_hf_conv1d", "lora_shape",
-           "make_variant", "publish_settings", "register_variant"]
+__all__ = [
+    "LoRA",
+    "LoraVariant",
+    "Setting",
+    "VARIANTS",
+    "WEIGHT_METHOD",
+    "check_lora_target",
+    "default_param",
+    "fused_expert_params",
+    "hook_problem",
+    "is_hf_conv1d",
+    "lora_shape",
+    "make_variant",
+    "publish_settings",
+    "register_variant",
+]

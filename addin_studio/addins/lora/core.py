@@ -19,6 +19,7 @@ starts it), so the layer is unchanged at attach. ``layout.py`` holds where LoRA 
 has (plain LoRA, or one of ``bias.py``, ``dora.py``, ``velora.py``, ``kasa.py``, ``monteclora.py``,
 ``mica.py``), which this class calls and never branches on.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -34,8 +35,15 @@ from ..registry import register_addin
 from .experts import EXPERT_INITS, expert_delta, expert_dims, expert_transposed, is_expert_param
 from .grouped import check_grouped, grouped_branch, grouped_shapes, is_grouped_peft
 from .inits import INITS
-from .layout import (CONVS, HOOK_METHOD, WEIGHT_METHOD, check_lora_target, default_param, hook_problem,
-                     matrix_layout)
+from .layout import (
+    CONVS,
+    HOOK_METHOD,
+    WEIGHT_METHOD,
+    check_lora_target,
+    default_param,
+    hook_problem,
+    matrix_layout,
+)
 from .peft import LoraPeft
 from .variant import LISTENERS, LoraVariant, exposed_names, make_variant, variant_settings
 
@@ -79,17 +87,29 @@ class LoRA(AddinBase):
     setting_choices = {"init": INITS, "layout": ("balanced", "peft")}
     variant: LoraVariant
 
-    def __init__(self, point: PointInfo, r: int = 8, alpha: float | None = None, dropout: float = 0.0,
-                 param: str | None = None, source_point: PointInfo | None = None, layout: str = "balanced",
-                 **variant: Any) -> None:
+    def __init__(
+        self,
+        point: PointInfo,
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        param: str | None = None,
+        source_point: PointInfo | None = None,
+        layout: str = "balanced",
+        **variant: Any,
+    ) -> None:
         super().__init__()
         module = point.module
         if point.side != "post":
-            raise ValueError(f"LoRA goes after its layer: write ({point.path}){{inout1}} with "
-                             f"adapt_output or adapt_weight, not a point before it")
+            raise ValueError(
+                f"LoRA goes after its layer: write ({point.path}){{inout1}} with "
+                f"adapt_output or adapt_weight, not a point before it"
+            )
         if source_point is not None and (source_point.path, source_point.side) != (point.path, point.side):
-            raise ValueError("LoRA is an {inout} add-in: its input is the layer's own input, so it "
-                             "takes no separate {in} point")
+            raise ValueError(
+                "LoRA is an {inout} add-in: its input is the layer's own input, so it "
+                "takes no separate {in} point"
+            )
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
@@ -114,8 +134,9 @@ class LoRA(AddinBase):
             self.transposed = expert_transposed(module)
             self._check_experts()
         else:
-            h, w, self.transposed = matrix_layout(module, self.param, layout == "peft",
-                                                  named=param is not None)
+            h, w, self.transposed = matrix_layout(
+                module, self.param, layout == "peft", named=param is not None
+            )
         b_cols = r * max(self.experts, 1)
         if self.grouped:
             check_grouped(module, r, self.variant.init)
@@ -125,9 +146,11 @@ class LoRA(AddinBase):
         if weight is None:
             weight = peek_weight(module, self.param)
         if self.variant.moves_base and is_computed(module, self.param):
-            raise ValueError(f"LoRA {self.variant.describe()[-1]} moves part of the weight out of the base "
-                             f"layer, but '{point.path}.{self.param}' is computed (parametrized: "
-                             f"weight_norm, spectral_norm, ...), not stored; use init=kaiming or gaussian")
+            raise ValueError(
+                f"LoRA {self.variant.describe()[-1]} moves part of the weight out of the base "
+                f"layer, but '{point.path}.{self.param}' is computed (parametrized: "
+                f"weight_norm, spectral_norm, ...), not stored; use init=kaiming or gaussian"
+            )
         self.weight_shape = tuple(weight.shape)
         self.r = r
         self.alpha = float(r if alpha is None else alpha)
@@ -135,10 +158,14 @@ class LoRA(AddinBase):
         self.scaling = self.variant.scaling(r, self.alpha)
         self.is_conv = isinstance(module, CONVS) and self.param == "weight"
         self.is_embedding = isinstance(module, nn.Embedding) and self.param == "weight"
-        self.hook_problem = hook_problem(module) if self.param == default_param(module) else \
-            f"param={self.param!r} is adapted on the weight"
-        self.lora_A = nn.Parameter(torch.empty(r * max(self.experts, 1), w, dtype=weight.dtype,
-                                               device=weight.device))
+        self.hook_problem = (
+            hook_problem(module)
+            if self.param == default_param(module)
+            else f"param={self.param!r} is adapted on the weight"
+        )
+        self.lora_A = nn.Parameter(
+            torch.empty(r * max(self.experts, 1), w, dtype=weight.dtype, device=weight.device)
+        )
         self.lora_B = nn.Parameter(torch.zeros(h, b_cols, dtype=weight.dtype, device=weight.device))
         self.variant.check_target(self, module, param)
         self.variant.init_factors(self, weight, h, w)
@@ -148,11 +175,14 @@ class LoRA(AddinBase):
         """Refuse what PEFT's expert LoRA (``ParamWrapper``) does not compute: variants, base-weight inits."""
         what = f"LoRA on the expert weights '{self.param}' (one update per expert)"
         if type(self.variant) is not LoraVariant:
-            raise ValueError(f"{what} is plain LoRA (rslora allowed), as PEFT's target_parameters; not "
-                             f"{self.variant.label()}")
+            raise ValueError(
+                f"{what} is plain LoRA (rslora allowed), as PEFT's target_parameters; not "
+                f"{self.variant.label()}"
+            )
         if self.variant.init not in EXPERT_INITS:
-            raise ValueError(f"{what} starts from init={' or init='.join(EXPERT_INITS)}, not "
-                             f"init={self.variant.init}")
+            raise ValueError(
+                f"{what} starts from init={' or init='.join(EXPERT_INITS)}, not init={self.variant.init}"
+            )
 
     @property
     def moves_base(self) -> bool:
@@ -168,9 +198,11 @@ class LoRA(AddinBase):
     def merge_problem(self, module: nn.Module) -> str | None:
         """Why :meth:`merge` cannot fold this LoRA into ``module``, or None."""
         if self.grouped:
-            return (f"a LoRA on a grouped convolution (groups={module.groups}) in PEFT's layout is not an "
-                    f"update of the layer's weight (its A conv mixes all input channels), so it cannot be "
-                    f"folded in (PEFT refuses this merge too)")
+            return (
+                f"a LoRA on a grouped convolution (groups={module.groups}) in PEFT's layout is not an "
+                f"update of the layer's weight (its A conv mixes all input channels), so it cannot be "
+                f"folded in (PEFT refuses this merge too)"
+            )
         return self.variant.merge_problem(self, module)
 
     def extra_repr(self) -> str:
@@ -180,25 +212,33 @@ class LoRA(AddinBase):
         if self.layout != "balanced":
             settings.append(f"layout={self.layout}")
         param = "".join(f", {s}" for s in settings)
-        return (f"r={self.r}, alpha={self.alpha:g}, dropout={self.dropout:g}{param}, "
-                f"A={tuple(self.lora_A.shape)}, B={tuple(self.lora_B.shape)}")
+        return (
+            f"r={self.r}, alpha={self.alpha:g}, dropout={self.dropout:g}{param}, "
+            f"A={tuple(self.lora_A.shape)}, B={tuple(self.lora_B.shape)}"
+        )
 
     def check_method(self, method: str) -> None:
         """Called by the engine at attach: refuse a method that could not be right here."""
         if method == HOOK_METHOD and self.hook_problem:
-            raise ValueError(f"the output hook cannot adapt this layer: {self.hook_problem}; use "
-                             f"{WEIGHT_METHOD}, which adapts the weight wherever it is read")
+            raise ValueError(
+                f"the output hook cannot adapt this layer: {self.hook_problem}; use "
+                f"{WEIGHT_METHOD}, which adapts the weight wherever it is read"
+            )
         if method != WEIGHT_METHOD:
             return
         if self.grouped:
-            raise ValueError("a LoRA on a grouped convolution in PEFT's layout is not an update of the "
-                             "weight: use adapt_output (or layout=balanced)")
+            raise ValueError(
+                "a LoRA on a grouped convolution in PEFT's layout is not an update of the "
+                "weight: use adapt_output (or layout=balanced)"
+            )
         problem = self.variant.weight_method_problem(self)
         if problem:
             raise ValueError(problem)
         if self.dropout:
-            raise ValueError("dropout acts on the LoRA branch's input, which adapt_weight does not "
-                             "have: use adapt_output or dropout=0")
+            raise ValueError(
+                "dropout acts on the LoRA branch's input, which adapt_weight does not "
+                "have: use adapt_output or dropout=0"
+            )
 
     def weight_param(self, module: nn.Module) -> str:
         """The parameter :meth:`adapt_weight` adapts."""
@@ -207,8 +247,10 @@ class LoRA(AddinBase):
     def delta(self) -> torch.Tensor:
         """``(alpha/r) * B @ A`` in the shape of the adapted weight."""
         if self.grouped:
-            raise ValueError("a LoRA on a grouped convolution in PEFT's layout has no weight update "
-                             "(see addins/lora/grouped.py)")
+            raise ValueError(
+                "a LoRA on a grouped convolution in PEFT's layout has no weight update "
+                "(see addins/lora/grouped.py)"
+            )
         if self.experts:
             return expert_delta(self.lora_A, self.lora_B, self.experts, self.transposed).mul(self.scaling)
         d = self.variant.product(self).mul(self.scaling)
@@ -248,8 +290,15 @@ class LoRA(AddinBase):
         if module is None:
             return F.embedding(x, self.lora_A.t())
         # dense gradients even for a sparse=True layer: A is a transposed view, which takes no sparse one
-        return F.embedding(x, self.lora_A.t(), module.padding_idx, module.max_norm, module.norm_type,
-                           module.scale_grad_by_freq, False)
+        return F.embedding(
+            x,
+            self.lora_A.t(),
+            module.padding_idx,
+            module.max_norm,
+            module.norm_type,
+            module.scale_grad_by_freq,
+            False,
+        )
 
     def adapt_output(self, module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> torch.Tensor:
         """The output hook: ``outputs`` plus the update, as the variant computes it."""
@@ -265,8 +314,9 @@ class LoRA(AddinBase):
         if outputs.dim() >= 2 and outputs.is_contiguous():
             # one fused kernel for "outputs + scaling * h @ B^T": every extra op costs a thread sync
             n = outputs.shape[-1]
-            return torch.addmm(outputs.reshape(-1, n), h.reshape(-1, self.r), self.lora_B.t(),
-                               alpha=self.scaling).view(outputs.shape)
+            return torch.addmm(
+                outputs.reshape(-1, n), h.reshape(-1, self.r), self.lora_B.t(), alpha=self.scaling
+            ).view(outputs.shape)
         if self.scaling != 1.0:
             h = h * self.scaling
         return outputs + F.linear(h, self.lora_B)
@@ -324,22 +374,26 @@ def publish_settings(cls: type = LoRA) -> None:
     if "_core_signature" not in init.__dict__:  # the signature as written, before any publishing
         init._core_signature = inspect.signature(init)
     core = [p for p in init._core_signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    extra = [inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default,
-                               annotation=s.annotation) for s in variant_settings()]
+    extra = [
+        inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default, annotation=s.annotation)
+        for s in variant_settings()
+    ]
     init.__signature__ = inspect.Signature(core + extra)
     for name in exposed_names():  # lora.dora, lora.init, lora.kasa_beta, ... as before the variants split
         if name not in cls.__dict__:
             setattr(cls, name, _setting_reader(name))
-    init.__doc__ = "Variant settings (one variant per LoRA; see ``addins/lora/variant.py``):\n\n" + \
-        "\n".join(f"    {s.name}: {s.help}" for s in variant_settings())
+    init.__doc__ = "Variant settings (one variant per LoRA; see ``addins/lora/variant.py``):\n\n" + "\n".join(
+        f"    {s.name}: {s.help}" for s in variant_settings()
+    )
 
 
 def _setting_reader(name: str) -> property:
     def read(self: LoRA) -> Any:
         exposed = self.variant.exposed()
         if name not in exposed:
-            raise AttributeError(f"this LoRA's variant ({type(self.variant).__name__}) has no setting "
-                                 f"'{name}'")
+            raise AttributeError(
+                f"this LoRA's variant ({type(self.variant).__name__}) has no setting '{name}'"
+            )
         return exposed[name]
 
     return property(read, doc=f"The variant's ``{name}`` setting (read-only).")

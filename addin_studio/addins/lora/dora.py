@@ -2,6 +2,7 @@
 row norms of the weight at attach) times the direction ``(W + delta) / ||W + delta||``; the norm is not
 differentiated, as in PEFT. The output hook computes it as PEFT's ``DoraLinearLayer.forward``; merging
 writes the rescaled weight (not an addition)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
@@ -40,8 +41,12 @@ def dora_view(scale: torch.Tensor, weight_dim: int, transposed: bool) -> torch.T
 class DoraVariant(LoraVariant):
     """``magnitude * (W + delta) / ||W + delta||`` per output row."""
 
-    switch = Setting("dora", False, "bool", "DoRA: a trained magnitude per output row (lora_magnitude) times "
-                                            "the direction of the updated weight")
+    switch = Setting(
+        "dora",
+        False,
+        "bool",
+        "DoRA: a trained magnitude per output row (lora_magnitude) times the direction of the updated weight",
+    )
     flag_attribute = True
     peft_off = {"use_dora": False}
     peft_tensor_names = {"lora_magnitude_vector": "lora_magnitude"}
@@ -64,8 +69,9 @@ class DoraVariant(LoraVariant):
         norm = dora_norm(weight + delta.detach().to(weight.dtype), lora.transposed).detach()
         return lora.lora_magnitude / norm
 
-    def adapt_output(self, lora: LoRA, module: nn.Module, x: torch.Tensor,
-                     outputs: torch.Tensor) -> torch.Tensor:
+    def adapt_output(
+        self, lora: LoRA, module: nn.Module, x: torch.Tensor, outputs: torch.Tensor
+    ) -> torch.Tensor:
         dropped = lora.dropout and lora.training
         if dropped:
             x = F.dropout(x, lora.dropout, True)  # one mask for the branch and the base

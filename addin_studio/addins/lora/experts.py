@@ -14,6 +14,7 @@ Qwen2-MoE's ``experts.gate_up_proj [E, 2I, H]`` and ``experts.down_proj [E, H, I
 So the tensors go to PEFT and back unchanged (``addins/lora/peft.py``). Plain LoRA only (``rslora`` is
 allowed): PEFT's ``ParamWrapper`` refuses DoRA, a LoRA bias, VeLoRA, KaSA and dropout too.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,5 +62,8 @@ def fused_expert_params(module: nn.Module) -> list[str]:
     experts = getattr(module, "num_experts", None)
     if isinstance(experts, bool) or not isinstance(experts, int) or experts < 1:
         return []
-    return [name for name, p in module.named_parameters(recurse=False)
-            if p.dim() == 3 and p.shape[0] == experts and is_expert_param(module, name)]
+    return [
+        name
+        for name, p in module.named_parameters(recurse=False)
+        if p.dim() == 3 and p.shape[0] == experts and is_expert_param(module, name)
+    ]

@@ -5,6 +5,7 @@ Each is a small function of the factors and the base weight, computed the way Hu
 it (so equal weights give equal results). ``B @ A`` is LoRA's ``[h, w]`` matrix (see ``layout.py``);
 ``matrix_of`` views the stored weight as that matrix.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,10 @@ def svd_init(kind: str, matrix: torch.Tensor, r: int, scaling: float) -> tuple[t
     ``W - scaling * B @ A``.
     """
     if r > min(matrix.shape):
-        raise ValueError(f"LoRA init={kind} needs r <= {min(matrix.shape)} (the smaller side of the "
-                         f"{tuple(matrix.shape)} weight), got r={r}")
+        raise ValueError(
+            f"LoRA init={kind} needs r <= {min(matrix.shape)} (the smaller side of the "
+            f"{tuple(matrix.shape)} weight), got r={r}"
+        )
     if kind == "pissa":
         V, S, Uh = torch.linalg.svd(matrix, full_matrices=False)
         Vr = V[:, :r]

@@ -11,6 +11,7 @@ Two changes to LoRA, as PEFT computes them:
 The paper trains with two regularizers, which the loop must add itself (PEFT's ``_get_kasa_loss``):
 ``beta * ||lora_diag||^2 + gamma * (||B^T B - I||_F + ||A A^T - I||_F)`` (:func:`kasa_loss`).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
@@ -37,49 +38,60 @@ def truncated(weight: torch.Tensor, r: int) -> torch.Tensor:
     the weight's dtype)."""
     k = min(weight.shape)
     if r >= k:
-        raise ValueError(f"LoRA kasa=true needs r < {k} (the smaller side of the {tuple(weight.shape)} "
-                         f"weight) so that part of the weight is kept, got r={r}")
+        raise ValueError(
+            f"LoRA kasa=true needs r < {k} (the smaller side of the {tuple(weight.shape)} "
+            f"weight) so that part of the weight is kept, got r={r}"
+        )
     U, S, Vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
     keep = k - r
     return ((U[:, :keep] * S[:keep]) @ Vh[:keep]).to(weight.dtype)
 
 
-def kasa_loss(lora_A: torch.Tensor, lora_B: torch.Tensor, diag: torch.Tensor, beta: float,
-              gamma: float) -> torch.Tensor:
+def kasa_loss(
+    lora_A: torch.Tensor, lora_B: torch.Tensor, diag: torch.Tensor, beta: float, gamma: float
+) -> torch.Tensor:
     """KaSA's regularizer for one layer: ``beta * sum(diag^2) + gamma * (||B^T B - I|| + ||A A^T - I||)``
     (float32)."""
     A, B, d = lora_A.float(), lora_B.float(), diag.float()
     eye = torch.eye(d.shape[0], device=d.device, dtype=torch.float32)
     orthogonal = torch.linalg.norm(B.t() @ B - eye) + torch.linalg.norm(A @ A.t() - eye)
-    return beta * (d ** 2).sum() + gamma * orthogonal
+    return beta * (d**2).sum() + gamma * orthogonal
 
 
 @register_variant
 class KasaVariant(PeftOrderVariant):
     """``scaling * B @ diag(lora_diag) @ A`` on a weight without its ``r`` smallest singular components."""
 
-    switch = Setting("kasa", False, "bool", "KaSA, ``lora/kasa.py``: drops the weight's r smallest singular "
-                                            "components at attach, a trained diagonal between B and A")
-    settings = (Setting("kasa_beta", 1e-4, "float",
-                        "weight of the diagonal's L2 term in kasa_loss, default 1e-4"),
-                Setting("kasa_gamma", 1e-3, "float",
-                        "weight of the orthogonality term in kasa_loss, default 1e-3"))
+    switch = Setting(
+        "kasa",
+        False,
+        "bool",
+        "KaSA, ``lora/kasa.py``: drops the weight's r smallest singular "
+        "components at attach, a trained diagonal between B and A",
+    )
+    settings = (
+        Setting("kasa_beta", 1e-4, "float", "weight of the diagonal's L2 term in kasa_loss, default 1e-4"),
+        Setting("kasa_gamma", 1e-3, "float", "weight of the orthogonality term in kasa_loss, default 1e-3"),
+    )
     flag_attribute = True
     attributes = ("kasa_beta", "kasa_gamma")
     peft_off = {"kasa_config": None}
     peft_tensor_names = {"lora_diag": "lora_diag"}
     _PEFT_FIELDS = {"beta": ("kasa_beta", NUMBER), "gamma": ("kasa_gamma", NUMBER)}
 
-    def __init__(self, rslora: bool = False, init: str = "kaiming", kasa_beta: float = 1e-4,
-                 kasa_gamma: float = 1e-3) -> None:
+    def __init__(
+        self, rslora: bool = False, init: str = "kaiming", kasa_beta: float = 1e-4, kasa_gamma: float = 1e-3
+    ) -> None:
         super().__init__(rslora, init)
         check_kasa(kasa_beta, kasa_gamma)
         self.kasa_beta, self.kasa_gamma = float(kasa_beta), float(kasa_gamma)
 
     def check_target(self, lora: LoRA, module: nn.Module, param: str | None) -> None:
         if not isinstance(module, nn.Linear) or lora.param != "weight":
-            raise ValueError(f"LoRA kasa=true works on nn.Linear weights (as PEFT's KaSA), not on "
-                             f"{type(module).__name__}" + (f" (param={param})" if param else ""))
+            raise ValueError(
+                f"LoRA kasa=true works on nn.Linear weights (as PEFT's KaSA), not on "
+                f"{type(module).__name__}" + (f" (param={param})" if param else "")
+            )
 
     def add_parameters(self, lora: LoRA, module: nn.Module, weight: torch.Tensor, w: int) -> None:
         truncated(weight, lora.r)  # refuses r >= min(out, in) here, before attach changes anything

@@ -9,6 +9,7 @@ convolutions use GIFt's "balanced" factorization: the kernel ``[out, in/groups, 
 ``[out, in/groups*k0*k1*...]`` (so a conv LoRA can go to PEFT and back; the same as balanced for Conv1d
 and 1x1 kernels).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,13 +30,18 @@ def is_hf_conv1d(module: nn.Module) -> bool:
     Recognised by its class name and layout, so the core never imports transformers.
     """
     cls = type(module)
-    return (cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
-            and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2
-            and getattr(module, "nf", None) == module.weight.shape[1])
+    return (
+        cls.__name__ == "Conv1D"
+        and cls.__module__.startswith("transformers")
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and module.weight.dim() == 2
+        and getattr(module, "nf", None) == module.weight.shape[1]
+    )
 
 
-def matrix_layout(module: nn.Module, param: str, peft_conv: bool = False,
-            named: bool = False) -> tuple[int, int, bool]:
+def matrix_layout(
+    module: nn.Module, param: str, peft_conv: bool = False, named: bool = False
+) -> tuple[int, int, bool]:
     """``(h, w, transposed)``: ``B @ A`` is ``[h, w]``; transposed when the weight is stored ``[w, h]``.
     ``peft_conv``: convolutions in PEFT's layout ``[out, in/groups*k0*k1*...]``. ``named``: ``param``
     was given explicitly, so a module of no known kind is adapted as a plain parameter."""
@@ -47,9 +53,11 @@ def matrix_layout(module: nn.Module, param: str, peft_conv: bool = False,
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"{type(module).__name__} has no parameter '{param}' for LoRA to adapt")
         if weight.dim() != 2:
-            raise TypeError(f"LoRA adapts a matrix; '{param}' of {type(module).__name__} has shape "
-                            f"{tuple(weight.shape)} (param= takes a 2-D parameter, or a 3-D stack of "
-                            f"expert matrices: [experts, out, in])")
+            raise TypeError(
+                f"LoRA adapts a matrix; '{param}' of {type(module).__name__} has shape "
+                f"{tuple(weight.shape)} (param= takes a 2-D parameter, or a 3-D stack of "
+                f"expert matrices: [experts, out, in])"
+            )
         return weight.shape[0], weight.shape[1], False
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features, False
@@ -58,14 +66,19 @@ def matrix_layout(module: nn.Module, param: str, peft_conv: bool = False,
     if isinstance(module, nn.Embedding):
         return module.embedding_dim, module.num_embeddings, True
     if isinstance(module, CONVS):
-        out, in_per_group, *kernel = (module._parameters.get("weight") if not is_computed(module, "weight")
-                                      else peek_weight(module, "weight")).shape
+        out, in_per_group, *kernel = (
+            module._parameters.get("weight")
+            if not is_computed(module, "weight")
+            else peek_weight(module, "weight")
+        ).shape
         if isinstance(module, nn.Conv1d) or peft_conv:
             return out, in_per_group * math.prod(kernel), False
         return out * kernel[0], in_per_group * math.prod(kernel[1:]), False
-    raise TypeError(f"LoRA works on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention and "
-                    f"transformers Conv1D layers (or a named parameter with param=), not "
-                    f"{type(module).__name__}")
+    raise TypeError(
+        f"LoRA works on nn.Linear, nn.Conv1d/2d/3d, nn.Embedding, nn.MultiheadAttention and "
+        f"transformers Conv1D layers (or a named parameter with param=), not "
+        f"{type(module).__name__}"
+    )
 
 
 def lora_shape(module: nn.Module, param: str = "weight") -> tuple[int, int]:
@@ -91,8 +104,10 @@ def hook_problem(module: nn.Module) -> str | None:
     for base in (nn.Embedding,) + CONVS:
         if isinstance(module, base):
             if type(module).forward is not base.forward:
-                return (f"{name} has its own forward (it transforms its input or weight before the "
-                        f"{base.__name__} computation), so an update added to the output would not match")
+                return (
+                    f"{name} has its own forward (it transforms its input or weight before the "
+                    f"{base.__name__} computation), so an update added to the output would not match"
+                )
             return None
     if is_hf_conv1d(module):
         return None
@@ -104,7 +119,8 @@ def check_lora_target(module: nn.Module, path: str = "") -> None:
     matrix_layout(module, default_param(module))
     if isinstance(module, nn.MultiheadAttention) and not module._qkv_same_embed_dim:
         where = f" '{path}'" if path else ""
-        raise TypeError(f"LoRA on nn.MultiheadAttention{where} needs equal query/key/value sizes "
-                        f"(one in_proj_weight); adapt q_proj_weight/k_proj_weight/v_proj_weight with "
-                        f"param=")
-
+        raise TypeError(
+            f"LoRA on nn.MultiheadAttention{where} needs equal query/key/value sizes "
+            f"(one in_proj_weight); adapt q_proj_weight/k_proj_weight/v_proj_weight with "
+            f"param="
+        )

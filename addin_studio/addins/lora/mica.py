@@ -4,6 +4,7 @@
 is frozen; ``A`` starts at zero and is the only trained factor. The base weight is not changed (``B @ A``
 is zero at attach).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -22,8 +23,10 @@ def mica_init(matrix: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]
     """``(A, B)`` for the base matrix ``[h, w]`` (float32): ``A`` zeros ``[r, w]``, ``B`` the last ``r``
     columns of ``U`` in ``matrix = U S V^T``."""
     if r > min(matrix.shape):
-        raise ValueError(f"LoRA init=mica needs r <= {min(matrix.shape)} (the smaller side of the "
-                         f"{tuple(matrix.shape)} weight), got r={r}")
+        raise ValueError(
+            f"LoRA init=mica needs r <= {min(matrix.shape)} (the smaller side of the "
+            f"{tuple(matrix.shape)} weight), got r={r}"
+        )
     U, _, _ = torch.linalg.svd(matrix, full_matrices=False)
     return torch.zeros(r, matrix.shape[1], device=matrix.device), U[:, -r:].contiguous()
 
@@ -36,8 +39,10 @@ class MicaVariant(LoraVariant):
 
     def check_target(self, lora: LoRA, module: nn.Module, param: str | None) -> None:
         if lora.is_conv:
-            raise ValueError(f"LoRA init=mica works on Linear, Embedding and transformers Conv1D layers (as "
-                             f"PEFT's MiCA), not on {type(module).__name__}")
+            raise ValueError(
+                f"LoRA init=mica works on Linear, Embedding and transformers Conv1D layers (as "
+                f"PEFT's MiCA), not on {type(module).__name__}"
+            )
 
     def init_factors(self, lora: LoRA, weight: torch.Tensor, h: int, w: int) -> None:
         check_float(weight, "init=mica")

@@ -14,6 +14,7 @@ sample ``(z_mvn [samples, in, r], z_wishart [r, r], z_dirichlet [samples])`` fro
 :meth:`MonteCLoRASampler.variational_loss` is the KL (and optional entropy) term the training loop adds
 (PEFT's ``_get_monteclora_loss`` averages it over the layers).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -33,14 +34,18 @@ if TYPE_CHECKING:
 _EPS = 1e-3
 
 
-def check_monteclora(samples: object, prior: object, scaler: object, kl_weight: object, entropy: object,
-                     buffer: object) -> None:
+def check_monteclora(
+    samples: object, prior: object, scaler: object, kl_weight: object, entropy: object, buffer: object
+) -> None:
     """Validate the MonteCLoRA settings (PEFT's rules). Raises ``ValueError``."""
     for name, value in (("monteclora_samples", samples), ("monteclora_buffer", buffer)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"LoRA {name} must be a positive integer, got {value!r}")
-    for name, value, low in (("monteclora_prior", prior, "positive"), ("monteclora_scaler", scaler, None),
-                             ("monteclora_kl", kl_weight, None)):
+    for name, value, low in (
+        ("monteclora_prior", prior, "positive"),
+        ("monteclora_scaler", scaler, None),
+        ("monteclora_kl", kl_weight, None),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (low and not value > 0):
             raise ValueError(f"LoRA {name} must be a {low + ' ' if low else ''}number, got {value!r}")
     if not isinstance(entropy, bool):
@@ -55,8 +60,18 @@ class MonteCLoRASampler(nn.Module):
     saved in files as PEFT saves them).
     """
 
-    def __init__(self, in_features: int, r: int, samples: int, prior: float, scaler: float,
-                 kl_weight: float, entropy: bool, buffer: int, like: torch.Tensor) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        r: int,
+        samples: int,
+        prior: float,
+        scaler: float,
+        kl_weight: float,
+        entropy: bool,
+        buffer: int,
+        like: torch.Tensor,
+    ) -> None:
         super().__init__()
         self.in_features, self.r, self.samples = in_features, r, samples
         self.prior, self.scaler, self.kl_weight = float(prior), float(scaler), float(kl_weight)
@@ -81,11 +96,18 @@ class MonteCLoRASampler(nn.Module):
         dtype, device = self.std_prior.dtype, self.std_prior.device
         wishart = Wishart(df=self.r, scale_tril=torch.eye(self.r, device=device))
         with torch.no_grad():
-            z_mvn = torch.randn((self.buffer_size, self.samples, self.in_features, self.r), device=device,
-                                dtype=dtype)
+            z_mvn = torch.randn(
+                (self.buffer_size, self.samples, self.in_features, self.r), device=device, dtype=dtype
+            )
             z_dirichlet = torch.randn((self.buffer_size, self.samples), device=device, dtype=dtype)
-            self.noise = [{"z_mvn": z_mvn[i], "z_wishart": wishart._bartlett_sampling(torch.Size()).to(dtype),
-                           "z_dirichlet": z_dirichlet[i]} for i in range(self.buffer_size)]
+            self.noise = [
+                {
+                    "z_mvn": z_mvn[i],
+                    "z_wishart": wishart._bartlett_sampling(torch.Size()).to(dtype),
+                    "z_dirichlet": z_dirichlet[i],
+                }
+                for i in range(self.buffer_size)
+            ]
         self.index = 0
 
     def _next(self) -> dict[str, torch.Tensor]:
@@ -99,7 +121,7 @@ class MonteCLoRASampler(nn.Module):
         alpha = torch.clamp(alpha, min=1e-6)
         mu = torch.log(alpha) - torch.log(alpha).mean()
         n = self.samples
-        diag = torch.clamp(1 / alpha * (1 - 2 / n) + 1 / (n ** 2) * (1 / alpha).sum(), min=1e-6)
+        diag = torch.clamp(1 / alpha * (1 - 2 / n) + 1 / (n**2) * (1 / alpha).sum(), min=1e-6)
         eye = torch.eye(len(alpha), device=alpha.device, dtype=alpha.dtype)
         sigma = torch.diag(diag) + 1e-6 * eye
         try:
@@ -113,14 +135,16 @@ class MonteCLoRASampler(nn.Module):
         """One draw: ``(noise [samples, in, r], weights [samples])``."""
         sample = self._next()
         dtype, device = self.std_prior.dtype, self.std_prior.device
-        z_mvn, z_wishart, z_dirichlet = (sample[k].to(device=device, dtype=dtype)
-                                         for k in ("z_mvn", "z_wishart", "z_dirichlet"))
+        z_mvn, z_wishart, z_dirichlet = (
+            sample[k].to(device=device, dtype=dtype) for k in ("z_mvn", "z_wishart", "z_dirichlet")
+        )
         std = torch.diag(torch.exp(self.std_prior))
         var = torch.diag(torch.clip((std @ z_wishart @ std.T).diag(), min=_EPS))
         L = torch.linalg.cholesky(var.float()).to(var.dtype)
         noise = self.scaler * torch.nan_to_num(torch.einsum("eio,op->eip", z_mvn, L), nan=_EPS)
         weights = torch.softmax(
-            self._dirichlet_logits(torch.exp(self.expert_weights_prior), z_dirichlet), dim=-1)
+            self._dirichlet_logits(torch.exp(self.expert_weights_prior), z_dirichlet), dim=-1
+        )
         self._last = (var, weights)
         with torch.no_grad():
             self.gaussian_var_prior.copy_(var)
@@ -140,63 +164,102 @@ class MonteCLoRASampler(nn.Module):
         ``monteclora_entropy``), from the last training forward's draw; zero in eval mode."""
         if not self.training:
             return self.std_prior.new_zeros(())
-        var, weights = (self._last if self._last is not None
-                        else (self.gaussian_var_prior, self.expert_weights))
+        var, weights = (
+            self._last if self._last is not None else (self.gaussian_var_prior, self.expert_weights)
+        )
         alpha2 = torch.exp(self.expert_weights_prior)
         alpha1 = torch.full((self.samples,), self.prior, device=alpha2.device)
 
         def gamma(t: torch.Tensor) -> torch.Tensor:
             return torch.lgamma(t).exp()
 
-        kl_dirichlet = (torch.log(gamma(alpha2.sum()) / gamma(alpha1.sum()))
-                        + torch.log(gamma(alpha2) / gamma(alpha1)).sum()
-                        + ((alpha2 - alpha1) * (torch.digamma(alpha2) - torch.digamma(alpha2.sum()))).sum())
+        kl_dirichlet = (
+            torch.log(gamma(alpha2.sum()) / gamma(alpha1.sum()))
+            + torch.log(gamma(alpha2) / gamma(alpha1)).sum()
+            + ((alpha2 - alpha1) * (torch.digamma(alpha2) - torch.digamma(alpha2.sum()))).sum()
+        )
         std = torch.diag(torch.exp(self.std_prior))
         s = torch.diag((std @ std.T).diag())
-        kl_wishart = 0.5 * (-torch.log(s).trace() * self.r + s.trace() * self.r - self.r ** 2)
+        kl_wishart = 0.5 * (-torch.log(s).trace() * self.r + s.trace() * self.r - self.r**2)
         v = torch.clamp(var, min=1e-6)
         kl_gauss = self.samples * 0.5 * (v.trace() - torch.log(v).trace() - self.r)
         loss = self.kl_weight * (kl_dirichlet + kl_wishart + kl_gauss)
-        return loss + (weights ** 2).sum() if self.entropy else loss
+        return loss + (weights**2).sum() if self.entropy else loss
 
 
 # our MonteCLoRA settings -> PEFT's MontecloraConfig fields (and their JSON types)
-_PEFT_FIELDS = {"num_samples": ("monteclora_samples", int), "use_entropy": ("monteclora_entropy", bool),
-                "dirichlet_prior": ("monteclora_prior", NUMBER),
-                "sample_scaler": ("monteclora_scaler", NUMBER),
-                "kl_loss_weight": ("monteclora_kl", NUMBER), "buffer_size": ("monteclora_buffer", int)}
+_PEFT_FIELDS = {
+    "num_samples": ("monteclora_samples", int),
+    "use_entropy": ("monteclora_entropy", bool),
+    "dirichlet_prior": ("monteclora_prior", NUMBER),
+    "sample_scaler": ("monteclora_scaler", NUMBER),
+    "kl_loss_weight": ("monteclora_kl", NUMBER),
+    "buffer_size": ("monteclora_buffer", int),
+}
 # the sampler's attributes -> PEFT's MontecloraConfig fields
-_SAMPLER_FIELDS = {"samples": "num_samples", "entropy": "use_entropy", "prior": "dirichlet_prior",
-                   "scaler": "sample_scaler", "kl_weight": "kl_loss_weight", "buffer_size": "buffer_size"}
+_SAMPLER_FIELDS = {
+    "samples": "num_samples",
+    "entropy": "use_entropy",
+    "prior": "dirichlet_prior",
+    "scaler": "sample_scaler",
+    "kl_weight": "kl_loss_weight",
+    "buffer_size": "buffer_size",
+}
 
 
 @register_variant
 class MonteCLoRAVariant(PeftOrderVariant):
     """In training, ``A`` is a sampled mixture of noisy copies of itself (``lora_monteclora``)."""
 
-    switch = Setting("monteclora", False, "bool",
-                     "MonteCLoRA, ``lora/monteclora.py``: a sampled mixture of noisy copies of A in training")
-    settings = (Setting("monteclora_samples", 8, "int", "noisy copies mixed, default 8"),
-                Setting("monteclora_prior", 0.1, "float",
-                        "Dirichlet prior of the mixture weights, default 0.1"),
-                Setting("monteclora_scaler", 1e-4, "float", "scale of the noise, default 1e-4"),
-                Setting("monteclora_kl", 1e-5, "float",
-                        "weight of the KL term in monteclora_loss, default 1e-5"),
-                Setting("monteclora_entropy", False, "bool", "add the mixture weights' entropy term"),
-                Setting("monteclora_buffer", 150, "int", "noise samples drawn at a time, default 150"))
+    switch = Setting(
+        "monteclora",
+        False,
+        "bool",
+        "MonteCLoRA, ``lora/monteclora.py``: a sampled mixture of noisy copies of A in training",
+    )
+    settings = (
+        Setting("monteclora_samples", 8, "int", "noisy copies mixed, default 8"),
+        Setting("monteclora_prior", 0.1, "float", "Dirichlet prior of the mixture weights, default 0.1"),
+        Setting("monteclora_scaler", 1e-4, "float", "scale of the noise, default 1e-4"),
+        Setting("monteclora_kl", 1e-5, "float", "weight of the KL term in monteclora_loss, default 1e-5"),
+        Setting("monteclora_entropy", False, "bool", "add the mixture weights' entropy term"),
+        Setting("monteclora_buffer", 150, "int", "noise samples drawn at a time, default 150"),
+    )
     flag_attribute = True
     peft_off = {"monteclora_config": None}
-    peft_tensor_names = {f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}" for n in
-                         ("std_prior", "expert_weights_prior", "gaussian_var_prior", "expert_weights")}
+    peft_tensor_names = {
+        f"lora_monteclora_sampler.{n}": f"lora_monteclora.{n}"
+        for n in ("std_prior", "expert_weights_prior", "gaussian_var_prior", "expert_weights")
+    }
 
-    def __init__(self, rslora: bool = False, init: str = "kaiming", monteclora_samples: int = 8,
-                 monteclora_prior: float = 0.1, monteclora_scaler: float = 1e-4, monteclora_kl: float = 1e-5,
-                 monteclora_entropy: bool = False, monteclora_buffer: int = 150) -> None:
+    def __init__(
+        self,
+        rslora: bool = False,
+        init: str = "kaiming",
+        monteclora_samples: int = 8,
+        monteclora_prior: float = 0.1,
+        monteclora_scaler: float = 1e-4,
+        monteclora_kl: float = 1e-5,
+        monteclora_entropy: bool = False,
+        monteclora_buffer: int = 150,
+    ) -> None:
         super().__init__(rslora, init)
-        check_monteclora(monteclora_samples, monteclora_prior, monteclora_scaler, monteclora_kl,
-                         monteclora_entropy, monteclora_buffer)
-        self._sampler_settings = (monteclora_samples, monteclora_prior, monteclora_scaler, monteclora_kl,
-                                  monteclora_entropy, monteclora_buffer)
+        check_monteclora(
+            monteclora_samples,
+            monteclora_prior,
+            monteclora_scaler,
+            monteclora_kl,
+            monteclora_entropy,
+            monteclora_buffer,
+        )
+        self._sampler_settings = (
+            monteclora_samples,
+            monteclora_prior,
+            monteclora_scaler,
+            monteclora_kl,
+            monteclora_entropy,
+            monteclora_buffer,
+        )
 
     def check_target(self, lora: LoRA, module: nn.Module, param: str | None) -> None:
         check_linear_like(lora, module, param, "monteclora", "MonteCLoRA")
@@ -205,8 +268,10 @@ class MonteCLoRAVariant(PeftOrderVariant):
         lora.lora_monteclora = MonteCLoRASampler(w, lora.r, *self._sampler_settings, weight)
 
     def weight_method_problem(self, lora: LoRA) -> str | None:
-        return ("monteclora=true acts on the LoRA branch in training, which adapt_weight does not have: use "
-                "adapt_output")
+        return (
+            "monteclora=true acts on the LoRA branch in training, which adapt_weight does not have: use "
+            "adapt_output"
+        )
 
     def project(self, lora: LoRA, x: torch.Tensor) -> torch.Tensor:
         if lora.training:
@@ -218,10 +283,20 @@ class MonteCLoRAVariant(PeftOrderVariant):
 
     def peft_fields(self) -> dict[str, Any]:
         samples, prior, scaler, kl_weight, entropy, buffer = self._sampler_settings
-        ours = {"samples": samples, "entropy": entropy, "prior": float(prior), "scaler": float(scaler),
-                "kl_weight": float(kl_weight), "buffer_size": buffer}  # as the sampler holds them
-        return {**super().peft_fields(), "monteclora_config": tuple(sorted(
-            (theirs, ours[name]) for name, theirs in _SAMPLER_FIELDS.items()))}
+        ours = {
+            "samples": samples,
+            "entropy": entropy,
+            "prior": float(prior),
+            "scaler": float(scaler),
+            "kl_weight": float(kl_weight),
+            "buffer_size": buffer,
+        }  # as the sampler holds them
+        return {
+            **super().peft_fields(),
+            "monteclora_config": tuple(
+                sorted((theirs, ours[name]) for name, theirs in _SAMPLER_FIELDS.items())
+            ),
+        }
 
     @classmethod
     def settings_from_peft(cls, config: Mapping[str, Any], source: str) -> dict[str, Any]:

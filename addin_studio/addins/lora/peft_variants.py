@@ -1,5 +1,6 @@
 """PEFT's sub-configs of LoRA variants (``kasa_config``, ``velora_config``, ``monteclora_config`` in
 ``adapter_config.json``): each variant module declares its fields; these helpers write and read them."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -18,8 +19,9 @@ def _is(value: Any, kind: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, kind)
 
 
-def read_subconfig(config: Mapping[str, Any], source: str, field: str, switch: str,
-                   fields: Mapping[str, tuple[str, Any]]) -> dict[str, Any]:
+def read_subconfig(
+    config: Mapping[str, Any], source: str, field: str, switch: str, fields: Mapping[str, tuple[str, Any]]
+) -> dict[str, Any]:
     """Our settings for PEFT's sub-config ``field`` (``{its key: (our setting, JSON type)}``; a key left out
     keeps our default, which is PEFT's): JSON types checked here, naming the field; the LoRA checks the
     values themselves. Empty when the config does not have it."""
@@ -30,8 +32,9 @@ def read_subconfig(config: Mapping[str, Any], source: str, field: str, switch: s
         raise ValueError(f"{source}: field '{field}' must be a JSON object, got {type(value).__name__}")
     unknown = sorted(set(value) - set(fields))
     if unknown:
-        raise ValueError(f"{source}: field '{field}' has '{unknown[0]}', which is not supported "
-                         f"({', '.join(fields)})")
+        raise ValueError(
+            f"{source}: field '{field}' has '{unknown[0]}', which is not supported ({', '.join(fields)})"
+        )
     out: dict[str, Any] = {switch: True}
     for key, (ours, kind) in fields.items():
         if key not in value:

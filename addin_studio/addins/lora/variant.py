@@ -12,6 +12,7 @@ Adding a variant is writing one module: a subclass decorated with :func:`registe
 ``switch`` and ``settings`` join LoRA's settings, the Studio's form and the config-string checks), imported
 in ``addins/lora/__init__.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -122,8 +123,9 @@ class LoraVariant:
     def exposed(self) -> dict[str, Any]:
         """The settings ``lora.<name>`` reads (``rslora``, ``init``, the variants' flags, ``attributes``)."""
         out = {"rslora": self.rslora, "init": self.init}
-        out.update({cls.switch.name: isinstance(self, cls) for cls in VARIANTS
-                    if cls.flag_attribute and cls.switch})
+        out.update(
+            {cls.switch.name: isinstance(self, cls) for cls in VARIANTS if cls.flag_attribute and cls.switch}
+        )
         out.update({name: getattr(self, name) for name in self.attributes})
         return out
 
@@ -153,8 +155,9 @@ class LoraVariant:
         elif self.init in BASE_MOVING_INITS:
             check_float(weight, f"init={self.init}")
             with torch.no_grad():
-                A, B = svd_init(self.init, matrix_of(weight.detach().float(), h, w, lora.transposed),
-                                lora.r, lora.scaling)
+                A, B = svd_init(
+                    self.init, matrix_of(weight.detach().float(), h, w, lora.transposed), lora.r, lora.scaling
+                )
                 lora.lora_A.copy_(A)
                 lora.lora_B.copy_(B)
         else:
@@ -187,8 +190,9 @@ class LoraVariant:
         """The LoRA branch's output (``lora.forward``) after ``scaling * B(A(x))``."""
         return out
 
-    def adapt_output(self, lora: LoRA, module: nn.Module, x: torch.Tensor,
-                     outputs: torch.Tensor) -> torch.Tensor:
+    def adapt_output(
+        self, lora: LoRA, module: nn.Module, x: torch.Tensor, outputs: torch.Tensor
+    ) -> torch.Tensor:
         """The output hook: the layer's ``outputs`` for its input ``x`` with the update."""
         return lora.plain_output(module, x, outputs)
 
@@ -247,8 +251,9 @@ class PeftOrderVariant(LoraVariant):
         """What happens between A and B."""
         return h
 
-    def adapt_output(self, lora: LoRA, module: nn.Module, x: torch.Tensor,
-                     outputs: torch.Tensor) -> torch.Tensor:
+    def adapt_output(
+        self, lora: LoRA, module: nn.Module, x: torch.Tensor, outputs: torch.Tensor
+    ) -> torch.Tensor:
         if lora.dropout and lora.training:
             x = F.dropout(x, lora.dropout, True)
         h = self.between(lora, self.project(lora, x))

@@ -13,6 +13,7 @@ gradient is exact. ``v`` is chosen as PEFT chooses it:
 
 Only training forwards with gradients enabled use (and update) the projection; eval is plain LoRA.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
@@ -65,8 +66,9 @@ def normalized(v: torch.Tensor) -> torch.Tensor:
     return v / norm
 
 
-def initial_projection(in_features: int, groups: int, init: str,
-                       like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def initial_projection(
+    in_features: int, groups: int, init: str, like: torch.Tensor
+) -> tuple[torch.Tensor, bool]:
     """``(v, ready)`` at attach: a random unit vector (ready) or zeros to be set by the first batch."""
     dim = group_dim(in_features, groups)
     if init == "random":
@@ -86,8 +88,9 @@ class VeloraProjection(torch.autograd.Function):
     """``x @ A^T`` whose backward computes ``A``'s gradient from the compressed input."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, lora_A: torch.Tensor, v: torch.Tensor, groups: int,
-                scale: float) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, lora_A: torch.Tensor, v: torch.Tensor, groups: int, scale: float
+    ) -> torch.Tensor:
         ctx.x_shape, ctx.x_dtype, ctx.scale = tuple(x.shape), x.dtype, scale
         compressed = torch.einsum("tgd,d->tg", _subtokens(x, groups), v.to(x.dtype))
         ctx.save_for_backward(compressed, lora_A, v)
@@ -103,39 +106,61 @@ class VeloraProjection(torch.autograd.Function):
             grad_x = (grad_2d @ lora_A.to(dtype)).reshape(ctx.x_shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             v = v.to(dtype)
-            rebuilt = (compressed.to(dtype).unsqueeze(-1) * v.view(1, 1, -1))
-            rebuilt = rebuilt.reshape(-1, compressed.shape[-1] * v.numel())[:, :ctx.x_shape[-1]] * ctx.scale
+            rebuilt = compressed.to(dtype).unsqueeze(-1) * v.view(1, 1, -1)
+            rebuilt = rebuilt.reshape(-1, compressed.shape[-1] * v.numel())[:, : ctx.x_shape[-1]] * ctx.scale
             grad_A = (grad_2d.transpose(0, 1) @ rebuilt).to(lora_A.dtype)
         return grad_x, grad_A, None, None, None
 
 
 def check_linear_like(lora: LoRA, module: nn.Module, param: str | None, flag: str, name: str) -> None:
     """Where PEFT has VeLoRA and MonteCLoRA: nn.Linear and transformers Conv1D layers' weights."""
-    if lora.is_conv or lora.is_embedding or param is not None \
-            or not (isinstance(module, nn.Linear) or is_hf_conv1d(module)):
-        raise ValueError(f"LoRA {flag}=true works on nn.Linear and transformers Conv1D layers (as PEFT's "
-                         f"{name}), not on {type(module).__name__}" + (f" (param={param})" if param else ""))
+    if (
+        lora.is_conv
+        or lora.is_embedding
+        or param is not None
+        or not (isinstance(module, nn.Linear) or is_hf_conv1d(module))
+    ):
+        raise ValueError(
+            f"LoRA {flag}=true works on nn.Linear and transformers Conv1D layers (as PEFT's "
+            f"{name}), not on {type(module).__name__}" + (f" (param={param})" if param else "")
+        )
 
 
 @register_variant
 class VeloraVariant(PeftOrderVariant):
     """Plain LoRA whose ``A`` gets its gradient from a compressed input in training."""
 
-    switch = Setting("velora", False, "bool",
-                     "VeLoRA, ``lora/velora.py``: A's gradient from a compressed input")
-    settings = (Setting("velora_groups", 64, "int", "sub-tokens each input is cut into, default 64"),
-                Setting("velora_init", "batch_average", "str",
-                        "the projection: batch_average, batch_average_once or random"),
-                Setting("velora_scale", 1.0, "float", "scale of the rebuilt input, default 1"))
+    switch = Setting(
+        "velora", False, "bool", "VeLoRA, ``lora/velora.py``: A's gradient from a compressed input"
+    )
+    settings = (
+        Setting("velora_groups", 64, "int", "sub-tokens each input is cut into, default 64"),
+        Setting(
+            "velora_init",
+            "batch_average",
+            "str",
+            "the projection: batch_average, batch_average_once or random",
+        ),
+        Setting("velora_scale", 1.0, "float", "scale of the rebuilt input, default 1"),
+    )
     flag_attribute = True
     attributes = ("velora_groups", "velora_init", "velora_scale", "velora_ready")
     peft_off = {"velora_config": None}
     peft_tensor_names = {"lora_velora_embed": "lora_velora_embed"}
-    _PEFT_FIELDS = {"num_groups": ("velora_groups", int), "init_type": ("velora_init", str),
-                    "scale": ("velora_scale", NUMBER)}
+    _PEFT_FIELDS = {
+        "num_groups": ("velora_groups", int),
+        "init_type": ("velora_init", str),
+        "scale": ("velora_scale", NUMBER),
+    }
 
-    def __init__(self, rslora: bool = False, init: str = "kaiming", velora_groups: int = 64,
-                 velora_init: str = "batch_average", velora_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        rslora: bool = False,
+        init: str = "kaiming",
+        velora_groups: int = 64,
+        velora_init: str = "batch_average",
+        velora_scale: float = 1.0,
+    ) -> None:
         super().__init__(rslora, init)
         self.velora_init = check_velora(velora_groups, velora_init, velora_scale)
         self.velora_groups, self.velora_scale = velora_groups, float(velora_scale)
@@ -149,8 +174,10 @@ class VeloraVariant(PeftOrderVariant):
         lora.register_buffer("lora_velora_embed", v)
 
     def weight_method_problem(self, lora: LoRA) -> str | None:
-        return ("velora=true acts on the LoRA branch in training, which adapt_weight does not have: use "
-                "adapt_output")
+        return (
+            "velora=true acts on the LoRA branch in training, which adapt_weight does not have: use "
+            "adapt_output"
+        )
 
     def project(self, lora: LoRA, x: torch.Tensor) -> torch.Tensor:
         if not (lora.training and torch.is_grad_enabled()):
@@ -160,12 +187,16 @@ class VeloraVariant(PeftOrderVariant):
             v = batch_projection(x, self.velora_groups)
             lora.lora_velora_embed.copy_(v.to(lora.lora_velora_embed.dtype))
             self.velora_ready = True
-        return VeloraProjection.apply(x, lora.lora_A, lora.lora_velora_embed, self.velora_groups,
-                                      self.velora_scale)
+        return VeloraProjection.apply(
+            x, lora.lora_A, lora.lora_velora_embed, self.velora_groups, self.velora_scale
+        )
 
     def peft_fields(self) -> dict[str, Any]:
-        velora = (("init_type", self.velora_init), ("num_groups", self.velora_groups),
-                  ("scale", self.velora_scale))
+        velora = (
+            ("init_type", self.velora_init),
+            ("num_groups", self.velora_groups),
+            ("scale", self.velora_scale),
+        )
         return {**super().peft_fields(), "velora_config": velora}
 
     @classmethod
