@@ -39,6 +39,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Attachment": ("addin_studio.engine", "Attachment"),
     "NamedAdapters": ("addin_studio.named", "NamedAdapters"),
     "attach": ("addin_studio.engine", "attach"),
+    "SharedModuleWarning": ("addin_studio.engine.resolve", "SharedModuleWarning"),
     "ModuleGraph": ("addin_studio.graph", "ModuleGraph"),
     "ModuleNode": ("addin_studio.graph", "ModuleNode"),
     "trace": ("addin_studio.graph", "trace"),
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names load 
     from .checkpoint import from_peft, load
     from .config import Config, ConfigError, Placement, Point, format_path, parse
     from .engine import Attachment, attach
+    from .engine.resolve import SharedModuleWarning
     from .graph import ModuleGraph, ModuleNode, trace
     from .named import NamedAdapters
     from .params import count_parameters, summary_line, trainable_table

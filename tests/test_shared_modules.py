@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 import addin_studio as studio
 from addin_studio.config import ConfigError
-from addin_studio.engine.resolve import SharedModuleWarning
+from addin_studio import SharedModuleWarning
 from addin_studio.graph import canonical_path, module_aliases
 from addin_studio.params import trainable_table
 

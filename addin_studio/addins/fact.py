@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.weights import is_computed, peek_weight, write_weight
+from .weights import is_computed, peek_weight, write_weight
 from ._sizing import positive_int
 from .base import AddinBase, PointInfo, weight_method
 from .registry import register_addin

@@ -24,7 +24,7 @@ from .norm_stats import (
     stat_buffers,
 )
 from .resolve import Resolved, canonical_config, resolve
-from .weights import (
+from ..addins.weights import (
     WeightAction,
     add_weight_action,
     is_computed,

@@ -30,7 +30,7 @@ from ..graph import ModuleGraph, canonical_path
 from ..inputs import model_device
 from .forwards import check_replaceable
 from .freezing import match_trainable
-from .weights import check_adaptable
+from ..addins.weights import check_adaptable
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine.weights import is_computed
+from ..weights import is_computed
 from .layout import default_param
 from .variant import LoraVariant, Setting, register_variant
 

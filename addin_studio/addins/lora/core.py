@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine.weights import is_computed, peek_weight, write_weight
+from ..weights import is_computed, peek_weight, write_weight
 from ..base import AddinBase, PointInfo, weight_method
 from ..registry import register_addin
 from .experts import EXPERT_INITS, expert_delta, expert_dims, expert_transposed, is_expert_param

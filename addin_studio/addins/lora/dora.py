@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine.weights import stored_weight
+from ..weights import stored_weight
 from .grouped import peft_dora_delta
 from .variant import LoraVariant, Setting, register_variant
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from ...engine.weights import is_computed, peek_weight
+from ..weights import is_computed, peek_weight
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 HOOK_METHOD = "adapt_output"
