@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 import addin_studio as studio
+from zoo_check import tiny_wav2vec2
 
 LAYERS = {
     "linear": (lambda: nn.Linear(6, 8), (2, 6)),
@@ -245,21 +246,9 @@ def test_adapters_on_a_parametrized_layer_save_load_and_export_to_peft(norm, tmp
 
 
 def test_wav2vec2_positional_conv_under_weight_norm_gets_a_lora():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16),
-        conv_stride=(5, 2),
-        conv_kernel=(10, 3),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        vocab_size=32,
-    )
-    model = transformers.Wav2Vec2ForCTC(cfg).eval()
+    model = tiny_wav2vec2().eval()
     x = {"input_values": torch.randn(1, 800, generator=torch.Generator().manual_seed(1))}
     conv = model.wav2vec2.encoder.pos_conv_embed.conv
     assert parametrize.is_parametrized(conv, "weight")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 import torch
 from torch import nn
-from zoo_check import Entry, ids, image, params, report, run_zoo_model, tv_model
+from zoo_check import Entry, ids, image, params, report, run_zoo_model, tiny_wav2vec2, tv_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -101,20 +101,7 @@ def _clip() -> nn.Module:
     return transformers.CLIPModel(cfg)
 
 
-def _wav2vec2() -> nn.Module:
-    cfg = transformers.Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16, 16),
-        conv_stride=(5, 2),
-        conv_kernel=(10, 3),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        vocab_size=32,
-    )
-    return transformers.Wav2Vec2ForCTC(cfg)
+_wav2vec2 = tiny_wav2vec2
 
 
 TEXT = lambda: {"input_ids": ids(2, 8)}  # noqa: E731

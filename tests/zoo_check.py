@@ -27,6 +27,27 @@ from torch import nn
 
 import addin_studio as studio
 
+
+def tiny_wav2vec2() -> nn.Module:
+    """A Wav2Vec2ForCTC from a small config: its positional conv is under ``parametrizations.weight_norm``
+    (the zoo's and the parametrized-weight tests' model)."""
+    import transformers
+
+    cfg = transformers.Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        vocab_size=32,
+    )
+    return transformers.Wav2Vec2ForCTC(cfg)
+
+
 #: (id, model builder, input builder, tied weights, slow)
 Entry = tuple[str, Callable[[], nn.Module], Callable[[], Any], bool, bool]
 
